@@ -1,0 +1,2 @@
+//! `slicetrace-agent` binary entry point.
+fn main() {}

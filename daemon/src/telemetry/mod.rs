@@ -1,0 +1,1 @@
+//! Device telemetry (NVML) sampled before and after each burst.

@@ -1,0 +1,96 @@
+//! Column documentation: one row per column of the `probes` and `health`
+//! tables. `README.md` carries the same table and a test keeps them equal.
+
+/// Documentation of one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnDoc {
+    /// Column name, as in Parquet and SQL.
+    pub name: &'static str,
+    /// Arrow type, written as in the README (`float64`, `list<utf8>`, ...).
+    pub arrow_type: &'static str,
+    /// Whether the column may be null.
+    pub nullable: bool,
+    /// Unit, or `-` when the value has none.
+    pub unit: &'static str,
+    /// What the value means.
+    pub meaning: &'static str,
+}
+
+const fn c(
+    name: &'static str,
+    arrow_type: &'static str,
+    nullable: bool,
+    unit: &'static str,
+    meaning: &'static str,
+) -> ColumnDoc {
+    ColumnDoc {
+        name,
+        arrow_type,
+        nullable,
+        unit,
+        meaning,
+    }
+}
+
+/// The `probes` table, in column order.
+pub const COLUMNS: &[ColumnDoc] = &[
+    c("ts", "timestamp(ns, UTC)", false, "ns since epoch", "When the run was launched (host clock)."),
+    c("node", "utf8", false, "-", "Kubernetes node name, or the host name when standalone."),
+    c("gpu_uuid", "utf8", false, "-", "Physical GPU UUID (`GPU-...`); `CPU-<index>` on the CPU backend."),
+    c("gpu_index", "uint32", false, "-", "Device index on the node."),
+    c("gpu_name", "utf8", true, "-", "Product name (NVML or CUDA); the CPU model on the CPU backend."),
+    c("backend", "utf8", false, "-", "`cuda` or `cpu`."),
+    c("kernel", "utf8", false, "-", "`fft` or `gemm`."),
+    c("shape", "utf8", false, "-", "Problem shape, e.g. `c2c 1d n=4096 batch=8` or `n=1024`."),
+    c("precision", "utf8", false, "-", "`fp32`, `fp16` or `bf16` (FFT: `fp32` complex)."),
+    c("flops", "float64", false, "FLOP", "Floating-point operations of one run (FFT: 5·N·log2 N per transform)."),
+    c("cycle", "uint64", false, "-", "Probe cycle number on this GPU, from 0 at agent start."),
+    c("burst_seq", "uint32", false, "-", "Index of the run inside its burst; 0 is the first run after an idle gap."),
+    c("gpu_ms", "float64", true, "ms", "Execution time between the start and end CUDA events (CPU backend: compute time on the worker thread)."),
+    c("wall_ms", "float64", false, "ms", "Host monotonic clock from launch to completion (synchronize returned)."),
+    c("queue_ms", "float64", true, "ms", "`wall_ms - gpu_ms`: time spent waiting for a time slice plus launch/sync overhead."),
+    c("tflops", "float64", true, "TFLOP/s", "`flops / gpu_ms`: achieved throughput while executing."),
+    c("correct", "bool", true, "-", "The output passed its correctness check."),
+    c("rel_error", "float64", true, "-", "Relative error of the check (Parseval for FFT, checksum-vector product for GEMM)."),
+    c("sm_clock_mhz", "uint32", true, "MHz", "SM clock, NVML sample before the burst."),
+    c("mem_clock_mhz", "uint32", true, "MHz", "Memory clock, NVML sample before the burst."),
+    c("gpu_util_pct", "uint32", true, "%", "GPU utilisation over NVML's last sample period, before the burst."),
+    c("mem_util_pct", "uint32", true, "%", "Memory-controller utilisation, before the burst."),
+    c("power_w", "float64", true, "W", "Board power draw, before the burst."),
+    c("temp_c", "uint32", true, "°C", "GPU temperature, before the burst."),
+    c("throttle_reasons", "uint64", true, "bit mask", "NVML clocks-event reasons, OR of the samples before and after the burst (idle bit 0x1 removed)."),
+    c("fb_used_mib", "uint64", true, "MiB", "Framebuffer memory in use, before the burst."),
+    c("gpu_processes", "uint32", true, "-", "Compute processes on the GPU other than the agent (max of before/after)."),
+    c("processes", "list<utf8>", true, "-", "Those processes as `pid:name:used_mib` (used_mib empty when unknown)."),
+    c("sm_clock_mhz_after", "uint32", true, "MHz", "SM clock, NVML sample after the burst."),
+    c("pods", "list<utf8>", true, "-", "`namespace/name` of every pod holding a replica of this physical GPU; null when no occupancy source knows."),
+    c("pod_count", "uint32", true, "-", "Number of entries in `pods`."),
+    c("active_pods", "list<utf8>", true, "-", "Pods with a process actually running on the GPU."),
+    c("replicas", "uint32", true, "-", "Time-slicing replicas per GPU (node label `nvidia.com/gpu.replicas`)."),
+    c("sharing_strategy", "utf8", true, "-", "Node label `nvidia.com/gpu.sharing-strategy` (`time-slicing`, `mps`, `none`)."),
+    c("occupancy_stale", "bool", true, "-", "The occupancy came from a cache older than the configured staleness age."),
+    c("verdict", "utf8", true, "-", "Live health verdict for this GPU and kernel when the row was made."),
+    c("trace_id", "utf8", true, "32 hex", "OTLP trace id of the probe cycle."),
+    c("span_id", "utf8", true, "16 hex", "OTLP span id of this run."),
+];
+
+/// The `health` table (one row per GPU, kernel and evaluation), in column order.
+pub const HEALTH_COLUMNS: &[ColumnDoc] = &[
+    c("ts", "timestamp(ns, UTC)", false, "ns since epoch", "When the verdict was evaluated."),
+    c("node", "utf8", false, "-", "Node name."),
+    c("gpu_uuid", "utf8", false, "-", "Physical GPU UUID."),
+    c("gpu_index", "uint32", false, "-", "Device index on the node."),
+    c("kernel", "utf8", false, "-", "`fft` or `gemm`."),
+    c("verdict", "utf8", false, "-", "`healthy`, `degraded` or `unhealthy`."),
+    c("reason", "utf8", false, "-", "Why, in one line."),
+    c("window_secs", "uint64", false, "s", "Length of the rolling window."),
+    c("samples", "uint64", false, "-", "Runs in the window."),
+    c("wall_p50_ms", "float64", true, "ms", "p50 of `wall_ms` in the window."),
+    c("wall_p99_ms", "float64", true, "ms", "p99 of `wall_ms` in the window."),
+    c("gpu_p99_ms", "float64", true, "ms", "p99 of `gpu_ms` in the window."),
+    c("queue_p99_ms", "float64", true, "ms", "p99 of `queue_ms` in the window."),
+    c("baseline_p99_ms", "float64", true, "ms", "Quiet-period (or SLO) p99 of `wall_ms` the window is judged against."),
+    c("inflation", "float64", true, "ratio", "`wall_p99_ms / baseline_p99_ms`."),
+    c("correctness_failures", "uint64", false, "-", "Runs with `correct = false` in the window."),
+    c("throttle_reasons", "uint64", true, "bit mask", "Throttle reasons seen in the window."),
+];

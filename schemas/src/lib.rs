@@ -1,0 +1,128 @@
+//! `slicetrace-schema`: the one definition of what a probe *is*.
+//!
+//! Every other crate speaks in these types. The agent (`daemon/`) fills a
+//! [`ProbeRecord`] per kernel run, turns batches of them into Arrow record
+//! batches with [`probes_batch`], and writes them to Parquet with
+//! [`SCHEMA_VERSION`] in the key-value metadata; it also turns each record into
+//! an OTLP span whose attribute keys live in [`attr`]. The `slicetrace` CLI
+//! (`analysis/`) reads the same columns back with DataFusion and refuses files
+//! whose schema version is newer than [`SCHEMA_VERSION`].
+//!
+//! The column list in `README.md` is checked against [`COLUMNS`] and
+//! [`probes_schema`] by a test, so the documentation cannot drift.
+
+mod columns;
+mod health;
+mod record;
+
+pub use columns::{ColumnDoc, COLUMNS, HEALTH_COLUMNS};
+pub use health::{health_batch, health_schema, HealthRecord};
+pub use record::{probes_batch, probes_from_batch, probes_schema, ProbeRecord};
+
+/// Version of the `probes` and `health` table layouts. Bump on any change that
+/// an older reader would misinterpret (a renamed, retyped or re-meant column).
+/// Adding a nullable column does not need a bump.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Parquet key-value metadata key that carries [`SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "slicetrace.schema_version";
+
+/// Parquet key-value metadata key naming the table (`probes` or `health`).
+pub const TABLE_KEY: &str = "slicetrace.table";
+
+/// Errors raised while converting between records and Arrow.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Arrow refused to build or read a batch.
+    #[error("failed to convert probe records to or from arrow")]
+    Arrow(#[source] arrow::error::ArrowError),
+    /// A batch lacks a column this build needs.
+    #[error("record batch has no column {0:?}")]
+    MissingColumn(String),
+    /// A column has an unexpected Arrow type.
+    #[error("column {column:?} has type {found}, expected {expected}")]
+    WrongType {
+        /// Column name.
+        column: String,
+        /// The type found in the batch.
+        found: String,
+        /// The type this build expects.
+        expected: String,
+    },
+}
+
+/// OTLP span attribute keys. OpenTelemetry semantic-convention names are used
+/// where one exists (`k8s.*`, `host.name`, `service.name`); the rest live under
+/// `slicetrace.*` (probe fields) and `gpu.*` / `nvml.*` (device readings).
+pub mod attr {
+    /// Resource: `service.name`.
+    pub const SERVICE_NAME: &str = "service.name";
+    /// Resource: `host.name`.
+    pub const HOST_NAME: &str = "host.name";
+    /// Resource: `k8s.node.name`, when the node name is known.
+    pub const K8S_NODE_NAME: &str = "k8s.node.name";
+    /// Physical GPU UUID (`GPU-...`) or the CPU pseudo-device id.
+    pub const GPU_UUID: &str = "gpu.uuid";
+    /// Device index on the node.
+    pub const GPU_INDEX: &str = "gpu.index";
+    /// Product name.
+    pub const GPU_NAME: &str = "gpu.name";
+    /// Backend that ran the probe (`cuda` or `cpu`).
+    pub const BACKEND: &str = "slicetrace.backend";
+    /// Probe kernel (`fft` or `gemm`).
+    pub const KERNEL: &str = "slicetrace.kernel";
+    /// Probe shape, e.g. `c2c n=4096 batch=8`.
+    pub const SHAPE: &str = "slicetrace.shape";
+    /// Numeric precision of the kernel.
+    pub const PRECISION: &str = "slicetrace.precision";
+    /// Floating-point operations per run.
+    pub const FLOPS: &str = "slicetrace.flops";
+    /// Probe cycle number.
+    pub const CYCLE: &str = "slicetrace.cycle";
+    /// Index of the run inside its burst.
+    pub const BURST_SEQ: &str = "slicetrace.burst_seq";
+    /// CUDA-event execution time, ms.
+    pub const GPU_MS: &str = "slicetrace.gpu_ms";
+    /// Host-clock launch-to-completion time, ms.
+    pub const WALL_MS: &str = "slicetrace.wall_ms";
+    /// `wall_ms - gpu_ms`, ms: the wait for a time slice.
+    pub const QUEUE_MS: &str = "slicetrace.queue_ms";
+    /// Achieved TFLOP/s against the event clock.
+    pub const TFLOPS: &str = "slicetrace.tflops";
+    /// Output passed its correctness check.
+    pub const CORRECT: &str = "slicetrace.correct";
+    /// Relative error of the correctness check.
+    pub const REL_ERROR: &str = "slicetrace.rel_error";
+    /// SM clock, MHz.
+    pub const SM_CLOCK_MHZ: &str = "nvml.sm_clock_mhz";
+    /// Memory clock, MHz.
+    pub const MEM_CLOCK_MHZ: &str = "nvml.mem_clock_mhz";
+    /// GPU utilisation, %.
+    pub const GPU_UTIL_PCT: &str = "nvml.gpu_util_pct";
+    /// Memory-controller utilisation, %.
+    pub const MEM_UTIL_PCT: &str = "nvml.mem_util_pct";
+    /// Board power, W.
+    pub const POWER_W: &str = "nvml.power_w";
+    /// GPU temperature, °C.
+    pub const TEMP_C: &str = "nvml.temp_c";
+    /// NVML clocks-event (throttle) reason bit mask.
+    pub const THROTTLE_REASONS: &str = "nvml.throttle_reasons";
+    /// Framebuffer memory used, MiB.
+    pub const FB_USED_MIB: &str = "nvml.fb_used_mib";
+    /// Compute processes on the GPU.
+    pub const GPU_PROCESSES: &str = "nvml.gpu_processes";
+    /// Pods holding a replica of this GPU (`namespace/name`).
+    pub const PODS: &str = "k8s.gpu.pods";
+    /// Number of pods holding a replica of this GPU.
+    pub const POD_COUNT: &str = "k8s.gpu.pod_count";
+    /// Pods with a process running on the GPU.
+    pub const ACTIVE_PODS: &str = "k8s.gpu.active_pods";
+    /// Time-slicing replicas advertised per GPU (node label).
+    pub const REPLICAS: &str = "k8s.gpu.replicas";
+    /// Device-plugin sharing strategy (node label).
+    pub const SHARING_STRATEGY: &str = "k8s.gpu.sharing_strategy";
+    /// Live health verdict of this GPU and kernel.
+    pub const VERDICT: &str = "slicetrace.health.verdict";
+    /// Reason for the verdict.
+    pub const VERDICT_REASON: &str = "slicetrace.health.reason";
+}

@@ -1,0 +1,407 @@
+//! [`ProbeRecord`] and its Arrow form.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, ListArray,
+    ListBuilder, StringArray, StringBuilder, TimestampNanosecondArray,
+    TimestampNanosecondBuilder, UInt32Array, UInt32Builder, UInt64Array, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::columns::ColumnDoc;
+use crate::{SchemaError, COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
+
+/// One probe kernel run, joined with the device readings and the occupancy
+/// that were current when it ran. One record is one row of the `probes`
+/// table and one OTLP span.
+///
+/// Every field that can be unknown is an `Option`; `None` is written as a
+/// null, never as 0 or an empty list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    /// Launch time, ns since the Unix epoch (UTC).
+    pub ts_ns: i64,
+    /// Node name.
+    pub node: String,
+    /// Physical GPU UUID, or `CPU-<index>`.
+    pub gpu_uuid: String,
+    /// Device index on the node.
+    pub gpu_index: u32,
+    /// Product name.
+    pub gpu_name: Option<String>,
+    /// `cuda` or `cpu`.
+    pub backend: String,
+    /// `fft` or `gemm`.
+    pub kernel: String,
+    /// Problem shape.
+    pub shape: String,
+    /// `fp32`, `fp16` or `bf16`.
+    pub precision: String,
+    /// FLOP per run.
+    pub flops: f64,
+    /// Probe cycle number.
+    pub cycle: u64,
+    /// Index inside the burst.
+    pub burst_seq: u32,
+    /// Event-clock execution time, ms.
+    pub gpu_ms: Option<f64>,
+    /// Host-clock launch-to-completion time, ms.
+    pub wall_ms: f64,
+    /// `wall_ms - gpu_ms`, ms.
+    pub queue_ms: Option<f64>,
+    /// Achieved TFLOP/s on the event clock.
+    pub tflops: Option<f64>,
+    /// Correctness check passed.
+    pub correct: Option<bool>,
+    /// Relative error of the check.
+    pub rel_error: Option<f64>,
+    /// SM clock before the burst, MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock before the burst, MHz.
+    pub mem_clock_mhz: Option<u32>,
+    /// GPU utilisation, %.
+    pub gpu_util_pct: Option<u32>,
+    /// Memory utilisation, %.
+    pub mem_util_pct: Option<u32>,
+    /// Power, W.
+    pub power_w: Option<f64>,
+    /// Temperature, °C.
+    pub temp_c: Option<u32>,
+    /// Throttle reason bit mask.
+    pub throttle_reasons: Option<u64>,
+    /// Framebuffer used, MiB.
+    pub fb_used_mib: Option<u64>,
+    /// Compute processes other than the agent.
+    pub gpu_processes: Option<u32>,
+    /// Those processes, `pid:name:used_mib`.
+    pub processes: Option<Vec<String>>,
+    /// SM clock after the burst, MHz.
+    pub sm_clock_mhz_after: Option<u32>,
+    /// Pods holding a replica of this GPU.
+    pub pods: Option<Vec<String>>,
+    /// `pods.len()`.
+    pub pod_count: Option<u32>,
+    /// Pods with a process on the GPU.
+    pub active_pods: Option<Vec<String>>,
+    /// Replicas per GPU (node label).
+    pub replicas: Option<u32>,
+    /// Sharing strategy (node label).
+    pub sharing_strategy: Option<String>,
+    /// Occupancy came from a stale cache.
+    pub occupancy_stale: Option<bool>,
+    /// Live verdict.
+    pub verdict: Option<String>,
+    /// OTLP trace id, 32 hex.
+    pub trace_id: Option<String>,
+    /// OTLP span id, 16 hex.
+    pub span_id: Option<String>,
+}
+
+pub(crate) fn parse_type(t: &str) -> DataType {
+    match t {
+        "timestamp(ns, UTC)" => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        "utf8" => DataType::Utf8,
+        "uint32" => DataType::UInt32,
+        "uint64" => DataType::UInt64,
+        "float64" => DataType::Float64,
+        "bool" => DataType::Boolean,
+        "list<utf8>" => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        // COLUMNS is a compile-time constant covered by unit tests; an unknown
+        // spelling there is a programming error caught before release.
+        other => unreachable!("unknown arrow type {other} in column docs"),
+    }
+}
+
+pub(crate) fn schema_from_docs(docs: &[ColumnDoc], table: &str) -> Schema {
+    let fields: Vec<Field> = docs
+        .iter()
+        .map(|d| Field::new(d.name, parse_type(d.arrow_type), d.nullable))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string());
+    meta.insert(TABLE_KEY.to_string(), table.to_string());
+    Schema::new_with_metadata(fields, meta)
+}
+
+/// The Arrow schema of the `probes` table, with the schema version and table
+/// name in its metadata (which the Parquet writer copies into the footer).
+pub fn probes_schema() -> SchemaRef {
+    Arc::new(schema_from_docs(COLUMNS, "probes"))
+}
+
+fn list_array(values: impl Iterator<Item = Option<Vec<String>>>) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for v in values {
+        match v {
+            Some(items) => {
+                for s in items {
+                    b.values().append_value(s);
+                }
+                b.append(true);
+            }
+            None => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+macro_rules! col {
+    ($rows:expr, $builder:ty, |$r:ident| $e:expr) => {{
+        let mut b = <$builder>::with_capacity($rows.len());
+        for $r in $rows {
+            b.append_option($e);
+        }
+        Arc::new(b.finish()) as ArrayRef
+    }};
+}
+
+fn str_col<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    let mut b = StringBuilder::new();
+    for v in it {
+        b.append_option(v);
+    }
+    Arc::new(b.finish())
+}
+
+/// Builds one Arrow record batch of the `probes` table from `rows`.
+pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
+    let ts = {
+        let mut b = TimestampNanosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+        for r in rows {
+            b.append_value(r.ts_ns);
+        }
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let columns: Vec<ArrayRef> = vec![
+        ts,
+        str_col(rows.iter().map(|r| Some(r.node.as_str()))),
+        str_col(rows.iter().map(|r| Some(r.gpu_uuid.as_str()))),
+        col!(rows, UInt32Builder, |r| Some(r.gpu_index)),
+        str_col(rows.iter().map(|r| r.gpu_name.as_deref())),
+        str_col(rows.iter().map(|r| Some(r.backend.as_str()))),
+        str_col(rows.iter().map(|r| Some(r.kernel.as_str()))),
+        str_col(rows.iter().map(|r| Some(r.shape.as_str()))),
+        str_col(rows.iter().map(|r| Some(r.precision.as_str()))),
+        col!(rows, Float64Builder, |r| Some(r.flops)),
+        col!(rows, UInt64Builder, |r| Some(r.cycle)),
+        col!(rows, UInt32Builder, |r| Some(r.burst_seq)),
+        col!(rows, Float64Builder, |r| r.gpu_ms),
+        col!(rows, Float64Builder, |r| Some(r.wall_ms)),
+        col!(rows, Float64Builder, |r| r.queue_ms),
+        col!(rows, Float64Builder, |r| r.tflops),
+        col!(rows, BooleanBuilder, |r| r.correct),
+        col!(rows, Float64Builder, |r| r.rel_error),
+        col!(rows, UInt32Builder, |r| r.sm_clock_mhz),
+        col!(rows, UInt32Builder, |r| r.mem_clock_mhz),
+        col!(rows, UInt32Builder, |r| r.gpu_util_pct),
+        col!(rows, UInt32Builder, |r| r.mem_util_pct),
+        col!(rows, Float64Builder, |r| r.power_w),
+        col!(rows, UInt32Builder, |r| r.temp_c),
+        col!(rows, UInt64Builder, |r| r.throttle_reasons),
+        col!(rows, UInt64Builder, |r| r.fb_used_mib),
+        col!(rows, UInt32Builder, |r| r.gpu_processes),
+        list_array(rows.iter().map(|r| r.processes.clone())),
+        col!(rows, UInt32Builder, |r| r.sm_clock_mhz_after),
+        list_array(rows.iter().map(|r| r.pods.clone())),
+        col!(rows, UInt32Builder, |r| r.pod_count),
+        list_array(rows.iter().map(|r| r.active_pods.clone())),
+        col!(rows, UInt32Builder, |r| r.replicas),
+        str_col(rows.iter().map(|r| r.sharing_strategy.as_deref())),
+        col!(rows, BooleanBuilder, |r| r.occupancy_stale),
+        str_col(rows.iter().map(|r| r.verdict.as_deref())),
+        str_col(rows.iter().map(|r| r.trace_id.as_deref())),
+        str_col(rows.iter().map(|r| r.span_id.as_deref())),
+    ];
+    RecordBatch::try_new(probes_schema(), columns).map_err(SchemaError::Arrow)
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, SchemaError> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| SchemaError::MissingColumn(name.to_string()))?;
+    col.as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| SchemaError::WrongType {
+            column: name.to_string(),
+            found: col.data_type().to_string(),
+            expected: std::any::type_name::<T>().to_string(),
+        })
+}
+
+fn opt<T>(valid: bool, v: T) -> Option<T> {
+    valid.then_some(v)
+}
+
+fn list_at(a: &ListArray, i: usize) -> Option<Vec<String>> {
+    if a.is_null(i) {
+        return None;
+    }
+    let v = a.value(i);
+    let s = v.as_any().downcast_ref::<StringArray>()?;
+    Some(
+        (0..s.len())
+            .filter(|&j| s.is_valid(j))
+            .map(|j| s.value(j).to_string())
+            .collect(),
+    )
+}
+
+/// Reads records back from a `probes` batch (the inverse of [`probes_batch`]).
+/// Columns this build does not know are ignored; missing nullable ones read
+/// as `None`, missing required ones are an error.
+pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, SchemaError> {
+    let ts = column::<TimestampNanosecondArray>(batch, "ts")?;
+    let s = |n: &str| column::<StringArray>(batch, n);
+    let u32c = |n: &str| column::<UInt32Array>(batch, n);
+    let u64c = |n: &str| column::<UInt64Array>(batch, n);
+    let f64c = |n: &str| column::<Float64Array>(batch, n);
+    let bc = |n: &str| column::<BooleanArray>(batch, n);
+    let lc = |n: &str| column::<ListArray>(batch, n);
+    let (node, uuid, idx, name) = (s("node")?, s("gpu_uuid")?, u32c("gpu_index")?, s("gpu_name")?);
+    let (backend, kernel, shape, prec) = (s("backend")?, s("kernel")?, s("shape")?, s("precision")?);
+    let (flops, cycle, seq) = (f64c("flops")?, u64c("cycle")?, u32c("burst_seq")?);
+    let (gpu_ms, wall_ms, queue_ms, tflops) =
+        (f64c("gpu_ms")?, f64c("wall_ms")?, f64c("queue_ms")?, f64c("tflops")?);
+    let (correct, rel) = (bc("correct")?, f64c("rel_error")?);
+    let (sm, mem, gu, mu) = (
+        u32c("sm_clock_mhz")?,
+        u32c("mem_clock_mhz")?,
+        u32c("gpu_util_pct")?,
+        u32c("mem_util_pct")?,
+    );
+    let (pw, temp, thr, fb, procs_n) = (
+        f64c("power_w")?,
+        u32c("temp_c")?,
+        u64c("throttle_reasons")?,
+        u64c("fb_used_mib")?,
+        u32c("gpu_processes")?,
+    );
+    let (procs, sm_after, pods, pod_count, active) = (
+        lc("processes")?,
+        u32c("sm_clock_mhz_after")?,
+        lc("pods")?,
+        u32c("pod_count")?,
+        lc("active_pods")?,
+    );
+    let (replicas, strategy, stale, verdict, trace, span) = (
+        u32c("replicas")?,
+        s("sharing_strategy")?,
+        bc("occupancy_stale")?,
+        s("verdict")?,
+        s("trace_id")?,
+        s("span_id")?,
+    );
+    let ostr = |a: &StringArray, i: usize| opt(a.is_valid(i), a.value(i).to_string());
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        out.push(ProbeRecord {
+            ts_ns: ts.value(i),
+            node: node.value(i).to_string(),
+            gpu_uuid: uuid.value(i).to_string(),
+            gpu_index: idx.value(i),
+            gpu_name: ostr(name, i),
+            backend: backend.value(i).to_string(),
+            kernel: kernel.value(i).to_string(),
+            shape: shape.value(i).to_string(),
+            precision: prec.value(i).to_string(),
+            flops: flops.value(i),
+            cycle: cycle.value(i),
+            burst_seq: seq.value(i),
+            gpu_ms: opt(gpu_ms.is_valid(i), gpu_ms.value(i)),
+            wall_ms: wall_ms.value(i),
+            queue_ms: opt(queue_ms.is_valid(i), queue_ms.value(i)),
+            tflops: opt(tflops.is_valid(i), tflops.value(i)),
+            correct: opt(correct.is_valid(i), correct.value(i)),
+            rel_error: opt(rel.is_valid(i), rel.value(i)),
+            sm_clock_mhz: opt(sm.is_valid(i), sm.value(i)),
+            mem_clock_mhz: opt(mem.is_valid(i), mem.value(i)),
+            gpu_util_pct: opt(gu.is_valid(i), gu.value(i)),
+            mem_util_pct: opt(mu.is_valid(i), mu.value(i)),
+            power_w: opt(pw.is_valid(i), pw.value(i)),
+            temp_c: opt(temp.is_valid(i), temp.value(i)),
+            throttle_reasons: opt(thr.is_valid(i), thr.value(i)),
+            fb_used_mib: opt(fb.is_valid(i), fb.value(i)),
+            gpu_processes: opt(procs_n.is_valid(i), procs_n.value(i)),
+            processes: list_at(procs, i),
+            sm_clock_mhz_after: opt(sm_after.is_valid(i), sm_after.value(i)),
+            pods: list_at(pods, i),
+            pod_count: opt(pod_count.is_valid(i), pod_count.value(i)),
+            active_pods: list_at(active, i),
+            replicas: opt(replicas.is_valid(i), replicas.value(i)),
+            sharing_strategy: ostr(strategy, i),
+            occupancy_stale: opt(stale.is_valid(i), stale.value(i)),
+            verdict: ostr(verdict, i),
+            trace_id: ostr(trace, i),
+            span_id: ostr(span, i),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ProbeRecord {
+        ProbeRecord {
+            ts_ns: 1_700_000_000_000_000_000,
+            node: "n1".into(),
+            gpu_uuid: "GPU-1234".into(),
+            gpu_index: 0,
+            gpu_name: Some("NVIDIA H100".into()),
+            backend: "cuda".into(),
+            kernel: "fft".into(),
+            shape: "c2c 1d n=4096 batch=8".into(),
+            precision: "fp32".into(),
+            flops: 1.0e6,
+            cycle: 3,
+            burst_seq: 1,
+            gpu_ms: Some(0.05),
+            wall_ms: 0.06,
+            queue_ms: Some(0.01),
+            tflops: Some(0.02),
+            correct: Some(true),
+            rel_error: Some(1e-7),
+            pods: Some(vec!["a/b".into(), "c/d".into()]),
+            pod_count: Some(2),
+            processes: Some(vec![]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_nulls_and_empty_lists_apart() {
+        let rows = vec![sample(), ProbeRecord { pods: None, ..sample() }];
+        let batch = probes_batch(&rows).expect("batch");
+        assert_eq!(batch.num_columns(), COLUMNS.len());
+        let back = probes_from_batch(&batch).expect("read back");
+        assert_eq!(back, rows);
+        assert_eq!(back[0].processes, Some(vec![]));
+        assert_eq!(back[1].pods, None);
+        assert_eq!(back[0].sm_clock_mhz, None);
+    }
+
+    #[test]
+    fn schema_carries_version_metadata() {
+        let s = probes_schema();
+        assert_eq!(s.metadata().get(SCHEMA_VERSION_KEY), Some(&SCHEMA_VERSION.to_string()));
+        assert_eq!(s.metadata().get(TABLE_KEY).map(String::as_str), Some("probes"));
+        assert_eq!(
+            s.field_with_name("ts").expect("ts").data_type(),
+            &DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+        );
+    }
+
+    #[test]
+    fn missing_required_column_is_an_error() {
+        let batch = probes_batch(&[sample()]).expect("batch");
+        let idx = batch.schema().index_of("wall_ms").expect("idx");
+        let mut b = batch.clone();
+        b.remove_column(idx);
+        assert!(matches!(probes_from_batch(&b), Err(SchemaError::MissingColumn(c)) if c == "wall_ms"));
+    }
+}
