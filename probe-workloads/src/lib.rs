@@ -1,1 +1,232 @@
-//! placeholder
+//! `slicetrace-probe`: the probe kernels and the backends that time them.
+//!
+//! This crate sits at the start of the agent's flow: the agent's per-GPU probe
+//! thread owns one [`ProbeBackend`] and calls [`ProbeBackend::run`] for each run
+//! of an FFT burst and a GEMM burst. Every run is timed by two clocks: the
+//! device's (CUDA events around the kernel, or the worker thread's compute time
+//! on the CPU backend) and the host's (launch to completion). On a time-sliced
+//! GPU only the host clock sees the wait for the slice, so both are recorded.
+//!
+//! Every run's output is checked ([`check`]) against a reference computed once
+//! at start, so a GPU that computes wrong answers is caught, not just a slow one.
+//!
+//! The same backends drive `slicetrace-load`, the tenant workload that creates
+//! contention in experiments.
+
+pub mod check;
+pub mod cpu;
+pub mod cuda;
+mod spec;
+
+pub use spec::{FftDims, FftSpec, GemmSpec, Kernel, Precision, Preset, ProbeSpec};
+
+use slicetrace_schema::ProbeRecord;
+
+/// Errors from backend selection and probe runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A CUDA library could not be found at run time.
+    #[error("{library} not found: {hint}")]
+    LibraryMissing {
+        /// The library that is missing (libcuda, libcufft, libcublas).
+        library: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// The driver is present but reports no device.
+    #[error("no CUDA device found")]
+    NoDevice,
+    /// A device index beyond the device count.
+    #[error("device index {index} out of range ({count} devices)")]
+    BadIndex {
+        /// Requested index.
+        index: u32,
+        /// Devices present.
+        count: u32,
+    },
+    /// A CUDA driver, cuFFT or cuBLAS call failed.
+    #[error("cuda call failed: {what}: {detail}")]
+    Cuda {
+        /// Which call.
+        what: &'static str,
+        /// The error as the library reported it.
+        detail: String,
+    },
+    /// The CPU worker thread went away.
+    #[error("cpu probe worker stopped")]
+    WorkerGone,
+    /// An invalid probe spec.
+    #[error("invalid probe spec: {0}")]
+    BadSpec(String),
+    /// A fault injected through the seam (tests and self-test only).
+    #[error("injected fault: {0}")]
+    Injected(String),
+}
+
+/// Which backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// CUDA when libcuda, cuFFT, cuBLAS and a device are present, else CPU.
+    #[default]
+    Auto,
+    /// CUDA or fail.
+    Cuda,
+    /// The CPU backend (rustfft + matrixmultiply).
+    Cpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda),
+            "cpu" => Ok(Self::Cpu),
+            o => Err(format!("unknown backend {o:?} (expected auto, cuda or cpu)")),
+        }
+    }
+}
+
+/// The device a backend probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceInfo {
+    /// Index on the node (CUDA ordinal, or CPU pseudo-device number).
+    pub index: u32,
+    /// `GPU-xxxxxxxx-...` (same spelling as NVML), or `CPU-<index>`.
+    pub uuid: String,
+    /// Product name.
+    pub name: Option<String>,
+    /// `cuda` or `cpu`.
+    pub backend: &'static str,
+}
+
+/// Describes a kernel as it runs on a backend (goes into every row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelShape {
+    /// `fft` or `gemm`.
+    pub kernel: Kernel,
+    /// Human-readable shape.
+    pub shape: String,
+    /// Precision.
+    pub precision: Precision,
+    /// FLOP per run.
+    pub flops: f64,
+}
+
+/// The timings and check of one run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSample {
+    /// Launch time, ns since the Unix epoch.
+    pub ts_ns: i64,
+    /// Device-clock execution time, ms.
+    pub gpu_ms: Option<f64>,
+    /// Host-clock launch-to-completion time, ms.
+    pub wall_ms: f64,
+    /// Output passed its check.
+    pub correct: Option<bool>,
+    /// Relative error of the check.
+    pub rel_error: Option<f64>,
+}
+
+/// The probe-backend seam.
+///
+/// Contract: a backend is owned by one probe thread; `run` blocks that thread
+/// until the run has completed (CUDA: until `synchronize` returns) and must
+/// never be called on an async runtime worker. Buffers, plans, handles and
+/// events are created in the constructor and warmed up; `run` allocates
+/// nothing on the device. A failed run returns an error and leaves the backend
+/// usable if the device still is.
+pub trait ProbeBackend: Send {
+    /// The device this backend probes.
+    fn device(&self) -> &DeviceInfo;
+    /// The shape of `kernel` on this backend.
+    fn shape(&self, kernel: Kernel) -> KernelShape;
+    /// Executes one timed, checked run of `kernel`.
+    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError>;
+    /// Corrupts the output of the next run of `kernel` after it is timed and
+    /// before it is checked. Used by the start-up self-test and by tests to
+    /// prove that the checker catches a wrong answer.
+    fn corrupt_next_output(&mut self, kernel: Kernel);
+}
+
+/// Builds a [`ProbeRecord`] for one run: identity, shape, timings and check.
+/// NVML readings, occupancy and trace ids are joined later by the agent.
+pub fn record_for(
+    node: &str,
+    dev: &DeviceInfo,
+    shape: &KernelShape,
+    sample: &RunSample,
+    cycle: u64,
+    burst_seq: u32,
+) -> ProbeRecord {
+    let queue_ms = sample.gpu_ms.map(|g| (sample.wall_ms - g).max(0.0));
+    let tflops = sample
+        .gpu_ms
+        .filter(|g| *g > 0.0)
+        .map(|g| shape.flops / (g * 1e-3) / 1e12);
+    ProbeRecord {
+        ts_ns: sample.ts_ns,
+        node: node.to_string(),
+        gpu_uuid: dev.uuid.clone(),
+        gpu_index: dev.index,
+        gpu_name: dev.name.clone(),
+        backend: dev.backend.to_string(),
+        kernel: shape.kernel.as_str().to_string(),
+        shape: shape.shape.clone(),
+        precision: shape.precision.as_str().to_string(),
+        flops: shape.flops,
+        cycle,
+        burst_seq,
+        gpu_ms: sample.gpu_ms,
+        wall_ms: sample.wall_ms,
+        queue_ms,
+        tflops,
+        correct: sample.correct,
+        rel_error: sample.rel_error,
+        ..Default::default()
+    }
+}
+
+/// Finds the CUDA devices, checking every library first so that a missing one
+/// is a clear error naming it (cudarc would panic otherwise).
+pub fn cuda_device_count() -> Result<u32, ProbeError> {
+    cuda::device_count()
+}
+
+/// Opens one backend per device for `kind`. With [`BackendKind::Auto`] a
+/// missing CUDA falls back to the CPU backend and the reason is returned so
+/// the caller can warn once. `cpu_devices` is how many CPU pseudo-devices to
+/// simulate on the CPU backend (1 normally; more in multi-GPU tests).
+/// `spec_for` gives the spec for a backend name (`cuda` or `cpu`), so that a
+/// preset can be scaled to the hardware (see [`ProbeSpec::preset_for`]).
+pub fn open_backends(
+    kind: BackendKind,
+    spec_for: &dyn Fn(&'static str) -> ProbeSpec,
+    cpu_devices: u32,
+) -> Result<(Vec<Box<dyn ProbeBackend>>, Option<ProbeError>), ProbeError> {
+    let open_cpu = || -> Result<Vec<Box<dyn ProbeBackend>>, ProbeError> {
+        let spec = spec_for("cpu");
+        (0..cpu_devices.max(1))
+            .map(|i| cpu::CpuBackend::new(i, &spec).map(|b| Box::new(b) as Box<dyn ProbeBackend>))
+            .collect()
+    };
+    let open_cuda = || -> Result<Vec<Box<dyn ProbeBackend>>, ProbeError> {
+        let n = cuda_device_count()?;
+        let spec = spec_for("cuda");
+        if n == 0 {
+            return Err(ProbeError::NoDevice);
+        }
+        (0..n)
+            .map(|i| cuda::CudaBackend::new(i, &spec).map(|b| Box::new(b) as Box<dyn ProbeBackend>))
+            .collect()
+    };
+    match kind {
+        BackendKind::Cpu => Ok((open_cpu()?, None)),
+        BackendKind::Cuda => Ok((open_cuda()?, None)),
+        BackendKind::Auto => match open_cuda() {
+            Ok(b) => Ok((b, None)),
+            Err(e) => Ok((open_cpu()?, Some(e))),
+        },
+    }
+}

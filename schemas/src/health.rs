@@ -92,7 +92,7 @@ pub fn health_batch(rows: &[HealthRecord]) -> Result<RecordBatch, SchemaError> {
     let mut s = s.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
     let mut u = u.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
     let f: Vec<ArrayRef> = f.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
-    let mut next = |it: &mut dyn Iterator<Item = ArrayRef>| it.next().ok_or(SchemaError::MissingColumn("internal".into()));
+    let next = |it: &mut dyn Iterator<Item = ArrayRef>| it.next().ok_or(SchemaError::MissingColumn("internal".into()));
     let (node, uuid, kernel, verdict, reason) =
         (next(&mut s)?, next(&mut s)?, next(&mut s)?, next(&mut s)?, next(&mut s)?);
     let (win, samples, fails, thr) = (next(&mut u)?, next(&mut u)?, next(&mut u)?, next(&mut u)?);

@@ -2,12 +2,19 @@
 //!
 //! Each sink runs on its own task and is fed through its own bounded channel;
 //! the probe loop only ever `try_send`s into it, so a slow or dead sink costs
-//! dropped-and-counted records, never a stalled probe.
+//! dropped-and-counted records, never a stalled probe. [`run_sink`] is that
+//! task: it batches what the channel holds, calls [`Sink::export`], answers
+//! flush requests and, when the channel closes, shuts the sink down within a
+//! deadline.
 
-use std::time::Duration;
+pub mod otlp;
+pub mod parquet;
+
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use slicetrace_schema::{HealthRecord, ProbeRecord};
+use tokio::sync::{mpsc, oneshot};
 
 /// Errors a sink reports. The runner logs and counts them; they never stop
 /// the agent.
@@ -56,4 +63,222 @@ pub trait Sink: Send + 'static {
     fn force_flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Flushes and releases resources within `deadline`.
     fn shutdown(&mut self, deadline: Duration) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// One message on a sink's channel.
+#[derive(Debug)]
+pub enum SinkMsg {
+    /// Probe records to export.
+    Probes(Vec<ProbeRecord>),
+    /// Live-health evaluations to export.
+    Health(Vec<HealthRecord>),
+    /// Export everything received before this message, call
+    /// [`Sink::force_flush`], then answer on the sender (also when the flush
+    /// failed: failures are logged and counted by the sink).
+    Flush(oneshot::Sender<()>),
+}
+
+/// Most probe records handed to one [`Sink::export`] call by [`run_sink`].
+/// Bounds the memory of one batch while still coalescing bursts.
+pub const RUNNER_MAX_BATCH_RECORDS: usize = 4096;
+
+/// Runs one sink until its channel closes, then shuts it down.
+///
+/// Consecutive `Probes` (or `Health`) messages that are already waiting are
+/// merged into one export call of at most [`RUNNER_MAX_BATCH_RECORDS`]
+/// records, so a sink sees few, large batches when it falls behind. `Flush`
+/// keeps its order: everything received before it is exported first. When
+/// every sender is dropped, the runner exports what is left and calls
+/// [`Sink::shutdown`] with `shutdown_deadline`.
+///
+/// Errors returned by the sink are logged at DEBUG only: each sink counts its
+/// own failures in [`crate::internal_events::Counters`] and logs them at a
+/// limited rate, so the runner does not log the same failure twice.
+pub async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<SinkMsg>,
+    shutdown_deadline: Duration,
+) {
+    let name = sink.name();
+    // A message taken from the channel that did not fit the batch being
+    // built; it starts the next round.
+    let mut carry: Option<SinkMsg> = None;
+    loop {
+        let first = match carry.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        match first {
+            SinkMsg::Probes(mut batch) => {
+                while batch.len() < RUNNER_MAX_BATCH_RECORDS {
+                    match rx.try_recv() {
+                        Ok(SinkMsg::Probes(more)) => batch.extend(more),
+                        Ok(other) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = sink.export(batch).await {
+                    tracing::debug!(sink = name, error = %e, "sink export failed");
+                }
+            }
+            SinkMsg::Health(mut batch) => {
+                while batch.len() < RUNNER_MAX_BATCH_RECORDS {
+                    match rx.try_recv() {
+                        Ok(SinkMsg::Health(more)) => batch.extend(more),
+                        Ok(other) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = sink.export_health(batch).await {
+                    tracing::debug!(sink = name, error = %e, "sink health export failed");
+                }
+            }
+            SinkMsg::Flush(ack) => {
+                if let Err(e) = sink.force_flush().await {
+                    tracing::debug!(sink = name, error = %e, "sink flush failed");
+                }
+                // The requester may have given up waiting; nothing to do then.
+                let _ = ack.send(());
+            }
+        }
+    }
+    let start = Instant::now();
+    match sink.shutdown(shutdown_deadline).await {
+        Ok(()) => tracing::info!(
+            sink = name,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "sink shut down"
+        ),
+        Err(e) => tracing::warn!(sink = name, error = %e, "sink shutdown incomplete"),
+    }
+}
+
+/// Lets a repeated log line through at most once per `period`, and says how
+/// many were held back in between (STYLE.md: one ERROR line a minute for a
+/// persistent failure, not one per batch).
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// A limiter that opens once per `period`.
+    pub(crate) fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// A limiter that opens once a minute.
+    pub(crate) fn per_minute() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
+
+    /// Returns `Some(n)` when a line may be logged now, `n` being the number
+    /// of lines suppressed since the last one; `None` when it must be dropped.
+    pub(crate) fn check(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Log {
+        calls: Vec<String>,
+    }
+
+    struct Recorder(Arc<Mutex<Log>>);
+
+    impl Sink for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
+            let log = self.0.clone();
+            Box::pin(async move {
+                log.lock().expect("lock").calls.push(format!("probes:{}", records.len()));
+                Ok(())
+            })
+        }
+        fn export_health(
+            &mut self,
+            records: Vec<HealthRecord>,
+        ) -> BoxFuture<'_, Result<(), SinkError>> {
+            let log = self.0.clone();
+            Box::pin(async move {
+                log.lock().expect("lock").calls.push(format!("health:{}", records.len()));
+                Ok(())
+            })
+        }
+        fn force_flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+            let log = self.0.clone();
+            Box::pin(async move {
+                log.lock().expect("lock").calls.push("flush".into());
+                Ok(())
+            })
+        }
+        fn shutdown(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), SinkError>> {
+            let log = self.0.clone();
+            Box::pin(async move {
+                log.lock().expect("lock").calls.push("shutdown".into());
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn runner_merges_batches_keeps_flush_order_and_shuts_down() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (tx, rx) = mpsc::channel(16);
+        // Queue everything before the runner starts, so merging is deterministic.
+        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 2])).await.expect("send");
+        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 3])).await.expect("send");
+        let (ack_tx, ack_rx) = oneshot::channel();
+        tx.send(SinkMsg::Flush(ack_tx)).await.expect("send");
+        tx.send(SinkMsg::Health(vec![HealthRecord::default()])).await.expect("send");
+        tx.send(SinkMsg::Probes(vec![ProbeRecord::default()])).await.expect("send");
+        drop(tx);
+        run_sink(Box::new(Recorder(log.clone())), rx, Duration::from_secs(1)).await;
+        ack_rx.await.expect("flush answered");
+        let calls = log.lock().expect("lock").calls.clone();
+        assert_eq!(calls, ["probes:5", "flush", "health:1", "probes:1", "shutdown"]);
+    }
+
+    #[test]
+    fn log_limiter_counts_suppressed_lines() {
+        let mut l = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(l.check(), Some(0));
+        assert_eq!(l.check(), None);
+        assert_eq!(l.check(), None);
+        let mut l2 = LogLimiter::new(Duration::ZERO);
+        assert_eq!(l2.check(), Some(0));
+        assert_eq!(l2.check(), Some(0));
+    }
 }

@@ -1,1 +1,232 @@
-fn main() {}
+//! `slicetrace-load`: the workload agents of the article experiment.
+//!
+//! It runs one probe kernel (FFT or GEMM) in a loop, like a tenant pod on a
+//! time-sliced GPU, and is the contention generator of every experiment. It
+//! can record its own timings in the `probes` schema (`--out`), and prints a
+//! one-line JSON summary (runs, throughput, p50/p99 of both clocks) at exit.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use slicetrace_probe::{open_backends, record_for, BackendKind, Kernel, Precision, Preset, ProbeSpec};
+use slicetrace_schema::{probes_batch, probes_schema, ProbeRecord};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KernelArg {
+    Fft,
+    Gemm,
+}
+
+/// Runs an FFT or GEMM kernel in a loop, like a tenant pod.
+#[derive(Parser, Debug)]
+#[command(name = "slicetrace-load", version)]
+struct Args {
+    /// Kernel to run.
+    #[arg(value_enum)]
+    kernel: KernelArg,
+    /// auto, cuda or cpu.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// How long to run (e.g. 30s, 5m, 24h); 0 runs until SIGTERM/SIGINT.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// light or article.
+    #[arg(long, default_value = "article")]
+    preset: Preset,
+    /// GEMM size override.
+    #[arg(long)]
+    gemm_n: Option<usize>,
+    /// GEMM precision override (fp32, fp16, bf16).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Sleep between runs, ms (default: back to back).
+    #[arg(long)]
+    period_ms: Option<u64>,
+    /// Device index to run on.
+    #[arg(long, default_value_t = 0)]
+    device: u32,
+    /// Write every run as a row of the probes schema to this Parquet file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Node name written into rows.
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node: String,
+}
+
+struct Sink {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    dst: PathBuf,
+    buf: Vec<ProbeRecord>,
+}
+
+impl Sink {
+    fn open(dst: PathBuf) -> Result<Self> {
+        let tmp = dst.with_extension("parquet.tmp");
+        let f = File::create(&tmp).with_context(|| format!("failed to create {}", tmp.display()))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let writer = ArrowWriter::try_new(f, probes_schema(), Some(props)).context("failed to start parquet writer")?;
+        Ok(Sink { writer, tmp, dst, buf: Vec::with_capacity(4096) })
+    }
+    fn push(&mut self, r: ProbeRecord) -> Result<()> {
+        self.buf.push(r);
+        if self.buf.len() >= 4096 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            let b = probes_batch(&self.buf)?;
+            self.writer.write(&b).context("failed to write rows")?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+    fn close(mut self) -> Result<()> {
+        self.flush()?;
+        self.writer.close().context("failed to close parquet file")?;
+        std::fs::rename(&self.tmp, &self.dst).with_context(|| format!("failed to rename into {}", self.dst.display()))?;
+        Ok(())
+    }
+}
+
+fn pct(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+fn main() {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    match run(args) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    }
+    let spec_for = |backend: &'static str| {
+        let mut spec = ProbeSpec::preset_for(args.preset, backend);
+        if let Some(n) = args.gemm_n {
+            spec.gemm.n = n;
+        }
+        if let Some(p) = args.precision {
+            spec.gemm.precision = p;
+        }
+        spec
+    };
+    let kernel = match args.kernel {
+        KernelArg::Fft => Kernel::Fft,
+        KernelArg::Gemm => Kernel::Gemm,
+    };
+    let (mut backends, fallback) = open_backends(args.backend, &spec_for, args.device + 1)?;
+    if let Some(reason) = fallback {
+        tracing::warn!(%reason, "CUDA unavailable, using the CPU backend");
+    }
+    if args.device as usize >= backends.len() {
+        bail!("device {} not present ({} devices)", args.device, backends.len());
+    }
+    let mut backend = backends.swap_remove(args.device as usize);
+    drop(backends);
+    let node = if args.node.is_empty() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    } else {
+        args.node.clone()
+    };
+    let shape = backend.shape(kernel);
+    let mut sink = args.out.clone().map(Sink::open).transpose()?;
+    let start = Instant::now();
+    let (mut wall, mut gpu) = (Vec::new(), Vec::new());
+    let mut runs: u64 = 0;
+    let mut incorrect: u64 = 0;
+    const CAP: usize = 1 << 20;
+    while !STOP.load(Ordering::Relaxed) && (args.duration.is_zero() || start.elapsed() < args.duration) {
+        let s = backend.run(kernel)?;
+        if s.correct == Some(false) {
+            incorrect += 1;
+        }
+        if wall.len() < CAP {
+            wall.push(s.wall_ms);
+            gpu.extend(s.gpu_ms);
+        }
+        if let Some(sink) = sink.as_mut() {
+            sink.push(record_for(&node, backend.device(), &shape, &s, runs, 0))?;
+        }
+        runs += 1;
+        if let Some(p) = args.period_ms {
+            std::thread::sleep(Duration::from_millis(p));
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(sink) = sink {
+        sink.close()?;
+    }
+    wall.sort_by(f64::total_cmp);
+    gpu.sort_by(f64::total_cmp);
+    let summary = serde_json_line(&[
+        ("kernel", format!("\"{}\"", kernel.as_str())),
+        ("backend", format!("\"{}\"", backend.device().backend)),
+        ("gpu_uuid", format!("\"{}\"", backend.device().uuid)),
+        ("shape", format!("\"{} {}\"", shape.shape, shape.precision.as_str())),
+        ("pid", std::process::id().to_string()),
+        ("runs", runs.to_string()),
+        ("incorrect", incorrect.to_string()),
+        ("elapsed_s", format!("{elapsed:.3}")),
+        ("runs_per_s", format!("{:.3}", runs as f64 / elapsed.max(1e-9))),
+        ("tflops", format!("{:.3}", shape.flops * runs as f64 / elapsed.max(1e-9) / 1e12)),
+        ("wall_p50_ms", fmt_opt(pct(&wall, 0.5))),
+        ("wall_p99_ms", fmt_opt(pct(&wall, 0.99))),
+        ("gpu_p50_ms", fmt_opt(pct(&gpu, 0.5))),
+        ("gpu_p99_ms", fmt_opt(pct(&gpu, 0.99))),
+    ]);
+    println!("{summary}");
+    if incorrect > 0 {
+        bail!("{incorrect} of {runs} runs failed their correctness check");
+    }
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("null".into(), |x| format!("{x:.6}"))
+}
+
+fn serde_json_line(kv: &[(&str, String)]) -> String {
+    let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}

@@ -1,0 +1,21 @@
+//! `slicetrace-analysis`: the offline half of slicetrace.
+//!
+//! The agent writes Hive-partitioned Parquet (`probes/date=…/node=…/part-….parquet`);
+//! this crate reads it back, from a local directory or S3, through DataFusion:
+//! [`source`] checks every file and registers the `probes` listing table,
+//! [`scan`] streams query results, and the command modules ([`report`],
+//! [`compare`], [`fleet`], [`query`], [`plot`]) turn them into tables, verdicts
+//! and charts. [`synth`] generates synthetic data for tests and benchmarks.
+//! The `slicetrace` binary (`main.rs`) is a thin clap layer over these.
+
+pub mod compare;
+pub mod fleet;
+pub mod output;
+pub mod plot;
+pub mod pred;
+pub mod query;
+pub mod report;
+pub mod scan;
+pub mod source;
+pub mod stats;
+pub mod synth;

@@ -1,0 +1,312 @@
+//! `slicetrace report`: the tail-latency summary per group.
+//!
+//! Per group (default `node,gpu_uuid,kernel`): run count, throughput in runs
+//! per second (`count / (max(ts) − min(ts))`), p50/p95/p99/p99.9/max of
+//! `wall_ms`, `gpu_ms` and `queue_ms`, jitter (`p99 / p50` of `wall_ms`) and
+//! the tail queue share (see [`crate::stats::tail_queue_share`]).
+//!
+//! Exact mode streams the filtered columns out of DataFusion and computes
+//! percentiles with [`crate::stats::quantile_sorted`] (DuckDB's
+//! `quantile_cont`). `--approx` pushes everything into DataFusion's
+//! `approx_percentile_cont` (t-digest), which needs no per-group memory.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray};
+use datafusion::prelude::SessionContext;
+
+use crate::output::{Cell, Format, Table};
+use crate::scan::{self, ScanError};
+use crate::stats::{ratio, tail_queue_share, Dist};
+
+/// One group's result.
+#[derive(Debug, Clone, Default)]
+pub struct ReportRow {
+    /// Group key values, in `--by` order.
+    pub keys: Vec<String>,
+    /// Runs.
+    pub count: u64,
+    /// Runs per second over the group's time span; `None` for a zero span.
+    pub runs_per_s: Option<f64>,
+    /// `wall_ms` summary.
+    pub wall: Dist,
+    /// `gpu_ms` summary.
+    pub gpu: Dist,
+    /// `queue_ms` summary.
+    pub queue: Dist,
+    /// p99 / p50 of `wall_ms`.
+    pub jitter: Option<f64>,
+    /// Share of the p99 tail's wall time spent queueing.
+    pub tail_queue_share: Option<f64>,
+}
+
+#[derive(Default)]
+struct Acc {
+    keys: Vec<String>,
+    count: u64,
+    ts_min: i64,
+    ts_max: i64,
+    wall: Vec<f64>,
+    gpu: Vec<f64>,
+    queue: Vec<f64>,
+}
+
+fn throughput(count: u64, ts_min: i64, ts_max: i64) -> Option<f64> {
+    let span_s = (ts_max - ts_min) as f64 / 1e9;
+    (span_s > 0.0).then(|| count as f64 / span_s)
+}
+
+fn select_sql(by: &[String], filter: &str) -> String {
+    let mut cols: Vec<String> = by.iter().map(|c| format!("\"{c}\"")).collect();
+    cols.extend(["ts", "wall_ms", "gpu_ms", "queue_ms"].map(String::from));
+    format!("SELECT {} FROM probes WHERE {filter}", cols.join(", "))
+}
+
+/// Exact report: every value of every group is collected, then sorted.
+pub async fn exact(
+    ctx: &SessionContext,
+    by: &[String],
+    filter: &str,
+    total_rows: Option<u64>,
+) -> Result<Vec<ReportRow>, ScanError> {
+    let sql = select_sql(by, filter);
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<Acc> = Vec::new();
+    let mut key = String::new();
+    scan::for_each_batch(ctx, &sql, total_rows, |b| {
+        let keys: Vec<_> = by
+            .iter()
+            .map(|c| scan::string_array(b, c))
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<_> = keys.iter().map(|a| a.as_string::<i32>()).collect();
+        let ts = scan::ints(b, "ts")?;
+        let wall = scan::floats(b, "wall_ms")?;
+        let gpu = scan::floats(b, "gpu_ms")?;
+        let queue = scan::floats(b, "queue_ms")?;
+        for i in 0..b.num_rows() {
+            key.clear();
+            for k in &keys {
+                if k.is_valid(i) {
+                    key.push_str(k.value(i));
+                }
+                key.push('\u{1f}');
+            }
+            let gi = match index.get(key.as_str()) {
+                Some(&g) => g,
+                None => {
+                    groups.push(Acc {
+                        keys: keys
+                            .iter()
+                            .map(|k| if k.is_valid(i) { k.value(i).to_string() } else { String::new() })
+                            .collect(),
+                        ts_min: i64::MAX,
+                        ts_max: i64::MIN,
+                        ..Default::default()
+                    });
+                    index.insert(key.clone(), groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            let g = &mut groups[gi];
+            g.count += 1;
+            if let Some(t) = ts[i] {
+                g.ts_min = g.ts_min.min(t);
+                g.ts_max = g.ts_max.max(t);
+            }
+            g.wall.push(wall[i]);
+            g.gpu.push(gpu[i]);
+            g.queue.push(queue[i]);
+        }
+        Ok(())
+    })
+    .await?;
+    let mut rows: Vec<ReportRow> = groups
+        .into_iter()
+        .map(|mut g| {
+            let mut wall_sorted = g.wall.clone();
+            let wall = Dist::from_values(&mut wall_sorted);
+            drop(wall_sorted);
+            let pairs: Vec<(f64, f64)> = g.wall.iter().copied().zip(g.queue.iter().copied()).collect();
+            let share = tail_queue_share(&pairs, wall.p99);
+            ReportRow {
+                count: g.count,
+                runs_per_s: throughput(g.count, g.ts_min, g.ts_max),
+                jitter: wall.jitter(),
+                tail_queue_share: share,
+                gpu: Dist::from_values(&mut g.gpu),
+                queue: Dist::from_values(&mut g.queue),
+                wall,
+                keys: g.keys,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.keys.cmp(&b.keys));
+    Ok(rows)
+}
+
+/// Approximate report, entirely inside DataFusion.
+pub async fn approx(
+    ctx: &SessionContext,
+    by: &[String],
+    filter: &str,
+) -> Result<Vec<ReportRow>, ScanError> {
+    let keys: Vec<String> = by.iter().map(|c| format!("\"{c}\"")).collect();
+    let key_list = keys.join(", ");
+    let mut aggs = vec![
+        "count(*) AS n".to_string(),
+        "min(ts) AS t0".into(),
+        "max(ts) AS t1".into(),
+    ];
+    for c in ["wall", "gpu", "queue"] {
+        aggs.push(format!("count({c}_ms) AS {c}_n"));
+        for (q, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99"), (0.999, "p999")] {
+            aggs.push(format!(
+                "approx_percentile_cont({q}) WITHIN GROUP (ORDER BY {c}_ms) AS {c}_{name}"
+            ));
+        }
+        aggs.push(format!("max({c}_ms) AS {c}_max"));
+    }
+    let join_on = if keys.is_empty() {
+        "TRUE".to_string()
+    } else {
+        keys.iter()
+            .map(|k| format!("f.{k} IS NOT DISTINCT FROM g.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let gkeys: Vec<String> = keys.iter().map(|k| format!("g.{k}")).collect();
+    let group_by = |ks: &[String]| {
+        if ks.is_empty() {
+            String::new()
+        } else {
+            format!("GROUP BY {}", ks.join(", "))
+        }
+    };
+    let sel_keys = if keys.is_empty() { String::new() } else { format!("{key_list}, ") };
+    let sel_gkeys = if keys.is_empty() { String::new() } else { format!("{}, ", gkeys.join(", ")) };
+    let sql = format!(
+        "WITH f AS (SELECT * FROM probes WHERE {filter}), \
+         g AS (SELECT {sel_keys}{aggs} FROM f {gb}), \
+         t AS (SELECT {sel_gkeys}sum(f.queue_ms) / sum(f.wall_ms) AS share FROM f JOIN g ON {join_on} \
+               WHERE f.wall_ms >= g.wall_p99 AND f.queue_ms IS NOT NULL {gbg}) \
+         SELECT g.*, t.share FROM g LEFT JOIN t ON {join_t}",
+        aggs = aggs.join(", "),
+        gb = group_by(&keys),
+        gbg = group_by(&gkeys),
+        join_t = if keys.is_empty() {
+            "TRUE".to_string()
+        } else {
+            keys.iter()
+                .map(|k| format!("g.{k} IS NOT DISTINCT FROM t.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        },
+    );
+    let mut rows = Vec::new();
+    scan::for_each_batch(ctx, &sql, None, |b| {
+        let key_cols: Vec<Vec<String>> =
+            by.iter().map(|c| scan::strings(b, c)).collect::<Result<_, _>>()?;
+        let n = scan::ints(b, "n")?;
+        let (t0, t1) = (scan::ints(b, "t0")?, scan::ints(b, "t1")?);
+        let share = scan::floats(b, "share")?;
+        let dist = |c: &str| -> Result<Vec<Dist>, ScanError> {
+            let cnt = scan::ints(b, &format!("{c}_n"))?;
+            let f = |s: &str| scan::floats(b, &format!("{c}_{s}"));
+            let (p50, p95, p99, p999, max) = (f("p50")?, f("p95")?, f("p99")?, f("p999")?, f("max")?);
+            let o = |v: f64| (!v.is_nan()).then_some(v);
+            Ok((0..b.num_rows())
+                .map(|i| Dist {
+                    n: cnt[i].unwrap_or(0) as usize,
+                    p50: o(p50[i]),
+                    p95: o(p95[i]),
+                    p99: o(p99[i]),
+                    p999: o(p999[i]),
+                    max: o(max[i]),
+                })
+                .collect())
+        };
+        let (wall, gpu, queue) = (dist("wall")?, dist("gpu")?, dist("queue")?);
+        for i in 0..b.num_rows() {
+            let count = n[i].unwrap_or(0) as u64;
+            rows.push(ReportRow {
+                keys: key_cols.iter().map(|k| k[i].clone()).collect(),
+                count,
+                runs_per_s: match (t0[i], t1[i]) {
+                    (Some(a), Some(z)) => throughput(count, a, z),
+                    _ => None,
+                },
+                jitter: ratio(wall[i].p99, wall[i].p50),
+                tail_queue_share: (!share[i].is_nan()).then_some(share[i]),
+                wall: wall[i],
+                gpu: gpu[i],
+                queue: queue[i],
+            });
+        }
+        Ok(())
+    })
+    .await?;
+    rows.sort_by(|a, b| a.keys.cmp(&b.keys));
+    Ok(rows)
+}
+
+const STATS: [&str; 5] = ["p50", "p95", "p99", "p99_9", "max"];
+
+fn dist_cells(d: &Dist) -> Vec<Cell> {
+    [d.p50, d.p95, d.p99, d.p999, d.max].map(Cell::Num).to_vec()
+}
+
+/// Renders the report. Table format prints one line per group and clock;
+/// JSON and CSV print one flat record per group (`wall_p50_ms`, ...).
+pub fn render(rows: &[ReportRow], by: &[String], format: Format) -> String {
+    if format == Format::Table {
+        let mut h: Vec<String> = by.to_vec();
+        h.extend(["clock", "runs", "runs/s"].map(String::from));
+        h.extend(["p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms"].map(String::from));
+        h.extend(["jitter p99/p50", "tail queue share"].map(String::from));
+        let mut t = Table::new(h);
+        for r in rows {
+            for (i, (clock, d)) in [("wall", &r.wall), ("gpu", &r.gpu), ("queue", &r.queue)]
+                .into_iter()
+                .enumerate()
+            {
+                let mut row: Vec<Cell> = r
+                    .keys
+                    .iter()
+                    .map(|k| Cell::Str(if i == 0 { k.clone() } else { String::new() }))
+                    .collect();
+                row.push(Cell::Str(clock.into()));
+                row.push(Cell::Int(d.n as u64));
+                row.push(if i == 0 { Cell::Num(r.runs_per_s) } else { Cell::Str(String::new()) });
+                row.extend(dist_cells(d));
+                if i == 0 {
+                    row.push(Cell::Num(r.jitter));
+                    row.push(Cell::Num(r.tail_queue_share));
+                } else {
+                    row.push(Cell::Str(String::new()));
+                    row.push(Cell::Str(String::new()));
+                }
+                t.rows.push(row);
+            }
+        }
+        return t.render(format);
+    }
+    let mut h: Vec<String> = by.to_vec();
+    h.extend(["count", "runs_per_s"].map(String::from));
+    for c in ["wall", "gpu", "queue"] {
+        h.extend(STATS.iter().map(|s| format!("{c}_{s}_ms")));
+    }
+    h.extend(["jitter", "tail_queue_share"].map(String::from));
+    let mut t = Table::new(h);
+    for r in rows {
+        let mut row: Vec<Cell> = r.keys.iter().map(|k| Cell::Str(k.clone())).collect();
+        row.push(Cell::Int(r.count));
+        row.push(Cell::Num(r.runs_per_s));
+        for d in [&r.wall, &r.gpu, &r.queue] {
+            row.extend(dist_cells(d));
+        }
+        row.push(Cell::Num(r.jitter));
+        row.push(Cell::Num(r.tail_queue_share));
+        t.rows.push(row);
+    }
+    t.render(format)
+}

@@ -1,0 +1,311 @@
+//! The CPU backend: rustfft and matrixmultiply on a dedicated worker thread.
+//!
+//! It has the CUDA backend's interface and fields so that every code path of
+//! the agent runs without a GPU. The worker thread plays the GPU: `gpu_ms` is
+//! its compute time, `wall_ms` runs from handing it the job to getting the
+//! result back, so an oversubscribed CPU shows up as `queue_ms` just as a
+//! time-sliced GPU does.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use num_complex::Complex32;
+use rustfft::{Fft, FftPlanner};
+
+use crate::check::{round_to, transpose, FftReference, GemmReference};
+use crate::spec::{FftDims, Kernel, ProbeSpec};
+use crate::{DeviceInfo, KernelShape, ProbeBackend, ProbeError, RunSample};
+
+struct Job {
+    kernel: Kernel,
+    corrupt: bool,
+}
+
+struct Done {
+    compute_ms: f64,
+    correct: bool,
+    rel_error: f64,
+}
+
+/// State owned by the worker thread; everything is allocated once.
+struct Worker {
+    spec: ProbeSpec,
+    fft_ref: FftReference,
+    gemm_ref: GemmReference,
+    fft_rows: Arc<dyn Fft<f32>>,
+    fft_cols: Option<Arc<dyn Fft<f32>>>,
+    fft_buf: Vec<Complex32>,
+    fft_t: Vec<Complex32>,
+    fft_scratch: Vec<Complex32>,
+    c: Vec<f32>,
+}
+
+impl Worker {
+    fn new(spec: &ProbeSpec) -> Self {
+        let fft_ref = FftReference::new(&spec.fft);
+        let gemm_ref = GemmReference::new(&spec.gemm);
+        let mut planner = FftPlanner::<f32>::new();
+        let (rows, cols) = match spec.fft.dims {
+            FftDims::D1 { n, .. } => (planner.plan_fft_forward(n), None),
+            FftDims::D2 { nx, ny } => (planner.plan_fft_forward(ny), Some(planner.plan_fft_forward(nx))),
+        };
+        let scratch_len = rows
+            .get_inplace_scratch_len()
+            .max(cols.as_ref().map_or(0, |c| c.get_inplace_scratch_len()));
+        let total = spec.fft.total_len();
+        let t_len = if cols.is_some() { total } else { 0 };
+        Worker {
+            spec: *spec,
+            fft_buf: vec![Complex32::new(0.0, 0.0); total],
+            fft_t: vec![Complex32::new(0.0, 0.0); t_len],
+            fft_scratch: vec![Complex32::new(0.0, 0.0); scratch_len],
+            c: vec![0.0; spec.gemm.n * spec.gemm.n],
+            fft_ref,
+            gemm_ref,
+            fft_rows: rows,
+            fft_cols: cols,
+        }
+    }
+
+    fn fft(&mut self) {
+        self.fft_buf.copy_from_slice(&self.fft_ref.input);
+        self.fft_rows.process_with_scratch(&mut self.fft_buf, &mut self.fft_scratch);
+        if let (Some(cols), FftDims::D2 { nx, ny }) = (&self.fft_cols, self.spec.fft.dims) {
+            transpose(&self.fft_buf, &mut self.fft_t, nx, ny);
+            cols.process_with_scratch(&mut self.fft_t, &mut self.fft_scratch);
+            transpose(&self.fft_t, &mut self.fft_buf, ny, nx);
+        }
+    }
+
+    fn gemm(&mut self) {
+        let n = self.spec.gemm.n;
+        let r = &self.gemm_ref;
+        // Column-major: row stride 1, column stride n.
+        #[allow(unsafe_code)]
+        // SAFETY: a, b and c are n×n buffers allocated in `new`; the strides
+        // describe exactly those buffers and c does not alias a or b.
+        unsafe {
+            matrixmultiply::sgemm(
+                n, n, n, 1.0, r.a.as_ptr(), 1, n as isize, r.b.as_ptr(), 1, n as isize, 0.0,
+                self.c.as_mut_ptr(), 1, n as isize,
+            );
+        }
+        let p = self.spec.gemm.precision;
+        for x in &mut self.c {
+            *x = round_to(p, *x);
+        }
+    }
+
+    fn run(&mut self, job: Job) -> Done {
+        let t0 = Instant::now();
+        match job.kernel {
+            Kernel::Fft => self.fft(),
+            Kernel::Gemm => self.gemm(),
+        }
+        let compute_ms = t0.elapsed().as_secs_f64() * 1e3;
+        if job.corrupt {
+            match job.kernel {
+                Kernel::Fft => self.fft_buf[0] += Complex32::new(1.0e3, 0.0),
+                Kernel::Gemm => self.c[0] += 1.0e3,
+            }
+        }
+        let (correct, rel_error) = match job.kernel {
+            Kernel::Fft => self.fft_ref.judge_host(&self.fft_buf),
+            Kernel::Gemm => self.gemm_ref.judge_host(&self.c),
+        };
+        Done { compute_ms, correct, rel_error }
+    }
+}
+
+/// CPU probe backend. One instance per simulated device, each with its own
+/// worker thread.
+pub struct CpuBackend {
+    info: DeviceInfo,
+    spec: ProbeSpec,
+    tx: Option<SyncSender<Job>>,
+    rx: Receiver<Done>,
+    worker: Option<JoinHandle<()>>,
+    corrupt_next: [bool; 2],
+}
+
+fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|m| format!("cpu: {}", m.trim()))
+    })
+}
+
+impl CpuBackend {
+    /// Sets up buffers and references for `spec`, starts the worker thread and
+    /// warms up both kernels.
+    pub fn new(index: u32, spec: &ProbeSpec) -> Result<Self, ProbeError> {
+        spec.validate()?;
+        let (job_tx, job_rx) = sync_channel::<Job>(1);
+        let (done_tx, done_rx) = sync_channel::<Done>(1);
+        let spec_copy = *spec;
+        let worker = std::thread::Builder::new()
+            .name(format!("cpu-probe-{index}"))
+            .spawn(move || {
+                let mut w = Worker::new(&spec_copy);
+                while let Ok(job) = job_rx.recv() {
+                    if done_tx.send(w.run(job)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|_| ProbeError::WorkerGone)?;
+        let mut b = CpuBackend {
+            info: DeviceInfo {
+                index,
+                uuid: format!("CPU-{index}"),
+                name: cpu_model(),
+                backend: "cpu",
+            },
+            spec: *spec,
+            tx: Some(job_tx),
+            rx: done_rx,
+            worker: Some(worker),
+            corrupt_next: [false; 2],
+        };
+        for k in [Kernel::Fft, Kernel::Gemm] {
+            b.run(k)?;
+        }
+        Ok(b)
+    }
+}
+
+fn kidx(k: Kernel) -> usize {
+    match k {
+        Kernel::Fft => 0,
+        Kernel::Gemm => 1,
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl ProbeBackend for CpuBackend {
+    fn device(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn shape(&self, kernel: Kernel) -> KernelShape {
+        match kernel {
+            Kernel::Fft => KernelShape {
+                kernel,
+                shape: self.spec.fft.shape(),
+                precision: crate::Precision::Fp32,
+                flops: self.spec.fft.flops(),
+            },
+            Kernel::Gemm => KernelShape {
+                kernel,
+                shape: self.spec.gemm.shape(),
+                precision: self.spec.gemm.precision,
+                flops: self.spec.gemm.flops(),
+            },
+        }
+    }
+
+    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
+        let corrupt = std::mem::take(&mut self.corrupt_next[kidx(kernel)]);
+        let tx = self.tx.as_ref().ok_or(ProbeError::WorkerGone)?;
+        let ts_ns = now_ns();
+        let t0 = Instant::now();
+        tx.send(Job { kernel, corrupt }).map_err(|_| ProbeError::WorkerGone)?;
+        let done = self.rx.recv().map_err(|_| ProbeError::WorkerGone)?;
+        let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(RunSample {
+            ts_ns,
+            gpu_ms: Some(done.compute_ms),
+            // The check runs on the worker after the compute clock stops; the
+            // host clock must not include it either, so subtract nothing here
+            // but keep wall >= compute.
+            wall_ms: wall_ms.max(done.compute_ms),
+            correct: Some(done.correct),
+            rel_error: Some(done.rel_error),
+        })
+    }
+
+    fn corrupt_next_output(&mut self, kernel: Kernel) {
+        self.corrupt_next[kidx(kernel)] = true;
+    }
+}
+
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FftSpec, GemmSpec, Precision};
+
+    fn small() -> ProbeSpec {
+        ProbeSpec {
+            fft: FftSpec { dims: FftDims::D1 { n: 512, batch: 4 } },
+            gemm: GemmSpec { n: 64, precision: Precision::Fp32 },
+            burst_runs: 4,
+        }
+    }
+
+    #[test]
+    fn cpu_backend_runs_both_kernels_correctly_with_both_clocks() {
+        for p in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
+            let spec = ProbeSpec { gemm: GemmSpec { n: 96, precision: p }, ..small() };
+            let mut b = CpuBackend::new(0, &spec).expect("backend");
+            for k in [Kernel::Fft, Kernel::Gemm] {
+                let s = b.run(k).expect("run");
+                assert_eq!(s.correct, Some(true), "{k:?} {p:?} rel={:?}", s.rel_error);
+                let g = s.gpu_ms.expect("compute time");
+                assert!(g > 0.0 && s.wall_ms >= g, "wall {} < compute {}", s.wall_ms, g);
+                assert!(s.ts_ns > 1_600_000_000_000_000_000);
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_backend_2d_fft_is_correct() {
+        let spec = ProbeSpec { fft: FftSpec { dims: FftDims::D2 { nx: 64, ny: 128 } }, ..small() };
+        let mut b = CpuBackend::new(0, &spec).expect("backend");
+        assert_eq!(b.run(Kernel::Fft).expect("run").correct, Some(true));
+    }
+
+    #[test]
+    fn planted_corruption_is_caught_once_then_clears() {
+        let mut b = CpuBackend::new(0, &small()).expect("backend");
+        for k in [Kernel::Fft, Kernel::Gemm] {
+            b.corrupt_next_output(k);
+            let bad = b.run(k).expect("run");
+            assert_eq!(bad.correct, Some(false), "{k:?} corruption not caught");
+            assert!(bad.rel_error.expect("rel") > 1e-2);
+            assert_eq!(b.run(k).expect("run").correct, Some(true));
+        }
+    }
+
+    #[test]
+    fn record_carries_queue_and_tflops() {
+        let mut b = CpuBackend::new(3, &small()).expect("backend");
+        let s = b.run(Kernel::Gemm).expect("run");
+        let shape = b.shape(Kernel::Gemm);
+        let r = crate::record_for("n1", b.device(), &shape, &s, 7, 2);
+        assert_eq!(r.gpu_uuid, "CPU-3");
+        assert_eq!(r.backend, "cpu");
+        assert_eq!((r.cycle, r.burst_seq), (7, 2));
+        let q = r.queue_ms.expect("queue");
+        assert!((q - (r.wall_ms - r.gpu_ms.expect("gpu"))).abs() < 1e-12);
+        assert!(r.tflops.expect("tflops") > 0.0);
+    }
+}

@@ -1,0 +1,432 @@
+//! The CUDA backend: cuFFT and cuBLAS through cudarc, loaded at run time.
+//!
+//! Nothing here is a build-time requirement: cudarc loads libcuda, libcufft
+//! and libcublas with `dlopen` on first use, and panics if one is missing, so
+//! [`device_count`] checks each library with `is_culib_present()` first and
+//! turns absence into a [`ProbeError::LibraryMissing`] naming it.
+//!
+//! The measured path of a run is: record the start event, enqueue the
+//! kernel, record the end event, wait for the end event. The host clock spans
+//! exactly that (`wall_ms`); the events give `gpu_ms`. Plans, handles, events
+//! and buffers are created once in [`CudaBackend::new`] and warmed up, so the
+//! measured path allocates nothing. The correctness check (two cuBLAS
+//! reductions and a copy of a few bytes) runs after the clocks stop.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::cufft::{result as fft_result, sys as fft_sys};
+use cudarc::driver::{sys as drv_sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
+use num_complex::{Complex32, Complex64};
+
+use crate::check::{FftReference, GemmReference};
+use crate::spec::{FftDims, Kernel, Precision, ProbeSpec};
+use crate::{DeviceInfo, KernelShape, ProbeBackend, ProbeError, RunSample};
+
+fn cuda_err(what: &'static str) -> impl Fn(&dyn std::fmt::Debug) -> ProbeError {
+    move |e| ProbeError::Cuda { what, detail: format!("{e:?}") }
+}
+
+macro_rules! ck {
+    ($what:expr, $e:expr) => {
+        $e.map_err(|e| cuda_err($what)(&e))
+    };
+}
+
+/// Checks libcuda, libcufft and libcublas, then asks the driver how many
+/// devices there are. Never panics.
+pub fn device_count() -> Result<u32, ProbeError> {
+    // SAFETY: these only try to dlopen the library and report the outcome.
+    if !unsafe { drv_sys::is_culib_present() } {
+        return Err(ProbeError::LibraryMissing {
+            library: "libcuda (NVIDIA driver)",
+            hint: "no NVIDIA driver on this host; on Kubernetes use runtimeClassName: nvidia",
+        });
+    }
+    if !unsafe { fft_sys::is_culib_present() } {
+        return Err(ProbeError::LibraryMissing {
+            library: "libcufft",
+            hint: "cuFFT is not part of the driver: ship it in the image (CUDA runtime base) or add it to LD_LIBRARY_PATH",
+        });
+    }
+    if !unsafe { blas_sys::is_culib_present() } {
+        return Err(ProbeError::LibraryMissing {
+            library: "libcublas",
+            hint: "cuBLAS is not part of the driver: ship it in the image (CUDA runtime base) or add it to LD_LIBRARY_PATH",
+        });
+    }
+    let n = ck!("cuDeviceGetCount", CudaContext::device_count())?;
+    Ok(n.max(0) as u32)
+}
+
+/// Formats a CUDA UUID the way NVML does: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn format_uuid(bytes: &[u8; 16]) -> String {
+    let h: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+/// Device-resident, type-erased matrix (fp32, fp16 or bf16 elements).
+struct Matrix {
+    buf: CudaSlice<u8>,
+}
+
+fn to_bytes(p: Precision, xs: &[f32]) -> Vec<u8> {
+    match p {
+        Precision::Fp32 => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Precision::Fp16 => xs.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+        Precision::Bf16 => xs.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+    }
+}
+
+fn data_type(p: Precision) -> blas_sys::cudaDataType {
+    match p {
+        Precision::Fp32 => blas_sys::cudaDataType::CUDA_R_32F,
+        Precision::Fp16 => blas_sys::cudaDataType::CUDA_R_16F,
+        Precision::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+/// CUDA probe backend for one device.
+pub struct CudaBackend {
+    info: DeviceInfo,
+    spec: ProbeSpec,
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    fft_plan: fft_sys::cufftHandle,
+    fft_in: CudaSlice<f32>,
+    fft_out: CudaSlice<f32>,
+    fft_w: CudaSlice<f32>,
+    fft_ref: FftReference,
+    blas: CudaBlas,
+    a: Matrix,
+    b: Matrix,
+    c: Matrix,
+    v: Matrix,
+    y: CudaSlice<f32>,
+    y_host: Vec<f32>,
+    gemm_ref: GemmReference,
+    ev_start: CudaEvent,
+    ev_end: CudaEvent,
+    corrupt_next: [bool; 2],
+}
+
+// SAFETY: the cuFFT plan handle is only used from the thread that owns the
+// backend (the trait contract: one probe thread per backend).
+unsafe impl Send for CudaBackend {}
+
+impl CudaBackend {
+    /// Creates the context, plans, handles, events and buffers on device
+    /// `index`, uploads the fixed inputs and warms up both kernels.
+    pub fn new(index: u32, spec: &ProbeSpec) -> Result<Self, ProbeError> {
+        spec.validate()?;
+        let count = device_count()?;
+        if index >= count {
+            return Err(ProbeError::BadIndex { index, count });
+        }
+        let ctx = ck!("cuCtxCreate", CudaContext::new(index as usize))?;
+        // SAFETY: the backend uses a single stream for every buffer, so
+        // cudarc's cross-stream event tracking (an event per buffer access,
+        // i.e. per-run allocations) is unnecessary.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ck!("cuStreamCreate", ctx.new_stream())?;
+        let name = ctx.name().ok();
+        let uuid = ctx
+            .uuid()
+            .map(|u| format_uuid(&u.bytes.map(|b| b as u8)))
+            .unwrap_or_else(|_| format!("GPU-index-{index}"));
+
+        let fft_ref = FftReference::new(&spec.fft);
+        let fft_plan = match spec.fft.dims {
+            FftDims::D1 { n, batch } => ck!(
+                "cufftPlan1d",
+                fft_result::plan_1d(n as i32, fft_sys::cufftType::CUFFT_C2C, batch as i32)
+            )?,
+            FftDims::D2 { nx, ny } => ck!(
+                "cufftPlan2d",
+                fft_result::plan_2d(nx as i32, ny as i32, fft_sys::cufftType::CUFFT_C2C)
+            )?,
+        };
+        // SAFETY: plan and stream are valid and belong to this context.
+        ck!("cufftSetStream", unsafe { fft_result::set_stream(fft_plan, stream.cu_stream() as _) })?;
+        let flat = |v: &[Complex32]| -> Vec<f32> { v.iter().flat_map(|c| [c.re, c.im]).collect() };
+        let fft_in = ck!("upload fft input", stream.clone_htod(&flat(&fft_ref.input)))?;
+        let fft_w = ck!("upload fft projection", stream.clone_htod(&flat(&fft_ref.w)))?;
+        let fft_out = ck!("alloc fft output", stream.alloc_zeros::<f32>(2 * spec.fft.total_len()))?;
+
+        let gemm_ref = GemmReference::new(&spec.gemm);
+        let p = spec.gemm.precision;
+        let n = spec.gemm.n;
+        let elem = if p == Precision::Fp32 { 4 } else { 2 };
+        let a = Matrix { buf: ck!("upload A", stream.clone_htod(&to_bytes(p, &gemm_ref.a)))? };
+        let b = Matrix { buf: ck!("upload B", stream.clone_htod(&to_bytes(p, &gemm_ref.b)))? };
+        let v = Matrix { buf: ck!("upload v", stream.clone_htod(&to_bytes(p, &gemm_ref.v)))? };
+        let c = Matrix { buf: ck!("alloc C", stream.alloc_zeros::<u8>(n * n * elem))? };
+        let y = ck!("alloc y", stream.alloc_zeros::<f32>(n))?;
+        let blas = ck!("cublasCreate", CudaBlas::new(stream.clone()))?;
+
+        let ev_start = ck!("cuEventCreate", ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)))?;
+        let ev_end = ck!("cuEventCreate", ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)))?;
+        ck!("cuStreamSynchronize", stream.synchronize())?;
+
+        let mut me = CudaBackend {
+            info: DeviceInfo { index, uuid, name, backend: "cuda" },
+            spec: *spec,
+            _ctx: ctx,
+            stream,
+            fft_plan,
+            fft_in,
+            fft_out,
+            fft_w,
+            fft_ref,
+            blas,
+            a,
+            b,
+            c,
+            v,
+            y,
+            y_host: vec![0.0; n],
+            gemm_ref,
+            ev_start,
+            ev_end,
+            corrupt_next: [false; 2],
+        };
+        // Warm-up: first launches load modules and pick algorithms.
+        for _ in 0..3 {
+            for k in [Kernel::Fft, Kernel::Gemm] {
+                me.run(k)?;
+            }
+        }
+        Ok(me)
+    }
+
+    fn enqueue(&mut self, kernel: Kernel) -> Result<(), ProbeError> {
+        match kernel {
+            Kernel::Fft => {
+                let (i, _gi) = self.fft_in.device_ptr(&self.stream);
+                let (o, _go) = self.fft_out.device_ptr(&self.stream);
+                // SAFETY: the plan was made for exactly these buffer sizes on
+                // this stream; the input is not overwritten by an out-of-place
+                // C2C transform.
+                ck!("cufftExecC2C", unsafe {
+                    fft_result::exec_c2c(self.fft_plan, i as *mut _, o as *mut _, -1 /* CUFFT_FORWARD */)
+                })
+            }
+            Kernel::Gemm => {
+                let n = self.spec.gemm.n as i32;
+                let t = data_type(self.spec.gemm.precision);
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                let (a, _ga) = self.a.buf.device_ptr(&self.stream);
+                let (b, _gb) = self.b.buf.device_ptr(&self.stream);
+                let (c, _gc) = self.c.buf.device_ptr(&self.stream);
+                // SAFETY: A, B, C are n×n buffers of the declared type; the
+                // handle is bound to this stream; alpha/beta are host f32 as
+                // CUBLAS_COMPUTE_32F requires.
+                ck!("cublasGemmEx", unsafe {
+                    blas_sys::cublasGemmEx(
+                        *self.blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        n, n, n,
+                        &alpha as *const f32 as *const c_void,
+                        a as *const c_void, t, n,
+                        b as *const c_void, t, n,
+                        &beta as *const f32 as *const c_void,
+                        c as *mut c_void, t, n,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                    .result()
+                })
+            }
+        }
+    }
+
+    fn plant(&mut self, kernel: Kernel) -> Result<(), ProbeError> {
+        match kernel {
+            Kernel::Fft => {
+                let mut view = self.fft_out.slice_mut(0..1);
+                ck!("plant fft", self.stream.memcpy_htod(&[1.0e3f32], &mut view))
+            }
+            Kernel::Gemm => {
+                let bytes = to_bytes(self.spec.gemm.precision, &[1.0e3]);
+                let mut view = self.c.buf.slice_mut(0..bytes.len());
+                ck!("plant gemm", self.stream.memcpy_htod(&bytes, &mut view))
+            }
+        }
+    }
+
+    fn check(&mut self, kernel: Kernel) -> Result<(bool, f64), ProbeError> {
+        let h = *self.blas.handle();
+        match kernel {
+            Kernel::Fft => {
+                let len = self.spec.fft.total_len() as i64;
+                let (o, _go) = self.fft_out.device_ptr(&self.stream);
+                let (w, _gw) = self.fft_w.device_ptr(&self.stream);
+                let mut nrm = 0.0f32;
+                let mut dot = blas_sys::float2 { x: 0.0, y: 0.0 };
+                // SAFETY: o and w hold `len` complex values; results go to host
+                // memory (default host pointer mode), which blocks until done.
+                unsafe {
+                    ck!("cublasScnrm2", blas_sys::cublasScnrm2_v2_64(h, len, o as *const _, 1, &mut nrm).result())?;
+                    ck!("cublasCdotu", blas_sys::cublasCdotu_v2_64(h, len, o as *const _, 1, w as *const _, 1, &mut dot).result())?;
+                }
+                let energy = (nrm as f64) * (nrm as f64);
+                Ok(self.fft_ref.judge(Complex64::new(dot.x as f64, dot.y as f64), energy))
+            }
+            Kernel::Gemm => {
+                let n = self.spec.gemm.n as i32;
+                let t = data_type(self.spec.gemm.precision);
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                {
+                    let (c, _gc) = self.c.buf.device_ptr(&self.stream);
+                    let (v, _gv) = self.v.buf.device_ptr(&self.stream);
+                    let (y, _gy) = self.y.device_ptr(&self.stream);
+                    // SAFETY: y(n×1, f32) = C(n×n, t) · v(n×1, t).
+                    ck!("cublasGemmEx check", unsafe {
+                        blas_sys::cublasGemmEx(
+                            h,
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            n, 1, n,
+                            &alpha as *const f32 as *const c_void,
+                            c as *const c_void, t, n,
+                            v as *const c_void, t, n,
+                            &beta as *const f32 as *const c_void,
+                            y as *mut c_void, blas_sys::cudaDataType::CUDA_R_32F, n,
+                            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                        )
+                        .result()
+                    })?;
+                }
+                ck!("copy y", self.stream.memcpy_dtoh(&self.y, &mut self.y_host))?;
+                ck!("cuStreamSynchronize", self.stream.synchronize())?;
+                Ok(self.gemm_ref.judge(&self.y_host))
+            }
+        }
+    }
+}
+
+fn kidx(k: Kernel) -> usize {
+    match k {
+        Kernel::Fft => 0,
+        Kernel::Gemm => 1,
+    }
+}
+
+impl ProbeBackend for CudaBackend {
+    fn device(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn shape(&self, kernel: Kernel) -> KernelShape {
+        match kernel {
+            Kernel::Fft => KernelShape {
+                kernel,
+                shape: self.spec.fft.shape(),
+                precision: Precision::Fp32,
+                flops: self.spec.fft.flops(),
+            },
+            Kernel::Gemm => KernelShape {
+                kernel,
+                shape: self.spec.gemm.shape(),
+                precision: self.spec.gemm.precision,
+                flops: self.spec.gemm.flops(),
+            },
+        }
+    }
+
+    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
+        let ts_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        // ---- measured path: no allocation, no event creation ----
+        let t0 = Instant::now();
+        ck!("cuEventRecord", self.ev_start.record(&self.stream))?;
+        self.enqueue(kernel)?;
+        ck!("cuEventRecord", self.ev_end.record(&self.stream))?;
+        ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+        let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // ---- end of measured path ----
+        let gpu_ms = ck!("cuEventElapsedTime", self.ev_start.elapsed_ms(&self.ev_end))? as f64;
+        if std::mem::take(&mut self.corrupt_next[kidx(kernel)]) {
+            self.plant(kernel)?;
+        }
+        let (correct, rel_error) = self.check(kernel)?;
+        Ok(RunSample {
+            ts_ns,
+            gpu_ms: Some(gpu_ms),
+            wall_ms,
+            correct: Some(correct),
+            rel_error: Some(rel_error),
+        })
+    }
+
+    fn corrupt_next_output(&mut self, kernel: Kernel) {
+        self.corrupt_next[kidx(kernel)] = true;
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // SAFETY: the plan was created in `new` and is destroyed once.
+        let _ = unsafe { fft_result::destroy(self.fft_plan) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_formatted_like_nvml() {
+        let b: [u8; 16] = [0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+        assert_eq!(format_uuid(&b), "GPU-deadbeef-0001-0203-0405-060708090a0b");
+    }
+
+    /// The failure to find CUDA: on a machine without the driver (CI) this
+    /// must be a clean error naming libcuda, never a panic; with a GPU it must
+    /// count at least one device.
+    #[test]
+    fn missing_cuda_is_a_clear_error_not_a_panic() {
+        match device_count() {
+            Err(ProbeError::LibraryMissing { library, .. }) => {
+                assert!(library.starts_with("lib"), "{library}");
+                let e = CudaBackend::new(0, &ProbeSpec::preset(crate::Preset::Light))
+                    .err()
+                    .expect("backend must fail without CUDA");
+                assert!(e.to_string().contains("not found"), "{e}");
+            }
+            Err(other) => panic!("unexpected error kind: {other}"),
+            Ok(n) => assert!(n >= 1 || matches!(CudaBackend::new(0, &ProbeSpec::preset(crate::Preset::Light)), Err(ProbeError::BadIndex { .. }))),
+        }
+    }
+
+    #[test]
+    fn auto_falls_back_to_cpu_with_a_reason_when_cuda_is_missing() {
+        let spec = ProbeSpec {
+            fft: crate::FftSpec { dims: FftDims::D1 { n: 256, batch: 2 } },
+            gemm: crate::GemmSpec { n: 32, precision: Precision::Fp32 },
+            burst_runs: 2,
+        };
+        if device_count().is_ok_and(|n| n > 0) {
+            return; // a GPU is present: the fallback path does not apply here.
+        }
+        let (backends, reason) = crate::open_backends(crate::BackendKind::Auto, &|_| spec, 1).expect("fallback");
+        assert_eq!(backends.len(), 1);
+        assert_eq!(backends[0].device().backend, "cpu");
+        assert!(reason.expect("reason").to_string().contains("not found"));
+        assert!(crate::open_backends(crate::BackendKind::Cuda, &|_| spec, 1).is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! Probe kernel specifications and presets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ProbeError;
+
+/// A probe kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernel {
+    /// Complex-to-complex FFT (cuFFT / rustfft).
+    Fft,
+    /// Square matrix product (cuBLAS / matrixmultiply).
+    Gemm,
+}
+
+impl Kernel {
+    /// `fft` or `gemm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kernel::Fft => "fft",
+            Kernel::Gemm => "gemm",
+        }
+    }
+}
+
+/// Numeric precision of the GEMM inputs and output (accumulation is fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE single.
+    #[default]
+    Fp32,
+    /// IEEE half.
+    Fp16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    /// `fp32`, `fp16` or `bf16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+    /// Relative-error tolerance of the GEMM checksum check at this precision.
+    /// fp16/bf16 outputs are rounded to 11/8 significant bits.
+    pub fn gemm_tolerance(self) -> f64 {
+        match self {
+            Precision::Fp32 => 1e-3,
+            Precision::Fp16 => 1e-2,
+            Precision::Bf16 => 5e-2,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "fp16" => Ok(Self::Fp16),
+            "bf16" => Ok(Self::Bf16),
+            o => Err(format!("unknown precision {o:?} (expected fp32, fp16 or bf16)")),
+        }
+    }
+}
+
+/// FFT dimensionality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "dims")]
+pub enum FftDims {
+    /// `batch` independent transforms of length `n`.
+    D1 {
+        /// Transform length.
+        n: usize,
+        /// Number of transforms.
+        batch: usize,
+    },
+    /// One `nx × ny` transform.
+    D2 {
+        /// Rows.
+        nx: usize,
+        /// Columns.
+        ny: usize,
+    },
+}
+
+/// FFT probe spec (complex-to-complex, single precision, forward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FftSpec {
+    /// Shape.
+    #[serde(flatten)]
+    pub dims: FftDims,
+}
+
+impl FftSpec {
+    /// Points per transform.
+    pub fn transform_len(&self) -> usize {
+        match self.dims {
+            FftDims::D1 { n, .. } => n,
+            FftDims::D2 { nx, ny } => nx * ny,
+        }
+    }
+    /// Total complex points.
+    pub fn total_len(&self) -> usize {
+        match self.dims {
+            FftDims::D1 { n, batch } => n * batch,
+            FftDims::D2 { nx, ny } => nx * ny,
+        }
+    }
+    /// Number of transforms.
+    pub fn batch(&self) -> usize {
+        match self.dims {
+            FftDims::D1 { batch, .. } => batch,
+            FftDims::D2 { .. } => 1,
+        }
+    }
+    /// Conventional FLOP count: 5·N·log2(N) per transform.
+    pub fn flops(&self) -> f64 {
+        let n = self.transform_len() as f64;
+        5.0 * n * n.log2() * self.batch() as f64
+    }
+    /// Shape string for rows.
+    pub fn shape(&self) -> String {
+        match self.dims {
+            FftDims::D1 { n, batch } => format!("c2c 1d n={n} batch={batch}"),
+            FftDims::D2 { nx, ny } => format!("c2c 2d {nx}x{ny}"),
+        }
+    }
+}
+
+/// GEMM probe spec: `C = A·B`, all `n × n`, column-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GemmSpec {
+    /// Matrix size.
+    pub n: usize,
+    /// Input/output precision.
+    pub precision: Precision,
+}
+
+impl GemmSpec {
+    /// 2·n³.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n as f64).powi(3)
+    }
+    /// Shape string for rows.
+    pub fn shape(&self) -> String {
+        format!("n={}", self.n)
+    }
+}
+
+/// Named probe presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The agent's default: small kernels, ≤0.5 ms of GPU time per cycle on an H100.
+    #[default]
+    Light,
+    /// The article experiment: a 4096×4096 complex FFT and a 4096² fp32 GEMM.
+    Article,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "light" => Ok(Self::Light),
+            "article" => Ok(Self::Article),
+            o => Err(format!("unknown preset {o:?} (expected light or article)")),
+        }
+    }
+}
+
+/// Everything a backend needs to set up its kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// FFT kernel.
+    pub fft: FftSpec,
+    /// GEMM kernel.
+    pub gemm: GemmSpec,
+    /// Runs per burst.
+    pub burst_runs: u32,
+}
+
+impl ProbeSpec {
+    /// The spec of a preset.
+    pub fn preset(p: Preset) -> Self {
+        match p {
+            // Measured on the H100 (docs/gpu-results): FFT ≈ 6 µs, GEMM ≈ 10 µs
+            // per run, so 2 × 8 runs stay far below 0.5 ms per cycle.
+            Preset::Light => ProbeSpec {
+                fft: FftSpec { dims: FftDims::D1 { n: 4096, batch: 16 } },
+                gemm: GemmSpec { n: 1024, precision: Precision::Fp16 },
+                burst_runs: 8,
+            },
+            Preset::Article => ProbeSpec {
+                fft: FftSpec { dims: FftDims::D2 { nx: 4096, ny: 4096 } },
+                gemm: GemmSpec { n: 4096, precision: Precision::Fp32 },
+                burst_runs: 8,
+            },
+        }
+    }
+
+    /// The spec of a preset on a backend. The CPU backend's `light` preset is
+    /// scaled down (GEMM n=256, FFT batch 4) so that a probe cycle costs the
+    /// node a few milliseconds of one core rather than hundreds.
+    pub fn preset_for(p: Preset, backend: &str) -> Self {
+        let mut s = Self::preset(p);
+        if backend == "cpu" && p == Preset::Light {
+            s.gemm.n = 256;
+            s.fft.dims = FftDims::D1 { n: 4096, batch: 4 };
+        }
+        s
+    }
+
+    /// Rejects shapes the kernels cannot run.
+    pub fn validate(&self) -> Result<(), ProbeError> {
+        let pow2_ok = |n: usize| (2..=1 << 24).contains(&n);
+        match self.fft.dims {
+            FftDims::D1 { n, batch } if !pow2_ok(n) || batch == 0 || n * batch > 1 << 26 => {
+                return Err(ProbeError::BadSpec(format!("fft n={n} batch={batch} out of range")))
+            }
+            FftDims::D2 { nx, ny } if !pow2_ok(nx) || !pow2_ok(ny) || nx * ny > 1 << 26 => {
+                return Err(ProbeError::BadSpec(format!("fft {nx}x{ny} out of range")))
+            }
+            _ => {}
+        }
+        if !(8..=16384).contains(&self.gemm.n) {
+            return Err(ProbeError::BadSpec(format!("gemm n={} out of range 8..=16384", self.gemm.n)));
+        }
+        if self.burst_runs == 0 || self.burst_runs > 1000 {
+            return Err(ProbeError::BadSpec(format!("burst_runs={} out of range 1..=1000", self.burst_runs)));
+        }
+        Ok(())
+    }
+}
