@@ -170,7 +170,7 @@ pub async fn approx(
         "TRUE".to_string()
     } else {
         keys.iter()
-            .map(|k| format!("f.{k} IS NOT DISTINCT FROM g.{k}"))
+            .map(|k| format!("(f.{k} IS NOT DISTINCT FROM g.{k})"))
             .collect::<Vec<_>>()
             .join(" AND ")
     };
@@ -197,7 +197,7 @@ pub async fn approx(
             "TRUE".to_string()
         } else {
             keys.iter()
-                .map(|k| format!("g.{k} IS NOT DISTINCT FROM t.{k}"))
+                .map(|k| format!("(g.{k} IS NOT DISTINCT FROM t.{k})"))
                 .collect::<Vec<_>>()
                 .join(" AND ")
         },

@@ -456,8 +456,7 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
     };
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
-        .with_table_partition_cols(partition_cols)
-        .with_collect_stat(false);
+        .with_table_partition_cols(partition_cols);
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(table_schema(hive));

@@ -1,0 +1,273 @@
+//! Synthetic `probes` data with known shape, for the tests and the benchmark
+//! (`slicetrace gen-synthetic`). Files are written exactly as the agent
+//! writes them: Hive layout `probes/date=YYYY-MM-DD/node=NAME/part-<start>-<id>.parquet`,
+//! zstd, with the schema version and table name in the footer.
+//!
+//! The model follows what the H100 showed: `gpu_ms` is a kernel constant
+//! times lognormal noise (σ = 0.05), scaled up on a deliberately slow or
+//! throttled node; `queue_ms` is a small launch overhead plus, when `k`
+//! tenants share the GPU, a wait that is uniform on `[0, 2k]` ms with
+//! probability `k/(k+1)` (a random arrival into a round of 2 ms time slices).
+//! Occupancy cycles through 0, 1 and 3 tenants in equal time phases when
+//! `tenant_phases` is on.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use slicetrace_schema::{probes_batch, ProbeRecord, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
+
+/// Errors raised while generating data.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    /// Writing a file failed.
+    #[error("failed to write {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding Parquet failed.
+    #[error("failed to encode {path}")]
+    Parquet {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// Building the Arrow batch failed.
+    #[error("failed to build a probes batch")]
+    Schema(#[source] slicetrace_schema::SchemaError),
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SynthSpec {
+    /// Total rows (split evenly over nodes).
+    pub rows: u64,
+    /// Number of nodes, named `node-00`, `node-01`, ...
+    pub nodes: usize,
+    /// First timestamp, ns since epoch.
+    pub start_ns: i64,
+    /// Time span covered by each node's runs, seconds.
+    pub span_secs: u64,
+    /// RNG seed.
+    pub seed: u64,
+    /// Cycle occupancy through 0, 1 and 3 tenants; otherwise always 0.
+    pub tenant_phases: bool,
+    /// A node whose GPU is uniformly slower (slow silicon, same clocks).
+    pub slow_node: Option<String>,
+    /// A node whose SM clock is throttled (slower at lower clocks).
+    pub throttled_node: Option<String>,
+    /// A node whose correctness checks fail now and then.
+    pub faulty_node: Option<String>,
+    /// Slowdown factor of `slow_node` and `throttled_node`.
+    pub slow_factor: f64,
+    /// Rows per Parquet file at most.
+    pub rows_per_file: usize,
+}
+
+impl Default for SynthSpec {
+    fn default() -> Self {
+        SynthSpec {
+            rows: 10_000,
+            nodes: 3,
+            // 2026-01-01T00:00:00Z
+            start_ns: 1_767_225_600_000_000_000,
+            span_secs: 2 * 86_400,
+            seed: 1,
+            tenant_phases: true,
+            slow_node: None,
+            throttled_node: None,
+            faulty_node: None,
+            slow_factor: 1.6,
+            rows_per_file: 200_000,
+        }
+    }
+}
+
+/// The name of node `i`.
+pub fn node_name(i: usize) -> String {
+    format!("node-{i:02}")
+}
+
+/// Standard normal by Box–Muller.
+fn normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+const NOMINAL_CLOCK_MHZ: u32 = 1980;
+
+/// Generates the rows of one node, in time order.
+pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecord> {
+    let node = node_name(node_idx);
+    let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1_000_003).wrapping_add(node_idx as u64));
+    let uuid = format!("GPU-{:08x}-0000-4000-8000-{:012x}", node_idx, spec.seed);
+    let slow = spec.slow_node.as_deref() == Some(node.as_str());
+    let throttled = spec.throttled_node.as_deref() == Some(node.as_str());
+    let faulty = spec.faulty_node.as_deref() == Some(node.as_str());
+    let span_ns = spec.span_secs as i64 * 1_000_000_000;
+    let step = if rows > 0 { span_ns / rows as i64 } else { 0 };
+    let mut out = Vec::with_capacity(rows as usize);
+    for i in 0..rows {
+        let ts_ns = spec.start_ns + i as i64 * step + rng.random_range(0..step.max(1) / 2 + 1);
+        let gemm = i % 2 == 1;
+        let (kernel, shape, base_ms, flops) = if gemm {
+            ("gemm", "n=1024", 0.40, 2.0 * 1024f64.powi(3))
+        } else {
+            ("fft", "c2c 1d n=4096 batch=8", 0.05, 8.0 * 5.0 * 4096.0 * 12.0)
+        };
+        let tenants: u32 = if spec.tenant_phases {
+            let phase = ((i as i64 * step) * 6 / span_ns.max(1)) as usize % 3;
+            [0, 1, 3][phase]
+        } else {
+            0
+        };
+        let clock = if throttled {
+            (f64::from(NOMINAL_CLOCK_MHZ) / spec.slow_factor) as u32
+        } else {
+            NOMINAL_CLOCK_MHZ
+        };
+        let mut gpu_ms = base_ms * (0.05 * normal(&mut rng)).exp();
+        if slow || throttled {
+            gpu_ms *= spec.slow_factor;
+        }
+        let mut queue_ms = 0.01 * (0.3 * normal(&mut rng)).exp();
+        if tenants > 0 && rng.random::<f64>() < f64::from(tenants) / f64::from(tenants + 1) {
+            queue_ms += rng.random::<f64>() * 2.0 * f64::from(tenants);
+        }
+        let wall_ms = gpu_ms + queue_ms;
+        let correct = !(faulty && i % 50 == 7);
+        out.push(ProbeRecord {
+            ts_ns,
+            node: node.clone(),
+            gpu_uuid: uuid.clone(),
+            gpu_index: 0,
+            gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
+            backend: "cuda".into(),
+            kernel: kernel.into(),
+            shape: shape.into(),
+            precision: "fp32".into(),
+            flops,
+            cycle: i / 8,
+            burst_seq: (i % 8) as u32,
+            gpu_ms: Some(gpu_ms),
+            wall_ms,
+            queue_ms: Some(queue_ms),
+            tflops: Some(flops / gpu_ms / 1e9),
+            correct: Some(correct),
+            rel_error: Some(1e-7),
+            sm_clock_mhz: Some(clock),
+            mem_clock_mhz: Some(2619),
+            gpu_util_pct: Some(if tenants > 0 { 100 } else { 3 }),
+            temp_c: Some(40),
+            power_w: Some(120.0 + 100.0 * f64::from(tenants)),
+            throttle_reasons: Some(if throttled { 0x20 } else { 0 }),
+            gpu_processes: Some(tenants),
+            pod_count: Some(tenants),
+            sm_clock_mhz_after: Some(clock),
+            replicas: Some(4),
+            sharing_strategy: Some("time-slicing".into()),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn date_of(ts_ns: i64) -> String {
+    DateTime::<Utc>::from_timestamp_nanos(ts_ns)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Writer properties the agent uses: zstd and the slicetrace footer keys.
+pub fn writer_props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
+            KeyValue::new(TABLE_KEY.to_string(), "probes".to_string()),
+        ]))
+        .build()
+}
+
+/// Writes `rows` (one node, time-ordered) into `dir/probes/date=…/node=…/`,
+/// one file per date and per `rows_per_file` rows. Returns the files.
+pub fn write_rows(
+    dir: &Path,
+    rows: &[ProbeRecord],
+    rows_per_file: usize,
+    tag: u64,
+) -> Result<Vec<PathBuf>, SynthError> {
+    let mut files = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let date = date_of(rows[start].ts_ns);
+        let mut end = start;
+        while end < rows.len() && end - start < rows_per_file.max(1) && date_of(rows[end].ts_ns) == date {
+            end += 1;
+        }
+        let chunk = &rows[start..end];
+        let part_dir = dir
+            .join("probes")
+            .join(format!("date={date}"))
+            .join(format!("node={}", chunk[0].node));
+        fs::create_dir_all(&part_dir).map_err(|source| SynthError::Io {
+            path: part_dir.display().to_string(),
+            source,
+        })?;
+        let path = part_dir.join(format!("part-{}-{:016x}.parquet", chunk[0].ts_ns, tag ^ start as u64));
+        write_file(&path, chunk)?;
+        files.push(path);
+        start = end;
+    }
+    Ok(files)
+}
+
+/// Writes one Parquet file of `rows`.
+pub fn write_file(path: &Path, rows: &[ProbeRecord]) -> Result<(), SynthError> {
+    let name = path.display().to_string();
+    let batch = probes_batch(rows).map_err(SynthError::Schema)?;
+    let file = fs::File::create(path).map_err(|source| SynthError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let pq = |source| SynthError::Parquet {
+        path: name.clone(),
+        source,
+    };
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
+    // Row groups of at most 64k rows keep memory flat for big files.
+    let mut off = 0;
+    while off < batch.num_rows() {
+        let len = (batch.num_rows() - off).min(65_536);
+        w.write(&batch.slice(off, len)).map_err(pq)?;
+        off += len;
+    }
+    w.close().map_err(pq)?;
+    Ok(())
+}
+
+/// Generates the whole dataset into `dir` (which gets a `probes/` child).
+/// Returns the number of files written.
+pub fn generate(dir: &Path, spec: &SynthSpec) -> Result<usize, SynthError> {
+    let per_node = spec.rows / spec.nodes.max(1) as u64;
+    let mut files = 0;
+    for n in 0..spec.nodes {
+        // Generate in slices so memory stays bounded for big runs.
+        let rows = node_rows(spec, n, per_node);
+        files += write_rows(dir, &rows, spec.rows_per_file, spec.seed ^ (n as u64) << 32)?.len();
+    }
+    Ok(files)
+}

@@ -1,1 +1,472 @@
-//! Agent configuration.
+//! Agent configuration: one TOML file (the `[parquet]`, `[otlp]`, `[metrics]`,
+//! `[health]` and `[occupancy]` tables belong to those components), then
+//! environment variables, then command-line flags — later wins.
+//!
+//! Every struct rejects unknown keys, so a typo is a usage error (exit 2)
+//! with a one-line reason naming the field, never a silently ignored setting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use slicetrace_probe::{BackendKind, FftDims, Precision, Preset, ProbeSpec};
+
+use crate::health::HealthConfig;
+use crate::occupancy::OccupancyConfig;
+use crate::sinks::otlp::OtlpConfig;
+use crate::sinks::parquet::ParquetConfig;
+
+/// A configuration error: always a usage error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("{field}: {message}")]
+    Parse {
+        /// Dotted path of the offending key (or `config` when unknown).
+        field: String,
+        /// One-line reason.
+        message: String,
+    },
+    /// A value parsed but is not allowed.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted field path.
+        field: String,
+        /// Why.
+        message: String,
+    },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.to_string(), message: message.into() }
+}
+
+/// Per-kernel overrides of the preset (the `[probe]` table).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeOverrides {
+    /// FFT length (1-D) or side (2-D), a power of two.
+    pub fft_n: Option<usize>,
+    /// FFT batch (1-D only).
+    pub fft_batch: Option<usize>,
+    /// Use a 2-D `fft_n × fft_n` transform instead of a 1-D batch.
+    pub fft_2d: Option<bool>,
+    /// GEMM matrix size n.
+    pub gemm_n: Option<usize>,
+    /// GEMM precision: `fp32`, `fp16` or `bf16`.
+    pub gemm_precision: Option<Precision>,
+    /// Runs per burst.
+    pub burst_runs: Option<u32>,
+}
+
+/// Prometheus endpoint (the `[metrics]` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address for `/metrics`, `/healthz` and `/readyz`; empty disables.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:9464".into() }
+    }
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node name; empty means `$NODE_NAME`, else the host name.
+    pub node_name: String,
+    /// Where Parquet files, the health baseline and state live.
+    pub data_dir: PathBuf,
+    /// `auto`, `cuda` or `cpu`.
+    pub backend: BackendKind,
+    /// `light` (default) or `article`.
+    pub preset: Preset,
+    /// Overrides of the preset's kernels.
+    pub probe: ProbeOverrides,
+    /// Mean time between probe cycles per GPU, ms.
+    pub interval_ms: u64,
+    /// Random jitter of each interval, ± percent (0–90), so probes never
+    /// phase-lock with time slices.
+    pub jitter_pct: u32,
+    /// Number of CPU pseudo-devices on the CPU backend (tests of multi-GPU
+    /// behaviour without GPUs).
+    pub cpu_devices: u32,
+    /// Run only on these device indices; empty probes every device.
+    pub devices: Vec<u32>,
+    /// At start, plant one corrupted output per kernel and require the
+    /// checker to catch it.
+    pub self_test: bool,
+    /// Deadline for draining and closing every sink on shutdown, ms. Keep it
+    /// below the pod's terminationGracePeriodSeconds.
+    pub shutdown_deadline_ms: u64,
+    /// Capacity of each sink's queue, in probe records.
+    pub sink_queue_records: usize,
+    /// Parquet sink.
+    pub parquet: ParquetConfig,
+    /// OTLP sink.
+    pub otlp: OtlpConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Live health.
+    pub health: HealthConfig,
+    /// Pod occupancy.
+    pub occupancy: OccupancyConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            data_dir: PathBuf::from("./slicetrace-data"),
+            backend: BackendKind::Auto,
+            preset: Preset::Light,
+            probe: ProbeOverrides::default(),
+            interval_ms: 1000,
+            jitter_pct: 20,
+            cpu_devices: 1,
+            devices: Vec::new(),
+            self_test: true,
+            shutdown_deadline_ms: 10_000,
+            sink_queue_records: 8192,
+            parquet: ParquetConfig::default(),
+            otlp: OtlpConfig::default(),
+            metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
+            occupancy: OccupancyConfig::default(),
+        }
+    }
+}
+
+/// Flag values that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--backend`.
+    pub backend: Option<BackendKind>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--interval`.
+    pub interval: Option<Duration>,
+    /// `--preset`.
+    pub preset: Option<Preset>,
+    /// `--otlp-endpoint`.
+    pub otlp_endpoint: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
+    /// `--node-name`.
+    pub node_name: Option<String>,
+    /// `--cpu-devices`.
+    pub cpu_devices: Option<u32>,
+}
+
+/// Turns a TOML error into `field: reason` on one line. toml reports a byte
+/// span; the key is the text before `=` on that line, and its table the last
+/// `[header]` above it.
+fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().lines().next().unwrap_or("invalid value").trim().to_string();
+    let mut field = String::from("config");
+    if let Some(span) = e.span() {
+        let before = &src[..span.start.min(src.len())];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line_end = src[line_start..].find('\n').map_or(src.len(), |i| line_start + i);
+        let line = &src[line_start..line_end];
+        let section = before
+            .lines()
+            .rev()
+            .skip(1)
+            .map(str::trim)
+            .find(|l| l.starts_with('[') && l.ends_with(']'))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
+        let line_no = before.matches('\n').count() + 1;
+        field = match (section, key) {
+            (Some(s), Some(k)) if !line.trim_start().starts_with('[') => format!("{s}.{k}"),
+            (None, Some(k)) => k,
+            (Some(s), None) => s,
+            _ => format!("line {line_no}"),
+        };
+        // Unknown keys: serde names the key itself in the message.
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            if let Some(k) = rest.split('`').next() {
+                field = match field.rsplit_once('.') {
+                    Some((s, _)) => format!("{s}.{k}"),
+                    None => k.to_string(),
+                };
+            }
+        }
+        field = format!("{field} (line {line_no})");
+    }
+    ConfigError::Parse { field, message: msg }
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(src: &str) -> Result<Self, ConfigError> {
+        toml::from_str(src).map_err(|e| toml_error(src, &e))
+    }
+
+    /// Reads and parses `path`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&src)
+    }
+
+    /// Applies `SLICETRACE_*` and `NODE_NAME` environment variables. The OTLP
+    /// `OTEL_*` variables are applied by the OTLP sink itself, between the
+    /// file and the flags.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("SLICETRACE_BACKEND") {
+            self.backend = v.parse().map_err(|m: String| invalid("SLICETRACE_BACKEND", m))?;
+        }
+        if let Some(v) = env("SLICETRACE_PRESET") {
+            self.preset = v.parse().map_err(|m: String| invalid("SLICETRACE_PRESET", m))?;
+        }
+        if let Some(v) = env("SLICETRACE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("SLICETRACE_INTERVAL") {
+            let d = humantime::parse_duration(&v).map_err(|e| invalid("SLICETRACE_INTERVAL", e.to_string()))?;
+            self.interval_ms = d.as_millis() as u64;
+        }
+        if let Some(v) = env("SLICETRACE_METRICS_LISTEN") {
+            self.metrics.listen = v;
+        }
+        if self.node_name.is_empty() {
+            if let Some(v) = env("NODE_NAME").filter(|v| !v.is_empty()) {
+                self.node_name = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies command-line flags (highest precedence).
+    pub fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(b) = o.backend {
+            self.backend = b;
+        }
+        if let Some(d) = &o.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(i) = o.interval {
+            self.interval_ms = i.as_millis() as u64;
+        }
+        if let Some(p) = o.preset {
+            self.preset = p;
+        }
+        if let Some(e) = &o.otlp_endpoint {
+            self.otlp.endpoint = Some(e.clone()).filter(|e| !e.is_empty());
+        }
+        if let Some(l) = &o.metrics_listen {
+            self.metrics.listen = l.clone();
+        }
+        if let Some(n) = &o.node_name {
+            self.node_name = n.clone();
+        }
+        if let Some(n) = o.cpu_devices {
+            self.cpu_devices = n;
+        }
+    }
+
+    /// The node name to use: configured, else the host name.
+    pub fn resolved_node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        host_name()
+    }
+
+    /// The probe spec for a backend, after the overrides.
+    pub fn probe_spec(&self, backend: &str) -> ProbeSpec {
+        let mut s = ProbeSpec::preset_for(self.preset, backend);
+        let p = &self.probe;
+        if p.fft_n.is_some() || p.fft_batch.is_some() || p.fft_2d.is_some() {
+            let (n0, b0) = match s.fft.dims {
+                FftDims::D1 { n, batch } => (n, batch),
+                FftDims::D2 { nx, .. } => (nx, 1),
+            };
+            let n = p.fft_n.unwrap_or(n0);
+            s.fft.dims = if p.fft_2d.unwrap_or(matches!(s.fft.dims, FftDims::D2 { .. })) {
+                FftDims::D2 { nx: n, ny: n }
+            } else {
+                FftDims::D1 { n, batch: p.fft_batch.unwrap_or(b0) }
+            };
+        }
+        if let Some(n) = p.gemm_n {
+            s.gemm.n = n;
+        }
+        if let Some(pr) = p.gemm_precision {
+            s.gemm.precision = pr;
+        }
+        if let Some(b) = p.burst_runs {
+            s.burst_runs = b;
+        }
+        s
+    }
+
+    /// Checks every value that parsed but is not usable. Writes nothing.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval_ms == 0 || self.interval_ms > 3_600_000 {
+            return Err(invalid("interval_ms", format!("{} is out of range 1..=3600000", self.interval_ms)));
+        }
+        if self.jitter_pct > 90 {
+            return Err(invalid("jitter_pct", format!("{} is above 90", self.jitter_pct)));
+        }
+        if self.shutdown_deadline_ms == 0 {
+            return Err(invalid("shutdown_deadline_ms", "must be positive"));
+        }
+        if self.sink_queue_records == 0 {
+            return Err(invalid("sink_queue_records", "must be positive"));
+        }
+        if self.cpu_devices == 0 || self.cpu_devices > 64 {
+            return Err(invalid("cpu_devices", format!("{} is out of range 1..=64", self.cpu_devices)));
+        }
+        for b in ["cuda", "cpu"] {
+            self.probe_spec(b).validate().map_err(|e| invalid("probe", e.to_string()))?;
+        }
+        check_dir_writable(&self.data_dir).map_err(|m| invalid("data_dir", m))?;
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("metrics.listen", format!("{:?} is not an address:port", self.metrics.listen)));
+        }
+        if let Some(ep) = &self.otlp.endpoint {
+            validate_endpoint(ep).map_err(|m| invalid("otlp.endpoint", m))?;
+        }
+        self.health.validate().map_err(|(f, m)| invalid(&format!("health.{f}"), m))?;
+        self.parquet
+            .validate()
+            .map_err(|e| invalid("parquet", crate::internal_events::error_chain(&e)))?;
+        self.occupancy
+            .validate()
+            .map_err(|e| invalid("occupancy", crate::internal_events::error_chain(&e)))?;
+        Ok(())
+    }
+
+}
+
+/// Parses an OTLP endpoint: an absolute `http` or `https` URL with a host.
+pub fn validate_endpoint(ep: &str) -> Result<(), String> {
+    let uri: http::Uri = ep.parse().map_err(|e| format!("{ep:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{ep:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{ep:?} has no host"));
+    }
+    Ok(())
+}
+
+/// The directory must exist and be writable, or be creatable under the
+/// nearest existing ancestor. Nothing is created.
+fn check_dir_writable(dir: &Path) -> Result<(), String> {
+    let mut p = dir;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => {
+                return if writable(p) {
+                    Ok(())
+                } else {
+                    Err(format!("{} is not writable", p.display()))
+                };
+            }
+            Ok(_) => return Err(format!("{} is not a directory", p.display())),
+            Err(_) => match p.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                _ => return Ok(()),
+            },
+        }
+    }
+}
+
+fn writable(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: c is a valid NUL-terminated path; access only reads it.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+    rc == 0
+}
+
+/// The host name, from the kernel.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_roundtrip() {
+        let c = Config::default();
+        let s = toml::to_string(&c).expect("serialise");
+        assert_eq!(Config::from_toml(&s).expect("parse"), c);
+    }
+
+    #[test]
+    fn unknown_key_names_the_field() {
+        let e = Config::from_toml("interval_ms = 5\nbogus = 1\n").expect_err("unknown key");
+        let m = e.to_string();
+        assert!(m.starts_with("bogus (line 2)"), "{m}");
+        let e = Config::from_toml("[parquet]\nrotate_bytez = 1\n").expect_err("unknown nested key");
+        assert!(e.to_string().starts_with("parquet.rotate_bytez"), "{e}");
+    }
+
+    #[test]
+    fn negative_duration_names_the_field() {
+        let e = Config::from_toml("[health]\nwindow_ms = -5\n").expect_err("negative");
+        assert!(e.to_string().starts_with("health.window_ms (line 2)"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn bad_endpoint_and_unwritable_dir_are_invalid() {
+        let mut c = Config::from_toml("[otlp]\nendpoint = \"not a url\"\n").expect("parses");
+        c.data_dir = std::env::temp_dir();
+        assert!(c.validate().expect_err("bad url").to_string().starts_with("otlp.endpoint"));
+        let mut c = Config::default();
+        c.data_dir = PathBuf::from("/etc/hostname/sub");
+        assert!(c.validate().expect_err("file as dir").to_string().starts_with("data_dir"));
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let mut c = Config::from_toml("backend = \"cuda\"\ninterval_ms = 500\n").expect("parse");
+        let env = |k: &str| match k {
+            "SLICETRACE_BACKEND" => Some("cpu".to_string()),
+            "SLICETRACE_INTERVAL" => Some("2s".to_string()),
+            _ => None,
+        };
+        c.apply_env(&env).expect("env");
+        assert_eq!((c.backend, c.interval_ms), (BackendKind::Cpu, 2000));
+        c.apply_overrides(&Overrides { interval: Some(Duration::from_millis(250)), ..Default::default() });
+        assert_eq!((c.backend, c.interval_ms), (BackendKind::Cpu, 250));
+    }
+
+    #[test]
+    fn probe_overrides_apply() {
+        let c = Config::from_toml("[probe]\nfft_n = 1024\nfft_2d = true\ngemm_n = 512\ngemm_precision = \"bf16\"\n")
+            .expect("parse");
+        let s = c.probe_spec("cuda");
+        assert_eq!(s.fft.dims, FftDims::D2 { nx: 1024, ny: 1024 });
+        assert_eq!((s.gemm.n, s.gemm.precision), (512, Precision::Bf16));
+    }
+}

@@ -63,3 +63,48 @@ impl Counters {
         c.load(Ordering::Relaxed)
     }
 }
+
+/// Formats an error and its `source()` chain on one line (`a: b: c`), for
+/// log fields and one-line usage errors.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.ends_with(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}
+
+/// Lets a log line through at most once per `period` (per limiter). Used for
+/// "sink down" and "disk full" errors, which would otherwise repeat every cycle.
+#[derive(Debug)]
+pub struct RateLimit {
+    period: std::time::Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl RateLimit {
+    /// A limiter letting one event through per `period`.
+    pub fn new(period: std::time::Duration) -> Self {
+        Self { period, last: std::sync::Mutex::new(None) }
+    }
+    /// True when the caller may log now.
+    pub fn allow(&self) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.last.lock() else {
+            return true;
+        };
+        match *last {
+            Some(t) if now.duration_since(t) < self.period => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
+}

@@ -334,6 +334,21 @@ impl KubeCache {
         }
     }
 
+    /// A cache that is already synced with `pods` and `node` and is never
+    /// refreshed: for tests, and for replaying a recorded node.
+    pub fn preloaded(pods: Vec<PodInfo>, node: Option<NodeInfo>, stale_after: Duration) -> Self {
+        let cache = Self::new(stale_after, Duration::ZERO);
+        if let Ok(mut g) = cache.index.write() {
+            *g = Arc::new(PodIndex::new(pods));
+        }
+        if let Ok(mut g) = cache.node.write() {
+            *g = node.map(Arc::new);
+        }
+        cache.synced.store(true, Ordering::Release);
+        cache.record(|h| h.pod_ok = Some(Instant::now()));
+        cache
+    }
+
     /// The pod index, `None` until the first full list has been received.
     pub fn pods(&self) -> Option<Arc<PodIndex>> {
         if !self.synced.load(Ordering::Acquire) {

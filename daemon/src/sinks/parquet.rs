@@ -189,7 +189,7 @@ impl From<ParquetError> for SinkError {
     }
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ParquetError + '_ {
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ParquetError + 'a {
     move |source| ParquetError::Io {
         action,
         path: path.to_path_buf(),

@@ -1,0 +1,94 @@
+//! NVML telemetry through nvml-wrapper (loaded at run time; a host without
+//! the driver gets a clean error from `Nvml::init`, and the agent falls back
+//! to [`super::NoTelemetry`]).
+
+use std::path::PathBuf;
+
+use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::Nvml;
+
+use super::{DeviceSample, TelemetryError, TelemetrySource};
+use crate::occupancy::GpuProcess;
+
+/// NVML-backed telemetry.
+pub struct NvmlTelemetry {
+    nvml: Nvml,
+    own_pid: u32,
+    proc_root: PathBuf,
+}
+
+impl std::fmt::Debug for NvmlTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmlTelemetry").field("own_pid", &self.own_pid).finish()
+    }
+}
+
+/// `Ok(v)` → `Some(v)`; `NotSupported` (and any per-field error) → `None`.
+fn opt<T>(r: Result<T, NvmlError>) -> Option<T> {
+    r.ok()
+}
+
+impl NvmlTelemetry {
+    /// Initialises NVML.
+    pub fn new(proc_root: PathBuf) -> Result<Self, TelemetryError> {
+        let nvml = Nvml::init().map_err(|e| TelemetryError::Unavailable(Box::new(e)))?;
+        Ok(Self { nvml, own_pid: std::process::id(), proc_root })
+    }
+
+    /// UUIDs of every device NVML sees, by index.
+    pub fn device_uuids(&self) -> Vec<String> {
+        let n = self.nvml.device_count().unwrap_or(0);
+        (0..n)
+            .filter_map(|i| self.nvml.device_by_index(i).ok().and_then(|d| d.uuid().ok()))
+            .collect()
+    }
+}
+
+impl TelemetrySource for NvmlTelemetry {
+    fn name(&self) -> &'static str {
+        "nvml"
+    }
+
+    fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        let dev = self.nvml.device_by_uuid(gpu_uuid).map_err(|e| TelemetryError::Device {
+            uuid: gpu_uuid.to_string(),
+            source: Box::new(e),
+        })?;
+        let util = opt(dev.utilization_rates());
+        let processes = opt(dev.running_compute_processes()).map(|ps| {
+            ps.into_iter()
+                .filter(|p| p.pid != self.own_pid)
+                .map(|p| GpuProcess {
+                    pid: p.pid,
+                    used_mib: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b / (1024 * 1024)),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                    name: std::fs::read_to_string(self.proc_root.join(p.pid.to_string()).join("comm"))
+                        .ok()
+                        .map(|s| s.trim().to_string()),
+                })
+                .collect::<Vec<_>>()
+        });
+        let s = DeviceSample {
+            sm_clock_mhz: opt(dev.clock_info(Clock::SM)),
+            mem_clock_mhz: opt(dev.clock_info(Clock::Memory)),
+            gpu_util_pct: util.as_ref().map(|u| u.gpu),
+            mem_util_pct: util.as_ref().map(|u| u.memory),
+            power_w: opt(dev.power_usage()).map(|mw| mw as f64 / 1000.0),
+            temp_c: opt(dev.temperature(TemperatureSensor::Gpu)),
+            throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
+            fb_used_mib: opt(dev.memory_info()).map(|m| m.used / (1024 * 1024)),
+            processes,
+        };
+        if s == DeviceSample::default() {
+            return Err(TelemetryError::Device {
+                uuid: gpu_uuid.to_string(),
+                source: "every NVML query failed".into(),
+            });
+        }
+        Ok(s)
+    }
+}

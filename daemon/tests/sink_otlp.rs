@@ -1,0 +1,333 @@
+//! OTLP sink against a real collector: rotel (an OTLP collector) receives
+//! the agent's spans over gRPC and over HTTP/protobuf, and the test finds the
+//! trace ids of the records in rotel's debug log. Also: no collector, a
+//! collector that never answers, and a collector that comes back.
+//!
+//! rotel comes from the project venv (`pip install rotel`): `$SLICETRACE_ROTEL`,
+//! else the `rotel-agent` shipped inside the `rotel` Python package of
+//! `$SLICETRACE_PYTHON` / `.venv/bin/python`, else `rotel-agent` on `PATH`.
+//! Without it the collector tests are skipped with a note, unless
+//! `SLICETRACE_REQUIRE_TOOLS=1`, which turns a missing tool into a failure.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slicetrace_agent::internal_events::Counters;
+use slicetrace_agent::sinks::otlp::{new_span_id, new_trace_id, OtlpConfig, OtlpProtocol, OtlpSink};
+use slicetrace_agent::sinks::Sink;
+use slicetrace_schema::ProbeRecord;
+
+fn require_tools() -> bool {
+    std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+fn rotel_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("SLICETRACE_ROTEL") {
+        return Some(PathBuf::from(p));
+    }
+    let pythons = [
+        std::env::var("SLICETRACE_PYTHON").ok().map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")),
+    ];
+    for py in pythons.into_iter().flatten() {
+        let out = Command::new(&py)
+            .args([
+                "-c",
+                "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+            ])
+            .output();
+        if let Ok(o) = out {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if o.status.success() && p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let on_path = Command::new("rotel-agent").arg("--version").output();
+    if on_path.is_ok_and(|o| o.status.success()) {
+        return Some(PathBuf::from("rotel-agent"));
+    }
+    if require_tools() {
+        panic!("SLICETRACE_REQUIRE_TOOLS=1 but rotel-agent was not found (set SLICETRACE_ROTEL)");
+    }
+    eprintln!("SKIP: rotel-agent not found (set SLICETRACE_ROTEL or install rotel in the venv)");
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running rotel; killed on drop.
+struct Rotel {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotel {
+    fn start(bin: &Path, grpc_port: u16, http_port: u16) -> Rotel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("rotel.log");
+        let out = fs::File::create(&log).expect("log");
+        let err = out.try_clone().expect("log");
+        let child = Command::new(bin)
+            .arg("start")
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http_port}")])
+            .args(["--exporter", "blackhole"])
+            .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .arg("--pid-file")
+            .arg(dir.path().join("rotel.pid"))
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start rotel");
+        let r = Rotel {
+            child,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for port in [grpc_port, http_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "rotel did not listen on {port}: {}", r.log_text());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        r
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to 20 s until every needle is in the log.
+    async fn wait_for(&self, needles: &[String]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.log_text();
+            if needles.iter().all(|n| text.contains(n.as_str())) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<&String> = needles.iter().filter(|n| !text.contains(n.as_str())).collect();
+                panic!("not in rotel's log after 20 s: {missing:?}\n--- log tail ---\n{}", tail(&text));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let n = s.len().saturating_sub(4000);
+    let mut i = n;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The records of one probe cycle (FFT burst then GEMM burst), with the ids
+/// the pipeline would have filled in.
+fn cycle(cycle: u64, t0_ns: i64) -> (String, Vec<ProbeRecord>) {
+    let trace = new_trace_id();
+    let mut v = Vec::new();
+    for (k, kernel) in ["fft", "gemm"].into_iter().enumerate() {
+        for seq in 0..3u32 {
+            let i = k as i64 * 3 + i64::from(seq);
+            v.push(ProbeRecord {
+                ts_ns: t0_ns + i * 2_000_000,
+                node: "node-a".into(),
+                gpu_uuid: "GPU-0000".into(),
+                gpu_index: 0,
+                gpu_name: Some("NVIDIA H100".into()),
+                backend: "cuda".into(),
+                kernel: kernel.into(),
+                shape: "n=1024".into(),
+                precision: "fp32".into(),
+                flops: 2.0e9,
+                cycle,
+                burst_seq: seq,
+                gpu_ms: Some(0.4),
+                wall_ms: 1.5,
+                queue_ms: Some(1.1),
+                sm_clock_mhz: Some(1980),
+                power_w: Some(312.5),
+                pods: Some(vec!["team-a/trainer-0".into()]),
+                pod_count: Some(1),
+                trace_id: Some(trace.clone()),
+                span_id: Some(new_span_id()),
+                ..Default::default()
+            });
+        }
+    }
+    (trace, v)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+fn config(endpoint: String, protocol: OtlpProtocol) -> OtlpConfig {
+    OtlpConfig {
+        endpoint: Some(endpoint),
+        protocol,
+        timeout_ms: 3000,
+        export_interval_ms: 200,
+        ..Default::default()
+    }
+}
+
+async fn spans_reach_rotel(protocol: OtlpProtocol) {
+    let Some(bin) = rotel_binary() else { return };
+    let (grpc, http) = (free_port(), free_port());
+    let rotel = Rotel::start(&bin, grpc, http);
+    let endpoint = match protocol {
+        OtlpProtocol::Grpc => format!("http://127.0.0.1:{grpc}"),
+        OtlpProtocol::HttpProtobuf => format!("http://127.0.0.1:{http}"),
+    };
+    let counters = Arc::new(Counters::default());
+    let mut sink = OtlpSink::new(config(endpoint, protocol), "host-a", Some("node-a"), counters.clone())
+        .expect("sink");
+    let (t1, c1) = cycle(0, now_ns());
+    let (t2, c2) = cycle(1, now_ns() + 50_000_000);
+    let run_span = c1[0].span_id.clone().expect("span id");
+    // A cycle split over two export calls.
+    sink.export(c1[..3].to_vec()).await.expect("export");
+    sink.export(c1[3..].to_vec()).await.expect("export");
+    sink.export(c2).await.expect("export");
+    sink.force_flush().await.expect("flush");
+    let log = rotel
+        .wait_for(&[
+            format!("Trace ID       : {t1}"),
+            format!("Trace ID       : {t2}"),
+            format!("ID             : {run_span}"),
+            "Name           : probe_cycle".into(),
+            "Name           : probe gemm".into(),
+            "Name           : queued".into(),
+            "Name           : executing".into(),
+            "slicetrace.queue_ms".into(),
+            "nvml.sm_clock_mhz".into(),
+            "k8s.gpu.pods".into(),
+            "slicetrace-agent".into(),
+            "node-a".into(),
+        ])
+        .await;
+    // Absent readings are omitted, never sent as 0.
+    assert!(!log.contains("nvml.temp_c"), "temp_c was None and must not be exported");
+    // Two cycles: 2 roots + 12 runs + 24 children.
+    sink.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    assert_eq!(Counters::get(&counters.otlp_spans_exported), 38);
+    assert_eq!(Counters::get(&counters.otlp_spans_dropped), 0);
+    assert_eq!(Counters::get(&counters.otlp_export_errors), 0);
+}
+
+#[tokio::test]
+async fn grpc_spans_reach_rotel_with_trace_ids() {
+    spans_reach_rotel(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test]
+async fn http_protobuf_spans_reach_rotel_with_trace_ids() {
+    spans_reach_rotel(OtlpProtocol::HttpProtobuf).await;
+}
+
+#[tokio::test]
+async fn collector_down_drops_are_counted_and_export_returns_promptly() {
+    // Nothing listens on this port.
+    let port = free_port();
+    let counters = Arc::new(Counters::default());
+    let mut cfg = config(format!("http://127.0.0.1:{port}"), OtlpProtocol::Grpc);
+    cfg.timeout_ms = 500;
+    cfg.queue_capacity = 64;
+    let mut sink = OtlpSink::new(cfg, "host-a", None, counters.clone()).expect("sink");
+    let mut worst = Duration::ZERO;
+    for c in 0..20 {
+        let (_, recs) = cycle(c, now_ns());
+        let t = Instant::now();
+        sink.export(recs).await.expect("export never fails");
+        worst = worst.max(t.elapsed());
+    }
+    assert!(worst < Duration::from_millis(100), "export blocked for {worst:?}");
+    // 20 cycles × 18 spans do not fit a queue of 64: counted at once.
+    assert!(Counters::get(&counters.otlp_spans_dropped) > 0);
+    let t = Instant::now();
+    let _ = sink.force_flush().await;
+    assert!(t.elapsed() < Duration::from_millis(1500), "flush took {:?}", t.elapsed());
+    let t = Instant::now();
+    let _ = sink.shutdown(Duration::from_secs(1)).await;
+    assert!(t.elapsed() < Duration::from_millis(1500), "shutdown took {:?}", t.elapsed());
+    assert!(Counters::get(&counters.otlp_export_errors) >= 1);
+    assert_eq!(Counters::get(&counters.otlp_spans_exported), 0);
+    // Every span is either dropped or still counted as dropped at shutdown.
+    assert_eq!(Counters::get(&counters.otlp_spans_dropped), 20 * 18 + 20);
+}
+
+#[tokio::test]
+async fn slow_collector_is_bounded_by_the_export_timeout() {
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let counters = Arc::new(Counters::default());
+    let mut cfg = config(format!("http://127.0.0.1:{port}"), OtlpProtocol::HttpProtobuf);
+    cfg.timeout_ms = 400;
+    let mut sink = OtlpSink::new(cfg, "host-a", None, counters.clone()).expect("sink");
+    let (_, recs) = cycle(0, now_ns());
+    let t = Instant::now();
+    sink.export(recs).await.expect("export");
+    assert!(t.elapsed() < Duration::from_millis(100));
+    let t = Instant::now();
+    let _ = sink.force_flush().await;
+    assert!(t.elapsed() < Duration::from_millis(1000), "flush took {:?}", t.elapsed());
+    assert!(Counters::get(&counters.otlp_export_errors) >= 1);
+    assert_eq!(Counters::get(&counters.otlp_spans_dropped), 19);
+    let _ = sink.shutdown(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn export_resumes_when_the_collector_comes_back() {
+    let Some(bin) = rotel_binary() else { return };
+    let (grpc, http) = (free_port(), free_port());
+    let counters = Arc::new(Counters::default());
+    let mut cfg = config(format!("http://127.0.0.1:{grpc}"), OtlpProtocol::Grpc);
+    cfg.timeout_ms = 1000;
+    let mut sink = OtlpSink::new(cfg, "host-a", None, counters.clone()).expect("sink");
+    let (_, lost) = cycle(0, now_ns());
+    sink.export(lost).await.expect("export");
+    let _ = sink.force_flush().await;
+    let dropped = Counters::get(&counters.otlp_spans_dropped);
+    assert_eq!(dropped, 19);
+
+    let rotel = Rotel::start(&bin, grpc, http);
+    let (t, recs) = cycle(1, now_ns());
+    sink.export(recs).await.expect("export");
+    sink.force_flush().await.expect("flush");
+    rotel.wait_for(&[format!("Trace ID       : {t}")]).await;
+    assert_eq!(Counters::get(&counters.otlp_spans_dropped), dropped, "drops stopped");
+    assert_eq!(Counters::get(&counters.otlp_spans_exported), 19);
+    sink.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+}

@@ -1,0 +1,444 @@
+//! Parquet sink against real readers and a real (tiny) file system: files
+//! written by `ParquetSink` are read by pyarrow, DuckDB and polars; rotation,
+//! recovery, retention and a full disk are exercised on real files.
+//!
+//! Needs the project venv (pyarrow, duckdb, polars): `$SLICETRACE_PYTHON`, or
+//! `.venv/bin/python` at the workspace root. Without it the reader checks are
+//! skipped with a note, unless `SLICETRACE_REQUIRE_TOOLS=1`, which turns a
+//! missing tool into a failure. The disk-full test mounts a 256 KiB tmpfs and
+//! needs root (same skip rule).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use slicetrace_agent::internal_events::Counters;
+use slicetrace_agent::sinks::parquet::{enforce_retention, recover, ParquetConfig, ParquetSink};
+use slicetrace_agent::sinks::Sink;
+use slicetrace_schema::{HealthRecord, ProbeRecord};
+
+fn require_tools() -> bool {
+    std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+/// Skips (returns `None`) or fails, per `SLICETRACE_REQUIRE_TOOLS`.
+fn missing(what: &str) -> Option<PathBuf> {
+    if require_tools() {
+        panic!("SLICETRACE_REQUIRE_TOOLS=1 but {what}");
+    }
+    eprintln!("SKIP: {what}");
+    None
+}
+
+/// A Python with pyarrow, duckdb and polars.
+fn python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("SLICETRACE_PYTHON").ok().map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")),
+    ];
+    for p in candidates.into_iter().flatten() {
+        let ok = Command::new(&p)
+            .args(["-c", "import pyarrow, duckdb, polars"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(p);
+        }
+    }
+    missing("no python with pyarrow, duckdb and polars (set SLICETRACE_PYTHON)")
+}
+
+const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+
+fn rec(i: usize) -> ProbeRecord {
+    // A long-tailed, deterministic wall_ms distribution.
+    let x = ((i * 7919) % 1000) as f64 / 1000.0;
+    let wall = 0.05 + x * x * x * 20.0;
+    ProbeRecord {
+        ts_ns: T0 + (i as i64) * 1_000_000,
+        node: "node-a".into(),
+        gpu_uuid: format!("GPU-{}", i % 2),
+        gpu_index: (i % 2) as u32,
+        backend: "cpu".into(),
+        kernel: if i % 3 == 0 { "gemm" } else { "fft" }.into(),
+        shape: "n=4096".into(),
+        precision: "fp32".into(),
+        flops: 1e6,
+        cycle: (i / 6) as u64,
+        burst_seq: (i % 3) as u32,
+        gpu_ms: Some(wall * 0.4),
+        wall_ms: wall,
+        queue_ms: Some(wall * 0.6),
+        sm_clock_mhz: (i % 5 != 0).then_some(1980),
+        pods: (i % 4 == 0).then(|| vec!["ns/a".into(), "ns/b".into()]),
+        trace_id: Some(format!("{:032x}", i + 1)),
+        span_id: Some(format!("{:016x}", i + 1)),
+        ..Default::default()
+    }
+}
+
+fn p99_linear(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pos = 0.99 * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn visible(dir: &Path) -> Vec<PathBuf> {
+    all_files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
+fn tmps(dir: &Path) -> Vec<PathBuf> {
+    all_files(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".parquet.tmp"))
+        .collect()
+}
+
+fn rows_in(files: &[PathBuf]) -> usize {
+    use parquet::file::reader::FileReader;
+    files
+        .iter()
+        .map(|f| {
+            let r = parquet::file::reader::SerializedFileReader::new(
+                fs::File::open(f).expect("open"),
+            )
+            .unwrap_or_else(|e| panic!("{} unreadable: {e}", f.display()));
+            r.metadata().file_metadata().num_rows() as usize
+        })
+        .sum()
+}
+
+fn sink(dir: &Path, cfg: ParquetConfig) -> (ParquetSink, Arc<Counters>) {
+    let counters = Arc::new(Counters::default());
+    let s = ParquetSink::new(cfg, dir, "node-a", counters.clone()).expect("sink");
+    (s, counters)
+}
+
+const READERS_PY: &str = r#"
+import glob, json, sys
+import pyarrow.dataset as ds, pyarrow.compute as pc, pyarrow.parquet as pq
+import duckdb, polars as pl
+root = sys.argv[1]
+pattern = root + "/probes/**/*.parquet"
+files = sorted(glob.glob(pattern, recursive=True))
+out = {}
+t = ds.dataset(root + "/probes", format="parquet", partitioning="hive").to_table()
+out["pyarrow"] = {"rows": t.num_rows, "p99": pc.quantile(t["wall_ms"], q=0.99, interpolation="linear")[0].as_py()}
+con = duckdb.connect()
+r = con.execute("select count(*), quantile_cont(wall_ms, 0.99) from read_parquet(?, hive_partitioning = true)", [pattern]).fetchone()
+out["duckdb"] = {"rows": r[0], "p99": r[1]}
+kv = con.execute("select distinct decode(value) from parquet_kv_metadata(?) where decode(key) = 'slicetrace.schema_version'", [pattern]).fetchall()
+out["duckdb_schema_versions"] = [k[0] for k in kv]
+df = pl.scan_parquet(pattern, hive_partitioning=True).select(pl.len().alias("n"), pl.col("wall_ms").quantile(0.99, interpolation="linear").alias("p")).collect()
+out["polars"] = {"rows": int(df["n"][0]), "p99": float(df["p"][0])}
+out["pyarrow_schema_versions"] = sorted({pq.read_metadata(f).metadata[b"slicetrace.schema_version"].decode() for f in files})
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut s, counters) = sink(
+        dir.path(),
+        ParquetConfig {
+            row_group_rows: 1000,
+            rotate_bytes: 40 * 1024,
+            ..Default::default()
+        },
+    );
+    let rows: Vec<ProbeRecord> = (0..12_000).map(rec).collect();
+    for chunk in rows.chunks(700) {
+        s.export(chunk.to_vec()).await.expect("export");
+    }
+    s.export_health(vec![HealthRecord {
+        ts_ns: T0,
+        node: "node-a".into(),
+        gpu_uuid: "GPU-0".into(),
+        kernel: "fft".into(),
+        verdict: "healthy".into(),
+        reason: "ok".into(),
+        ..Default::default()
+    }])
+    .await
+    .expect("health");
+    s.shutdown(Duration::from_secs(20)).await.expect("shutdown");
+    assert!(tmps(dir.path()).is_empty());
+    assert_eq!(rows_in(&visible(&dir.path().join("probes"))), rows.len());
+    assert_eq!(rows_in(&visible(&dir.path().join("health"))), 1);
+    assert_eq!(Counters::get(&counters.parquet_rows_written), rows.len() as u64 + 1);
+    assert_eq!(Counters::get(&counters.parquet_write_errors), 0);
+
+    let out = Command::new(&py)
+        .args(["-c", READERS_PY])
+        .arg(dir.path())
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let want = p99_linear(&rows.iter().map(|r| r.wall_ms).collect::<Vec<_>>());
+    for tool in ["pyarrow", "duckdb", "polars"] {
+        assert_eq!(v[tool]["rows"].as_u64(), Some(rows.len() as u64), "{tool}: {v}");
+        let got = v[tool]["p99"].as_f64().expect("p99");
+        assert!((got - want).abs() < 1e-9, "{tool}: p99 {got} != {want}");
+    }
+    let version = slicetrace_schema::SCHEMA_VERSION.to_string();
+    assert_eq!(v["duckdb_schema_versions"], serde_json::json!([version]));
+    assert_eq!(v["pyarrow_schema_versions"], serde_json::json!([version]));
+}
+
+#[tokio::test]
+async fn open_files_are_tmp_and_never_match_parquet_glob() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut s, counters) = sink(dir.path(), ParquetConfig::default());
+    s.export((0..100).map(rec).collect()).await.expect("export");
+    // Open, buffered, not yet visible.
+    assert!(visible(dir.path()).is_empty(), "{:?}", visible(dir.path()));
+    let t = tmps(dir.path());
+    assert_eq!(t.len(), 1);
+    let name = t[0].file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    assert!(name.starts_with(".part-20260101T000000Z-"), "{name}");
+    assert_eq!(Counters::get(&counters.parquet_rows_written), 0);
+    s.force_flush().await.expect("flush");
+    assert!(tmps(dir.path()).is_empty());
+    let v = visible(dir.path());
+    assert_eq!(v.len(), 1);
+    assert!(
+        v[0].parent().expect("dir").ends_with("probes/date=2026-01-01/node=node-a"),
+        "{}",
+        v[0].display()
+    );
+    assert_eq!(Counters::get(&counters.parquet_rows_written), 100);
+    s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn rotation_by_size_produces_several_readable_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut s, counters) = sink(
+        dir.path(),
+        ParquetConfig {
+            row_group_rows: 200,
+            rotate_bytes: 16 * 1024,
+            ..Default::default()
+        },
+    );
+    for chunk in (0..6000).map(rec).collect::<Vec<_>>().chunks(250) {
+        s.export(chunk.to_vec()).await.expect("export");
+    }
+    s.shutdown(Duration::from_secs(10)).await.expect("shutdown");
+    let files = visible(dir.path());
+    assert!(files.len() >= 3, "only {} files", files.len());
+    assert_eq!(rows_in(&files), 6000);
+    assert_eq!(Counters::get(&counters.parquet_files_rotated), files.len() as u64);
+}
+
+#[tokio::test]
+async fn rotation_by_time_produces_several_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut s, counters) = sink(
+        dir.path(),
+        ParquetConfig {
+            rotate_interval_ms: 300,
+            flush_interval_ms: 50,
+            ..Default::default()
+        },
+    );
+    for i in 0..15 {
+        s.export((i * 10..i * 10 + 10).map(rec).collect()).await.expect("export");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Files rotated by time are visible before any flush or shutdown.
+    let before_shutdown = visible(dir.path()).len();
+    s.shutdown(Duration::from_secs(10)).await.expect("shutdown");
+    assert!(before_shutdown >= 3, "only {before_shutdown} files rotated by time");
+    assert_eq!(rows_in(&visible(dir.path())), 150);
+    assert_eq!(Counters::get(&counters.parquet_rows_written), 150);
+}
+
+#[tokio::test]
+async fn recovery_renames_good_tmp_and_removes_corrupt_one() {
+    // A good file, written by the sink, then turned back into a leftover tmp.
+    let src = tempfile::tempdir().expect("tempdir");
+    let (mut s, _) = sink(src.path(), ParquetConfig::default());
+    s.export((0..50).map(rec).collect()).await.expect("export");
+    s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    let good = visible(src.path()).pop().expect("one file");
+    let bytes = fs::read(&good).expect("read");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let part = dir.path().join("probes/date=2026-01-01/node=node-a");
+    fs::create_dir_all(&part).expect("mkdir");
+    let good_name = good.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    fs::write(part.join(format!(".{good_name}.tmp")), &bytes).expect("write good tmp");
+    // Killed mid-write: no footer.
+    fs::write(
+        part.join(".part-20260101T000001Z-00000000-0000-0000-0000-000000000000.parquet.tmp"),
+        &bytes[..bytes.len() / 2],
+    )
+    .expect("write bad tmp");
+
+    let (mut s, counters) = sink(dir.path(), ParquetConfig::default());
+    // Requests are served after recovery, so a flush waits for it.
+    s.force_flush().await.expect("flush");
+    assert_eq!(Counters::get(&counters.parquet_tmp_recovered), 1);
+    assert_eq!(Counters::get(&counters.parquet_tmp_removed), 1);
+    assert!(tmps(dir.path()).is_empty());
+    let v = visible(dir.path());
+    assert_eq!(v, vec![part.join(&good_name)]);
+    assert_eq!(rows_in(&v), 50);
+    s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+
+    // The public function is idempotent: nothing left to do.
+    let again = recover(dir.path(), &Counters::default()).expect("recover");
+    assert!(again.recovered.is_empty() && again.removed.is_empty());
+}
+
+#[tokio::test]
+async fn retention_deletes_oldest_first_by_size_and_by_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut s, _) = sink(dir.path(), ParquetConfig::default());
+    for i in 0..5 {
+        s.export((i * 100..i * 100 + 100).map(rec).collect()).await.expect("export");
+        s.force_flush().await.expect("flush");
+    }
+    s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    let files = visible(dir.path());
+    assert_eq!(files.len(), 5);
+    // Age them: files[0] oldest (10 days), then 4, 3, 2, 1 hours.
+    let now = SystemTime::now();
+    let ages = [240u64, 4, 3, 2, 1];
+    for (f, h) in files.iter().zip(ages) {
+        fs::File::options()
+            .write(true)
+            .open(f)
+            .expect("open")
+            .set_modified(now - Duration::from_secs(h * 3600))
+            .expect("set mtime");
+    }
+    let sizes: Vec<u64> = files.iter().map(|f| fs::metadata(f).expect("stat").len()).collect();
+    let total: u64 = sizes.iter().sum();
+
+    // Restarting with default retention (7 days) deletes the 10-day-old file.
+    let (mut s, counters) = sink(dir.path(), ParquetConfig::default());
+    s.force_flush().await.expect("flush");
+    s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    assert_eq!(Counters::get(&counters.parquet_retention_deleted), 1);
+    assert!(!files[0].exists());
+
+    // A size limit that fits only the three newest deletes files[1] next.
+    let counters = Counters::default();
+    let limit = total - sizes[0] - sizes[1];
+    let deleted =
+        enforce_retention(dir.path(), Duration::ZERO, limit, &counters).expect("retention");
+    assert_eq!(deleted, 1);
+    assert!(!files[1].exists());
+    assert!(files[2..].iter().all(|f| f.exists()));
+    assert_eq!(Counters::get(&counters.parquet_retention_deleted), 1);
+}
+
+/// Unmounts the test tmpfs even when the test fails.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` until a write fails.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).expect("ballast");
+    let chunk = vec![0xa5u8; 4096];
+    while f.write_all(&chunk).and_then(|_| f.flush()).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[tokio::test]
+async fn disk_full_counts_errors_hides_partial_files_and_resumes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mnt = root.path().join("small");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        missing("cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _guard = Mount(mnt.clone());
+    let data = mnt.join("data");
+    let (mut s, counters) = sink(
+        &data,
+        ParquetConfig {
+            row_group_rows: 500,
+            ..Default::default()
+        },
+    );
+    // One good file first, so the partition directories exist.
+    s.export((0..10).map(rec).collect()).await.expect("export");
+    s.force_flush().await.expect("flush");
+    assert_eq!(visible(&data).len(), 1);
+
+    let ballast = mnt.join("ballast");
+    fill(&ballast);
+    let lost: Vec<ProbeRecord> = (10..3010).map(rec).collect();
+    for chunk in lost.chunks(500) {
+        // Errors are reported and counted; the sink keeps accepting rows.
+        let _ = s.export(chunk.to_vec()).await;
+    }
+    let _ = s.force_flush().await;
+    assert!(Counters::get(&counters.parquet_write_errors) >= 1);
+    assert_eq!(Counters::get(&counters.parquet_rows_dropped), lost.len() as u64);
+    assert_eq!(visible(&data).len(), 1, "no partial file may be visible");
+    assert!(tmps(&data).is_empty(), "broken tmp files are removed: {:?}", tmps(&data));
+
+    // Space returns: the next rows go to a new file, with no restart.
+    fs::remove_file(&ballast).expect("free space");
+    s.export((3010..3110).map(rec).collect()).await.expect("export after space returned");
+    s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    let v = visible(&data);
+    assert_eq!(v.len(), 2);
+    assert_eq!(rows_in(&v), 110);
+    assert_eq!(Counters::get(&counters.parquet_rows_written), 110);
+    if let Some(py) = python() {
+        let out = Command::new(py)
+            .args([
+                "-c",
+                "import sys, pyarrow.dataset as ds; print(ds.dataset(sys.argv[1], format='parquet', partitioning='hive').count_rows())",
+            ])
+            .arg(data.join("probes"))
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "110");
+    }
+}
