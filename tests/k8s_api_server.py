@@ -539,7 +539,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.list(kind, ns, q)
             name = rest[1]
             key = (ns, name) if kind == "Pod" else (None, name)
-            if len(rest) == 2 and method == "GET":
+            if method == "GET" and (len(rest) == 2 or (len(rest) == 3 and rest[2] == "status")):
                 with st.cond:
                     st.stats["get"] += 1
                     obj = st.objects[kind].get(key)

@@ -123,7 +123,11 @@ async fn collect(
     let mut out: BTreeMap<(Option<u32>, Key), Side> = BTreeMap::new();
     scan::for_each_batch(ctx, &sql, None, |b| {
         let (k, s) = (scan::strings(b, "kernel")?, scan::strings(b, "shape")?);
-        let (w, g, f) = (scan::floats(b, "wall_ms")?, scan::floats(b, "gpu_ms")?, scan::floats(b, "flops")?);
+        let (w, g, f) = (
+            scan::floats(b, "wall_ms")?,
+            scan::floats(b, "gpu_ms")?,
+            scan::floats(b, "flops")?,
+        );
         let t = scan::u32s(b, "tenants")?;
         for i in 0..b.num_rows() {
             let tenants = if with_tenants { t[i] } else { Some(0) };
@@ -201,10 +205,14 @@ pub async fn compare(
     let b = strip(collect(ctx, baseline_sql, false).await?);
     let a = strip(collect(ctx, against_sql, false).await?);
     if b.is_empty() {
-        return Err(ScanError::Consumer(format!("no rows match the baseline ({baseline_sql})")));
+        return Err(ScanError::Consumer(format!(
+            "no rows match the baseline ({baseline_sql})"
+        )));
     }
     if a.is_empty() {
-        return Err(ScanError::Consumer(format!("no rows match --against ({against_sql})")));
+        return Err(ScanError::Consumer(format!(
+            "no rows match --against ({against_sql})"
+        )));
     }
     Ok(block(&b, &a, baseline, against))
 }
@@ -253,10 +261,24 @@ pub fn render(blocks: &[CompareBlock], format: Format) -> String {
     }
     let mut out = String::new();
     for b in blocks {
-        out.push_str(&format!("{} (before) vs {} (after)\n", b.baseline, b.against));
+        out.push_str(&format!(
+            "{} (before) vs {} (after)\n",
+            b.baseline, b.against
+        ));
         let mut t = Table::new([
-            "kernel", "shape", "clock", "runs before", "runs after", "p50 before ms", "p50 after ms",
-            "p50 ×", "p99 before ms", "p99 after ms", "p99 ×", "jitter before", "jitter after",
+            "kernel",
+            "shape",
+            "clock",
+            "runs before",
+            "runs after",
+            "p50 before ms",
+            "p50 after ms",
+            "p50 ×",
+            "p99 before ms",
+            "p99 after ms",
+            "p99 ×",
+            "jitter before",
+            "jitter after",
             "throughput Δ %",
         ]);
         for r in &b.rows {

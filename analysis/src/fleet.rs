@@ -191,7 +191,8 @@ fn robust_z(x: Option<f64>, peers: &[f64], floor_frac: f64) -> Option<f64> {
 }
 
 fn ts_rfc3339(ns: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Runs the check.
@@ -206,15 +207,28 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
     );
     let mut units: BTreeMap<UnitKey, Unit> = BTreeMap::new();
     scan::for_each_batch(ctx, &sql, None, |b| {
-        let (node, uuid, name) = (scan::strings(b, "node")?, scan::strings(b, "gpu_uuid")?, scan::strings(b, "gpu_name")?);
+        let (node, uuid, name) = (
+            scan::strings(b, "node")?,
+            scan::strings(b, "gpu_uuid")?,
+            scan::strings(b, "gpu_name")?,
+        );
         let (kernel, shape) = (scan::strings(b, "kernel")?, scan::strings(b, "shape")?);
         let ts = scan::ints(b, "ts")?;
-        let (wall, gpu, clk) = (scan::floats(b, "wall_ms")?, scan::floats(b, "gpu_ms")?, scan::floats(b, "sm_clock_mhz")?);
+        let (wall, gpu, clk) = (
+            scan::floats(b, "wall_ms")?,
+            scan::floats(b, "gpu_ms")?,
+            scan::floats(b, "sm_clock_mhz")?,
+        );
         let correct = scan::bools(b, "correct")?;
         let thr = scan::ints(b, "throttle_reasons")?;
         let tenants = scan::u32s(b, "tenants")?;
         for i in 0..b.num_rows() {
-            let key = (node[i].clone(), uuid[i].clone(), kernel[i].clone(), shape[i].clone());
+            let key = (
+                node[i].clone(),
+                uuid[i].clone(),
+                kernel[i].clone(),
+                shape[i].clone(),
+            );
             let u = units.entry(key).or_default();
             if u.gpu_name.is_empty() {
                 u.gpu_name = name[i].clone();
@@ -230,7 +244,11 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
         Ok(())
     })
     .await?;
-    let newest = units.values().flat_map(|u| u.ts.iter().copied()).max().unwrap_or(0);
+    let newest = units
+        .values()
+        .flat_map(|u| u.ts.iter().copied())
+        .max()
+        .unwrap_or(0);
     let start = newest.saturating_sub(i64::try_from(a.window.as_nanos()).unwrap_or(i64::MAX));
 
     // Per unit: window metrics and own-baseline checks.
@@ -257,14 +275,23 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
         let gpu_p50 = if enough { p(&mut gpu, 0.5) } else { None };
         let norm_p50 = if enough { p(&mut norm, 0.5) } else { None };
         // Quiet baseline over all the unit's runs.
-        let mut quiet: Vec<f64> = (0..u.ts.len()).filter(|&i| u.tenants[i] == Some(0)).map(|i| u.wall[i]).collect();
+        let mut quiet: Vec<f64> = (0..u.ts.len())
+            .filter(|&i| u.tenants[i] == Some(0))
+            .map(|i| u.wall[i])
+            .collect();
         if quiet.len() < a.min_samples {
-            let mut known: Vec<(u32, f64)> = (0..u.ts.len()).filter_map(|i| u.tenants[i].map(|t| (t, u.wall[i]))).collect();
+            let mut known: Vec<(u32, f64)> = (0..u.ts.len())
+                .filter_map(|i| u.tenants[i].map(|t| (t, u.wall[i])))
+                .collect();
             known.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)));
             let take = known.len().div_ceil(10);
             quiet = known.into_iter().take(take).map(|x| x.1).collect();
         }
-        let baseline = if quiet.len() >= a.min_samples { p(&mut quiet, 0.99) } else { None };
+        let baseline = if quiet.len() >= a.min_samples {
+            p(&mut quiet, 0.99)
+        } else {
+            None
+        };
         let inflation = ratio(wall_p99, baseline);
         let mut f = KernelFinding {
             kernel: key.2.clone(),
@@ -287,25 +314,53 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
             f.reasons.push(why);
         };
         if fails > 0 {
-            raise(&mut f, Verdict::Unhealthy, format!("{fails} runs failed the correctness check"));
+            raise(
+                &mut f,
+                Verdict::Unhealthy,
+                format!("{fails} runs failed the correctness check"),
+            );
         }
         if !enough {
-            f.reasons.push(format!("only {window_runs} runs in the window (< {}): latency not judged", a.min_samples));
+            f.reasons.push(format!(
+                "only {window_runs} runs in the window (< {}): latency not judged",
+                a.min_samples
+            ));
         }
         if let (Some(slo), Some(w)) = (a.slo_p99_ms, wall_p99) {
             if w > slo {
-                raise(&mut f, Verdict::Unhealthy, format!("p99 wall {} ms exceeds the SLO of {} ms", fmt_num(w), fmt_num(slo)));
+                raise(
+                    &mut f,
+                    Verdict::Unhealthy,
+                    format!(
+                        "p99 wall {} ms exceeds the SLO of {} ms",
+                        fmt_num(w),
+                        fmt_num(slo)
+                    ),
+                );
             }
         }
         if let (Some(inf), Some(w), Some(bp)) = (inflation, wall_p99, baseline) {
             if inf >= a.max_inflation {
-                let v = if inf >= 2.0 * a.max_inflation { Verdict::Unhealthy } else { Verdict::Degraded };
+                let v = if inf >= 2.0 * a.max_inflation {
+                    Verdict::Unhealthy
+                } else {
+                    Verdict::Degraded
+                };
                 let cause = match max_tenants {
                     Some(t) if t > 0 => format!("contention: up to {t} tenants in the window"),
                     Some(_) => "no tenants in the window".to_string(),
                     None => "occupancy unknown".to_string(),
                 };
-                raise(&mut f, v, format!("p99 wall {} ms is {:.1}x its quiet baseline {} ms ({cause})", fmt_num(w), inf, fmt_num(bp)));
+                raise(
+                    &mut f,
+                    v,
+                    format!(
+                        "p99 wall {} ms is {:.1}x its quiet baseline {} ms ({cause})",
+                        fmt_num(w),
+                        inf,
+                        fmt_num(bp)
+                    ),
+                );
             }
         }
         ms.push((
@@ -332,11 +387,15 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
         if idxs.len() < a.min_peers {
             for &i in idxs {
                 let n = idxs.len();
-                ms[i].1.finding.reasons.push(format!("only {n} peers with this gpu_name/kernel/shape: no peer score"));
+                ms[i].1.finding.reasons.push(format!(
+                    "only {n} peers with this gpu_name/kernel/shape: no peer score"
+                ));
             }
             continue;
         }
-        let col = |get: &dyn Fn(&M) -> Option<f64>| -> Vec<f64> { idxs.iter().filter_map(|&i| get(&ms[i].1)).collect() };
+        let col = |get: &dyn Fn(&M) -> Option<f64>| -> Vec<f64> {
+            idxs.iter().filter_map(|&i| get(&ms[i].1)).collect()
+        };
         let walls = col(&|m| m.finding.wall_p99_ms);
         let gpus = col(&|m| m.finding.gpu_p50_ms);
         let norms = col(&|m| m.norm_p50);
@@ -360,9 +419,16 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
             let cause = if slow_gpu && !zn.is_some_and(|z| z >= thr) && zn.is_some() {
                 format!(
                     "throttling: SM clock {} MHz vs peers' {} MHz explains the slower kernel{}",
-                    m.finding.sm_clock_mhz.map(fmt_num).unwrap_or_else(|| "?".into()),
+                    m.finding
+                        .sm_clock_mhz
+                        .map(fmt_num)
+                        .unwrap_or_else(|| "?".into()),
                     peer_clock.map(fmt_num).unwrap_or_else(|| "?".into()),
-                    if m.throttle != 0 { format!(", throttle reasons 0x{:x}", m.throttle) } else { String::new() }
+                    if m.throttle != 0 {
+                        format!(", throttle reasons 0x{:x}", m.throttle)
+                    } else {
+                        String::new()
+                    }
                 )
             } else if slow_gpu {
                 "slow execution at normal clocks (kernel slower than peers even per clock cycle: suspect the GPU)".to_string()
@@ -375,7 +441,11 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
                     }
                 )
             };
-            let w = m.finding.wall_p99_ms.map(fmt_num).unwrap_or_else(|| "?".into());
+            let w = m
+                .finding
+                .wall_p99_ms
+                .map(fmt_num)
+                .unwrap_or_else(|| "?".into());
             let pw = peer_wall.map(fmt_num).unwrap_or_else(|| "?".into());
             let why = format!(
                 "p99 wall {w} ms vs peer median {pw} ms (z_wall {}, z_gpu {}; {} peers): {cause}",
@@ -391,13 +461,15 @@ pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult
     let mut gpus: BTreeMap<(String, String), GpuVerdict> = BTreeMap::new();
     for (key, m) in ms {
         let name = m.peer_key.0.clone();
-        let g = gpus.entry((key.0.clone(), key.1.clone())).or_insert_with(|| GpuVerdict {
-            node: key.0.clone(),
-            gpu_uuid: key.1.clone(),
-            gpu_name: name,
-            verdict: Verdict::Healthy,
-            kernels: Vec::new(),
-        });
+        let g = gpus
+            .entry((key.0.clone(), key.1.clone()))
+            .or_insert_with(|| GpuVerdict {
+                node: key.0.clone(),
+                gpu_uuid: key.1.clone(),
+                gpu_name: name,
+                verdict: Verdict::Healthy,
+                kernels: Vec::new(),
+            });
         g.verdict = g.verdict.max(m.finding.verdict);
         g.kernels.push(m.finding);
     }
@@ -413,10 +485,21 @@ pub fn render(r: &FleetResult, format: Format) -> String {
     if format == Format::Json {
         return serde_json::to_string_pretty(r).unwrap_or_else(|_| "{}".into());
     }
-    let mut t = Table::new(["node", "gpu", "verdict", "runs", "worst p99 wall ms", "reasons"]);
+    let mut t = Table::new([
+        "node",
+        "gpu",
+        "verdict",
+        "runs",
+        "worst p99 wall ms",
+        "reasons",
+    ]);
     for g in &r.gpus {
         let runs: usize = g.kernels.iter().map(|k| k.window_runs).sum();
-        let worst = g.kernels.iter().filter_map(|k| k.wall_p99_ms).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let worst = g
+            .kernels
+            .iter()
+            .filter_map(|k| k.wall_p99_ms)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
         let reasons: Vec<String> = g
             .kernels
             .iter()
@@ -428,10 +511,18 @@ pub fn render(r: &FleetResult, format: Format) -> String {
             Cell::Str(g.verdict.as_str().into()),
             Cell::Int(runs as u64),
             Cell::Num(worst),
-            Cell::Str(if reasons.is_empty() { "ok".into() } else { reasons.join("\n") }),
+            Cell::Str(if reasons.is_empty() {
+                "ok".into()
+            } else {
+                reasons.join("\n")
+            }),
         ]);
     }
-    let bad = r.gpus.iter().filter(|g| g.verdict != Verdict::Healthy).count();
+    let bad = r
+        .gpus
+        .iter()
+        .filter(|g| g.verdict != Verdict::Healthy)
+        .count();
     format!(
         "window {} .. {}\n{}\n{} of {} GPUs not healthy",
         r.window_start,

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 only from `fleet` when any GPU is degraded or
 //! unhealthy; 2 for every error (bad flags, bad SQL, missing or bad data).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,7 +28,11 @@ struct DataArgs {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "slicetrace", version, about = "Tail-latency analysis of slicetrace probes (DataFusion)")]
+#[command(
+    name = "slicetrace",
+    version,
+    about = "Tail-latency analysis of slicetrace probes (DataFusion)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -165,6 +170,15 @@ enum Cmd {
     },
 }
 
+/// Writes `s` and a newline to stdout; a closed pipe (`| head`) is not an error.
+fn emit(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("failed to write to stdout"),
+    }
+}
+
 fn filter_sql(filter: Option<&str>, hive: bool) -> Result<String> {
     match filter {
         Some(f) if !f.trim().is_empty() => Ok(pred::to_sql(f, hive)?),
@@ -181,7 +195,13 @@ async fn open(d: &DataArgs) -> Result<source::Dataset> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Report { data, filter, by, format, approx } => {
+        Cmd::Report {
+            data,
+            filter,
+            by,
+            format,
+            approx,
+        } => {
             let ds = open(&data).await?;
             let by = pred::columns(&by)?;
             let f = filter_sql(filter.as_deref(), ds.hive)?;
@@ -194,25 +214,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if rows.is_empty() {
                 bail!("no rows in {} match the filter", ds.location);
             }
-            println!("{}", report::render(&rows, &by, format));
+            emit(&report::render(&rows, &by, format))?;
         }
-        Cmd::Compare { data, baseline, against, split_by_occupancy, filter, format } => {
+        Cmd::Compare {
+            data,
+            baseline,
+            against,
+            split_by_occupancy,
+            filter,
+            format,
+        } => {
             let ds = open(&data).await?;
             let common = filter_sql(filter.as_deref(), ds.hive)?;
             let blocks = if split_by_occupancy {
                 compare::split_by_occupancy(&ds.ctx, &common).await?
             } else {
                 let (Some(b), Some(a)) = (baseline, against) else {
-                    bail!("--baseline and --against are both required without --split-by-occupancy");
+                    bail!(
+                        "--baseline and --against are both required without --split-by-occupancy"
+                    );
                 };
                 let b = pred::to_sql(&b, ds.hive)?;
                 let a = pred::to_sql(&a, ds.hive)?;
-                vec![compare::compare(&ds.ctx, &format!("{common} AND {b}"), &format!("{common} AND {a}"), "baseline", "against").await?]
+                vec![
+                    compare::compare(
+                        &ds.ctx,
+                        &format!("{common} AND {b}"),
+                        &format!("{common} AND {a}"),
+                        "baseline",
+                        "against",
+                    )
+                    .await?,
+                ]
             };
             if format == Format::Csv {
                 bail!("compare supports --format table or json");
             }
-            println!("{}", compare::render(&blocks, format));
+            emit(&compare::render(&blocks, format))?;
         }
         Cmd::Fleet { data, opts, format } => {
             let ds = open(&data).await?;
@@ -220,24 +258,51 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("fleet supports --format table or json");
             }
             let res = fleet::evaluate(&ds.ctx, &opts).await?;
-            println!("{}", fleet::render(&res, format));
+            emit(&fleet::render(&res, format))?;
             if res.any_not_healthy() {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Sql { data, query: q, format } => {
+        Cmd::Sql {
+            data,
+            query: q,
+            format,
+        } => {
             let ds = open(&data).await?;
             let t = query::run(&ds.ctx, &q).await?;
-            println!("{}", t.render(format));
+            emit(&t.render(format))?;
         }
-        Cmd::Plot { data, out, kind, filter, rolling_runs, font } => {
+        Cmd::Plot {
+            data,
+            out,
+            kind,
+            filter,
+            rolling_runs,
+            font,
+        } => {
             let ds = open(&data).await?;
             let f = filter_sql(filter.as_deref(), ds.hive)?;
-            let opts = plot::PlotOptions { out: out.clone(), kind, rolling_runs, font };
+            let opts = plot::PlotOptions {
+                out: out.clone(),
+                kind,
+                rolling_runs,
+                font,
+            };
             plot::draw(&ds.ctx, &f, &opts).await?;
             eprintln!("wrote {}", out.display());
         }
-        Cmd::GenSynthetic { rows, nodes, out, span_secs, seed, rows_per_file, slow_node, throttled_node, faulty_node, quiet } => {
+        Cmd::GenSynthetic {
+            rows,
+            nodes,
+            out,
+            span_secs,
+            seed,
+            rows_per_file,
+            slow_node,
+            throttled_node,
+            faulty_node,
+            quiet,
+        } => {
             if nodes == 0 {
                 bail!("--nodes must be at least 1");
             }
@@ -271,7 +336,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");

@@ -158,11 +158,9 @@ impl Table {
     pub fn render(&self, format: Format) -> String {
         match format {
             Format::Table => self.to_comfy(),
-            Format::Json => {
-                serde_json::to_string_pretty(&Value::Array(self.to_json_values()))
-                    .unwrap_or_else(|_| "[]".into())
-            }
-            Format::Csv => self.to_csv(),
+            Format::Json => serde_json::to_string_pretty(&Value::Array(self.to_json_values()))
+                .unwrap_or_else(|_| "[]".into()),
+            Format::Csv => self.to_csv().trim_end().to_string(),
         }
     }
 }
@@ -174,7 +172,8 @@ mod tests {
     #[test]
     fn csv_quotes_commas_and_quotes() {
         let mut t = Table::new(["a", "b"]);
-        t.rows.push(vec![Cell::Str("x,y".into()), Cell::Num(Some(1.5))]);
+        t.rows
+            .push(vec![Cell::Str("x,y".into()), Cell::Num(Some(1.5))]);
         t.rows.push(vec![Cell::Str("q\"".into()), Cell::Num(None)]);
         assert_eq!(t.to_csv(), "a,b\n\"x,y\",1.5\n\"q\"\"\",\n");
     }

@@ -92,7 +92,10 @@ fn register_font(explicit: Option<&Path>) -> Result<bool, PlotError> {
         Some(p) => Some(p.to_path_buf()),
         // The tests set this to exercise the fontless SVG path.
         None if std::env::var_os("SLICETRACE_NO_SYSTEM_FONTS").is_some() => None,
-        None => FONT_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()),
+        None => FONT_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file()),
     };
     let Some(path) = path else { return Ok(false) };
     let bytes = std::fs::read(&path).map_err(|_| PlotError::BadFont(path.display().to_string()))?;
@@ -158,13 +161,24 @@ fn pad(lo: f64, hi: f64) -> (f64, f64) {
     }
 }
 
+/// Axis numbers without trailing zeros ("5", "0.25", "3.16").
+fn trim_num(v: f64) -> String {
+    let s = crate::output::fmt_num(v);
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 fn tick_fmt(v: f64, log10: bool) -> String {
-    let v = if log10 { 10f64.powf(v) } else { v };
-    crate::output::fmt_num(v)
+    trim_num(if log10 { 10f64.powf(v) } else { v })
 }
 
 fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    (0..=n).map(|i| lo + (hi - lo) * i as f64 / n as f64).collect()
+    (0..=n)
+        .map(|i| lo + (hi - lo) * i as f64 / n as f64)
+        .collect()
 }
 
 fn draw_chart<DB: DrawingBackend>(
@@ -181,7 +195,10 @@ where
     let mut b = ChartBuilder::on(root);
     b.margin(20);
     if fontless {
-        b.margin_top(50).margin_left(80).margin_bottom(60).margin_right(if c.y2_desc.is_some() { 80 } else { 20 });
+        b.margin_top(50)
+            .margin_left(80)
+            .margin_bottom(60)
+            .margin_right(if c.y2_desc.is_some() { 80 } else { 20 });
     } else {
         b.caption(&c.title, ("sans-serif", 22))
             .x_label_area_size(45)
@@ -198,7 +215,7 @@ where
             .x_desc(&c.x_desc)
             .y_desc(&c.y_desc)
             .x_label_formatter(&|v| tick_fmt(*v, log))
-            .y_label_formatter(&|v| crate::output::fmt_num(*v))
+            .y_label_formatter(&|v| trim_num(*v))
             .light_line_style(WHITE.mix(0.0))
             .label_style(("sans-serif", 14))
             .draw()
@@ -213,13 +230,20 @@ where
     } else {
         let grid = BLACK.mix(0.15);
         for x in ticks(c.x.0, c.x.1, 5) {
-            ch.draw_series(LineSeries::new([(x, c.y.0), (x, c.y.1)], grid)).map_err(e)?;
+            ch.draw_series(LineSeries::new([(x, c.y.0), (x, c.y.1)], grid))
+                .map_err(e)?;
         }
         for y in ticks(c.y.0, c.y.1, 5) {
-            ch.draw_series(LineSeries::new([(c.x.0, y), (c.x.1, y)], grid)).map_err(e)?;
+            ch.draw_series(LineSeries::new([(c.x.0, y), (c.x.1, y)], grid))
+                .map_err(e)?;
         }
         ch.draw_series(LineSeries::new(
-            [(c.x.0, c.y.1), (c.x.0, c.y.0), (c.x.1, c.y.0), (c.x.1, c.y.1)],
+            [
+                (c.x.0, c.y.1),
+                (c.x.0, c.y.0),
+                (c.x.1, c.y.0),
+                (c.x.1, c.y.1),
+            ],
             BLACK,
         ))
         .map_err(e)?;
@@ -230,16 +254,23 @@ where
         let dashed = s.dashed;
         let anno = if s.secondary {
             if s.dashed {
-                ch.draw_secondary_series(DashedLineSeries::new(s.points.iter().copied(), 6, 4, style))
-                    .map_err(e)?
+                ch.draw_secondary_series(DashedLineSeries::new(
+                    s.points.iter().copied(),
+                    6,
+                    4,
+                    style,
+                ))
+                .map_err(e)?
             } else {
-                ch.draw_secondary_series(LineSeries::new(s.points.iter().copied(), style)).map_err(e)?
+                ch.draw_secondary_series(LineSeries::new(s.points.iter().copied(), style))
+                    .map_err(e)?
             }
         } else if s.dashed {
             ch.draw_series(DashedLineSeries::new(s.points.iter().copied(), 6, 4, style))
                 .map_err(e)?
         } else {
-            ch.draw_series(LineSeries::new(s.points.iter().copied(), style)).map_err(e)?
+            ch.draw_series(LineSeries::new(s.points.iter().copied(), style))
+                .map_err(e)?
         };
         if !fontless {
             anno.label(&s.label).legend(move |(x, y)| {
@@ -255,31 +286,90 @@ where
     if let Some(labels) = labels {
         let at = |x: f64, y: f64| ch.backend_coord(&(x, y));
         let (w, _) = root.dim_in_pixel();
-        labels.push(Label { x: (w / 2) as i32, y: 30, anchor: "middle", size: 20, text: c.title.clone(), rotate: false });
+        labels.push(Label {
+            x: (w / 2) as i32,
+            y: 30,
+            anchor: "middle",
+            size: 20,
+            text: c.title.clone(),
+            rotate: false,
+        });
         for x in ticks(c.x.0, c.x.1, 5) {
             let (px, py) = at(x, c.y.0);
-            labels.push(Label { x: px, y: py + 18, anchor: "middle", size: 12, text: tick_fmt(x, log), rotate: false });
+            labels.push(Label {
+                x: px,
+                y: py + 18,
+                anchor: "middle",
+                size: 12,
+                text: tick_fmt(x, log),
+                rotate: false,
+            });
         }
         for y in ticks(c.y.0, c.y.1, 5) {
             let (px, py) = at(c.x.0, y);
-            labels.push(Label { x: px - 6, y: py + 4, anchor: "end", size: 12, text: crate::output::fmt_num(y), rotate: false });
+            labels.push(Label {
+                x: px - 6,
+                y: py + 4,
+                anchor: "end",
+                size: 12,
+                text: trim_num(y),
+                rotate: false,
+            });
         }
         let (x0, y0) = at(c.x.0, c.y.0);
         let (x1, y1) = at(c.x.1, c.y.1);
-        labels.push(Label { x: (x0 + x1) / 2, y: y0 + 42, anchor: "middle", size: 14, text: c.x_desc.clone(), rotate: false });
-        labels.push(Label { x: x0 - 60, y: (y0 + y1) / 2, anchor: "middle", size: 14, text: c.y_desc.clone(), rotate: true });
+        labels.push(Label {
+            x: (x0 + x1) / 2,
+            y: y0 + 42,
+            anchor: "middle",
+            size: 14,
+            text: c.x_desc.clone(),
+            rotate: false,
+        });
+        labels.push(Label {
+            x: x0 - 60,
+            y: (y0 + y1) / 2,
+            anchor: "middle",
+            size: 14,
+            text: c.y_desc.clone(),
+            rotate: true,
+        });
         if let Some(d) = &c.y2_desc {
-            labels.push(Label { x: x1 + 50, y: (y0 + y1) / 2, anchor: "middle", size: 14, text: d.clone(), rotate: true });
+            labels.push(Label {
+                x: x1 + 50,
+                y: (y0 + y1) / 2,
+                anchor: "middle",
+                size: 14,
+                text: d.clone(),
+                rotate: true,
+            });
             for y in ticks(c.y2.0, c.y2.1, 5) {
                 let py = y0 + ((y - c.y2.0) / (c.y2.1 - c.y2.0) * f64::from(y1 - y0)) as i32;
-                labels.push(Label { x: x1 + 6, y: py + 4, anchor: "start", size: 12, text: crate::output::fmt_num(y), rotate: false });
+                labels.push(Label {
+                    x: x1 + 6,
+                    y: py + 4,
+                    anchor: "start",
+                    size: 12,
+                    text: trim_num(y),
+                    rotate: false,
+                });
             }
         }
         for (i, s) in c.series.iter().enumerate() {
             let y = y1 + 16 + 16 * i as i32;
-            labels.push(Label { x: x0 + 40, y, anchor: "start", size: 12, text: s.label.clone(), rotate: false });
-            root.draw(&PathElement::new(vec![(x0 + 10, y - 4), (x0 + 34, y - 4)], s.color.stroke_width(2)))
-                .map_err(e)?;
+            labels.push(Label {
+                x: x0 + 40,
+                y,
+                anchor: "start",
+                size: 12,
+                text: s.label.clone(),
+                rotate: false,
+            });
+            root.draw(&PathElement::new(
+                vec![(x0 + 10, y - 4), (x0 + 34, y - 4)],
+                s.color.stroke_width(2),
+            ))
+            .map_err(e)?;
         }
     } else {
         ch.configure_series_labels()
@@ -295,13 +385,21 @@ where
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn render(c: &Chart, out: &Path, font: Option<&Path>) -> Result<(), PlotError> {
     let name = out.display().to_string();
-    let ext = out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    let draw_err = |msg: String| PlotError::Draw { path: name.clone(), msg };
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let draw_err = |msg: String| PlotError::Draw {
+        path: name.clone(),
+        msg,
+    };
     let size = (1100, 700);
     match ext.as_deref() {
         Some("png") => {
@@ -322,7 +420,11 @@ fn render(c: &Chart, out: &Path, font: Option<&Path>) -> Result<(), PlotError> {
             if !labels.is_empty() {
                 let mut text = String::new();
                 for l in &labels {
-                    let rot = if l.rotate { format!(" transform=\"rotate(-90 {} {})\"", l.x, l.y) } else { String::new() };
+                    let rot = if l.rotate {
+                        format!(" transform=\"rotate(-90 {} {})\"", l.x, l.y)
+                    } else {
+                        String::new()
+                    };
                     text.push_str(&format!(
                         "<text x=\"{}\" y=\"{}\" text-anchor=\"{}\" font-family=\"sans-serif\" font-size=\"{}\"{rot}>{}</text>\n",
                         l.x, l.y, l.anchor, l.size, xml_escape(&l.text)
@@ -344,7 +446,9 @@ fn thin(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
         return points;
     }
     let step = points.len() as f64 / max as f64;
-    let mut out: Vec<(f64, f64)> = (0..max).map(|i| points[(i as f64 * step) as usize]).collect();
+    let mut out: Vec<(f64, f64)> = (0..max)
+        .map(|i| points[(i as f64 * step) as usize])
+        .collect();
     if let Some(last) = points.last() {
         out.push(*last);
     }
@@ -352,10 +456,15 @@ fn thin(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
 }
 
 async fn cdf_chart(ctx: &SessionContext, filter: &str) -> Result<Chart, PlotError> {
-    let sql = format!("SELECT wall_ms, gpu_ms, {TENANTS_SQL} AS tenants FROM probes WHERE {filter}");
+    let sql =
+        format!("SELECT wall_ms, gpu_ms, {TENANTS_SQL} AS tenants FROM probes WHERE {filter}");
     let mut by: BTreeMap<Option<u32>, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     scan::for_each_batch(ctx, &sql, None, |b| {
-        let (w, g, t) = (scan::floats(b, "wall_ms")?, scan::floats(b, "gpu_ms")?, scan::u32s(b, "tenants")?);
+        let (w, g, t) = (
+            scan::floats(b, "wall_ms")?,
+            scan::floats(b, "gpu_ms")?,
+            scan::u32s(b, "tenants")?,
+        );
         for i in 0..b.num_rows() {
             let e = by.entry(t[i]).or_default();
             e.0.push(w[i]);
@@ -371,7 +480,10 @@ async fn cdf_chart(ctx: &SessionContext, filter: &str) -> Result<Chart, PlotErro
         sort_values(&mut g);
         g.retain(|v| *v > 0.0);
         w.retain(|v| *v > 0.0);
-        for v in [w.first(), w.last(), g.first(), g.last()].into_iter().flatten() {
+        for v in [w.first(), w.last(), g.first(), g.last()]
+            .into_iter()
+            .flatten()
+        {
             lo = lo.min(*v);
             hi = hi.max(*v);
         }
@@ -393,7 +505,11 @@ async fn cdf_chart(ctx: &SessionContext, filter: &str) -> Result<Chart, PlotErro
                 continue;
             }
             let n = vals.len() as f64;
-            let pts: Vec<(f64, f64)> = vals.iter().enumerate().map(|(k, v)| (tx(*v), (k + 1) as f64 / n)).collect();
+            let pts: Vec<(f64, f64)> = vals
+                .iter()
+                .enumerate()
+                .map(|(k, v)| (tx(*v), (k + 1) as f64 / n))
+                .collect();
             series.push(Series {
                 label: format!("{level}, {clock} (n={})", vals.len()),
                 color: color(i),
@@ -404,8 +520,14 @@ async fn cdf_chart(ctx: &SessionContext, filter: &str) -> Result<Chart, PlotErro
         }
     }
     Ok(Chart {
-        title: "Probe latency CDF by tenant count (solid: wall/host clock, dashed: gpu/event clock)".into(),
-        x_desc: if log { "latency, ms (log scale)".into() } else { "latency, ms".into() },
+        title:
+            "Probe latency CDF by tenant count (solid: wall/host clock, dashed: gpu/event clock)"
+                .into(),
+        x_desc: if log {
+            "latency, ms (log scale)".into()
+        } else {
+            "latency, ms".into()
+        },
         y_desc: "fraction of runs ≤ x".into(),
         y2_desc: None,
         x: pad(tx(lo), tx(hi)),
@@ -416,18 +538,32 @@ async fn cdf_chart(ctx: &SessionContext, filter: &str) -> Result<Chart, PlotErro
     })
 }
 
-async fn timeline_chart(ctx: &SessionContext, filter: &str, window: usize) -> Result<Chart, PlotError> {
+async fn timeline_chart(
+    ctx: &SessionContext,
+    filter: &str,
+    window: usize,
+) -> Result<Chart, PlotError> {
     let sql = format!(
         "SELECT node, gpu_uuid, kernel, ts, wall_ms, {TENANTS_SQL} AS tenants FROM probes WHERE {filter}"
     );
     type Rows = Vec<(i64, f64, Option<u32>)>;
     let mut by: BTreeMap<(String, String, String), Rows> = BTreeMap::new();
     scan::for_each_batch(ctx, &sql, None, |b| {
-        let (n, u, k) = (scan::strings(b, "node")?, scan::strings(b, "gpu_uuid")?, scan::strings(b, "kernel")?);
-        let (ts, w, t) = (scan::ints(b, "ts")?, scan::floats(b, "wall_ms")?, scan::u32s(b, "tenants")?);
+        let (n, u, k) = (
+            scan::strings(b, "node")?,
+            scan::strings(b, "gpu_uuid")?,
+            scan::strings(b, "kernel")?,
+        );
+        let (ts, w, t) = (
+            scan::ints(b, "ts")?,
+            scan::floats(b, "wall_ms")?,
+            scan::u32s(b, "tenants")?,
+        );
         for i in 0..b.num_rows() {
             if let Some(ts) = ts[i] {
-                by.entry((n[i].clone(), u[i].clone(), k[i].clone())).or_default().push((ts, w[i], t[i]));
+                by.entry((n[i].clone(), u[i].clone(), k[i].clone()))
+                    .or_default()
+                    .push((ts, w[i], t[i]));
             }
         }
         Ok(())
@@ -437,9 +573,16 @@ async fn timeline_chart(ctx: &SessionContext, filter: &str, window: usize) -> Re
         return Err(PlotError::Empty);
     }
     if by.len() > 6 {
-        tracing::warn!(series = by.len(), "more than 6 node/gpu/kernel series; plotting the first 6 (narrow with --where)");
+        tracing::warn!(
+            series = by.len(),
+            "more than 6 node/gpu/kernel series; plotting the first 6 (narrow with --where)"
+        );
     }
-    let t0 = by.values().flat_map(|v| v.iter().map(|r| r.0)).min().unwrap_or(0);
+    let t0 = by
+        .values()
+        .flat_map(|v| v.iter().map(|r| r.0))
+        .min()
+        .unwrap_or(0);
     let hours = |ts: i64| (ts - t0) as f64 / 3.6e12;
     let window = window.max(2);
     let mut series = Vec::new();
@@ -482,14 +625,30 @@ async fn timeline_chart(ctx: &SessionContext, filter: &str, window: usize) -> Re
         }
         xmax = xmax.max(rows.last().map(|r| hours(r.0)).unwrap_or(0.0));
         let name = format!("{} {} {}", key.0, short_uuid(&key.1), key.2);
-        series.push(Series { label: format!("{name}: rolling p99 wall"), color: color(i), dashed: false, secondary: false, points: p99 });
+        series.push(Series {
+            label: format!("{name}: rolling p99 wall"),
+            color: color(i),
+            dashed: false,
+            secondary: false,
+            points: p99,
+        });
         if !tenants.is_empty() {
-            series.push(Series { label: format!("{name}: tenants"), color: color(i), dashed: true, secondary: true, points: tenants });
+            series.push(Series {
+                label: format!("{name}: tenants"),
+                color: color(i),
+                dashed: true,
+                secondary: true,
+                points: tenants,
+            });
         }
     }
     Ok(Chart {
         title: format!("Rolling p99 of wall_ms over {window} runs, with tenant count"),
-        x_desc: format!("hours since {}", chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(t0).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        x_desc: format!(
+            "hours since {}",
+            chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(t0)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
         y_desc: "p99 wall, ms".into(),
         y2_desc: Some("tenants (dashed)".into()),
         x: pad(0.0, xmax),
@@ -506,7 +665,11 @@ fn short_uuid(u: &str) -> String {
 
 /// Draws the chart `opts.kind` of the rows matching `filter` to `opts.out`.
 pub async fn draw(ctx: &SessionContext, filter: &str, opts: &PlotOptions) -> Result<(), PlotError> {
-    let ext = opts.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = opts
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     if !matches!(ext.as_deref(), Some("svg") | Some("png")) {
         return Err(PlotError::Extension(opts.out.display().to_string()));
     }

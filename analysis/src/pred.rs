@@ -36,9 +36,8 @@ pub fn to_sql(pred: &str, hive: bool) -> Result<String, PredError> {
     let Some((a, b)) = pred.split_once("..") else {
         return Ok(format!("({pred})"));
     };
-    let looks_like_range = a.trim().len() >= 10
-        && a.trim().as_bytes().get(4) == Some(&b'-')
-        && !pred.contains('\'');
+    let looks_like_range =
+        a.trim().len() >= 10 && a.trim().as_bytes().get(4) == Some(&b'-') && !pred.contains('\'');
     if !looks_like_range {
         return Ok(format!("({pred})"));
     }
@@ -96,7 +95,10 @@ mod tests {
     #[test]
     fn sql_passes_through() {
         assert_eq!(to_sql("node='a'", true).expect("sql"), "(node='a')");
-        assert_eq!(to_sql("x BETWEEN 1 AND 2", false).expect("sql"), "(x BETWEEN 1 AND 2)");
+        assert_eq!(
+            to_sql("x BETWEEN 1 AND 2", false).expect("sql"),
+            "(x BETWEEN 1 AND 2)"
+        );
     }
 
     #[test]
@@ -107,7 +109,10 @@ mod tests {
 
     #[test]
     fn group_columns_are_plain_names() {
-        assert_eq!(columns("node, kernel").expect("cols"), vec!["node", "kernel"]);
+        assert_eq!(
+            columns("node, kernel").expect("cols"),
+            vec!["node", "kernel"]
+        );
         assert!(columns("node;drop").is_err());
     }
 }

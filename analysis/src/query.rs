@@ -27,14 +27,26 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Table, ScanError> {
         let mut cols: Vec<Vec<Cell>> = Vec::with_capacity(b.num_columns());
         for c in b.columns() {
             let n = c.len();
-            if matches!(c.data_type(), DataType::Int64 | DataType::UInt64 | DataType::Int32 | DataType::UInt32 | DataType::Int16 | DataType::UInt16 | DataType::Int8 | DataType::UInt8) {
+            if matches!(
+                c.data_type(),
+                DataType::Int64
+                    | DataType::UInt64
+                    | DataType::Int32
+                    | DataType::UInt32
+                    | DataType::Int16
+                    | DataType::UInt16
+                    | DataType::Int8
+                    | DataType::UInt8
+            ) {
                 let a = cast(c, &DataType::UInt64).ok();
                 let f = cast(c, &DataType::Float64).map_err(|_| ScanError::Column("?".into()))?;
                 let f = f.as_primitive::<Float64Type>();
                 cols.push(
                     (0..n)
                         .map(|i| match &a {
-                            Some(u) if u.is_valid(i) => Cell::Int(u.as_primitive::<arrow::datatypes::UInt64Type>().value(i)),
+                            Some(u) if u.is_valid(i) => {
+                                Cell::Int(u.as_primitive::<arrow::datatypes::UInt64Type>().value(i))
+                            }
                             _ if f.is_valid(i) => Cell::Num(Some(f.value(i))),
                             _ => Cell::Num(None),
                         })
@@ -43,11 +55,19 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Table, ScanError> {
             } else if is_numeric(c.data_type()) {
                 let f = cast(c, &DataType::Float64).map_err(|_| ScanError::Column("?".into()))?;
                 let f = f.as_primitive::<Float64Type>();
-                cols.push((0..n).map(|i| Cell::Num(f.is_valid(i).then(|| f.value(i)))).collect());
+                cols.push(
+                    (0..n)
+                        .map(|i| Cell::Num(f.is_valid(i).then(|| f.value(i))))
+                        .collect(),
+                );
             } else {
                 let fmt = ArrayFormatter::try_new(c.as_ref(), &opts)
                     .map_err(|e| ScanError::Consumer(format!("cannot display column: {e}")))?;
-                cols.push((0..n).map(|i| Cell::Str(fmt.value(i).to_string())).collect());
+                cols.push(
+                    (0..n)
+                        .map(|i| Cell::Str(fmt.value(i).to_string()))
+                        .collect(),
+                );
             }
         }
         for i in 0..b.num_rows() {
@@ -64,5 +84,7 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Table, ScanError> {
         sql: sql.to_string(),
         source,
     })?;
-    Ok(Table::new(df.schema().fields().iter().map(|f| f.name().clone())))
+    Ok(Table::new(
+        df.schema().fields().iter().map(|f| f.name().clone()),
+    ))
 }

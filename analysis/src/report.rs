@@ -97,7 +97,13 @@ pub async fn exact(
                     groups.push(Acc {
                         keys: keys
                             .iter()
-                            .map(|k| if k.is_valid(i) { k.value(i).to_string() } else { String::new() })
+                            .map(|k| {
+                                if k.is_valid(i) {
+                                    k.value(i).to_string()
+                                } else {
+                                    String::new()
+                                }
+                            })
                             .collect(),
                         ts_min: i64::MAX,
                         ts_max: i64::MIN,
@@ -126,7 +132,12 @@ pub async fn exact(
             let mut wall_sorted = g.wall.clone();
             let wall = Dist::from_values(&mut wall_sorted);
             drop(wall_sorted);
-            let pairs: Vec<(f64, f64)> = g.wall.iter().copied().zip(g.queue.iter().copied()).collect();
+            let pairs: Vec<(f64, f64)> = g
+                .wall
+                .iter()
+                .copied()
+                .zip(g.queue.iter().copied())
+                .collect();
             let share = tail_queue_share(&pairs, wall.p99);
             ReportRow {
                 count: g.count,
@@ -182,8 +193,16 @@ pub async fn approx(
             format!("GROUP BY {}", ks.join(", "))
         }
     };
-    let sel_keys = if keys.is_empty() { String::new() } else { format!("{key_list}, ") };
-    let sel_gkeys = if keys.is_empty() { String::new() } else { format!("{}, ", gkeys.join(", ")) };
+    let sel_keys = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("{key_list}, ")
+    };
+    let sel_gkeys = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("{}, ", gkeys.join(", "))
+    };
     let sql = format!(
         "WITH f AS (SELECT * FROM probes WHERE {filter}), \
          g AS (SELECT {sel_keys}{aggs} FROM f {gb}), \
@@ -204,15 +223,18 @@ pub async fn approx(
     );
     let mut rows = Vec::new();
     scan::for_each_batch(ctx, &sql, None, |b| {
-        let key_cols: Vec<Vec<String>> =
-            by.iter().map(|c| scan::strings(b, c)).collect::<Result<_, _>>()?;
+        let key_cols: Vec<Vec<String>> = by
+            .iter()
+            .map(|c| scan::strings(b, c))
+            .collect::<Result<_, _>>()?;
         let n = scan::ints(b, "n")?;
         let (t0, t1) = (scan::ints(b, "t0")?, scan::ints(b, "t1")?);
         let share = scan::floats(b, "share")?;
         let dist = |c: &str| -> Result<Vec<Dist>, ScanError> {
             let cnt = scan::ints(b, &format!("{c}_n"))?;
             let f = |s: &str| scan::floats(b, &format!("{c}_{s}"));
-            let (p50, p95, p99, p999, max) = (f("p50")?, f("p95")?, f("p99")?, f("p999")?, f("max")?);
+            let (p50, p95, p99, p999, max) =
+                (f("p50")?, f("p95")?, f("p99")?, f("p999")?, f("max")?);
             let o = |v: f64| (!v.is_nan()).then_some(v);
             Ok((0..b.num_rows())
                 .map(|i| Dist {
@@ -276,7 +298,11 @@ pub fn render(rows: &[ReportRow], by: &[String], format: Format) -> String {
                     .collect();
                 row.push(Cell::Str(clock.into()));
                 row.push(Cell::Int(d.n as u64));
-                row.push(if i == 0 { Cell::Num(r.runs_per_s) } else { Cell::Str(String::new()) });
+                row.push(if i == 0 {
+                    Cell::Num(r.runs_per_s)
+                } else {
+                    Cell::Str(String::new())
+                });
                 row.extend(dist_cells(d));
                 if i == 0 {
                     row.push(Cell::Num(r.jitter));

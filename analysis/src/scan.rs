@@ -55,7 +55,9 @@ impl Progress {
             Some(_) => ProgressStyle::with_template(
                 "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} rows ({per_sec})",
             ),
-            None => ProgressStyle::with_template("{spinner} {elapsed_precise} {human_pos} rows kept"),
+            None => {
+                ProgressStyle::with_template("{spinner} {elapsed_precise} {human_pos} rows kept")
+            }
         };
         if let Ok(style) = style {
             bar.set_style(style.progress_chars("=> "));
@@ -95,10 +97,13 @@ pub async fn for_each_batch(
         sql: sql.to_string(),
         source,
     })?;
-    let mut stream = df.execute_stream().await.map_err(|source| ScanError::Plan {
-        sql: sql.to_string(),
-        source,
-    })?;
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|source| ScanError::Plan {
+            sql: sql.to_string(),
+            source,
+        })?;
     let mut progress = Progress::new(total_rows);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(ScanError::Exec)?;
@@ -126,7 +131,13 @@ pub fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<String>, ScanError
     let a = col(batch, name, &DataType::Utf8)?;
     let a = a.as_string::<i32>();
     Ok((0..a.len())
-        .map(|i| if a.is_null(i) { String::new() } else { a.value(i).to_string() })
+        .map(|i| {
+            if a.is_null(i) {
+                String::new()
+            } else {
+                a.value(i).to_string()
+            }
+        })
         .collect())
 }
 
@@ -150,25 +161,34 @@ pub fn ints(batch: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, ScanErr
         .column_by_name(name)
         .ok_or_else(|| ScanError::Column(name.to_string()))?;
     let c = match c.data_type() {
-        DataType::Timestamp(_, _) => cast(c, &DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None))
-            .and_then(|c| cast(&c, &DataType::Int64)),
+        DataType::Timestamp(_, _) => cast(
+            c,
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None),
+        )
+        .and_then(|c| cast(&c, &DataType::Int64)),
         _ => cast(c, &DataType::Int64),
     }
     .map_err(|_| ScanError::Column(name.to_string()))?;
     let a = c.as_primitive::<Int64Type>();
-    Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+    Ok((0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i)))
+        .collect())
 }
 
 /// Column `name` as optional `u32`.
 pub fn u32s(batch: &RecordBatch, name: &str) -> Result<Vec<Option<u32>>, ScanError> {
     let a = col(batch, name, &DataType::UInt32)?;
     let a = a.as_primitive::<UInt32Type>();
-    Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+    Ok((0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i)))
+        .collect())
 }
 
 /// Column `name` as optional `bool`.
 pub fn bools(batch: &RecordBatch, name: &str) -> Result<Vec<Option<bool>>, ScanError> {
     let a = col(batch, name, &DataType::Boolean)?;
     let a = a.as_boolean();
-    Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+    Ok((0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i)))
+        .collect())
 }

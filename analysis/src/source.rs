@@ -209,11 +209,12 @@ async fn locate(data: &str, opts: &OpenOptions) -> Result<Located, SourceError> 
         }
         return Err(SourceError::MissingDir(data.to_string()));
     }
-    let path = std::fs::canonicalize(&path).map_err(|_| SourceError::MissingDir(data.to_string()))?;
+    let path =
+        std::fs::canonicalize(&path).map_err(|_| SourceError::MissingDir(data.to_string()))?;
     let probes = path.join("probes");
     let dir: &FsPath = if probes.is_dir() { &probes } else { &path };
-    let prefix = ObjPath::from_absolute_path(dir)
-        .map_err(|_| SourceError::BadLocation(data.to_string()))?;
+    let prefix =
+        ObjPath::from_absolute_path(dir).map_err(|_| SourceError::BadLocation(data.to_string()))?;
     let store_url =
         Url::parse("file:///").map_err(|_| SourceError::BadLocation(data.to_string()))?;
     Ok(Located {
@@ -463,7 +464,12 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
     let table = ListingTable::try_new(config).map_err(register_err)?;
     ctx.register_table("probes", Arc::new(table))
         .map_err(register_err)?;
-    tracing::debug!(files = checked.len(), rows = total_rows, hive, "registered probes table");
+    tracing::debug!(
+        files = checked.len(),
+        rows = total_rows,
+        hive,
+        "registered probes table"
+    );
     Ok(Dataset {
         location: loc.display,
         files: checked,

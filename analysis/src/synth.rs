@@ -112,7 +112,11 @@ const NOMINAL_CLOCK_MHZ: u32 = 1980;
 /// Generates the rows of one node, in time order.
 pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecord> {
     let node = node_name(node_idx);
-    let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1_000_003).wrapping_add(node_idx as u64));
+    let mut rng = StdRng::seed_from_u64(
+        spec.seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(node_idx as u64),
+    );
     let uuid = format!("GPU-{:08x}-0000-4000-8000-{:012x}", node_idx, spec.seed);
     let slow = spec.slow_node.as_deref() == Some(node.as_str());
     let throttled = spec.throttled_node.as_deref() == Some(node.as_str());
@@ -126,7 +130,12 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
         let (kernel, shape, base_ms, flops) = if gemm {
             ("gemm", "n=1024", 0.40, 2.0 * 1024f64.powi(3))
         } else {
-            ("fft", "c2c 1d n=4096 batch=8", 0.05, 8.0 * 5.0 * 4096.0 * 12.0)
+            (
+                "fft",
+                "c2c 1d n=4096 batch=8",
+                0.05,
+                8.0 * 5.0 * 4096.0 * 12.0,
+            )
         };
         let tenants: u32 = if spec.tenant_phases {
             let phase = ((i as i64 * step) * 6 / span_ns.max(1)) as usize % 3;
@@ -215,7 +224,10 @@ pub fn write_rows(
     while start < rows.len() {
         let date = date_of(rows[start].ts_ns);
         let mut end = start;
-        while end < rows.len() && end - start < rows_per_file.max(1) && date_of(rows[end].ts_ns) == date {
+        while end < rows.len()
+            && end - start < rows_per_file.max(1)
+            && date_of(rows[end].ts_ns) == date
+        {
             end += 1;
         }
         let chunk = &rows[start..end];
@@ -227,7 +239,11 @@ pub fn write_rows(
             path: part_dir.display().to_string(),
             source,
         })?;
-        let path = part_dir.join(format!("part-{}-{:016x}.parquet", chunk[0].ts_ns, tag ^ start as u64));
+        let path = part_dir.join(format!(
+            "part-{}-{:016x}.parquet",
+            chunk[0].ts_ns,
+            tag ^ start as u64
+        ));
         write_file(&path, chunk)?;
         files.push(path);
         start = end;

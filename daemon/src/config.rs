@@ -66,6 +66,9 @@ pub struct ProbeOverrides {
     pub gemm_precision: Option<Precision>,
     /// Runs per burst.
     pub burst_runs: Option<u32>,
+    /// CUDA: time each run as one graph launch (default true); false uses
+    /// separate stream calls, which lets slice waits leak into `gpu_ms`.
+    pub cuda_graph: Option<bool>,
 }
 
 /// Prometheus endpoint (the `[metrics]` table).
@@ -182,10 +185,9 @@ fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line_end = src[line_start..].find('\n').map_or(src.len(), |i| line_start + i);
         let line = &src[line_start..line_end];
-        let section = before
+        let section = src[..line_start]
             .lines()
             .rev()
-            .skip(1)
             .map(str::trim)
             .find(|l| l.starts_with('[') && l.ends_with(']'))
             .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
@@ -312,6 +314,9 @@ impl Config {
         }
         if let Some(b) = p.burst_runs {
             s.burst_runs = b;
+        }
+        if let Some(g) = p.cuda_graph {
+            s.cuda_graph = g;
         }
         s
     }

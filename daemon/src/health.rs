@@ -532,6 +532,12 @@ impl Evaluator {
             }
         }
         if let Ok(mut k) = self.state.kernels.write() {
+            for ((uuid, kernel), h) in &published {
+                let before = k.get(&(uuid.clone(), kernel.clone())).map(|p| p.verdict);
+                if before != Some(h.verdict) {
+                    tracing::info!(gpu = %uuid, kernel = %kernel, from = before.map(Verdict::as_str), to = h.verdict.as_str(), reason = %h.reason, "verdict changed");
+                }
+            }
             *k = published;
         }
         out

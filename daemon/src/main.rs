@@ -68,6 +68,9 @@ struct RunArgs {
     /// CPU pseudo-devices to probe on the CPU backend.
     #[arg(long)]
     cpu_devices: Option<u32>,
+    /// Also write the exit tail table as JSON to this file.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -139,7 +142,7 @@ fn main() {
                     eprintln!("error: {e:#}");
                     2
                 }
-                Ok(cfg) => match run(cfg, args.duration) {
+                Ok(cfg) => match run(cfg, args.duration, args.summary_json.as_deref()) {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("error: {e:#}");
@@ -152,7 +155,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(cfg: Config, duration: Option<Duration>) -> Result<()> {
+fn run(cfg: Config, duration: Option<Duration>, summary_json: Option<&std::path::Path>) -> Result<()> {
     let node = cfg.resolved_node_name();
     let cfg_for_spec = cfg.clone();
     let spec_for = move |b: &'static str| cfg_for_spec.probe_spec(b);
@@ -233,6 +236,23 @@ fn run(cfg: Config, duration: Option<Duration>) -> Result<()> {
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     print_tail_table(&node, &report.summary);
+    if let Some(p) = summary_json {
+        let rows: Vec<serde_json::Value> = report
+            .summary
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "gpu_index": r.gpu_index, "gpu_uuid": r.gpu_uuid, "kernel": r.kernel,
+                    "tenants": r.tenants, "runs": r.runs,
+                    "gpu_ms_p50": r.quantiles[0].0, "gpu_ms_p99": r.quantiles[0].1,
+                    "wall_ms_p50": r.quantiles[1].0, "wall_ms_p99": r.quantiles[1].1,
+                    "queue_ms_p50": r.quantiles[2].0, "queue_ms_p99": r.quantiles[2].1,
+                    "gpu_ms_sum": r.gpu_ms_sum, "first_ns": r.span_ns.0, "last_ns": r.span_ns.1,
+                })
+            })
+            .collect();
+        std::fs::write(p, serde_json::to_vec_pretty(&rows)?).with_context(|| format!("failed to write {}", p.display()))?;
+    }
     anyhow::ensure!(report.clean_shutdown, "shutdown deadline exceeded: some output may not have been flushed");
     Ok(())
 }
@@ -241,7 +261,7 @@ fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow])
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "gpu", "uuid", "kernel", "runs", "gpu_ms p50", "gpu_ms p99", "wall_ms p50", "wall_ms p99", "queue_ms p50", "queue_ms p99",
+        "gpu", "uuid", "kernel", "tenants", "runs", "gpu_ms p50", "gpu_ms p99", "wall_ms p50", "wall_ms p99", "queue_ms p50", "queue_ms p99",
     ]);
     for r in rows {
         let [g, w, q] = r.quantiles;
@@ -250,6 +270,7 @@ fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow])
             r.gpu_index.to_string(),
             r.gpu_uuid.clone(),
             r.kernel.clone(),
+            r.tenants.map_or("-".into(), |t| t.to_string()),
             r.runs.to_string(),
             f(g.0),
             f(g.1),
@@ -259,6 +280,6 @@ fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow])
             f(q.1),
         ]);
     }
-    println!("slicetrace tail table, node {node} (gpu = CUDA events / CPU compute; wall = host clock; queue = wall - gpu)");
+    println!("slicetrace tail table, node {node} (gpu = CUDA events / CPU compute; wall = host clock; queue = wall - gpu; tenants = other compute processes on the GPU)");
     println!("{t}");
 }

@@ -64,10 +64,20 @@ impl StopSignal {
     }
 }
 
-/// Per-(GPU, kernel) histograms of the whole run, for the exit tail table.
+/// Per-(GPU, kernel, tenant count) histograms of the whole run, for the exit
+/// tail table: a run that spans quiet and contended periods shows each
+/// occupancy level on its own line.
 #[derive(Debug, Default)]
 pub struct RunSummary {
-    inner: Mutex<BTreeMap<(u32, String, String), [Histogram<u64>; 3]>>,
+    inner: Mutex<BTreeMap<(u32, String, String, Option<u32>), Acc>>,
+}
+
+#[derive(Debug)]
+struct Acc {
+    h: [Histogram<u64>; 3],
+    gpu_ms_sum: f64,
+    first_ns: i64,
+    last_ns: i64,
 }
 
 /// One line of the exit tail table.
@@ -79,10 +89,16 @@ pub struct SummaryRow {
     pub gpu_uuid: String,
     /// Kernel.
     pub kernel: String,
+    /// Other compute processes on the GPU (NVML), `None` when unknown.
+    pub tenants: Option<u32>,
     /// Runs.
     pub runs: u64,
     /// (p50, p99) of gpu_ms, wall_ms, queue_ms.
     pub quantiles: [(f64, f64); 3],
+    /// Sum of gpu_ms, ms (the probe's own GPU time).
+    pub gpu_ms_sum: f64,
+    /// First and last launch time, ns.
+    pub span_ns: (i64, i64),
 }
 
 fn summary_hist() -> Histogram<u64> {
@@ -92,9 +108,18 @@ fn summary_hist() -> Histogram<u64> {
 impl RunSummary {
     fn record(&self, r: &ProbeRecord) {
         let Ok(mut m) = self.inner.lock() else { return };
-        let h = m
-            .entry((r.gpu_index, r.gpu_uuid.clone(), r.kernel.clone()))
-            .or_insert_with(|| [summary_hist(), summary_hist(), summary_hist()]);
+        let acc = m
+            .entry((r.gpu_index, r.gpu_uuid.clone(), r.kernel.clone(), r.gpu_processes))
+            .or_insert_with(|| Acc {
+                h: [summary_hist(), summary_hist(), summary_hist()],
+                gpu_ms_sum: 0.0,
+                first_ns: r.ts_ns,
+                last_ns: r.ts_ns,
+            });
+        acc.gpu_ms_sum += r.gpu_ms.unwrap_or(0.0);
+        acc.first_ns = acc.first_ns.min(r.ts_ns);
+        acc.last_ns = acc.last_ns.max(r.ts_ns);
+        let h = &mut acc.h;
         let us = |ms: f64| (ms * 1000.0).round().clamp(1.0, 3.6e9) as u64;
         if let Some(g) = r.gpu_ms {
             let _ = h[0].record(us(g));
@@ -109,7 +134,8 @@ impl RunSummary {
     pub fn rows(&self) -> Vec<SummaryRow> {
         let Ok(m) = self.inner.lock() else { return Vec::new() };
         m.iter()
-            .map(|((idx, uuid, kernel), h)| {
+            .map(|((idx, uuid, kernel, tenants), acc)| {
+                let h = &acc.h;
                 let q = |h: &Histogram<u64>| {
                     (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0)
                 };
@@ -117,8 +143,11 @@ impl RunSummary {
                     gpu_index: *idx,
                     gpu_uuid: uuid.clone(),
                     kernel: kernel.clone(),
+                    tenants: *tenants,
                     runs: h[1].len(),
                     quantiles: [q(&h[0]), q(&h[1]), q(&h[2])],
+                    gpu_ms_sum: acc.gpu_ms_sum,
+                    span_ns: (acc.first_ns, acc.last_ns),
                 }
             })
             .collect()

@@ -21,7 +21,13 @@ fn proc_entry(root: &std::path::Path, pid: u32, cgroup: String, comm: &str) {
 }
 
 fn gpu_procs(pids: &[u32]) -> Vec<GpuProcess> {
-    pids.iter().map(|&pid| GpuProcess { pid, used_mib: None, name: None }).collect()
+    pids.iter()
+        .map(|&pid| GpuProcess {
+            pid,
+            used_mib: None,
+            name: None,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,13 +53,19 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
     proc_entry(
         &proc_root,
         2003,
-        format!("11:memory:/kubepods/burstable/pod33333333-3333-4333-8333-333333333333/crio-{}\n", cid(3)),
+        format!(
+            "11:memory:/kubepods/burstable/pod33333333-3333-4333-8333-333333333333/crio-{}\n",
+            cid(3)
+        ),
         "jupyter",
     );
     proc_entry(
         &proc_root,
         2005,
-        format!("4:cpu,cpuacct:/kubepods/pod55555555-5555-4555-8555-555555555555/{}\n", cid(5)),
+        format!(
+            "4:cpu,cpuacct:/kubepods/pod55555555-5555-4555-8555-555555555555/{}\n",
+            cid(5)
+        ),
         "job",
     );
 
@@ -71,8 +83,13 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
     let counters = Arc::new(Counters::default());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let t0 = std::time::Instant::now();
-    let occ = start_combined(&cfg, "n1", Arc::clone(&counters), rx.clone()).await.expect("start");
-    assert!(t0.elapsed() < Duration::from_secs(2), "start returns at once");
+    let occ = start_combined(&cfg, "n1", Arc::clone(&counters), rx.clone())
+        .await
+        .expect("start");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "start returns at once"
+    );
     // Before any source answered: unknown, not zero.
     let early = occ.snapshot(GPU_SHARED, &[]);
     assert!(early.pods.is_none() || early.pod_count == Some(4));
@@ -86,10 +103,18 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
     let shared = occ.snapshot(GPU_SHARED, &gpu_procs(&[2001, 2003, std::process::id()]));
     assert_eq!(
         shared.pods.as_deref().unwrap(),
-        ["ml/train-a", "ml/train-b", "research/infer-d", "research/notebook-c"]
+        [
+            "ml/train-a",
+            "ml/train-b",
+            "research/infer-d",
+            "research/notebook-c"
+        ]
     );
     assert_eq!(shared.pod_count, Some(4));
-    assert_eq!(shared.active_pods.as_deref().unwrap(), ["ml/train-a", "research/notebook-c"]);
+    assert_eq!(
+        shared.active_pods.as_deref().unwrap(),
+        ["ml/train-a", "research/notebook-c"]
+    );
     assert_eq!(shared.replicas, Some(4));
     assert_eq!(shared.sharing_strategy.as_deref(), Some("time-slicing"));
     assert_eq!(shared.stale, Some(false));
@@ -111,20 +136,37 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
 
     // The trait-object entry point works the same way.
     let dynocc = start(&cfg, "n1", Arc::new(Counters::default()), rx).await;
-    wait_until("dyn source synced", || dynocc.snapshot(GPU_SHARED, &[]).replicas == Some(4)).await;
-    wait_until("dyn pods", || dynocc.snapshot(GPU_SHARED, &[]).pod_count == Some(4)).await;
+    wait_until("dyn source synced", || {
+        dynocc.snapshot(GPU_SHARED, &[]).replicas == Some(4)
+    })
+    .await;
+    wait_until("dyn pods", || {
+        dynocc.snapshot(GPU_SHARED, &[]).pod_count == Some(4)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_config_is_reported_not_panicked() {
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let cfg = OccupancyConfig { kube_api: KubeApiMode::Server, ..OccupancyConfig::default() };
+    let cfg = OccupancyConfig {
+        kube_api: KubeApiMode::Server,
+        ..OccupancyConfig::default()
+    };
     assert!(cfg.validate().is_err());
-    assert!(start_combined(&cfg, "n1", Arc::new(Counters::default()), rx.clone()).await.is_err());
+    assert!(
+        start_combined(&cfg, "n1", Arc::new(Counters::default()), rx.clone())
+            .await
+            .is_err()
+    );
     let occ = start(&cfg, "n1", Arc::new(Counters::default()), rx).await;
     assert_eq!(occ.snapshot(GPU_SHARED, &[]), Default::default());
-    let parsed: OccupancyConfig = toml::from_str("kube_api = \"off\"\nstale_after_ms = 5000\n").unwrap();
+    let parsed: OccupancyConfig =
+        toml::from_str("kube_api = \"off\"\nstale_after_ms = 5000\n").unwrap();
     assert_eq!(parsed.kube_api, KubeApiMode::Off);
     assert_eq!(parsed.pod_resources_interval_ms, 10_000);
-    assert!(toml::from_str::<OccupancyConfig>("stale_after = 5\n").is_err(), "deny_unknown_fields");
+    assert!(
+        toml::from_str::<OccupancyConfig>("stale_after = 5\n").is_err(),
+        "deny_unknown_fields"
+    );
 }

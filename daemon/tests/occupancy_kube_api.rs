@@ -31,7 +31,11 @@ fn kubectl_json(kubectl: &str, api: &FakeApi, args: &[&str]) -> serde_json::Valu
         .args(args)
         .output()
         .expect("run kubectl");
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("kubectl -o json output")
 }
 
@@ -44,17 +48,48 @@ fn fake_api_server_speaks_the_real_protocol_to_kubectl() {
     let api = FakeApi::start(&py);
 
     // List with a field selector, across namespaces.
-    let list = kubectl_json(&kubectl, &api, &["get", "pods", "-A", "--field-selector", "spec.nodeName=n1", "-o", "json"]);
+    let list = kubectl_json(
+        &kubectl,
+        &api,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=n1",
+            "-o",
+            "json",
+        ],
+    );
     let mut names: Vec<String> = list["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap()))
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["metadata"]["namespace"].as_str().unwrap(),
+                p["metadata"]["name"].as_str().unwrap()
+            )
+        })
         .collect();
     names.sort();
     assert_eq!(names, ON_N1);
     // Namespaced list (kubectl's default namespace path).
-    let ml = kubectl_json(&kubectl, &api, &["get", "pods", "-n", "ml", "--field-selector", "spec.nodeName=n1", "-o", "json"]);
+    let ml = kubectl_json(
+        &kubectl,
+        &api,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "ml",
+            "--field-selector",
+            "spec.nodeName=n1",
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(ml["items"].as_array().unwrap().len(), 2);
 
     // Node get.
@@ -67,12 +102,59 @@ fn fake_api_server_speaks_the_real_protocol_to_kubectl() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && table.contains("n1") && table.contains("Ready"), "{table}");
+    assert!(
+        out.status.success() && table.contains("n1") && table.contains("Ready"),
+        "{table}"
+    );
+
+    // Node status patch (what node conditions use) is recorded.
+    let out = Command::new(&kubectl)
+        .env("KUBECONFIG", "/dev/null")
+        .args([
+            &format!("--server={}", api.url()),
+            "patch",
+            "node",
+            "n1",
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"GpuSliceLatency","status":"True","reason":"Test"}]}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let patches = api.control("GET", "/_test/patches", "");
+    assert_eq!(
+        patches["items"][0]["content_type"],
+        "application/strategic-merge-patch+json"
+    );
+    let node = kubectl_json(&kubectl, &api, &["get", "node", "n1", "-o", "json"]);
+    let types: Vec<&str> = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Ready", "GpuSliceLatency"]);
 
     // Watch: a pod added later on n1 shows up; one on n2 does not.
     let mut child = Command::new(&kubectl)
         .env("KUBECONFIG", "/dev/null")
-        .args([&format!("--server={}", api.url()), "get", "pods", "-A", "--field-selector", "spec.nodeName=n1", "-w", "-o", "name"])
+        .args([
+            &format!("--server={}", api.url()),
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=n1",
+            "-w",
+            "-o",
+            "name",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -98,8 +180,20 @@ fn fake_api_server_speaks_the_real_protocol_to_kubectl() {
         }
     };
     recv_until("pod/train-a", &mut seen);
-    api.add_pod("ml", "other-node-late", "aaaaaaaa-0000-4000-8000-000000000001", "n2", &cid(100));
-    api.add_pod("ml", "late-g", "aaaaaaaa-0000-4000-8000-000000000002", "n1", &cid(101));
+    api.add_pod(
+        "ml",
+        "other-node-late",
+        "aaaaaaaa-0000-4000-8000-000000000001",
+        "n2",
+        &cid(100),
+    );
+    api.add_pod(
+        "ml",
+        "late-g",
+        "aaaaaaaa-0000-4000-8000-000000000002",
+        "n1",
+        &cid(101),
+    );
     recv_until("pod/late-g", &mut seen);
     let _ = child.kill();
     let _ = child.wait();
@@ -115,7 +209,7 @@ struct Agent {
 }
 
 fn start_agent(api: &FakeApi, stale_after: Duration) -> Agent {
-    let client = kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
+    let client = kube_api::make_client(kube::Config::new(api.url().parse().unwrap())).unwrap();
     let counters = Arc::new(Counters::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
     let cache = kube_api::spawn(
@@ -129,7 +223,11 @@ fn start_agent(api: &FakeApi, stale_after: Duration) -> Agent {
         Arc::clone(&counters),
         rx,
     );
-    Agent { cache, counters, _shutdown: tx }
+    Agent {
+        cache,
+        counters,
+        _shutdown: tx,
+    }
 }
 
 fn keys(cache: &KubeCache) -> Vec<String> {
@@ -152,28 +250,74 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
     assert_eq!(a.qos_class.as_deref(), Some("Burstable"));
     assert_eq!(a.phase.as_deref(), Some("Running"));
     assert_eq!(a.labels.get("app").map(String::as_str), Some("train"));
-    assert_eq!(idx.by_container_id(&cid(3)).unwrap().key(), "research/notebook-c", "cri-o:// stripped");
-    assert_eq!(idx.by_container_id(&cid(4)).unwrap().key(), "research/infer-d", "docker:// stripped");
-    assert_eq!(idx.by_uid("22222222-2222-4222-8222-222222222222").unwrap().name, "train-b");
+    assert_eq!(
+        idx.by_container_id(&cid(3)).unwrap().key(),
+        "research/notebook-c",
+        "cri-o:// stripped"
+    );
+    assert_eq!(
+        idx.by_container_id(&cid(4)).unwrap().key(),
+        "research/infer-d",
+        "docker:// stripped"
+    );
+    assert_eq!(
+        idx.by_uid("22222222-2222-4222-8222-222222222222")
+            .unwrap()
+            .name,
+        "train-b"
+    );
 
     wait_until("node labels", || c.node().is_some()).await;
     let node = c.node().unwrap();
     assert_eq!(node.replicas, Some(4));
     assert_eq!(node.sharing_strategy.as_deref(), Some("time-slicing"));
-    assert_eq!(node.product.as_deref(), Some("NVIDIA-H100-80GB-HBM3-SHARED"));
+    assert_eq!(
+        node.product.as_deref(),
+        Some("NVIDIA-H100-80GB-HBM3-SHARED")
+    );
 
     // Pods come...
-    api.add_pod("ml", "late-g", "aaaaaaaa-0000-4000-8000-000000000002", "n1", &cid(101));
-    api.add_pod("ml", "elsewhere", "aaaaaaaa-0000-4000-8000-000000000003", "n2", &cid(102));
-    wait_until("late-g added", || keys(c).contains(&"ml/late-g".to_string())).await;
+    api.add_pod(
+        "ml",
+        "late-g",
+        "aaaaaaaa-0000-4000-8000-000000000002",
+        "n1",
+        &cid(101),
+    );
+    api.add_pod(
+        "ml",
+        "elsewhere",
+        "aaaaaaaa-0000-4000-8000-000000000003",
+        "n2",
+        &cid(102),
+    );
+    wait_until("late-g added", || {
+        keys(c).contains(&"ml/late-g".to_string())
+    })
+    .await;
     assert!(!keys(c).contains(&"ml/elsewhere".to_string()));
-    assert_eq!(c.pods().unwrap().by_container_id(&cid(101)).unwrap().name, "late-g");
+    assert_eq!(
+        c.pods().unwrap().by_container_id(&cid(101)).unwrap().name,
+        "late-g"
+    );
     // ...and go.
     api.control("DELETE", "/_test/pods/ml/train-a", "");
-    wait_until("train-a deleted", || !keys(c).contains(&"ml/train-a".to_string())).await;
+    wait_until("train-a deleted", || {
+        !keys(c).contains(&"ml/train-a".to_string())
+    })
+    .await;
     // A pod rescheduled away from this node leaves the selection.
-    api.add_pod("ml", "late-g", "aaaaaaaa-0000-4000-8000-000000000002", "n2", &cid(101));
-    wait_until("late-g moved away", || !keys(c).contains(&"ml/late-g".to_string())).await;
+    api.add_pod(
+        "ml",
+        "late-g",
+        "aaaaaaaa-0000-4000-8000-000000000002",
+        "n2",
+        &cid(101),
+    );
+    wait_until("late-g moved away", || {
+        !keys(c).contains(&"ml/late-g".to_string())
+    })
+    .await;
     assert_eq!(keys(c).len(), 6);
 
     let st = c.sync_state();
@@ -198,21 +342,42 @@ async fn gone_410_forces_a_relist_and_the_state_is_right_afterwards() {
     // answered 410 too; meanwhile pods changed.
     api.control("POST", "/_test/gone?http=1", "");
     api.control("DELETE", "/_test/pods/ml/train-b", "");
-    api.add_pod("ml", "after-gone", "aaaaaaaa-0000-4000-8000-000000000004", "n1", &cid(104));
-    wait_until("relist counted", || Counters::get(&agent.counters.occupancy_relists) >= 1).await;
+    api.add_pod(
+        "ml",
+        "after-gone",
+        "aaaaaaaa-0000-4000-8000-000000000004",
+        "n1",
+        &cid(104),
+    );
+    wait_until("relist counted", || {
+        Counters::get(&agent.counters.occupancy_relists) >= 1
+    })
+    .await;
     wait_until("state after relist", || {
         let k = keys(c);
         k.contains(&"ml/after-gone".to_string()) && !k.contains(&"ml/train-b".to_string())
     })
     .await;
-    assert!(Counters::get(&agent.counters.occupancy_errors) >= 1, "the 410 is counted as an error");
+    assert!(
+        Counters::get(&agent.counters.occupancy_errors) >= 1,
+        "the 410 is counted as an error"
+    );
     let stats = api.stats();
     assert!(stats["gone_sent"].as_u64().unwrap() >= 1, "{stats}");
     assert!(stats["list"].as_u64().unwrap() >= 2, "{stats}");
 
     // The watch works again after the relist.
-    api.add_pod("ml", "after-relist", "aaaaaaaa-0000-4000-8000-000000000005", "n1", &cid(105));
-    wait_until("watch resumed", || keys(c).contains(&"ml/after-relist".to_string())).await;
+    api.add_pod(
+        "ml",
+        "after-relist",
+        "aaaaaaaa-0000-4000-8000-000000000005",
+        "n1",
+        &cid(105),
+    );
+    wait_until("watch resumed", || {
+        keys(c).contains(&"ml/after-relist".to_string())
+    })
+    .await;
     assert_eq!(keys(c).len(), 8);
     wait_until("healthy again", || c.sync_state().ok).await;
 }
@@ -238,17 +403,29 @@ async fn down_api_keeps_last_state_goes_stale_and_recovers() {
         assert_eq!(c.pods().unwrap().len(), 7 + usize::from(mode == "reset"));
         assert_eq!(c.node().unwrap().replicas, Some(4));
         assert!(!c.sync_state().ok, "{:?} {}", c.sync_state(), api.stats());
-        wait_until("errors counted", || Counters::get(&agent.counters.occupancy_errors) > errors_before).await;
+        wait_until("errors counted", || {
+            Counters::get(&agent.counters.occupancy_errors) > errors_before
+        })
+        .await;
 
         // A pod arrives while the API is unreachable for us.
         let name = format!("while-down-{mode}");
-        api.add_pod("ml", &name, &format!("bbbbbbbb-0000-4000-8000-00000000000{}", mode.len()), "n1", &cid(200 + mode.len() as u64));
+        api.add_pod(
+            "ml",
+            &name,
+            &format!("bbbbbbbb-0000-4000-8000-00000000000{}", mode.len()),
+            "n1",
+            &cid(200 + mode.len() as u64),
+        );
         api.control("POST", "/_test/up", "");
         wait_until("fresh after recovery", || {
             let s = c.sync_state();
             !s.stale && s.ok
         })
         .await;
-        wait_until("missed pod caught up", || keys(c).contains(&format!("ml/{name}"))).await;
+        wait_until("missed pod caught up", || {
+            keys(c).contains(&format!("ml/{name}"))
+        })
+        .await;
     }
 }

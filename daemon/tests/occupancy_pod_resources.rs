@@ -29,7 +29,9 @@ async fn time_sliced_replicas_map_to_their_physical_gpu() {
 
     // The raw client speaks the protocol: every pod is listed, GPU or not.
     let mut client = pod_resources::connect(&socket).await.expect("connect");
-    let reply = pod_resources::list(&mut client, &socket).await.expect("List");
+    let reply = pod_resources::list(&mut client, &socket)
+        .await
+        .expect("List");
     assert_eq!(reply.pod_resources.len(), 7);
 
     let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -40,20 +42,32 @@ async fn time_sliced_replicas_map_to_their_physical_gpu() {
 
     assert_eq!(
         map.pods(GPU_SHARED),
-        vec!["ml/train-a", "ml/train-b", "research/infer-d", "research/notebook-c"]
+        vec![
+            "ml/train-a",
+            "ml/train-b",
+            "research/infer-d",
+            "research/notebook-c"
+        ]
     );
     let replicas: Vec<Option<u32>> = map.holders(GPU_SHARED).iter().map(|h| h.replica).collect();
     let mut sorted = replicas.clone();
     sorted.sort();
     assert_eq!(sorted, vec![Some(0), Some(1), Some(2), Some(3)]);
-    let infer = map.holders(GPU_SHARED).iter().find(|h| h.pod == "infer-d").unwrap();
+    let infer = map
+        .holders(GPU_SHARED)
+        .iter()
+        .find(|h| h.pod == "infer-d")
+        .unwrap();
     assert_eq!(infer.resource_name, "nvidia.com/gpu.shared");
     assert_eq!(infer.replica, Some(3));
 
     assert_eq!(map.pods(GPU_EXCLUSIVE), vec!["batch/exclusive-e"]);
     assert_eq!(map.holders(GPU_EXCLUSIVE)[0].replica, None);
     // NVML may spell the UUID in upper case.
-    assert_eq!(map.pods(&GPU_EXCLUSIVE.to_uppercase()), vec!["batch/exclusive-e"]);
+    assert_eq!(
+        map.pods(&GPU_EXCLUSIVE.to_uppercase()),
+        vec!["batch/exclusive-e"]
+    );
     // The non-GPU device never shows up as a GPU.
     assert_eq!(map.devices().count(), 2);
     assert!(map.pods("0000:3b:00.2").is_empty());
@@ -103,18 +117,36 @@ async fn missing_socket_warns_once_leaves_fields_none_and_recovers_quietly() {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let counters = Arc::new(Counters::default());
     let cache = pod_resources::spawn(settings(&socket, &BOTH), Arc::clone(&counters), rx);
-    let occ = CombinedOccupancy::new(Some(Arc::clone(&cache)), None, dir.path(), Duration::from_secs(60));
+    let occ = CombinedOccupancy::new(
+        Some(Arc::clone(&cache)),
+        None,
+        dir.path(),
+        Duration::from_secs(60),
+    );
 
     // Ten poll intervals with no socket.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let warnings = logs
         .text()
         .lines()
-        .filter(|l| l.contains("WARN") && l.contains("pod-resources socket missing") && l.contains("not-yet-kubelet.sock"))
+        .filter(|l| {
+            l.contains("WARN")
+                && l.contains("pod-resources socket missing")
+                && l.contains("not-yet-kubelet.sock")
+        })
         .count();
-    assert_eq!(warnings, 1, "exactly one warning for a missing socket:\n{}", logs.text());
+    assert_eq!(
+        warnings,
+        1,
+        "exactly one warning for a missing socket:\n{}",
+        logs.text()
+    );
     assert!(cache.snapshot().is_none());
-    assert_eq!(occ.snapshot(GPU_SHARED, &[]), Default::default(), "every field None");
+    assert_eq!(
+        occ.snapshot(GPU_SHARED, &[]),
+        Default::default(),
+        "every field None"
+    );
     assert!(!occ.status().pod_resources_ok);
     assert_eq!(occ.status().last_sync_age_ms, None);
     // A missing socket is a configuration state, not a refresh error.
@@ -141,24 +173,39 @@ async fn kubelet_going_away_keeps_last_state_counts_errors_and_goes_stale() {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let counters = Arc::new(Counters::default());
     let cache = pod_resources::spawn(settings(&socket, &BOTH), Arc::clone(&counters), rx);
-    let occ = CombinedOccupancy::new(Some(Arc::clone(&cache)), None, dir.path(), Duration::from_millis(600));
+    let occ = CombinedOccupancy::new(
+        Some(Arc::clone(&cache)),
+        None,
+        dir.path(),
+        Duration::from_millis(600),
+    );
     wait_until("first List", || cache.snapshot().is_some()).await;
     assert_eq!(occ.snapshot(GPU_SHARED, &[]).stale, Some(false));
 
     // The kubelet answers with a new allocation: the cache follows.
-    server.kubelet.reply.lock().unwrap().pod_resources.retain(|p| p.name != "train-b");
-    wait_until("train-b gone", || cache.snapshot().unwrap().pods(GPU_SHARED).len() == 3).await;
+    server
+        .kubelet
+        .reply
+        .lock()
+        .unwrap()
+        .pod_resources
+        .retain(|p| p.name != "train-b");
+    wait_until("train-b gone", || {
+        cache.snapshot().unwrap().pods(GPU_SHARED).len() == 3
+    })
+    .await;
 
     server.stop().await;
-    wait_until("stale after the kubelet left", || occ.snapshot(GPU_SHARED, &[]).stale == Some(true)).await;
+    wait_until("stale after the kubelet left", || {
+        occ.snapshot(GPU_SHARED, &[]).stale == Some(true)
+    })
+    .await;
     let o = occ.snapshot(GPU_SHARED, &[]);
     assert_eq!(o.pod_count, Some(3), "last known state is kept");
     assert!(!occ.status().pod_resources_ok);
     assert!(occ.status().last_sync_age_ms.unwrap() >= 600);
-    // The socket file was removed, so this counts as missing (one warning,
-    // no error); a refused connect on an existing file is an error. Either
-    // way the state is kept.
-    let _ = Counters::get(&counters.occupancy_errors);
+    // The in-flight channel broke: at least that List failed and counted.
+    assert!(Counters::get(&counters.occupancy_errors) >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +218,10 @@ async fn list_errors_are_counted() {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let counters = Arc::new(Counters::default());
     let cache = pod_resources::spawn(settings(&socket, &BOTH), Arc::clone(&counters), rx);
-    wait_until("errors counted", || Counters::get(&counters.occupancy_errors) >= 2).await;
+    wait_until("errors counted", || {
+        Counters::get(&counters.occupancy_errors) >= 2
+    })
+    .await;
     assert!(cache.snapshot().is_none());
     assert!(!cache.is_ok());
 }

@@ -39,7 +39,10 @@ fn fake_proc(root: &Path) {
     proc_entry(
         root,
         1002,
-        &format!("12:memory:/kubepods/besteffort/pod{UID_B}/{}\n0::/\n", cid(999)),
+        &format!(
+            "12:memory:/kubepods/besteffort/pod{UID_B}/{}\n0::/\n",
+            cid(999)
+        ),
         "torchrun",
     );
     // CRI-O, cgroup v2.
@@ -54,14 +57,28 @@ fn fake_proc(root: &Path) {
         "jupyter",
     );
     // A host process (standalone job): not a pod.
-    proc_entry(root, 1004, "0::/user.slice/user-1000.slice/session-3.scope\n", "slicetrace-load");
+    proc_entry(
+        root,
+        1004,
+        "0::/user.slice/user-1000.slice/session-3.scope\n",
+        "slicetrace-load",
+    );
     // Docker outside Kubernetes.
-    proc_entry(root, 1005, &format!("0::/system.slice/docker-{}.scope\n", cid(50)), "gemm");
+    proc_entry(
+        root,
+        1005,
+        &format!("0::/system.slice/docker-{}.scope\n", cid(50)),
+        "gemm",
+    );
     // The agent itself, as if it ran in train-a's container: never a tenant.
     proc_entry(
         root,
         std::process::id(),
-        &format!("0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{}.scope\n", UID_A.replace('-', "_"), cid(1)),
+        &format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{}.scope\n",
+            UID_A.replace('-', "_"),
+            cid(1)
+        ),
         "slicetrace-agent",
     );
 }
@@ -75,11 +92,21 @@ fn pods() -> Vec<PodInfo> {
         phase: Some("Running".into()),
         ..Default::default()
     };
-    vec![p("ml", "train-a", UID_A, 1), p("ml", "train-b", UID_B, 2), p("research", "notebook-c", UID_C, 3)]
+    vec![
+        p("ml", "train-a", UID_A, 1),
+        p("ml", "train-b", UID_B, 2),
+        p("research", "notebook-c", UID_C, 3),
+    ]
 }
 
 fn procs(pids: &[u32]) -> Vec<GpuProcess> {
-    pids.iter().map(|&pid| GpuProcess { pid, used_mib: Some(1024), name: None }).collect()
+    pids.iter()
+        .map(|&pid| GpuProcess {
+            pid,
+            used_mib: Some(1024),
+            name: None,
+        })
+        .collect()
 }
 
 #[test]
@@ -95,8 +122,14 @@ fn pids_resolve_through_cgroups_to_runtimes_and_pods() {
     assert_eq!(r.resolve(1005).unwrap().runtime, Some(Runtime::Docker));
     assert_eq!(r.resolve(1004).unwrap().container_id, None);
     assert!(r.resolve(4242).is_none(), "a vanished PID is not an error");
-    assert!(r.resolve(std::process::id()).is_none(), "the agent is never a tenant");
-    assert_eq!(read_comm(dir.path(), 1004).as_deref(), Some("slicetrace-load"));
+    assert!(
+        r.resolve(std::process::id()).is_none(),
+        "the agent is never a tenant"
+    );
+    assert_eq!(
+        read_comm(dir.path(), 1004).as_deref(),
+        Some("slicetrace-load")
+    );
     assert_eq!(read_comm(dir.path(), 4242), None);
 }
 
@@ -104,8 +137,16 @@ fn pids_resolve_through_cgroups_to_runtimes_and_pods() {
 fn active_pods_come_from_processes_on_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     fake_proc(dir.path());
-    let node = NodeInfo { replicas: Some(4), sharing_strategy: Some("time-slicing".into()), ..Default::default() };
-    let kube = Arc::new(KubeCache::preloaded(pods(), Some(node), Duration::from_secs(60)));
+    let node = NodeInfo {
+        replicas: Some(4),
+        sharing_strategy: Some("time-slicing".into()),
+        ..Default::default()
+    };
+    let kube = Arc::new(KubeCache::preloaded(
+        pods(),
+        Some(node),
+        Duration::from_secs(60),
+    ));
     let occ = CombinedOccupancy::new(None, Some(kube), dir.path(), Duration::from_secs(60));
     let o = occ.snapshot(
         "GPU-6e1b5c3a-9f42-4d7e-b8a1-2c3d4e5f6a7b",
@@ -113,7 +154,11 @@ fn active_pods_come_from_processes_on_the_gpu() {
     );
     assert_eq!(
         o.active_pods,
-        Some(vec!["ml/train-a".to_string(), "ml/train-b".into(), "research/notebook-c".into()])
+        Some(vec![
+            "ml/train-a".to_string(),
+            "ml/train-b".into(),
+            "research/notebook-c".into()
+        ])
     );
     assert_eq!(o.replicas, Some(4));
     assert_eq!(o.sharing_strategy.as_deref(), Some("time-slicing"));

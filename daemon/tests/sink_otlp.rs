@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::sinks::otlp::{new_span_id, new_trace_id, OtlpConfig, OtlpProtocol, OtlpSink};
+use slicetrace_agent::sinks::otlp::{
+    new_span_id, new_trace_id, OtlpConfig, OtlpProtocol, OtlpSink,
+};
 use slicetrace_agent::sinks::Sink;
 use slicetrace_schema::ProbeRecord;
 
@@ -98,7 +100,11 @@ impl Rotel {
         let deadline = Instant::now() + Duration::from_secs(15);
         for port in [grpc_port, http_port] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "rotel did not listen on {port}: {}", r.log_text());
+                assert!(
+                    Instant::now() < deadline,
+                    "rotel did not listen on {port}: {}",
+                    r.log_text()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -118,8 +124,14 @@ impl Rotel {
                 return text;
             }
             if Instant::now() > deadline {
-                let missing: Vec<&String> = needles.iter().filter(|n| !text.contains(n.as_str())).collect();
-                panic!("not in rotel's log after 20 s: {missing:?}\n--- log tail ---\n{}", tail(&text));
+                let missing: Vec<&String> = needles
+                    .iter()
+                    .filter(|n| !text.contains(n.as_str()))
+                    .collect();
+                panic!(
+                    "not in rotel's log after 20 s: {missing:?}\n--- log tail ---\n{}",
+                    tail(&text)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -205,8 +217,13 @@ async fn spans_reach_rotel(protocol: OtlpProtocol) {
         OtlpProtocol::HttpProtobuf => format!("http://127.0.0.1:{http}"),
     };
     let counters = Arc::new(Counters::default());
-    let mut sink = OtlpSink::new(config(endpoint, protocol), "host-a", Some("node-a"), counters.clone())
-        .expect("sink");
+    let mut sink = OtlpSink::new(
+        config(endpoint, protocol),
+        "host-a",
+        Some("node-a"),
+        counters.clone(),
+    )
+    .expect("sink");
     let (t1, c1) = cycle(0, now_ns());
     let (t2, c2) = cycle(1, now_ns() + 50_000_000);
     let run_span = c1[0].span_id.clone().expect("span id");
@@ -215,26 +232,43 @@ async fn spans_reach_rotel(protocol: OtlpProtocol) {
     sink.export(c1[3..].to_vec()).await.expect("export");
     sink.export(c2).await.expect("export");
     sink.force_flush().await.expect("flush");
-    let log = rotel
-        .wait_for(&[
-            format!("Trace ID       : {t1}"),
-            format!("Trace ID       : {t2}"),
-            format!("ID             : {run_span}"),
-            "Name           : probe_cycle".into(),
-            "Name           : probe gemm".into(),
-            "Name           : queued".into(),
-            "Name           : executing".into(),
-            "slicetrace.queue_ms".into(),
-            "nvml.sm_clock_mhz".into(),
-            "k8s.gpu.pods".into(),
-            "slicetrace-agent".into(),
-            "node-a".into(),
-        ])
-        .await;
+    let mut needles = vec![
+        "host.name: Str(host-a)".to_string(),
+        "k8s.node.name: Str(node-a)".into(),
+    ];
+    let env_names_service = ["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some());
+    if !env_names_service {
+        needles.push("service.name: Str(slicetrace-agent)".into());
+    }
+    needles.extend([
+        format!("Trace ID       : {t1}"),
+        format!("Trace ID       : {t2}"),
+        format!("ID             : {run_span}"),
+        "Name           : probe_cycle".into(),
+        "Name           : probe gemm".into(),
+        "Name           : queued".into(),
+        "Name           : executing".into(),
+        "slicetrace.queue_ms".into(),
+        "nvml.sm_clock_mhz".into(),
+        "k8s.gpu.pods".into(),
+        "slicetrace-agent".into(),
+        "node-a".into(),
+    ]);
+    let log = rotel.wait_for(&needles).await;
+    if std::env::var_os("SLICETRACE_TEST_VERBOSE").is_some() {
+        eprintln!("{}\n...\n{}", &log[..log.len().min(3000)], tail(&log));
+    }
     // Absent readings are omitted, never sent as 0.
-    assert!(!log.contains("nvml.temp_c"), "temp_c was None and must not be exported");
+    assert!(
+        !log.contains("nvml.temp_c"),
+        "temp_c was None and must not be exported"
+    );
     // Two cycles: 2 roots + 12 runs + 24 children.
-    sink.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    sink.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown");
     assert_eq!(Counters::get(&counters.otlp_spans_exported), 38);
     assert_eq!(Counters::get(&counters.otlp_spans_dropped), 0);
     assert_eq!(Counters::get(&counters.otlp_export_errors), 0);
@@ -266,15 +300,26 @@ async fn collector_down_drops_are_counted_and_export_returns_promptly() {
         sink.export(recs).await.expect("export never fails");
         worst = worst.max(t.elapsed());
     }
-    assert!(worst < Duration::from_millis(100), "export blocked for {worst:?}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "export blocked for {worst:?}"
+    );
     // 20 cycles × 18 spans do not fit a queue of 64: counted at once.
     assert!(Counters::get(&counters.otlp_spans_dropped) > 0);
     let t = Instant::now();
     let _ = sink.force_flush().await;
-    assert!(t.elapsed() < Duration::from_millis(1500), "flush took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "flush took {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     let _ = sink.shutdown(Duration::from_secs(1)).await;
-    assert!(t.elapsed() < Duration::from_millis(1500), "shutdown took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
     assert!(Counters::get(&counters.otlp_export_errors) >= 1);
     assert_eq!(Counters::get(&counters.otlp_spans_exported), 0);
     // Every span is either dropped or still counted as dropped at shutdown.
@@ -293,7 +338,10 @@ async fn slow_collector_is_bounded_by_the_export_timeout() {
         }
     });
     let counters = Arc::new(Counters::default());
-    let mut cfg = config(format!("http://127.0.0.1:{port}"), OtlpProtocol::HttpProtobuf);
+    let mut cfg = config(
+        format!("http://127.0.0.1:{port}"),
+        OtlpProtocol::HttpProtobuf,
+    );
     cfg.timeout_ms = 400;
     let mut sink = OtlpSink::new(cfg, "host-a", None, counters.clone()).expect("sink");
     let (_, recs) = cycle(0, now_ns());
@@ -302,7 +350,11 @@ async fn slow_collector_is_bounded_by_the_export_timeout() {
     assert!(t.elapsed() < Duration::from_millis(100));
     let t = Instant::now();
     let _ = sink.force_flush().await;
-    assert!(t.elapsed() < Duration::from_millis(1000), "flush took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "flush took {:?}",
+        t.elapsed()
+    );
     assert!(Counters::get(&counters.otlp_export_errors) >= 1);
     assert_eq!(Counters::get(&counters.otlp_spans_dropped), 19);
     let _ = sink.shutdown(Duration::from_millis(500)).await;
@@ -327,7 +379,13 @@ async fn export_resumes_when_the_collector_comes_back() {
     sink.export(recs).await.expect("export");
     sink.force_flush().await.expect("flush");
     rotel.wait_for(&[format!("Trace ID       : {t}")]).await;
-    assert_eq!(Counters::get(&counters.otlp_spans_dropped), dropped, "drops stopped");
+    assert_eq!(
+        Counters::get(&counters.otlp_spans_dropped),
+        dropped,
+        "drops stopped"
+    );
     assert_eq!(Counters::get(&counters.otlp_spans_exported), 19);
-    sink.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    sink.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown");
 }

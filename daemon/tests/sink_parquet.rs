@@ -62,7 +62,11 @@ fn rec(i: usize) -> ProbeRecord {
         gpu_uuid: format!("GPU-{}", i % 2),
         gpu_index: (i % 2) as u32,
         backend: "cpu".into(),
-        kernel: if i % 3 == 0 { "gemm" } else { "fft" }.into(),
+        kernel: match i % 3 {
+            0 => "gemm",
+            _ => "fft",
+        }
+        .into(),
         shape: "n=4096".into(),
         precision: "fp32".into(),
         flops: 1e6,
@@ -71,8 +75,15 @@ fn rec(i: usize) -> ProbeRecord {
         gpu_ms: Some(wall * 0.4),
         wall_ms: wall,
         queue_ms: Some(wall * 0.6),
-        sm_clock_mhz: (i % 5 != 0).then_some(1980),
-        pods: (i % 4 == 0).then(|| vec!["ns/a".into(), "ns/b".into()]),
+        // Some readings absent, as on a GPU that does not report them.
+        sm_clock_mhz: match i % 5 {
+            0 => None,
+            _ => Some(1980),
+        },
+        pods: match i % 4 {
+            0 => Some(vec!["ns/a".into(), "ns/b".into()]),
+            _ => None,
+        },
         trace_id: Some(format!("{:032x}", i + 1)),
         span_id: Some(format!("{:016x}", i + 1)),
         ..Default::default()
@@ -124,10 +135,9 @@ fn rows_in(files: &[PathBuf]) -> usize {
     files
         .iter()
         .map(|f| {
-            let r = parquet::file::reader::SerializedFileReader::new(
-                fs::File::open(f).expect("open"),
-            )
-            .unwrap_or_else(|e| panic!("{} unreadable: {e}", f.display()));
+            let r =
+                parquet::file::reader::SerializedFileReader::new(fs::File::open(f).expect("open"))
+                    .unwrap_or_else(|e| panic!("{} unreadable: {e}", f.display()));
             r.metadata().file_metadata().num_rows() as usize
         })
         .sum()
@@ -191,7 +201,10 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
     assert!(tmps(dir.path()).is_empty());
     assert_eq!(rows_in(&visible(&dir.path().join("probes"))), rows.len());
     assert_eq!(rows_in(&visible(&dir.path().join("health"))), 1);
-    assert_eq!(Counters::get(&counters.parquet_rows_written), rows.len() as u64 + 1);
+    assert_eq!(
+        Counters::get(&counters.parquet_rows_written),
+        rows.len() as u64 + 1
+    );
     assert_eq!(Counters::get(&counters.parquet_write_errors), 0);
 
     let out = Command::new(&py)
@@ -199,11 +212,19 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
         .arg(dir.path())
         .output()
         .expect("run python");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let want = p99_linear(&rows.iter().map(|r| r.wall_ms).collect::<Vec<_>>());
     for tool in ["pyarrow", "duckdb", "polars"] {
-        assert_eq!(v[tool]["rows"].as_u64(), Some(rows.len() as u64), "{tool}: {v}");
+        assert_eq!(
+            v[tool]["rows"].as_u64(),
+            Some(rows.len() as u64),
+            "{tool}: {v}"
+        );
         let got = v[tool]["p99"].as_f64().expect("p99");
         assert!((got - want).abs() < 1e-9, "{tool}: p99 {got} != {want}");
     }
@@ -221,7 +242,11 @@ async fn open_files_are_tmp_and_never_match_parquet_glob() {
     assert!(visible(dir.path()).is_empty(), "{:?}", visible(dir.path()));
     let t = tmps(dir.path());
     assert_eq!(t.len(), 1);
-    let name = t[0].file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let name = t[0]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
     assert!(name.starts_with(".part-20260101T000000Z-"), "{name}");
     assert_eq!(Counters::get(&counters.parquet_rows_written), 0);
     s.force_flush().await.expect("flush");
@@ -229,7 +254,9 @@ async fn open_files_are_tmp_and_never_match_parquet_glob() {
     let v = visible(dir.path());
     assert_eq!(v.len(), 1);
     assert!(
-        v[0].parent().expect("dir").ends_with("probes/date=2026-01-01/node=node-a"),
+        v[0].parent()
+            .expect("dir")
+            .ends_with("probes/date=2026-01-01/node=node-a"),
         "{}",
         v[0].display()
     );
@@ -255,7 +282,10 @@ async fn rotation_by_size_produces_several_readable_files() {
     let files = visible(dir.path());
     assert!(files.len() >= 3, "only {} files", files.len());
     assert_eq!(rows_in(&files), 6000);
-    assert_eq!(Counters::get(&counters.parquet_files_rotated), files.len() as u64);
+    assert_eq!(
+        Counters::get(&counters.parquet_files_rotated),
+        files.len() as u64
+    );
 }
 
 #[tokio::test]
@@ -270,13 +300,18 @@ async fn rotation_by_time_produces_several_files() {
         },
     );
     for i in 0..15 {
-        s.export((i * 10..i * 10 + 10).map(rec).collect()).await.expect("export");
+        s.export((i * 10..i * 10 + 10).map(rec).collect())
+            .await
+            .expect("export");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Files rotated by time are visible before any flush or shutdown.
     let before_shutdown = visible(dir.path()).len();
     s.shutdown(Duration::from_secs(10)).await.expect("shutdown");
-    assert!(before_shutdown >= 3, "only {before_shutdown} files rotated by time");
+    assert!(
+        before_shutdown >= 3,
+        "only {before_shutdown} files rotated by time"
+    );
     assert_eq!(rows_in(&visible(dir.path())), 150);
     assert_eq!(Counters::get(&counters.parquet_rows_written), 150);
 }
@@ -294,7 +329,11 @@ async fn recovery_renames_good_tmp_and_removes_corrupt_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let part = dir.path().join("probes/date=2026-01-01/node=node-a");
     fs::create_dir_all(&part).expect("mkdir");
-    let good_name = good.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let good_name = good
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
     fs::write(part.join(format!(".{good_name}.tmp")), &bytes).expect("write good tmp");
     // Killed mid-write: no footer.
     fs::write(
@@ -324,7 +363,9 @@ async fn retention_deletes_oldest_first_by_size_and_by_age() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut s, _) = sink(dir.path(), ParquetConfig::default());
     for i in 0..5 {
-        s.export((i * 100..i * 100 + 100).map(rec).collect()).await.expect("export");
+        s.export((i * 100..i * 100 + 100).map(rec).collect())
+            .await
+            .expect("export");
         s.force_flush().await.expect("flush");
     }
     s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
@@ -341,7 +382,10 @@ async fn retention_deletes_oldest_first_by_size_and_by_age() {
             .set_modified(now - Duration::from_secs(h * 3600))
             .expect("set mtime");
     }
-    let sizes: Vec<u64> = files.iter().map(|f| fs::metadata(f).expect("stat").len()).collect();
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| fs::metadata(f).expect("stat").len())
+        .collect();
     let total: u64 = sizes.iter().sum();
 
     // Restarting with default retention (7 days) deletes the 10-day-old file.
@@ -417,13 +461,22 @@ async fn disk_full_counts_errors_hides_partial_files_and_resumes() {
     }
     let _ = s.force_flush().await;
     assert!(Counters::get(&counters.parquet_write_errors) >= 1);
-    assert_eq!(Counters::get(&counters.parquet_rows_dropped), lost.len() as u64);
+    assert_eq!(
+        Counters::get(&counters.parquet_rows_dropped),
+        lost.len() as u64
+    );
     assert_eq!(visible(&data).len(), 1, "no partial file may be visible");
-    assert!(tmps(&data).is_empty(), "broken tmp files are removed: {:?}", tmps(&data));
+    assert!(
+        tmps(&data).is_empty(),
+        "broken tmp files are removed: {:?}",
+        tmps(&data)
+    );
 
     // Space returns: the next rows go to a new file, with no restart.
     fs::remove_file(&ballast).expect("free space");
-    s.export((3010..3110).map(rec).collect()).await.expect("export after space returned");
+    s.export((3010..3110).map(rec).collect())
+        .await
+        .expect("export after space returned");
     s.shutdown(Duration::from_secs(5)).await.expect("shutdown");
     let v = visible(&data);
     assert_eq!(v.len(), 2);
@@ -438,7 +491,11 @@ async fn disk_full_counts_errors_hides_partial_files_and_resumes() {
             .arg(data.join("probes"))
             .output()
             .expect("python");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "110");
     }
 }

@@ -204,12 +204,14 @@ impl ProbeBackend for CpuBackend {
                 shape: self.spec.fft.shape(),
                 precision: crate::Precision::Fp32,
                 flops: self.spec.fft.flops(),
+                submit: None,
             },
             Kernel::Gemm => KernelShape {
                 kernel,
                 shape: self.spec.gemm.shape(),
                 precision: self.spec.gemm.precision,
                 flops: self.spec.gemm.flops(),
+                submit: None,
             },
         }
     }
@@ -258,6 +260,7 @@ mod tests {
             fft: FftSpec { dims: FftDims::D1 { n: 512, batch: 4 } },
             gemm: GemmSpec { n: 64, precision: Precision::Fp32 },
             burst_runs: 4,
+            cuda_graph: true,
         }
     }
 

@@ -112,6 +112,8 @@ pub struct KernelShape {
     pub precision: Precision,
     /// FLOP per run.
     pub flops: f64,
+    /// CUDA submission mode (`graph` or `stream`); `None` on the CPU.
+    pub submit: Option<&'static str>,
 }
 
 /// The timings and check of one run.
@@ -175,6 +177,7 @@ pub fn record_for(
         kernel: shape.kernel.as_str().to_string(),
         shape: shape.shape.clone(),
         precision: shape.precision.as_str().to_string(),
+        submit: shape.submit.map(str::to_string),
         flops: shape.flops,
         cycle,
         burst_seq,

@@ -186,6 +186,19 @@ pub struct ProbeSpec {
     pub gemm: GemmSpec,
     /// Runs per burst.
     pub burst_runs: u32,
+    /// CUDA only: submit each timed run as one CUDA graph (start event,
+    /// kernel, end event). With separate stream calls the start event can
+    /// execute before the kernel has even been enqueued; on a time-sliced GPU
+    /// the channel then runs dry, the scheduler switches to a tenant, and
+    /// the whole wait for the next slice lands *inside* the event interval.
+    /// One graph launch submits the three together, so the events bracket
+    /// execution only and the wait shows in `wall_ms - gpu_ms`.
+    #[serde(default = "default_true")]
+    pub cuda_graph: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl ProbeSpec {
@@ -198,11 +211,13 @@ impl ProbeSpec {
                 fft: FftSpec { dims: FftDims::D1 { n: 4096, batch: 16 } },
                 gemm: GemmSpec { n: 1024, precision: Precision::Fp16 },
                 burst_runs: 8,
+                cuda_graph: true,
             },
             Preset::Article => ProbeSpec {
                 fft: FftSpec { dims: FftDims::D2 { nx: 4096, ny: 4096 } },
                 gemm: GemmSpec { n: 4096, precision: Precision::Fp32 },
                 burst_runs: 8,
+                cuda_graph: true,
             },
         }
     }

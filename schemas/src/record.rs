@@ -41,6 +41,8 @@ pub struct ProbeRecord {
     pub shape: String,
     /// `fp32`, `fp16` or `bf16`.
     pub precision: String,
+    /// `graph` or `stream` (CUDA), `None` (CPU).
+    pub submit: Option<String>,
     /// FLOP per run.
     pub flops: f64,
     /// Probe cycle number.
@@ -186,6 +188,7 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         str_col(rows.iter().map(|r| Some(r.kernel.as_str()))),
         str_col(rows.iter().map(|r| Some(r.shape.as_str()))),
         str_col(rows.iter().map(|r| Some(r.precision.as_str()))),
+        str_col(rows.iter().map(|r| r.submit.as_deref())),
         col!(rows, Float64Builder, |r| Some(r.flops)),
         col!(rows, UInt64Builder, |r| Some(r.cycle)),
         col!(rows, UInt32Builder, |r| Some(r.burst_seq)),
@@ -263,6 +266,7 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
     let lc = |n: &str| column::<ListArray>(batch, n);
     let (node, uuid, idx, name) = (s("node")?, s("gpu_uuid")?, u32c("gpu_index")?, s("gpu_name")?);
     let (backend, kernel, shape, prec) = (s("backend")?, s("kernel")?, s("shape")?, s("precision")?);
+    let submit = s("submit")?;
     let (flops, cycle, seq) = (f64c("flops")?, u64c("cycle")?, u32c("burst_seq")?);
     let (gpu_ms, wall_ms, queue_ms, tflops) =
         (f64c("gpu_ms")?, f64c("wall_ms")?, f64c("queue_ms")?, f64c("tflops")?);
@@ -308,6 +312,7 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             kernel: kernel.value(i).to_string(),
             shape: shape.value(i).to_string(),
             precision: prec.value(i).to_string(),
+            submit: ostr(submit, i),
             flops: flops.value(i),
             cycle: cycle.value(i),
             burst_seq: seq.value(i),

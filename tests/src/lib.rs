@@ -1,1 +1,217 @@
-//! placeholder
+//! Shared support for slicetrace's end-to-end tests: locating the built
+//! binaries and the real test tools (the venv's Python with pyarrow, DuckDB
+//! and polars; rotel; promtool; prometheus), free loopback ports, and child
+//! processes that are killed when a test ends.
+//!
+//! A missing tool makes a test *fail* when `SLICETRACE_REQUIRE_TOOLS=1`
+//! (set by `tests/run.sh`, so CI never skips silently); otherwise the test
+//! prints a skip note and returns.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A workspace binary from the debug build (`cargo build --workspace --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let p = target.join("debug").join(name);
+    assert!(p.exists(), "{} is not built: run `cargo build --workspace --bins` (tests/run.sh does)", p.display());
+    p
+}
+
+/// True when tests must fail rather than skip on a missing tool.
+pub fn tools_required() -> bool {
+    std::env::var("SLICETRACE_REQUIRE_TOOLS").as_deref() == Ok("1")
+}
+
+/// Reports a missing tool: panics under `SLICETRACE_REQUIRE_TOOLS=1`, else
+/// prints a skip note. Returns `None` so callers can `?`-style early return.
+pub fn missing<T>(tool: &str) -> Option<T> {
+    if tools_required() {
+        panic!("{tool} is required (SLICETRACE_REQUIRE_TOOLS=1) but was not found");
+    }
+    eprintln!("SKIP: {tool} not found (run tests/run.sh to install the test tools)");
+    None
+}
+
+/// The venv Python with the given modules importable.
+pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("SLICETRACE_PYTHON").map(PathBuf::from),
+        Some(root().join(".venv/bin/python")),
+    ];
+    for p in candidates.into_iter().flatten() {
+        let ok = Command::new(&p)
+            .arg("-c")
+            .arg(format!("import {}", modules.join(", ")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(p);
+        }
+    }
+    missing(&format!("python with {}", modules.join(", ")))
+}
+
+/// Runs a Python snippet with `args` and returns its stdout (panics with
+/// stderr on failure).
+pub fn run_python(py: &Path, code: &str, args: &[&str]) -> String {
+    let out = Command::new(py).arg("-c").arg(code).args(args).output().expect("run python");
+    assert!(out.status.success(), "python failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An executable from the venv's bin directory or `PATH`.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let venv = root().join(".venv/bin").join(name);
+    if venv.exists() {
+        return Some(venv);
+    }
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    found.or_else(|| missing(name))
+}
+
+/// The rotel collector binary shipped in the `rotel` pip package.
+pub fn rotel() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SLICETRACE_ROTEL") {
+        return Some(PathBuf::from(p));
+    }
+    let py = python_with(&["rotel"])?;
+    let out = run_python(&py, "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))", &[]);
+    let p = PathBuf::from(out.trim());
+    if p.exists() {
+        Some(p)
+    } else {
+        missing("rotel-agent")
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Where its stdout+stderr go.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with output to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).expect("log file");
+        let f2 = f.try_clone().expect("log file");
+        let child = cmd.stdout(f).stderr(f2).stdin(Stdio::null()).spawn().expect("spawn");
+        Proc { child, log }
+    }
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+    /// Waits up to `timeout` for exit; returns the exit code (None: still running or killed by a signal).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<i32> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten()).and_then(|s| s.code())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts rotel receiving OTLP on the two ports with its debug log of traces.
+pub fn start_rotel(dir: &Path, grpc: u16, http: u16) -> Option<Proc> {
+    let bin = rotel()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("start")
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+        .arg("--pid-file")
+        .arg(dir.join("rotel.pid"));
+    let p = Proc::spawn(cmd, dir.join("rotel.log"));
+    for port in [grpc, http] {
+        let up = wait_for(Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        assert!(up.is_some(), "rotel did not listen on {port}: {}", p.log_text());
+    }
+    Some(p)
+}
+
+/// Runs a command to completion with a timeout (kills it past the limit).
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().expect("spawn");
+    let status = wait_for(timeout, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// Every `*.parquet` file under `dir` (recursively), and separately every
+/// temporary (`*.tmp`) file.
+pub fn parquet_files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut done, mut tmp) = (Vec::new(), Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                done.push(p);
+            } else if p.extension().is_some_and(|x| x == "tmp") {
+                tmp.push(p);
+            }
+        }
+    }
+    done.sort();
+    (done, tmp)
+}

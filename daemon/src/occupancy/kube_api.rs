@@ -52,9 +52,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
-use super::pod_resources::DisplayChain;
 use super::proc_cgroup::strip_runtime_prefix;
-use crate::internal_events::Counters;
+use crate::internal_events::{error_chain, Counters};
 
 /// Node label: time-slicing replicas per GPU.
 pub const LABEL_REPLICAS: &str = "nvidia.com/gpu.replicas";
@@ -151,6 +150,18 @@ pub async fn client_config(
             }
         }
     }
+}
+
+/// Builds the client the occupancy tasks use.
+///
+/// kube-client's built-in retry of 429/503/504 is turned off: by default it
+/// retries one call up to 15 times over minutes, which would hide an outage
+/// from the error counters and the logs. The watcher's own backoff (and the
+/// node reader's interval) do the retrying instead, as client-go's reflector
+/// does.
+pub fn make_client(mut config: kube::Config) -> Result<Client, KubeApiError> {
+    config.default_retry = false;
+    Client::try_from(config).map_err(KubeApiError::Client)
 }
 
 /// What the agent keeps of one pod.
@@ -302,7 +313,8 @@ struct Health {
 pub struct KubeSyncState {
     /// The pod list has been synced at least once (the index is usable).
     pub synced: bool,
-    /// The last pod-watch and node-read outcomes were successes.
+    /// Synced, not stale, and the last pod-watch and node-read outcomes
+    /// were successes.
     pub ok: bool,
     /// Time since the API last answered successfully (watch event or node
     /// read); `None` if it never has.
@@ -375,7 +387,9 @@ impl KubeCache {
         let h = self.health.lock().map(|g| *g).unwrap_or_default();
         let now = Instant::now();
         let failing = |ok: Option<Instant>, err: Option<Instant>| {
-            err.is_some_and(|e| ok.is_none_or(|o| e > o) && now.duration_since(e) < self.failing_window)
+            err.is_some_and(|e| {
+                ok.is_none_or(|o| e > o) && now.duration_since(e) < self.failing_window
+            })
         };
         let pods_failing = failing(h.pod_ok, h.pod_err);
         let node_failing = failing(h.node_ok, h.node_err);
@@ -387,7 +401,9 @@ impl KubeCache {
             || (pods_failing && pod_age.is_none_or(|a| a > self.stale_after));
         KubeSyncState {
             synced,
-            ok: synced && !pods_failing && !node_failing,
+            // kube-client retries 429/503/504 inside one call, so an outage
+            // can show as silence before it shows as errors: stale is not ok.
+            ok: synced && !pods_failing && !node_failing && !stale,
             last_sync_age,
             stale,
         }
@@ -477,7 +493,13 @@ pub fn spawn(
         Arc::clone(&counters),
         shutdown.clone(),
     ));
-    tokio::spawn(read_node(client, settings, Arc::clone(&cache), counters, shutdown));
+    tokio::spawn(read_node(
+        client,
+        settings,
+        Arc::clone(&cache),
+        counters,
+        shutdown,
+    ));
     cache
 }
 
@@ -510,10 +532,14 @@ async fn watch_pods(
         let Some(ev) = ev else { break };
         match ev {
             Ok(ev) => {
-                cache.record(|h| h.pod_ok = Some(Instant::now()));
-                if failing {
-                    failing = false;
-                    tracing::info!(node = %settings.node_name, "pod watch recovered");
+                // `Init` is emitted before the list request is sent: it is
+                // no evidence that the API answered.
+                if !matches!(ev, Event::Init) {
+                    cache.record(|h| h.pod_ok = Some(Instant::now()));
+                    if failing {
+                        failing = false;
+                        tracing::info!(node = %settings.node_name, "pod watch recovered");
+                    }
                 }
                 match ev {
                     Event::Init => {
@@ -536,11 +562,11 @@ async fn watch_pods(
                     failing = true;
                     tracing::warn!(
                         node = %settings.node_name,
-                        error = %DisplayChain(&e),
+                        error = %error_chain(&e),
                         "failed to watch pods on node; backing off, keeping the last known pods"
                     );
                 } else {
-                    tracing::debug!(error = %DisplayChain(&e), "pod watch still failing");
+                    tracing::debug!(error = %error_chain(&e), "pod watch still failing");
                 }
             }
         }
@@ -579,7 +605,7 @@ async fn read_node(
                 if !failing {
                     tracing::warn!(
                         node = %settings.node_name,
-                        error = %DisplayChain(&e),
+                        error = %error_chain(&e),
                         "failed to get node; keeping the last known labels"
                     );
                 }
@@ -617,11 +643,17 @@ mod tests {
         .expect("pod json");
         let info = PodInfo::from_pod(&pod).expect("info");
         assert_eq!(info.key(), "ns/a");
-        assert_eq!(info.container_ids, vec!["abc".to_string(), "def".to_string()]);
+        assert_eq!(
+            info.container_ids,
+            vec!["abc".to_string(), "def".to_string()]
+        );
         assert_eq!(info.qos_class.as_deref(), Some("Burstable"));
         assert_eq!(info.phase.as_deref(), Some("Running"));
         let idx = PodIndex::new([info]);
-        assert_eq!(idx.by_container_id("docker://abc").map(|p| p.key()), Some("ns/a".into()));
+        assert_eq!(
+            idx.by_container_id("docker://abc").map(|p| p.key()),
+            Some("ns/a".into())
+        );
         assert_eq!(idx.by_uid("u1").map(|p| p.name.clone()), Some("a".into()));
     }
 
@@ -638,7 +670,10 @@ mod tests {
         let info = NodeInfo::from_node(&node);
         assert_eq!(info.replicas, Some(4));
         assert_eq!(info.sharing_strategy.as_deref(), Some("time-slicing"));
-        assert_eq!(info.product.as_deref(), Some("NVIDIA-H100-80GB-HBM3-SHARED"));
+        assert_eq!(
+            info.product.as_deref(),
+            Some("NVIDIA-H100-80GB-HBM3-SHARED")
+        );
     }
 
     #[test]

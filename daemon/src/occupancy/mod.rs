@@ -306,7 +306,7 @@ pub async fn start_combined(
             if node_name.is_empty() {
                 return Err(kube_api::KubeApiError::MissingNodeName.into());
             }
-            let client = kube::Client::try_from(kc).map_err(kube_api::KubeApiError::Client)?;
+            let client = kube_api::make_client(kc)?;
             Some(kube_api::spawn(
                 client,
                 KubeSettings {
@@ -354,7 +354,7 @@ pub async fn start(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(
-                error = %pod_resources::DisplayChain(&e),
+                error = %crate::internal_events::error_chain(&e),
                 "occupancy disabled: its configuration is invalid"
             );
             Arc::new(NoOccupancy)

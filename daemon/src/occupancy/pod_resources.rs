@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use crate::internal_events::Counters;
+use crate::internal_events::{error_chain, Counters};
 
 /// Generated kubelet pod-resources v1 messages, client and server
 /// (from the vendored `daemon/proto/podresources/v1/api.proto`).
@@ -212,7 +212,9 @@ impl DeviceMap {
 
 /// Connects to the pod-resources socket. Fails fast with
 /// [`PodResourcesError::SocketMissing`] when the file does not exist.
-pub async fn connect(socket: &Path) -> Result<PodResourcesListerClient<Channel>, PodResourcesError> {
+pub async fn connect(
+    socket: &Path,
+) -> Result<PodResourcesListerClient<Channel>, PodResourcesError> {
     if !socket.exists() {
         return Err(PodResourcesError::SocketMissing {
             path: socket.to_path_buf(),
@@ -400,26 +402,11 @@ impl Poller {
         Counters::inc(&self.counters.occupancy_errors);
         self.cache.mark_failed();
         if !self.failing {
-            tracing::warn!(error = %DisplayChain(e), "pod-resources refresh failed; keeping the last known state");
+            tracing::warn!(error = %error_chain(e), "pod-resources refresh failed; keeping the last known state");
         } else {
-            tracing::debug!(error = %DisplayChain(e), "pod-resources refresh still failing");
+            tracing::debug!(error = %error_chain(e), "pod-resources refresh still failing");
         }
         self.failing = true;
-    }
-}
-
-/// Formats an error with its whole `source()` chain, `a: b: c`.
-pub(crate) struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
     }
 }
 
@@ -448,7 +435,10 @@ mod tests {
         assert_eq!(d.physical_id, "MIG-4d6a2b1c-aaaa-bbbb-cccc-ddddeeeeffff");
         assert_eq!(d.replica, Some(1));
         let legacy = parse_device_id("MIG-GPU-8f2c1a4e-0000-1111-2222-333344445555/1/0");
-        assert_eq!(legacy.physical_id, "GPU-8f2c1a4e-0000-1111-2222-333344445555");
+        assert_eq!(
+            legacy.physical_id,
+            "GPU-8f2c1a4e-0000-1111-2222-333344445555"
+        );
         assert_eq!(legacy.replica, None);
     }
 

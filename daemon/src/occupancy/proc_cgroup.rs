@@ -80,8 +80,12 @@ fn pod_uid_from(candidate: &str) -> Option<String> {
     }
     let parts: Vec<&str> = c.split('-').collect();
     let shape = [8, 4, 4, 4, 12];
-    (parts.len() == 5 && parts.iter().zip(shape).all(|(p, n)| p.len() == n && is_hex(p)))
-        .then_some(c)
+    (parts.len() == 5
+        && parts
+            .iter()
+            .zip(shape)
+            .all(|(p, n)| p.len() == n && is_hex(p)))
+    .then_some(c)
 }
 
 fn pod_segment(seg: &str) -> Option<String> {
@@ -235,42 +239,74 @@ mod tests {
 
     #[test]
     fn containerd_cgroup_v2_systemd() {
-        check(include_str!("fixtures/cgroup/containerd-v2-systemd.txt"), Runtime::Containerd, true);
+        check(
+            include_str!("fixtures/cgroup/containerd-v2-systemd.txt"),
+            Runtime::Containerd,
+            true,
+        );
     }
 
     #[test]
     fn containerd_cgroup_v1_cgroupfs() {
-        check(include_str!("fixtures/cgroup/containerd-v1-cgroupfs.txt"), Runtime::Containerd, true);
+        check(
+            include_str!("fixtures/cgroup/containerd-v1-cgroupfs.txt"),
+            Runtime::Containerd,
+            true,
+        );
     }
 
     #[test]
     fn containerd_cgroup_v1_systemd() {
-        check(include_str!("fixtures/cgroup/containerd-v1-systemd.txt"), Runtime::Containerd, true);
+        check(
+            include_str!("fixtures/cgroup/containerd-v1-systemd.txt"),
+            Runtime::Containerd,
+            true,
+        );
     }
 
     #[test]
     fn crio_cgroup_v2_systemd() {
-        check(include_str!("fixtures/cgroup/crio-v2-systemd.txt"), Runtime::CriO, true);
+        check(
+            include_str!("fixtures/cgroup/crio-v2-systemd.txt"),
+            Runtime::CriO,
+            true,
+        );
     }
 
     #[test]
     fn crio_cgroup_v1_cgroupfs() {
-        check(include_str!("fixtures/cgroup/crio-v1-cgroupfs.txt"), Runtime::CriO, true);
+        check(
+            include_str!("fixtures/cgroup/crio-v1-cgroupfs.txt"),
+            Runtime::CriO,
+            true,
+        );
     }
 
     #[test]
     fn docker_cgroup_v2_systemd() {
-        check(include_str!("fixtures/cgroup/docker-v2-systemd.txt"), Runtime::Docker, false);
+        check(
+            include_str!("fixtures/cgroup/docker-v2-systemd.txt"),
+            Runtime::Docker,
+            false,
+        );
     }
 
     #[test]
     fn docker_cgroup_v1_cgroupfs() {
-        check(include_str!("fixtures/cgroup/docker-v1-cgroupfs.txt"), Runtime::Docker, false);
+        check(
+            include_str!("fixtures/cgroup/docker-v1-cgroupfs.txt"),
+            Runtime::Docker,
+            false,
+        );
     }
 
     #[test]
     fn kubelet_docker_cgroup_v1_systemd() {
-        check(include_str!("fixtures/cgroup/dockershim-v1-systemd.txt"), Runtime::Docker, true);
+        check(
+            include_str!("fixtures/cgroup/dockershim-v1-systemd.txt"),
+            Runtime::Docker,
+            true,
+        );
     }
 
     #[test]
@@ -294,7 +330,10 @@ mod tests {
         let ids = parse_cgroup_path(&format!(
             "/kubepods/burstable/pod0123456789abcdef0123456789abcdef/{CID}"
         ));
-        assert_eq!(ids.pod_uid.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            ids.pod_uid.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
     }
 
     #[test]

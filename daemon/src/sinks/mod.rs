@@ -56,7 +56,10 @@ pub trait Sink: Send + 'static {
     /// Exports a batch of probe records.
     fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Exports live-health evaluations. Sinks that do not store them ignore them.
-    fn export_health(&mut self, _records: Vec<HealthRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn export_health(
+        &mut self,
+        _records: Vec<HealthRecord>,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
     }
     /// Makes everything exported so far durable/visible.
@@ -223,7 +226,10 @@ mod tests {
         fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
             let log = self.0.clone();
             Box::pin(async move {
-                log.lock().expect("lock").calls.push(format!("probes:{}", records.len()));
+                log.lock()
+                    .expect("lock")
+                    .calls
+                    .push(format!("probes:{}", records.len()));
                 Ok(())
             })
         }
@@ -233,7 +239,10 @@ mod tests {
         ) -> BoxFuture<'_, Result<(), SinkError>> {
             let log = self.0.clone();
             Box::pin(async move {
-                log.lock().expect("lock").calls.push(format!("health:{}", records.len()));
+                log.lock()
+                    .expect("lock")
+                    .calls
+                    .push(format!("health:{}", records.len()));
                 Ok(())
             })
         }
@@ -258,17 +267,28 @@ mod tests {
         let log = Arc::new(Mutex::new(Log::default()));
         let (tx, rx) = mpsc::channel(16);
         // Queue everything before the runner starts, so merging is deterministic.
-        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 2])).await.expect("send");
-        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 3])).await.expect("send");
+        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 2]))
+            .await
+            .expect("send");
+        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 3]))
+            .await
+            .expect("send");
         let (ack_tx, ack_rx) = oneshot::channel();
         tx.send(SinkMsg::Flush(ack_tx)).await.expect("send");
-        tx.send(SinkMsg::Health(vec![HealthRecord::default()])).await.expect("send");
-        tx.send(SinkMsg::Probes(vec![ProbeRecord::default()])).await.expect("send");
+        tx.send(SinkMsg::Health(vec![HealthRecord::default()]))
+            .await
+            .expect("send");
+        tx.send(SinkMsg::Probes(vec![ProbeRecord::default()]))
+            .await
+            .expect("send");
         drop(tx);
         run_sink(Box::new(Recorder(log.clone())), rx, Duration::from_secs(1)).await;
         ack_rx.await.expect("flush answered");
         let calls = log.lock().expect("lock").calls.clone();
-        assert_eq!(calls, ["probes:5", "flush", "health:1", "probes:1", "shutdown"]);
+        assert_eq!(
+            calls,
+            ["probes:5", "flush", "health:1", "probes:1", "shutdown"]
+        );
     }
 
     #[test]

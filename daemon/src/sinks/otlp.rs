@@ -107,7 +107,9 @@ impl FromStr for OtlpProtocol {
             "http/protobuf" => Ok(Self::HttpProtobuf),
             _ => Err(OtlpError::Config {
                 field: "protocol",
-                reason: format!("unsupported protocol {s:?} (expected \"grpc\" or \"http/protobuf\")"),
+                reason: format!(
+                    "unsupported protocol {s:?} (expected \"grpc\" or \"http/protobuf\")"
+                ),
             }),
         }
     }
@@ -176,7 +178,9 @@ impl Default for OtlpConfig {
 impl OtlpConfig {
     /// Whether an endpoint is set.
     pub fn is_enabled(&self) -> bool {
-        self.endpoint.as_deref().is_some_and(|e| !e.trim().is_empty())
+        self.endpoint
+            .as_deref()
+            .is_some_and(|e| !e.trim().is_empty())
     }
 
     /// Overrides fields from the standard OpenTelemetry environment
@@ -203,27 +207,48 @@ impl OtlpConfig {
             get(signal)
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| (signal.to_string(), v))
-                .or_else(|| get(generic).filter(|v| !v.trim().is_empty()).map(|v| (generic.to_string(), v)))
+                .or_else(|| {
+                    get(generic)
+                        .filter(|v| !v.trim().is_empty())
+                        .map(|v| (generic.to_string(), v))
+                })
         };
-        if let Some((_, v)) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") {
+        if let Some((_, v)) = var(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ) {
             self.endpoint = Some(v.trim().to_string());
         }
-        if let Some((name, v)) = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+        if let Some((name, v)) = var(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ) {
             self.protocol = v.parse().map_err(|_| OtlpError::Env {
                 var: name,
-                reason: format!("unsupported protocol {v:?} (expected \"grpc\" or \"http/protobuf\")"),
+                reason: format!(
+                    "unsupported protocol {v:?} (expected \"grpc\" or \"http/protobuf\")"
+                ),
             })?;
         }
-        if let Some((name, v)) = var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+        if let Some((name, v)) = var(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ) {
             self.timeout_ms = v.trim().parse().map_err(|_| OtlpError::Env {
                 var: name,
                 reason: format!("timeout {v:?} is not a whole number of milliseconds"),
             })?;
         }
-        if let Some((_, v)) = var("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE") {
+        if let Some((_, v)) = var(
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+            "OTEL_EXPORTER_OTLP_INSECURE",
+        ) {
             self.insecure = v.trim().eq_ignore_ascii_case("true");
         }
-        if let Some((_, v)) = var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE") {
+        if let Some((_, v)) = var(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ) {
             self.ca_file = Some(PathBuf::from(v.trim()));
         }
         Ok(())
@@ -250,11 +275,17 @@ impl OtlpConfig {
             return bad("export_interval_ms", "must be greater than 0");
         }
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-            return bad("client_cert_file", "and client_key_file must be set together");
+            return bad(
+                "client_cert_file",
+                "and client_key_file must be set together",
+            );
         }
         if self.protocol == OtlpProtocol::HttpProtobuf {
             if self.ca_file.is_some() || self.client_cert_file.is_some() {
-                return bad("ca_file", "is only supported with protocol \"grpc\" in this build");
+                return bad(
+                    "ca_file",
+                    "is only supported with protocol \"grpc\" in this build",
+                );
             }
             if self
                 .endpoint
@@ -409,7 +440,9 @@ fn end_ns(r: &ProbeRecord) -> i64 {
 }
 
 fn strings(v: &[String]) -> Value {
-    Value::Array(Array::String(v.iter().cloned().map(StringValue::from).collect()))
+    Value::Array(Array::String(
+        v.iter().cloned().map(StringValue::from).collect(),
+    ))
 }
 
 /// Every reading of `r` that is known, as span attributes (absent fields
@@ -464,7 +497,10 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
         a.push(KeyValue::new(attr::THROTTLE_REASONS, v as i64));
     }
     if let Some(v) = r.fb_used_mib {
-        a.push(KeyValue::new(attr::FB_USED_MIB, i64::try_from(v).unwrap_or(i64::MAX)));
+        a.push(KeyValue::new(
+            attr::FB_USED_MIB,
+            i64::try_from(v).unwrap_or(i64::MAX),
+        ));
     }
     if let Some(v) = &r.processes {
         a.push(KeyValue::new(extra_attr::PROCESSES, strings(v)));
@@ -673,17 +709,20 @@ impl Shared {
 
     fn span(
         &self,
-        trace: TraceId,
-        id: SpanId,
-        parent: SpanId,
+        (trace, id, parent): (TraceId, SpanId, SpanId),
         name: &'static str,
-        start: SystemTime,
-        end: SystemTime,
+        (start, end): (SystemTime, SystemTime),
         attributes: Vec<KeyValue>,
         status: Status,
     ) -> SpanData {
         SpanData {
-            span_context: SpanContext::new(trace, id, TraceFlags::SAMPLED, false, TraceState::default()),
+            span_context: SpanContext::new(
+                trace,
+                id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
             parent_span_id: parent,
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
@@ -716,17 +755,17 @@ impl Shared {
         let mut attrs = r.attrs;
         attrs.push(KeyValue::new(extra_attr::RUNS, r.runs as i64));
         let status = if r.failed_checks > 0 {
-            Status::error(format!("{} run(s) failed the correctness check", r.failed_checks))
+            Status::error(format!(
+                "{} run(s) failed the correctness check",
+                r.failed_checks
+            ))
         } else {
             Status::Unset
         };
         self.span(
-            r.trace,
-            root_span_id(r.trace),
-            SpanId::INVALID,
+            (r.trace, root_span_id(r.trace), SpanId::INVALID),
             "probe_cycle",
-            time_at(r.start_ns, 0.0),
-            time_at(r.end_ns, 0.0),
+            (time_at(r.start_ns, 0.0), time_at(r.end_ns, 0.0)),
             attrs,
             status,
         )
@@ -734,7 +773,12 @@ impl Shared {
 
     /// Moves the roots selected by `pred` into the span queue.
     fn close_roots(&self, q: &mut Queue, pred: impl Fn(&OpenRoot) -> bool) -> u64 {
-        let ids: Vec<TraceId> = q.open_roots.values().filter(|r| pred(r)).map(|r| r.trace).collect();
+        let ids: Vec<TraceId> = q
+            .open_roots
+            .values()
+            .filter(|r| pred(r))
+            .map(|r| r.trace)
+            .collect();
         let mut dropped = 0;
         for id in ids {
             if let Some(r) = q.open_roots.remove(&id) {
@@ -776,7 +820,10 @@ impl Shared {
         for r in records {
             // A later cycle of this GPU means its earlier cycles are over.
             let (gpu, cycle) = (r.gpu_uuid.as_str(), r.cycle);
-            if q.open_roots.values().any(|o| o.gpu_uuid == gpu && o.cycle < cycle) {
+            if q.open_roots
+                .values()
+                .any(|o| o.gpu_uuid == gpu && o.cycle < cycle)
+            {
                 dropped += self.close_roots(&mut q, |o| o.gpu_uuid == gpu && o.cycle < cycle);
             }
             // The pipeline sets the trace id; without it, the runs of one
@@ -795,7 +842,12 @@ impl Shared {
             let (start_ns, stop_ns) = (r.ts_ns, end_ns(&r));
             if !q.closed_roots.contains(&trace) {
                 if q.open_roots.len() >= MAX_OPEN_ROOTS && !q.open_roots.contains_key(&trace) {
-                    if let Some(oldest) = q.open_roots.values().min_by_key(|o| o.last_update).map(|o| o.trace) {
+                    if let Some(oldest) = q
+                        .open_roots
+                        .values()
+                        .min_by_key(|o| o.last_update)
+                        .map(|o| o.trace)
+                    {
                         dropped += self.close_roots(&mut q, |o| o.trace == oldest);
                     }
                 }
@@ -828,23 +880,21 @@ impl Shared {
             };
             let mut spans = Vec::with_capacity(3);
             spans.push(self.span(
-                trace,
-                run_id,
-                root,
+                (trace, run_id, root),
                 name,
-                time_at(r.ts_ns, 0.0),
-                time_at(stop_ns, 0.0),
+                (time_at(r.ts_ns, 0.0), time_at(stop_ns, 0.0)),
                 run_attributes(&r),
                 status,
             ));
             if let Some(q_ms) = r.queue_ms {
                 spans.push(self.span(
-                    trace,
-                    SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
-                    run_id,
+                    (
+                        trace,
+                        SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
+                        run_id,
+                    ),
                     "queued",
-                    time_at(r.ts_ns, 0.0),
-                    time_at(r.ts_ns, q_ms),
+                    (time_at(r.ts_ns, 0.0), time_at(r.ts_ns, q_ms)),
                     vec![KeyValue::new(attr::QUEUE_MS, q_ms)],
                     Status::Unset,
                 ));
@@ -852,12 +902,16 @@ impl Shared {
             if let Some(g_ms) = r.gpu_ms {
                 let wait_ms = r.queue_ms.unwrap_or((r.wall_ms - g_ms).max(0.0)).max(0.0);
                 spans.push(self.span(
-                    trace,
-                    SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
-                    run_id,
+                    (
+                        trace,
+                        SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
+                        run_id,
+                    ),
                     "executing",
-                    time_at(r.ts_ns, wait_ms),
-                    time_at(r.ts_ns, wait_ms + g_ms.max(0.0)),
+                    (
+                        time_at(r.ts_ns, wait_ms),
+                        time_at(r.ts_ns, wait_ms + g_ms.max(0.0)),
+                    ),
                     vec![KeyValue::new(attr::GPU_MS, g_ms)],
                     Status::Unset,
                 ));
@@ -928,7 +982,9 @@ impl ExportTask {
                 return;
             }
             budget -= batch.len();
-            self.shared.in_flight.store(batch.len() as u64, Ordering::SeqCst);
+            self.shared
+                .in_flight
+                .store(batch.len() as u64, Ordering::SeqCst);
             let mut limit = self.timeout;
             if let Some(d) = deadline {
                 limit = limit.min(d.saturating_duration_since(Instant::now()));
@@ -973,7 +1029,8 @@ impl ExportTask {
         let linger = self.linger;
         let dropped = {
             let mut q = self.shared.lock();
-            self.shared.close_roots(&mut q, |o| o.last_update.elapsed() >= linger)
+            self.shared
+                .close_roots(&mut q, |o| o.last_update.elapsed() >= linger)
         };
         self.shared.count_drops(dropped, "queue full");
     }
@@ -1242,7 +1299,9 @@ mod tests {
             .filter(|d| d.name.starts_with("probe ") && d.span_context.trace_id() == trace)
             .collect();
         assert_eq!(runs.len(), 3);
-        assert!(runs.iter().all(|d| d.parent_span_id == root.span_context.span_id()));
+        assert!(runs
+            .iter()
+            .all(|d| d.parent_span_id == root.span_context.span_id()));
         // Root covers first ts to last ts + wall.
         assert_eq!(root.start_time, time_at(1_700_000_000_000_000_000, 0.0));
         assert_eq!(root.end_time, time_at(1_700_000_000_001_000_000, 0.5));
@@ -1254,7 +1313,10 @@ mod tests {
             .collect();
         assert_eq!(kids.len(), 2);
         let queued = kids.iter().find(|d| d.name == "queued").expect("queued");
-        let exec = kids.iter().find(|d| d.name == "executing").expect("executing");
+        let exec = kids
+            .iter()
+            .find(|d| d.name == "executing")
+            .expect("executing");
         assert_eq!(queued.start_time, run.start_time);
         assert_eq!(exec.start_time, queued.end_time);
         assert_eq!(exec.end_time, run.end_time);
@@ -1272,13 +1334,19 @@ mod tests {
         s.enqueue(vec![rec(0, 1, "gemm", &t0)]);
         let mut q = s.lock();
         s.close_roots(&mut q, |_| true);
-        assert_eq!(q.spans.iter().filter(|d| d.name == "probe_cycle").count(), 1);
+        assert_eq!(
+            q.spans.iter().filter(|d| d.name == "probe_cycle").count(),
+            1
+        );
     }
 
     #[test]
     fn full_queue_drops_and_counts() {
         let s = shared(4);
-        s.enqueue(vec![rec(0, 0, "fft", &new_trace_id()), rec(0, 1, "fft", &new_trace_id())]);
+        s.enqueue(vec![
+            rec(0, 0, "fft", &new_trace_id()),
+            rec(0, 1, "fft", &new_trace_id()),
+        ]);
         assert_eq!(s.lock().spans.len(), 4);
         assert_eq!(Counters::get(&s.counters.otlp_spans_dropped), 2);
     }
@@ -1297,14 +1365,18 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        c.apply_env_from(|k| env.get(k).map(|v| v.to_string())).expect("env");
+        c.apply_env_from(|k| env.get(k).map(|v| v.to_string()))
+            .expect("env");
         assert_eq!(c.endpoint.as_deref(), Some("http://traces:4318"));
         assert_eq!(c.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(c.timeout_ms, 1234);
         let err = c
             .apply_env_from(|k| (k == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "http/json".into()))
             .expect_err("bad protocol");
-        assert!(err.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1324,6 +1396,9 @@ mod tests {
     fn http_url_gets_traces_path_only_when_it_has_none() {
         assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_url("http://c:4318/custom/v1/traces"), "http://c:4318/custom/v1/traces");
+        assert_eq!(
+            http_traces_url("http://c:4318/custom/v1/traces"),
+            "http://c:4318/custom/v1/traces"
+        );
     }
 }

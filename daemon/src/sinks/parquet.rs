@@ -100,9 +100,8 @@ impl ParquetConfig {
     /// Checks values that serde cannot: returns the name of the first bad
     /// field with the reason.
     pub fn validate(&self) -> Result<(), ParquetError> {
-        let bad = |field: &'static str, reason: &'static str| {
-            Err(ParquetError::Config { field, reason })
-        };
+        let bad =
+            |field: &'static str, reason: &'static str| Err(ParquetError::Config { field, reason });
         if self.rotate_interval_ms == 0 {
             return bad("rotate_interval_ms", "must be greater than 0");
         }
@@ -272,8 +271,8 @@ pub fn enforce_retention(
     let mut total: u64 = files.iter().map(|f| f.1).sum();
     let mut deleted = 0u64;
     for (mtime, size, path) in &files {
-        let too_old = !max_age.is_zero()
-            && now.duration_since(*mtime).unwrap_or(Duration::ZERO) > max_age;
+        let too_old =
+            !max_age.is_zero() && now.duration_since(*mtime).unwrap_or(Duration::ZERO) > max_age;
         let too_big = max_bytes > 0 && total > max_bytes;
         if !too_old && !too_big {
             // Sorted by age: once a file is young enough and the total fits,
@@ -300,7 +299,11 @@ pub fn enforce_retention(
         }
     }
     if deleted > 0 {
-        tracing::info!(deleted, remaining_bytes = total, "parquet retention deleted old files");
+        tracing::info!(
+            deleted,
+            remaining_bytes = total,
+            "parquet retention deleted old files"
+        );
     }
     Ok(deleted)
 }
@@ -364,7 +367,13 @@ fn sync_dir(dir: &Path) -> Result<(), ParquetError> {
 fn partition_value(s: &str) -> String {
     let v: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if v.is_empty() || v.chars().all(|c| c == '.') {
         "_".into()
@@ -518,10 +527,12 @@ impl<R: Row> OpenFile<R> {
             path: self.tmp.clone(),
             source,
         })?;
-        self.writer.write(&batch).map_err(|source| ParquetError::Write {
-            path: self.tmp.clone(),
-            source,
-        })?;
+        self.writer
+            .write(&batch)
+            .map_err(|source| ParquetError::Write {
+                path: self.tmp.clone(),
+                source,
+            })?;
         self.pending.clear();
         Ok(())
     }
@@ -531,15 +542,17 @@ impl<R: Row> OpenFile<R> {
     }
 
     /// Writes the footer, syncs, renames into place and syncs the directory.
-    fn finish(mut self) -> Result<(PathBuf, u64), (PathBuf, u64, ParquetError)> {
-        let rows = self.rows;
-        let tmp = self.tmp.clone();
-        let res = (|| {
+    /// On error the temporary file is left for the caller to remove.
+    fn finish(mut self) -> Result<PathBuf, ParquetError> {
+        (|| {
             self.encode()?;
-            let file = self.writer.into_inner().map_err(|source| ParquetError::Write {
-                path: self.tmp.clone(),
-                source,
-            })?;
+            let file = self
+                .writer
+                .into_inner()
+                .map_err(|source| ParquetError::Write {
+                    path: self.tmp.clone(),
+                    source,
+                })?;
             file.sync_all().map_err(io_err("sync", &self.tmp))?;
             drop(file);
             fs::rename(&self.tmp, &self.dest).map_err(io_err("rename", &self.tmp))?;
@@ -547,11 +560,7 @@ impl<R: Row> OpenFile<R> {
                 sync_dir(dir)?;
             }
             Ok(self.dest)
-        })();
-        match res {
-            Ok(dest) => Ok((dest, rows)),
-            Err(e) => Err((tmp, rows, e)),
-        }
+        })()
     }
 }
 
@@ -586,15 +595,16 @@ impl<R: Row> Table<R> {
     }
 
     fn close(ctx: &mut Ctx, f: OpenFile<R>) -> Result<(), ParquetError> {
+        let (tmp, rows) = (f.tmp.clone(), f.rows);
         match f.finish() {
-            Ok((dest, rows)) => {
+            Ok(dest) => {
                 Counters::add(&ctx.counters.parquet_rows_written, rows);
                 Counters::inc(&ctx.counters.parquet_files_rotated);
                 ctx.rotated = true;
                 tracing::debug!(path = %dest.display(), rows, "closed parquet file");
                 Ok(())
             }
-            Err((tmp, rows, err)) => {
+            Err(err) => {
                 if let Err(e) = fs::remove_file(&tmp) {
                     if e.kind() != io::ErrorKind::NotFound {
                         tracing::warn!(path = %tmp.display(), error = %e, "failed to remove broken parquet temporary file");
@@ -768,9 +778,12 @@ impl Writer {
         let flush = Duration::from_millis(self.ctx.cfg.flush_interval_ms);
         let rotate = Duration::from_millis(self.ctx.cfg.rotate_interval_ms);
         let mut at = self.last_encode + flush;
-        for t in [self.probes.next_rotation(rotate), self.health.next_rotation(rotate)]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.probes.next_rotation(rotate),
+            self.health.next_rotation(rotate),
+        ]
+        .into_iter()
+        .flatten()
         {
             at = at.min(t);
         }
@@ -817,8 +830,8 @@ impl Writer {
                     return;
                 }
             }
-            let encode = self.last_encode.elapsed()
-                >= Duration::from_millis(self.ctx.cfg.flush_interval_ms);
+            let encode =
+                self.last_encode.elapsed() >= Duration::from_millis(self.ctx.cfg.flush_interval_ms);
             if encode {
                 self.last_encode = Instant::now();
             }
@@ -899,7 +912,9 @@ impl ParquetSink {
         cmd: impl FnOnce(oneshot::Sender<Result<(), ParquetError>>) -> Cmd,
     ) -> Result<(), ParquetError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(cmd(ack)).map_err(|_| ParquetError::WriterGone)?;
+        self.tx
+            .send(cmd(ack))
+            .map_err(|_| ParquetError::WriterGone)?;
         rx.await.map_err(|_| ParquetError::WriterGone)?
     }
 }
@@ -920,7 +935,10 @@ impl Sink for ParquetSink {
         })
     }
 
-    fn export_health(&mut self, records: Vec<HealthRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn export_health(
+        &mut self,
+        records: Vec<HealthRecord>,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             if records.is_empty() {
                 return Ok(());
@@ -971,7 +989,13 @@ mod tests {
             row_group_rows: 0,
             ..Default::default()
         };
-        assert!(matches!(bad.validate(), Err(ParquetError::Config { field: "row_group_rows", .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(ParquetError::Config {
+                field: "row_group_rows",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -1012,22 +1036,31 @@ mod tests {
     async fn rows_split_at_utc_midnight_and_carry_schema_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let counters = Arc::new(Counters::default());
-        let mut sink = ParquetSink::new(ParquetConfig::default(), dir.path(), "n1", counters.clone())
-            .expect("sink");
+        let mut sink =
+            ParquetSink::new(ParquetConfig::default(), dir.path(), "n1", counters.clone())
+                .expect("sink");
         // 2024-01-01T23:59:59Z and 2024-01-02T00:00:01Z
         let t0 = 1_704_153_599_000_000_000;
         sink.export(vec![rec(t0, 1.0), rec(t0 + 2_000_000_000, 2.0)])
             .await
             .expect("export");
-        sink.shutdown(Duration::from_secs(10)).await.expect("shutdown");
+        sink.shutdown(Duration::from_secs(10))
+            .await
+            .expect("shutdown");
         let mut files = Vec::new();
         walk_files(dir.path(), &mut files).expect("walk");
         files.sort();
         assert_eq!(files.len(), 2, "{files:?}");
         let s0 = files[0].to_string_lossy().to_string();
         let s1 = files[1].to_string_lossy().to_string();
-        assert!(s0.contains("probes/date=2024-01-01/node=n1/part-20240101T235959Z-"), "{s0}");
-        assert!(s1.contains("probes/date=2024-01-02/node=n1/part-20240102T000001Z-"), "{s1}");
+        assert!(
+            s0.contains("probes/date=2024-01-01/node=n1/part-20240101T235959Z-"),
+            "{s0}"
+        );
+        assert!(
+            s1.contains("probes/date=2024-01-02/node=n1/part-20240102T000001Z-"),
+            "{s1}"
+        );
         let reader =
             parquet::file::reader::SerializedFileReader::new(File::open(&files[0]).expect("open"))
                 .expect("reader");
@@ -1038,8 +1071,10 @@ mod tests {
             .key_value_metadata()
             .cloned()
             .unwrap_or_default();
-        assert!(kv.iter().any(|k| k.key == slicetrace_schema::SCHEMA_VERSION_KEY
-            && k.value.as_deref() == Some(&slicetrace_schema::SCHEMA_VERSION.to_string())));
+        assert!(kv
+            .iter()
+            .any(|k| k.key == slicetrace_schema::SCHEMA_VERSION_KEY
+                && k.value.as_deref() == Some(&slicetrace_schema::SCHEMA_VERSION.to_string())));
         assert_eq!(Counters::get(&counters.parquet_rows_written), 2);
         assert_eq!(Counters::get(&counters.parquet_files_rotated), 2);
     }

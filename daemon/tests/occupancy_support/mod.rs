@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use slicetrace_agent::occupancy::pod_resources::proto::{
-    self, pod_resources_lister_server::PodResourcesLister,
+    pod_resources_lister_server::PodResourcesLister,
     pod_resources_lister_server::PodResourcesListerServer, AllocatableResourcesRequest,
     AllocatableResourcesResponse, ContainerDevices, ContainerMemory, ContainerResources,
     GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
@@ -44,7 +44,10 @@ pub fn fixtures() -> PathBuf {
 pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -137,7 +140,10 @@ impl FakeApi {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -185,7 +191,9 @@ pub fn pod_resources_fixture() -> ListPodResourcesResponse {
         v.get("topology").map(|t| TopologyInfo {
             nodes: arr(t, "nodes")
                 .iter()
-                .map(|n| NumaNode { id: n["ID"].as_i64().unwrap_or_default() })
+                .map(|n| NumaNode {
+                    id: n["ID"].as_i64().unwrap_or_default(),
+                })
                 .collect(),
         })
     };
@@ -215,7 +223,10 @@ pub fn pod_resources_fixture() -> ListPodResourcesResponse {
                             .iter()
                             .map(|m| ContainerMemory {
                                 memory_type: s(m, "memoryType"),
-                                size: m["size"].as_str().and_then(|x| x.parse().ok()).unwrap_or_default(),
+                                size: m["size"]
+                                    .as_str()
+                                    .and_then(|x| x.parse().ok())
+                                    .unwrap_or_default(),
                                 topology: topo(m),
                             })
                             .collect(),
@@ -263,7 +274,9 @@ impl PodResourcesLister for Kubelet {
             .find(|p| p.name == r.pod_name && p.namespace == r.pod_namespace)
             .cloned()
             .ok_or_else(|| tonic::Status::not_found("pod not found"))?;
-        Ok(tonic::Response::new(GetPodResourcesResponse { pod_resources: Some(pod) }))
+        Ok(tonic::Response::new(GetPodResourcesResponse {
+            pod_resources: Some(pod),
+        }))
     }
 }
 

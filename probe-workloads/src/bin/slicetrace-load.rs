@@ -52,6 +52,9 @@ struct Args {
     /// GEMM precision override (fp32, fp16, bf16).
     #[arg(long)]
     precision: Option<Precision>,
+    /// CUDA submission of each timed run: graph (one launch) or stream.
+    #[arg(long, default_value = "graph", value_parser = ["graph", "stream"])]
+    submit: String,
     /// Sleep between runs, ms (default: back to back).
     #[arg(long)]
     period_ms: Option<u64>,
@@ -149,6 +152,7 @@ fn run(args: Args) -> Result<()> {
         if let Some(p) = args.precision {
             spec.gemm.precision = p;
         }
+        spec.cuda_graph = args.submit == "graph";
         spec
     };
     let kernel = match args.kernel {
@@ -204,6 +208,7 @@ fn run(args: Args) -> Result<()> {
         ("backend", format!("\"{}\"", backend.device().backend)),
         ("gpu_uuid", format!("\"{}\"", backend.device().uuid)),
         ("shape", format!("\"{} {}\"", shape.shape, shape.precision.as_str())),
+        ("submit", format!("\"{}\"", shape.submit.unwrap_or("none"))),
         ("pid", std::process::id().to_string()),
         ("runs", runs.to_string()),
         ("incorrect", incorrect.to_string()),

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Independent timing of slicetrace's probe kernels with PyTorch.
+
+Same sizes as the agent's `light` preset: a batched 1-D complex FFT
+(16 x 4096, complex64) and a 1024^2 fp16 GEMM. Each run is timed like the
+agent does it: CUDA events around the op, and the host clock from launch to
+completion (synchronize on the end event).
+
+Two submission styles, to match the agent's two modes:
+  stream: event.record(); op; event.record()   (three separate calls)
+  graph : the three captured into one CUDA graph (external event nodes)
+Prints one JSON line per (kernel, mode) with p50/p99 of gpu_ms, wall_ms.
+"""
+import json
+import sys
+import time
+
+import torch
+
+secs = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+label = sys.argv[2] if len(sys.argv) > 2 else ""
+dev = torch.device("cuda")
+x = torch.randn(16, 4096, dtype=torch.complex64, device=dev)
+a = torch.randn(1024, 1024, dtype=torch.float16, device=dev)
+b = torch.randn(1024, 1024, dtype=torch.float16, device=dev)
+out_fft = torch.empty_like(x)
+out_mm = torch.empty(1024, 1024, dtype=torch.float16, device=dev)
+ops = {
+    "fft": lambda: torch.fft.fft(x, out=out_fft),
+    "gemm": lambda: torch.matmul(a, b, out=out_mm),
+}
+
+
+def pct(v, q):
+    v = sorted(v)
+    pos = q * (len(v) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def measure(kernel, mode):
+    op = ops[kernel]
+    for _ in range(20):
+        op()
+    torch.cuda.synchronize()
+    graph = None
+    if mode == "graph":
+        try:
+            s = torch.cuda.Event(enable_timing=True, external=True)
+            e = torch.cuda.Event(enable_timing=True, external=True)
+        except TypeError:
+            return {"kernel": kernel, "mode": mode, "error": "torch.cuda.Event has no external= in this torch"}
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            op()
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            s.record()
+            op()
+            e.record()
+        torch.cuda.synchronize()
+    else:
+        s = torch.cuda.Event(enable_timing=True)
+        e = torch.cuda.Event(enable_timing=True)
+    gpu, wall = [], []
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        if graph is not None:
+            graph.replay()
+        else:
+            s.record()
+            op()
+            e.record()
+        e.synchronize()
+        wall.append((time.perf_counter() - t0) * 1e3)
+        gpu.append(s.elapsed_time(e))
+        time.sleep(0.002)
+    return {
+        "label": label, "kernel": kernel, "mode": mode, "runs": len(wall),
+        "gpu_ms_p50": pct(gpu, 0.5), "gpu_ms_p99": pct(gpu, 0.99),
+        "wall_ms_p50": pct(wall, 0.5), "wall_ms_p99": pct(wall, 0.99),
+        "queue_us_p50": pct([w - g for w, g in zip(wall, gpu)], 0.5) * 1e3,
+    }
+
+
+for k in ("fft", "gemm"):
+    for m in ("stream", "graph"):
+        print(json.dumps(measure(k, m)), flush=True)
