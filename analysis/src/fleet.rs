@@ -195,10 +195,15 @@ fn ts_rfc3339(ns: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Runs the check.
-pub async fn evaluate(ctx: &SessionContext, a: &FleetArgs) -> Result<FleetResult, ScanError> {
+/// Runs the check. `hive` says whether the table has a `date` partition
+/// column (used to prune time ranges given in `--where`).
+pub async fn evaluate(
+    ctx: &SessionContext,
+    a: &FleetArgs,
+    hive: bool,
+) -> Result<FleetResult, ScanError> {
     let filter = match a.filter.as_deref() {
-        Some(f) => pred::to_sql(f, true).map_err(|e| ScanError::Consumer(e.to_string()))?,
+        Some(f) => pred::to_sql(f, hive).map_err(|e| ScanError::Consumer(e.to_string()))?,
         None => "TRUE".into(),
     };
     let sql = format!(

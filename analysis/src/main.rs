@@ -257,7 +257,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if format == Format::Csv {
                 bail!("fleet supports --format table or json");
             }
-            let res = fleet::evaluate(&ds.ctx, &opts).await?;
+            let res = fleet::evaluate(&ds.ctx, &opts, ds.hive).await?;
             emit(&fleet::render(&res, format))?;
             if res.any_not_healthy() {
                 return Ok(ExitCode::from(1));

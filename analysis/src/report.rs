@@ -62,6 +62,28 @@ fn select_sql(by: &[String], filter: &str) -> String {
     format!("SELECT {} FROM probes WHERE {filter}", cols.join(", "))
 }
 
+fn finish(g: &mut Acc) -> ReportRow {
+    let mut wall_sorted = g.wall.clone();
+    let wall = Dist::from_values(&mut wall_sorted);
+    drop(wall_sorted);
+    let pairs: Vec<(f64, f64)> = g
+        .wall
+        .iter()
+        .copied()
+        .zip(g.queue.iter().copied())
+        .collect();
+    ReportRow {
+        count: g.count,
+        runs_per_s: throughput(g.count, g.ts_min, g.ts_max),
+        jitter: wall.jitter(),
+        tail_queue_share: tail_queue_share(&pairs, wall.p99),
+        gpu: Dist::from_values(&mut g.gpu),
+        queue: Dist::from_values(&mut g.queue),
+        wall,
+        keys: std::mem::take(&mut g.keys),
+    }
+}
+
 /// Exact report: every value of every group is collected, then sorted.
 pub async fn exact(
     ctx: &SessionContext,
@@ -126,31 +148,23 @@ pub async fn exact(
         Ok(())
     })
     .await?;
-    let mut rows: Vec<ReportRow> = groups
-        .into_iter()
-        .map(|mut g| {
-            let mut wall_sorted = g.wall.clone();
-            let wall = Dist::from_values(&mut wall_sorted);
-            drop(wall_sorted);
-            let pairs: Vec<(f64, f64)> = g
-                .wall
-                .iter()
-                .copied()
-                .zip(g.queue.iter().copied())
-                .collect();
-            let share = tail_queue_share(&pairs, wall.p99);
-            ReportRow {
-                count: g.count,
-                runs_per_s: throughput(g.count, g.ts_min, g.ts_max),
-                jitter: wall.jitter(),
-                tail_queue_share: share,
-                gpu: Dist::from_values(&mut g.gpu),
-                queue: Dist::from_values(&mut g.queue),
-                wall,
-                keys: g.keys,
-            }
-        })
-        .collect();
+    // Order statistics per group, spread over the cores (one group per task).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = groups.len().div_ceil(threads).max(1);
+    let mut rows: Vec<ReportRow> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .chunks_mut(chunk)
+            .map(|part| s.spawn(move || part.iter_mut().map(finish).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| ScanError::Consumer("a report worker thread panicked".into()))?,
+            );
+        }
+        Ok::<_, ScanError>(out)
+    })?;
     rows.sort_by(|a, b| a.keys.cmp(&b.keys));
     Ok(rows)
 }

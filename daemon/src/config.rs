@@ -246,6 +246,9 @@ impl Config {
         if let Some(v) = env("SLICETRACE_METRICS_LISTEN") {
             self.metrics.listen = v;
         }
+        self.otlp
+            .apply_env_from(env)
+            .map_err(|e| invalid("otlp", crate::internal_events::error_chain(&e)))?;
         if self.node_name.is_empty() {
             if let Some(v) = env("NODE_NAME").filter(|v| !v.is_empty()) {
                 self.node_name = v;
@@ -348,6 +351,9 @@ impl Config {
         if let Some(ep) = &self.otlp.endpoint {
             validate_endpoint(ep).map_err(|m| invalid("otlp.endpoint", m))?;
         }
+        self.otlp
+            .validate()
+            .map_err(|e| invalid("otlp", crate::internal_events::error_chain(&e)))?;
         self.health.validate().map_err(|(f, m)| invalid(&format!("health.{f}"), m))?;
         self.parquet
             .validate()

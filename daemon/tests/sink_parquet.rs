@@ -499,3 +499,27 @@ async fn disk_full_counts_errors_hides_partial_files_and_resumes() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "110");
     }
 }
+
+#[tokio::test]
+async fn runner_flushes_on_request_and_closes_files_when_the_channel_closes() {
+    use slicetrace_agent::sinks::{run_sink, SinkMsg};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, counters) = sink(dir.path(), ParquetConfig::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let runner = tokio::spawn(run_sink(Box::new(s), rx, Duration::from_secs(5)));
+    tx.send(SinkMsg::Probes((0..30).map(rec).collect()))
+        .await
+        .expect("send");
+    let (ack, done) = tokio::sync::oneshot::channel();
+    tx.send(SinkMsg::Flush(ack)).await.expect("send");
+    done.await.expect("flush answered");
+    assert_eq!(rows_in(&visible(dir.path())), 30);
+    tx.send(SinkMsg::Probes((30..50).map(rec).collect()))
+        .await
+        .expect("send");
+    drop(tx);
+    runner.await.expect("runner");
+    assert!(tmps(dir.path()).is_empty());
+    assert_eq!(rows_in(&visible(dir.path())), 50);
+    assert_eq!(Counters::get(&counters.parquet_rows_written), 50);
+}

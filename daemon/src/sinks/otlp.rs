@@ -287,14 +287,15 @@ impl OtlpConfig {
                     "is only supported with protocol \"grpc\" in this build",
                 );
             }
-            if self
-                .endpoint
-                .as_deref()
-                .is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
-            {
+            if self.endpoint.as_deref().is_some_and(|e| {
+                with_scheme(e.trim(), self.insecure)
+                    .to_ascii_lowercase()
+                    .starts_with("https://")
+            }) {
                 return bad(
                     "endpoint",
-                    "https is only supported with protocol \"grpc\" in this build",
+                    "https (the default without a scheme unless insecure) is only supported \
+                     with protocol \"grpc\" in this build",
                 );
             }
         }
@@ -1160,16 +1161,17 @@ impl OtlpSink {
     }
 
     async fn flush_within(&mut self, limit: Duration, shutdown: bool) -> Result<(), OtlpError> {
-        let deadline = Instant::now() + limit;
+        // The task stops sending a little before `limit`, so that it can
+        // count what it drops and answer before we stop waiting.
+        let margin = (limit / 10).min(Duration::from_millis(100));
+        let deadline = Instant::now() + limit.saturating_sub(margin);
         let (ack, rx) = oneshot::channel();
         let msg = if shutdown {
             Ctl::Shutdown { deadline, ack }
         } else {
             Ctl::Flush { deadline, ack }
         };
-        // The task gets a little past the deadline to count what it drops.
-        let grace = limit + Duration::from_millis(100);
-        match tokio::time::timeout(grace, async {
+        match tokio::time::timeout(limit, async {
             self.ctl.send(msg).await.map_err(|_| OtlpError::TaskGone)?;
             rx.await.map_err(|_| OtlpError::TaskGone)
         })

@@ -22,6 +22,8 @@
 //! written: they are counted in `parquet_rows_dropped`, the broken temporary
 //! file is removed, an ERROR line is logged at most once a minute, and the
 //! next rows open a new file, so writing resumes by itself when space returns.
+//!
+//! The `parquet_*` counters count rows and files of both tables together.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

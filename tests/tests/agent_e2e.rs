@@ -1,0 +1,143 @@
+//! The agent binary end to end on the CPU backend, against real components:
+//! rotel (gRPC and HTTP/protobuf OTLP), pyarrow, DuckDB and polars reading
+//! its Parquet files, and SIGTERM handling.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use slicetrace_e2e::{bin, free_port, parquet_files, python_with, run_python, run_with_timeout, start_rotel, wait_for, Proc};
+
+fn agent(data: &Path) -> Command {
+    let mut c = Command::new(bin("slicetrace-agent"));
+    c.arg("run")
+        .args(["--backend", "cpu", "--interval", "100ms", "--metrics-listen", ""])
+        .arg("--data-dir")
+        .arg(data)
+        .env("NODE_NAME", "e2e-node")
+        .env("SLICETRACE_LOG", "info");
+    c
+}
+
+const READ_TRACE_IDS: &str = r#"
+import sys, pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1] + "/probes", format="parquet", partitioning="hive").to_table(columns=["trace_id", "span_id"])
+ids = sorted(set(t.column("trace_id").to_pylist()))
+print(len(t)); print(len(set(t.column("span_id").to_pylist())))
+print("\n".join(ids))
+"#;
+
+fn spans_reach_rotel(protocol: &str) {
+    let Some(py) = python_with(&["pyarrow"]) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let (grpc, http) = (free_port(), free_port());
+    let Some(rotel) = start_rotel(dir.path(), grpc, http) else { return };
+    let data = dir.path().join("data");
+    let endpoint = match protocol {
+        "grpc" => format!("http://127.0.0.1:{grpc}"),
+        _ => format!("http://127.0.0.1:{http}"),
+    };
+    let mut cmd = agent(&data);
+    cmd.args(["--duration", "3s", "--otlp-endpoint", &endpoint]).env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "agent failed: {stderr}");
+    let text = run_python(&py, READ_TRACE_IDS, &[data.to_str().expect("utf8")]);
+    let mut lines = text.lines();
+    let rows: usize = lines.next().and_then(|l| l.parse().ok()).expect("row count");
+    let spans: usize = lines.next().and_then(|l| l.parse().ok()).expect("span count");
+    let trace_ids: Vec<String> = lines.map(str::to_string).collect();
+    assert!(rows >= 16, "too few rows: {rows}");
+    assert_eq!(spans, rows, "every row has its own span id");
+    assert!(trace_ids.len() >= 2, "one trace per cycle: {trace_ids:?}");
+    assert!(trace_ids.iter().all(|t| t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())));
+    // Every cycle's trace id the Parquet rows carry is in rotel's debug log.
+    let found = wait_for(Duration::from_secs(20), || {
+        let log = rotel.log_text();
+        trace_ids.iter().all(|t| log.contains(t.as_str())).then_some(())
+    });
+    let log = rotel.log_text();
+    let missing: Vec<_> = trace_ids.iter().filter(|t| !log.contains(t.as_str())).collect();
+    assert!(found.is_some(), "{} of {} trace ids not in rotel's log: {:?}", missing.len(), trace_ids.len(), missing.iter().take(3).collect::<Vec<_>>());
+    for name in ["probe_cycle", "queued", "executing"] {
+        assert!(log.contains(name), "span {name} not in rotel's log");
+    }
+}
+
+#[test]
+fn agent_spans_reach_rotel_over_grpc_with_the_parquet_trace_ids() {
+    spans_reach_rotel("grpc");
+}
+
+#[test]
+fn agent_spans_reach_rotel_over_http_protobuf_with_the_parquet_trace_ids() {
+    spans_reach_rotel("http/protobuf");
+}
+
+const THREE_READERS: &str = r#"
+import sys, glob, duckdb, polars as pl, pyarrow.dataset as ds, pyarrow.compute as pc
+d = sys.argv[1] + "/probes"
+files = sorted(glob.glob(d + "/**/*.parquet", recursive=True))
+t = ds.dataset(d, format="parquet", partitioning="hive").to_table()
+pa_n = t.num_rows
+pa_p99 = pc.quantile(t.column("wall_ms"), q=0.99, interpolation="linear")[0].as_py()
+con = duckdb.connect()
+dd_n, dd_p99 = con.execute(f"select count(*), quantile_cont(wall_ms, 0.99) from read_parquet({files!r}, hive_partitioning=true)").fetchone()
+meta = con.execute(f"select distinct decode(value) from parquet_kv_metadata({files!r}) where decode(key) = 'slicetrace.schema_version'").fetchall()
+df = pl.read_parquet(files)
+pl_n = df.height
+pl_p99 = df.select(pl.col("wall_ms").quantile(0.99, interpolation="linear")).item()
+print(pa_n, dd_n, pl_n); print(repr(pa_p99), repr(dd_p99), repr(pl_p99)); print(meta)
+nulls = t.column("sm_clock_mhz").null_count
+print(nulls, t.column("backend").unique().to_pylist(), t.column("node").unique().to_pylist())
+"#;
+
+#[test]
+fn pyarrow_duckdb_and_polars_agree_on_the_agents_parquet() {
+    let Some(py) = python_with(&["pyarrow", "duckdb", "polars"]) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut cmd = agent(&data);
+    cmd.args(["--duration", "3s"]);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The exit tail table is printed on stdout.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("wall_ms p99") && stdout.contains("CPU-0") && stdout.contains("gemm"), "{stdout}");
+    let text = run_python(&py, THREE_READERS, &[data.to_str().expect("utf8")]);
+    let lines: Vec<&str> = text.lines().collect();
+    let counts: Vec<u64> = lines[0].split_whitespace().map(|x| x.parse().expect("n")).collect();
+    assert!(counts[0] >= 16 && counts.iter().all(|c| *c == counts[0]), "row counts differ: {counts:?}");
+    let p99: Vec<f64> = lines[1].split_whitespace().map(|x| x.parse().expect("p99")).collect();
+    assert!(p99.iter().all(|p| (p - p99[0]).abs() <= 1e-9 * p99[0].abs().max(1.0)), "p99 differ: {p99:?}");
+    assert!(lines[2].contains("('1',)"), "schema version metadata: {}", lines[2]);
+    // CPU backend: NVML columns are null (never 0) in every row.
+    let last: Vec<&str> = lines[3].splitn(2, ' ').collect();
+    assert_eq!(last[0].parse::<u64>().expect("nulls"), counts[0], "sm_clock_mhz must be null on the CPU backend");
+    assert!(lines[3].contains("'cpu'") && lines[3].contains("e2e-node"), "{}", lines[3]);
+}
+
+#[test]
+fn sigterm_exits_within_the_deadline_with_every_file_closed() {
+    let Some(py) = python_with(&["pyarrow"]) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut p = Proc::spawn(agent(&data), dir.path().join("agent.log"));
+    let started = wait_for(Duration::from_secs(30), || {
+        p.log_text().contains("self-test passed: planted corruption caught").then_some(())
+    });
+    assert!(started.is_some(), "agent did not start: {}", p.log_text());
+    std::thread::sleep(Duration::from_secs(2));
+    p.signal(libc::SIGTERM);
+    // The default shutdown deadline is 10 s; the agent must be well inside it.
+    let code = p.wait_timeout(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "agent did not exit cleanly on SIGTERM: {}", p.log_text());
+    assert!(p.log_text().contains("SIGTERM received"));
+    let (files, tmp) = parquet_files(&data);
+    assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
+    assert!(!files.is_empty(), "no parquet file written");
+    let paths: Vec<&str> = files.iter().filter_map(|f| f.to_str()).collect();
+    let out = run_python(&py, "import sys, pyarrow.parquet as pq\nprint(sum(pq.read_metadata(f).num_rows for f in sys.argv[1:]))", &paths);
+    let rows: u64 = out.trim().parse().expect("rows");
+    assert!(rows >= 16, "rows: {rows}");
+}
