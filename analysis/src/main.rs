@@ -224,6 +224,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             filter,
             format,
         } => {
+            if format == Format::Csv {
+                bail!("compare supports --format table or json");
+            }
             let ds = open(&data).await?;
             let common = filter_sql(filter.as_deref(), ds.hive)?;
             let blocks = if split_by_occupancy {
@@ -247,16 +250,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .await?,
                 ]
             };
-            if format == Format::Csv {
-                bail!("compare supports --format table or json");
-            }
             emit(&compare::render(&blocks, format))?;
         }
         Cmd::Fleet { data, opts, format } => {
-            let ds = open(&data).await?;
             if format == Format::Csv {
                 bail!("fleet supports --format table or json");
             }
+            let ds = open(&data).await?;
             let res = fleet::evaluate(&ds.ctx, &opts, ds.hive).await?;
             emit(&fleet::render(&res, format))?;
             if res.any_not_healthy() {

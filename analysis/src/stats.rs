@@ -175,7 +175,9 @@ mod tests {
     #[test]
     fn selection_equals_sorting() {
         // A deterministic scramble with ties and a wide range.
-        let mut v: Vec<f64> = (0..1237u64).map(|i| ((i * 7919) % 1000) as f64 / 7.0).collect();
+        let mut v: Vec<f64> = (0..1237u64)
+            .map(|i| ((i * 7919) % 1000) as f64 / 7.0)
+            .collect();
         let qs = [0.0, 0.5, 0.95, 0.99, 0.999, 1.0];
         let mut sorted = v.clone();
         sort_values(&mut sorted);

@@ -237,6 +237,19 @@ fn where_on_node_returns_only_that_node() {
         "json",
     ]));
     assert_eq!(v, serde_json::json!([{"node": "node-02", "n": 3000}]));
+    // The predicate prunes whole node= directories: the plan lists no other node's file.
+    let plan = stdout(&slicetrace(&[
+        "sql",
+        tmp.path().to_str().unwrap(),
+        "EXPLAIN SELECT avg(wall_ms) FROM probes WHERE node = 'node-02'",
+        "--format",
+        "json",
+    ]));
+    assert!(plan.contains("node=node-02/part-"), "{plan}");
+    assert!(
+        !plan.contains("node=node-00") && !plan.contains("node=node-01"),
+        "{plan}"
+    );
 }
 
 #[test]

@@ -71,13 +71,31 @@ pub async fn run(
 ) -> Result<RunReport> {
     let AgentParts { config, node, backends, factory, telemetry, occupancy, counters, live } = parts;
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
+    // A sink starts its own shutdown clock only after the probes stopped and
+    // its queue drained, later than ours: give it a little less, so that a
+    // sink that needs its whole budget (a hung collector) still ends inside
+    // the agent's deadline instead of being reported as late.
+    let sink_deadline = deadline.saturating_sub((deadline / 10).min(Duration::from_millis(500)));
     let (stop_tx, stop_rx) = watch::channel(false);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("failed to create data_dir {}", config.data_dir.display()))?;
 
     let occupancy: Arc<dyn OccupancySource> = match occupancy {
         Some(o) => o,
-        None => crate::occupancy::start(&config.occupancy, &node, counters.clone(), stop_rx.clone()).await,
+        None => match crate::occupancy::start_combined(&config.occupancy, &node, counters.clone(), stop_rx.clone()).await {
+            Ok(c) => {
+                // Kept for /metrics (`slicetrace_occupancy_source_up`).
+                let _ = live.occupancy.set(c.clone());
+                c
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %crate::internal_events::error_chain(&e),
+                    "occupancy disabled: its configuration is invalid"
+                );
+                Arc::new(crate::occupancy::NoOccupancy)
+            }
+        },
     };
 
     // ---- sinks, each on its own task behind its own bounded queue ----
@@ -92,7 +110,7 @@ pub async fn run(
         let (tx, rx) = mpsc::channel(queue_msgs);
         health_sinks.push(tx.clone());
         sink_queues.push(SinkQueue { name: "parquet", tx });
-        sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, deadline)));
+        sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, sink_deadline)));
     }
     if config.otlp.is_enabled() {
         let k8s_node = (!config.node_name.is_empty()).then_some(node.as_str());
@@ -101,7 +119,7 @@ pub async fn run(
         let (tx, rx) = mpsc::channel(queue_msgs);
         health_sinks.push(tx.clone());
         sink_queues.push(SinkQueue { name: "otlp", tx });
-        sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, deadline)));
+        sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, sink_deadline)));
     } else {
         tracing::info!("no OTLP endpoint configured: spans are not exported");
     }

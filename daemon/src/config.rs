@@ -66,9 +66,9 @@ pub struct ProbeOverrides {
     pub gemm_precision: Option<Precision>,
     /// Runs per burst.
     pub burst_runs: Option<u32>,
-    /// CUDA: time each run as one graph launch (default true); false uses
-    /// separate stream calls, which lets slice waits leak into `gpu_ms`.
-    pub cuda_graph: Option<bool>,
+    /// CUDA submission of a timed run: `graph` (default), `stream` or
+    /// `legacy`; only `graph` keeps slice waits out of `gpu_ms`.
+    pub timing: Option<slicetrace_probe::Timing>,
 }
 
 /// Prometheus endpoint (the `[metrics]` table).
@@ -318,8 +318,8 @@ impl Config {
         if let Some(b) = p.burst_runs {
             s.burst_runs = b;
         }
-        if let Some(g) = p.cuda_graph {
-            s.cuda_graph = g;
+        if let Some(t) = p.timing {
+            s.timing = t;
         }
         s
     }

@@ -157,6 +157,10 @@ pub struct LiveState {
     pub pod_count: RwLock<BTreeMap<String, Option<u32>>>,
     /// Set once the first probe cycle completed (for `/readyz`).
     pub ready: std::sync::atomic::AtomicBool,
+    /// The occupancy sources the agent started from its config, so that
+    /// `/metrics` can report their health at scrape time; unset when the
+    /// occupancy was injected.
+    pub occupancy: std::sync::OnceLock<Arc<crate::occupancy::CombinedOccupancy>>,
 }
 
 impl LiveState {

@@ -317,7 +317,12 @@ impl ProbeLoop {
             let after = sample(&self.telemetry);
             let tel = BurstTelemetry::merge(before, after);
             let procs = tel.processes.clone().unwrap_or_default();
-            let occ = self.occupancy.snapshot(&uuid, &procs);
+            let mut occ = self.occupancy.snapshot(&uuid, &procs);
+            if tel.processes.is_none() {
+                // Without NVML's process list nobody knows which pods run on
+                // the GPU: absent, not an empty list.
+                occ.active_pods = None;
+            }
             let proc_strings = tel.process_strings();
             for r in &mut rows {
                 let b = &tel.before;

@@ -16,7 +16,12 @@ BIN=${BIN:-.gpu}
 OUT=${OUT:-./out-h100}
 HERE=$(cd "$(dirname "$0")" && pwd)
 R=$OUT/raw
+TIMING=${TIMING:-graph}
 mkdir -p "$R"
+# The agent's configs: the experiment config, and the default config; both
+# with the CUDA timing mode under test.
+{ cat "$HERE/h100-agent.toml"; printf '\n[probe]\ntiming = "%s"\n' "$TIMING"; } >"$OUT/agent.toml"
+printf '[probe]\ntiming = "%s"\n' "$TIMING" >"$OUT/agent-default.toml"
 export NODE_NAME=h100-node SLICETRACE_LOG=info
 log() { echo "[$(date -u +%H:%M:%S.%3N)] $*" | tee -a "$R/timeline.log"; }
 TPIDS=()
@@ -33,9 +38,9 @@ log "probe check"
 for phase in 0 1 3; do
   for i in $(seq 1 "$phase"); do tenant "check$phase-$i"; done
   [ "$phase" -gt 0 ] && sleep 3
-  for mode in graph stream; do
+  for mode in graph stream legacy; do
     for k in fft gemm; do
-      "$BIN/slicetrace-load" "$k" --backend cuda --preset light --submit "$mode" --duration 6s --period-ms 2 \
+      "$BIN/slicetrace-load" "$k" --backend cuda --preset light --submit "$mode" --duration 4s --period-ms 2 \
         --out "$R/load-$k-$mode-t$phase.parquet" >"$R/load-$k-$mode-t$phase.json" 2>>"$R/load.log"
     done
   done
@@ -44,7 +49,7 @@ done
 
 # ---- 2. the article experiment with the agent, and detection ----
 log "agent light: start (alone)"
-"$BIN/slicetrace-agent" run --config "$HERE/h100-agent.toml" --backend cuda --data-dir "$OUT/data-light" \
+"$BIN/slicetrace-agent" run --config "$OUT/agent.toml" --backend cuda --data-dir "$OUT/data-light" \
   --duration 190s --summary-json "$R/agent-light.json" >"$R/agent-light.txt" 2>"$R/agent-light.log" &
 APID=$!
 sleep 65
@@ -60,7 +65,7 @@ while time.time() - t0 < 60:
     except Exception:
         time.sleep(0.5); continue
     for line in txt.splitlines():
-        if line.startswith("slicetrace_gpu_verdict{") and line.rstrip().endswith(" 1"):
+        if line.startswith("slicetrace_gpu_verdict{") and float(line.rsplit(" ", 1)[-1]) == 1.0:
             for v in ("degraded", "unhealthy"):
                 if f'verdict="{v}"' in line:
                     k = line.split('kernel="')[1].split('"')[0]
@@ -83,7 +88,7 @@ for phase in 0 3 1; do
   for i in $(seq 1 "$phase"); do tenant "torch$phase-$i"; done
   [ "$phase" -gt 0 ] && sleep 3
   log "torch tenants=$phase"
-  python3 "$HERE/torch_probe.py" 4 "tenants=$phase" >>"$R/torch.jsonl" 2>>"$R/torch.log"
+  python3 "$HERE/torch_probe.py" 3 "tenants=$phase" >>"$R/torch.jsonl" 2>>"$R/torch.log"
   stop_tenants
 done
 
@@ -92,7 +97,7 @@ for pair in 1 2 3; do
   log "overhead pair $pair: tenant alone"
   "$BIN/slicetrace-load" gemm --backend cuda --preset article --duration 8s >"$R/ovh-alone-$pair.json" 2>/dev/null
   log "overhead pair $pair: tenant + agent"
-  "$BIN/slicetrace-agent" run --backend cuda --data-dir "$OUT/data-ovh" --metrics-listen "" --duration 14s \
+  "$BIN/slicetrace-agent" run --config "$OUT/agent-default.toml" --backend cuda --data-dir "$OUT/data-ovh" --metrics-listen "" --duration 14s \
     --summary-json "$R/ovh-agent-$pair.json" >/dev/null 2>"$R/ovh-agent-$pair.log" &
   OPID=$!; sleep 3
   "$BIN/slicetrace-load" gemm --backend cuda --preset article --duration 8s >"$R/ovh-with-$pair.json" 2>/dev/null
@@ -101,9 +106,9 @@ done
 
 # ---- 5. the article preset ----
 log "agent article: alone"
-"$BIN/slicetrace-agent" run --config "$HERE/h100-agent.toml" --backend cuda --preset article --interval 500ms \
-  --data-dir "$OUT/data-article" --duration 62s --summary-json "$R/agent-article.json" >"$R/agent-article.txt" 2>"$R/agent-article.log" &
-APID=$!; sleep 32
+"$BIN/slicetrace-agent" run --config "$OUT/agent.toml" --backend cuda --preset article --interval 500ms \
+  --data-dir "$OUT/data-article" --duration 57s --summary-json "$R/agent-article.json" >"$R/agent-article.txt" 2>"$R/agent-article.log" &
+APID=$!; sleep 28
 log "agent article: 3 tenants"
 tenant a1; tenant a2; tenant a3
 wait "$APID"; stop_tenants

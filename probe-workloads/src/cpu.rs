@@ -260,7 +260,7 @@ mod tests {
             fft: FftSpec { dims: FftDims::D1 { n: 512, batch: 4 } },
             gemm: GemmSpec { n: 64, precision: Precision::Fp32 },
             burst_runs: 4,
-            cuda_graph: true,
+            timing: crate::Timing::Graph,
         }
     }
 

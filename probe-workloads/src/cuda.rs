@@ -23,7 +23,7 @@ use cudarc::driver::{sys as drv_sys, CudaContext, CudaEvent, CudaGraph, CudaSlic
 use num_complex::{Complex32, Complex64};
 
 use crate::check::{FftReference, GemmReference};
-use crate::spec::{FftDims, Kernel, Precision, ProbeSpec};
+use crate::spec::{FftDims, Kernel, Precision, ProbeSpec, Timing};
 use crate::{DeviceInfo, KernelShape, ProbeBackend, ProbeError, RunSample};
 
 fn cuda_err(what: &'static str) -> impl Fn(&dyn std::fmt::Debug) -> ProbeError {
@@ -114,11 +114,16 @@ pub struct CudaBackend {
     v: Matrix,
     y: CudaSlice<f32>,
     y_host: Vec<f32>,
+    /// FFT check results on the device: `[‖X‖, pad, Re dot, Im dot]`
+    /// (the complex dot is 8-byte aligned).
+    chk: CudaSlice<f32>,
+    chk_host: Vec<f32>,
+    /// One element scaled by 1.0: the fence kernel.
+    fence: CudaSlice<f32>,
     gemm_ref: GemmReference,
     ev_start: CudaEvent,
     ev_end: CudaEvent,
-    /// One captured graph per kernel (start event, kernel, end event), when
-    /// graph submission is on and capture worked.
+    /// One captured graph per kernel in [`Timing::Graph`] mode.
     graphs: [Option<CudaGraph>; 2],
     corrupt_next: [bool; 2],
 }
@@ -129,7 +134,8 @@ unsafe impl Send for CudaBackend {}
 
 impl CudaBackend {
     /// Creates the context, plans, handles, events and buffers on device
-    /// `index`, uploads the fixed inputs and warms up both kernels.
+    /// `index`, uploads the fixed inputs, warms up both kernels and, in
+    /// graph mode, captures one graph per kernel.
     pub fn new(index: u32, spec: &ProbeSpec) -> Result<Self, ProbeError> {
         spec.validate()?;
         let count = device_count()?;
@@ -141,7 +147,10 @@ impl CudaBackend {
         // cudarc's cross-stream event tracking (an event per buffer access,
         // i.e. per-run allocations) is unnecessary.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ck!("cuStreamCreate", ctx.new_stream())?;
+        let stream = match spec.timing {
+            Timing::Legacy => ctx.default_stream(),
+            _ => ck!("cuStreamCreate", ctx.new_stream())?,
+        };
         let name = ctx.name().ok();
         let uuid = ctx
             .uuid()
@@ -175,6 +184,8 @@ impl CudaBackend {
         let v = Matrix { buf: ck!("upload v", stream.clone_htod(&to_bytes(p, &gemm_ref.v)))? };
         let c = Matrix { buf: ck!("alloc C", stream.alloc_zeros::<u8>(n * n * elem))? };
         let y = ck!("alloc y", stream.alloc_zeros::<f32>(n))?;
+        let chk = ck!("alloc check", stream.alloc_zeros::<f32>(4))?;
+        let fence = ck!("alloc fence", stream.clone_htod(&[1.0f32]))?;
         let blas = ck!("cublasCreate", CudaBlas::new(stream.clone()))?;
 
         let ev_start = ck!("cuEventCreate", ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)))?;
@@ -198,26 +209,29 @@ impl CudaBackend {
             v,
             y,
             y_host: vec![0.0; n],
+            chk,
+            chk_host: vec![0.0; 4],
+            fence,
             gemm_ref,
             ev_start,
             ev_end,
             graphs: [None, None],
             corrupt_next: [false; 2],
         };
-        // Warm up on plain stream calls first (module loading, algorithm
-        // selection and workspace allocation must not happen in capture).
+        // Warm up on plain stream calls first: module loading, algorithm
+        // selection and workspace allocation must not happen in a capture.
         for _ in 0..2 {
             for k in [Kernel::Fft, Kernel::Gemm] {
                 me.run(k)?;
             }
         }
-        if spec.cuda_graph {
+        if spec.timing == Timing::Graph {
             for k in [Kernel::Fft, Kernel::Gemm] {
                 match me.capture(k) {
                     Ok(g) => me.graphs[kidx(k)] = Some(g),
                     Err(e) => {
-                        // Leave the stream usable, then time this kernel
-                        // with stream calls instead.
+                        // Leave the stream usable; this kernel is then timed
+                        // with the same fenced sequence as separate calls.
                         let _ = me.stream.end_capture(drv_sys::CUgraphInstantiate_flags_enum(0));
                         tracing::warn!(gpu = %me.info.uuid, kernel = k.as_str(), error = %e, "CUDA graph capture failed; timing with separate stream calls");
                     }
@@ -233,15 +247,14 @@ impl CudaBackend {
     }
 
     fn submit_mode(&self) -> &'static str {
-        if self.graphs.iter().all(Option::is_some) {
-            "graph"
-        } else {
-            "stream"
+        match self.spec.timing {
+            Timing::Graph if self.graphs.iter().all(Option::is_some) => "graph",
+            Timing::Graph => "fenced",
+            t => t.as_str(),
         }
     }
 
-    /// Records `ev` as an external event node (a timestamp) in a capture, or
-    /// as a plain record outside one.
+    /// Records `ev` as an external event node (a timestamp) in a capture.
     fn record_external(&self, ev: &CudaEvent) -> Result<(), ProbeError> {
         // SAFETY: event and stream belong to this context.
         ck!("cuEventRecordWithFlags", unsafe {
@@ -254,15 +267,29 @@ impl CudaBackend {
         })
     }
 
-    /// Captures start event → kernel → end event into one graph.
+    /// A one-element `sscal` whose only purpose is to make the following
+    /// start event wait until this context is running on the SMs.
+    fn enqueue_fence(&mut self) -> Result<(), ProbeError> {
+        let one = 1.0f32;
+        let (x, _g) = self.fence.device_ptr(&self.stream);
+        // SAFETY: x is a 1-element device buffer; alpha is a host f32 in the
+        // handle's default host pointer mode.
+        ck!("cublasSscal", unsafe {
+            blas_sys::cublasSscal_v2(*self.blas.handle(), 1, &one, x as *mut f32, 1).result()
+        })
+    }
+
+    /// Captures fence → start event → kernel → end event → checks.
     fn capture(&mut self, kernel: Kernel) -> Result<CudaGraph, ProbeError> {
         ck!(
             "cuStreamBeginCapture",
             self.stream.begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         )?;
+        self.enqueue_fence()?;
         self.record_external(&self.ev_start)?;
         self.enqueue(kernel)?;
         self.record_external(&self.ev_end)?;
+        self.enqueue_checks(kernel)?;
         let g = ck!("cuStreamEndCapture", self.stream.end_capture(drv_sys::CUgraphInstantiate_flags_enum(0)))?
             .ok_or(ProbeError::Cuda { what: "cuStreamEndCapture", detail: "empty graph".into() })?;
         ck!("cuGraphUpload", g.upload())?;
@@ -326,50 +353,69 @@ impl CudaBackend {
         }
     }
 
-    fn check(&mut self, kernel: Kernel) -> Result<(bool, f64), ProbeError> {
+    /// Enqueues the correctness reductions; results stay on the device
+    /// (`chk` for the FFT, `y` for the GEMM) until [`Self::read_checks`].
+    fn enqueue_checks(&mut self, kernel: Kernel) -> Result<(), ProbeError> {
         let h = *self.blas.handle();
         match kernel {
             Kernel::Fft => {
                 let len = self.spec.fft.total_len() as i64;
                 let (o, _go) = self.fft_out.device_ptr(&self.stream);
                 let (w, _gw) = self.fft_w.device_ptr(&self.stream);
-                let mut nrm = 0.0f32;
-                let mut dot = blas_sys::float2 { x: 0.0, y: 0.0 };
-                // SAFETY: o and w hold `len` complex values; results go to host
-                // memory (default host pointer mode), which blocks until done.
+                let (r, _gr) = self.chk.device_ptr(&self.stream);
+                // SAFETY: o and w hold `len` complex values; in device pointer
+                // mode the results go to chk[0] (f32) and chk[2..4] (complex,
+                // 8-byte aligned). The mode is restored right after.
                 unsafe {
-                    ck!("cublasScnrm2", blas_sys::cublasScnrm2_v2_64(h, len, o as *const _, 1, &mut nrm).result())?;
-                    ck!("cublasCdotu", blas_sys::cublasCdotu_v2_64(h, len, o as *const _, 1, w as *const _, 1, &mut dot).result())?;
+                    ck!("cublasSetPointerMode", blas_sys::cublasSetPointerMode_v2(h, blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_DEVICE).result())?;
+                    let r1 = blas_sys::cublasScnrm2_v2_64(h, len, o as *const _, 1, r as *mut f32).result();
+                    let r2 = blas_sys::cublasCdotu_v2_64(h, len, o as *const _, 1, w as *const _, 1, (r as *mut f32).add(2) as *mut _).result();
+                    ck!("cublasSetPointerMode", blas_sys::cublasSetPointerMode_v2(h, blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST).result())?;
+                    ck!("cublasScnrm2", r1)?;
+                    ck!("cublasCdotu", r2)?;
                 }
-                let energy = (nrm as f64) * (nrm as f64);
-                Ok(self.fft_ref.judge(Complex64::new(dot.x as f64, dot.y as f64), energy))
+                Ok(())
             }
             Kernel::Gemm => {
                 let n = self.spec.gemm.n as i32;
                 let t = data_type(self.spec.gemm.precision);
                 let (alpha, beta) = (1.0f32, 0.0f32);
-                {
-                    let (c, _gc) = self.c.buf.device_ptr(&self.stream);
-                    let (v, _gv) = self.v.buf.device_ptr(&self.stream);
-                    let (y, _gy) = self.y.device_ptr(&self.stream);
-                    // SAFETY: y(n×1, f32) = C(n×n, t) · v(n×1, t).
-                    ck!("cublasGemmEx check", unsafe {
-                        blas_sys::cublasGemmEx(
-                            h,
-                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                            n, 1, n,
-                            &alpha as *const f32 as *const c_void,
-                            c as *const c_void, t, n,
-                            v as *const c_void, t, n,
-                            &beta as *const f32 as *const c_void,
-                            y as *mut c_void, blas_sys::cudaDataType::CUDA_R_32F, n,
-                            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                        )
-                        .result()
-                    })?;
-                }
+                let (c, _gc) = self.c.buf.device_ptr(&self.stream);
+                let (v, _gv) = self.v.buf.device_ptr(&self.stream);
+                let (y, _gy) = self.y.device_ptr(&self.stream);
+                // SAFETY: y(n×1, f32) = C(n×n, t) · v(n×1, t).
+                ck!("cublasGemmEx check", unsafe {
+                    blas_sys::cublasGemmEx(
+                        h,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        n, 1, n,
+                        &alpha as *const f32 as *const c_void,
+                        c as *const c_void, t, n,
+                        v as *const c_void, t, n,
+                        &beta as *const f32 as *const c_void,
+                        y as *mut c_void, blas_sys::cudaDataType::CUDA_R_32F, n,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                    .result()
+                })
+            }
+        }
+    }
+
+    /// Copies the check results back (a few bytes, on the copy engine) and
+    /// judges them.
+    fn read_checks(&mut self, kernel: Kernel) -> Result<(bool, f64), ProbeError> {
+        match kernel {
+            Kernel::Fft => {
+                ck!("copy check", self.stream.memcpy_dtoh(&self.chk, &mut self.chk_host))?;
+                ck!("cuStreamSynchronize", self.stream.synchronize())?;
+                let nrm = self.chk_host[0] as f64;
+                let dot = Complex64::new(self.chk_host[2] as f64, self.chk_host[3] as f64);
+                Ok(self.fft_ref.judge(dot, nrm * nrm))
+            }
+            Kernel::Gemm => {
                 ck!("copy y", self.stream.memcpy_dtoh(&self.y, &mut self.y_host))?;
                 ck!("cuStreamSynchronize", self.stream.synchronize())?;
                 Ok(self.gemm_ref.judge(&self.y_host))
@@ -410,15 +456,22 @@ impl ProbeBackend for CudaBackend {
     }
 
     fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
+        let planted = std::mem::take(&mut self.corrupt_next[kidx(kernel)]);
         let ts_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
+        let use_graph = !planted && self.graphs[kidx(kernel)].is_some();
         // ---- measured path: no allocation, no event creation ----
         let t0 = Instant::now();
-        if let Some(g) = &self.graphs[kidx(kernel)] {
-            ck!("cuGraphLaunch", g.launch())?;
+        if use_graph {
+            if let Some(g) = &self.graphs[kidx(kernel)] {
+                ck!("cuGraphLaunch", g.launch())?;
+            }
         } else {
+            if self.spec.timing == Timing::Graph {
+                self.enqueue_fence()?;
+            }
             ck!("cuEventRecord", self.ev_start.record(&self.stream))?;
             self.enqueue(kernel)?;
             ck!("cuEventRecord", self.ev_end.record(&self.stream))?;
@@ -427,10 +480,13 @@ impl ProbeBackend for CudaBackend {
         let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
         // ---- end of measured path ----
         let gpu_ms = ck!("cuEventElapsedTime", self.ev_start.elapsed_ms(&self.ev_end))? as f64;
-        if std::mem::take(&mut self.corrupt_next[kidx(kernel)]) {
-            self.plant(kernel)?;
+        if !use_graph {
+            if planted {
+                self.plant(kernel)?;
+            }
+            self.enqueue_checks(kernel)?;
         }
-        let (correct, rel_error) = self.check(kernel)?;
+        let (correct, rel_error) = self.read_checks(kernel)?;
         Ok(RunSample {
             ts_ns,
             gpu_ms: Some(gpu_ms),
@@ -486,7 +542,7 @@ mod tests {
             fft: crate::FftSpec { dims: FftDims::D1 { n: 256, batch: 2 } },
             gemm: crate::GemmSpec { n: 32, precision: Precision::Fp32 },
             burst_runs: 2,
-            cuda_graph: true,
+            timing: crate::Timing::Graph,
         };
         if device_count().is_ok_and(|n| n > 0) {
             return; // a GPU is present: the fallback path does not apply here.

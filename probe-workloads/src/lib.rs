@@ -18,7 +18,7 @@ pub mod cpu;
 pub mod cuda;
 mod spec;
 
-pub use spec::{FftDims, FftSpec, GemmSpec, Kernel, Precision, Preset, ProbeSpec};
+pub use spec::{FftDims, FftSpec, GemmSpec, Kernel, Precision, Preset, ProbeSpec, Timing};
 
 use slicetrace_schema::ProbeRecord;
 

@@ -186,19 +186,55 @@ pub struct ProbeSpec {
     pub gemm: GemmSpec,
     /// Runs per burst.
     pub burst_runs: u32,
-    /// CUDA only: submit each timed run as one CUDA graph (start event,
-    /// kernel, end event). With separate stream calls the start event can
-    /// execute before the kernel has even been enqueued; on a time-sliced GPU
-    /// the channel then runs dry, the scheduler switches to a tenant, and
-    /// the whole wait for the next slice lands *inside* the event interval.
-    /// One graph launch submits the three together, so the events bracket
-    /// execution only and the wait shows in `wall_ms - gpu_ms`.
-    #[serde(default = "default_true")]
-    pub cuda_graph: bool,
+    /// CUDA only: how a timed run is submitted (see [`Timing`]).
+    #[serde(default)]
+    pub timing: Timing,
 }
 
-fn default_true() -> bool {
-    true
+/// How the CUDA backend submits a timed run.
+///
+/// Measured on the H100 (docs/gpu-results): with three separate stream
+/// calls (start event, kernel, end event) on an otherwise idle stream, the
+/// start event's timestamp is written as soon as it is submitted, even while
+/// a tenant holds the GPU; the kernel then waits for the next time slice and
+/// the whole wait lands *inside* the event interval. [`Timing::Graph`] puts a
+/// one-element cuBLAS "fence" kernel before the start event, so the start
+/// timestamp is taken only once this context runs on the SMs, and submits
+/// fence, events, kernel and the correctness reductions as one CUDA graph, so
+/// the run costs the tenants one context switch instead of three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Timing {
+    /// One graph: fence kernel → start event → kernel → end event → checks.
+    #[default]
+    Graph,
+    /// Separate calls on the backend's own stream; checks after.
+    Stream,
+    /// Separate calls on the legacy default (NULL) stream; checks after.
+    Legacy,
+}
+
+impl Timing {
+    /// `graph`, `stream` or `legacy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timing::Graph => "graph",
+            Timing::Stream => "stream",
+            Timing::Legacy => "legacy",
+        }
+    }
+}
+
+impl std::str::FromStr for Timing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "graph" => Ok(Self::Graph),
+            "stream" => Ok(Self::Stream),
+            "legacy" => Ok(Self::Legacy),
+            o => Err(format!("unknown timing {o:?} (expected graph, stream or legacy)")),
+        }
+    }
 }
 
 impl ProbeSpec {
@@ -211,13 +247,13 @@ impl ProbeSpec {
                 fft: FftSpec { dims: FftDims::D1 { n: 4096, batch: 16 } },
                 gemm: GemmSpec { n: 1024, precision: Precision::Fp16 },
                 burst_runs: 8,
-                cuda_graph: true,
+                timing: Timing::Graph,
             },
             Preset::Article => ProbeSpec {
                 fft: FftSpec { dims: FftDims::D2 { nx: 4096, ny: 4096 } },
                 gemm: GemmSpec { n: 4096, precision: Precision::Fp32 },
                 burst_runs: 8,
-                cuda_graph: true,
+                timing: Timing::Graph,
             },
         }
     }

@@ -43,7 +43,7 @@ pub const COLUMNS: &[ColumnDoc] = &[
     c("kernel", "utf8", false, "-", "`fft` or `gemm`."),
     c("shape", "utf8", false, "-", "Problem shape, e.g. `c2c 1d n=4096 batch=8` or `n=1024`."),
     c("precision", "utf8", false, "-", "`fp32`, `fp16` or `bf16` (FFT: `fp32` complex)."),
-    c("submit", "utf8", true, "-", "How the timed run was submitted on CUDA: `graph` (events and kernel in one CUDA graph launch) or `stream` (three separate stream calls); null on the CPU backend."),
+    c("submit", "utf8", true, "-", "How the timed run was submitted on CUDA: `graph` (fence kernel, events, kernel and checks in one CUDA graph launch), `fenced` (the same as separate calls, when capture failed), `stream` or `legacy` (start event, kernel, end event as separate calls on the agent's own or the NULL stream: slice waits can leak into `gpu_ms`); null on the CPU backend."),
     c("flops", "float64", false, "FLOP", "Floating-point operations of one run (FFT: 5·N·log2 N per transform)."),
     c("cycle", "uint64", false, "-", "Probe cycle number on this GPU, from 0 at agent start."),
     c("burst_seq", "uint32", false, "-", "Index of the run inside its burst; 0 is the first run after an idle gap."),

@@ -37,8 +37,8 @@ const CRD_KINDS: [(&str, &str); 2] = [
 
 /// Every metric the agent serves on /metrics. Dashboards and alerts may use no other.
 const AGENT_METRICS: [&str; 9] = [
-    "slicetrace_probe_latency_ms",
-    "slicetrace_gpu_pod_count",
+    "slicetrace_probe_latency_seconds",
+    "slicetrace_gpu_pods",
     "slicetrace_gpu_verdict",
     "slicetrace_correctness_failures_total",
     "slicetrace_otlp_spans_dropped_total",
@@ -1310,7 +1310,7 @@ fn grafana_dashboard_parses_and_queries_only_agent_metrics() {
     let all = exprs.join("\n");
     for needle in [
         "quantile=\"0.99\"",
-        "slicetrace_gpu_pod_count",
+        "slicetrace_gpu_pods",
         "slicetrace_gpu_verdict",
         "slicetrace_otlp_spans_dropped_total",
     ] {

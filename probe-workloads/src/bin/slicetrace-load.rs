@@ -52,9 +52,9 @@ struct Args {
     /// GEMM precision override (fp32, fp16, bf16).
     #[arg(long)]
     precision: Option<Precision>,
-    /// CUDA submission of each timed run: graph (one launch) or stream.
-    #[arg(long, default_value = "graph", value_parser = ["graph", "stream"])]
-    submit: String,
+    /// CUDA submission of each timed run: graph, stream or legacy.
+    #[arg(long, default_value = "graph")]
+    submit: slicetrace_probe::Timing,
     /// Sleep between runs, ms (default: back to back).
     #[arg(long)]
     period_ms: Option<u64>,
@@ -152,7 +152,7 @@ fn run(args: Args) -> Result<()> {
         if let Some(p) = args.precision {
             spec.gemm.precision = p;
         }
-        spec.cuda_graph = args.submit == "graph";
+        spec.timing = args.submit;
         spec
     };
     let kernel = match args.kernel {
