@@ -349,7 +349,7 @@ async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist()
     let a = start(cfg, backends, None, Arc::new(slicetrace_agent::telemetry::NoTelemetry), None);
     let data = a.data.clone();
     let counters = a.counters.clone();
-    let newest_after = |t: i64| read_rows(&data).into_iter().filter(|r| r.ts_ns > t).last();
+    let newest_after = |t: i64| read_rows(&data).into_iter().rfind(|r| r.ts_ns > t);
 
     // Fresh: the node's labels reach the rows.
     wait_until("fresh rows with node labels", || {

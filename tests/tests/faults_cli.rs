@@ -59,8 +59,11 @@ fn good_file(path: &Path) {
     write(path, &probes_batch(&records(200)).expect("batch"), None);
 }
 
+/// Writes one bad file at the given path.
+type MakeBad = Box<dyn Fn(&Path)>;
+
 /// The bad inputs: (name, writer of the one file in the partition).
-fn bad_inputs() -> Vec<(&'static str, Box<dyn Fn(&Path)>)> {
+fn bad_inputs() -> Vec<(&'static str, MakeBad)> {
     vec![
         ("truncated", Box::new(|p: &Path| {
             let tmp = p.with_extension("full");
