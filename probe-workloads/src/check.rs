@@ -80,6 +80,13 @@ impl FftReference {
         }
     }
 
+    /// The value the self-test writes into one output element: a tenth of
+    /// the output's norm, so the corruption is caught whatever the size
+    /// (a fixed value is lost in the norm of a 4096×4096 transform).
+    pub fn plant_value(&self) -> f32 {
+        (0.1 * self.expected_energy.sqrt()) as f32
+    }
+
     /// Judges an output from its projection and its energy (what the GPU
     /// computes with two reductions). Returns `(correct, rel_error)`.
     pub fn judge(&self, dot: Complex64, energy: f64) -> (bool, f64) {
@@ -175,6 +182,14 @@ impl GemmReference {
         let bv = matvec_f64(&b, &v.iter().map(|&x| x as f64).collect::<Vec<_>>(), n);
         let expected = matvec_f64(&a, &bv, n);
         GemmReference { a, b, v, expected, tolerance: p.gemm_tolerance() }
+    }
+
+    /// The value the self-test writes into `C[0]`: the norm of the expected
+    /// `C·v` (|v₀| ≥ 1/8, so the checksum moves by at least 12 %), capped to
+    /// what fp16 can hold.
+    pub fn plant_value(&self) -> f32 {
+        let norm = self.expected.iter().map(|e| e * e).sum::<f64>().sqrt();
+        norm.clamp(1.0, 60_000.0) as f32
     }
 
     /// Judges `y = C·v` (as computed from the run's output).

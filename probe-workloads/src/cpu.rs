@@ -107,8 +107,8 @@ impl Worker {
         let compute_ms = t0.elapsed().as_secs_f64() * 1e3;
         if job.corrupt {
             match job.kernel {
-                Kernel::Fft => self.fft_buf[0] += Complex32::new(1.0e3, 0.0),
-                Kernel::Gemm => self.c[0] += 1.0e3,
+                Kernel::Fft => self.fft_buf[0] = Complex32::new(self.fft_ref.plant_value(), 0.0),
+                Kernel::Gemm => self.c[0] = round_to(self.spec.gemm.precision, self.gemm_ref.plant_value()),
             }
         }
         let (correct, rel_error) = match job.kernel {
@@ -296,6 +296,17 @@ mod tests {
             assert!(bad.rel_error.expect("rel") > 1e-2);
             assert_eq!(b.run(k).expect("run").correct, Some(true));
         }
+    }
+
+    /// Regression: the self-test's fixed +1000 on one element was lost in the
+    /// norm of the article preset's 4096×4096 FFT on the H100.
+    #[test]
+    fn planted_corruption_is_caught_on_a_large_2d_fft() {
+        let spec = ProbeSpec { fft: FftSpec { dims: FftDims::D2 { nx: 1024, ny: 1024 } }, ..small() };
+        let mut b = CpuBackend::new(0, &spec).expect("backend");
+        b.corrupt_next_output(Kernel::Fft);
+        let bad = b.run(Kernel::Fft).expect("run");
+        assert_eq!(bad.correct, Some(false), "rel={:?}", bad.rel_error);
     }
 
     #[test]

@@ -342,11 +342,12 @@ impl CudaBackend {
     fn plant(&mut self, kernel: Kernel) -> Result<(), ProbeError> {
         match kernel {
             Kernel::Fft => {
+                let v = self.fft_ref.plant_value();
                 let mut view = self.fft_out.slice_mut(0..1);
-                ck!("plant fft", self.stream.memcpy_htod(&[1.0e3f32], &mut view))
+                ck!("plant fft", self.stream.memcpy_htod(&[v], &mut view))
             }
             Kernel::Gemm => {
-                let bytes = to_bytes(self.spec.gemm.precision, &[1.0e3]);
+                let bytes = to_bytes(self.spec.gemm.precision, &[self.gemm_ref.plant_value()]);
                 let mut view = self.c.buf.slice_mut(0..bytes.len());
                 ck!("plant gemm", self.stream.memcpy_htod(&bytes, &mut view))
             }
