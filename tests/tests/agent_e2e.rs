@@ -141,3 +141,57 @@ fn sigterm_exits_within_the_deadline_with_every_file_closed() {
     let rows: u64 = out.trim().parse().expect("rows");
     assert!(rows >= 16, "rows: {rows}");
 }
+
+/// Multi-GPU behaviour without GPUs: four CPU pseudo-devices, each probed on
+/// its own thread, each with its own rows and its own line in the tail table.
+#[test]
+fn every_simulated_device_is_probed_on_its_own_thread() {
+    let Some(py) = python_with(&["pyarrow"]) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut p = Proc::spawn(
+        {
+            let mut c = agent(&data);
+            c.args(["--cpu-devices", "4", "--duration", "4s"]);
+            c
+        },
+        dir.path().join("agent.log"),
+    );
+    // While it runs, /proc shows one probe thread per device.
+    let threads = wait_for(Duration::from_secs(20), || {
+        let task = format!("/proc/{}/task", p.child.id());
+        let names: Vec<String> = std::fs::read_dir(task)
+            .ok()?
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|n| n.starts_with("probe-gpu"))
+            .collect();
+        (names.len() == 4).then_some(names)
+    });
+    let mut threads = threads.unwrap_or_else(|| panic!("expected 4 probe threads: {}", p.log_text()));
+    threads.sort();
+    assert_eq!(threads, ["probe-gpu0", "probe-gpu1", "probe-gpu2", "probe-gpu3"]);
+    assert_eq!(p.wait_timeout(Duration::from_secs(30)), Some(0), "{}", p.log_text());
+    let out = run_python(
+        &py,
+        "import sys, pyarrow.dataset as ds, collections\nt = ds.dataset(sys.argv[1] + '/probes', format='parquet', partitioning='hive').to_table(columns=['gpu_uuid','gpu_index'])\nc = collections.Counter(zip(t.column('gpu_uuid').to_pylist(), t.column('gpu_index').to_pylist()))\nfor (u, i), n in sorted(c.items()): print(u, i, n)",
+        &[data.to_str().expect("utf8")],
+    );
+    let rows: Vec<(String, u32, u64)> = out
+        .lines()
+        .map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            (v[0].to_string(), v[1].parse().expect("idx"), v[2].parse().expect("n"))
+        })
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for (i, (uuid, idx, n)) in rows.iter().enumerate() {
+        assert_eq!((uuid.as_str(), *idx), (format!("CPU-{i}").as_str(), i as u32));
+        assert!(*n >= 16, "device {uuid} has only {n} rows");
+    }
+    let log = p.log_text();
+    for i in 0..4 {
+        assert!(log.contains(&format!("CPU-{i}")), "tail table lacks CPU-{i}");
+    }
+}
