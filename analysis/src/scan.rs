@@ -53,7 +53,7 @@ impl Progress {
         let bar = ProgressBar::with_draw_target(total_rows, ProgressDrawTarget::hidden());
         let style = match total_rows {
             Some(_) => ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} rows ({per_sec})",
+                "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} rows, eta {eta}",
             ),
             None => {
                 ProgressStyle::with_template("{spinner} {elapsed_precise} {human_pos} rows kept")

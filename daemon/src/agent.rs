@@ -17,14 +17,17 @@ use crate::config::Config;
 use crate::health::{Evaluator, LiveState};
 use crate::internal_events::Counters;
 use crate::occupancy::OccupancySource;
-use crate::pipeline::{Fanout, HealthInput, ProbeLoop, Reopen, RunSummary, SinkQueue, StopSignal, SummaryRow};
+use crate::pipeline::{
+    Fanout, HealthInput, ProbeLoop, Reopen, RunSummary, SinkQueue, StopSignal, SummaryRow,
+};
 use crate::sinks::otlp::OtlpSink;
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::{run_sink, SinkMsg};
 use crate::telemetry::TelemetrySource;
 
 /// A function that re-opens the backend for a device index.
-pub type BackendFactory = Arc<dyn Fn(u32) -> Result<Box<dyn ProbeBackend>, ProbeError> + Send + Sync>;
+pub type BackendFactory =
+    Arc<dyn Fn(u32) -> Result<Box<dyn ProbeBackend>, ProbeError> + Send + Sync>;
 
 /// Everything the agent runs with. Built by `main` from the config, or by
 /// tests with injected (faulty) backends and telemetry.
@@ -59,7 +62,10 @@ pub struct RunReport {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Runs the agent until `shutdown` resolves, then shuts down within the
@@ -69,7 +75,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
     on_metrics: impl FnOnce(std::net::SocketAddr),
 ) -> Result<RunReport> {
-    let AgentParts { config, node, backends, factory, telemetry, occupancy, counters, live } = parts;
+    let AgentParts {
+        config,
+        node,
+        backends,
+        factory,
+        telemetry,
+        occupancy,
+        counters,
+        live,
+    } = parts;
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
     // A sink starts its own shutdown clock only after the probes stopped and
     // its queue drained, later than ours: give it a little less, so that a
@@ -82,7 +97,14 @@ pub async fn run(
 
     let occupancy: Arc<dyn OccupancySource> = match occupancy {
         Some(o) => o,
-        None => match crate::occupancy::start_combined(&config.occupancy, &node, counters.clone(), stop_rx.clone()).await {
+        None => match crate::occupancy::start_combined(
+            &config.occupancy,
+            &node,
+            counters.clone(),
+            stop_rx.clone(),
+        )
+        .await
+        {
             Ok(c) => {
                 // Kept for /metrics (`slicetrace_occupancy_source_up`).
                 let _ = live.occupancy.set(c.clone());
@@ -105,17 +127,30 @@ pub async fn run(
     let mut sink_tasks = Vec::new();
     let mut health_sinks: Vec<mpsc::Sender<SinkMsg>> = Vec::new();
     if config.parquet.enabled {
-        let sink = ParquetSink::new(config.parquet.clone(), config.data_dir.clone(), &node, counters.clone())
-            .context("failed to start the parquet sink")?;
+        let sink = ParquetSink::new(
+            config.parquet.clone(),
+            config.data_dir.clone(),
+            &node,
+            counters.clone(),
+        )
+        .context("failed to start the parquet sink")?;
         let (tx, rx) = mpsc::channel(queue_msgs);
         health_sinks.push(tx.clone());
-        sink_queues.push(SinkQueue { name: "parquet", tx });
+        sink_queues.push(SinkQueue {
+            name: "parquet",
+            tx,
+        });
         sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, sink_deadline)));
     }
     if config.otlp.is_enabled() {
         let k8s_node = (!config.node_name.is_empty()).then_some(node.as_str());
-        let sink = OtlpSink::new(config.otlp.clone(), &crate::config::host_name(), k8s_node, counters.clone())
-            .context("failed to start the otlp sink")?;
+        let sink = OtlpSink::new(
+            config.otlp.clone(),
+            &crate::config::host_name(),
+            k8s_node,
+            counters.clone(),
+        )
+        .context("failed to start the otlp sink")?;
         let (tx, rx) = mpsc::channel(queue_msgs);
         health_sinks.push(tx.clone());
         sink_queues.push(SinkQueue { name: "otlp", tx });
@@ -126,7 +161,12 @@ pub async fn run(
 
     // ---- live health ----
     let (health_tx, mut health_rx) = mpsc::channel::<HealthInput>(queue_msgs);
-    let mut evaluator = Evaluator::new(config.health.clone(), node.clone(), live.clone(), Some(&config.data_dir));
+    let mut evaluator = Evaluator::new(
+        config.health.clone(),
+        node.clone(),
+        live.clone(),
+        Some(&config.data_dir),
+    );
     let eval_every = Duration::from_millis(config.health.evaluate_interval_ms);
     let health_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(eval_every);
@@ -170,7 +210,13 @@ pub async fn run(
     // ---- node condition ----
     if config.health.node_condition {
         let o = &config.occupancy;
-        match crate::occupancy::kube_api::client_config(o.kube_api, o.kubeconfig.as_deref(), o.kube_server_url.as_deref()).await {
+        match crate::occupancy::kube_api::client_config(
+            o.kube_api,
+            o.kubeconfig.as_deref(),
+            o.kube_server_url.as_deref(),
+        )
+        .await
+        {
             Ok(Some(cfg)) => match kube::Client::try_from(cfg) {
                 Ok(client) => {
                     tokio::spawn(crate::node_condition::run(
@@ -182,10 +228,16 @@ pub async fn run(
                         stop_rx.clone(),
                     ));
                 }
-                Err(e) => tracing::warn!(error = %e, "node conditions disabled: cannot build a Kubernetes client"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "node conditions disabled: cannot build a Kubernetes client")
+                }
             },
-            Ok(None) => tracing::warn!("node conditions enabled but no Kubernetes API is configured; disabled"),
-            Err(e) => tracing::warn!(error = %crate::internal_events::error_chain(&e), "node conditions disabled"),
+            Ok(None) => tracing::warn!(
+                "node conditions enabled but no Kubernetes API is configured; disabled"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %crate::internal_events::error_chain(&e), "node conditions disabled")
+            }
         }
     }
 
@@ -227,7 +279,10 @@ pub async fn run(
 
     shutdown.await;
     let t0 = Instant::now();
-    tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: stopping probes, draining sinks");
+    tracing::info!(
+        deadline_ms = deadline.as_millis() as u64,
+        "shutting down: stopping probes, draining sinks"
+    );
     stop.stop();
     let _ = stop_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || {
@@ -255,5 +310,9 @@ pub async fn run(
     if !clean {
         tracing::error!("a sink did not close within the shutdown deadline");
     }
-    Ok(RunReport { summary, clean_shutdown: clean, metrics_addr })
+    Ok(RunReport {
+        summary,
+        clean_shutdown: clean,
+        metrics_addr,
+    })
 }

@@ -47,7 +47,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.to_string(), message: message.into() }
+    ConfigError::Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
 }
 
 /// Per-kernel overrides of the preset (the `[probe]` table).
@@ -81,7 +84,9 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:9464".into() }
+        Self {
+            listen: "0.0.0.0:9464".into(),
+        }
     }
 }
 
@@ -178,12 +183,20 @@ pub struct Overrides {
 /// span; the key is the text before `=` on that line, and its table the last
 /// `[header]` above it.
 fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
-    let msg = e.message().lines().next().unwrap_or("invalid value").trim().to_string();
+    let msg = e
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid value")
+        .trim()
+        .to_string();
     let mut field = String::from("config");
     if let Some(span) = e.span() {
         let before = &src[..span.start.min(src.len())];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let line_end = src[line_start..].find('\n').map_or(src.len(), |i| line_start + i);
+        let line_end = src[line_start..]
+            .find('\n')
+            .map_or(src.len(), |i| line_start + i);
         let line = &src[line_start..line_end];
         let section = src[..line_start]
             .lines()
@@ -191,7 +204,9 @@ fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
             .map(str::trim)
             .find(|l| l.starts_with('[') && l.ends_with(']'))
             .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-        let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string());
         let line_no = before.matches('\n').count() + 1;
         field = match (section, key) {
             (Some(s), Some(k)) if !line.trim_start().starts_with('[') => format!("{s}.{k}"),
@@ -210,7 +225,10 @@ fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
         }
         field = format!("{field} (line {line_no})");
     }
-    ConfigError::Parse { field, message: msg }
+    ConfigError::Parse {
+        field,
+        message: msg,
+    }
 }
 
 impl Config {
@@ -221,8 +239,10 @@ impl Config {
 
     /// Reads and parses `path`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&src)
     }
 
@@ -231,16 +251,21 @@ impl Config {
     /// file and the flags.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = env("SLICETRACE_BACKEND") {
-            self.backend = v.parse().map_err(|m: String| invalid("SLICETRACE_BACKEND", m))?;
+            self.backend = v
+                .parse()
+                .map_err(|m: String| invalid("SLICETRACE_BACKEND", m))?;
         }
         if let Some(v) = env("SLICETRACE_PRESET") {
-            self.preset = v.parse().map_err(|m: String| invalid("SLICETRACE_PRESET", m))?;
+            self.preset = v
+                .parse()
+                .map_err(|m: String| invalid("SLICETRACE_PRESET", m))?;
         }
         if let Some(v) = env("SLICETRACE_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
         if let Some(v) = env("SLICETRACE_INTERVAL") {
-            let d = humantime::parse_duration(&v).map_err(|e| invalid("SLICETRACE_INTERVAL", e.to_string()))?;
+            let d = humantime::parse_duration(&v)
+                .map_err(|e| invalid("SLICETRACE_INTERVAL", e.to_string()))?;
             self.interval_ms = d.as_millis() as u64;
         }
         if let Some(v) = env("SLICETRACE_METRICS_LISTEN") {
@@ -306,7 +331,10 @@ impl Config {
             s.fft.dims = if p.fft_2d.unwrap_or(matches!(s.fft.dims, FftDims::D2 { .. })) {
                 FftDims::D2 { nx: n, ny: n }
             } else {
-                FftDims::D1 { n, batch: p.fft_batch.unwrap_or(b0) }
+                FftDims::D1 {
+                    n,
+                    batch: p.fft_batch.unwrap_or(b0),
+                }
             };
         }
         if let Some(n) = p.gemm_n {
@@ -327,10 +355,16 @@ impl Config {
     /// Checks every value that parsed but is not usable. Writes nothing.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval_ms == 0 || self.interval_ms > 3_600_000 {
-            return Err(invalid("interval_ms", format!("{} is out of range 1..=3600000", self.interval_ms)));
+            return Err(invalid(
+                "interval_ms",
+                format!("{} is out of range 1..=3600000", self.interval_ms),
+            ));
         }
         if self.jitter_pct > 90 {
-            return Err(invalid("jitter_pct", format!("{} is above 90", self.jitter_pct)));
+            return Err(invalid(
+                "jitter_pct",
+                format!("{} is above 90", self.jitter_pct),
+            ));
         }
         if self.shutdown_deadline_ms == 0 {
             return Err(invalid("shutdown_deadline_ms", "must be positive"));
@@ -339,14 +373,24 @@ impl Config {
             return Err(invalid("sink_queue_records", "must be positive"));
         }
         if self.cpu_devices == 0 || self.cpu_devices > 64 {
-            return Err(invalid("cpu_devices", format!("{} is out of range 1..=64", self.cpu_devices)));
+            return Err(invalid(
+                "cpu_devices",
+                format!("{} is out of range 1..=64", self.cpu_devices),
+            ));
         }
         for b in ["cuda", "cpu"] {
-            self.probe_spec(b).validate().map_err(|e| invalid("probe", e.to_string()))?;
+            self.probe_spec(b)
+                .validate()
+                .map_err(|e| invalid("probe", e.to_string()))?;
         }
         check_dir_writable(&self.data_dir).map_err(|m| invalid("data_dir", m))?;
-        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("metrics.listen", format!("{:?} is not an address:port", self.metrics.listen)));
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{:?} is not an address:port", self.metrics.listen),
+            ));
         }
         if let Some(ep) = &self.otlp.endpoint {
             validate_endpoint(ep).map_err(|m| invalid("otlp.endpoint", m))?;
@@ -354,7 +398,9 @@ impl Config {
         self.otlp
             .validate()
             .map_err(|e| invalid("otlp", crate::internal_events::error_chain(&e)))?;
-        self.health.validate().map_err(|(f, m)| invalid(&format!("health.{f}"), m))?;
+        self.health
+            .validate()
+            .map_err(|(f, m)| invalid(&format!("health.{f}"), m))?;
         self.parquet
             .validate()
             .map_err(|e| invalid("parquet", crate::internal_events::error_chain(&e)))?;
@@ -363,12 +409,13 @@ impl Config {
             .map_err(|e| invalid("occupancy", crate::internal_events::error_chain(&e)))?;
         Ok(())
     }
-
 }
 
 /// Parses an OTLP endpoint: an absolute `http` or `https` URL with a host.
 pub fn validate_endpoint(ep: &str) -> Result<(), String> {
-    let uri: http::Uri = ep.parse().map_err(|e| format!("{ep:?} is not a URL: {e}"))?;
+    let uri: http::Uri = ep
+        .parse()
+        .map_err(|e| format!("{ep:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err(format!("{ep:?} must start with http:// or https://")),
@@ -444,7 +491,10 @@ mod tests {
     #[test]
     fn negative_duration_names_the_field() {
         let e = Config::from_toml("[health]\nwindow_ms = -5\n").expect_err("negative");
-        assert!(e.to_string().starts_with("health.window_ms (line 2)"), "{e}");
+        assert!(
+            e.to_string().starts_with("health.window_ms (line 2)"),
+            "{e}"
+        );
         assert!(!e.to_string().contains('\n'));
     }
 
@@ -452,10 +502,20 @@ mod tests {
     fn bad_endpoint_and_unwritable_dir_are_invalid() {
         let mut c = Config::from_toml("[otlp]\nendpoint = \"not a url\"\n").expect("parses");
         c.data_dir = std::env::temp_dir();
-        assert!(c.validate().expect_err("bad url").to_string().starts_with("otlp.endpoint"));
-        let mut c = Config::default();
-        c.data_dir = PathBuf::from("/etc/hostname/sub");
-        assert!(c.validate().expect_err("file as dir").to_string().starts_with("data_dir"));
+        assert!(c
+            .validate()
+            .expect_err("bad url")
+            .to_string()
+            .starts_with("otlp.endpoint"));
+        let c = Config {
+            data_dir: PathBuf::from("/etc/hostname/sub"),
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .expect_err("file as dir")
+            .to_string()
+            .starts_with("data_dir"));
     }
 
     #[test]
@@ -468,14 +528,19 @@ mod tests {
         };
         c.apply_env(&env).expect("env");
         assert_eq!((c.backend, c.interval_ms), (BackendKind::Cpu, 2000));
-        c.apply_overrides(&Overrides { interval: Some(Duration::from_millis(250)), ..Default::default() });
+        c.apply_overrides(&Overrides {
+            interval: Some(Duration::from_millis(250)),
+            ..Default::default()
+        });
         assert_eq!((c.backend, c.interval_ms), (BackendKind::Cpu, 250));
     }
 
     #[test]
     fn probe_overrides_apply() {
-        let c = Config::from_toml("[probe]\nfft_n = 1024\nfft_2d = true\ngemm_n = 512\ngemm_precision = \"bf16\"\n")
-            .expect("parse");
+        let c = Config::from_toml(
+            "[probe]\nfft_n = 1024\nfft_2d = true\ngemm_n = 512\ngemm_precision = \"bf16\"\n",
+        )
+        .expect("parse");
         let s = c.probe_spec("cuda");
         assert_eq!(s.fft.dims, FftDims::D2 { nx: 1024, ny: 1024 });
         assert_eq!((s.gemm.n, s.gemm.precision), (512, Precision::Bf16));

@@ -72,16 +72,25 @@ impl HealthConfig {
             return Err(("window_ms", format!("{} is below 1000", self.window_ms)));
         }
         if self.evaluate_interval_ms == 0 || self.evaluate_interval_ms > self.window_ms {
-            return Err(("evaluate_interval_ms", "must be positive and at most window_ms".into()));
+            return Err((
+                "evaluate_interval_ms",
+                "must be positive and at most window_ms".into(),
+            ));
         }
-        if !(self.degraded_factor > 1.0) {
-            return Err(("degraded_factor", format!("{} must be above 1", self.degraded_factor)));
+        if self.degraded_factor.is_nan() || self.degraded_factor <= 1.0 {
+            return Err((
+                "degraded_factor",
+                format!("{} must be above 1", self.degraded_factor),
+            ));
         }
-        if !(self.unhealthy_factor >= self.degraded_factor) {
-            return Err(("unhealthy_factor", "must be at least degraded_factor".into()));
+        if self.unhealthy_factor.is_nan() || self.unhealthy_factor < self.degraded_factor {
+            return Err((
+                "unhealthy_factor",
+                "must be at least degraded_factor".into(),
+            ));
         }
         if let Some(s) = self.slo_p99_ms {
-            if !(s > 0.0) {
+            if s.is_nan() || s <= 0.0 {
                 return Err(("slo_p99_ms", format!("{s} must be positive")));
             }
         }
@@ -205,7 +214,8 @@ const BUCKETS: u32 = 10;
 fn hist() -> Histogram<u64> {
     // 1 µs .. 1 h at 3 significant digits; bounds are constants, so this
     // cannot fail.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 fn us(ms: f64) -> u64 {
@@ -223,7 +233,14 @@ struct Bucket {
 
 impl Bucket {
     fn new(start: Instant) -> Self {
-        Self { start, wall: hist(), gpu: hist(), queue: hist(), failures: 0, throttle: 0 }
+        Self {
+            start,
+            wall: hist(),
+            gpu: hist(),
+            queue: hist(),
+            failures: 0,
+            throttle: 0,
+        }
     }
 }
 
@@ -273,7 +290,12 @@ fn quiet(r: &ProbeRecord) -> bool {
 
 impl Evaluator {
     /// A new evaluator; loads persisted baselines from `data_dir/state/`.
-    pub fn new(cfg: HealthConfig, node: String, state: Arc<LiveState>, data_dir: Option<&Path>) -> Self {
+    pub fn new(
+        cfg: HealthConfig,
+        node: String,
+        state: Arc<LiveState>,
+        data_dir: Option<&Path>,
+    ) -> Self {
         let baseline_path = data_dir.map(|d| d.join("state").join("health-baseline.json"));
         let mut me = Evaluator {
             cfg,
@@ -289,8 +311,12 @@ impl Evaluator {
     }
 
     fn load_baselines(&mut self) {
-        let Some(p) = self.baseline_path.clone() else { return };
-        let Ok(text) = std::fs::read_to_string(&p) else { return };
+        let Some(p) = self.baseline_path.clone() else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            return;
+        };
         match serde_json::from_str::<BTreeMap<String, BTreeMap<String, Baseline>>>(&text) {
             Ok(m) => {
                 for (uuid, ks) in m {
@@ -301,7 +327,9 @@ impl Evaluator {
                 }
                 tracing::info!(path = %p.display(), "loaded health baselines");
             }
-            Err(e) => tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable health baseline file"),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable health baseline file")
+            }
         }
     }
 
@@ -310,11 +338,15 @@ impl Evaluator {
         if !self.baseline_dirty {
             return;
         }
-        let Some(p) = self.baseline_path.clone() else { return };
+        let Some(p) = self.baseline_path.clone() else {
+            return;
+        };
         let mut m: BTreeMap<String, BTreeMap<String, Baseline>> = BTreeMap::new();
         for ((uuid, kernel), t) in &self.tracks {
             if let Some(b) = &t.baseline {
-                m.entry(uuid.clone()).or_default().insert(kernel.clone(), b.clone());
+                m.entry(uuid.clone())
+                    .or_default()
+                    .insert(kernel.clone(), b.clone());
             }
         }
         let write = || -> std::io::Result<()> {
@@ -327,20 +359,24 @@ impl Evaluator {
         };
         match write() {
             Ok(()) => self.baseline_dirty = false,
-            Err(e) => tracing::warn!(path = %p.display(), error = %e, "failed to save health baselines"),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "failed to save health baselines")
+            }
         }
     }
 
     fn track(&mut self, uuid: &str, kernel: &str, idx: u32, shape: &str) -> &mut Track {
-        self.tracks.entry((uuid.to_string(), kernel.to_string())).or_insert_with(|| Track {
-            gpu_index: idx,
-            shape: shape.to_string(),
-            buckets: VecDeque::new(),
-            quiet: hist(),
-            quiet_prev: None,
-            baseline: None,
-            failures_total: 0,
-        })
+        self.tracks
+            .entry((uuid.to_string(), kernel.to_string()))
+            .or_insert_with(|| Track {
+                gpu_index: idx,
+                shape: shape.to_string(),
+                buckets: VecDeque::new(),
+                quiet: hist(),
+                quiet_prev: None,
+                baseline: None,
+                failures_total: 0,
+            })
     }
 
     /// Adds rows to the windows (and quiet rows to the baselines).
@@ -360,10 +396,15 @@ impl Evaluator {
                 t.quiet.reset();
                 t.quiet_prev = None;
             }
-            if t.buckets.back().is_none_or(|b| now.duration_since(b.start) >= width) {
+            if t.buckets
+                .back()
+                .is_none_or(|b| now.duration_since(b.start) >= width)
+            {
                 t.buckets.push_back(Bucket::new(now));
             }
-            let Some(b) = t.buckets.back_mut() else { continue };
+            let Some(b) = t.buckets.back_mut() else {
+                continue;
+            };
             if r.correct == Some(false) {
                 b.failures += 1;
                 t.failures_total += 1;
@@ -407,7 +448,11 @@ impl Evaluator {
     /// Records a probe error or recovery.
     pub fn event(&mut self, ev: HealthEvent, now: Instant) {
         match ev {
-            HealthEvent::ProbeError { gpu_uuid, gpu_index, error } => {
+            HealthEvent::ProbeError {
+                gpu_uuid,
+                gpu_index,
+                error,
+            } => {
                 self.errors.insert(gpu_uuid, (gpu_index, error, now));
             }
             HealthEvent::ProbeRecovered { gpu_uuid } => {
@@ -423,7 +468,11 @@ impl Evaluator {
         let mut out = Vec::new();
         let mut published = BTreeMap::new();
         for ((uuid, kernel), t) in self.tracks.iter_mut() {
-            while t.buckets.front().is_some_and(|b| now.duration_since(b.start) > window) {
+            while t
+                .buckets
+                .front()
+                .is_some_and(|b| now.duration_since(b.start) > window)
+            {
                 t.buckets.pop_front();
             }
             let (mut wall, mut gpu, mut queue) = (hist(), hist(), hist());
@@ -435,34 +484,81 @@ impl Evaluator {
                 failures += b.failures;
                 throttle |= b.throttle;
             }
-            let q = |h: &Histogram<u64>, p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0);
-            let wall_q = Quantiles { p50: q(&wall, 0.5), p99: q(&wall, 0.99) };
-            let gpu_q = Quantiles { p50: q(&gpu, 0.5), p99: q(&gpu, 0.99) };
-            let queue_q = Quantiles { p50: q(&queue, 0.5), p99: q(&queue, 0.99) };
-            let baseline_p99 = self.cfg.slo_p99_ms.or_else(|| t.baseline.as_ref().map(|b| b.p99_ms));
+            let q = |h: &Histogram<u64>, p: f64| {
+                (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0)
+            };
+            let wall_q = Quantiles {
+                p50: q(&wall, 0.5),
+                p99: q(&wall, 0.99),
+            };
+            let gpu_q = Quantiles {
+                p50: q(&gpu, 0.5),
+                p99: q(&gpu, 0.99),
+            };
+            let queue_q = Quantiles {
+                p50: q(&queue, 0.5),
+                p99: q(&queue, 0.99),
+            };
+            let baseline_p99 = self
+                .cfg
+                .slo_p99_ms
+                .or_else(|| t.baseline.as_ref().map(|b| b.p99_ms));
             let samples = wall.len();
             let inflation = match (wall_q.p99, baseline_p99) {
                 (Some(p), Some(b)) if b > 0.0 && samples >= self.cfg.min_samples => Some(p / b),
                 _ => None,
             };
-            let against = if self.cfg.slo_p99_ms.is_some() { "SLO" } else { "quiet baseline" };
+            let against = if self.cfg.slo_p99_ms.is_some() {
+                "SLO"
+            } else {
+                "quiet baseline"
+            };
             let throttled = throttle & self.cfg.throttle_mask;
             let (verdict, reason) = if let Some((_, err, _)) = self.errors.get(uuid) {
                 (Verdict::Unhealthy, format!("probe failing: {err}"))
             } else if failures > 0 {
-                (Verdict::Unhealthy, format!("{failures} correctness check failures in the window"))
+                (
+                    Verdict::Unhealthy,
+                    format!("{failures} correctness check failures in the window"),
+                )
             } else if let Some(i) = inflation.filter(|i| *i >= self.cfg.unhealthy_factor) {
-                (Verdict::Unhealthy, format!("p99 wall {:.3} ms is {i:.2}x the {against} ({:.3} ms)", wall_q.p99.unwrap_or(0.0), baseline_p99.unwrap_or(0.0)))
+                (
+                    Verdict::Unhealthy,
+                    format!(
+                        "p99 wall {:.3} ms is {i:.2}x the {against} ({:.3} ms)",
+                        wall_q.p99.unwrap_or(0.0),
+                        baseline_p99.unwrap_or(0.0)
+                    ),
+                )
             } else if let Some(i) = inflation.filter(|i| *i >= self.cfg.degraded_factor) {
-                (Verdict::Degraded, format!("p99 wall {:.3} ms is {i:.2}x the {against} ({:.3} ms)", wall_q.p99.unwrap_or(0.0), baseline_p99.unwrap_or(0.0)))
+                (
+                    Verdict::Degraded,
+                    format!(
+                        "p99 wall {:.3} ms is {i:.2}x the {against} ({:.3} ms)",
+                        wall_q.p99.unwrap_or(0.0),
+                        baseline_p99.unwrap_or(0.0)
+                    ),
+                )
             } else if throttled != 0 {
-                (Verdict::Degraded, format!("throttled: reasons {throttled:#x}"))
+                (
+                    Verdict::Degraded,
+                    format!("throttled: reasons {throttled:#x}"),
+                )
             } else if let Some(i) = inflation {
-                (Verdict::Healthy, format!("p99 wall is {i:.2}x the {against}"))
+                (
+                    Verdict::Healthy,
+                    format!("p99 wall is {i:.2}x the {against}"),
+                )
             } else if samples < self.cfg.min_samples {
-                (Verdict::Healthy, format!("warming up: {samples} of {} runs", self.cfg.min_samples))
+                (
+                    Verdict::Healthy,
+                    format!("warming up: {samples} of {} runs", self.cfg.min_samples),
+                )
             } else {
-                (Verdict::Healthy, "no baseline yet: waiting for a quiet period".to_string())
+                (
+                    Verdict::Healthy,
+                    "no baseline yet: waiting for a quiet period".to_string(),
+                )
             };
             out.push(HealthRecord {
                 ts_ns,
@@ -568,7 +664,13 @@ mod tests {
     }
 
     fn cfg() -> HealthConfig {
-        HealthConfig { window_ms: 10_000, evaluate_interval_ms: 1000, min_samples: 20, baseline_min_samples: 50, ..Default::default() }
+        HealthConfig {
+            window_ms: 10_000,
+            evaluate_interval_ms: 1000,
+            min_samples: 20,
+            baseline_min_samples: 50,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -576,7 +678,9 @@ mod tests {
         let st = Arc::new(LiveState::default());
         let mut e = Evaluator::new(cfg(), "n".into(), st.clone(), None);
         let t0 = Instant::now();
-        let quiet: Vec<_> = (0..200).map(|i| row(0.1 + (i % 10) as f64 * 0.001, 0, 1)).collect();
+        let quiet: Vec<_> = (0..200)
+            .map(|i| row(0.1 + (i % 10) as f64 * 0.001, 0, 1))
+            .collect();
         e.observe(&quiet, t0);
         let h = e.evaluate(t0, 0);
         assert_eq!(h[0].verdict, "healthy", "{}", h[0].reason);
@@ -605,7 +709,10 @@ mod tests {
         rows.extend((0..100).map(|_| row(50.0, 0, 0))); // first-after-idle outliers
         e.observe(&rows, t0);
         let h = e.evaluate(t0, 0);
-        assert!(h[0].wall_p99_ms.expect("p99") < 0.2, "burst_seq 0 leaked into the window");
+        assert!(
+            h[0].wall_p99_ms.expect("p99") < 0.2,
+            "burst_seq 0 leaked into the window"
+        );
         let mut bad = row(0.1, 0, 1);
         bad.correct = Some(false);
         e.observe(&[bad], t0);
@@ -621,17 +728,32 @@ mod tests {
         c.slo_p99_ms = Some(1.0);
         let mut e = Evaluator::new(c, "n".into(), st, None);
         let t0 = Instant::now();
-        e.event(HealthEvent::ProbeError { gpu_uuid: "GPU-b".into(), gpu_index: 1, error: "CUDA_ERROR_LAUNCH_FAILED".into() }, t0);
+        e.event(
+            HealthEvent::ProbeError {
+                gpu_uuid: "GPU-b".into(),
+                gpu_index: 1,
+                error: "CUDA_ERROR_LAUNCH_FAILED".into(),
+            },
+            t0,
+        );
         let mut rows: Vec<_> = (0..50).map(|_| row(0.5, 2, 1)).collect();
         rows[3].throttle_reasons = Some(0x20);
         e.observe(&rows, t0);
         let h = e.evaluate(t0, 0);
-        let b = h.iter().find(|r| r.gpu_uuid == "GPU-b").expect("lost gpu row");
+        let b = h
+            .iter()
+            .find(|r| r.gpu_uuid == "GPU-b")
+            .expect("lost gpu row");
         assert_eq!(b.verdict, "unhealthy");
         let a = h.iter().find(|r| r.gpu_uuid == "GPU-a").expect("a");
         assert_eq!(a.verdict, "degraded", "{}", a.reason);
         assert!(a.reason.contains("throttled"));
-        e.event(HealthEvent::ProbeRecovered { gpu_uuid: "GPU-b".into() }, t0);
+        e.event(
+            HealthEvent::ProbeRecovered {
+                gpu_uuid: "GPU-b".into(),
+            },
+            t0,
+        );
         assert!(e.evaluate(t0, 1).iter().all(|r| r.gpu_uuid != "GPU-b"));
     }
 
@@ -640,7 +762,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let st = Arc::new(LiveState::default());
         let mut e = Evaluator::new(cfg(), "n".into(), st.clone(), Some(dir.path()));
-        e.observe(&(0..100).map(|_| row(0.1, 0, 1)).collect::<Vec<_>>(), Instant::now());
+        e.observe(
+            &(0..100).map(|_| row(0.1, 0, 1)).collect::<Vec<_>>(),
+            Instant::now(),
+        );
         e.save_baselines();
         let mut e2 = Evaluator::new(cfg(), "n".into(), st, Some(dir.path()));
         let t = Instant::now();

@@ -91,7 +91,10 @@ pub struct RateLimit {
 impl RateLimit {
     /// A limiter letting one event through per `period`.
     pub fn new(period: std::time::Duration) -> Self {
-        Self { period, last: std::sync::Mutex::new(None) }
+        Self {
+            period,
+            last: std::sync::Mutex::new(None),
+        }
     }
     /// True when the caller may log now.
     pub fn allow(&self) -> bool {

@@ -19,7 +19,11 @@ use slicetrace_agent::telemetry::{NoTelemetry, TelemetrySource};
 use slicetrace_probe::{open_backends, BackendKind, Preset};
 
 #[derive(Parser, Debug)]
-#[command(name = "slicetrace-agent", version, about = "Probes every GPU of this node with FFT and GEMM kernels, timed by CUDA events and the host clock")]
+#[command(
+    name = "slicetrace-agent",
+    version,
+    about = "Probes every GPU of this node with FFT and GEMM kernels, timed by CUDA events and the host clock"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -82,7 +86,10 @@ fn init_logs(json: bool) {
             "info,hyper=warn,hyper_util=warn,h2=warn,tonic=warn,tower=warn,kube=warn,kube_runtime=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,reqwest=warn,rustls=warn",
         )
     });
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     if json {
         b.json().init();
     } else {
@@ -101,7 +108,8 @@ fn load_config(file: Option<&PathBuf>, o: &Overrides) -> Result<Config, Usage> {
     cfg.apply_env(&|k| std::env::var(k).ok())
         .map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?;
     cfg.apply_overrides(o);
-    cfg.validate().map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?;
+    cfg.validate()
+        .map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?;
     Ok(cfg)
 }
 
@@ -155,7 +163,11 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(cfg: Config, duration: Option<Duration>, summary_json: Option<&std::path::Path>) -> Result<()> {
+fn run(
+    cfg: Config,
+    duration: Option<Duration>,
+    summary_json: Option<&std::path::Path>,
+) -> Result<()> {
     let node = cfg.resolved_node_name();
     let cfg_for_spec = cfg.clone();
     let spec_for = move |b: &'static str| cfg_for_spec.probe_spec(b);
@@ -168,7 +180,11 @@ fn run(cfg: Config, duration: Option<Duration>, summary_json: Option<&std::path:
     if !cfg.devices.is_empty() {
         backends.retain(|b| cfg.devices.contains(&b.device().index));
     }
-    anyhow::ensure!(!backends.is_empty(), "no device left to probe (devices = {:?})", cfg.devices);
+    anyhow::ensure!(
+        !backends.is_empty(),
+        "no device left to probe (devices = {:?})",
+        cfg.devices
+    );
     let on_cuda = backends.iter().all(|b| b.device().backend == "cuda");
     let telemetry: Arc<dyn TelemetrySource> = if on_cuda {
         match NvmlTelemetry::new(cfg.occupancy.proc_root.clone()) {
@@ -189,7 +205,8 @@ fn run(cfg: Config, duration: Option<Duration>, summary_json: Option<&std::path:
     let factory: Option<BackendFactory> = if on_cuda {
         let spec = cfg.probe_spec("cuda");
         Some(Arc::new(move |i| {
-            slicetrace_probe::cuda::CudaBackend::new(i, &spec).map(|b| Box::new(b) as Box<dyn slicetrace_probe::ProbeBackend>)
+            slicetrace_probe::cuda::CudaBackend::new(i, &spec)
+                .map(|b| Box::new(b) as Box<dyn slicetrace_probe::ProbeBackend>)
         }))
     } else {
         None
@@ -212,14 +229,15 @@ fn run(cfg: Config, duration: Option<Duration>, summary_json: Option<&std::path:
         .context("failed to start the async runtime")?;
     let report = rt.block_on(async move {
         let shutdown = async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                    unreachable!()
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                };
             let timer = async {
                 match duration {
                     Some(d) => tokio::time::sleep(d).await,
@@ -251,9 +269,13 @@ fn run(cfg: Config, duration: Option<Duration>, summary_json: Option<&std::path:
                 })
             })
             .collect();
-        std::fs::write(p, serde_json::to_vec_pretty(&rows)?).with_context(|| format!("failed to write {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&rows)?)
+            .with_context(|| format!("failed to write {}", p.display()))?;
     }
-    anyhow::ensure!(report.clean_shutdown, "shutdown deadline exceeded: some output may not have been flushed");
+    anyhow::ensure!(
+        report.clean_shutdown,
+        "shutdown deadline exceeded: some output may not have been flushed"
+    );
     Ok(())
 }
 
@@ -261,7 +283,17 @@ fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow])
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "gpu", "uuid", "kernel", "tenants", "runs", "gpu_ms p50", "gpu_ms p99", "wall_ms p50", "wall_ms p99", "queue_ms p50", "queue_ms p99",
+        "gpu",
+        "uuid",
+        "kernel",
+        "tenants",
+        "runs",
+        "gpu_ms p50",
+        "gpu_ms p99",
+        "wall_ms p50",
+        "wall_ms p99",
+        "queue_ms p50",
+        "queue_ms p99",
     ]);
     for r in rows {
         let [g, w, q] = r.quantiles;

@@ -73,8 +73,19 @@ struct Family {
     samples: Vec<(Labels, f64)>,
 }
 
-fn family(name: &'static str, help: &'static str, kind: Kind, samples: Vec<(Labels, f64)>) -> Family {
-    Family { name, help, kind, unit: None, samples }
+fn family(
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    samples: Vec<(Labels, f64)>,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        unit: None,
+        samples,
+    }
 }
 
 fn families(live: &LiveState, counters: &Counters) -> Vec<Family> {
@@ -94,12 +105,18 @@ fn families(live: &LiveState, counters: &Counters) -> Vec<Family> {
             for (clock, q) in [("wall", h.wall), ("gpu", h.gpu), ("queue", h.queue)] {
                 for (quantile, v) in [("0.5", q.p50), ("0.99", q.p99)] {
                     if let Some(v) = v {
-                        lat.push((base(&[("clock", clock.into()), ("quantile", quantile.into())]), v / 1000.0));
+                        lat.push((
+                            base(&[("clock", clock.into()), ("quantile", quantile.into())]),
+                            v / 1000.0,
+                        ));
                     }
                 }
             }
             for v in Verdict::ALL {
-                verdicts.push((base(&[("verdict", v.as_str().into())]), f64::from(u8::from(h.verdict == v))));
+                verdicts.push((
+                    base(&[("verdict", v.as_str().into())]),
+                    f64::from(u8::from(h.verdict == v)),
+                ));
             }
             if let Some(i) = h.inflation {
                 infl.push((base(&[]), i));
@@ -137,10 +154,16 @@ fn families(live: &LiveState, counters: &Counters) -> Vec<Family> {
         let st = o.status();
         let mut up: Vec<(Labels, f64)> = Vec::new();
         if o.pod_resources().is_some() {
-            up.push((vec![("source", "pod_resources".into())], f64::from(u8::from(st.pod_resources_ok))));
+            up.push((
+                vec![("source", "pod_resources".into())],
+                f64::from(u8::from(st.pod_resources_ok)),
+            ));
         }
         if o.kube().is_some() {
-            up.push((vec![("source", "kube_api".into())], f64::from(u8::from(st.kube_api_ok))));
+            up.push((
+                vec![("source", "kube_api".into())],
+                f64::from(u8::from(st.kube_api_ok)),
+            ));
         }
         out.push(family(
             "slicetrace_occupancy_source_up",
@@ -163,38 +186,116 @@ fn families(live: &LiveState, counters: &Counters) -> Vec<Family> {
     let c = counters;
     let g = Counters::get;
     let plain: [(&'static str, &'static str, u64); 17] = [
-        ("slicetrace_probe_runs", "Probe runs completed.", g(&c.probe_runs)),
-        ("slicetrace_probe_cycles", "Probe cycles completed.", g(&c.probe_cycles)),
-        ("slicetrace_probe_errors", "Probe bursts that failed.", g(&c.probe_errors)),
-        ("slicetrace_telemetry_errors", "NVML samples that failed.", g(&c.telemetry_errors)),
-        ("slicetrace_otlp_spans_exported", "Spans acknowledged by the collector.", g(&c.otlp_spans_exported)),
-        ("slicetrace_otlp_spans_dropped", "Spans dropped (queue full, collector down or slow).", g(&c.otlp_spans_dropped)),
-        ("slicetrace_otlp_export_errors", "Failed OTLP export calls.", g(&c.otlp_export_errors)),
-        ("slicetrace_parquet_rows_written", "Rows in closed, visible Parquet files.", g(&c.parquet_rows_written)),
-        ("slicetrace_parquet_files_rotated", "Parquet files closed and made visible.", g(&c.parquet_files_rotated)),
-        ("slicetrace_parquet_write_errors", "Parquet write errors (disk full, permissions).", g(&c.parquet_write_errors)),
-        ("slicetrace_parquet_rows_dropped", "Rows lost to Parquet write errors or a full queue.", g(&c.parquet_rows_dropped) + g(&c.sink_queue_drops_parquet)),
-        ("slicetrace_parquet_tmp_recovered", "Leftover temporary files recovered at start.", g(&c.parquet_tmp_recovered)),
-        ("slicetrace_parquet_tmp_removed", "Unreadable leftover temporary files removed at start.", g(&c.parquet_tmp_removed)),
-        ("slicetrace_parquet_retention_deleted", "Files deleted by retention.", g(&c.parquet_retention_deleted)),
-        ("slicetrace_occupancy_errors", "Occupancy refresh errors.", g(&c.occupancy_errors)),
-        ("slicetrace_occupancy_relists", "Kubernetes watch relists.", g(&c.occupancy_relists)),
-        ("slicetrace_health_queue_drops", "Rows the health evaluator's full queue dropped.", g(&c.sink_queue_drops_health)),
+        (
+            "slicetrace_probe_runs",
+            "Probe runs completed.",
+            g(&c.probe_runs),
+        ),
+        (
+            "slicetrace_probe_cycles",
+            "Probe cycles completed.",
+            g(&c.probe_cycles),
+        ),
+        (
+            "slicetrace_probe_errors",
+            "Probe bursts that failed.",
+            g(&c.probe_errors),
+        ),
+        (
+            "slicetrace_telemetry_errors",
+            "NVML samples that failed.",
+            g(&c.telemetry_errors),
+        ),
+        (
+            "slicetrace_otlp_spans_exported",
+            "Spans acknowledged by the collector.",
+            g(&c.otlp_spans_exported),
+        ),
+        (
+            "slicetrace_otlp_spans_dropped",
+            "Spans dropped (queue full, collector down or slow).",
+            g(&c.otlp_spans_dropped),
+        ),
+        (
+            "slicetrace_otlp_export_errors",
+            "Failed OTLP export calls.",
+            g(&c.otlp_export_errors),
+        ),
+        (
+            "slicetrace_parquet_rows_written",
+            "Rows in closed, visible Parquet files.",
+            g(&c.parquet_rows_written),
+        ),
+        (
+            "slicetrace_parquet_files_rotated",
+            "Parquet files closed and made visible.",
+            g(&c.parquet_files_rotated),
+        ),
+        (
+            "slicetrace_parquet_write_errors",
+            "Parquet write errors (disk full, permissions).",
+            g(&c.parquet_write_errors),
+        ),
+        (
+            "slicetrace_parquet_rows_dropped",
+            "Rows lost to Parquet write errors or a full queue.",
+            g(&c.parquet_rows_dropped) + g(&c.sink_queue_drops_parquet),
+        ),
+        (
+            "slicetrace_parquet_tmp_recovered",
+            "Leftover temporary files recovered at start.",
+            g(&c.parquet_tmp_recovered),
+        ),
+        (
+            "slicetrace_parquet_tmp_removed",
+            "Unreadable leftover temporary files removed at start.",
+            g(&c.parquet_tmp_removed),
+        ),
+        (
+            "slicetrace_parquet_retention_deleted",
+            "Files deleted by retention.",
+            g(&c.parquet_retention_deleted),
+        ),
+        (
+            "slicetrace_occupancy_errors",
+            "Occupancy refresh errors.",
+            g(&c.occupancy_errors),
+        ),
+        (
+            "slicetrace_occupancy_relists",
+            "Kubernetes watch relists.",
+            g(&c.occupancy_relists),
+        ),
+        (
+            "slicetrace_health_queue_drops",
+            "Rows the health evaluator's full queue dropped.",
+            g(&c.sink_queue_drops_health),
+        ),
     ];
     for (name, help, v) in plain {
-        out.push(family(name, help, Kind::Counter, vec![(Vec::new(), v as f64)]));
+        out.push(family(
+            name,
+            help,
+            Kind::Counter,
+            vec![(Vec::new(), v as f64)],
+        ));
     }
     out.push(family(
         "slicetrace_ready",
         "1 once the first probe cycle completed.",
         Kind::Gauge,
-        vec![(Vec::new(), f64::from(u8::from(live.ready.load(Ordering::Relaxed))))],
+        vec![(
+            Vec::new(),
+            f64::from(u8::from(live.ready.load(Ordering::Relaxed))),
+        )],
     ));
     out
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn write_value(out: &mut String, v: f64) {
@@ -215,9 +316,17 @@ pub fn render_format(live: &LiveState, counters: &Counters, format: Format) -> S
         if f.samples.is_empty() {
             continue;
         }
-        let sample_name = if f.kind == Kind::Counter { format!("{}_total", f.name) } else { f.name.to_string() };
+        let sample_name = if f.kind == Kind::Counter {
+            format!("{}_total", f.name)
+        } else {
+            f.name.to_string()
+        };
         // Classic text names a counter family by its samples' name.
-        let family_name = if format == Format::Text { sample_name.as_str() } else { f.name };
+        let family_name = if format == Format::Text {
+            sample_name.as_str()
+        } else {
+            f.name
+        };
         let kind = match f.kind {
             Kind::Gauge => "gauge",
             Kind::Counter => "counter",
@@ -265,14 +374,20 @@ struct AppState {
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    ([(header::CONTENT_TYPE, format.content_type())], render_format(&s.live, &s.counters, format))
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        render_format(&s.live, &s.counters, format),
+    )
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.live.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no probe cycle completed yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no probe cycle completed yet\n",
+        )
     }
 }
 
@@ -292,7 +407,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let h = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::warn!(error = %e, "metrics server stopped");
         }
     });
@@ -306,7 +424,10 @@ mod tests {
 
     fn live() -> LiveState {
         let st = LiveState::default();
-        let q = Quantiles { p50: Some(0.5), p99: Some(2.0) };
+        let q = Quantiles {
+            p50: Some(0.5),
+            p99: Some(2.0),
+        };
         st.kernels.write().expect("lock").insert(
             ("GPU-\"x\"\\".into(), "fft".into()),
             KernelHealth {
@@ -330,7 +451,9 @@ mod tests {
         assert_eq!(Format::negotiate(None), Format::Text);
         assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
         assert_eq!(
-            Format::negotiate(Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")),
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
             Format::OpenMetrics
         );
     }
@@ -341,13 +464,27 @@ mod tests {
         let text = render_format(&st, &c, Format::Text);
         let om = render_format(&st, &c, Format::OpenMetrics);
         // Latency in seconds, as a summary; a missing quantile is left out.
-        assert!(text.contains("# TYPE slicetrace_probe_latency_seconds summary\n"), "{text}");
+        assert!(
+            text.contains("# TYPE slicetrace_probe_latency_seconds summary\n"),
+            "{text}"
+        );
         assert!(text.contains(r#"slicetrace_probe_latency_seconds{gpu_uuid="GPU-\"x\"\\",gpu_index="0",kernel="fft",clock="wall",quantile="0.99"} 0.002"#), "{text}");
         assert!(!text.contains("clock=\"queue\""), "{text}");
         // Counters: classic names the family with `_total`, OpenMetrics without.
-        assert!(text.contains("# TYPE slicetrace_probe_runs_total counter\nslicetrace_probe_runs_total 0\n"), "{text}");
-        assert!(om.contains("# TYPE slicetrace_probe_runs counter\nslicetrace_probe_runs_total 0\n"), "{om}");
-        assert!(om.contains("# UNIT slicetrace_probe_latency_seconds seconds\n") && om.ends_with("# EOF\n"));
+        assert!(
+            text.contains(
+                "# TYPE slicetrace_probe_runs_total counter\nslicetrace_probe_runs_total 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            om.contains("# TYPE slicetrace_probe_runs counter\nslicetrace_probe_runs_total 0\n"),
+            "{om}"
+        );
+        assert!(
+            om.contains("# UNIT slicetrace_probe_latency_seconds seconds\n")
+                && om.ends_with("# EOF\n")
+        );
         assert!(!text.contains("# UNIT") && !text.contains("# EOF"));
         // No pod count known: the family is absent, not zero.
         assert!(!text.contains("slicetrace_gpu_pods"), "{text}");

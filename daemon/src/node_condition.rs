@@ -21,7 +21,11 @@ pub const CONDITION_TYPE: &str = "GPUTailLatencyDegraded";
 /// The condition a verdict maps to: `(status, reason, message)`.
 pub fn condition_for(worst: Option<(Verdict, String)>) -> (&'static str, &'static str, String) {
     match worst {
-        Some((Verdict::Healthy, _)) | None => ("False", "GPUTailLatencyHealthy", "all probed GPUs are healthy".into()),
+        Some((Verdict::Healthy, _)) | None => (
+            "False",
+            "GPUTailLatencyHealthy",
+            "all probed GPUs are healthy".into(),
+        ),
         Some((Verdict::Degraded, why)) => ("True", "GPUTailLatencyDegraded", why),
         Some((Verdict::Unhealthy, why)) => ("True", "GPUUnhealthy", why),
     }
@@ -63,7 +67,10 @@ pub async fn run(
                 "lastTransitionTime": now,
             }]}
         });
-        match api.patch_status(&node, &PatchParams::default(), &Patch::Strategic(patch)).await {
+        match api
+            .patch_status(&node, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
             Ok(_) => {
                 tracing::info!(node = %node, status, reason, "patched node condition {CONDITION_TYPE}");
                 last = Some((status, reason));

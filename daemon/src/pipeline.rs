@@ -56,7 +56,9 @@ impl StopSignal {
     }
     /// Sleeps up to `d`; returns true if stopped meanwhile.
     pub fn wait(&self, d: Duration) -> bool {
-        let Ok(guard) = self.stopped.lock() else { return true };
+        let Ok(guard) = self.stopped.lock() else {
+            return true;
+        };
         match self.cv.wait_timeout_while(guard, d, |s| !*s) {
             Ok((g, _)) => *g,
             Err(_) => true,
@@ -69,8 +71,11 @@ impl StopSignal {
 /// occupancy level on its own line.
 #[derive(Debug, Default)]
 pub struct RunSummary {
-    inner: Mutex<BTreeMap<(u32, String, String, Option<u32>), Acc>>,
+    inner: Mutex<BTreeMap<SummaryKey, Acc>>,
 }
+
+/// (GPU index, GPU UUID, kernel, tenant count).
+type SummaryKey = (u32, String, String, Option<u32>);
 
 #[derive(Debug)]
 struct Acc {
@@ -102,14 +107,20 @@ pub struct SummaryRow {
 }
 
 fn summary_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("constant bounds"))
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("constant bounds"))
 }
 
 impl RunSummary {
     fn record(&self, r: &ProbeRecord) {
         let Ok(mut m) = self.inner.lock() else { return };
         let acc = m
-            .entry((r.gpu_index, r.gpu_uuid.clone(), r.kernel.clone(), r.gpu_processes))
+            .entry((
+                r.gpu_index,
+                r.gpu_uuid.clone(),
+                r.kernel.clone(),
+                r.gpu_processes,
+            ))
             .or_insert_with(|| Acc {
                 h: [summary_hist(), summary_hist(), summary_hist()],
                 gpu_ms_sum: 0.0,
@@ -132,12 +143,17 @@ impl RunSummary {
 
     /// The table rows, ordered by GPU and kernel.
     pub fn rows(&self) -> Vec<SummaryRow> {
-        let Ok(m) = self.inner.lock() else { return Vec::new() };
+        let Ok(m) = self.inner.lock() else {
+            return Vec::new();
+        };
         m.iter()
             .map(|((idx, uuid, kernel, tenants), acc)| {
                 let h = &acc.h;
                 let q = |h: &Histogram<u64>| {
-                    (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0)
+                    (
+                        h.value_at_quantile(0.5) as f64 / 1000.0,
+                        h.value_at_quantile(0.99) as f64 / 1000.0,
+                    )
                 };
                 SummaryRow {
                     gpu_index: *idx,
@@ -250,7 +266,11 @@ pub const REOPEN_AFTER: u32 = 3;
 impl ProbeLoop {
     fn jittered(&self) -> Duration {
         let j = self.jitter_pct.min(90) as f64 / 100.0;
-        let f = if j > 0.0 { rand::rng().random_range(1.0 - j..=1.0 + j) } else { 1.0 };
+        let f = if j > 0.0 {
+            rand::rng().random_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
         self.interval.mul_f64(f)
     }
 
@@ -306,7 +326,14 @@ impl ProbeLoop {
                 let shape = self.backend.shape(kernel);
                 for seq in 0..self.burst_runs {
                     match self.backend.run(kernel) {
-                        Ok(s) => rows.push(record_for(&self.node, self.backend.device(), &shape, &s, cycle, seq)),
+                        Ok(s) => rows.push(record_for(
+                            &self.node,
+                            self.backend.device(),
+                            &shape,
+                            &s,
+                            cycle,
+                            seq,
+                        )),
                         Err(e) => {
                             error = Some(e);
                             break 'bursts;
@@ -343,7 +370,10 @@ impl ProbeLoop {
                 r.replicas = occ.replicas;
                 r.sharing_strategy = occ.sharing_strategy.clone();
                 r.occupancy_stale = occ.stale;
-                r.verdict = self.live.verdict(&uuid, &r.kernel).map(|v| v.as_str().to_string());
+                r.verdict = self
+                    .live
+                    .verdict(&uuid, &r.kernel)
+                    .map(|v| v.as_str().to_string());
                 r.trace_id = Some(trace_id.clone());
                 r.span_id = Some(new_span_id());
                 if r.correct == Some(false) {
@@ -361,7 +391,9 @@ impl ProbeLoop {
                     self.live.ready.store(true, Ordering::Relaxed);
                     if failures > 0 {
                         tracing::info!(gpu = %uuid, after_failures = failures, "probing recovered");
-                        self.fanout.event(HealthEvent::ProbeRecovered { gpu_uuid: uuid.clone() });
+                        self.fanout.event(HealthEvent::ProbeRecovered {
+                            gpu_uuid: uuid.clone(),
+                        });
                     }
                     failures = 0;
                     next = started + interval;
@@ -373,7 +405,11 @@ impl ProbeLoop {
                     if err_log.allow() || failures == 1 {
                         tracing::error!(gpu = %uuid, failures, error = %msg, "probe burst failed; GPU marked unhealthy, retrying with backoff");
                     }
-                    self.fanout.event(HealthEvent::ProbeError { gpu_uuid: uuid.clone(), gpu_index, error: msg });
+                    self.fanout.event(HealthEvent::ProbeError {
+                        gpu_uuid: uuid.clone(),
+                        gpu_index,
+                        error: msg,
+                    });
                     if failures >= REOPEN_AFTER {
                         if let Some(reopen) = self.reopen.as_mut() {
                             match reopen() {
@@ -387,7 +423,9 @@ impl ProbeLoop {
                             }
                         }
                     }
-                    let backoff = interval.saturating_mul(1u32 << failures.min(6)).min(MAX_BACKOFF);
+                    let backoff = interval
+                        .saturating_mul(1u32 << failures.min(6))
+                        .min(MAX_BACKOFF);
                     next = Instant::now() + backoff;
                 }
             }

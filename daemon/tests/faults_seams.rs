@@ -82,7 +82,13 @@ fn start(
         },
         |_| {},
     ));
-    Running { stop: Some(tx), task, counters, live, data }
+    Running {
+        stop: Some(tx),
+        task,
+        counters,
+        live,
+        data,
+    }
 }
 
 impl Running {
@@ -95,7 +101,10 @@ impl Running {
             .expect("agent stopped within 30 s")
             .expect("agent task did not panic")
             .expect("agent run succeeded");
-        assert!(report.clean_shutdown, "every sink closed within the deadline");
+        assert!(
+            report.clean_shutdown,
+            "every sink closed within the deadline"
+        );
         report
     }
 }
@@ -105,7 +114,9 @@ fn read_rows(data: &Path) -> Vec<ProbeRecord> {
     let mut files = Vec::new();
     let mut stack = vec![data.join("probes")];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -123,7 +134,9 @@ fn read_rows(data: &Path) -> Vec<ProbeRecord> {
             .build()
             .expect("reader");
         for b in reader {
-            rows.extend(slicetrace_schema::probes_from_batch(&b.expect("batch")).expect("probe rows"));
+            rows.extend(
+                slicetrace_schema::probes_from_batch(&b.expect("batch")).expect("probe rows"),
+            );
         }
     }
     rows.sort_by_key(|r| r.ts_ns);
@@ -131,7 +144,10 @@ fn read_rows(data: &Path) -> Vec<ProbeRecord> {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// The log written since `from` (a byte offset of the capture).
@@ -154,9 +170,17 @@ impl TelemetrySource for FaultyTelemetry {
     }
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.ok_for {
-            return Ok(DeviceSample { sm_clock_mhz: Some(1980), temp_c: Some(41), power_w: Some(123.0), ..Default::default() });
+            return Ok(DeviceSample {
+                sm_clock_mhz: Some(1980),
+                temp_c: Some(41),
+                power_w: Some(123.0),
+                ..Default::default()
+            });
         }
-        Err(TelemetryError::Device { uuid: gpu_uuid.to_string(), source: "injected: GPU has fallen off the bus".into() })
+        Err(TelemetryError::Device {
+            uuid: gpu_uuid.to_string(),
+            source: "injected: GPU has fallen off the bus".into(),
+        })
     }
 }
 
@@ -167,34 +191,68 @@ async fn telemetry_case(ok_for: u64) {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = config(dir.path(), "telemetry", "");
     let backends: Vec<Box<dyn ProbeBackend>> = vec![Box::new(cpu(0, &cfg))];
-    let tel = Arc::new(FaultyTelemetry { calls: AtomicU64::new(0), ok_for });
+    let tel = Arc::new(FaultyTelemetry {
+        calls: AtomicU64::new(0),
+        ok_for,
+    });
     let a = start(cfg, backends, None, tel, Some(Arc::new(NoOccupancy)));
     let counters = a.counters.clone();
-    wait_until("failing samples", || Counters::get(&counters.telemetry_errors) >= 100).await;
+    wait_until("failing samples", || {
+        Counters::get(&counters.telemetry_errors) >= 100
+    })
+    .await;
     let data = a.data.clone();
     a.stop().await;
 
     let rows = read_rows(&data);
     let with: Vec<&ProbeRecord> = rows.iter().filter(|r| r.sm_clock_mhz.is_some()).collect();
     let without: Vec<&ProbeRecord> = rows.iter().filter(|r| r.sm_clock_mhz.is_none()).collect();
-    assert!(without.len() >= 50, "rows keep coming while NVML fails: {} rows without NVML", without.len());
+    assert!(
+        without.len() >= 50,
+        "rows keep coming while NVML fails: {} rows without NVML",
+        without.len()
+    );
     // Absent is null, never 0, and nothing from an earlier sample leaks in.
-    assert!(without.iter().all(|r| r.temp_c.is_none() && r.power_w.is_none() && r.throttle_reasons.is_none()));
+    assert!(without
+        .iter()
+        .all(|r| r.temp_c.is_none() && r.power_w.is_none() && r.throttle_reasons.is_none()));
     if ok_for == 0 {
-        assert!(with.is_empty(), "NVML never answered, yet {} rows have a clock", with.len());
+        assert!(
+            with.is_empty(),
+            "NVML never answered, yet {} rows have a clock",
+            with.len()
+        );
     } else {
-        assert!(with.iter().all(|r| r.sm_clock_mhz == Some(1980) && r.temp_c == Some(41)));
+        assert!(with
+            .iter()
+            .all(|r| r.sm_clock_mhz == Some(1980) && r.temp_c == Some(41)));
         assert!(!with.is_empty());
         // Once NVML fails for good, every later row is null.
         let first_null = without.first().expect("null rows").ts_ns;
-        assert!(with.iter().all(|r| r.ts_ns < first_null), "a row after the failure has NVML values");
+        assert!(
+            with.iter().all(|r| r.ts_ns < first_null),
+            "a row after the failure has NVML values"
+        );
     }
     let errors = Counters::get(&counters.telemetry_errors);
-    assert!(errors >= without.len() as u64, "{errors} telemetry errors for {} null rows", without.len());
+    assert!(
+        errors >= without.len() as u64,
+        "{errors} telemetry errors for {} null rows",
+        without.len()
+    );
     let log = log_since(&logs, from);
-    let warned = log.lines().filter(|l| l.contains("telemetry sample failed; NVML columns are null")).count();
-    assert_eq!(warned, 1, "the reason is logged once a minute, not per sample:\n{log}");
-    assert!(log.contains("GPU has fallen off the bus"), "the log line carries the cause:\n{log}");
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("telemetry sample failed; NVML columns are null"))
+        .count();
+    assert_eq!(
+        warned, 1,
+        "the reason is logged once a minute, not per sample:\n{log}"
+    );
+    assert!(
+        log.contains("GPU has fallen off the bus"),
+        "the log line carries the cause:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,11 +304,13 @@ impl ProbeBackend for Flaky {
 
 fn verdict(live: &LiveState, uuid: &str) -> Option<(Verdict, String)> {
     let k = live.kernels.read().ok()?;
-    k.get(&(uuid.to_string(), "fft".to_string())).map(|h| (h.verdict, h.reason.clone()))
+    k.get(&(uuid.to_string(), "fft".to_string()))
+        .map(|h| (h.verdict, h.reason.clone()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_while_the_other_probes_on() {
+async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_while_the_other_probes_on(
+) {
     let _serial = SERIAL.lock().await;
     let logs = capture_logs();
     let from = logs.text().len();
@@ -259,38 +319,64 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
     let interval = Duration::from_millis(cfg.interval_ms);
     let faults: Vec<Arc<Fault>> = (0..2).map(|_| Arc::new(Fault::default())).collect();
     let backends: Vec<Box<dyn ProbeBackend>> = (0..2)
-        .map(|i| Box::new(Flaky { inner: cpu(i, &cfg), fault: faults[i as usize].clone() }) as Box<dyn ProbeBackend>)
+        .map(|i| {
+            Box::new(Flaky {
+                inner: cpu(i, &cfg),
+                fault: faults[i as usize].clone(),
+            }) as Box<dyn ProbeBackend>
+        })
         .collect();
     let spec = cfg.probe_spec("cpu");
     let fs = faults.clone();
     let factory: BackendFactory = Arc::new(move |i| {
         let fault = fs[i as usize].clone();
         fault.reopened.fetch_add(1, Ordering::SeqCst);
-        CpuBackend::new(i, &spec).map(|b| Box::new(Flaky { inner: b, fault }) as Box<dyn ProbeBackend>)
+        CpuBackend::new(i, &spec)
+            .map(|b| Box::new(Flaky { inner: b, fault }) as Box<dyn ProbeBackend>)
     });
-    let a = start(cfg, backends, Some(factory), Arc::new(slicetrace_agent::telemetry::NoTelemetry), Some(Arc::new(NoOccupancy)));
+    let a = start(
+        cfg,
+        backends,
+        Some(factory),
+        Arc::new(slicetrace_agent::telemetry::NoTelemetry),
+        Some(Arc::new(NoOccupancy)),
+    );
     let (good, bad) = (faults[0].clone(), faults[1].clone());
     wait_until("both GPUs probing", || {
         good.ok_runs.load(Ordering::SeqCst) >= 20 && bad.ok_runs.load(Ordering::SeqCst) >= 20
     })
     .await;
     let live = a.live.clone();
-    wait_until("healthy verdicts", || verdict(&live, "CPU-1").is_some_and(|v| v.0 == Verdict::Healthy)).await;
+    wait_until("healthy verdicts", || {
+        verdict(&live, "CPU-1").is_some_and(|v| v.0 == Verdict::Healthy)
+    })
+    .await;
 
     // GPU 1 is lost.
     let good_before = good.ok_runs.load(Ordering::SeqCst);
     let fail_ns = now_ns();
     bad.fail.store(true, Ordering::SeqCst);
-    wait_until("six failed attempts", || bad.failed_at.lock().unwrap().len() >= 6).await;
+    wait_until("six failed attempts", || {
+        bad.failed_at.lock().unwrap().len() >= 6
+    })
+    .await;
     wait_until("GPU 1 unhealthy", || {
-        verdict(&live, "CPU-1").is_some_and(|(v, r)| v == Verdict::Unhealthy && r.contains("probe failing"))
+        verdict(&live, "CPU-1")
+            .is_some_and(|(v, r)| v == Verdict::Unhealthy && r.contains("probe failing"))
     })
     .await;
     let (v0, r0) = verdict(&live, "CPU-0").expect("verdict of GPU 0");
-    assert_ne!(v0, Verdict::Unhealthy, "the healthy GPU was marked too: {r0}");
+    assert_ne!(
+        v0,
+        Verdict::Unhealthy,
+        "the healthy GPU was marked too: {r0}"
+    );
     assert!(!a.task.is_finished(), "the agent stopped");
     let good_during = good.ok_runs.load(Ordering::SeqCst) - good_before;
-    assert!(good_during >= 30, "GPU 0 stopped probing while GPU 1 failed: {good_during} runs");
+    assert!(
+        good_during >= 30,
+        "GPU 0 stopped probing while GPU 1 failed: {good_during} runs"
+    );
 
     // Backoff: the k-th retry waits interval * 2^k (jitter is off), so the
     // gaps between attempts grow; sleeps can only overshoot.
@@ -298,10 +384,17 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
     let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
     for (k, g) in gaps.iter().take(5).enumerate() {
         let min = interval * (1 << (k + 1));
-        assert!(*g >= min, "retry {} came after {g:?}, before its backoff {min:?}: {gaps:?}", k + 1);
+        assert!(
+            *g >= min,
+            "retry {} came after {g:?}, before its backoff {min:?}: {gaps:?}",
+            k + 1
+        );
     }
     assert!(gaps[4] > gaps[0] * 2, "spacing does not grow: {gaps:?}");
-    assert!(bad.reopened.load(Ordering::SeqCst) >= 1, "the backend was never re-created after repeated failures");
+    assert!(
+        bad.reopened.load(Ordering::SeqCst) >= 1,
+        "the backend was never re-created after repeated failures"
+    );
     assert_eq!(good.reopened.load(Ordering::SeqCst), 0);
     assert!(Counters::get(&a.counters.probe_errors) >= 6);
 
@@ -309,23 +402,51 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
     let back_ns = now_ns();
     bad.fail.store(false, Ordering::SeqCst);
     let ok_then = bad.ok_runs.load(Ordering::SeqCst);
-    wait_until("GPU 1 probing again", || bad.ok_runs.load(Ordering::SeqCst) >= ok_then + 20).await;
+    wait_until("GPU 1 probing again", || {
+        bad.ok_runs.load(Ordering::SeqCst) >= ok_then + 20
+    })
+    .await;
     let recovered_ns = now_ns();
-    wait_until("GPU 1 no longer unhealthy", || verdict(&live, "CPU-1").is_some_and(|(v, _)| v != Verdict::Unhealthy)).await;
+    wait_until("GPU 1 no longer unhealthy", || {
+        verdict(&live, "CPU-1").is_some_and(|(v, _)| v != Verdict::Unhealthy)
+    })
+    .await;
     let data = a.data.clone();
     let report = a.stop().await;
-    assert!(report.summary.iter().any(|r| r.gpu_uuid == "CPU-0") && report.summary.iter().any(|r| r.gpu_uuid == "CPU-1"));
+    assert!(
+        report.summary.iter().any(|r| r.gpu_uuid == "CPU-0")
+            && report.summary.iter().any(|r| r.gpu_uuid == "CPU-1")
+    );
 
     let log = log_since(&logs, from);
-    for line in ["probe burst failed; GPU marked unhealthy", "re-created the probe backend after repeated failures", "probing recovered"] {
+    for line in [
+        "probe burst failed; GPU marked unhealthy",
+        "re-created the probe backend after repeated failures",
+        "probing recovered",
+    ] {
         assert!(log.contains(line), "{line:?} not logged:\n{log}");
     }
     assert!(log.contains("GPU lost"));
     let rows = read_rows(&data);
-    let during = |uuid: &str| rows.iter().filter(|r| r.gpu_uuid == uuid && r.ts_ns > fail_ns && r.ts_ns < recovered_ns).count();
-    assert!(during("CPU-0") >= 30, "GPU 0 rows while GPU 1 failed: {}", during("CPU-0"));
-    let after = rows.iter().filter(|r| r.gpu_uuid == "CPU-1" && r.ts_ns > back_ns).count();
-    assert!(after >= 20, "only {after} GPU 1 rows after it came back ({} runs)", bad.ok_runs.load(Ordering::SeqCst) - ok_then);
+    let during = |uuid: &str| {
+        rows.iter()
+            .filter(|r| r.gpu_uuid == uuid && r.ts_ns > fail_ns && r.ts_ns < recovered_ns)
+            .count()
+    };
+    assert!(
+        during("CPU-0") >= 30,
+        "GPU 0 rows while GPU 1 failed: {}",
+        during("CPU-0")
+    );
+    let after = rows
+        .iter()
+        .filter(|r| r.gpu_uuid == "CPU-1" && r.ts_ns > back_ns)
+        .count();
+    assert!(
+        after >= 20,
+        "only {after} GPU 1 rows after it came back ({} runs)",
+        bad.ok_runs.load(Ordering::SeqCst) - ok_then
+    );
 }
 
 // ----------------------------------------------------------- kube API -----
@@ -333,7 +454,8 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist() {
     let _serial = SERIAL.lock().await;
-    let Some(py) = python("kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist") else {
+    let Some(py) = python("kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist")
+    else {
         return;
     };
     let api = FakeApi::start(&py);
@@ -346,7 +468,13 @@ async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist()
     );
     let cfg = config(&dir.path().join("data"), "n1", &occ);
     let backends: Vec<Box<dyn ProbeBackend>> = vec![Box::new(cpu(0, &cfg))];
-    let a = start(cfg, backends, None, Arc::new(slicetrace_agent::telemetry::NoTelemetry), None);
+    let a = start(
+        cfg,
+        backends,
+        None,
+        Arc::new(slicetrace_agent::telemetry::NoTelemetry),
+        None,
+    );
     let data = a.data.clone();
     let counters = a.counters.clone();
     let newest_after = |t: i64| read_rows(&data).into_iter().rfind(|r| r.ts_ns > t);
@@ -364,7 +492,10 @@ async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist()
         newest_after(down_ns).is_some_and(|r| r.occupancy_stale == Some(true))
     })
     .await;
-    let stale: Vec<ProbeRecord> = read_rows(&data).into_iter().filter(|r| r.occupancy_stale == Some(true)).collect();
+    let stale: Vec<ProbeRecord> = read_rows(&data)
+        .into_iter()
+        .filter(|r| r.occupancy_stale == Some(true))
+        .collect();
     assert!(stale.iter().all(|r| r.replicas == Some(4) && r.sharing_strategy.as_deref() == Some("time-slicing")), "last known node state kept");
     assert!(Counters::get(&counters.occupancy_errors) >= 1);
 
@@ -381,18 +512,28 @@ async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist()
     let relists = Counters::get(&counters.occupancy_relists);
     api.control("POST", "/_test/gone?http=1", "");
     let gone_ns = now_ns();
-    wait_until("relist after 410", || Counters::get(&counters.occupancy_relists) > relists).await;
+    wait_until("relist after 410", || {
+        Counters::get(&counters.occupancy_relists) > relists
+    })
+    .await;
     let relisted_ns = now_ns();
     wait_until("fresh rows after the relist", || {
-        newest_after(relisted_ns).is_some_and(|r| r.occupancy_stale == Some(false) && r.replicas == Some(4))
+        newest_after(relisted_ns)
+            .is_some_and(|r| r.occupancy_stale == Some(false) && r.replicas == Some(4))
     })
     .await;
     assert!(api.stats()["gone_sent"].as_u64().unwrap_or(0) >= 1);
     a.stop().await;
     // Probing never paused for the API: rows cover the whole outage.
     let rows = read_rows(&data);
-    let in_outage = rows.iter().filter(|r| r.ts_ns > down_ns && r.ts_ns < up_ns).count();
+    let in_outage = rows
+        .iter()
+        .filter(|r| r.ts_ns > down_ns && r.ts_ns < up_ns)
+        .count();
     let secs = (up_ns - down_ns) as f64 / 1e9;
-    assert!(in_outage as f64 >= secs * 50.0 * 2.0 * 0.5, "{in_outage} rows in a {secs:.1} s outage");
+    assert!(
+        in_outage as f64 >= secs * 50.0 * 2.0 * 0.5,
+        "{in_outage} rows in a {secs:.1} s outage"
+    );
     assert!(rows.iter().any(|r| r.ts_ns > gone_ns));
 }

@@ -60,8 +60,14 @@ impl FftReference {
         let raw = det_uniform(0x5EED_0001, 2 * total);
         let input: Vec<Complex32> = raw.chunks(2).map(|c| Complex32::new(c[0], c[1])).collect();
         let raw_w = det_uniform(0x5EED_0002, 2 * total);
-        let w: Vec<Complex32> = raw_w.chunks(2).map(|c| Complex32::new(c[0], c[1])).collect();
-        let mut x: Vec<Complex64> = input.iter().map(|c| Complex64::new(c.re as f64, c.im as f64)).collect();
+        let w: Vec<Complex32> = raw_w
+            .chunks(2)
+            .map(|c| Complex32::new(c[0], c[1]))
+            .collect();
+        let mut x: Vec<Complex64> = input
+            .iter()
+            .map(|c| Complex64::new(c.re as f64, c.im as f64))
+            .collect();
         fft_f64_in_place(spec, &mut x);
         let ref_dot: Complex64 = x
             .iter()
@@ -94,7 +100,10 @@ impl FftReference {
         let proj = (dot - self.ref_dot).norm() / self.dot_scale.max(f64::MIN_POSITIVE);
         let rel = parseval.max(proj);
         // NaN compares false, so a NaN output is incorrect.
-        (rel <= FFT_TOLERANCE, if rel.is_nan() { f64::INFINITY } else { rel })
+        (
+            rel <= FFT_TOLERANCE,
+            if rel.is_nan() { f64::INFINITY } else { rel },
+        )
     }
 
     /// Judges a host-resident output.
@@ -168,20 +177,36 @@ impl GemmReference {
     pub fn new(spec: &GemmSpec) -> Self {
         let n = spec.n;
         let p = spec.precision;
-        let a: Vec<f32> = det_uniform(0x5EED_0003, n * n).into_iter().map(|x| round_to(p, x)).collect();
-        let b: Vec<f32> = det_uniform(0x5EED_0004, n * n).into_iter().map(|x| round_to(p, x)).collect();
+        let a: Vec<f32> = det_uniform(0x5EED_0003, n * n)
+            .into_iter()
+            .map(|x| round_to(p, x))
+            .collect();
+        let b: Vec<f32> = det_uniform(0x5EED_0004, n * n)
+            .into_iter()
+            .map(|x| round_to(p, x))
+            .collect();
         // Nonzero multiples of 1/8 in [-1, 1]: exact in fp16 and bf16, and no
         // column of C is invisible to the checksum.
         let v: Vec<f32> = det_uniform(0x5EED_0005, n)
             .into_iter()
             .map(|x| {
                 let q = (x * 8.0).round() / 8.0;
-                if q == 0.0 { 0.125f32.copysign(x) } else { q }
+                if q == 0.0 {
+                    0.125f32.copysign(x)
+                } else {
+                    q
+                }
             })
             .collect();
         let bv = matvec_f64(&b, &v.iter().map(|&x| x as f64).collect::<Vec<_>>(), n);
         let expected = matvec_f64(&a, &bv, n);
-        GemmReference { a, b, v, expected, tolerance: p.gemm_tolerance() }
+        GemmReference {
+            a,
+            b,
+            v,
+            expected,
+            tolerance: p.gemm_tolerance(),
+        }
     }
 
     /// The value the self-test writes into `C[0]`: the norm of the expected
@@ -201,7 +226,11 @@ impl GemmReference {
             den += ei * ei;
         }
         let rel = (num / den.max(f64::MIN_POSITIVE)).sqrt();
-        let rel = if rel.is_nan() || y.len() != self.expected.len() { f64::INFINITY } else { rel };
+        let rel = if rel.is_nan() || y.len() != self.expected.len() {
+            f64::INFINITY
+        } else {
+            rel
+        };
         (rel <= self.tolerance, rel)
     }
 
@@ -234,7 +263,9 @@ mod tests {
 
     #[test]
     fn fft_reference_accepts_a_correct_fp32_transform_and_rejects_a_corrupted_one() {
-        let spec = FftSpec { dims: FftDims::D1 { n: 256, batch: 4 } };
+        let spec = FftSpec {
+            dims: FftDims::D1 { n: 256, batch: 4 },
+        };
         let r = FftReference::new(&spec);
         let mut out = r.input.clone();
         let plan = FftPlanner::<f32>::new().plan_fft_forward(256);
@@ -249,7 +280,9 @@ mod tests {
 
     #[test]
     fn fft_2d_reference_matches_row_column_transform() {
-        let spec = FftSpec { dims: FftDims::D2 { nx: 16, ny: 32 } };
+        let spec = FftSpec {
+            dims: FftDims::D2 { nx: 16, ny: 32 },
+        };
         let r = FftReference::new(&spec);
         let mut planner = FftPlanner::<f32>::new();
         let mut x = r.input.clone();
@@ -267,7 +300,9 @@ mod tests {
 
     #[test]
     fn nan_output_is_incorrect() {
-        let spec = FftSpec { dims: FftDims::D1 { n: 64, batch: 1 } };
+        let spec = FftSpec {
+            dims: FftDims::D1 { n: 64, batch: 1 },
+        };
         let r = FftReference::new(&spec);
         let mut out = r.input.clone();
         out[0] = Complex32::new(f32::NAN, 0.0);
@@ -279,7 +314,10 @@ mod tests {
     #[test]
     fn gemm_reference_per_precision() {
         for p in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
-            let spec = GemmSpec { n: 64, precision: p };
+            let spec = GemmSpec {
+                n: 64,
+                precision: p,
+            };
             let r = GemmReference::new(&spec);
             let n = 64;
             let mut c = vec![0.0f32; n * n];

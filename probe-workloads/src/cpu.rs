@@ -49,7 +49,10 @@ impl Worker {
         let mut planner = FftPlanner::<f32>::new();
         let (rows, cols) = match spec.fft.dims {
             FftDims::D1 { n, .. } => (planner.plan_fft_forward(n), None),
-            FftDims::D2 { nx, ny } => (planner.plan_fft_forward(ny), Some(planner.plan_fft_forward(nx))),
+            FftDims::D2 { nx, ny } => (
+                planner.plan_fft_forward(ny),
+                Some(planner.plan_fft_forward(nx)),
+            ),
         };
         let scratch_len = rows
             .get_inplace_scratch_len()
@@ -71,7 +74,8 @@ impl Worker {
 
     fn fft(&mut self) {
         self.fft_buf.copy_from_slice(&self.fft_ref.input);
-        self.fft_rows.process_with_scratch(&mut self.fft_buf, &mut self.fft_scratch);
+        self.fft_rows
+            .process_with_scratch(&mut self.fft_buf, &mut self.fft_scratch);
         if let (Some(cols), FftDims::D2 { nx, ny }) = (&self.fft_cols, self.spec.fft.dims) {
             transpose(&self.fft_buf, &mut self.fft_t, nx, ny);
             cols.process_with_scratch(&mut self.fft_t, &mut self.fft_scratch);
@@ -88,8 +92,20 @@ impl Worker {
         // describe exactly those buffers and c does not alias a or b.
         unsafe {
             matrixmultiply::sgemm(
-                n, n, n, 1.0, r.a.as_ptr(), 1, n as isize, r.b.as_ptr(), 1, n as isize, 0.0,
-                self.c.as_mut_ptr(), 1, n as isize,
+                n,
+                n,
+                n,
+                1.0,
+                r.a.as_ptr(),
+                1,
+                n as isize,
+                r.b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                self.c.as_mut_ptr(),
+                1,
+                n as isize,
             );
         }
         let p = self.spec.gemm.precision;
@@ -108,14 +124,20 @@ impl Worker {
         if job.corrupt {
             match job.kernel {
                 Kernel::Fft => self.fft_buf[0] = Complex32::new(self.fft_ref.plant_value(), 0.0),
-                Kernel::Gemm => self.c[0] = round_to(self.spec.gemm.precision, self.gemm_ref.plant_value()),
+                Kernel::Gemm => {
+                    self.c[0] = round_to(self.spec.gemm.precision, self.gemm_ref.plant_value())
+                }
             }
         }
         let (correct, rel_error) = match job.kernel {
             Kernel::Fft => self.fft_ref.judge_host(&self.fft_buf),
             Kernel::Gemm => self.gemm_ref.judge_host(&self.c),
         };
-        Done { compute_ms, correct, rel_error }
+        Done {
+            compute_ms,
+            correct,
+            rel_error,
+        }
     }
 }
 
@@ -221,7 +243,8 @@ impl ProbeBackend for CpuBackend {
         let tx = self.tx.as_ref().ok_or(ProbeError::WorkerGone)?;
         let ts_ns = now_ns();
         let t0 = Instant::now();
-        tx.send(Job { kernel, corrupt }).map_err(|_| ProbeError::WorkerGone)?;
+        tx.send(Job { kernel, corrupt })
+            .map_err(|_| ProbeError::WorkerGone)?;
         let done = self.rx.recv().map_err(|_| ProbeError::WorkerGone)?;
         let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(RunSample {
@@ -257,8 +280,13 @@ mod tests {
 
     fn small() -> ProbeSpec {
         ProbeSpec {
-            fft: FftSpec { dims: FftDims::D1 { n: 512, batch: 4 } },
-            gemm: GemmSpec { n: 64, precision: Precision::Fp32 },
+            fft: FftSpec {
+                dims: FftDims::D1 { n: 512, batch: 4 },
+            },
+            gemm: GemmSpec {
+                n: 64,
+                precision: Precision::Fp32,
+            },
             burst_runs: 4,
             timing: crate::Timing::Graph,
         }
@@ -267,13 +295,24 @@ mod tests {
     #[test]
     fn cpu_backend_runs_both_kernels_correctly_with_both_clocks() {
         for p in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
-            let spec = ProbeSpec { gemm: GemmSpec { n: 96, precision: p }, ..small() };
+            let spec = ProbeSpec {
+                gemm: GemmSpec {
+                    n: 96,
+                    precision: p,
+                },
+                ..small()
+            };
             let mut b = CpuBackend::new(0, &spec).expect("backend");
             for k in [Kernel::Fft, Kernel::Gemm] {
                 let s = b.run(k).expect("run");
                 assert_eq!(s.correct, Some(true), "{k:?} {p:?} rel={:?}", s.rel_error);
                 let g = s.gpu_ms.expect("compute time");
-                assert!(g > 0.0 && s.wall_ms >= g, "wall {} < compute {}", s.wall_ms, g);
+                assert!(
+                    g > 0.0 && s.wall_ms >= g,
+                    "wall {} < compute {}",
+                    s.wall_ms,
+                    g
+                );
                 assert!(s.ts_ns > 1_600_000_000_000_000_000);
             }
         }
@@ -281,7 +320,12 @@ mod tests {
 
     #[test]
     fn cpu_backend_2d_fft_is_correct() {
-        let spec = ProbeSpec { fft: FftSpec { dims: FftDims::D2 { nx: 64, ny: 128 } }, ..small() };
+        let spec = ProbeSpec {
+            fft: FftSpec {
+                dims: FftDims::D2 { nx: 64, ny: 128 },
+            },
+            ..small()
+        };
         let mut b = CpuBackend::new(0, &spec).expect("backend");
         assert_eq!(b.run(Kernel::Fft).expect("run").correct, Some(true));
     }
@@ -302,7 +346,12 @@ mod tests {
     /// norm of the article preset's 4096×4096 FFT on the H100.
     #[test]
     fn planted_corruption_is_caught_on_a_large_2d_fft() {
-        let spec = ProbeSpec { fft: FftSpec { dims: FftDims::D2 { nx: 1024, ny: 1024 } }, ..small() };
+        let spec = ProbeSpec {
+            fft: FftSpec {
+                dims: FftDims::D2 { nx: 1024, ny: 1024 },
+            },
+            ..small()
+        };
         let mut b = CpuBackend::new(0, &spec).expect("backend");
         b.corrupt_next_output(Kernel::Fft);
         let bad = b.run(Kernel::Fft).expect("run");

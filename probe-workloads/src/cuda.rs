@@ -19,7 +19,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::cufft::{result as fft_result, sys as fft_sys};
-use cudarc::driver::{sys as drv_sys, CudaContext, CudaEvent, CudaGraph, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    sys as drv_sys, CudaContext, CudaEvent, CudaGraph, CudaSlice, CudaStream, DevicePtr,
+};
 use num_complex::{Complex32, Complex64};
 
 use crate::check::{FftReference, GemmReference};
@@ -27,7 +29,10 @@ use crate::spec::{FftDims, Kernel, Precision, ProbeSpec, Timing};
 use crate::{DeviceInfo, KernelShape, ProbeBackend, ProbeError, RunSample};
 
 fn cuda_err(what: &'static str) -> impl Fn(&dyn std::fmt::Debug) -> ProbeError {
-    move |e| ProbeError::Cuda { what, detail: format!("{e:?}") }
+    move |e| ProbeError::Cuda {
+        what,
+        detail: format!("{e:?}"),
+    }
 }
 
 macro_rules! ck {
@@ -83,8 +88,14 @@ struct Matrix {
 fn to_bytes(p: Precision, xs: &[f32]) -> Vec<u8> {
     match p {
         Precision::Fp32 => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Precision::Fp16 => xs.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-        Precision::Bf16 => xs.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+        Precision::Fp16 => xs
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        Precision::Bf16 => xs
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -169,31 +180,58 @@ impl CudaBackend {
             )?,
         };
         // SAFETY: plan and stream are valid and belong to this context.
-        ck!("cufftSetStream", unsafe { fft_result::set_stream(fft_plan, stream.cu_stream() as _) })?;
+        ck!("cufftSetStream", unsafe {
+            fft_result::set_stream(fft_plan, stream.cu_stream() as _)
+        })?;
         let flat = |v: &[Complex32]| -> Vec<f32> { v.iter().flat_map(|c| [c.re, c.im]).collect() };
         let fft_in = ck!("upload fft input", stream.clone_htod(&flat(&fft_ref.input)))?;
-        let fft_w = ck!("upload fft projection", stream.clone_htod(&flat(&fft_ref.w)))?;
-        let fft_out = ck!("alloc fft output", stream.alloc_zeros::<f32>(2 * spec.fft.total_len()))?;
+        let fft_w = ck!(
+            "upload fft projection",
+            stream.clone_htod(&flat(&fft_ref.w))
+        )?;
+        let fft_out = ck!(
+            "alloc fft output",
+            stream.alloc_zeros::<f32>(2 * spec.fft.total_len())
+        )?;
 
         let gemm_ref = GemmReference::new(&spec.gemm);
         let p = spec.gemm.precision;
         let n = spec.gemm.n;
         let elem = if p == Precision::Fp32 { 4 } else { 2 };
-        let a = Matrix { buf: ck!("upload A", stream.clone_htod(&to_bytes(p, &gemm_ref.a)))? };
-        let b = Matrix { buf: ck!("upload B", stream.clone_htod(&to_bytes(p, &gemm_ref.b)))? };
-        let v = Matrix { buf: ck!("upload v", stream.clone_htod(&to_bytes(p, &gemm_ref.v)))? };
-        let c = Matrix { buf: ck!("alloc C", stream.alloc_zeros::<u8>(n * n * elem))? };
+        let a = Matrix {
+            buf: ck!("upload A", stream.clone_htod(&to_bytes(p, &gemm_ref.a)))?,
+        };
+        let b = Matrix {
+            buf: ck!("upload B", stream.clone_htod(&to_bytes(p, &gemm_ref.b)))?,
+        };
+        let v = Matrix {
+            buf: ck!("upload v", stream.clone_htod(&to_bytes(p, &gemm_ref.v)))?,
+        };
+        let c = Matrix {
+            buf: ck!("alloc C", stream.alloc_zeros::<u8>(n * n * elem))?,
+        };
         let y = ck!("alloc y", stream.alloc_zeros::<f32>(n))?;
         let chk = ck!("alloc check", stream.alloc_zeros::<f32>(4))?;
         let fence = ck!("alloc fence", stream.clone_htod(&[1.0f32]))?;
         let blas = ck!("cublasCreate", CudaBlas::new(stream.clone()))?;
 
-        let ev_start = ck!("cuEventCreate", ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)))?;
-        let ev_end = ck!("cuEventCreate", ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)))?;
+        let ev_start = ck!(
+            "cuEventCreate",
+            ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
+        )?;
+        let ev_end = ck!(
+            "cuEventCreate",
+            ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
+        )?;
         ck!("cuStreamSynchronize", stream.synchronize())?;
 
         let mut me = CudaBackend {
-            info: DeviceInfo { index, uuid, name, backend: "cuda" },
+            info: DeviceInfo {
+                index,
+                uuid,
+                name,
+                backend: "cuda",
+            },
             spec: *spec,
             _ctx: ctx,
             stream,
@@ -232,7 +270,9 @@ impl CudaBackend {
                     Err(e) => {
                         // Leave the stream usable; this kernel is then timed
                         // with the same fenced sequence as separate calls.
-                        let _ = me.stream.end_capture(drv_sys::CUgraphInstantiate_flags_enum(0));
+                        let _ = me
+                            .stream
+                            .end_capture(drv_sys::CUgraphInstantiate_flags_enum(0));
                         tracing::warn!(gpu = %me.info.uuid, kernel = k.as_str(), error = %e, "CUDA graph capture failed; timing with separate stream calls");
                     }
                 }
@@ -283,15 +323,23 @@ impl CudaBackend {
     fn capture(&mut self, kernel: Kernel) -> Result<CudaGraph, ProbeError> {
         ck!(
             "cuStreamBeginCapture",
-            self.stream.begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            self.stream
+                .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         )?;
         self.enqueue_fence()?;
         self.record_external(&self.ev_start)?;
         self.enqueue(kernel)?;
         self.record_external(&self.ev_end)?;
         self.enqueue_checks(kernel)?;
-        let g = ck!("cuStreamEndCapture", self.stream.end_capture(drv_sys::CUgraphInstantiate_flags_enum(0)))?
-            .ok_or(ProbeError::Cuda { what: "cuStreamEndCapture", detail: "empty graph".into() })?;
+        let g = ck!(
+            "cuStreamEndCapture",
+            self.stream
+                .end_capture(drv_sys::CUgraphInstantiate_flags_enum(0))
+        )?
+        .ok_or(ProbeError::Cuda {
+            what: "cuStreamEndCapture",
+            detail: "empty graph".into(),
+        })?;
         ck!("cuGraphUpload", g.upload())?;
         ck!("cuStreamSynchronize", self.stream.synchronize())?;
         Ok(g)
@@ -306,7 +354,12 @@ impl CudaBackend {
                 // this stream; the input is not overwritten by an out-of-place
                 // C2C transform.
                 ck!("cufftExecC2C", unsafe {
-                    fft_result::exec_c2c(self.fft_plan, i as *mut _, o as *mut _, -1 /* CUFFT_FORWARD */)
+                    fft_result::exec_c2c(
+                        self.fft_plan,
+                        i as *mut _,
+                        o as *mut _,
+                        -1, /* CUFFT_FORWARD */
+                    )
                 })
             }
             Kernel::Gemm => {
@@ -324,12 +377,20 @@ impl CudaBackend {
                         *self.blas.handle(),
                         blas_sys::cublasOperation_t::CUBLAS_OP_N,
                         blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                        n, n, n,
+                        n,
+                        n,
+                        n,
                         &alpha as *const f32 as *const c_void,
-                        a as *const c_void, t, n,
-                        b as *const c_void, t, n,
+                        a as *const c_void,
+                        t,
+                        n,
+                        b as *const c_void,
+                        t,
+                        n,
                         &beta as *const f32 as *const c_void,
-                        c as *mut c_void, t, n,
+                        c as *mut c_void,
+                        t,
+                        n,
                         blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                         blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                     )
@@ -368,10 +429,34 @@ impl CudaBackend {
                 // mode the results go to chk[0] (f32) and chk[2..4] (complex,
                 // 8-byte aligned). The mode is restored right after.
                 unsafe {
-                    ck!("cublasSetPointerMode", blas_sys::cublasSetPointerMode_v2(h, blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_DEVICE).result())?;
-                    let r1 = blas_sys::cublasScnrm2_v2_64(h, len, o as *const _, 1, r as *mut f32).result();
-                    let r2 = blas_sys::cublasCdotu_v2_64(h, len, o as *const _, 1, w as *const _, 1, (r as *mut f32).add(2) as *mut _).result();
-                    ck!("cublasSetPointerMode", blas_sys::cublasSetPointerMode_v2(h, blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST).result())?;
+                    ck!(
+                        "cublasSetPointerMode",
+                        blas_sys::cublasSetPointerMode_v2(
+                            h,
+                            blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_DEVICE
+                        )
+                        .result()
+                    )?;
+                    let r1 = blas_sys::cublasScnrm2_v2_64(h, len, o as *const _, 1, r as *mut f32)
+                        .result();
+                    let r2 = blas_sys::cublasCdotu_v2_64(
+                        h,
+                        len,
+                        o as *const _,
+                        1,
+                        w as *const _,
+                        1,
+                        (r as *mut f32).add(2) as *mut _,
+                    )
+                    .result();
+                    ck!(
+                        "cublasSetPointerMode",
+                        blas_sys::cublasSetPointerMode_v2(
+                            h,
+                            blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST
+                        )
+                        .result()
+                    )?;
                     ck!("cublasScnrm2", r1)?;
                     ck!("cublasCdotu", r2)?;
                 }
@@ -390,12 +475,20 @@ impl CudaBackend {
                         h,
                         blas_sys::cublasOperation_t::CUBLAS_OP_N,
                         blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                        n, 1, n,
+                        n,
+                        1,
+                        n,
                         &alpha as *const f32 as *const c_void,
-                        c as *const c_void, t, n,
-                        v as *const c_void, t, n,
+                        c as *const c_void,
+                        t,
+                        n,
+                        v as *const c_void,
+                        t,
+                        n,
                         &beta as *const f32 as *const c_void,
-                        y as *mut c_void, blas_sys::cudaDataType::CUDA_R_32F, n,
+                        y as *mut c_void,
+                        blas_sys::cudaDataType::CUDA_R_32F,
+                        n,
                         blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                         blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                     )
@@ -410,7 +503,10 @@ impl CudaBackend {
     fn read_checks(&mut self, kernel: Kernel) -> Result<(bool, f64), ProbeError> {
         match kernel {
             Kernel::Fft => {
-                ck!("copy check", self.stream.memcpy_dtoh(&self.chk, &mut self.chk_host))?;
+                ck!(
+                    "copy check",
+                    self.stream.memcpy_dtoh(&self.chk, &mut self.chk_host)
+                )?;
                 ck!("cuStreamSynchronize", self.stream.synchronize())?;
                 let nrm = self.chk_host[0] as f64;
                 let dot = Complex64::new(self.chk_host[2] as f64, self.chk_host[3] as f64);
@@ -533,22 +629,34 @@ mod tests {
                 assert!(e.to_string().contains("not found"), "{e}");
             }
             Err(other) => panic!("unexpected error kind: {other}"),
-            Ok(n) => assert!(n >= 1 || matches!(CudaBackend::new(0, &ProbeSpec::preset(crate::Preset::Light)), Err(ProbeError::BadIndex { .. }))),
+            Ok(n) => assert!(
+                n >= 1
+                    || matches!(
+                        CudaBackend::new(0, &ProbeSpec::preset(crate::Preset::Light)),
+                        Err(ProbeError::BadIndex { .. })
+                    )
+            ),
         }
     }
 
     #[test]
     fn auto_falls_back_to_cpu_with_a_reason_when_cuda_is_missing() {
         let spec = ProbeSpec {
-            fft: crate::FftSpec { dims: FftDims::D1 { n: 256, batch: 2 } },
-            gemm: crate::GemmSpec { n: 32, precision: Precision::Fp32 },
+            fft: crate::FftSpec {
+                dims: FftDims::D1 { n: 256, batch: 2 },
+            },
+            gemm: crate::GemmSpec {
+                n: 32,
+                precision: Precision::Fp32,
+            },
             burst_runs: 2,
             timing: crate::Timing::Graph,
         };
         if device_count().is_ok_and(|n| n > 0) {
             return; // a GPU is present: the fallback path does not apply here.
         }
-        let (backends, reason) = crate::open_backends(crate::BackendKind::Auto, &|_| spec, 1).expect("fallback");
+        let (backends, reason) =
+            crate::open_backends(crate::BackendKind::Auto, &|_| spec, 1).expect("fallback");
         assert_eq!(backends.len(), 1);
         assert_eq!(backends[0].device().backend, "cpu");
         assert!(reason.expect("reason").to_string().contains("not found"));

@@ -83,7 +83,9 @@ impl std::str::FromStr for BackendKind {
             "auto" => Ok(Self::Auto),
             "cuda" => Ok(Self::Cuda),
             "cpu" => Ok(Self::Cpu),
-            o => Err(format!("unknown backend {o:?} (expected auto, cuda or cpu)")),
+            o => Err(format!(
+                "unknown backend {o:?} (expected auto, cuda or cpu)"
+            )),
         }
     }
 }
@@ -191,6 +193,10 @@ pub fn record_for(
     }
 }
 
+/// Backends opened by [`open_backends`], and the reason CUDA was not used
+/// when `auto` fell back to the CPU.
+pub type OpenedBackends = (Vec<Box<dyn ProbeBackend>>, Option<ProbeError>);
+
 /// Finds the CUDA devices, checking every library first so that a missing one
 /// is a clear error naming it (cudarc would panic otherwise).
 pub fn cuda_device_count() -> Result<u32, ProbeError> {
@@ -207,7 +213,7 @@ pub fn open_backends(
     kind: BackendKind,
     spec_for: &dyn Fn(&'static str) -> ProbeSpec,
     cpu_devices: u32,
-) -> Result<(Vec<Box<dyn ProbeBackend>>, Option<ProbeError>), ProbeError> {
+) -> Result<OpenedBackends, ProbeError> {
     let open_cpu = || -> Result<Vec<Box<dyn ProbeBackend>>, ProbeError> {
         let spec = spec_for("cpu");
         (0..cpu_devices.max(1))

@@ -66,7 +66,9 @@ impl std::str::FromStr for Precision {
             "fp32" => Ok(Self::Fp32),
             "fp16" => Ok(Self::Fp16),
             "bf16" => Ok(Self::Bf16),
-            o => Err(format!("unknown precision {o:?} (expected fp32, fp16 or bf16)")),
+            o => Err(format!(
+                "unknown precision {o:?} (expected fp32, fp16 or bf16)"
+            )),
         }
     }
 }
@@ -232,7 +234,9 @@ impl std::str::FromStr for Timing {
             "graph" => Ok(Self::Graph),
             "stream" => Ok(Self::Stream),
             "legacy" => Ok(Self::Legacy),
-            o => Err(format!("unknown timing {o:?} (expected graph, stream or legacy)")),
+            o => Err(format!(
+                "unknown timing {o:?} (expected graph, stream or legacy)"
+            )),
         }
     }
 }
@@ -244,14 +248,24 @@ impl ProbeSpec {
             // Measured on the H100 (docs/gpu-results): FFT ≈ 6 µs, GEMM ≈ 10 µs
             // per run, so 2 × 8 runs stay far below 0.5 ms per cycle.
             Preset::Light => ProbeSpec {
-                fft: FftSpec { dims: FftDims::D1 { n: 4096, batch: 16 } },
-                gemm: GemmSpec { n: 1024, precision: Precision::Fp16 },
+                fft: FftSpec {
+                    dims: FftDims::D1 { n: 4096, batch: 16 },
+                },
+                gemm: GemmSpec {
+                    n: 1024,
+                    precision: Precision::Fp16,
+                },
                 burst_runs: 8,
                 timing: Timing::Graph,
             },
             Preset::Article => ProbeSpec {
-                fft: FftSpec { dims: FftDims::D2 { nx: 4096, ny: 4096 } },
-                gemm: GemmSpec { n: 4096, precision: Precision::Fp32 },
+                fft: FftSpec {
+                    dims: FftDims::D2 { nx: 4096, ny: 4096 },
+                },
+                gemm: GemmSpec {
+                    n: 4096,
+                    precision: Precision::Fp32,
+                },
                 burst_runs: 8,
                 timing: Timing::Graph,
             },
@@ -275,7 +289,9 @@ impl ProbeSpec {
         let pow2_ok = |n: usize| (2..=1 << 24).contains(&n);
         match self.fft.dims {
             FftDims::D1 { n, batch } if !pow2_ok(n) || batch == 0 || n * batch > 1 << 26 => {
-                return Err(ProbeError::BadSpec(format!("fft n={n} batch={batch} out of range")))
+                return Err(ProbeError::BadSpec(format!(
+                    "fft n={n} batch={batch} out of range"
+                )))
             }
             FftDims::D2 { nx, ny } if !pow2_ok(nx) || !pow2_ok(ny) || nx * ny > 1 << 26 => {
                 return Err(ProbeError::BadSpec(format!("fft {nx}x{ny} out of range")))
@@ -283,10 +299,16 @@ impl ProbeSpec {
             _ => {}
         }
         if !(8..=16384).contains(&self.gemm.n) {
-            return Err(ProbeError::BadSpec(format!("gemm n={} out of range 8..=16384", self.gemm.n)));
+            return Err(ProbeError::BadSpec(format!(
+                "gemm n={} out of range 8..=16384",
+                self.gemm.n
+            )));
         }
         if self.burst_runs == 0 || self.burst_runs > 1000 {
-            return Err(ProbeError::BadSpec(format!("burst_runs={} out of range 1..=1000", self.burst_runs)));
+            return Err(ProbeError::BadSpec(format!(
+                "burst_runs={} out of range 1..=1000",
+                self.burst_runs
+            )));
         }
         Ok(())
     }

@@ -66,7 +66,10 @@ pub fn health_batch(rows: &[HealthRecord]) -> Result<RecordBatch, SchemaError> {
     let mut f: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::new()).collect();
     for r in rows {
         ts.append_value(r.ts_ns);
-        for (b, v) in s.iter_mut().zip([&r.node, &r.gpu_uuid, &r.kernel, &r.verdict, &r.reason]) {
+        for (b, v) in s
+            .iter_mut()
+            .zip([&r.node, &r.gpu_uuid, &r.kernel, &r.verdict, &r.reason])
+        {
             b.append_value(v);
         }
         idx.append_value(r.gpu_index);
@@ -91,10 +94,21 @@ pub fn health_batch(rows: &[HealthRecord]) -> Result<RecordBatch, SchemaError> {
     }
     let mut s = s.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
     let mut u = u.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
-    let f: Vec<ArrayRef> = f.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
-    let next = |it: &mut dyn Iterator<Item = ArrayRef>| it.next().ok_or(SchemaError::MissingColumn("internal".into()));
-    let (node, uuid, kernel, verdict, reason) =
-        (next(&mut s)?, next(&mut s)?, next(&mut s)?, next(&mut s)?, next(&mut s)?);
+    let f: Vec<ArrayRef> = f
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    let next = |it: &mut dyn Iterator<Item = ArrayRef>| {
+        it.next()
+            .ok_or(SchemaError::MissingColumn("internal".into()))
+    };
+    let (node, uuid, kernel, verdict, reason) = (
+        next(&mut s)?,
+        next(&mut s)?,
+        next(&mut s)?,
+        next(&mut s)?,
+        next(&mut s)?,
+    );
     let (win, samples, fails, thr) = (next(&mut u)?, next(&mut u)?, next(&mut u)?, next(&mut u)?);
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(ts.finish()),

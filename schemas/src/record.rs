@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, ListArray,
-    ListBuilder, StringArray, StringBuilder, TimestampNanosecondArray,
-    TimestampNanosecondBuilder, UInt32Array, UInt32Builder, UInt64Array, UInt64Builder,
+    ListBuilder, StringArray, StringBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder,
+    UInt32Array, UInt32Builder, UInt64Array, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -264,12 +264,22 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
     let f64c = |n: &str| column::<Float64Array>(batch, n);
     let bc = |n: &str| column::<BooleanArray>(batch, n);
     let lc = |n: &str| column::<ListArray>(batch, n);
-    let (node, uuid, idx, name) = (s("node")?, s("gpu_uuid")?, u32c("gpu_index")?, s("gpu_name")?);
-    let (backend, kernel, shape, prec) = (s("backend")?, s("kernel")?, s("shape")?, s("precision")?);
+    let (node, uuid, idx, name) = (
+        s("node")?,
+        s("gpu_uuid")?,
+        u32c("gpu_index")?,
+        s("gpu_name")?,
+    );
+    let (backend, kernel, shape, prec) =
+        (s("backend")?, s("kernel")?, s("shape")?, s("precision")?);
     let submit = s("submit")?;
     let (flops, cycle, seq) = (f64c("flops")?, u64c("cycle")?, u32c("burst_seq")?);
-    let (gpu_ms, wall_ms, queue_ms, tflops) =
-        (f64c("gpu_ms")?, f64c("wall_ms")?, f64c("queue_ms")?, f64c("tflops")?);
+    let (gpu_ms, wall_ms, queue_ms, tflops) = (
+        f64c("gpu_ms")?,
+        f64c("wall_ms")?,
+        f64c("queue_ms")?,
+        f64c("tflops")?,
+    );
     let (correct, rel) = (bc("correct")?, f64c("rel_error")?);
     let (sm, mem, gu, mu) = (
         u32c("sm_clock_mhz")?,
@@ -380,7 +390,13 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_nulls_and_empty_lists_apart() {
-        let rows = vec![sample(), ProbeRecord { pods: None, ..sample() }];
+        let rows = vec![
+            sample(),
+            ProbeRecord {
+                pods: None,
+                ..sample()
+            },
+        ];
         let batch = probes_batch(&rows).expect("batch");
         assert_eq!(batch.num_columns(), COLUMNS.len());
         let back = probes_from_batch(&batch).expect("read back");
@@ -393,8 +409,14 @@ mod tests {
     #[test]
     fn schema_carries_version_metadata() {
         let s = probes_schema();
-        assert_eq!(s.metadata().get(SCHEMA_VERSION_KEY), Some(&SCHEMA_VERSION.to_string()));
-        assert_eq!(s.metadata().get(TABLE_KEY).map(String::as_str), Some("probes"));
+        assert_eq!(
+            s.metadata().get(SCHEMA_VERSION_KEY),
+            Some(&SCHEMA_VERSION.to_string())
+        );
+        assert_eq!(
+            s.metadata().get(TABLE_KEY).map(String::as_str),
+            Some("probes")
+        );
         assert_eq!(
             s.field_with_name("ts").expect("ts").data_type(),
             &DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
@@ -407,6 +429,8 @@ mod tests {
         let idx = batch.schema().index_of("wall_ms").expect("idx");
         let mut b = batch.clone();
         b.remove_column(idx);
-        assert!(matches!(probes_from_batch(&b), Err(SchemaError::MissingColumn(c)) if c == "wall_ms"));
+        assert!(
+            matches!(probes_from_batch(&b), Err(SchemaError::MissingColumn(c)) if c == "wall_ms")
+        );
     }
 }

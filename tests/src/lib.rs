@@ -22,9 +22,15 @@ pub fn root() -> PathBuf {
 
 /// A workspace binary from the debug build (`cargo build --workspace --bins`).
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     let p = target.join("debug").join(name);
-    assert!(p.exists(), "{} is not built: run `cargo build --workspace --bins` (tests/run.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (tests/run.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -67,8 +73,18 @@ pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
 /// Runs a Python snippet with `args` and returns its stdout (panics with
 /// stderr on failure).
 pub fn run_python(py: &Path, code: &str, args: &[&str]) -> String {
-    let out = Command::new(py).arg("-c").arg(code).args(args).output().expect("run python");
-    assert!(out.status.success(), "python failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -94,7 +110,11 @@ pub fn rotel() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let py = python_with(&["rotel"])?;
-    let out = run_python(&py, "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))", &[]);
+    let out = run_python(
+        &py,
+        "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        &[],
+    );
     let p = PathBuf::from(out.trim());
     if p.exists() {
         Some(p)
@@ -138,7 +158,12 @@ impl Proc {
     pub fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
         let f = std::fs::File::create(&log).expect("log file");
         let f2 = f.try_clone().expect("log file");
-        let child = cmd.stdout(f).stderr(f2).stdin(Stdio::null()).spawn().expect("spawn");
+        let child = cmd
+            .stdout(f)
+            .stderr(f2)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn");
         Proc { child, log }
     }
     /// The log so far.
@@ -173,20 +198,38 @@ pub fn start_rotel(dir: &Path, grpc: u16, http: u16) -> Option<Proc> {
     cmd.arg("start")
         .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
         .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-        .args(["--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+        .args([
+            "--exporter",
+            "blackhole",
+            "--debug-log",
+            "traces",
+            "--debug-log-verbosity",
+            "detailed",
+        ])
         .arg("--pid-file")
         .arg(dir.join("rotel.pid"));
     let p = Proc::spawn(cmd, dir.join("rotel.log"));
     for port in [grpc, http] {
-        let up = wait_for(Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-        assert!(up.is_some(), "rotel did not listen on {port}: {}", p.log_text());
+        let up = wait_for(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(
+            up.is_some(),
+            "rotel did not listen on {port}: {}",
+            p.log_text()
+        );
     }
     Some(p)
 }
 
 /// Runs a command to completion with a timeout (kills it past the limit).
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let status = wait_for(timeout, || child.try_wait().ok().flatten());
     if status.is_none() {
         let _ = child.kill();
@@ -200,7 +243,9 @@ pub fn parquet_files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let (mut done, mut tmp) = (Vec::new(), Vec::new());
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {

@@ -40,7 +40,10 @@ fn records(n: usize) -> Vec<ProbeRecord> {
 fn write(path: &Path, batch: &arrow::record_batch::RecordBatch, kv: Option<(&str, &str)>) {
     let props = kv.map(|(k, v)| {
         parquet::file::properties::WriterProperties::builder()
-            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(k.to_string(), v.to_string())]))
+            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                k.to_string(),
+                v.to_string(),
+            )]))
             .build()
     });
     let f = std::fs::File::create(path).expect("create");
@@ -65,31 +68,55 @@ type MakeBad = Box<dyn Fn(&Path)>;
 /// The bad inputs: (name, writer of the one file in the partition).
 fn bad_inputs() -> Vec<(&'static str, MakeBad)> {
     vec![
-        ("truncated", Box::new(|p: &Path| {
-            let tmp = p.with_extension("full");
-            good_file(&tmp);
-            let bytes = std::fs::read(&tmp).expect("read");
-            std::fs::remove_file(&tmp).expect("rm");
-            std::fs::write(p, &bytes[..bytes.len() / 2]).expect("write");
-        })),
-        ("text", Box::new(|p: &Path| std::fs::write(p, "not parquet at all\n").expect("write"))),
-        ("zero-bytes", Box::new(|p: &Path| std::fs::write(p, "").expect("write"))),
-        ("foreign", Box::new(|p: &Path| {
-            let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
-                "temperature",
-                arrow::datatypes::DataType::Float64,
-                false,
-            )]));
-            let col = Arc::new(arrow::array::Float64Array::from(vec![20.5, 21.0]));
-            let b = arrow::record_batch::RecordBatch::try_new(schema, vec![col]).expect("batch");
-            write(p, &b, None);
-        })),
-        ("future", Box::new(|p: &Path| {
-            let b = probes_batch(&records(20)).expect("batch");
-            let schema = Arc::new(b.schema().as_ref().clone().with_metadata(Default::default()));
-            let b = arrow::record_batch::RecordBatch::try_new(schema, b.columns().to_vec()).expect("batch");
-            write(p, &b, Some((slicetrace_schema::SCHEMA_VERSION_KEY, "99")));
-        })),
+        (
+            "truncated",
+            Box::new(|p: &Path| {
+                let tmp = p.with_extension("full");
+                good_file(&tmp);
+                let bytes = std::fs::read(&tmp).expect("read");
+                std::fs::remove_file(&tmp).expect("rm");
+                std::fs::write(p, &bytes[..bytes.len() / 2]).expect("write");
+            }),
+        ),
+        (
+            "text",
+            Box::new(|p: &Path| std::fs::write(p, "not parquet at all\n").expect("write")),
+        ),
+        (
+            "zero-bytes",
+            Box::new(|p: &Path| std::fs::write(p, "").expect("write")),
+        ),
+        (
+            "foreign",
+            Box::new(|p: &Path| {
+                let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+                    arrow::datatypes::Field::new(
+                        "temperature",
+                        arrow::datatypes::DataType::Float64,
+                        false,
+                    ),
+                ]));
+                let col = Arc::new(arrow::array::Float64Array::from(vec![20.5, 21.0]));
+                let b =
+                    arrow::record_batch::RecordBatch::try_new(schema, vec![col]).expect("batch");
+                write(p, &b, None);
+            }),
+        ),
+        (
+            "future",
+            Box::new(|p: &Path| {
+                let b = probes_batch(&records(20)).expect("batch");
+                let schema = Arc::new(
+                    b.schema()
+                        .as_ref()
+                        .clone()
+                        .with_metadata(Default::default()),
+                );
+                let b = arrow::record_batch::RecordBatch::try_new(schema, b.columns().to_vec())
+                    .expect("batch");
+                write(p, &b, Some((slicetrace_schema::SCHEMA_VERSION_KEY, "99")));
+            }),
+        ),
     ]
 }
 
@@ -98,11 +125,21 @@ fn subcommands(out: &Path) -> Vec<Vec<String>> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     vec![
         s(&["report"]),
-        s(&["compare", "--baseline", "kernel = 'fft'", "--against", "kernel = 'gemm'"]),
+        s(&[
+            "compare",
+            "--baseline",
+            "kernel = 'fft'",
+            "--against",
+            "kernel = 'gemm'",
+        ]),
         s(&["compare", "--split-by-occupancy"]),
         s(&["fleet"]),
         s(&["sql", "SELECT count(*) FROM probes"]),
-        vec!["plot".into(), "--out".into(), out.join("cdf.svg").display().to_string()],
+        vec![
+            "plot".into(),
+            "--out".into(),
+            out.join("cdf.svg").display().to_string(),
+        ],
     ]
 }
 
@@ -114,7 +151,10 @@ fn slicetrace(sub: &[String], data: &Path) -> Output {
 
 fn assert_usage_error(o: &Output, what: &str, needle: &str) {
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!e.contains("panicked") && !e.contains("RUST_BACKTRACE"), "{what}: panic: {e}");
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+        "{what}: panic: {e}"
+    );
     assert_eq!(o.status.code(), Some(2), "{what}: stderr {e}");
     assert!(e.starts_with("error: "), "{what}: {e}");
     assert!(e.contains(needle), "{what}: {needle:?} not named in {e}");
@@ -125,7 +165,9 @@ fn every_subcommand_rejects_each_bad_file_naming_it_with_exit_2() {
     let tmp = tempfile::tempdir().expect("tmp");
     for (name, make) in bad_inputs() {
         for alone in [true, false] {
-            let root = tmp.path().join(format!("{name}-{}", if alone { "alone" } else { "mixed" }));
+            let root = tmp
+                .path()
+                .join(format!("{name}-{}", if alone { "alone" } else { "mixed" }));
             let part = partition(&root);
             if !alone {
                 good_file(&part.join("part-1-good.parquet"));
@@ -134,11 +176,21 @@ fn every_subcommand_rejects_each_bad_file_naming_it_with_exit_2() {
             make(&part.join(&file));
             for sub in subcommands(tmp.path()) {
                 let o = slicetrace(&sub, &root);
-                assert_usage_error(&o, &format!("{name} ({}) {sub:?}", if alone { "alone" } else { "beside a good file" }), &file);
+                assert_usage_error(
+                    &o,
+                    &format!(
+                        "{name} ({}) {sub:?}",
+                        if alone { "alone" } else { "beside a good file" }
+                    ),
+                    &file,
+                );
             }
         }
     }
-    assert!(!tmp.path().join("cdf.svg").exists(), "plot wrote output from bad input");
+    assert!(
+        !tmp.path().join("cdf.svg").exists(),
+        "plot wrote output from bad input"
+    );
 }
 
 #[test]
@@ -164,7 +216,13 @@ fn a_good_file_still_works_for_every_subcommand() {
     for sub in subcommands(tmp.path()) {
         let o = slicetrace(&sub, &root);
         // fleet exits 1 when a GPU is not healthy; anything else must be 0.
-        let ok = matches!(o.status.code(), Some(0)) || (sub[0] == "fleet" && o.status.code() == Some(1));
-        assert!(ok, "{sub:?}: {:?} {}", o.status.code(), String::from_utf8_lossy(&o.stderr));
+        let ok =
+            matches!(o.status.code(), Some(0)) || (sub[0] == "fleet" && o.status.code() == Some(1));
+        assert!(
+            ok,
+            "{sub:?}: {:?} {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }

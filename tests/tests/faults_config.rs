@@ -12,33 +12,113 @@ use slicetrace_e2e::{bin, run_with_timeout};
 /// `{file}` in the TOML is replaced by the path of a regular file.
 const CASES: &[(&str, &str, &str)] = &[
     ("unknown top-level key", "bogus_key = 1\n", "bogus_key"),
-    ("unknown key in [probe]", "[probe]\nbogus_key = 1\n", "probe.bogus_key"),
-    ("unknown key in [parquet]", "[parquet]\nbogus_key = 1\n", "parquet.bogus_key"),
-    ("unknown key in [otlp]", "[otlp]\nbogus_key = 1\n", "otlp.bogus_key"),
-    ("unknown key in [metrics]", "[metrics]\nbogus_key = 1\n", "metrics.bogus_key"),
-    ("unknown key in [health]", "[health]\nbogus_key = 1\n", "health.bogus_key"),
-    ("unknown key in [occupancy]", "[occupancy]\nbogus_key = 1\n", "occupancy.bogus_key"),
+    (
+        "unknown key in [probe]",
+        "[probe]\nbogus_key = 1\n",
+        "probe.bogus_key",
+    ),
+    (
+        "unknown key in [parquet]",
+        "[parquet]\nbogus_key = 1\n",
+        "parquet.bogus_key",
+    ),
+    (
+        "unknown key in [otlp]",
+        "[otlp]\nbogus_key = 1\n",
+        "otlp.bogus_key",
+    ),
+    (
+        "unknown key in [metrics]",
+        "[metrics]\nbogus_key = 1\n",
+        "metrics.bogus_key",
+    ),
+    (
+        "unknown key in [health]",
+        "[health]\nbogus_key = 1\n",
+        "health.bogus_key",
+    ),
+    (
+        "unknown key in [occupancy]",
+        "[occupancy]\nbogus_key = 1\n",
+        "occupancy.bogus_key",
+    ),
     ("unknown table", "[bogus_table]\nx = 1\n", "bogus_table"),
     ("negative interval", "interval_ms = -1\n", "interval_ms"),
     ("zero interval", "interval_ms = 0\n", "interval_ms"),
-    ("interval as text", "interval_ms = \"fast\"\n", "interval_ms"),
-    ("negative nested duration", "[parquet]\nrotate_interval_ms = -5\n", "parquet.rotate_interval_ms"),
-    ("negative health window", "[health]\nwindow_ms = -1\n", "health.window_ms"),
+    (
+        "interval as text",
+        "interval_ms = \"fast\"\n",
+        "interval_ms",
+    ),
+    (
+        "negative nested duration",
+        "[parquet]\nrotate_interval_ms = -5\n",
+        "parquet.rotate_interval_ms",
+    ),
+    (
+        "negative health window",
+        "[health]\nwindow_ms = -1\n",
+        "health.window_ms",
+    ),
     ("jitter above 90", "jitter_pct = 91\n", "jitter_pct"),
-    ("zero shutdown deadline", "shutdown_deadline_ms = 0\n", "shutdown_deadline_ms"),
+    (
+        "zero shutdown deadline",
+        "shutdown_deadline_ms = 0\n",
+        "shutdown_deadline_ms",
+    ),
     ("zero cpu devices", "cpu_devices = 0\n", "cpu_devices"),
     ("bad backend", "backend = \"tpu\"\n", "backend"),
     ("bad preset", "preset = \"huge\"\n", "preset"),
-    ("bad gemm precision", "[probe]\ngemm_precision = \"fp64\"\n", "probe.gemm_precision"),
-    ("unparsable endpoint", "[otlp]\nendpoint = \"not a url\"\n", "otlp.endpoint"),
-    ("endpoint without scheme host", "[otlp]\nendpoint = \"http://\"\n", "otlp.endpoint"),
-    ("bad otlp protocol", "[otlp]\nprotocol = \"carrier-pigeon\"\n", "otlp.protocol"),
-    ("zero otlp timeout", "[otlp]\ntimeout_ms = 0\n", "timeout_ms"),
-    ("bad metrics address", "[metrics]\nlisten = \"everywhere\"\n", "metrics.listen"),
-    ("zero row group", "[parquet]\nrow_group_rows = 0\n", "row_group_rows"),
-    ("health factor below 1", "[health]\ndegraded_factor = 0.5\n", "health.degraded_factor"),
-    ("zero occupancy staleness", "[occupancy]\nstale_after_ms = 0\n", "stale_after_ms"),
-    ("bad kube_api mode", "[occupancy]\nkube_api = \"sometimes\"\n", "occupancy.kube_api"),
+    (
+        "bad gemm precision",
+        "[probe]\ngemm_precision = \"fp64\"\n",
+        "probe.gemm_precision",
+    ),
+    (
+        "unparsable endpoint",
+        "[otlp]\nendpoint = \"not a url\"\n",
+        "otlp.endpoint",
+    ),
+    (
+        "endpoint without scheme host",
+        "[otlp]\nendpoint = \"http://\"\n",
+        "otlp.endpoint",
+    ),
+    (
+        "bad otlp protocol",
+        "[otlp]\nprotocol = \"carrier-pigeon\"\n",
+        "otlp.protocol",
+    ),
+    (
+        "zero otlp timeout",
+        "[otlp]\ntimeout_ms = 0\n",
+        "timeout_ms",
+    ),
+    (
+        "bad metrics address",
+        "[metrics]\nlisten = \"everywhere\"\n",
+        "metrics.listen",
+    ),
+    (
+        "zero row group",
+        "[parquet]\nrow_group_rows = 0\n",
+        "row_group_rows",
+    ),
+    (
+        "health factor below 1",
+        "[health]\ndegraded_factor = 0.5\n",
+        "health.degraded_factor",
+    ),
+    (
+        "zero occupancy staleness",
+        "[occupancy]\nstale_after_ms = 0\n",
+        "stale_after_ms",
+    ),
+    (
+        "bad kube_api mode",
+        "[occupancy]\nkube_api = \"sometimes\"\n",
+        "occupancy.kube_api",
+    ),
 ];
 
 fn run(args: &[&str], config: &Path) -> std::process::Output {
@@ -80,9 +160,16 @@ fn check_case(name: &str, body: &str, needle: &str, data_dir: Option<&str>) {
         .map(|d| d.replace("{file}", file.to_str().expect("utf8")))
         .unwrap_or_else(|| dir.path().join("data").display().to_string());
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, format!("data_dir = {data:?}\nself_test = false\n{body}")).expect("config");
+    std::fs::write(
+        &cfg,
+        format!("data_dir = {data:?}\nself_test = false\n{body}"),
+    )
+    .expect("config");
     let before = tree(dir.path());
-    for args in [&["check-config"][..], &["run", "--backend", "cpu", "--config"][..]] {
+    for args in [
+        &["check-config"][..],
+        &["run", "--backend", "cpu", "--config"][..],
+    ] {
         let out = run(args, &cfg);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let what = format!("{name} ({}): stderr {stderr:?}", args[0]);
@@ -92,7 +179,11 @@ fn check_case(name: &str, body: &str, needle: &str, data_dir: Option<&str>) {
         assert_eq!(line.lines().count(), 1, "not one line: {what}");
         assert!(line.starts_with("error: config: "), "{what}");
         assert!(line.contains(needle), "{needle:?} not named: {what}");
-        assert!(out.stdout.is_empty(), "{what}: stdout {:?}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "{what}: stdout {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert_eq!(tree(dir.path()), before, "{what}: something was written");
     }
 }
@@ -118,7 +209,10 @@ fn a_missing_config_file_is_a_usage_error_naming_it() {
     let out = run(&["check-config"], &cfg);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("nope.toml") && stderr.trim_end().lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.contains("nope.toml") && stderr.trim_end().lines().count() == 1,
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -126,8 +220,20 @@ fn a_valid_config_passes_check_config_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("agent.toml");
     let data = dir.path().join("data");
-    std::fs::write(&cfg, format!("data_dir = {:?}\ninterval_ms = 250\n[otlp]\nendpoint = \"http://127.0.0.1:4317\"\n", data.display().to_string())).expect("config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\ninterval_ms = 250\n[otlp]\nendpoint = \"http://127.0.0.1:4317\"\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("config");
     let out = run(&["check-config"], &cfg);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!data.exists(), "check-config created the data dir");
 }

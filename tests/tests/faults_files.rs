@@ -12,7 +12,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use faults_support::*;
-use slicetrace_e2e::{free_port, missing, parquet_files, python_with, run_python, run_with_timeout, start_rotel, wait_for, Proc};
+use slicetrace_e2e::{
+    free_port, missing, parquet_files, python_with, run_python, run_with_timeout, start_rotel,
+    wait_for, Proc,
+};
 
 /// Unmounts the test tmpfs even when the test fails.
 struct Mount(PathBuf);
@@ -52,7 +55,9 @@ const FAST_ROTATION: &str = "[parquet]\nrotate_interval_ms = 1000\nflush_interva
 #[test]
 fn disk_full_keeps_probing_logs_once_hides_partial_files_and_resumes() {
     let _g = serial();
-    let Some(py) = python_with(&["pyarrow"]) else { return };
+    let Some(py) = python_with(&["pyarrow"]) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let mnt = dir.path().join("small");
     std::fs::create_dir_all(&mnt).expect("mkdir");
@@ -68,23 +73,43 @@ fn disk_full_keeps_probing_logs_once_hides_partial_files_and_resumes() {
     let _guard = Mount(mnt.clone());
     let data = mnt.join("data");
     let mport = free_port();
-    let cfg = write_config(dir.path(), "interval_ms = 20\njitter_pct = 0", FAST_ROTATION);
+    let cfg = write_config(
+        dir.path(),
+        "interval_ms = 20\njitter_pct = 0",
+        FAST_ROTATION,
+    );
     let mut p = Proc::spawn(agent(&cfg, &data, mport), dir.path().join("agent.log"));
     let first = wait_for(WAIT, || (!parquet_files(&data).0.is_empty()).then_some(()));
-    assert!(first.is_some(), "no file written before the disk filled: {}", p.log_text());
+    assert!(
+        first.is_some(),
+        "no file written before the disk filled: {}",
+        p.log_text()
+    );
 
     let ballast = mnt.join("ballast");
     fill(&ballast);
-    wait_metric(mport, "slicetrace_parquet_write_errors_total", "a write error", |v| v > 0.0);
+    wait_metric(
+        mport,
+        "slicetrace_parquet_write_errors_total",
+        "a write error",
+        |v| v > 0.0,
+    );
     let full: BTreeSet<PathBuf> = parquet_files(&data).0.into_iter().collect();
     let c0 = metric(mport, "slicetrace_probe_cycles_total").expect("cycles");
     std::thread::sleep(Duration::from_secs(4)); // several rotation intervals
     let c1 = metric(mport, "slicetrace_probe_cycles_total").expect("cycles");
     let errors = metric(mport, "slicetrace_parquet_write_errors_total").expect("errors");
-    assert!(c1 - c0 >= 100.0, "probing slowed or stopped on a full disk: {c0} -> {c1}");
+    assert!(
+        c1 - c0 >= 100.0,
+        "probing slowed or stopped on a full disk: {c0} -> {c1}"
+    );
     assert!(errors >= 2.0, "every failed file is counted: {errors}");
     let log = p.log_text();
-    assert_eq!(count_lines(&log, "parquet write failed"), 1, "the write error is logged once a minute, not per cycle:\n{log}");
+    assert_eq!(
+        count_lines(&log, "parquet write failed"),
+        1,
+        "the write error is logged once a minute, not per cycle:\n{log}"
+    );
     // Nothing half-written is visible: every *.parquet opens. (A file may
     // still complete while the disk is full, in the slack of its last page.)
     rows(&py, &data);
@@ -97,23 +122,45 @@ fn disk_full_keeps_probing_logs_once_hides_partial_files_and_resumes() {
             .0
             .iter()
             .filter(|f| !full.contains(*f))
-            .filter(|f| std::fs::metadata(f).and_then(|m| m.modified()).is_ok_and(|t| t > freed))
+            .filter(|f| {
+                std::fs::metadata(f)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > freed)
+            })
             .count();
         (new >= 2).then_some(())
     });
-    assert!(resumed.is_some(), "writing did not resume after space returned: {}", p.log_text());
+    assert!(
+        resumed.is_some(),
+        "writing did not resume after space returned: {}",
+        p.log_text()
+    );
     p.signal(libc::SIGTERM);
-    assert_eq!(p.wait_timeout(Duration::from_secs(20)), Some(0), "{}", p.log_text());
+    assert_eq!(
+        p.wait_timeout(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        p.log_text()
+    );
     let (_, tmp) = parquet_files(&data);
     assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
-    let after = rows(&py, &data).into_iter().filter(|(ts, _)| *ts > freed_ns).count();
-    assert!(after >= 20, "only {after} rows written after space returned");
+    let after = rows(&py, &data)
+        .into_iter()
+        .filter(|(ts, _)| *ts > freed_ns)
+        .count();
+    assert!(
+        after >= 20,
+        "only {after} rows written after space returned"
+    );
 }
 
 /// `recovered=N removed=M` of the agent's "parquet recovery finished" line.
 fn recovery_counts(log: &str) -> (usize, usize) {
     let log = plain(log);
-    let Some(line) = log.lines().find(|l| l.contains("parquet recovery finished")) else {
+    let Some(line) = log
+        .lines()
+        .find(|l| l.contains("parquet recovery finished"))
+    else {
         return (0, 0);
     };
     let field = |k: &str| {
@@ -128,16 +175,24 @@ fn recovery_counts(log: &str) -> (usize, usize) {
 #[test]
 fn sigkill_mid_write_loses_at_most_one_rotation_and_leaves_only_readable_files() {
     let _g = serial();
-    let Some(py) = python_with(&["pyarrow", "duckdb"]) else { return };
+    let Some(py) = python_with(&["pyarrow", "duckdb"]) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let rotate_ms: i64 = 1000;
-    let cfg = write_config(dir.path(), "interval_ms = 20\njitter_pct = 0", FAST_ROTATION);
+    let cfg = write_config(
+        dir.path(),
+        "interval_ms = 20\njitter_pct = 0",
+        FAST_ROTATION,
+    );
     let mport = free_port();
     let mut cmd = agent(&cfg, &data, mport);
     cmd.args(["--node-name", "before-kill"]);
     let mut p = Proc::spawn(cmd, dir.path().join("agent.log"));
-    wait_metric(mport, "slicetrace_probe_cycles_total", "150 cycles", |v| v >= 150.0);
+    wait_metric(mport, "slicetrace_probe_cycles_total", "150 cycles", |v| {
+        v >= 150.0
+    });
     // Kill while a file is being written (one always is while rows flow,
     // except for the instant between a rotation and the next rows).
     let open = wait_for(WAIT, || (!parquet_files(&data).1.is_empty()).then_some(()));
@@ -147,7 +202,10 @@ fn sigkill_mid_write_loses_at_most_one_rotation_and_leaves_only_readable_files()
     let kill_ns = now_ns();
     let _ = p.wait_timeout(Duration::from_secs(10));
     let (_, tmps) = parquet_files(&data);
-    assert!(!tmps.is_empty(), "SIGKILL left no temporary file to recover");
+    assert!(
+        !tmps.is_empty(),
+        "SIGKILL left no temporary file to recover"
+    );
 
     // Restart on the same data dir.
     let mut cmd = agent(&cfg, &data, free_port());
@@ -156,24 +214,50 @@ fn sigkill_mid_write_loses_at_most_one_rotation_and_leaves_only_readable_files()
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
     let (recovered, removed) = recovery_counts(&log);
-    assert_eq!(recovered + removed, tmps.len(), "every leftover temporary file is recovered or removed: {tmps:?}\n{log}");
+    assert_eq!(
+        recovered + removed,
+        tmps.len(),
+        "every leftover temporary file is recovered or removed: {tmps:?}\n{log}"
+    );
     let (files, left) = parquet_files(&data);
-    assert!(left.is_empty(), "temporary files left after restart: {left:?}");
-    assert!(files.iter().any(|f| f.to_string_lossy().contains("node=after-kill")));
+    assert!(
+        left.is_empty(),
+        "temporary files left after restart: {left:?}"
+    );
+    assert!(files
+        .iter()
+        .any(|f| f.to_string_lossy().contains("node=after-kill")));
 
     // Every visible file opens in pyarrow and DuckDB, with the same rows.
-    let out = run_python(&py, READ_ALL, &[data.join("probes").to_str().expect("utf8")]);
-    assert!(out.split_whitespace().next().and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n > 0), "{out}");
+    let out = run_python(
+        &py,
+        READ_ALL,
+        &[data.join("probes").to_str().expect("utf8")],
+    );
+    assert!(
+        out.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n > 0),
+        "{out}"
+    );
     // At most one rotation interval of rows is lost.
     let before: Vec<(i64, String)> = {
         let d = dir.path().join("before");
         std::fs::create_dir_all(d.join("probes")).expect("mkdir");
-        for f in files.iter().filter(|f| f.to_string_lossy().contains("node=before-kill")) {
+        for f in files
+            .iter()
+            .filter(|f| f.to_string_lossy().contains("node=before-kill"))
+        {
             std::fs::copy(f, d.join("probes").join(f.file_name().expect("name"))).expect("copy");
         }
         rows(&py, &d)
     };
-    let last = before.iter().map(|r| r.0).max().expect("rows before the kill");
+    let last = before
+        .iter()
+        .map(|r| r.0)
+        .max()
+        .expect("rows before the kill");
     let slack_ns = 500_000_000;
     assert!(
         last >= kill_ns - rotate_ms * 1_000_000 - slack_ns,
@@ -182,36 +266,60 @@ fn sigkill_mid_write_loses_at_most_one_rotation_and_leaves_only_readable_files()
     );
     let lost_cycles = cycles - before.len() as f64 / 2.0;
     let per_rotation = rotate_ms as f64 / 20.0;
-    assert!(lost_cycles <= per_rotation * 1.5, "{lost_cycles} cycles lost, one rotation is {per_rotation}");
+    assert!(
+        lost_cycles <= per_rotation * 1.5,
+        "{lost_cycles} cycles lost, one rotation is {per_rotation}"
+    );
 }
 
 #[test]
 fn sigterm_exits_within_the_deadline_with_files_closed_and_spans_flushed() {
     let _g = serial();
-    let Some(py) = python_with(&["pyarrow", "duckdb"]) else { return };
+    let Some(py) = python_with(&["pyarrow", "duckdb"]) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let (grpc, http, mport) = (free_port(), free_port(), free_port());
-    let Some(rotel) = start_rotel(dir.path(), grpc, http) else { return };
+    let Some(rotel) = start_rotel(dir.path(), grpc, http) else {
+        return;
+    };
     let deadline = Duration::from_millis(3000);
     let cfg = write_config(
         dir.path(),
-        &format!("interval_ms = 50\nshutdown_deadline_ms = {}", deadline.as_millis()),
+        &format!(
+            "interval_ms = 50\nshutdown_deadline_ms = {}",
+            deadline.as_millis()
+        ),
         "",
     );
     let mut cmd = agent(&cfg, &data, mport);
     cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{grpc}")]);
     let mut p = Proc::spawn(cmd, dir.path().join("agent.log"));
-    wait_metric(mport, "slicetrace_probe_cycles_total", "40 cycles", |v| v >= 40.0);
+    wait_metric(mport, "slicetrace_probe_cycles_total", "40 cycles", |v| {
+        v >= 40.0
+    });
     let t = Instant::now();
     p.signal(libc::SIGTERM);
     let code = p.wait_timeout(deadline + Duration::from_secs(1));
     let took = t.elapsed();
-    assert_eq!(code, Some(0), "no clean exit within the deadline ({took:?}): {}", p.log_text());
+    assert_eq!(
+        code,
+        Some(0),
+        "no clean exit within the deadline ({took:?}): {}",
+        p.log_text()
+    );
     assert!(p.log_text().contains("SIGTERM received"));
     let (files, tmp) = parquet_files(&data);
-    assert!(tmp.is_empty() && !files.is_empty(), "files {files:?}, temporary {tmp:?}");
-    run_python(&py, READ_ALL, &[data.join("probes").to_str().expect("utf8")]);
+    assert!(
+        tmp.is_empty() && !files.is_empty(),
+        "files {files:?}, temporary {tmp:?}"
+    );
+    run_python(
+        &py,
+        READ_ALL,
+        &[data.join("probes").to_str().expect("utf8")],
+    );
     let mut ids: Vec<String> = rows(&py, &data).into_iter().map(|r| r.1).collect();
     ids.sort();
     ids.dedup();
@@ -222,13 +330,21 @@ fn sigterm_exits_within_the_deadline_with_files_closed_and_spans_flushed() {
     });
     let log = rotel.log_text();
     let lost: Vec<_> = ids.iter().filter(|t| !log.contains(t.as_str())).collect();
-    assert!(found.is_some(), "{} of {} trace ids never reached rotel: {:?}", lost.len(), ids.len(), lost.iter().take(3).collect::<Vec<_>>());
+    assert!(
+        found.is_some(),
+        "{} of {} trace ids never reached rotel: {:?}",
+        lost.len(),
+        ids.len(),
+        lost.iter().take(3).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn sigterm_with_a_hung_collector_still_exits_within_the_deadline() {
     let _g = serial();
-    let Some(py) = python_with(&["pyarrow"]) else { return };
+    let Some(py) = python_with(&["pyarrow"]) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -244,20 +360,37 @@ fn sigterm_with_a_hung_collector_still_exits_within_the_deadline() {
     // The export timeout (5 s) is longer than the shutdown deadline.
     let cfg = write_config(
         dir.path(),
-        &format!("interval_ms = 50\nshutdown_deadline_ms = {}", deadline.as_millis()),
+        &format!(
+            "interval_ms = 50\nshutdown_deadline_ms = {}",
+            deadline.as_millis()
+        ),
         "[otlp]\ntimeout_ms = 5000\n",
     );
     let mut cmd = agent(&cfg, &data, mport);
     cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{hung}")]);
     let mut p = Proc::spawn(cmd, dir.path().join("agent.log"));
-    wait_metric(mport, "slicetrace_probe_cycles_total", "40 cycles", |v| v >= 40.0);
+    wait_metric(mport, "slicetrace_probe_cycles_total", "40 cycles", |v| {
+        v >= 40.0
+    });
     let t = Instant::now();
     p.signal(libc::SIGTERM);
     let code = p.wait_timeout(deadline + Duration::from_millis(1500));
     let took = t.elapsed();
-    assert!(code.is_some(), "still running {took:?} after SIGTERM (deadline {deadline:?}): {}", p.log_text());
+    assert!(
+        code.is_some(),
+        "still running {took:?} after SIGTERM (deadline {deadline:?}): {}",
+        p.log_text()
+    );
     let (files, tmp) = parquet_files(&data);
-    assert!(tmp.is_empty() && !files.is_empty(), "files {files:?}, temporary {tmp:?}");
+    assert!(
+        tmp.is_empty() && !files.is_empty(),
+        "files {files:?}, temporary {tmp:?}"
+    );
     assert!(rows(&py, &data).len() >= 80);
-    assert_eq!(code, Some(0), "spans the hung collector never took are dropped and counted, not a failed shutdown: {}", p.log_text());
+    assert_eq!(
+        code,
+        Some(0),
+        "spans the hung collector never took are dropped and counted, not a failed shutdown: {}",
+        p.log_text()
+    );
 }

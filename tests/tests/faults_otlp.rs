@@ -22,7 +22,9 @@ const RSS_GROWTH_LIMIT_KIB: u64 = 8 * 1024;
 #[test]
 fn collector_down_at_start_keeps_probing_and_parquet_counts_drops_and_bounds_memory() {
     let _g = serial();
-    let Some(py) = python_with(&["pyarrow"]) else { return };
+    let Some(py) = python_with(&["pyarrow"]) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let closed = free_port(); // nothing listens here
@@ -42,53 +44,103 @@ fn collector_down_at_start_keeps_probing_and_parquet_counts_drops_and_bounds_mem
     let mut p = Proc::spawn(cmd, dir.path().join("agent.log"));
     let pid = p.child.id();
 
-    let c2k = wait_metric(mport, "slicetrace_probe_cycles_total", "2000 cycles", |v| v >= 2000.0);
+    let c2k = wait_metric(mport, "slicetrace_probe_cycles_total", "2000 cycles", |v| {
+        v >= 2000.0
+    });
     let rss_2k = rss_kib(pid);
     let dropped_2k = metric(mport, "slicetrace_otlp_spans_dropped_total").expect("dropped");
-    assert!(dropped_2k > 0.0, "spans dropped with the collector down must be counted");
+    assert!(
+        dropped_2k > 0.0,
+        "spans dropped with the collector down must be counted"
+    );
     let c10k = wait_for(Duration::from_secs(100), || {
         metric(mport, "slicetrace_probe_cycles_total").filter(|v| *v >= 10_000.0)
     })
-    .unwrap_or_else(|| panic!("10k cycles not reached: {:?}\n{}", metric(mport, "slicetrace_probe_cycles_total"), p.log_text()));
+    .unwrap_or_else(|| {
+        panic!(
+            "10k cycles not reached: {:?}\n{}",
+            metric(mport, "slicetrace_probe_cycles_total"),
+            p.log_text()
+        )
+    });
     let rss_10k = rss_kib(pid);
     let m = http_get(mport, "/metrics").expect("metrics");
     let dropped_10k = sample(&m, "slicetrace_otlp_spans_dropped_total").expect("dropped");
     let exported = sample(&m, "slicetrace_otlp_spans_exported_total").expect("exported");
     let parquet_drops = sample(&m, "slicetrace_parquet_rows_dropped_total").expect("parquet drops");
     eprintln!("cycles {c2k}->{c10k}, rss {rss_2k} KiB -> {rss_10k} KiB, dropped {dropped_2k} -> {dropped_10k}");
-    assert!(dropped_10k > dropped_2k, "the drop counter keeps rising while the collector is down");
+    assert!(
+        dropped_10k > dropped_2k,
+        "the drop counter keeps rising while the collector is down"
+    );
     assert_eq!(exported, 0.0);
-    assert_eq!(parquet_drops, 0.0, "Parquet must not lose rows because OTLP is down");
-    assert!(rss_10k < RSS_LIMIT_KIB, "RSS after 10k cycles {rss_10k} KiB is over {RSS_LIMIT_KIB} KiB");
+    assert_eq!(
+        parquet_drops, 0.0,
+        "Parquet must not lose rows because OTLP is down"
+    );
+    assert!(
+        rss_10k < RSS_LIMIT_KIB,
+        "RSS after 10k cycles {rss_10k} KiB is over {RSS_LIMIT_KIB} KiB"
+    );
     assert!(
         rss_10k <= rss_2k + RSS_GROWTH_LIMIT_KIB,
         "RSS grew from {rss_2k} KiB (2k cycles) to {rss_10k} KiB (10k cycles)"
     );
     // One WARN line a minute, not one per failed export.
-    assert!(count_lines(&p.log_text(), "otlp export failed") <= 2, "{}", p.log_text());
+    assert!(
+        count_lines(&p.log_text(), "otlp export failed") <= 2,
+        "{}",
+        p.log_text()
+    );
 
     p.signal(libc::SIGTERM);
     let code = p.wait_timeout(Duration::from_secs(20));
-    assert!(code.is_some(), "agent did not exit after SIGTERM: {}", p.log_text());
+    assert!(
+        code.is_some(),
+        "agent did not exit after SIGTERM: {}",
+        p.log_text()
+    );
     let rows = rows(&py, &data);
-    assert!(rows.len() as f64 >= 2.0 * c10k, "{} rows for {c10k} cycles", rows.len());
+    assert!(
+        rows.len() as f64 >= 2.0 * c10k,
+        "{} rows for {c10k} cycles",
+        rows.len()
+    );
 }
 
 #[test]
 fn collector_down_then_back_resumes_export_without_restart() {
     let _g = serial();
-    let Some(py) = python_with(&["pyarrow"]) else { return };
+    let Some(py) = python_with(&["pyarrow"]) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let (grpc, http, mport) = (free_port(), free_port(), free_port());
-    let cfg = write_config(dir.path(), "interval_ms = 100", "[otlp]\ntimeout_ms = 1000\nexport_interval_ms = 500\n");
+    let cfg = write_config(
+        dir.path(),
+        "interval_ms = 100",
+        "[otlp]\ntimeout_ms = 1000\nexport_interval_ms = 500\n",
+    );
     let mut cmd = agent(&cfg, &data, mport);
     cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{grpc}")]);
     let mut p = Proc::spawn(cmd, dir.path().join("agent.log"));
-    wait_metric(mport, "slicetrace_otlp_spans_dropped_total", "drops while down", |v| v > 0.0);
+    wait_metric(
+        mport,
+        "slicetrace_otlp_spans_dropped_total",
+        "drops while down",
+        |v| v > 0.0,
+    );
 
-    let Some(rotel) = start_rotel(dir.path(), grpc, http) else { return };
-    wait_metric(mport, "slicetrace_otlp_spans_exported_total", "export after the collector came back", |v| v > 0.0);
+    let Some(rotel) = start_rotel(dir.path(), grpc, http) else {
+        return;
+    };
+    wait_metric(
+        mport,
+        "slicetrace_otlp_spans_exported_total",
+        "export after the collector came back",
+        |v| v > 0.0,
+    );
     let resumed_ns = now_ns();
     // Whatever was in flight when rotel came up has been counted by now.
     std::thread::sleep(Duration::from_secs(2));
@@ -97,11 +149,19 @@ fn collector_down_then_back_resumes_export_without_restart() {
     std::thread::sleep(Duration::from_secs(3));
     let d2 = metric(mport, "slicetrace_otlp_spans_dropped_total").expect("dropped");
     let e2 = metric(mport, "slicetrace_otlp_spans_exported_total").expect("exported");
-    assert_eq!(d1, d2, "the drop counter must stop rising once the collector is back");
+    assert_eq!(
+        d1, d2,
+        "the drop counter must stop rising once the collector is back"
+    );
     assert!(e2 > e1, "export goes on: {e1} -> {e2}");
 
     p.signal(libc::SIGTERM);
-    assert_eq!(p.wait_timeout(Duration::from_secs(20)), Some(0), "{}", p.log_text());
+    assert_eq!(
+        p.wait_timeout(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        p.log_text()
+    );
     let mut ids: Vec<String> = rows(&py, &data)
         .into_iter()
         .filter(|(ts, _)| *ts > resumed_ns)
@@ -109,14 +169,25 @@ fn collector_down_then_back_resumes_export_without_restart() {
         .collect();
     ids.sort();
     ids.dedup();
-    assert!(ids.len() >= 20, "too few cycles after the collector came back: {}", ids.len());
+    assert!(
+        ids.len() >= 20,
+        "too few cycles after the collector came back: {}",
+        ids.len()
+    );
     let found = wait_for(Duration::from_secs(20), || {
         let log = rotel.log_text();
         ids.iter().all(|t| log.contains(t.as_str())).then_some(())
     });
     let log = rotel.log_text();
-    let missing: Vec<_> = ids.iter().filter(|t| !log.contains(t.as_str())).take(3).collect();
-    assert!(found.is_some(), "trace ids written after the collector came back are missing from rotel: {missing:?}");
+    let missing: Vec<_> = ids
+        .iter()
+        .filter(|t| !log.contains(t.as_str()))
+        .take(3)
+        .collect();
+    assert!(
+        found.is_some(),
+        "trace ids written after the collector came back are missing from rotel: {missing:?}"
+    );
 }
 
 /// A collector that accepts connections and never answers. The accepted
@@ -136,7 +207,10 @@ fn hung_collector() -> u16 {
 /// Probe cycles of both agents over the same `secs` seconds.
 fn cycles_over(ports: &[u16], secs: u64) -> Vec<f64> {
     let read = || -> Vec<f64> {
-        ports.iter().map(|p| metric(*p, "slicetrace_probe_cycles_total").expect("cycles")).collect()
+        ports
+            .iter()
+            .map(|p| metric(*p, "slicetrace_probe_cycles_total").expect("cycles"))
+            .collect()
     };
     let t0 = Instant::now();
     let a = read();
@@ -161,12 +235,17 @@ fn slow_collector_is_bounded_by_the_export_timeout_and_never_slows_probing() {
     let top = "interval_ms = 20\njitter_pct = 0";
     let cfg_free = write_config(&free_dir, top, "");
     let cfg_slow = write_config(&slow_dir, top, "[otlp]\ntimeout_ms = 500\n");
-    let free = Proc::spawn(agent(&cfg_free, &free_dir.join("data"), m_free), free_dir.join("agent.log"));
+    let free = Proc::spawn(
+        agent(&cfg_free, &free_dir.join("data"), m_free),
+        free_dir.join("agent.log"),
+    );
     let mut cmd = agent(&cfg_slow, &slow_dir.join("data"), m_slow);
     cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{slow}")]);
     let hindered = Proc::spawn(cmd, slow_dir.join("agent.log"));
     for (port, p) in [(m_free, &free), (m_slow, &hindered)] {
-        let up = wait_for(WAIT, || metric(port, "slicetrace_probe_cycles_total").filter(|v| *v >= 50.0));
+        let up = wait_for(WAIT, || {
+            metric(port, "slicetrace_probe_cycles_total").filter(|v| *v >= 50.0)
+        });
         assert!(up.is_some(), "agent did not start: {}", p.log_text());
     }
     let errors0 = metric(m_slow, "slicetrace_otlp_export_errors_total").expect("errors");
@@ -176,19 +255,36 @@ fn slow_collector_is_bounded_by_the_export_timeout_and_never_slows_probing() {
     let scheduled = secs as f64 * 1000.0 / 20.0;
     eprintln!("cycles in {secs}s: unhindered {}, slow collector {}, schedule {scheduled}; export errors {errors0} -> {errors1}", c[0], c[1]);
     let rel = (c[1] - c[0]).abs() / c[0];
-    assert!(rel <= 0.05, "cycle rate with a slow collector differs by {:.1}% from the unhindered run: {c:?}", rel * 100.0);
-    assert!(c[1] >= 0.8 * scheduled, "probing stalled: {} cycles of {scheduled} scheduled", c[1]);
+    assert!(
+        rel <= 0.05,
+        "cycle rate with a slow collector differs by {:.1}% from the unhindered run: {c:?}",
+        rel * 100.0
+    );
+    assert!(
+        c[1] >= 0.8 * scheduled,
+        "probing stalled: {} cycles of {scheduled} scheduled",
+        c[1]
+    );
     // Each export ends within its 500 ms timeout: at one attempt per export
     // interval (1 s) plus the timeout, 10 s hold at least 5 failed attempts;
     // an exporter stuck on the hung connection would show none.
-    assert!(errors1 - errors0 >= 5.0, "export attempts did not time out and retry: {errors0} -> {errors1}");
+    assert!(
+        errors1 - errors0 >= 5.0,
+        "export attempts did not time out and retry: {errors0} -> {errors1}"
+    );
     let log = plain(&hindered.log_text());
-    let line = log.lines().find(|l| l.contains("otlp export failed")).unwrap_or_else(|| panic!("no export failure logged: {log}"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("otlp export failed"))
+        .unwrap_or_else(|| panic!("no export failure logged: {log}"));
     let elapsed: u64 = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("elapsed_ms="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no elapsed_ms in {line}"));
-    assert!(elapsed <= 1500, "an export took {elapsed} ms with timeout_ms = 500: {line}");
+    assert!(
+        elapsed <= 1500,
+        "an export took {elapsed} ms with timeout_ms = 500: {line}"
+    );
     assert!(metric(m_slow, "slicetrace_otlp_spans_dropped_total").expect("dropped") > 0.0);
 }

@@ -148,13 +148,27 @@ mod tests {
     use super::*;
 
     fn proc_(pid: u32) -> GpuProcess {
-        GpuProcess { pid, used_mib: Some(10), name: Some("x".into()) }
+        GpuProcess {
+            pid,
+            used_mib: Some(10),
+            name: Some("x".into()),
+        }
     }
 
     #[test]
     fn merge_ors_throttle_without_idle_and_unions_processes() {
-        let b = DeviceSample { throttle_reasons: Some(0x1 | 0x4), processes: Some(vec![proc_(2)]), sm_clock_mhz: Some(1000), ..Default::default() };
-        let a = DeviceSample { throttle_reasons: Some(0x20), processes: Some(vec![proc_(2), proc_(1)]), sm_clock_mhz: Some(1980), ..Default::default() };
+        let b = DeviceSample {
+            throttle_reasons: Some(0x1 | 0x4),
+            processes: Some(vec![proc_(2)]),
+            sm_clock_mhz: Some(1000),
+            ..Default::default()
+        };
+        let a = DeviceSample {
+            throttle_reasons: Some(0x20),
+            processes: Some(vec![proc_(2), proc_(1)]),
+            sm_clock_mhz: Some(1980),
+            ..Default::default()
+        };
         let m = BurstTelemetry::merge(Some(b), Some(a));
         assert_eq!(m.throttle_reasons, Some(0x24));
         assert_eq!(m.processes.as_ref().map(Vec::len), Some(2));

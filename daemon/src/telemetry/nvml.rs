@@ -21,7 +21,9 @@ pub struct NvmlTelemetry {
 
 impl std::fmt::Debug for NvmlTelemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NvmlTelemetry").field("own_pid", &self.own_pid).finish()
+        f.debug_struct("NvmlTelemetry")
+            .field("own_pid", &self.own_pid)
+            .finish()
     }
 }
 
@@ -34,14 +36,23 @@ impl NvmlTelemetry {
     /// Initialises NVML.
     pub fn new(proc_root: PathBuf) -> Result<Self, TelemetryError> {
         let nvml = Nvml::init().map_err(|e| TelemetryError::Unavailable(Box::new(e)))?;
-        Ok(Self { nvml, own_pid: std::process::id(), proc_root })
+        Ok(Self {
+            nvml,
+            own_pid: std::process::id(),
+            proc_root,
+        })
     }
 
     /// UUIDs of every device NVML sees, by index.
     pub fn device_uuids(&self) -> Vec<String> {
         let n = self.nvml.device_count().unwrap_or(0);
         (0..n)
-            .filter_map(|i| self.nvml.device_by_index(i).ok().and_then(|d| d.uuid().ok()))
+            .filter_map(|i| {
+                self.nvml
+                    .device_by_index(i)
+                    .ok()
+                    .and_then(|d| d.uuid().ok())
+            })
             .collect()
     }
 }
@@ -52,10 +63,13 @@ impl TelemetrySource for NvmlTelemetry {
     }
 
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
-        let dev = self.nvml.device_by_uuid(gpu_uuid).map_err(|e| TelemetryError::Device {
-            uuid: gpu_uuid.to_string(),
-            source: Box::new(e),
-        })?;
+        let dev = self
+            .nvml
+            .device_by_uuid(gpu_uuid)
+            .map_err(|e| TelemetryError::Device {
+                uuid: gpu_uuid.to_string(),
+                source: Box::new(e),
+            })?;
         let util = opt(dev.utilization_rates());
         let processes = opt(dev.running_compute_processes()).map(|ps| {
             ps.into_iter()
@@ -66,9 +80,11 @@ impl TelemetrySource for NvmlTelemetry {
                         UsedGpuMemory::Used(b) => Some(b / (1024 * 1024)),
                         UsedGpuMemory::Unavailable => None,
                     },
-                    name: std::fs::read_to_string(self.proc_root.join(p.pid.to_string()).join("comm"))
-                        .ok()
-                        .map(|s| s.trim().to_string()),
+                    name: std::fs::read_to_string(
+                        self.proc_root.join(p.pid.to_string()).join("comm"),
+                    )
+                    .ok()
+                    .map(|s| s.trim().to_string()),
                 })
                 .collect::<Vec<_>>()
         });

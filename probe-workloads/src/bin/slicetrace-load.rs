@@ -15,7 +15,9 @@ use clap::{Parser, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use slicetrace_probe::{open_backends, record_for, BackendKind, Kernel, Precision, Preset, ProbeSpec};
+use slicetrace_probe::{
+    open_backends, record_for, BackendKind, Kernel, Precision, Preset, ProbeSpec,
+};
 use slicetrace_schema::{probes_batch, probes_schema, ProbeRecord};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -79,12 +81,19 @@ struct Sink {
 impl Sink {
     fn open(dst: PathBuf) -> Result<Self> {
         let tmp = dst.with_extension("parquet.tmp");
-        let f = File::create(&tmp).with_context(|| format!("failed to create {}", tmp.display()))?;
+        let f =
+            File::create(&tmp).with_context(|| format!("failed to create {}", tmp.display()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .build();
-        let writer = ArrowWriter::try_new(f, probes_schema(), Some(props)).context("failed to start parquet writer")?;
-        Ok(Sink { writer, tmp, dst, buf: Vec::with_capacity(4096) })
+        let writer = ArrowWriter::try_new(f, probes_schema(), Some(props))
+            .context("failed to start parquet writer")?;
+        Ok(Sink {
+            writer,
+            tmp,
+            dst,
+            buf: Vec::with_capacity(4096),
+        })
     }
     fn push(&mut self, r: ProbeRecord) -> Result<()> {
         self.buf.push(r);
@@ -103,8 +112,11 @@ impl Sink {
     }
     fn close(mut self) -> Result<()> {
         self.flush()?;
-        self.writer.close().context("failed to close parquet file")?;
-        std::fs::rename(&self.tmp, &self.dst).with_context(|| format!("failed to rename into {}", self.dst.display()))?;
+        self.writer
+            .close()
+            .context("failed to close parquet file")?;
+        std::fs::rename(&self.tmp, &self.dst)
+            .with_context(|| format!("failed to rename into {}", self.dst.display()))?;
         Ok(())
     }
 }
@@ -119,7 +131,10 @@ fn pct(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -164,12 +179,18 @@ fn run(args: Args) -> Result<()> {
         tracing::warn!(%reason, "CUDA unavailable, using the CPU backend");
     }
     if args.device as usize >= backends.len() {
-        bail!("device {} not present ({} devices)", args.device, backends.len());
+        bail!(
+            "device {} not present ({} devices)",
+            args.device,
+            backends.len()
+        );
     }
     let mut backend = backends.swap_remove(args.device as usize);
     drop(backends);
     let node = if args.node.is_empty() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
     } else {
         args.node.clone()
     };
@@ -180,7 +201,9 @@ fn run(args: Args) -> Result<()> {
     let mut runs: u64 = 0;
     let mut incorrect: u64 = 0;
     const CAP: usize = 1 << 20;
-    while !STOP.load(Ordering::Relaxed) && (args.duration.is_zero() || start.elapsed() < args.duration) {
+    while !STOP.load(Ordering::Relaxed)
+        && (args.duration.is_zero() || start.elapsed() < args.duration)
+    {
         let s = backend.run(kernel)?;
         if s.correct == Some(false) {
             incorrect += 1;
@@ -207,14 +230,26 @@ fn run(args: Args) -> Result<()> {
         ("kernel", format!("\"{}\"", kernel.as_str())),
         ("backend", format!("\"{}\"", backend.device().backend)),
         ("gpu_uuid", format!("\"{}\"", backend.device().uuid)),
-        ("shape", format!("\"{} {}\"", shape.shape, shape.precision.as_str())),
+        (
+            "shape",
+            format!("\"{} {}\"", shape.shape, shape.precision.as_str()),
+        ),
         ("submit", format!("\"{}\"", shape.submit.unwrap_or("none"))),
         ("pid", std::process::id().to_string()),
         ("runs", runs.to_string()),
         ("incorrect", incorrect.to_string()),
         ("elapsed_s", format!("{elapsed:.3}")),
-        ("runs_per_s", format!("{:.3}", runs as f64 / elapsed.max(1e-9))),
-        ("tflops", format!("{:.3}", shape.flops * runs as f64 / elapsed.max(1e-9) / 1e12)),
+        (
+            "runs_per_s",
+            format!("{:.3}", runs as f64 / elapsed.max(1e-9)),
+        ),
+        (
+            "tflops",
+            format!(
+                "{:.3}",
+                shape.flops * runs as f64 / elapsed.max(1e-9) / 1e12
+            ),
+        ),
         ("wall_p50_ms", fmt_opt(pct(&wall, 0.5))),
         ("wall_p99_ms", fmt_opt(pct(&wall, 0.99))),
         ("gpu_p50_ms", fmt_opt(pct(&gpu, 0.5))),

@@ -18,7 +18,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// A probe small enough that a cycle costs well under a millisecond.
 pub const SMALL_PROBE: &str = "self_test = false\n";
 /// The `[probe]` table of the small probe (append after top-level keys).
-pub const SMALL_PROBE_TABLE: &str = "[probe]\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n";
+pub const SMALL_PROBE_TABLE: &str =
+    "[probe]\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -61,7 +62,11 @@ pub fn agent(config: &Path, data: &Path, metrics_port: u16) -> Command {
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
@@ -70,12 +75,10 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// The value of an unlabelled sample `name` in a Prometheus text body.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == name).then(|| v.trim().parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Scrapes `/metrics` and reads one counter (`None` until it answers).
@@ -85,8 +88,12 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
 
 /// Waits until `metric(name)` satisfies `pred`; panics with `what` otherwise.
 pub fn wait_metric(port: u16, name: &str, what: &str, pred: impl Fn(f64) -> bool) -> f64 {
-    wait_for(WAIT, || metric(port, name).filter(|v| pred(*v)))
-        .unwrap_or_else(|| panic!("timed out waiting for {what} ({name} = {:?})", metric(port, name)))
+    wait_for(WAIT, || metric(port, name).filter(|v| pred(*v))).unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what} ({name} = {:?})",
+            metric(port, name)
+        )
+    })
 }
 
 /// Resident set size of `pid`, KiB (VmRSS in /proc/PID/status).
@@ -101,12 +108,17 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Open file descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Now, ns since the Unix epoch.
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Lines of `log` containing `needle`.
