@@ -15,6 +15,8 @@ need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# A TTF font for `slicetrace plot --out x.png` (SVG needs none).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

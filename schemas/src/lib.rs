@@ -125,4 +125,22 @@ pub mod attr {
     pub const VERDICT: &str = "slicetrace.health.verdict";
     /// Reason for the verdict.
     pub const VERDICT_REASON: &str = "slicetrace.health.reason";
+    /// Health window length, s.
+    pub const HEALTH_WINDOW_SECS: &str = "slicetrace.health.window_secs";
+    /// Runs in the health window.
+    pub const HEALTH_SAMPLES: &str = "slicetrace.health.samples";
+    /// p50 of `wall_ms` in the window.
+    pub const HEALTH_WALL_P50_MS: &str = "slicetrace.health.wall_p50_ms";
+    /// p99 of `wall_ms` in the window.
+    pub const HEALTH_WALL_P99_MS: &str = "slicetrace.health.wall_p99_ms";
+    /// p99 of `gpu_ms` in the window.
+    pub const HEALTH_GPU_P99_MS: &str = "slicetrace.health.gpu_p99_ms";
+    /// p99 of `queue_ms` in the window.
+    pub const HEALTH_QUEUE_P99_MS: &str = "slicetrace.health.queue_p99_ms";
+    /// Baseline (or SLO) p99 of `wall_ms`.
+    pub const HEALTH_BASELINE_P99_MS: &str = "slicetrace.health.baseline_p99_ms";
+    /// p99 inflation over the baseline.
+    pub const HEALTH_INFLATION: &str = "slicetrace.health.inflation";
+    /// Correctness failures in the window.
+    pub const HEALTH_CORRECTNESS_FAILURES: &str = "slicetrace.health.correctness_failures";
 }

@@ -94,6 +94,16 @@ fn spans_reach_rotel(protocol: &str) {
         trace_ids.len(),
         missing.iter().take(3).collect::<Vec<_>>()
     );
+    // The live verdict travels too, as a span with its inputs.
+    let health = wait_for(Duration::from_secs(20), || {
+        rotel.log_text().contains("health_evaluation").then_some(())
+    });
+    assert!(health.is_some(), "no health_evaluation span in rotel's log");
+    let log = rotel.log_text();
+    assert!(
+        log.contains("slicetrace.health.reason") && log.contains("slicetrace.health.wall_p99_ms"),
+        "health span lacks its inputs"
+    );
     for name in ["probe_cycle", "queued", "executing"] {
         assert!(log.contains(name), "span {name} not in rotel's log");
     }

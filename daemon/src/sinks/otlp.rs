@@ -54,7 +54,7 @@ use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use opentelemetry_sdk::Resource;
 use serde::{Deserialize, Serialize};
-use slicetrace_schema::{attr, ProbeRecord};
+use slicetrace_schema::{attr, HealthRecord, ProbeRecord};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{LogLimiter, Sink, SinkError};
@@ -815,6 +815,66 @@ impl Shared {
     }
 
     /// Converts records into spans and queues them. Never awaits.
+    /// One span per live-health evaluation (its own trace), carrying the
+    /// verdict and every input it was judged on.
+    fn enqueue_health(&self, records: Vec<HealthRecord>) {
+        let mut q = self.lock();
+        let spans: Vec<SpanData> = records
+            .into_iter()
+            .map(|h| {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(h.ts_ns.max(0) as u64);
+                let mut a = vec![
+                    KeyValue::new(attr::GPU_UUID, h.gpu_uuid.clone()),
+                    KeyValue::new(attr::GPU_INDEX, i64::from(h.gpu_index)),
+                    KeyValue::new(attr::KERNEL, h.kernel.clone()),
+                    KeyValue::new(attr::VERDICT, h.verdict.clone()),
+                    KeyValue::new(attr::VERDICT_REASON, h.reason.clone()),
+                    KeyValue::new(attr::HEALTH_WINDOW_SECS, h.window_secs as i64),
+                    KeyValue::new(attr::HEALTH_SAMPLES, h.samples as i64),
+                    KeyValue::new(
+                        attr::HEALTH_CORRECTNESS_FAILURES,
+                        h.correctness_failures as i64,
+                    ),
+                ];
+                for (k, v) in [
+                    (attr::HEALTH_WALL_P50_MS, h.wall_p50_ms),
+                    (attr::HEALTH_WALL_P99_MS, h.wall_p99_ms),
+                    (attr::HEALTH_GPU_P99_MS, h.gpu_p99_ms),
+                    (attr::HEALTH_QUEUE_P99_MS, h.queue_p99_ms),
+                    (attr::HEALTH_BASELINE_P99_MS, h.baseline_p99_ms),
+                    (attr::HEALTH_INFLATION, h.inflation),
+                ] {
+                    if let Some(v) = v {
+                        a.push(KeyValue::new(k, v));
+                    }
+                }
+                if let Some(t) = h.throttle_reasons {
+                    a.push(KeyValue::new(attr::THROTTLE_REASONS, t as i64));
+                }
+                let status = if h.verdict == "unhealthy" {
+                    Status::error(h.reason.clone())
+                } else {
+                    Status::Unset
+                };
+                let trace = TraceId::from_bytes(random_nonzero_u128().to_be_bytes());
+                let id = SpanId::from_bytes(random_nonzero_u64().to_be_bytes());
+                self.span(
+                    (trace, id, SpanId::INVALID),
+                    "health_evaluation",
+                    (t, t),
+                    a,
+                    status,
+                )
+            })
+            .collect();
+        let dropped = self.push(&mut q, spans);
+        drop(q);
+        if dropped > 0 {
+            crate::internal_events::Counters::add(&self.counters.otlp_spans_dropped, dropped);
+        }
+        self.notify.notify_one();
+    }
+
     fn enqueue(&self, records: Vec<ProbeRecord>) {
         let mut q = self.lock();
         let mut dropped = 0;
@@ -1191,6 +1251,15 @@ impl Sink for OtlpSink {
     /// Converts and queues; never waits for the network.
     fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
         self.shared.enqueue(records);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Queues one `health_evaluation` span per verdict; never waits.
+    fn export_health(
+        &mut self,
+        records: Vec<HealthRecord>,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.shared.enqueue_health(records);
         Box::pin(async { Ok(()) })
     }
 
