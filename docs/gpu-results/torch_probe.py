@@ -16,6 +16,7 @@ Arrival patterns:
 Prints one JSON line per (kernel, mode) with p50/p99 of gpu_ms, wall_ms.
 """
 import json
+import random
 import sys
 import time
 
@@ -23,6 +24,9 @@ import torch
 
 secs = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 label = sys.argv[2] if len(sys.argv) > 2 else ""
+# Optional: "jitter" makes the random pattern sleep uniform(1, 3) ms instead
+# of exactly 2 ms, and runs only that pattern (graph mode).
+only_jitter = len(sys.argv) > 3 and sys.argv[3] == "jitter"
 dev = torch.device("cuda")
 x = torch.randn(16, 4096, dtype=torch.complex64, device=dev)
 a = torch.randn(1024, 1024, dtype=torch.float16, device=dev)
@@ -81,7 +85,7 @@ def measure(kernel, mode):
         e.synchronize()
         wall.append((time.perf_counter() - t0) * 1e3)
         gpu.append(s.elapsed_time(e))
-        time.sleep(0.002)
+        time.sleep(random.uniform(0.001, 0.003) if only_jitter else 0.002)
     return {
         "label": label, "kernel": kernel, "mode": mode, "runs": len(wall),
         "gpu_ms_p50": pct(gpu, 0.5), "gpu_ms_p99": pct(gpu, 0.99),
@@ -123,7 +127,13 @@ def agent_pattern():
         }), flush=True)
 
 
-for k in ("fft", "gemm"):
-    for m in ("stream", "graph"):
-        print(json.dumps(measure(k, m)), flush=True)
-agent_pattern()
+if only_jitter:
+    for k in ("fft", "gemm"):
+        r = measure(k, "graph")
+        r["mode"] = "graph-jitter"
+        print(json.dumps(r), flush=True)
+else:
+    for k in ("fft", "gemm"):
+        for m in ("stream", "graph"):
+            print(json.dumps(measure(k, m)), flush=True)
+    agent_pattern()

@@ -60,6 +60,10 @@ struct Args {
     /// Sleep between runs, ms (default: back to back).
     #[arg(long)]
     period_ms: Option<u64>,
+    /// Randomise each sleep by ± this percent of --period-ms, so that runs
+    /// arrive at random phases of the time-slice rotation.
+    #[arg(long, default_value_t = 0)]
+    period_jitter_pct: u32,
     /// Device index to run on.
     #[arg(long, default_value_t = 0)]
     device: u32,
@@ -217,7 +221,9 @@ fn run(args: Args) -> Result<()> {
         }
         runs += 1;
         if let Some(p) = args.period_ms {
-            std::thread::sleep(Duration::from_millis(p));
+            let j = f64::from(args.period_jitter_pct.min(100)) / 100.0;
+            let f = if j > 0.0 { rand::random_range(1.0 - j..=1.0 + j) } else { 1.0 };
+            std::thread::sleep(Duration::from_micros((p as f64 * 1000.0 * f) as u64));
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
