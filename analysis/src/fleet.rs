@@ -76,28 +76,7 @@ impl Default for FleetArgs {
     }
 }
 
-/// A verdict, ordered from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Nothing found.
-    Healthy,
-    /// Slower than it should be.
-    Degraded,
-    /// Wrong results, SLO breach or severe inflation.
-    Unhealthy,
-}
-
-impl Verdict {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Healthy => "healthy",
-            Verdict::Degraded => "degraded",
-            Verdict::Unhealthy => "unhealthy",
-        }
-    }
-}
+pub use slicetrace_schema::Verdict;
 
 /// Findings for one GPU, kernel and shape.
 #[derive(Debug, Clone, Serialize)]

@@ -98,30 +98,7 @@ impl HealthConfig {
     }
 }
 
-/// A verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Within the baseline.
-    Healthy,
-    /// Inflated tail or throttling.
-    Degraded,
-    /// Wrong answers, a lost GPU, or a tail beyond the unhealthy factor.
-    Unhealthy,
-}
-
-impl Verdict {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Healthy => "healthy",
-            Verdict::Degraded => "degraded",
-            Verdict::Unhealthy => "unhealthy",
-        }
-    }
-    /// All verdicts, for labelled gauges.
-    pub const ALL: [Verdict; 3] = [Verdict::Healthy, Verdict::Degraded, Verdict::Unhealthy];
-}
+pub use slicetrace_schema::Verdict;
 
 /// Latest quantiles of one clock, ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

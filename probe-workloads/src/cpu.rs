@@ -220,22 +220,7 @@ impl ProbeBackend for CpuBackend {
     }
 
     fn shape(&self, kernel: Kernel) -> KernelShape {
-        match kernel {
-            Kernel::Fft => KernelShape {
-                kernel,
-                shape: self.spec.fft.shape(),
-                precision: crate::Precision::Fp32,
-                flops: self.spec.fft.flops(),
-                submit: None,
-            },
-            Kernel::Gemm => KernelShape {
-                kernel,
-                shape: self.spec.gemm.shape(),
-                precision: self.spec.gemm.precision,
-                flops: self.spec.gemm.flops(),
-                submit: None,
-            },
-        }
+        self.spec.kernel_shape(kernel, None)
     }
 
     fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {

@@ -534,22 +534,7 @@ impl ProbeBackend for CudaBackend {
     }
 
     fn shape(&self, kernel: Kernel) -> KernelShape {
-        match kernel {
-            Kernel::Fft => KernelShape {
-                kernel,
-                shape: self.spec.fft.shape(),
-                precision: Precision::Fp32,
-                flops: self.spec.fft.flops(),
-                submit: Some(self.submit_mode()),
-            },
-            Kernel::Gemm => KernelShape {
-                kernel,
-                shape: self.spec.gemm.shape(),
-                precision: self.spec.gemm.precision,
-                flops: self.spec.gemm.flops(),
-                submit: Some(self.submit_mode()),
-            },
-        }
+        self.spec.kernel_shape(kernel, Some(self.submit_mode()))
     }
 
     fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {

@@ -118,6 +118,28 @@ pub struct KernelShape {
     pub submit: Option<&'static str>,
 }
 
+impl ProbeSpec {
+    /// The shape of `kernel` under this spec, as recorded in every row.
+    pub fn kernel_shape(&self, kernel: Kernel, submit: Option<&'static str>) -> KernelShape {
+        match kernel {
+            Kernel::Fft => KernelShape {
+                kernel,
+                shape: self.fft.shape(),
+                precision: Precision::Fp32,
+                flops: self.fft.flops(),
+                submit,
+            },
+            Kernel::Gemm => KernelShape {
+                kernel,
+                shape: self.gemm.shape(),
+                precision: self.gemm.precision,
+                flops: self.gemm.flops(),
+                submit,
+            },
+        }
+    }
+}
+
 /// The timings and check of one run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunSample {

@@ -30,6 +30,36 @@ pub const SCHEMA_VERSION_KEY: &str = "slicetrace.schema_version";
 /// Parquet key-value metadata key naming the table (`probes` or `health`).
 pub const TABLE_KEY: &str = "slicetrace.table";
 
+/// A health verdict, ordered from best to worst. The agent's live health and
+/// the CLI's `fleet` check speak the same three words (the `verdict` column
+/// of both tables).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Within the baseline, nothing found.
+    Healthy,
+    /// Inflated tail, or throttling: slower than it should be.
+    Degraded,
+    /// Wrong answers, a lost GPU, an SLO breach or severe inflation.
+    Unhealthy,
+}
+
+impl Verdict {
+    /// All verdicts, best first (for labelled gauges).
+    pub const ALL: [Verdict; 3] = [Verdict::Healthy, Verdict::Degraded, Verdict::Unhealthy];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Degraded => "degraded",
+            Verdict::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// Errors raised while converting between records and Arrow.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {

@@ -222,7 +222,11 @@ fn run(args: Args) -> Result<()> {
         runs += 1;
         if let Some(p) = args.period_ms {
             let j = f64::from(args.period_jitter_pct.min(100)) / 100.0;
-            let f = if j > 0.0 { rand::random_range(1.0 - j..=1.0 + j) } else { 1.0 };
+            let f = if j > 0.0 {
+                rand::random_range(1.0 - j..=1.0 + j)
+            } else {
+                1.0
+            };
             std::thread::sleep(Duration::from_micros((p as f64 * 1000.0 * f) as u64));
         }
     }
