@@ -188,22 +188,27 @@ pub enum HealthEvent {
 
 const BUCKETS: u32 = 10;
 
-fn hist() -> Histogram<u64> {
-    // 1 µs .. 1 h at 3 significant digits; bounds are constants, so this
-    // cannot fail.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+/// Largest recordable latency, µs (60 s); larger values are clamped.
+const MAX_US: u64 = 60_000_000;
+
+/// 1 µs .. 60 s at 2 significant digits (1 % resolution) with u32 counts:
+/// about 20 KiB per histogram. (3 digits over 1 h with u64 counts took
+/// ~360 KiB each, and a window holds 3 per sub-bucket per GPU and kernel.)
+pub(crate) fn hist() -> Histogram<u32> {
+    // The bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, MAX_US, 2)
+        .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))
 }
 
-fn us(ms: f64) -> u64 {
-    (ms * 1000.0).round().clamp(1.0, 3_600_000_000.0) as u64
+pub(crate) fn us(ms: f64) -> u64 {
+    (ms * 1000.0).round().clamp(1.0, MAX_US as f64) as u64
 }
 
 struct Bucket {
     start: Instant,
-    wall: Histogram<u64>,
-    gpu: Histogram<u64>,
-    queue: Histogram<u64>,
+    wall: Histogram<u32>,
+    gpu: Histogram<u32>,
+    queue: Histogram<u32>,
     failures: u64,
     throttle: u64,
 }
@@ -238,8 +243,10 @@ struct Track {
     gpu_index: u32,
     shape: String,
     buckets: VecDeque<Bucket>,
-    quiet: Histogram<u64>,
-    quiet_prev: Option<Histogram<u64>>,
+    quiet: Histogram<u32>,
+    quiet_prev: Option<Histogram<u32>>,
+    /// Quiet runs arrived since the baseline was last computed.
+    quiet_dirty: bool,
     baseline: Option<Baseline>,
     failures_total: u64,
 }
@@ -312,6 +319,7 @@ impl Evaluator {
 
     /// Writes baselines atomically (temp file + rename).
     pub fn save_baselines(&mut self) {
+        self.refresh_baselines();
         if !self.baseline_dirty {
             return;
         }
@@ -351,6 +359,7 @@ impl Evaluator {
                 buckets: VecDeque::new(),
                 quiet: hist(),
                 quiet_prev: None,
+                quiet_dirty: false,
                 baseline: None,
                 failures_total: 0,
             })
@@ -405,19 +414,31 @@ impl Evaluator {
                     let full = std::mem::replace(&mut t.quiet, hist());
                     t.quiet_prev = Some(full);
                 }
-                let mut merged = t.quiet.clone();
-                if let Some(p) = &t.quiet_prev {
-                    let _ = merged.add(p);
-                }
-                if merged.len() >= baseline_min {
-                    t.baseline = Some(Baseline {
-                        shape: t.shape.clone(),
-                        p50_ms: merged.value_at_quantile(0.5) as f64 / 1000.0,
-                        p99_ms: merged.value_at_quantile(0.99) as f64 / 1000.0,
-                        samples: merged.len(),
-                    });
-                    self.baseline_dirty = true;
-                }
+                t.quiet_dirty = true;
+            }
+        }
+    }
+
+    /// Recomputes the baselines that got new quiet runs (once per
+    /// evaluation, not per row: merging histograms is the costly part).
+    fn refresh_baselines(&mut self) {
+        let baseline_min = self.cfg.baseline_min_samples;
+        for t in self.tracks.values_mut() {
+            if !std::mem::take(&mut t.quiet_dirty) {
+                continue;
+            }
+            let mut merged = t.quiet.clone();
+            if let Some(p) = &t.quiet_prev {
+                let _ = merged.add(p);
+            }
+            if merged.len() >= baseline_min {
+                t.baseline = Some(Baseline {
+                    shape: t.shape.clone(),
+                    p50_ms: merged.value_at_quantile(0.5) as f64 / 1000.0,
+                    p99_ms: merged.value_at_quantile(0.99) as f64 / 1000.0,
+                    samples: merged.len(),
+                });
+                self.baseline_dirty = true;
             }
         }
     }
@@ -441,6 +462,7 @@ impl Evaluator {
     /// Evaluates every GPU and kernel, publishes to [`LiveState`] and returns
     /// the health rows.
     pub fn evaluate(&mut self, now: Instant, ts_ns: i64) -> Vec<HealthRecord> {
+        self.refresh_baselines();
         let window = Duration::from_millis(self.cfg.window_ms);
         let mut out = Vec::new();
         let mut published = BTreeMap::new();
@@ -461,7 +483,7 @@ impl Evaluator {
                 failures += b.failures;
                 throttle |= b.throttle;
             }
-            let q = |h: &Histogram<u64>, p: f64| {
+            let q = |h: &Histogram<u32>, p: f64| {
                 (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0)
             };
             let wall_q = Quantiles {

@@ -79,7 +79,7 @@ type SummaryKey = (u32, String, String, Option<u32>);
 
 #[derive(Debug)]
 struct Acc {
-    h: [Histogram<u64>; 3],
+    h: [Histogram<u32>; 3],
     gpu_ms_sum: f64,
     first_ns: i64,
     last_ns: i64,
@@ -106,7 +106,7 @@ pub struct SummaryRow {
     pub span_ns: (i64, i64),
 }
 
-fn summary_hist() -> Histogram<u64> {
+fn summary_hist() -> Histogram<u32> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .unwrap_or_else(|_| unreachable!("constant bounds"))
 }
@@ -131,7 +131,7 @@ impl RunSummary {
         acc.first_ns = acc.first_ns.min(r.ts_ns);
         acc.last_ns = acc.last_ns.max(r.ts_ns);
         let h = &mut acc.h;
-        let us = |ms: f64| (ms * 1000.0).round().clamp(1.0, 3.6e9) as u64;
+        let us = crate::health::us;
         if let Some(g) = r.gpu_ms {
             let _ = h[0].record(us(g));
         }
@@ -149,7 +149,7 @@ impl RunSummary {
         m.iter()
             .map(|((idx, uuid, kernel, tenants), acc)| {
                 let h = &acc.h;
-                let q = |h: &Histogram<u64>| {
+                let q = |h: &Histogram<u32>| {
                     (
                         h.value_at_quantile(0.5) as f64 / 1000.0,
                         h.value_at_quantile(0.99) as f64 / 1000.0,
