@@ -8,7 +8,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,29 +40,11 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 // ---------------------------------------------------------------- tools ----
 
-fn tools_required() -> bool {
-    std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
-}
-
-/// `Some(program)` when `program args` runs; otherwise fails under
-/// `SLICETRACE_REQUIRE_TOOLS=1`, else prints a skip note.
-pub fn require_tool(program: &str, args: &[&str], test: &str) -> Option<String> {
-    let ok = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(program.to_string());
-    }
-    assert!(
-        !tools_required(),
-        "{test}: required tool {program} is missing (SLICETRACE_REQUIRE_TOOLS=1)"
-    );
-    eprintln!("SKIP {test}: {program} not found (tests/run.sh installs it)");
-    None
-}
+// The same tool-or-skip rule as the occupancy tests, from one place.
+#[path = "../occupancy_support/mod.rs"]
+mod occupancy_support;
+#[allow(unused_imports)]
+pub use occupancy_support::require_tool;
 
 // ---------------------------------------------------------------- config ----
 
