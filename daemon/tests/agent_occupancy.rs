@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod metrics_support;
-mod occupancy_support;
+use metrics_support::occupancy_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod metrics_support;
-mod occupancy_support;
+use metrics_support::occupancy_support;
 
 use std::time::{Duration, Instant};
 

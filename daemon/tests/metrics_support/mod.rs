@@ -42,7 +42,7 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 // The same tool-or-skip rule as the occupancy tests, from one place.
 #[path = "../occupancy_support/mod.rs"]
-mod occupancy_support;
+pub mod occupancy_support;
 #[allow(unused_imports)]
 pub use occupancy_support::require_tool;
 
