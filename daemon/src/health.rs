@@ -98,7 +98,7 @@ impl HealthConfig {
     }
 }
 
-pub use slicetrace_schema::Verdict;
+pub use slicetrace_schema::{Contention, Verdict};
 
 /// Latest quantiles of one clock, ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -132,6 +132,11 @@ pub struct KernelHealth {
     pub samples: u64,
     /// Correctness failures since start.
     pub correctness_failures_total: u64,
+    /// Contention state (separate from the GPU's health).
+    pub contention: Option<Contention>,
+    /// p99 of the event clock (`gpu_ms`) of quiet runs, ms: rows whose event
+    /// time exceeds 1.5× this while shared are flagged `event_inflated`.
+    pub event_baseline_p99_ms: Option<f64>,
 }
 
 /// State shared between the evaluator, the probe threads and `/metrics`.
@@ -147,6 +152,9 @@ pub struct LiveState {
     /// `/metrics` can report their health at scrape time; unset when the
     /// occupancy was injected.
     pub occupancy: std::sync::OnceLock<Arc<crate::occupancy::CombinedOccupancy>>,
+    /// `(gpu_uuid, kernel)` → start-up self-test outcome (`true` = the planted
+    /// corruption was caught and a clean run passed).
+    pub self_tests: RwLock<BTreeMap<(String, String), bool>>,
 }
 
 impl LiveState {
@@ -157,6 +165,28 @@ impl LiveState {
             .ok()?
             .get(&(gpu_uuid.to_string(), kernel.to_string()))
             .map(|k| k.verdict)
+    }
+    /// Current contention state of a GPU's kernel, for stamping rows.
+    pub fn contention(&self, gpu_uuid: &str, kernel: &str) -> Option<Contention> {
+        self.kernels
+            .read()
+            .ok()?
+            .get(&(gpu_uuid.to_string(), kernel.to_string()))
+            .and_then(|k| k.contention)
+    }
+    /// Quiet-baseline event-clock p99 of a GPU's kernel, ms.
+    pub fn event_baseline_p99_ms(&self, gpu_uuid: &str, kernel: &str) -> Option<f64> {
+        self.kernels
+            .read()
+            .ok()?
+            .get(&(gpu_uuid.to_string(), kernel.to_string()))
+            .and_then(|k| k.event_baseline_p99_ms)
+    }
+    /// Records the start-up self-test outcome of a GPU's kernel.
+    pub fn record_self_test(&self, gpu_uuid: &str, kernel: &str, passed: bool) {
+        if let Ok(mut m) = self.self_tests.write() {
+            m.insert((gpu_uuid.to_string(), kernel.to_string()), passed);
+        }
     }
     /// Worst verdict over all GPUs and kernels, with its reason.
     pub fn worst(&self) -> Option<(Verdict, String)> {
@@ -591,6 +621,8 @@ impl Evaluator {
                     inflation,
                     samples,
                     correctness_failures_total: t.failures_total,
+                    contention: None,
+                    event_baseline_p99_ms: None,
                 },
             );
         }
@@ -626,6 +658,8 @@ impl Evaluator {
                         inflation: None,
                         samples: 0,
                         correctness_failures_total: 0,
+                        contention: None,
+                        event_baseline_p99_ms: None,
                     },
                 );
             }

@@ -2,6 +2,7 @@
 //! counted here, and the counts appear on `/metrics` and in the logs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Process-wide counters, shared as `Arc<Counters>`. Relaxed ordering: these
 /// are statistics, not synchronisation.
@@ -47,6 +48,21 @@ pub struct Counters {
     pub occupancy_errors: AtomicU64,
     /// Kube watcher relists (including after 410 Gone).
     pub occupancy_relists: AtomicU64,
+    /// Per-GPU counters, by GPU UUID (for series that are about one GPU).
+    pub per_gpu: std::sync::RwLock<std::collections::BTreeMap<String, Arc<GpuCounters>>>,
+}
+
+/// Counters about one GPU (exported with a `gpu_uuid` label).
+#[derive(Debug, Default)]
+pub struct GpuCounters {
+    /// Probe runs completed on this GPU.
+    pub probe_runs: AtomicU64,
+    /// Failed probe runs on this GPU.
+    pub probe_errors: AtomicU64,
+    /// NVML sampling errors for this GPU.
+    pub telemetry_errors: AtomicU64,
+    /// Runs whose correctness check failed on this GPU.
+    pub correctness_failures: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +73,16 @@ impl Counters {
     /// Adds one to `c`.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The counters of one GPU, created on first use.
+    pub fn gpu(&self, gpu_uuid: &str) -> Arc<GpuCounters> {
+        if let Some(c) = self.per_gpu.read().ok().and_then(|m| m.get(gpu_uuid).cloned()) {
+            return c;
+        }
+        match self.per_gpu.write() {
+            Ok(mut m) => m.entry(gpu_uuid.to_string()).or_default().clone(),
+            Err(_) => Arc::new(GpuCounters::default()),
+        }
     }
     /// Reads `c`.
     pub fn get(c: &AtomicU64) -> u64 {

@@ -441,6 +441,8 @@ mod tests {
                 inflation: Some(1.7),
                 samples: 9,
                 correctness_failures_total: 1,
+                contention: None,
+                event_baseline_p99_ms: None,
             },
         );
         st

@@ -73,6 +73,10 @@ pub const COLUMNS: &[ColumnDoc] = &[
     c("verdict", "utf8", true, "-", "Live health verdict for this GPU and kernel when the row was made."),
     c("trace_id", "utf8", true, "32 hex", "OTLP trace id of the probe cycle."),
     c("span_id", "utf8", true, "16 hex", "OTLP span id of this run."),
+    c("arrival", "bool", true, "-", "The run began at a moment chosen independently of the probe's own previous run (a Poisson arrival, or the first run of a burst), so its latency is what a caller arriving at random would see. Runs with `arrival = false` (later runs of a burst) follow the probe's own previous run and are left out of tails unless asked for. Null in files written before this column existed (then `burst_seq = 0 AND kernel = 'fft'` stands in)."),
+    c("arrival_gap_ms", "float64", true, "ms", "Planned gap between the previous arrival on this GPU and this one (exponential in `poisson` mode); null for runs that are not arrivals."),
+    c("event_inflated", "bool", true, "-", "`gpu_ms` is above 1.5x the quiet-baseline event p99 of this GPU and kernel while other processes share the GPU: the kernel was preempted mid-run (longer than a time slice), not a slower GPU. Null without a quiet baseline."),
+    c("contention", "utf8", true, "-", "Live contention state for this GPU and kernel when the row was made (`ok`, `contended`, `over-shared`); see `verdict` for the health of the GPU itself."),
 ];
 
 /// The `health` table (one row per GPU, kernel and evaluation), in column order.

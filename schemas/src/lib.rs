@@ -24,6 +24,15 @@ pub use record::{probes_batch, probes_from_batch, probes_schema, ProbeRecord};
 /// Adding a nullable column does not need a bump.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// SQL predicate that selects arrival runs (see the `arrival` column): the
+/// one rule every command of the CLI and the live verdict use. Old files
+/// without the column count the first FFT run of each burst.
+pub const ARRIVAL_SQL: &str = "coalesce(arrival, burst_seq = 0 AND kernel = 'fft')";
+
+/// SQL expression of the derived `tenants` column: compute processes on the
+/// GPU other than the agent (NVML). The same rule as [`ProbeRecord::tenants`].
+pub const TENANTS_SQL: &str = "gpu_processes";
+
 /// Parquet key-value metadata key that carries [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "slicetrace.schema_version";
 
@@ -56,6 +65,40 @@ impl Verdict {
             Verdict::Healthy => "healthy",
             Verdict::Degraded => "degraded",
             Verdict::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// How contended a GPU is for its time slices: a dimension separate from
+/// [`Verdict`] (the health of the GPU itself). A GPU that is merely shared by
+/// its tenants is `healthy` and `contended`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contention {
+    /// The wait for a slice is within the SLO (or what no tenant predicts).
+    Ok,
+    /// Callers wait for a slice: tail above the quiet baseline or SLO.
+    Contended,
+    /// The wait exceeds what the tenant count predicts, or the SLO by far.
+    OverShared,
+}
+
+impl Contention {
+    /// All states, best first (for labelled gauges).
+    pub const ALL: [Contention; 3] = [
+        Contention::Ok,
+        Contention::Contended,
+        Contention::OverShared,
+    ];
+
+    /// Name as written in columns, labels and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contention::Ok => "ok",
+            Contention::Contended => "contended",
+            Contention::OverShared => "over-shared",
         }
     }
 }

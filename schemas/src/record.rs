@@ -101,6 +101,32 @@ pub struct ProbeRecord {
     pub trace_id: Option<String>,
     /// OTLP span id, 16 hex.
     pub span_id: Option<String>,
+    /// The run began at a random arrival moment (not right after the
+    /// probe's own previous run). `None` in old files.
+    pub arrival: Option<bool>,
+    /// Planned gap before this arrival, ms.
+    pub arrival_gap_ms: Option<f64>,
+    /// Event time inflated against the quiet baseline while shared
+    /// (preempted mid-kernel).
+    pub event_inflated: Option<bool>,
+    /// Live contention state.
+    pub contention: Option<String>,
+}
+
+impl ProbeRecord {
+    /// Whether this run counts as an arrival: the `arrival` column, or for
+    /// rows written before it existed, the first FFT run of a burst (the
+    /// same rule as [`crate::ARRIVAL_SQL`]).
+    pub fn is_arrival(&self) -> bool {
+        self.arrival
+            .unwrap_or(self.burst_seq == 0 && self.kernel == "fft")
+    }
+
+    /// Other compute processes sharing the GPU (the one definition of
+    /// "tenants", same as [`crate::TENANTS_SQL`]); `None` when unknown.
+    pub fn tenants(&self) -> Option<u32> {
+        self.gpu_processes
+    }
 }
 
 pub(crate) fn parse_type(t: &str) -> DataType {
@@ -218,6 +244,10 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         str_col(rows.iter().map(|r| r.verdict.as_deref())),
         str_col(rows.iter().map(|r| r.trace_id.as_deref())),
         str_col(rows.iter().map(|r| r.span_id.as_deref())),
+        col!(rows, BooleanBuilder, |r| r.arrival),
+        col!(rows, Float64Builder, |r| r.arrival_gap_ms),
+        col!(rows, BooleanBuilder, |r| r.event_inflated),
+        str_col(rows.iter().map(|r| r.contention.as_deref())),
     ];
     RecordBatch::try_new(probes_schema(), columns).map_err(SchemaError::Arrow)
 }
@@ -310,6 +340,12 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
         s("span_id")?,
     );
     let ostr = |a: &StringArray, i: usize| opt(a.is_valid(i), a.value(i).to_string());
+    // Columns added after schema version 1 shipped: absent in old files.
+    let arrival = bc("arrival").ok();
+    let gap = f64c("arrival_gap_ms").ok();
+    let inflated = bc("event_inflated").ok();
+    let contention = s("contention").ok();
+    let ob = |a: Option<&BooleanArray>, i: usize| a.and_then(|a| opt(a.is_valid(i), a.value(i)));
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         out.push(ProbeRecord {
@@ -352,6 +388,10 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             verdict: ostr(verdict, i),
             trace_id: ostr(trace, i),
             span_id: ostr(span, i),
+            arrival: ob(arrival, i),
+            arrival_gap_ms: gap.and_then(|a| opt(a.is_valid(i), a.value(i))),
+            event_inflated: ob(inflated, i),
+            contention: contention.and_then(|a| ostr(a, i)),
         });
     }
     Ok(out)
