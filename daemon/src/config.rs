@@ -67,25 +67,76 @@ pub struct ProbeOverrides {
     pub gemm_n: Option<usize>,
     /// GEMM precision: `fp32`, `fp16` or `bf16`.
     pub gemm_precision: Option<Precision>,
-    /// Runs per burst.
+    /// Runs per burst (`arrivals = "burst"` only).
     pub burst_runs: Option<u32>,
     /// CUDA submission of a timed run: `graph` (default), `stream` or
     /// `legacy`; only `graph` keeps slice waits out of `gpu_ms`.
     pub timing: Option<slicetrace_probe::Timing>,
+    /// When runs start: `poisson` (default: one run per arrival, exponential
+    /// gaps, FFT and GEMM alternating, so the latencies are what a caller
+    /// arriving at random sees) or `burst` (the first version's FFT burst
+    /// then GEMM burst every `interval_ms`; only the first run of a burst
+    /// counts as an arrival).
+    pub arrivals: Option<Arrivals>,
+    /// Mean arrivals per second per GPU, both kernels together (`poisson`);
+    /// default 5 (about 750 runs per kernel in a 5-minute health window).
+    pub rate_hz: Option<f64>,
+    /// CUDA: how the host waits for a run: `spin-then-block` (default: poll
+    /// the end event for `spin_us`, then sleep in the driver) or `spin` (the
+    /// CUDA default: a core spins while a run waits for its time slice).
+    pub wait: Option<WaitMode>,
+    /// Polling budget of `spin-then-block`, µs (default 200: a light run on
+    /// an idle GPU completes inside it, so the timing floor is unchanged).
+    pub spin_us: Option<u32>,
+    /// CUDA: math mode of an fp32 GEMM, `strict` (default) or `tf32`; the
+    /// check's tolerance follows it (and `NVIDIA_TF32_OVERRIDE`).
+    pub fp32_math: Option<slicetrace_probe::Fp32Math>,
+    /// CUDA: cuBLAS workspace, KiB (default 1024 for `light`, cuBLAS's own
+    /// 32 MiB for `article`).
+    pub cublas_workspace_kib: Option<u32>,
 }
+
+/// When probe runs start (`probe.arrivals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrivals {
+    /// A Poisson process per GPU: one run per arrival.
+    #[default]
+    Poisson,
+    /// Bursts of each kernel per jittered interval.
+    Burst,
+}
+
+/// How the host waits for a CUDA run (`probe.wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitMode {
+    /// Poll for `spin_us`, then block.
+    #[default]
+    SpinThenBlock,
+    /// Spin until done.
+    Spin,
+}
+
+/// Default mean arrival rate per GPU, Hz: a 5-minute health window then holds
+/// about 750 arrivals per kernel (at least 600 with overwhelming probability).
+pub const DEFAULT_RATE_HZ: f64 = 5.0;
 
 /// Prometheus endpoint (the `[metrics]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Listen address for `/metrics`, `/healthz` and `/readyz`; empty disables.
+    /// Listen address for `/metrics`, `/healthz` and `/readyz`; empty
+    /// disables. Loopback by default (a standalone agent on a workstation);
+    /// the DaemonSet's ConfigMap sets `0.0.0.0:9464` so Prometheus can scrape
+    /// the pod IP.
     pub listen: String,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:9464".into(),
+            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -104,10 +155,10 @@ pub struct Config {
     pub preset: Preset,
     /// Overrides of the preset's kernels.
     pub probe: ProbeOverrides,
-    /// Mean time between probe cycles per GPU, ms.
+    /// Mean time between probe cycles per GPU, ms (`probe.arrivals =
+    /// "burst"` only; Poisson arrivals use `probe.rate_hz`).
     pub interval_ms: u64,
-    /// Random jitter of each interval, ± percent (0–90), so probes never
-    /// phase-lock with time slices.
+    /// Random jitter of each burst interval, ± percent (0–90).
     pub jitter_pct: u32,
     /// Number of CPU pseudo-devices on the CPU backend (tests of multi-GPU
     /// behaviour without GPUs).
@@ -132,6 +183,38 @@ pub struct Config {
     pub health: HealthConfig,
     /// Pod occupancy.
     pub occupancy: OccupancyConfig,
+    /// Record tenants' command names in the `processes` column and span
+    /// attribute (`pid:name:used_mib`). Off by default: other tenants'
+    /// command lines are theirs, so only PIDs and memory are kept
+    /// (`pid::used_mib`).
+    pub process_names: bool,
+    /// Log format on stderr: `text` (colour only when stderr is a terminal)
+    /// or `json` (one object per line, for log collectors). Also
+    /// `SLICETRACE_LOG_FORMAT` and `--log-format`; `SLICETRACE_LOG` sets the
+    /// filter (`info`, `slicetrace_agent=debug`, ...).
+    pub log_format: LogFormat,
+}
+
+/// Log output format (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not text or json")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -154,6 +237,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             health: HealthConfig::default(),
             occupancy: OccupancyConfig::default(),
+            process_names: false,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -167,6 +252,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--interval`.
     pub interval: Option<Duration>,
+    /// `--rate-hz`.
+    pub rate_hz: Option<f64>,
     /// `--preset`.
     pub preset: Option<Preset>,
     /// `--otlp-endpoint`.
@@ -268,9 +355,16 @@ impl Config {
                 .map_err(|e| invalid("SLICETRACE_INTERVAL", e.to_string()))?;
             self.interval_ms = d.as_millis() as u64;
         }
+        if let Some(v) = env("SLICETRACE_RATE_HZ") {
+            self.probe.rate_hz =
+                Some(v.parse().map_err(|_| {
+                    invalid("SLICETRACE_RATE_HZ", format!("{v:?} is not a number"))
+                })?);
+        }
         if let Some(v) = env("SLICETRACE_METRICS_LISTEN") {
             self.metrics.listen = v;
         }
+
         self.otlp
             .apply_env_from(env)
             .map_err(|e| invalid("otlp", crate::internal_events::error_chain(&e)))?;
@@ -292,6 +386,9 @@ impl Config {
         }
         if let Some(i) = o.interval {
             self.interval_ms = i.as_millis() as u64;
+        }
+        if let Some(r) = o.rate_hz {
+            self.probe.rate_hz = Some(r);
         }
         if let Some(p) = o.preset {
             self.preset = p;
@@ -349,7 +446,33 @@ impl Config {
         if let Some(t) = p.timing {
             s.timing = t;
         }
+        s.wait = match p.wait.unwrap_or_default() {
+            WaitMode::Spin => slicetrace_probe::Wait::Spin,
+            WaitMode::SpinThenBlock => slicetrace_probe::Wait::SpinThenBlock {
+                spin_us: p.spin_us.unwrap_or(200),
+            },
+        };
+        if let Some(m) = p.fp32_math {
+            s.fp32_math = m;
+        }
+        if let Some(k) = p.cublas_workspace_kib {
+            s.cublas_workspace_kib = Some(k);
+        }
         s
+    }
+
+    /// The arrival plan of the probe threads.
+    pub fn arrival_plan(&self, spec: &ProbeSpec) -> crate::pipeline::ArrivalPlan {
+        match self.probe.arrivals.unwrap_or_default() {
+            Arrivals::Poisson => crate::pipeline::ArrivalPlan::Poisson {
+                rate_hz: self.probe.rate_hz.unwrap_or(DEFAULT_RATE_HZ),
+            },
+            Arrivals::Burst => crate::pipeline::ArrivalPlan::Burst {
+                interval: Duration::from_millis(self.interval_ms),
+                jitter_pct: self.jitter_pct,
+                burst_runs: spec.burst_runs,
+            },
+        }
     }
 
     /// Checks every value that parsed but is not usable. Writes nothing.
@@ -377,6 +500,19 @@ impl Config {
                 "cpu_devices",
                 format!("{} is out of range 1..=64", self.cpu_devices),
             ));
+        }
+        if let Some(r) = self.probe.rate_hz {
+            if !(r.is_finite() && r > 0.0 && r <= 1000.0) {
+                return Err(invalid(
+                    "probe.rate_hz",
+                    format!("{r} is out of range (0, 1000]"),
+                ));
+            }
+        }
+        if let Some(us) = self.probe.spin_us {
+            if us > 1_000_000 {
+                return Err(invalid("probe.spin_us", format!("{us} is above 1000000")));
+            }
         }
         for b in ["cuda", "cpu"] {
             self.probe_spec(b)

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod config;
 pub mod health;
 pub mod internal_events;
+pub mod memory;
 pub mod metrics;
 pub mod node_condition;
 pub mod occupancy;

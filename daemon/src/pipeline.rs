@@ -1,11 +1,12 @@
 //! The probe loop: one OS thread per GPU, never an async worker, because CUDA
 //! synchronisation blocks.
 //!
-//! Each cycle: wait for the jittered tick → NVML sample → FFT burst → GEMM
-//! burst → NVML sample → occupancy snapshot (cache read) → rows joined with
-//! all of it, stamped with a trace id per cycle and a span id per run → one
-//! `try_send` per sink. A full sink queue drops that sink's copy and counts it;
-//! nothing here waits on a sink.
+//! Each arrival (the default [`ArrivalPlan::Poisson`]): wait an exponential
+//! gap → NVML sample (the SM clock just before the run) → one run of one
+//! kernel (FFT and GEMM alternate) → NVML clock sample → occupancy snapshot
+//! (cache read) → one row joined with all of it, stamped with its own trace
+//! id and span id → one `try_send` per consumer. A full queue drops that
+//! consumer's copy and counts it; nothing here waits on a sink.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::Rng;
-use slicetrace_probe::{record_for, Kernel, ProbeBackend, ProbeError};
+use slicetrace_probe::{record_for, Fault, Kernel, ProbeBackend, ProbeError};
 use slicetrace_schema::ProbeRecord;
 use tokio::sync::mpsc;
 
 use crate::health::{HealthEvent, LiveState};
-use crate::internal_events::{Counters, RateLimit};
+use crate::internal_events::{Counters, GpuCounters, RateLimit};
 use crate::occupancy::OccupancySource;
 use crate::sinks::otlp::{new_span_id, new_trace_id};
 use crate::sinks::SinkMsg;
-use crate::telemetry::{BurstTelemetry, TelemetrySource};
+use crate::telemetry::{BurstTelemetry, DeviceSample, TelemetrySource};
 
 /// Input of the health evaluator.
 #[derive(Debug)]
@@ -68,7 +69,7 @@ impl StopSignal {
 
 /// Per-(GPU, kernel, tenant count) histograms of the whole run, for the exit
 /// tail table: a run that spans quiet and contended periods shows each
-/// occupancy level on its own line.
+/// occupancy level on its own line. Only arrival runs enter the quantiles.
 #[derive(Debug, Default)]
 pub struct RunSummary {
     inner: Mutex<BTreeMap<SummaryKey, Acc>>,
@@ -83,6 +84,7 @@ struct Acc {
     gpu_ms_sum: f64,
     first_ns: i64,
     last_ns: i64,
+    all_runs: u64,
 }
 
 /// One line of the exit tail table.
@@ -96,8 +98,11 @@ pub struct SummaryRow {
     pub kernel: String,
     /// Other compute processes on the GPU (NVML), `None` when unknown.
     pub tenants: Option<u32>,
-    /// Runs.
+    /// Arrival runs counted in the quantiles.
     pub runs: u64,
+    /// All runs, including burst runs that are not arrivals (left out of
+    /// the quantiles: they measure the probe's own rhythm).
+    pub all_runs: u64,
     /// (p50, p99) of gpu_ms, wall_ms, queue_ms.
     pub quantiles: [(f64, f64); 3],
     /// Sum of gpu_ms, ms (the probe's own GPU time).
@@ -119,15 +124,20 @@ impl RunSummary {
                 r.gpu_index,
                 r.gpu_uuid.clone(),
                 r.kernel.clone(),
-                r.gpu_processes,
+                r.tenants(),
             ))
             .or_insert_with(|| Acc {
                 h: [summary_hist(), summary_hist(), summary_hist()],
                 gpu_ms_sum: 0.0,
                 first_ns: r.ts_ns,
                 last_ns: r.ts_ns,
+                all_runs: 0,
             });
+        acc.all_runs += 1;
         acc.gpu_ms_sum += r.gpu_ms.unwrap_or(0.0);
+        if !r.is_arrival() {
+            return;
+        }
         acc.first_ns = acc.first_ns.min(r.ts_ns);
         acc.last_ns = acc.last_ns.max(r.ts_ns);
         let h = &mut acc.h;
@@ -161,6 +171,7 @@ impl RunSummary {
                     kernel: kernel.clone(),
                     tenants: *tenants,
                     runs: h[1].len(),
+                    all_runs: acc.all_runs,
                     quantiles: [q(&h[0]), q(&h[1]), q(&h[2])],
                     gpu_ms_sum: acc.gpu_ms_sum,
                     span_ns: (acc.first_ns, acc.last_ns),
@@ -228,6 +239,51 @@ impl Fanout {
 /// Re-creates a backend after repeated failures (a GPU reset, a lost context).
 pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn ProbeBackend>, ProbeError> + Send>;
 
+/// When runs start: the probe's sampling design.
+///
+/// Only runs that arrive at moments independent of the probe's own previous
+/// run sample what a caller sees. A run issued right after the probe's own
+/// previous run finds the driver has just rotated away from it and waits
+/// about a full rotation; fixed periods phase-lock with the rotation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ArrivalPlan {
+    /// One run per arrival; gaps are exponential with mean `1 / rate_hz`
+    /// (a Poisson process), measured from the end of the previous run so
+    /// that a run never follows the previous one back to back. Arrivals
+    /// alternate FFT and GEMM, so both kernels get the same share.
+    Poisson {
+        /// Mean arrivals per second per GPU (both kernels together).
+        rate_hz: f64,
+    },
+    /// The first version's cycles: an FFT burst then a GEMM burst every
+    /// jittered interval. Only the first run of a cycle is an arrival.
+    Burst {
+        /// Mean interval between cycles.
+        interval: Duration,
+        /// ± jitter percent of the interval.
+        jitter_pct: u32,
+        /// Runs per kernel per cycle.
+        burst_runs: u32,
+    },
+}
+
+impl ArrivalPlan {
+    /// Rows one arrival or cycle produces (to size queues).
+    pub fn rows_per_send(&self) -> usize {
+        match self {
+            ArrivalPlan::Poisson { .. } => 1,
+            ArrivalPlan::Burst { burst_runs, .. } => 2 * (*burst_runs).max(1) as usize,
+        }
+    }
+}
+
+/// An exponential gap with mean `1 / rate_hz` (inverse transform sampling).
+pub fn exponential_gap(rate_hz: f64, rng: &mut impl Rng) -> Duration {
+    // 1 - U is in (0, 1], so the logarithm is finite.
+    let u: f64 = 1.0 - rng.random::<f64>();
+    Duration::from_secs_f64(-u.ln() / rate_hz.max(1e-9))
+}
+
 /// Everything one GPU's probe thread needs.
 pub struct ProbeLoop {
     /// The backend (owned by the thread).
@@ -246,13 +302,9 @@ pub struct ProbeLoop {
     pub counters: Arc<Counters>,
     /// Node name.
     pub node: String,
-    /// Mean interval between cycles.
-    pub interval: Duration,
-    /// ± jitter percent.
-    pub jitter_pct: u32,
-    /// Runs per burst.
-    pub burst_runs: u32,
-    /// Plant a corruption per kernel at start and require it to be caught.
+    /// When runs start.
+    pub arrivals: ArrivalPlan,
+    /// Plant faults per kernel at start and require them to be caught.
     pub self_test: bool,
     /// Shutdown.
     pub stop: Arc<StopSignal>,
@@ -263,26 +315,182 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Consecutive failed cycles after which the backend is re-created.
 pub const REOPEN_AFTER: u32 = 3;
 
+/// The event clock of a kernel longer than a time slice rises beside
+/// tenants because it is preempted mid-kernel: flagged above this multiple
+/// of the quiet baseline's event p99.
+pub const EVENT_INFLATED_FACTOR: f64 = 1.5;
+
+/// Per-thread state of the loop that is not configuration.
+struct LoopState {
+    uuid: String,
+    gpu_index: u32,
+    gpu: Arc<GpuCounters>,
+    tel_log: RateLimit,
+    err_log: RateLimit,
+    failures: u32,
+}
+
 impl ProbeLoop {
-    fn jittered(&self) -> Duration {
-        let j = self.jitter_pct.min(90) as f64 / 100.0;
+    /// Plants a wrong answer and a skipped kernel into each kernel through
+    /// the backend's real submission path, and requires both to be caught
+    /// and a clean run to pass. The outcome goes to [`LiveState`] (a failed
+    /// self-test means correctness is unverified: the GPU is `unhealthy`).
+    fn self_test(&mut self) {
+        let uuid = self.backend.device().uuid.clone();
+        for k in [Kernel::Fft, Kernel::Gemm] {
+            let mut caught = [false; 2];
+            for (i, fault) in [Fault::Corrupt, Fault::Skip].into_iter().enumerate() {
+                self.backend.plant_fault(k, fault);
+                caught[i] = matches!(self.backend.run(k), Ok(s) if s.correct == Some(false));
+            }
+            let clean = matches!(self.backend.run(k), Ok(s) if s.correct == Some(true));
+            let passed = caught[0] && caught[1] && clean;
+            self.live.record_self_test(&uuid, k.as_str(), passed);
+            if passed {
+                tracing::info!(gpu = %uuid, kernel = k.as_str(), "self-test passed: planted corruption and skipped kernel caught");
+            } else {
+                tracing::error!(gpu = %uuid, kernel = k.as_str(), corruption_caught = caught[0], skip_caught = caught[1], clean, "self-test failed: correctness of this GPU is unverified");
+            }
+        }
+    }
+
+    fn jittered(interval: Duration, jitter_pct: u32) -> Duration {
+        let j = jitter_pct.min(90) as f64 / 100.0;
         let f = if j > 0.0 {
             rand::rng().random_range(1.0 - j..=1.0 + j)
         } else {
             1.0
         };
-        self.interval.mul_f64(f)
+        interval.mul_f64(f)
     }
 
-    fn self_test(&mut self) {
-        for k in [Kernel::Fft, Kernel::Gemm] {
-            self.backend.corrupt_next_output(k);
-            let caught = matches!(self.backend.run(k), Ok(s) if s.correct == Some(false));
-            let clean = matches!(self.backend.run(k), Ok(s) if s.correct == Some(true));
-            if caught && clean {
-                tracing::info!(gpu = %self.backend.device().uuid, kernel = k.as_str(), "self-test passed: planted corruption caught");
-            } else {
-                tracing::error!(gpu = %self.backend.device().uuid, kernel = k.as_str(), caught, clean, "self-test failed: the correctness check did not behave");
+    fn sample(&self, st: &LoopState, after: bool) -> Option<DeviceSample> {
+        let r = if after {
+            self.telemetry.sample_after(&st.uuid)
+        } else {
+            self.telemetry.sample(&st.uuid)
+        };
+        match r {
+            Ok(s) => Some(s),
+            Err(e) => {
+                Counters::inc(&self.counters.telemetry_errors);
+                Counters::inc(&st.gpu.telemetry_errors);
+                if st.tel_log.allow() {
+                    tracing::warn!(gpu = %st.uuid, error = %crate::internal_events::error_chain(&e), "telemetry sample failed; NVML columns are null for this run");
+                }
+                None
+            }
+        }
+    }
+
+    /// Joins telemetry, occupancy, live state and ids into `rows` (one
+    /// arrival's or one cycle's), counts them and hands them to the fan-out.
+    fn publish(&self, st: &LoopState, mut rows: Vec<ProbeRecord>, tel: BurstTelemetry) {
+        let procs = tel.processes.clone().unwrap_or_default();
+        let mut occ = self.occupancy.snapshot(&st.uuid, &procs);
+        if tel.processes.is_none() {
+            // Without NVML's process list nobody knows which pods run on
+            // the GPU: absent, not an empty list.
+            occ.active_pods = None;
+        }
+        let proc_strings = tel.process_strings();
+        let trace_id = new_trace_id();
+        for r in &mut rows {
+            let b = &tel.before;
+            r.sm_clock_mhz = b.sm_clock_mhz;
+            r.mem_clock_mhz = b.mem_clock_mhz;
+            r.gpu_util_pct = b.gpu_util_pct;
+            r.mem_util_pct = b.mem_util_pct;
+            r.power_w = b.power_w;
+            r.temp_c = b.temp_c;
+            r.fb_used_mib = b.fb_used_mib;
+            r.throttle_reasons = tel.throttle_reasons;
+            r.sm_clock_mhz_after = tel.sm_clock_mhz_after;
+            r.gpu_processes = tel.processes.as_ref().map(|p| p.len() as u32);
+            r.processes = proc_strings.clone();
+            r.pods = occ.pods.clone();
+            r.pod_count = occ.pod_count;
+            r.active_pods = occ.active_pods.clone();
+            r.replicas = occ.replicas;
+            r.sharing_strategy = occ.sharing_strategy.clone();
+            r.occupancy_stale = occ.stale;
+            r.verdict = self
+                .live
+                .verdict(&st.uuid, &r.kernel)
+                .map(|v| v.as_str().to_string());
+            r.contention = self
+                .live
+                .contention(&st.uuid, &r.kernel)
+                .map(|c| c.as_str().to_string());
+            r.event_inflated = event_inflated(
+                r.gpu_ms,
+                r.tenants(),
+                self.live.event_baseline_p99_ms(&st.uuid, &r.kernel),
+            );
+            r.trace_id = Some(trace_id.clone());
+            r.span_id = Some(new_span_id());
+            if r.correct == Some(false) {
+                Counters::inc(&self.counters.correctness_failures);
+                Counters::inc(&st.gpu.correctness_failures);
+            }
+        }
+        Counters::add(&self.counters.probe_runs, rows.len() as u64);
+        Counters::add(&st.gpu.probe_runs, rows.len() as u64);
+        if !rows.is_empty() {
+            self.fanout.send(rows);
+        }
+    }
+
+    /// Bookkeeping after an arrival or cycle: readiness, recovery, errors,
+    /// re-creating the backend. Returns the back-off to add before the next
+    /// attempt (zero when it succeeded).
+    fn settle(
+        &mut self,
+        st: &mut LoopState,
+        error: Option<ProbeError>,
+        base: Duration,
+    ) -> Duration {
+        match error {
+            None => {
+                Counters::inc(&self.counters.probe_cycles);
+                self.live.ready.store(true, Ordering::Relaxed);
+                if st.failures > 0 {
+                    tracing::info!(gpu = %st.uuid, after_failures = st.failures, "probing recovered");
+                    self.fanout.event(HealthEvent::ProbeRecovered {
+                        gpu_uuid: st.uuid.clone(),
+                    });
+                }
+                st.failures = 0;
+                Duration::ZERO
+            }
+            Some(e) => {
+                st.failures += 1;
+                Counters::inc(&self.counters.probe_errors);
+                Counters::inc(&st.gpu.probe_errors);
+                let msg = crate::internal_events::error_chain(&e);
+                if st.err_log.allow() || st.failures == 1 {
+                    tracing::error!(gpu = %st.uuid, failures = st.failures, error = %msg, "probe run failed; GPU marked unhealthy, retrying with backoff");
+                }
+                self.fanout.event(HealthEvent::ProbeError {
+                    gpu_uuid: st.uuid.clone(),
+                    gpu_index: st.gpu_index,
+                    error: msg,
+                });
+                if st.failures >= REOPEN_AFTER {
+                    if let Some(reopen) = self.reopen.as_mut() {
+                        match reopen() {
+                            Ok(b) => {
+                                tracing::warn!(gpu = %st.uuid, "re-created the probe backend after repeated failures");
+                                self.backend = b;
+                            }
+                            Err(e) => {
+                                tracing::debug!(gpu = %st.uuid, error = %e, "re-creating the backend failed");
+                            }
+                        }
+                    }
+                }
+                base.saturating_mul(1u32 << st.failures.min(6))
+                    .min(MAX_BACKOFF)
             }
         }
     }
@@ -290,15 +498,84 @@ impl ProbeLoop {
     /// Runs until the stop signal. Never panics on a probe or telemetry error.
     pub fn run(mut self) {
         let uuid = self.backend.device().uuid.clone();
-        let gpu_index = self.backend.device().index;
-        let tel_log = RateLimit::new(Duration::from_secs(60));
-        let err_log = RateLimit::new(Duration::from_secs(60));
+        let mut st = LoopState {
+            gpu_index: self.backend.device().index,
+            gpu: self.counters.gpu(&uuid),
+            uuid,
+            tel_log: RateLimit::new(Duration::from_secs(60)),
+            err_log: RateLimit::new(Duration::from_secs(60)),
+            failures: 0,
+        };
         if self.self_test {
             self.self_test();
         }
+        crate::memory::trim();
+        let n = match self.arrivals {
+            ArrivalPlan::Poisson { rate_hz } => self.run_poisson(&mut st, rate_hz),
+            ArrivalPlan::Burst {
+                interval,
+                jitter_pct,
+                burst_runs,
+            } => self.run_bursts(&mut st, interval, jitter_pct, burst_runs),
+        };
+        tracing::debug!(gpu = %st.uuid, arrivals = n, "probe thread stopped");
+    }
+
+    /// One run per Poisson arrival, FFT and GEMM alternating.
+    fn run_poisson(&mut self, st: &mut LoopState, rate_hz: f64) -> u64 {
+        let mut rng = rand::rng();
+        let mut kernel = if rng.random::<bool>() {
+            Kernel::Fft
+        } else {
+            Kernel::Gemm
+        };
+        let mean = Duration::from_secs_f64(1.0 / rate_hz.max(1e-9));
+        let mut backoff = Duration::ZERO;
+        let mut arrival: u64 = 0;
+        loop {
+            let gap = exponential_gap(rate_hz, &mut rng);
+            // The gap runs from the end of the previous run: never back to
+            // back, and memoryless, so the arrival moment is independent of
+            // the slice rotation.
+            if self.stop.wait(gap.max(backoff)) || self.stop.is_stopped() {
+                break;
+            }
+            let before = self.sample(st, false);
+            let shape = self.backend.shape(kernel);
+            let result = self.backend.run(kernel);
+            let after = self.sample(st, true);
+            let (rows, error) = match result {
+                Ok(s) => {
+                    let mut r =
+                        record_for(&self.node, self.backend.device(), &shape, &s, arrival, 0);
+                    r.arrival = Some(true);
+                    r.arrival_gap_ms = Some(gap.as_secs_f64() * 1e3);
+                    (vec![r], None)
+                }
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            self.publish(st, rows, BurstTelemetry::merge(before, after));
+            backoff = self.settle(st, error, mean);
+            kernel = match kernel {
+                Kernel::Fft => Kernel::Gemm,
+                Kernel::Gemm => Kernel::Fft,
+            };
+            arrival += 1;
+        }
+        arrival
+    }
+
+    /// The first version's cycles: bursts of each kernel, back to back.
+    fn run_bursts(
+        &mut self,
+        st: &mut LoopState,
+        interval: Duration,
+        jitter_pct: u32,
+        burst_runs: u32,
+    ) -> u64 {
         let mut cycle: u64 = 0;
-        let mut failures: u32 = 0;
         let mut next = Instant::now();
+        let mut gap = Duration::ZERO;
         loop {
             let now = Instant::now();
             if next > now && self.stop.wait(next - now) {
@@ -308,32 +585,29 @@ impl ProbeLoop {
                 break;
             }
             let started = Instant::now();
-            let sample = |t: &Arc<dyn TelemetrySource>| match t.sample(&uuid) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    Counters::inc(&self.counters.telemetry_errors);
-                    if tel_log.allow() {
-                        tracing::warn!(gpu = %uuid, error = %crate::internal_events::error_chain(&e), "telemetry sample failed; NVML columns are null for this cycle");
-                    }
-                    None
-                }
-            };
-            let before = sample(&self.telemetry);
-            let trace_id = new_trace_id();
-            let mut rows = Vec::with_capacity(2 * self.burst_runs as usize);
+            let before = self.sample(st, false);
+            let mut rows = Vec::with_capacity(2 * burst_runs as usize);
             let mut error: Option<ProbeError> = None;
             'bursts: for kernel in [Kernel::Fft, Kernel::Gemm] {
                 let shape = self.backend.shape(kernel);
-                for seq in 0..self.burst_runs {
+                for seq in 0..burst_runs {
                     match self.backend.run(kernel) {
-                        Ok(s) => rows.push(record_for(
-                            &self.node,
-                            self.backend.device(),
-                            &shape,
-                            &s,
-                            cycle,
-                            seq,
-                        )),
+                        Ok(s) => {
+                            let mut r = record_for(
+                                &self.node,
+                                self.backend.device(),
+                                &shape,
+                                &s,
+                                cycle,
+                                seq,
+                            );
+                            // Only the cycle's first run starts at a moment
+                            // the probe's own rhythm did not choose.
+                            let first = rows.is_empty();
+                            r.arrival = Some(first);
+                            r.arrival_gap_ms = first.then(|| gap.as_secs_f64() * 1e3);
+                            rows.push(r);
+                        }
                         Err(e) => {
                             error = Some(e);
                             break 'bursts;
@@ -341,96 +615,213 @@ impl ProbeLoop {
                     }
                 }
             }
-            let after = sample(&self.telemetry);
-            let tel = BurstTelemetry::merge(before, after);
-            let procs = tel.processes.clone().unwrap_or_default();
-            let mut occ = self.occupancy.snapshot(&uuid, &procs);
-            if tel.processes.is_none() {
-                // Without NVML's process list nobody knows which pods run on
-                // the GPU: absent, not an empty list.
-                occ.active_pods = None;
-            }
-            let proc_strings = tel.process_strings();
-            for r in &mut rows {
-                let b = &tel.before;
-                r.sm_clock_mhz = b.sm_clock_mhz;
-                r.mem_clock_mhz = b.mem_clock_mhz;
-                r.gpu_util_pct = b.gpu_util_pct;
-                r.mem_util_pct = b.mem_util_pct;
-                r.power_w = b.power_w;
-                r.temp_c = b.temp_c;
-                r.fb_used_mib = b.fb_used_mib;
-                r.throttle_reasons = tel.throttle_reasons;
-                r.sm_clock_mhz_after = tel.sm_clock_mhz_after;
-                r.gpu_processes = tel.processes.as_ref().map(|p| p.len() as u32);
-                r.processes = proc_strings.clone();
-                r.pods = occ.pods.clone();
-                r.pod_count = occ.pod_count;
-                r.active_pods = occ.active_pods.clone();
-                r.replicas = occ.replicas;
-                r.sharing_strategy = occ.sharing_strategy.clone();
-                r.occupancy_stale = occ.stale;
-                r.verdict = self
-                    .live
-                    .verdict(&uuid, &r.kernel)
-                    .map(|v| v.as_str().to_string());
-                r.trace_id = Some(trace_id.clone());
-                r.span_id = Some(new_span_id());
-                if r.correct == Some(false) {
-                    Counters::inc(&self.counters.correctness_failures);
-                }
-            }
-            Counters::add(&self.counters.probe_runs, rows.len() as u64);
-            if !rows.is_empty() {
-                self.fanout.send(rows);
-            }
-            let interval = self.jittered();
-            match error {
-                None => {
-                    Counters::inc(&self.counters.probe_cycles);
-                    self.live.ready.store(true, Ordering::Relaxed);
-                    if failures > 0 {
-                        tracing::info!(gpu = %uuid, after_failures = failures, "probing recovered");
-                        self.fanout.event(HealthEvent::ProbeRecovered {
-                            gpu_uuid: uuid.clone(),
-                        });
-                    }
-                    failures = 0;
-                    next = started + interval;
-                }
-                Some(e) => {
-                    failures += 1;
-                    Counters::inc(&self.counters.probe_errors);
-                    let msg = crate::internal_events::error_chain(&e);
-                    if err_log.allow() || failures == 1 {
-                        tracing::error!(gpu = %uuid, failures, error = %msg, "probe burst failed; GPU marked unhealthy, retrying with backoff");
-                    }
-                    self.fanout.event(HealthEvent::ProbeError {
-                        gpu_uuid: uuid.clone(),
-                        gpu_index,
-                        error: msg,
-                    });
-                    if failures >= REOPEN_AFTER {
-                        if let Some(reopen) = self.reopen.as_mut() {
-                            match reopen() {
-                                Ok(b) => {
-                                    tracing::warn!(gpu = %uuid, "re-created the probe backend after repeated failures");
-                                    self.backend = b;
-                                }
-                                Err(e) => {
-                                    tracing::debug!(gpu = %uuid, error = %e, "re-creating the backend failed");
-                                }
-                            }
-                        }
-                    }
-                    let backoff = interval
-                        .saturating_mul(1u32 << failures.min(6))
-                        .min(MAX_BACKOFF);
-                    next = Instant::now() + backoff;
-                }
-            }
+            let after = self.sample(st, true);
+            self.publish(st, rows, BurstTelemetry::merge(before, after));
+            gap = Self::jittered(interval, jitter_pct);
+            let backoff = self.settle(st, error, gap);
+            next = if backoff.is_zero() {
+                started + gap
+            } else {
+                Instant::now() + backoff
+            };
             cycle += 1;
         }
-        tracing::debug!(gpu = %uuid, cycles = cycle, "probe thread stopped");
+        cycle
+    }
+}
+
+/// Whether a run's event time is inflated against the quiet baseline while
+/// other processes share the GPU (the kernel was preempted mid-run, longer
+/// than a time slice), so nobody reads it as a slower GPU. `None` without a
+/// baseline or an event time; `false` on a quiet GPU.
+pub fn event_inflated(
+    gpu_ms: Option<f64>,
+    tenants: Option<u32>,
+    baseline_p99_ms: Option<f64>,
+) -> Option<bool> {
+    let (g, base) = (gpu_ms?, baseline_p99_ms?);
+    match tenants {
+        Some(0) => Some(false),
+        _ => Some(g > EVENT_INFLATED_FACTOR * base),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gaps of the arrival process are exponential with the configured
+    /// mean: a one-sample Kolmogorov–Smirnov test against Exp(rate) at
+    /// α = 0.001 (critical value 1.95/√n), on 20 000 gaps from the sampler
+    /// the loop uses.
+    #[test]
+    fn arrival_gaps_are_exponential_ks_test() {
+        let rate = 5.0;
+        let mut rng = rand::rng();
+        let n = 20_000;
+        let mut gaps: Vec<f64> = (0..n)
+            .map(|_| exponential_gap(rate, &mut rng).as_secs_f64())
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        let d = gaps
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let f = 1.0 - (-rate * x).exp();
+                let lo = i as f64 / n as f64;
+                let hi = (i + 1) as f64 / n as f64;
+                (f - lo).abs().max((hi - f).abs())
+            })
+            .fold(0.0f64, f64::max);
+        let crit = 1.95 / (n as f64).sqrt();
+        assert!(
+            d < crit,
+            "KS statistic {d} >= {crit}: gaps are not Exp({rate})"
+        );
+        let mean = gaps.iter().sum::<f64>() / n as f64;
+        assert!((mean - 0.2).abs() < 0.01, "mean gap {mean}");
+        // A uniform ±20 % jitter around the mean (the old design) fails it.
+        let mut uni: Vec<f64> = (0..n).map(|_| 0.2 * rng.random_range(0.8..=1.2)).collect();
+        uni.sort_by(f64::total_cmp);
+        let d_uni = uni
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| ((1.0 - (-rate * x).exp()) - i as f64 / n as f64).abs())
+            .fold(0.0f64, f64::max);
+        assert!(
+            d_uni > crit,
+            "the KS test cannot tell jittered periods from Poisson"
+        );
+    }
+
+    /// Runs a CPU probe loop with `plan` for `secs` and returns its rows.
+    fn rows_of(plan: ArrivalPlan, secs: f64) -> (Vec<ProbeRecord>, Vec<SummaryRow>) {
+        let spec = slicetrace_probe::ProbeSpec {
+            fft: slicetrace_probe::FftSpec {
+                dims: slicetrace_probe::FftDims::D1 { n: 256, batch: 1 },
+            },
+            gemm: slicetrace_probe::GemmSpec {
+                n: 32,
+                precision: slicetrace_probe::Precision::Fp32,
+            },
+            burst_runs: 3,
+            ..slicetrace_probe::ProbeSpec::preset(slicetrace_probe::Preset::Light)
+        };
+        let backend = slicetrace_probe::cpu::CpuBackend::new(0, &spec).expect("cpu backend");
+        let (tx, mut rx) = mpsc::channel::<HealthInput>(100_000);
+        let counters = Arc::new(Counters::default());
+        let fanout = Arc::new(Fanout {
+            sinks: Vec::new(),
+            health: Some(tx),
+            counters: counters.clone(),
+            summary: RunSummary::default(),
+        });
+        let stop = Arc::new(StopSignal::default());
+        let lp = ProbeLoop {
+            backend: Box::new(backend),
+            reopen: None,
+            telemetry: Arc::new(crate::telemetry::NoTelemetry),
+            occupancy: Arc::new(crate::occupancy::NoOccupancy),
+            fanout: fanout.clone(),
+            live: Arc::new(LiveState::default()),
+            counters,
+            node: "n1".into(),
+            arrivals: plan,
+            self_test: true,
+            stop: stop.clone(),
+        };
+        let h = std::thread::spawn(move || lp.run());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.stop();
+        h.join().expect("probe thread");
+        let mut rows = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let HealthInput::Rows(r) = m {
+                rows.extend(r);
+            }
+        }
+        (rows, fanout.summary.rows())
+    }
+
+    /// Poisson mode: one run per arrival, every row an arrival with its
+    /// planned gap, its own trace, FFT and GEMM alternating (equal shares,
+    /// never the same kernel twice in a row), gaps exponential.
+    #[test]
+    fn poisson_arrivals_mark_every_run_and_alternate_kernels() {
+        let rate = 200.0;
+        let (rows, summary) = rows_of(ArrivalPlan::Poisson { rate_hz: rate }, 2.0);
+        assert!(
+            rows.len() >= 150,
+            "only {} arrivals in 2 s at {rate} Hz",
+            rows.len()
+        );
+        assert!(rows
+            .iter()
+            .all(|r| r.arrival == Some(true) && r.burst_seq == 0));
+        let fft = rows.iter().filter(|r| r.kernel == "fft").count();
+        assert!(
+            fft.abs_diff(rows.len() - fft) <= 1,
+            "fft {fft} of {}",
+            rows.len()
+        );
+        assert!(rows.windows(2).all(|w| w[0].kernel != w[1].kernel));
+        let traces: std::collections::HashSet<_> =
+            rows.iter().map(|r| r.trace_id.clone()).collect();
+        assert_eq!(traces.len(), rows.len(), "one trace per arrival");
+        // KS on the recorded gaps against Exp(rate) at alpha = 0.001.
+        let mut gaps: Vec<f64> = rows
+            .iter()
+            .map(|r| r.arrival_gap_ms.expect("gap") / 1e3)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        let n = gaps.len() as f64;
+        let d = gaps
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let f = 1.0 - (-rate * x).exp();
+                (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
+            })
+            .fold(0.0f64, f64::max);
+        assert!(d < 1.95 / n.sqrt(), "KS D = {d} over {n} gaps");
+        let total: u64 = summary.iter().map(|s| s.runs).sum();
+        assert_eq!(total as usize, rows.len());
+        assert!(summary.iter().all(|s| s.runs == s.all_runs));
+    }
+
+    /// Burst mode: only the first run of a cycle is an arrival; the others
+    /// are marked, carry no gap, and stay out of the exit table's quantiles.
+    #[test]
+    fn burst_runs_after_the_first_are_marked_not_arrivals() {
+        let plan = ArrivalPlan::Burst {
+            interval: Duration::from_millis(20),
+            jitter_pct: 0,
+            burst_runs: 3,
+        };
+        let (rows, summary) = rows_of(plan, 1.0);
+        assert!(rows.len() >= 6 * 10, "{} rows", rows.len());
+        for r in &rows {
+            let first = r.kernel == "fft" && r.burst_seq == 0;
+            assert_eq!(r.arrival, Some(first), "{r:?}");
+            assert_eq!(r.arrival_gap_ms.is_some(), first);
+            assert_eq!(r.is_arrival(), first);
+        }
+        let cycles = rows.iter().filter(|r| r.arrival == Some(true)).count() as u64;
+        let counted: u64 = summary.iter().map(|s| s.runs).sum();
+        let all: u64 = summary.iter().map(|s| s.all_runs).sum();
+        assert_eq!(counted, cycles);
+        assert_eq!(all as usize, rows.len());
+        // The GEMM burst has no arrival at all (its first run follows the
+        // last FFT run).
+        assert!(summary.iter().any(|s| s.kernel == "gemm" && s.runs == 0));
+    }
+
+    #[test]
+    fn event_inflation_needs_a_baseline_and_tenants() {
+        assert_eq!(event_inflated(Some(9.0), Some(3), None), None);
+        assert_eq!(event_inflated(None, Some(3), Some(1.0)), None);
+        assert_eq!(event_inflated(Some(9.0), Some(0), Some(1.0)), Some(false));
+        assert_eq!(event_inflated(Some(9.0), Some(3), Some(1.0)), Some(true));
+        assert_eq!(event_inflated(Some(1.2), Some(3), Some(1.0)), Some(false));
     }
 }

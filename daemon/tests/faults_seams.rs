@@ -30,7 +30,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn config(data: &Path, node: &str, extra: &str) -> Config {
     let mut c = Config::from_toml(&format!(
         "interval_ms = 20\njitter_pct = 0\nself_test = false\nnode_name = {node:?}\nshutdown_deadline_ms = 5000\n\
-         [probe]\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n\
+         [probe]\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n\
          [parquet]\nrotate_interval_ms = 300\nflush_interval_ms = 100\n\
          [health]\nwindow_ms = 1000\nevaluate_interval_ms = 100\nmin_samples = 5\n\
          [metrics]\nlisten = \"\"\n{extra}"
@@ -297,8 +297,8 @@ impl ProbeBackend for Flaky {
         self.fault.ok_runs.fetch_add(1, Ordering::SeqCst);
         self.inner.run(kernel)
     }
-    fn corrupt_next_output(&mut self, kernel: Kernel) {
-        self.inner.corrupt_next_output(kernel);
+    fn plant_fault(&mut self, kernel: Kernel, fault: slicetrace_probe::Fault) {
+        self.inner.plant_fault(kernel, fault);
     }
 }
 

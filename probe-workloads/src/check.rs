@@ -337,4 +337,47 @@ mod tests {
             assert!(!r.judge_host(&bad).0, "{p:?} corruption not caught");
         }
     }
+
+    fn round_tf32(x: f32) -> f32 {
+        // TF32 keeps 10 of fp32's 23 mantissa bits (round to nearest).
+        f32::from_bits((x.to_bits() + 0x1000) & !0x1FFF)
+    }
+
+    /// An fp32 GEMM that cuBLAS ran on TF32 tensor cores (the handle's math
+    /// mode, or a node-wide override) must not be reported as a wrong
+    /// answer: the tolerance follows the math mode in use. The strict fp32
+    /// tolerance would flag it, which is why the mode matters.
+    #[test]
+    fn tf32_gemm_passes_under_the_tf32_tolerance_and_would_fail_the_strict_one() {
+        use crate::spec::Fp32Math;
+        let n = 256;
+        let spec = GemmSpec {
+            n,
+            precision: Precision::Fp32,
+        };
+        let mut r = GemmReference::new(&spec);
+        let a: Vec<f32> = r.a.iter().map(|&x| round_tf32(x)).collect();
+        let b: Vec<f32> = r.b.iter().map(|&x| round_tf32(x)).collect();
+        let mut c = vec![0.0f32; n * n];
+        for j in 0..n {
+            for k in 0..n {
+                let bkj = b[j * n + k] as f64;
+                for i in 0..n {
+                    c[j * n + i] = (c[j * n + i] as f64 + a[k * n + i] as f64 * bkj) as f32;
+                }
+            }
+        }
+        r.tolerance = Precision::Fp32.gemm_tolerance_under(Fp32Math::Strict);
+        let (strict_ok, rel) = r.judge_host(&c);
+        assert!(
+            !strict_ok,
+            "TF32 error {rel} should exceed the strict fp32 tolerance"
+        );
+        r.tolerance = Precision::Fp32.gemm_tolerance_under(Fp32Math::Tf32);
+        let (tf32_ok, rel) = r.judge_host(&c);
+        assert!(tf32_ok, "TF32 error {rel} must pass the TF32 tolerance");
+        // And a real corruption is still caught under the TF32 tolerance.
+        c[0] = r.plant_value();
+        assert!(!r.judge_host(&c).0);
+    }
 }

@@ -1,5 +1,9 @@
 //! The CPU backend: rustfft and matrixmultiply on a dedicated worker thread.
 //!
+//! Like the CUDA backend, every run poisons its output with NaN first, so a
+//! kernel that did not run fails its check, and the check runs after both
+//! clocks have stopped (a second round trip to the worker).
+//!
 //! It has the CUDA backend's interface and fields so that every code path of
 //! the agent runs without a GPU. The worker thread plays the GPU: `gpu_ms` is
 //! its compute time, `wall_ms` runs from handing it the job to getting the
@@ -16,17 +20,21 @@ use rustfft::{Fft, FftPlanner};
 
 use crate::check::{round_to, transpose, FftReference, GemmReference};
 use crate::spec::{FftDims, Kernel, ProbeSpec};
-use crate::{DeviceInfo, KernelShape, ProbeBackend, ProbeError, RunSample};
+use crate::{DeviceInfo, Fault, KernelShape, ProbeBackend, ProbeError, RunSample};
 
-struct Job {
-    kernel: Kernel,
-    corrupt: bool,
+enum Job {
+    /// Run a kernel (poison its output first, then compute unless skipped).
+    Run {
+        kernel: Kernel,
+        fault: Option<Fault>,
+    },
+    /// Check the output of the last run of `kernel` (outside the clocks).
+    Check { kernel: Kernel },
 }
 
-struct Done {
-    compute_ms: f64,
-    correct: bool,
-    rel_error: f64,
+enum Done {
+    Ran { compute_ms: f64 },
+    Checked { correct: bool, rel_error: f64 },
 }
 
 /// State owned by the worker thread; everything is allocated once.
@@ -114,29 +122,48 @@ impl Worker {
         }
     }
 
-    fn run(&mut self, job: Job) -> Done {
+    /// Poisons the output with NaN, as the CUDA backend does inside its
+    /// graph, so that a kernel that did not run fails the check.
+    fn poison(&mut self, kernel: Kernel) {
+        match kernel {
+            Kernel::Fft => self.fft_buf.fill(Complex32::new(f32::NAN, f32::NAN)),
+            Kernel::Gemm => self.c.fill(f32::NAN),
+        }
+    }
+
+    fn run(&mut self, kernel: Kernel, fault: Option<Fault>) -> Done {
+        self.poison(kernel);
         let t0 = Instant::now();
-        match job.kernel {
-            Kernel::Fft => self.fft(),
-            Kernel::Gemm => self.gemm(),
+        if fault != Some(Fault::Skip) {
+            match kernel {
+                Kernel::Fft => self.fft(),
+                Kernel::Gemm => self.gemm(),
+            }
         }
         let compute_ms = t0.elapsed().as_secs_f64() * 1e3;
-        if job.corrupt {
-            match job.kernel {
+        if fault == Some(Fault::Corrupt) {
+            match kernel {
                 Kernel::Fft => self.fft_buf[0] = Complex32::new(self.fft_ref.plant_value(), 0.0),
                 Kernel::Gemm => {
                     self.c[0] = round_to(self.spec.gemm.precision, self.gemm_ref.plant_value())
                 }
             }
         }
-        let (correct, rel_error) = match job.kernel {
+        Done::Ran { compute_ms }
+    }
+
+    fn check(&self, kernel: Kernel) -> Done {
+        let (correct, rel_error) = match kernel {
             Kernel::Fft => self.fft_ref.judge_host(&self.fft_buf),
             Kernel::Gemm => self.gemm_ref.judge_host(&self.c),
         };
-        Done {
-            compute_ms,
-            correct,
-            rel_error,
+        Done::Checked { correct, rel_error }
+    }
+
+    fn handle(&mut self, job: Job) -> Done {
+        match job {
+            Job::Run { kernel, fault } => self.run(kernel, fault),
+            Job::Check { kernel } => self.check(kernel),
         }
     }
 }
@@ -149,7 +176,7 @@ pub struct CpuBackend {
     tx: Option<SyncSender<Job>>,
     rx: Receiver<Done>,
     worker: Option<JoinHandle<()>>,
-    corrupt_next: [bool; 2],
+    fault_next: [Option<Fault>; 2],
 }
 
 fn cpu_model() -> Option<String> {
@@ -174,7 +201,7 @@ impl CpuBackend {
             .spawn(move || {
                 let mut w = Worker::new(&spec_copy);
                 while let Ok(job) = job_rx.recv() {
-                    if done_tx.send(w.run(job)).is_err() {
+                    if done_tx.send(w.handle(job)).is_err() {
                         break;
                     }
                 }
@@ -191,7 +218,7 @@ impl CpuBackend {
             tx: Some(job_tx),
             rx: done_rx,
             worker: Some(worker),
-            corrupt_next: [false; 2],
+            fault_next: [None; 2],
         };
         for k in [Kernel::Fft, Kernel::Gemm] {
             b.run(k)?;
@@ -224,28 +251,55 @@ impl ProbeBackend for CpuBackend {
     }
 
     fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        let corrupt = std::mem::take(&mut self.corrupt_next[kidx(kernel)]);
+        let fault = self.fault_next[kidx(kernel)].take();
         let tx = self.tx.as_ref().ok_or(ProbeError::WorkerGone)?;
         let ts_ns = now_ns();
+        // ---- measured path: hand the job over, get the result back ----
         let t0 = Instant::now();
-        tx.send(Job { kernel, corrupt })
+        tx.send(Job::Run { kernel, fault })
             .map_err(|_| ProbeError::WorkerGone)?;
-        let done = self.rx.recv().map_err(|_| ProbeError::WorkerGone)?;
+        let Done::Ran { compute_ms } = self.rx.recv().map_err(|_| ProbeError::WorkerGone)? else {
+            return Err(ProbeError::WorkerGone);
+        };
         let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // ---- end of measured path: the check is a second round trip ----
+        tx.send(Job::Check { kernel })
+            .map_err(|_| ProbeError::WorkerGone)?;
+        let Done::Checked { correct, rel_error } =
+            self.rx.recv().map_err(|_| ProbeError::WorkerGone)?
+        else {
+            return Err(ProbeError::WorkerGone);
+        };
         Ok(RunSample {
             ts_ns,
-            gpu_ms: Some(done.compute_ms),
-            // The check runs on the worker after the compute clock stops; the
-            // host clock must not include it either, so subtract nothing here
-            // but keep wall >= compute.
-            wall_ms: wall_ms.max(done.compute_ms),
-            correct: Some(done.correct),
-            rel_error: Some(done.rel_error),
+            gpu_ms: Some(compute_ms),
+            wall_ms: wall_ms.max(compute_ms),
+            correct: Some(correct),
+            rel_error: Some(rel_error),
+            wait: None,
         })
     }
 
-    fn corrupt_next_output(&mut self, kernel: Kernel) {
-        self.corrupt_next[kidx(kernel)] = true;
+    fn plant_fault(&mut self, kernel: Kernel, fault: Fault) {
+        self.fault_next[kidx(kernel)] = Some(fault);
+    }
+}
+
+impl CpuBackend {
+    /// Time of one check round trip, ms (tests: proves the check is outside
+    /// the clocks).
+    #[cfg(test)]
+    fn worker_check_ms(&mut self, kernel: Kernel) -> f64 {
+        let t0 = Instant::now();
+        let ok = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(Job::Check { kernel }).is_ok())
+            .unwrap_or(false);
+        if ok {
+            let _ = self.rx.recv();
+        }
+        t0.elapsed().as_secs_f64() * 1e3
     }
 }
 
@@ -274,6 +328,7 @@ mod tests {
             },
             burst_runs: 4,
             timing: crate::Timing::Graph,
+            ..ProbeSpec::preset(crate::Preset::Light)
         }
     }
 
@@ -325,6 +380,49 @@ mod tests {
             assert!(bad.rel_error.expect("rel") > 1e-2);
             assert_eq!(b.run(k).expect("run").correct, Some(true));
         }
+    }
+
+    /// A launch that silently did nothing must not be judged on the previous
+    /// run's output: the output is poisoned before every run.
+    #[test]
+    fn skipped_kernel_is_caught_not_judged_on_the_previous_output() {
+        let mut b = CpuBackend::new(0, &small()).expect("backend");
+        for k in [Kernel::Fft, Kernel::Gemm] {
+            assert_eq!(b.run(k).expect("run").correct, Some(true));
+            b.plant_fault(k, Fault::Skip);
+            let skipped = b.run(k).expect("run");
+            assert_eq!(skipped.correct, Some(false), "{k:?} skip not caught");
+            assert_eq!(skipped.rel_error, Some(f64::INFINITY), "{k:?}");
+            assert_eq!(b.run(k).expect("run").correct, Some(true));
+        }
+    }
+
+    /// Regression (cpu.rs used to check before returning): the host clock of
+    /// a run must not include the check. A 2-D 1024² FFT's check (an f64
+    /// projection over 1 M points) costs milliseconds, so if it were inside
+    /// the clock, wall − compute would be at least that.
+    #[test]
+    fn clocks_exclude_the_check() {
+        let spec = ProbeSpec {
+            fft: FftSpec {
+                dims: FftDims::D2 { nx: 1024, ny: 1024 },
+            },
+            ..small()
+        };
+        let mut b = CpuBackend::new(0, &spec).expect("backend");
+        let w = b.worker_check_ms(Kernel::Fft);
+        let mut overheads: Vec<f64> = (0..5)
+            .map(|_| {
+                let s = b.run(Kernel::Fft).expect("run");
+                s.wall_ms - s.gpu_ms.expect("compute")
+            })
+            .collect();
+        overheads.sort_by(f64::total_cmp);
+        assert!(
+            overheads[2] < w / 2.0,
+            "median wall-compute {} ms vs check {w} ms: the check is inside the clock",
+            overheads[2]
+        );
     }
 
     /// Regression: the self-test's fixed +1000 on one element was lost in the

@@ -5,12 +5,26 @@
 //! [`device_count`] checks each library with `is_culib_present()` first and
 //! turns absence into a [`ProbeError::LibraryMissing`] naming it.
 //!
-//! The measured path of a run is: record the start event, enqueue the
-//! kernel, record the end event, wait for the end event. The host clock spans
-//! exactly that (`wall_ms`); the events give `gpu_ms`. Plans, handles, events
-//! and buffers are created once in [`CudaBackend::new`] and warmed up, so the
-//! measured path allocates nothing. The correctness check (two cuBLAS
-//! reductions and a copy of a few bytes) runs after the clocks stop.
+//! The measured path of a run (graph mode, the default) is one graph launch:
+//! poison the outputs with NaN → fence kernel → start event → kernel → end
+//! event → (disabled) plant node → correctness reductions. The host clock
+//! spans launch → end event complete (`wall_ms`); the events give `gpu_ms`.
+//! Plans, handles, events and buffers are created once in
+//! [`CudaBackend::new`] and warmed up, so the measured path allocates nothing.
+//!
+//! * **No blind spots in the check.** The outputs and the check results are
+//!   poisoned inside the same submission, so a kernel (or a check) that never
+//!   ran leaves NaN behind and fails. Faults are planted through the real
+//!   graph: the plant node (a one-element memset after the end event) is
+//!   enabled for one launch, or the kernel's nodes are disabled for one launch
+//!   (`cuGraphNodeSetEnabled`).
+//! * **No busy-waiting.** The primary context is put in
+//!   `CU_CTX_SCHED_BLOCKING_SYNC` and the end event is a blocking-sync event:
+//!   the host polls it for a short budget ([`Wait`]) and then sleeps in the
+//!   driver, so a run waiting for its time slice costs no CPU.
+//! * **Small footprint.** cuBLAS gets a small workspace of our own (the
+//!   default is 32 MiB on Hopper) and an explicit math mode, from which the
+//!   fp32 check's tolerance follows.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -25,8 +39,8 @@ use cudarc::driver::{
 use num_complex::{Complex32, Complex64};
 
 use crate::check::{FftReference, GemmReference};
-use crate::spec::{FftDims, Kernel, Precision, ProbeSpec, Timing};
-use crate::{DeviceInfo, KernelShape, ProbeBackend, ProbeError, RunSample};
+use crate::spec::{FftDims, Fp32Math, Kernel, Precision, ProbeSpec, Timing, Wait};
+use crate::{DeviceInfo, Fault, KernelShape, ProbeBackend, ProbeError, RunSample};
 
 fn cuda_err(what: &'static str) -> impl Fn(&dyn std::fmt::Debug) -> ProbeError {
     move |e| ProbeError::Cuda {
@@ -65,6 +79,13 @@ pub fn device_count() -> Result<u32, ProbeError> {
     }
     let n = ck!("cuDeviceGetCount", CudaContext::device_count())?;
     Ok(n.max(0) as u32)
+}
+
+/// GPU memory in use on the current context's device (all processes), MiB;
+/// `None` without a current context.
+pub fn device_used_mib() -> Option<u64> {
+    let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
+    Some(((total - free) / (1024 * 1024)) as u64)
 }
 
 /// Formats a CUDA UUID the way NVML does: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -134,10 +155,39 @@ pub struct CudaBackend {
     gemm_ref: GemmReference,
     ev_start: CudaEvent,
     ev_end: CudaEvent,
-    /// One captured graph per kernel in [`Timing::Graph`] mode.
-    graphs: [Option<CudaGraph>; 2],
-    corrupt_next: [bool; 2],
+    /// One captured graph per kernel in [`Timing::Graph`] mode, with the
+    /// nodes used to plant faults through it.
+    graphs: [Option<(CudaGraph, Option<FaultNodes>)>; 2],
+    fault_next: [Option<Fault>; 2],
+    /// Workspace handed to cuBLAS (kept alive as long as the handle).
+    _blas_workspace: Option<CudaSlice<u8>>,
+    /// Math mode the fp32 GEMM may run in (its check's tolerance follows).
+    fp32_math: Fp32Math,
 }
+
+/// Nodes of a captured graph that the fault planting toggles.
+struct FaultNodes {
+    /// The kernel's own nodes (between the start and end events).
+    probe: Vec<drv_sys::CUgraphNode>,
+    /// The one-element memset after the end event, disabled normally.
+    plant: drv_sys::CUgraphNode,
+}
+
+/// Stages of [`CudaBackend::new_traced`], reported as they complete (the
+/// footprint breakdown measures memory after each).
+pub const STAGES: [&str; 6] = [
+    "context",
+    "cufft_plan",
+    "cublas_handle",
+    "buffers",
+    "warmup",
+    "graphs",
+];
+
+/// NaN in fp32, fp16 and bf16 (quiet NaN bit patterns) for poisoning.
+const NAN_F32: u32 = 0x7FC0_0000;
+const NAN_F16: u16 = 0x7E00;
+const NAN_BF16: u16 = 0x7FC0;
 
 // SAFETY: the cuFFT plan handle is only used from the thread that owns the
 // backend (the trait contract: one probe thread per backend).
@@ -148,12 +198,25 @@ impl CudaBackend {
     /// `index`, uploads the fixed inputs, warms up both kernels and, in
     /// graph mode, captures one graph per kernel.
     pub fn new(index: u32, spec: &ProbeSpec) -> Result<Self, ProbeError> {
+        Self::new_traced(index, spec, &mut |_| {})
+    }
+
+    /// [`Self::new`], calling `stage` after each of [`STAGES`] completes.
+    pub fn new_traced(
+        index: u32,
+        spec: &ProbeSpec,
+        stage: &mut dyn FnMut(&'static str),
+    ) -> Result<Self, ProbeError> {
         spec.validate()?;
         let count = device_count()?;
         if index >= count {
             return Err(ProbeError::BadIndex { index, count });
         }
+        if matches!(spec.wait, Wait::SpinThenBlock { .. }) {
+            set_blocking_sync(index);
+        }
         let ctx = ck!("cuCtxCreate", CudaContext::new(index as usize))?;
+        stage("context");
         // SAFETY: the backend uses a single stream for every buffer, so
         // cudarc's cross-stream event tracking (an event per buffer access,
         // i.e. per-run allocations) is unnecessary.
@@ -183,6 +246,7 @@ impl CudaBackend {
         ck!("cufftSetStream", unsafe {
             fft_result::set_stream(fft_plan, stream.cu_stream() as _)
         })?;
+        stage("cufft_plan");
         let flat = |v: &[Complex32]| -> Vec<f32> { v.iter().flat_map(|c| [c.re, c.im]).collect() };
         let fft_in = ck!("upload fft input", stream.clone_htod(&flat(&fft_ref.input)))?;
         let fft_w = ck!(
@@ -214,17 +278,53 @@ impl CudaBackend {
         let chk = ck!("alloc check", stream.alloc_zeros::<f32>(4))?;
         let fence = ck!("alloc fence", stream.clone_htod(&[1.0f32]))?;
         let blas = ck!("cublasCreate", CudaBlas::new(stream.clone()))?;
+        let fp32_math = effective_fp32_math(spec.fp32_math);
+        let math = match spec.fp32_math {
+            Fp32Math::Strict => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Fp32Math::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: the handle is valid; the mode is a plain enum value.
+        ck!("cublasSetMathMode", unsafe {
+            blas_sys::cublasSetMathMode(*blas.handle(), math).result()
+        })?;
+        let blas_workspace = match spec.cublas_workspace_kib {
+            None => None,
+            Some(kib) => {
+                let bytes = kib as usize * 1024;
+                let ws = ck!(
+                    "alloc cublas workspace",
+                    stream.alloc_zeros::<u8>(bytes.max(1))
+                )?;
+                let (p, _g) = ws.device_ptr(&stream);
+                // SAFETY: ws is a device buffer of at least `bytes` bytes that
+                // lives as long as the handle (both are fields of the backend,
+                // and the handle is dropped first: field order).
+                ck!("cublasSetWorkspace", unsafe {
+                    blas_sys::cublasSetWorkspace_v2(*blas.handle(), p as *mut c_void, bytes)
+                        .result()
+                })?;
+                drop(_g);
+                Some(ws)
+            }
+        };
+        stage("cublas_handle");
 
         let ev_start = ck!(
             "cuEventCreate",
             ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
         )?;
-        let ev_end = ck!(
-            "cuEventCreate",
-            ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
-        )?;
+        // The end event is what the host waits on: blocking-sync, so that
+        // waiting on it sleeps instead of spinning (timing stays enabled).
+        let end_flags = match spec.wait {
+            Wait::SpinThenBlock { .. } => drv_sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC,
+            Wait::Spin => drv_sys::CUevent_flags::CU_EVENT_DEFAULT,
+        };
+        let ev_end = ck!("cuEventCreate", ctx.new_event(Some(end_flags)))?;
         ck!("cuStreamSynchronize", stream.synchronize())?;
+        stage("buffers");
 
+        let mut gemm_ref = gemm_ref;
+        gemm_ref.tolerance = spec.gemm.precision.gemm_tolerance_under(fp32_math);
         let mut me = CudaBackend {
             info: DeviceInfo {
                 index,
@@ -254,7 +354,9 @@ impl CudaBackend {
             ev_start,
             ev_end,
             graphs: [None, None],
-            corrupt_next: [false; 2],
+            fault_next: [None; 2],
+            _blas_workspace: blas_workspace,
+            fp32_math,
         };
         // Warm up on plain stream calls first: module loading, algorithm
         // selection and workspace allocation must not happen in a capture.
@@ -263,9 +365,20 @@ impl CudaBackend {
                 me.run(k)?;
             }
         }
+        stage("warmup");
         if spec.timing == Timing::Graph {
             for k in [Kernel::Fft, Kernel::Gemm] {
-                match me.capture(k) {
+                let captured = me.capture(k, true).and_then(|g| match fault_nodes(&g) {
+                    Some(nodes) => Ok((g, Some(nodes))),
+                    None => {
+                        // Without a disabled plant node the graph would
+                        // corrupt every run: capture it again without one.
+                        tracing::warn!(gpu = %me.info.uuid, kernel = k.as_str(), "could not find the plant and kernel nodes in the captured graph; faults are planted through separate stream calls");
+                        drop(g);
+                        me.capture(k, false).map(|g| (g, None))
+                    }
+                });
+                match captured {
                     Ok(g) => me.graphs[kidx(k)] = Some(g),
                     Err(e) => {
                         // Leave the stream usable; this kernel is then timed
@@ -283,7 +396,13 @@ impl CudaBackend {
                 me.run(k)?;
             }
         }
+        stage("graphs");
         Ok(me)
+    }
+
+    /// The fp32 math mode the check's tolerance was derived from.
+    pub fn fp32_math(&self) -> Fp32Math {
+        self.fp32_math
     }
 
     fn submit_mode(&self) -> &'static str {
@@ -320,16 +439,20 @@ impl CudaBackend {
     }
 
     /// Captures fence → start event → kernel → end event → checks.
-    fn capture(&mut self, kernel: Kernel) -> Result<CudaGraph, ProbeError> {
+    fn capture(&mut self, kernel: Kernel, with_plant: bool) -> Result<CudaGraph, ProbeError> {
         ck!(
             "cuStreamBeginCapture",
             self.stream
                 .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         )?;
+        self.enqueue_poison(kernel)?;
         self.enqueue_fence()?;
         self.record_external(&self.ev_start)?;
         self.enqueue(kernel)?;
         self.record_external(&self.ev_end)?;
+        if with_plant {
+            self.plant(kernel)?;
+        }
         self.enqueue_checks(kernel)?;
         let g = ck!(
             "cuStreamEndCapture",
@@ -343,6 +466,58 @@ impl CudaBackend {
         ck!("cuGraphUpload", g.upload())?;
         ck!("cuStreamSynchronize", self.stream.synchronize())?;
         Ok(g)
+    }
+
+    /// Fills the kernel's output and its check results with NaN, so that a
+    /// kernel or check that never runs leaves a value the check rejects.
+    fn enqueue_poison(&mut self, kernel: Kernel) -> Result<(), ProbeError> {
+        let cs = self.stream.cu_stream();
+        match kernel {
+            Kernel::Fft => {
+                let n_out = self.fft_out.len();
+                let (o, _go) = self.fft_out.device_ptr(&self.stream);
+                let (c, _gc) = self.chk.device_ptr(&self.stream);
+                // SAFETY: o holds n_out f32 and c holds 4 f32 on this context.
+                unsafe {
+                    ck!(
+                        "cuMemsetD32Async",
+                        drv_sys::cuMemsetD32Async(o, NAN_F32, n_out, cs).result()
+                    )?;
+                    ck!(
+                        "cuMemsetD32Async",
+                        drv_sys::cuMemsetD32Async(c, NAN_F32, 4, cs).result()
+                    )?;
+                }
+            }
+            Kernel::Gemm => {
+                let n = self.spec.gemm.n;
+                let (c, _gc) = self.c.buf.device_ptr(&self.stream);
+                let (y, _gy) = self.y.device_ptr(&self.stream);
+                // SAFETY: C holds n·n elements of the GEMM's precision and y
+                // holds n f32, all on this context.
+                unsafe {
+                    match self.spec.gemm.precision {
+                        Precision::Fp32 => ck!(
+                            "cuMemsetD32Async",
+                            drv_sys::cuMemsetD32Async(c, NAN_F32, n * n, cs).result()
+                        )?,
+                        Precision::Fp16 => ck!(
+                            "cuMemsetD16Async",
+                            drv_sys::cuMemsetD16Async(c, NAN_F16, n * n, cs).result()
+                        )?,
+                        Precision::Bf16 => ck!(
+                            "cuMemsetD16Async",
+                            drv_sys::cuMemsetD16Async(c, NAN_BF16, n * n, cs).result()
+                        )?,
+                    }
+                    ck!(
+                        "cuMemsetD32Async",
+                        drv_sys::cuMemsetD32Async(y, NAN_F32, n, cs).result()
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn enqueue(&mut self, kernel: Kernel) -> Result<(), ProbeError> {
@@ -400,18 +575,71 @@ impl CudaBackend {
         }
     }
 
+    /// Overwrites the first output element with the plant value (a
+    /// one-element memset, so that it can live in the captured graph as a
+    /// node that is disabled except when a fault is planted).
     fn plant(&mut self, kernel: Kernel) -> Result<(), ProbeError> {
+        let cs = self.stream.cu_stream();
         match kernel {
             Kernel::Fft => {
-                let v = self.fft_ref.plant_value();
-                let mut view = self.fft_out.slice_mut(0..1);
-                ck!("plant fft", self.stream.memcpy_htod(&[v], &mut view))
+                let bits = self.fft_ref.plant_value().to_bits();
+                let (o, _go) = self.fft_out.device_ptr(&self.stream);
+                // SAFETY: o holds at least one f32.
+                ck!("plant fft", unsafe {
+                    drv_sys::cuMemsetD32Async(o, bits, 1, cs).result()
+                })
             }
             Kernel::Gemm => {
-                let bytes = to_bytes(self.spec.gemm.precision, &[self.gemm_ref.plant_value()]);
-                let mut view = self.c.buf.slice_mut(0..bytes.len());
-                ck!("plant gemm", self.stream.memcpy_htod(&bytes, &mut view))
+                let v = self.gemm_ref.plant_value();
+                let (c, _gc) = self.c.buf.device_ptr(&self.stream);
+                // SAFETY: C holds at least one element of its precision.
+                ck!("plant gemm", unsafe {
+                    match self.spec.gemm.precision {
+                        Precision::Fp32 => {
+                            drv_sys::cuMemsetD32Async(c, v.to_bits(), 1, cs).result()
+                        }
+                        Precision::Fp16 => {
+                            drv_sys::cuMemsetD16Async(c, half::f16::from_f32(v).to_bits(), 1, cs)
+                                .result()
+                        }
+                        Precision::Bf16 => {
+                            drv_sys::cuMemsetD16Async(c, half::bf16::from_f32(v).to_bits(), 1, cs)
+                                .result()
+                        }
+                    }
+                })
             }
+        }
+    }
+
+    /// Waits for the end event: polls it for the spin budget, then sleeps on
+    /// its blocking sync. Returns how it waited (`spin` or `block`).
+    fn wait_end(&self, t0: Instant) -> Result<&'static str, ProbeError> {
+        let budget = match self.spec.wait {
+            Wait::Spin => {
+                ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+                return Ok("spin");
+            }
+            Wait::SpinThenBlock { spin_us } => std::time::Duration::from_micros(spin_us as u64),
+        };
+        loop {
+            // SAFETY: the event belongs to this context.
+            let r = unsafe { drv_sys::cuEventQuery(self.ev_end.cu_event()) };
+            match r {
+                drv_sys::CUresult::CUDA_SUCCESS => return Ok("spin"),
+                drv_sys::CUresult::CUDA_ERROR_NOT_READY => {}
+                e => {
+                    return Err(ProbeError::Cuda {
+                        what: "cuEventQuery",
+                        detail: format!("{e:?}"),
+                    })
+                }
+            }
+            if t0.elapsed() >= budget {
+                ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+                return Ok("block");
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -538,32 +766,50 @@ impl ProbeBackend for CudaBackend {
     }
 
     fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        let planted = std::mem::take(&mut self.corrupt_next[kidx(kernel)]);
+        let fault = self.fault_next[kidx(kernel)].take();
         let ts_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        let use_graph = !planted && self.graphs[kidx(kernel)].is_some();
+        let graph_ok = match (&self.graphs[kidx(kernel)], fault) {
+            (Some(_), None) => true,
+            (Some((_, Some(_))), Some(_)) => true,
+            _ => false,
+        };
+        if graph_ok {
+            if let (Some((g, Some(nodes))), Some(f)) = (&self.graphs[kidx(kernel)], fault) {
+                set_fault_nodes(g, nodes, f, true)?;
+            }
+        }
         // ---- measured path: no allocation, no event creation ----
         let t0 = Instant::now();
-        if use_graph {
-            if let Some(g) = &self.graphs[kidx(kernel)] {
+        if graph_ok {
+            if let Some((g, _)) = &self.graphs[kidx(kernel)] {
                 ck!("cuGraphLaunch", g.launch())?;
             }
         } else {
+            self.enqueue_poison(kernel)?;
             if self.spec.timing == Timing::Graph {
                 self.enqueue_fence()?;
             }
             ck!("cuEventRecord", self.ev_start.record(&self.stream))?;
-            self.enqueue(kernel)?;
+            if fault != Some(Fault::Skip) {
+                self.enqueue(kernel)?;
+            }
             ck!("cuEventRecord", self.ev_end.record(&self.stream))?;
         }
-        ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+        let wait = self.wait_end(t0)?;
         let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
         // ---- end of measured path ----
+        if graph_ok {
+            if let (Some((g, Some(nodes))), Some(f)) = (&self.graphs[kidx(kernel)], fault) {
+                // Changes apply to later launches only: this one keeps the fault.
+                set_fault_nodes(g, nodes, f, false)?;
+            }
+        }
         let gpu_ms = ck!("cuEventElapsedTime", self.ev_start.elapsed_ms(&self.ev_end))? as f64;
-        if !use_graph {
-            if planted {
+        if !graph_ok {
+            if fault == Some(Fault::Corrupt) {
                 self.plant(kernel)?;
             }
             self.enqueue_checks(kernel)?;
@@ -575,11 +821,140 @@ impl ProbeBackend for CudaBackend {
             wall_ms,
             correct: Some(correct),
             rel_error: Some(rel_error),
+            wait: Some(wait),
         })
     }
 
-    fn corrupt_next_output(&mut self, kernel: Kernel) {
-        self.corrupt_next[kidx(kernel)] = true;
+    fn plant_fault(&mut self, kernel: Kernel, fault: Fault) {
+        self.fault_next[kidx(kernel)] = Some(fault);
+    }
+}
+
+/// Puts the device's primary context in blocking-sync scheduling before it is
+/// retained, so that every synchronisation sleeps instead of spinning. A
+/// context already active with other flags keeps them (logged).
+fn set_blocking_sync(index: u32) {
+    let r = (|| -> Result<(), String> {
+        cudarc::driver::result::init().map_err(|e| format!("{e:?}"))?;
+        let dev =
+            cudarc::driver::result::device::get(index as i32).map_err(|e| format!("{e:?}"))?;
+        // SAFETY: dev is a valid device handle; the flag is a plain value.
+        unsafe {
+            drv_sys::cuDevicePrimaryCtxSetFlags_v2(
+                dev,
+                drv_sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32,
+            )
+            .result()
+            .map_err(|e| format!("{e:?}"))
+        }
+    })();
+    if let Err(e) = r {
+        tracing::warn!(device = index, error = %e, "could not set blocking-sync scheduling; waits poll, then block on the end event only");
+    }
+}
+
+/// The fp32 math mode in effect: the configured one, unless the node forces
+/// TF32 through `NVIDIA_TF32_OVERRIDE` (any value but `0`), in which case the
+/// check assumes TF32 so that it never raises a false alarm.
+pub fn effective_fp32_math(configured: Fp32Math) -> Fp32Math {
+    effective_fp32_math_with(
+        configured,
+        std::env::var("NVIDIA_TF32_OVERRIDE").ok().as_deref(),
+    )
+}
+
+fn effective_fp32_math_with(configured: Fp32Math, tf32_override: Option<&str>) -> Fp32Math {
+    match tf32_override.map(str::trim) {
+        Some(v) if !v.is_empty() && v != "0" => Fp32Math::Tf32,
+        _ => configured,
+    }
+}
+
+/// Finds the nodes fault planting toggles in a captured graph. Stream
+/// capture on one stream yields a chain in submission order: poison memsets,
+/// fence kernel, start event, the kernel's nodes, end event, plant memset,
+/// check kernels. Returns `None` (and the caller plants through stream
+/// calls) when the graph does not have that shape.
+fn fault_nodes(g: &CudaGraph) -> Option<FaultNodes> {
+    use drv_sys::CUgraphNodeType as T;
+    let graph = g.cu_graph();
+    let mut n: usize = 0;
+    // SAFETY: querying the node count of a valid graph.
+    unsafe { drv_sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut n) }
+        .result()
+        .ok()?;
+    let mut nodes: Vec<drv_sys::CUgraphNode> = vec![std::ptr::null_mut(); n];
+    // SAFETY: `nodes` has room for `n` handles.
+    unsafe { drv_sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut n) }
+        .result()
+        .ok()?;
+    nodes.truncate(n);
+    let types: Vec<T> = nodes
+        .iter()
+        .map(|&node| {
+            let mut t = T::CU_GRAPH_NODE_TYPE_EMPTY;
+            // SAFETY: node is a valid node of this graph.
+            let _ = unsafe { drv_sys::cuGraphNodeGetType(node, &mut t) };
+            t
+        })
+        .collect();
+    let records: Vec<usize> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == T::CU_GRAPH_NODE_TYPE_EVENT_RECORD)
+        .map(|(i, _)| i)
+        .collect();
+    let [start, end] = records[..] else {
+        return None;
+    };
+    let probe: Vec<_> = (start + 1..end)
+        .filter(|&i| {
+            matches!(
+                types[i],
+                T::CU_GRAPH_NODE_TYPE_KERNEL
+                    | T::CU_GRAPH_NODE_TYPE_MEMSET
+                    | T::CU_GRAPH_NODE_TYPE_MEMCPY
+            )
+        })
+        .map(|i| nodes[i])
+        .collect();
+    let plant_i = end + 1;
+    if probe.is_empty() || types.get(plant_i) != Some(&T::CU_GRAPH_NODE_TYPE_MEMSET) {
+        return None;
+    }
+    let plant = nodes[plant_i];
+    // SAFETY: plant is a memset node of the graph this exec was made from.
+    unsafe { drv_sys::cuGraphNodeSetEnabled(g.cu_graph_exec(), plant, 0) }
+        .result()
+        .ok()?;
+    Some(FaultNodes { probe, plant })
+}
+
+/// Arms (`on`) or disarms a fault in the graph exec for later launches.
+fn set_fault_nodes(
+    g: &CudaGraph,
+    nodes: &FaultNodes,
+    fault: Fault,
+    on: bool,
+) -> Result<(), ProbeError> {
+    let exec = g.cu_graph_exec();
+    // SAFETY: the nodes belong to the graph this exec was instantiated from.
+    unsafe {
+        match fault {
+            Fault::Corrupt => ck!(
+                "cuGraphNodeSetEnabled",
+                drv_sys::cuGraphNodeSetEnabled(exec, nodes.plant, u32::from(on)).result()
+            ),
+            Fault::Skip => {
+                for &n in &nodes.probe {
+                    ck!(
+                        "cuGraphNodeSetEnabled",
+                        drv_sys::cuGraphNodeSetEnabled(exec, n, u32::from(!on)).result()
+                    )?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -593,6 +968,26 @@ impl Drop for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_wide_tf32_override_loosens_the_fp32_check() {
+        assert_eq!(
+            effective_fp32_math_with(Fp32Math::Strict, None),
+            Fp32Math::Strict
+        );
+        assert_eq!(
+            effective_fp32_math_with(Fp32Math::Strict, Some("0")),
+            Fp32Math::Strict
+        );
+        assert_eq!(
+            effective_fp32_math_with(Fp32Math::Strict, Some("1")),
+            Fp32Math::Tf32
+        );
+        assert_eq!(
+            effective_fp32_math_with(Fp32Math::Tf32, None),
+            Fp32Math::Tf32
+        );
+    }
 
     #[test]
     fn uuid_is_formatted_like_nvml() {
@@ -636,6 +1031,7 @@ mod tests {
             },
             burst_runs: 2,
             timing: crate::Timing::Graph,
+            ..ProbeSpec::preset(crate::Preset::Light)
         };
         if device_count().is_ok_and(|n| n > 0) {
             return; // a GPU is present: the fallback path does not apply here.

@@ -18,7 +18,10 @@ pub mod cpu;
 pub mod cuda;
 mod spec;
 
-pub use spec::{FftDims, FftSpec, GemmSpec, Kernel, Precision, Preset, ProbeSpec, Timing};
+pub use spec::{
+    FftDims, FftSpec, Fp32Math, GemmSpec, Kernel, Precision, Preset, ProbeSpec, Timing, Wait,
+    LIGHT_CUBLAS_WORKSPACE_KIB,
+};
 
 use slicetrace_schema::ProbeRecord;
 
@@ -153,6 +156,22 @@ pub struct RunSample {
     pub correct: Option<bool>,
     /// Relative error of the check.
     pub rel_error: Option<f64>,
+    /// How the host waited for completion: `spin` (the run completed inside
+    /// the polling budget) or `block` (the thread slept on the driver's
+    /// blocking sync); `None` on the CPU backend.
+    pub wait: Option<&'static str>,
+}
+
+/// A fault planted into the next run of a kernel, to prove the correctness
+/// check catches it (start-up self-test, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// One output element is overwritten after the kernel and before the
+    /// check (a wrong answer).
+    Corrupt,
+    /// The kernel does not run at all (a launch that silently did nothing);
+    /// the output keeps the poison written before the run.
+    Skip,
 }
 
 /// The probe-backend seam.
@@ -170,14 +189,22 @@ pub trait ProbeBackend: Send {
     fn shape(&self, kernel: Kernel) -> KernelShape;
     /// Executes one timed, checked run of `kernel`.
     fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError>;
-    /// Corrupts the output of the next run of `kernel` after it is timed and
-    /// before it is checked. Used by the start-up self-test and by tests to
-    /// prove that the checker catches a wrong answer.
-    fn corrupt_next_output(&mut self, kernel: Kernel);
+    /// Plants `fault` into the next run of `kernel`, through the same
+    /// submission path as every other run (on CUDA: the captured graph, with
+    /// a disabled plant node enabled or the kernel's nodes disabled for one
+    /// launch). Used by the start-up self-test and by tests to prove that the
+    /// checker catches a wrong answer and a kernel that never ran.
+    fn plant_fault(&mut self, kernel: Kernel, fault: Fault);
+
+    /// Shorthand for [`Fault::Corrupt`].
+    fn corrupt_next_output(&mut self, kernel: Kernel) {
+        self.plant_fault(kernel, Fault::Corrupt);
+    }
 }
 
 /// Builds a [`ProbeRecord`] for one run: identity, shape, timings and check.
-/// NVML readings, occupancy and trace ids are joined later by the agent.
+/// NVML readings, occupancy, arrival marks and trace ids are joined later by
+/// the agent.
 pub fn record_for(
     node: &str,
     dev: &DeviceInfo,
@@ -201,7 +228,6 @@ pub fn record_for(
         kernel: shape.kernel.as_str().to_string(),
         shape: shape.shape.clone(),
         precision: shape.precision.as_str().to_string(),
-        submit: shape.submit.map(str::to_string),
         flops: shape.flops,
         cycle,
         burst_seq,
@@ -211,6 +237,10 @@ pub fn record_for(
         tflops,
         correct: sample.correct,
         rel_error: sample.rel_error,
+        submit: match (shape.submit, sample.wait) {
+            (Some(s), Some(w)) => Some(format!("{s}+{w}")),
+            (s, _) => s.map(str::to_string),
+        },
         ..Default::default()
     }
 }

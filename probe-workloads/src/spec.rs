@@ -57,6 +57,16 @@ impl Precision {
             Precision::Bf16 => 3e-2,
         }
     }
+
+    /// The tolerance under a cuBLAS math mode: an fp32 GEMM on TF32 tensor
+    /// cores rounds its inputs to 10 mantissa bits (like fp16's 11), so it
+    /// gets the fp16 tolerance; the other precisions are unaffected.
+    pub fn gemm_tolerance_under(self, math: Fp32Math) -> f64 {
+        match (self, math) {
+            (Precision::Fp32, Fp32Math::Tf32) => Precision::Fp16.gemm_tolerance(),
+            (p, _) => p.gemm_tolerance(),
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {
@@ -191,7 +201,88 @@ pub struct ProbeSpec {
     /// CUDA only: how a timed run is submitted (see [`Timing`]).
     #[serde(default)]
     pub timing: Timing,
+    /// CUDA only: how the host waits for a run to complete (see [`Wait`]).
+    #[serde(default)]
+    pub wait: Wait,
+    /// CUDA only: the math mode of the fp32 GEMM (see [`Fp32Math`]).
+    #[serde(default)]
+    pub fp32_math: Fp32Math,
+    /// CUDA only: cuBLAS workspace given to the handle, KiB; `None` keeps
+    /// cuBLAS's own default (32 MiB on Hopper). The probe GEMMs are small and
+    /// need little or none.
+    #[serde(default)]
+    pub cublas_workspace_kib: Option<u32>,
 }
+
+/// How the host thread waits for a timed run to complete.
+///
+/// A CUDA context in its default scheduling mode spins the waiting thread at
+/// 100 % of a core; on a time-sliced GPU a run waits for its slice for up to
+/// several milliseconds, so the busier the GPU the more CPU a spinning agent
+/// takes from its tenants. [`Wait::SpinThenBlock`] polls the end event for a
+/// short budget (an idle GPU completes a light run well inside it, so the
+/// timing floor is unchanged) and then sleeps on the driver's blocking sync
+/// (the context is created with `CU_CTX_SCHED_BLOCKING_SYNC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum Wait {
+    /// Poll for `spin_us` microseconds, then block.
+    SpinThenBlock {
+        /// Polling budget, µs.
+        spin_us: u32,
+    },
+    /// Spin until the run completes (the CUDA default; costs a core while a
+    /// run waits for its slice).
+    Spin,
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Wait::SpinThenBlock { spin_us: 200 }
+    }
+}
+
+/// Math mode of the fp32 probe GEMM.
+///
+/// cuBLAS may run fp32 GEMMs on TF32 tensor cores (10-bit mantissa) when the
+/// handle's math mode allows it; a node can also impose a mode through the
+/// environment. The agent sets the mode explicitly and derives the check's
+/// tolerance from the mode actually in use, so neither case raises a false
+/// alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fp32Math {
+    /// IEEE fp32 arithmetic (`CUBLAS_DEFAULT_MATH`).
+    #[default]
+    Strict,
+    /// TF32 tensor cores allowed (`CUBLAS_TF32_TENSOR_OP_MATH`).
+    Tf32,
+}
+
+impl Fp32Math {
+    /// `strict` or `tf32`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fp32Math::Strict => "strict",
+            Fp32Math::Tf32 => "tf32",
+        }
+    }
+}
+
+impl std::str::FromStr for Fp32Math {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Self::Strict),
+            "tf32" => Ok(Self::Tf32),
+            o => Err(format!("unknown fp32 math {o:?} (expected strict or tf32)")),
+        }
+    }
+}
+
+/// cuBLAS workspace of the light preset, KiB: enough for a 1024² GEMM's
+/// algorithms without split-K workspace, far below cuBLAS's 32 MiB default.
+pub const LIGHT_CUBLAS_WORKSPACE_KIB: u32 = 1024;
 
 /// How the CUDA backend submits a timed run.
 ///
@@ -257,6 +348,9 @@ impl ProbeSpec {
                 },
                 burst_runs: 8,
                 timing: Timing::Graph,
+                wait: Wait::default(),
+                fp32_math: Fp32Math::Strict,
+                cublas_workspace_kib: Some(LIGHT_CUBLAS_WORKSPACE_KIB),
             },
             Preset::Article => ProbeSpec {
                 fft: FftSpec {
@@ -268,6 +362,9 @@ impl ProbeSpec {
                 },
                 burst_runs: 8,
                 timing: Timing::Graph,
+                wait: Wait::default(),
+                fp32_math: Fp32Math::Strict,
+                cublas_workspace_kib: None,
             },
         }
     }

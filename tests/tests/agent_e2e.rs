@@ -17,8 +17,8 @@ fn agent(data: &Path) -> Command {
         .args([
             "--backend",
             "cpu",
-            "--interval",
-            "100ms",
+            "--rate-hz",
+            "20",
             "--metrics-listen",
             "",
         ])

@@ -1,7 +1,16 @@
-//! OTLP sink: every probe cycle becomes one trace, sent to an OpenTelemetry
+//! OTLP sink: every probe arrival becomes one trace, sent to an OpenTelemetry
 //! collector over gRPC or HTTP/protobuf.
 //!
-//! Trace model (one trace per probe cycle of one GPU):
+//! Trace model with Poisson arrivals (the default; one trace per arrival,
+//! [`OtlpSink::set_trace_per_run`]):
+//!
+//! ```text
+//! probe fft                        ts .. ts + wall_ms      (root; id = ProbeRecord.span_id)
+//! ├─ queued                        ts .. ts + queue_ms
+//! └─ executing                     ts + queue_ms .. + gpu_ms
+//! ```
+//!
+//! With `probe.arrivals = "burst"`, one trace per probe cycle of one GPU:
 //!
 //! ```text
 //! probe_cycle                      first ts .. last ts + wall_ms
@@ -699,6 +708,9 @@ struct Shared {
     /// to abort the task), so they are counted exactly once.
     in_flight: AtomicU64,
     drop_log: Mutex<LogLimiter>,
+    /// Every record is its own trace: its run span is the root (Poisson
+    /// arrivals). Otherwise runs of a cycle share a `probe_cycle` root.
+    trace_per_run: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -875,10 +887,82 @@ impl Shared {
         self.notify.notify_one();
     }
 
+    /// The run span (`probe fft|gemm`) of a record and its `queued` and
+    /// `executing` children. `parent` is the cycle root, or invalid when the
+    /// run span is the root of its own trace.
+    fn run_spans(
+        &self,
+        r: &ProbeRecord,
+        trace: TraceId,
+        run_id: SpanId,
+        root: SpanId,
+    ) -> Vec<SpanData> {
+        let stop_ns = end_ns(r);
+        let name = match r.kernel.as_str() {
+            "fft" => "probe fft",
+            "gemm" => "probe gemm",
+            _ => "probe",
+        };
+        let status = if r.correct == Some(false) {
+            Status::error("correctness check failed")
+        } else {
+            Status::Unset
+        };
+        let mut spans = Vec::with_capacity(3);
+        spans.push(self.span(
+            (trace, run_id, root),
+            name,
+            (time_at(r.ts_ns, 0.0), time_at(stop_ns, 0.0)),
+            run_attributes(r),
+            status,
+        ));
+        if let Some(q_ms) = r.queue_ms {
+            spans.push(self.span(
+                (
+                    trace,
+                    SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
+                    run_id,
+                ),
+                "queued",
+                (time_at(r.ts_ns, 0.0), time_at(r.ts_ns, q_ms)),
+                vec![KeyValue::new(attr::QUEUE_MS, q_ms)],
+                Status::Unset,
+            ));
+        }
+        if let Some(g_ms) = r.gpu_ms {
+            let wait_ms = r.queue_ms.unwrap_or((r.wall_ms - g_ms).max(0.0)).max(0.0);
+            spans.push(self.span(
+                (
+                    trace,
+                    SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
+                    run_id,
+                ),
+                "executing",
+                (
+                    time_at(r.ts_ns, wait_ms),
+                    time_at(r.ts_ns, wait_ms + g_ms.max(0.0)),
+                ),
+                vec![KeyValue::new(attr::GPU_MS, g_ms)],
+                Status::Unset,
+            ));
+        }
+        spans
+    }
+
     fn enqueue(&self, records: Vec<ProbeRecord>) {
         let mut q = self.lock();
         let mut dropped = 0;
+        let per_run = self.trace_per_run.load(Ordering::Relaxed);
         for r in records {
+            if per_run {
+                let trace = parse_trace_id(r.trace_id.as_deref())
+                    .unwrap_or_else(|| TraceId::from_bytes(random_nonzero_u128().to_be_bytes()));
+                let run_id = parse_span_id(r.span_id.as_deref())
+                    .unwrap_or_else(|| SpanId::from_bytes(random_nonzero_u64().to_be_bytes()));
+                let spans = self.run_spans(&r, trace, run_id, SpanId::INVALID);
+                dropped += self.push(&mut q, spans);
+                continue;
+            }
             // A later cycle of this GPU means its earlier cycles are over.
             let (gpu, cycle) = (r.gpu_uuid.as_str(), r.cycle);
             if q.open_roots
@@ -929,54 +1013,7 @@ impl Shared {
                 o.failed_checks += u64::from(r.correct == Some(false));
                 o.last_update = Instant::now();
             }
-            let name = match r.kernel.as_str() {
-                "fft" => "probe fft",
-                "gemm" => "probe gemm",
-                _ => "probe",
-            };
-            let status = if r.correct == Some(false) {
-                Status::error("correctness check failed")
-            } else {
-                Status::Unset
-            };
-            let mut spans = Vec::with_capacity(3);
-            spans.push(self.span(
-                (trace, run_id, root),
-                name,
-                (time_at(r.ts_ns, 0.0), time_at(stop_ns, 0.0)),
-                run_attributes(&r),
-                status,
-            ));
-            if let Some(q_ms) = r.queue_ms {
-                spans.push(self.span(
-                    (
-                        trace,
-                        SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
-                        run_id,
-                    ),
-                    "queued",
-                    (time_at(r.ts_ns, 0.0), time_at(r.ts_ns, q_ms)),
-                    vec![KeyValue::new(attr::QUEUE_MS, q_ms)],
-                    Status::Unset,
-                ));
-            }
-            if let Some(g_ms) = r.gpu_ms {
-                let wait_ms = r.queue_ms.unwrap_or((r.wall_ms - g_ms).max(0.0)).max(0.0);
-                spans.push(self.span(
-                    (
-                        trace,
-                        SpanId::from_bytes(random_nonzero_u64().to_be_bytes()),
-                        run_id,
-                    ),
-                    "executing",
-                    (
-                        time_at(r.ts_ns, wait_ms),
-                        time_at(r.ts_ns, wait_ms + g_ms.max(0.0)),
-                    ),
-                    vec![KeyValue::new(attr::GPU_MS, g_ms)],
-                    Status::Unset,
-                ));
-            }
+            let spans = self.run_spans(&r, trace, run_id, root);
             dropped += self.push(&mut q, spans);
         }
         let full = q.spans.len() >= self.batch;
@@ -1156,6 +1193,13 @@ pub struct OtlpSink {
 }
 
 impl OtlpSink {
+    /// Makes every record its own trace, with its run span as the root (for
+    /// Poisson arrivals: one run per arrival). Off by default (one trace per
+    /// probe cycle, under a `probe_cycle` root).
+    pub fn set_trace_per_run(&self, on: bool) {
+        self.shared.trace_per_run.store(on, Ordering::Relaxed);
+    }
+
     /// Builds the exporter and starts the export task. Must be called from
     /// within a Tokio runtime. `host_name` becomes `host.name`,
     /// `k8s_node_name` (when running in a cluster) `k8s.node.name`.
@@ -1191,6 +1235,7 @@ impl OtlpSink {
             batch: config.max_export_batch,
             in_flight: AtomicU64::new(0),
             drop_log: Mutex::new(LogLimiter::per_minute()),
+            trace_per_run: std::sync::atomic::AtomicBool::new(false),
         });
         let (ctl, ctl_rx) = mpsc::channel(4);
         let task = ExportTask {
@@ -1322,6 +1367,7 @@ mod tests {
             batch: 512,
             in_flight: AtomicU64::new(0),
             drop_log: Mutex::new(LogLimiter::per_minute()),
+            trace_per_run: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -1,5 +1,7 @@
 //! Device telemetry, sampled on the probe thread just before and just after
-//! each burst and joined into every row of that burst.
+//! each arrival (or burst) and joined into its rows: a row's NVML columns are
+//! at most a few milliseconds older than its run, except utilisation, which
+//! NVML itself averages over its own sample period (1/6 s to 1 s).
 //!
 //! A reading the driver does not support is `None` (a null column), never 0.
 //! With no NVML (no driver, or the CPU backend) every reading is `None` and
@@ -64,6 +66,12 @@ pub trait TelemetrySource: Send + Sync {
     fn name(&self) -> &'static str;
     /// Samples the GPU with this UUID.
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError>;
+    /// The reading right after a run: the SM clock and throttle reasons are
+    /// what matter there, so sources may read only those (cheaper than a
+    /// full sample on every arrival). Defaults to a full sample.
+    fn sample_after(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        self.sample(gpu_uuid)
+    }
 }
 
 /// No telemetry: every reading is `None`.
@@ -76,6 +84,36 @@ impl TelemetrySource for NoTelemetry {
     }
     fn sample(&self, _gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         Ok(DeviceSample::default())
+    }
+}
+
+/// Drops the command names of the GPU's processes (other tenants' command
+/// lines are theirs): what the agent keeps unless `process_names = true`.
+/// The `processes` column then reads `pid::used_mib`, the same three fields.
+pub struct WithoutProcessNames(pub std::sync::Arc<dyn TelemetrySource>);
+
+impl TelemetrySource for WithoutProcessNames {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        let mut s = self.0.sample(gpu_uuid)?;
+        for p in s.processes.iter_mut().flatten() {
+            p.name = None;
+        }
+        Ok(s)
+    }
+}
+
+/// The telemetry the agent runs with: names dropped unless `process_names`.
+pub fn with_process_names(
+    t: std::sync::Arc<dyn TelemetrySource>,
+    process_names: bool,
+) -> std::sync::Arc<dyn TelemetrySource> {
+    if process_names {
+        t
+    } else {
+        std::sync::Arc::new(WithoutProcessNames(t))
     }
 }
 
@@ -126,7 +164,8 @@ impl BurstTelemetry {
         }
     }
 
-    /// `pid:name:used_mib` strings for the `processes` column.
+    /// `pid:name:used_mib` strings for the `processes` column (name empty
+    /// when unknown or not kept, see [`with_process_names`]).
     pub fn process_strings(&self) -> Option<Vec<String>> {
         self.processes.as_ref().map(|ps| {
             ps.iter()
@@ -175,6 +214,30 @@ mod tests {
         assert_eq!(m.before.sm_clock_mhz, Some(1000));
         assert_eq!(m.sm_clock_mhz_after, Some(1980));
         assert_eq!(m.process_strings().expect("some")[0], "1:x:10");
+    }
+
+    #[test]
+    fn process_names_are_dropped_unless_asked_for() {
+        struct One;
+        impl TelemetrySource for One {
+            fn name(&self) -> &'static str {
+                "one"
+            }
+            fn sample(&self, _: &str) -> Result<DeviceSample, TelemetryError> {
+                Ok(DeviceSample {
+                    processes: Some(vec![proc_(7)]),
+                    ..Default::default()
+                })
+            }
+        }
+        let strings = |names: bool| {
+            let t = with_process_names(std::sync::Arc::new(One), names);
+            BurstTelemetry::merge(t.sample("GPU-a").ok(), None)
+                .process_strings()
+                .expect("some")
+        };
+        assert_eq!(strings(false), ["7::10"]);
+        assert_eq!(strings(true), ["7:x:10"]);
     }
 
     #[test]

@@ -62,6 +62,21 @@ impl TelemetrySource for NvmlTelemetry {
         "nvml"
     }
 
+    fn sample_after(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        let dev = self
+            .nvml
+            .device_by_uuid(gpu_uuid)
+            .map_err(|e| TelemetryError::Device {
+                uuid: gpu_uuid.to_string(),
+                source: Box::new(e),
+            })?;
+        Ok(DeviceSample {
+            sm_clock_mhz: opt(dev.clock_info(Clock::SM)),
+            throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
+            ..Default::default()
+        })
+    }
+
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         let dev = self
             .nvml

@@ -67,6 +67,8 @@ pub fn small_config(data_dir: &Path) -> Config {
     c.probe.fft_batch = Some(1);
     c.probe.gemm_n = Some(64);
     c.probe.burst_runs = Some(5);
+    // Rows at the old steady rate (these tests are about metrics/occupancy).
+    c.probe.arrivals = Some(slicetrace_agent::config::Arrivals::Burst);
     c.metrics.listen = "127.0.0.1:0".into();
     c.otlp.endpoint = None;
     c.health.window_ms = 2000;
@@ -136,8 +138,8 @@ impl ProbeBackend for GatedBackend {
         self.gate.wait();
         self.inner.run(kernel)
     }
-    fn corrupt_next_output(&mut self, kernel: Kernel) {
-        self.inner.corrupt_next_output(kernel);
+    fn plant_fault(&mut self, kernel: Kernel, fault: slicetrace_probe::Fault) {
+        self.inner.plant_fault(kernel, fault);
     }
 }
 

@@ -73,6 +73,61 @@ struct Args {
     /// Node name written into rows.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node: String,
+    /// Poisson arrivals at this mean rate (exponential gaps after each run)
+    /// instead of back-to-back runs or --period-ms.
+    #[arg(long)]
+    arrivals_hz: Option<f64>,
+    /// CUDA: fp32 GEMM math mode (strict or tf32).
+    #[arg(long)]
+    fp32_math: Option<slicetrace_probe::Fp32Math>,
+    /// CUDA: spin this many µs on the end event, then block; omit to spin.
+    #[arg(long)]
+    spin_us: Option<u32>,
+    /// Plant a fault every N runs through the real submission path,
+    /// alternating a corrupted output and a skipped kernel; the summary
+    /// counts planted and caught faults, and false failures among the
+    /// other runs (a verification run, not a tenant).
+    #[arg(long)]
+    plant_every: Option<u64>,
+    /// Stop after this many runs (in addition to --duration).
+    #[arg(long)]
+    max_runs: Option<u64>,
+    /// CUDA: print host and GPU memory after each set-up stage (JSON lines),
+    /// then run as usual (footprint breakdown).
+    #[arg(long)]
+    footprint_stages: bool,
+}
+
+/// `(VmRSS, RssAnon, RssFile)` in KiB and `Pss` in KiB, from /proc/self.
+fn proc_mem() -> [Option<u64>; 4] {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    [
+        field(&status, "VmRSS:"),
+        field(&status, "RssAnon:"),
+        field(&status, "RssFile:"),
+        field(&rollup, "Pss:"),
+    ]
+}
+
+fn print_stage(stage: &str, device: u32) {
+    let [rss, anon, file, pss] = proc_mem();
+    let gpu_used_mib = slicetrace_probe::cuda::device_used_mib();
+    let o = |v: Option<u64>| v.map_or("null".to_string(), |x| x.to_string());
+    println!(
+        "{{\"stage\":\"{stage}\",\"device\":{device},\"vm_rss_kib\":{},\"rss_anon_kib\":{},\"rss_file_kib\":{},\"pss_kib\":{},\"gpu_used_mib\":{}}}",
+        o(rss),
+        o(anon),
+        o(file),
+        o(pss),
+        o(gpu_used_mib)
+    );
 }
 
 struct Sink {
@@ -172,25 +227,41 @@ fn run(args: Args) -> Result<()> {
             spec.gemm.precision = p;
         }
         spec.timing = args.submit;
+        if let Some(m) = args.fp32_math {
+            spec.fp32_math = m;
+        }
+        spec.wait = match args.spin_us {
+            Some(spin_us) => slicetrace_probe::Wait::SpinThenBlock { spin_us },
+            None => slicetrace_probe::Wait::Spin,
+        };
         spec
     };
     let kernel = match args.kernel {
         KernelArg::Fft => Kernel::Fft,
         KernelArg::Gemm => Kernel::Gemm,
     };
-    let (mut backends, fallback) = open_backends(args.backend, &spec_for, args.device + 1)?;
-    if let Some(reason) = fallback {
-        tracing::warn!(%reason, "CUDA unavailable, using the CPU backend");
-    }
-    if args.device as usize >= backends.len() {
-        bail!(
-            "device {} not present ({} devices)",
+    let mut backend: Box<dyn slicetrace_probe::ProbeBackend> = if args.footprint_stages {
+        print_stage("start", args.device);
+        let b = slicetrace_probe::cuda::CudaBackend::new_traced(
             args.device,
-            backends.len()
-        );
-    }
-    let mut backend = backends.swap_remove(args.device as usize);
-    drop(backends);
+            &spec_for("cuda"),
+            &mut |stage| print_stage(stage, args.device),
+        )?;
+        Box::new(b)
+    } else {
+        let (mut backends, fallback) = open_backends(args.backend, &spec_for, args.device + 1)?;
+        if let Some(reason) = fallback {
+            tracing::warn!(%reason, "CUDA unavailable, using the CPU backend");
+        }
+        if args.device as usize >= backends.len() {
+            bail!(
+                "device {} not present ({} devices)",
+                args.device,
+                backends.len()
+            );
+        }
+        backends.swap_remove(args.device as usize)
+    };
     let node = if args.node.is_empty() {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
@@ -204,13 +275,32 @@ fn run(args: Args) -> Result<()> {
     let (mut wall, mut gpu) = (Vec::new(), Vec::new());
     let mut runs: u64 = 0;
     let mut incorrect: u64 = 0;
+    let (mut planted, mut caught) = (0u64, 0u64);
+    let mut rng = rand::rng();
     const CAP: usize = 1 << 20;
     while !STOP.load(Ordering::Relaxed)
         && (args.duration.is_zero() || start.elapsed() < args.duration)
+        && args.max_runs.is_none_or(|m| runs < m)
     {
+        let plant = args
+            .plant_every
+            .filter(|&n| n > 0 && runs % n == n - 1)
+            .map(|_| {
+                if planted % 2 == 0 {
+                    slicetrace_probe::Fault::Corrupt
+                } else {
+                    slicetrace_probe::Fault::Skip
+                }
+            });
+        if let Some(f) = plant {
+            backend.plant_fault(kernel, f);
+            planted += 1;
+        }
         let s = backend.run(kernel)?;
-        if s.correct == Some(false) {
-            incorrect += 1;
+        match (plant.is_some(), s.correct == Some(false)) {
+            (true, true) => caught += 1,
+            (false, true) => incorrect += 1,
+            _ => {}
         }
         if wall.len() < CAP {
             wall.push(s.wall_ms);
@@ -220,7 +310,10 @@ fn run(args: Args) -> Result<()> {
             sink.push(record_for(&node, backend.device(), &shape, &s, runs, 0))?;
         }
         runs += 1;
-        if let Some(p) = args.period_ms {
+        if let Some(hz) = args.arrivals_hz {
+            let u: f64 = 1.0 - rand::Rng::random::<f64>(&mut rng);
+            std::thread::sleep(Duration::from_secs_f64(-u.ln() / hz.max(1e-9)));
+        } else if let Some(p) = args.period_ms {
             let j = f64::from(args.period_jitter_pct.min(100)) / 100.0;
             let f = if j > 0.0 {
                 rand::random_range(1.0 - j..=1.0 + j)
@@ -231,6 +324,7 @@ fn run(args: Args) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let footprint_steady = args.footprint_stages;
     if let Some(sink) = sink {
         sink.close()?;
     }
@@ -248,6 +342,8 @@ fn run(args: Args) -> Result<()> {
         ("pid", std::process::id().to_string()),
         ("runs", runs.to_string()),
         ("incorrect", incorrect.to_string()),
+        ("planted", planted.to_string()),
+        ("caught", caught.to_string()),
         ("elapsed_s", format!("{elapsed:.3}")),
         (
             "runs_per_s",
@@ -266,8 +362,14 @@ fn run(args: Args) -> Result<()> {
         ("gpu_p99_ms", fmt_opt(pct(&gpu, 0.99))),
     ]);
     println!("{summary}");
+    if footprint_steady {
+        print_stage("steady", args.device);
+    }
     if incorrect > 0 {
         bail!("{incorrect} of {runs} runs failed their correctness check");
+    }
+    if caught < planted {
+        bail!("only {caught} of {planted} planted faults were caught");
     }
     Ok(())
 }

@@ -18,8 +18,10 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// A probe small enough that a cycle costs well under a millisecond.
 pub const SMALL_PROBE: &str = "self_test = false\n";
 /// The `[probe]` table of the small probe (append after top-level keys).
+/// These tests are about sinks and files, not sampling: they keep the burst
+/// mode, whose row rate follows the top-level `interval_ms` they set.
 pub const SMALL_PROBE_TABLE: &str =
-    "[probe]\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n";
+    "[probe]\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Summarises run-arrivals.sh results (run here, with the test venv's pyarrow).
+
+  summarise_arrivals.py fidelity DIR...   DIR = unpacked arrivals-fidelity-<rate>
+  summarise_arrivals.py overhead DIR
+  summarise_arrivals.py correctness DIR
+
+Fidelity: per phase (tenants) and kernel, the agent's arrival runs against the
+independent PyTorch probe: n, wall p50 and p99 with bootstrap 95 % intervals
+(2000 resamples), and the agent/torch ratios. Prints Markdown and writes
+fidelity-<rate>.json beside the inputs' parent.
+"""
+import glob
+import json
+import os
+import random
+import sys
+
+import pyarrow.parquet as pq
+
+
+def q(v, p):
+    v = sorted(v)
+    if not v:
+        return None
+    pos = p * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def boot(v, p, n=2000, seed=7):
+    rng = random.Random(seed)
+    est = sorted(q([rng.choice(v) for _ in v], p) for _ in range(n))
+    return est[int(0.025 * n)], est[int(0.975 * n)]
+
+
+def agent_rows(d):
+    rows = []
+    for f in glob.glob(os.path.join(d, "**", "*.parquet"), recursive=True):
+        t = pq.read_table(f).to_pylist()
+        rows.extend(t)
+    return rows
+
+
+def fidelity(dirs):
+    out = []
+    for d in dirs:
+        rate = d.rstrip("/").rsplit("-", 1)[-1]
+        for phase in (0, 1, 3):
+            a = agent_rows(os.path.join(d, f"agent-t{phase}"))
+            t = [json.loads(l) for l in open(os.path.join(d, f"torch-t{phase}.jsonl"))]
+            for k in ("fft", "gemm"):
+                aw = [r["wall_ms"] for r in a if r["kernel"] == k and r.get("arrival")]
+                tw = [r["wall_ms"] for r in t if r["kernel"] == k]
+                procs = sorted({r.get("gpu_processes") for r in a if r["kernel"] == k})
+                blocked = sum(1 for r in a if r["kernel"] == k and (r.get("submit") or "").endswith("+block"))
+                row = {"rate_hz": float(rate), "tenants": phase, "kernel": k,
+                       "agent_n": len(aw), "torch_n": len(tw), "agent_gpu_processes": procs,
+                       "agent_blocked_waits": blocked}
+                for name, p in (("p50", 0.5), ("p99", 0.99)):
+                    av, tv = q(aw, p), q(tw, p)
+                    row[f"agent_{name}"] = av
+                    row[f"torch_{name}"] = tv
+                    row[f"agent_{name}_ci"] = boot(aw, p) if aw else None
+                    row[f"torch_{name}_ci"] = boot(tw, p) if tw else None
+                    row[f"ratio_{name}"] = av / tv if av and tv else None
+                out.append(row)
+    print("| rate Hz | tenants | kernel | n agent / torch | wall p50 agent / torch (ms) | ratio | wall p99 agent [95% CI] | wall p99 torch [95% CI] | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in out:
+        f = lambda x: f"{x:.3f}"
+        ci = lambda c: f"[{c[0]:.3f}, {c[1]:.3f}]" if c else "-"
+        print(f"| {r['rate_hz']:g} | {r['tenants']} | {r['kernel']} | {r['agent_n']} / {r['torch_n']} | "
+              f"{f(r['agent_p50'])} / {f(r['torch_p50'])} | {r['ratio_p50']:.2f} | {f(r['agent_p99'])} {ci(r['agent_p99_ci'])} | "
+              f"{f(r['torch_p99'])} {ci(r['torch_p99_ci'])} | {r['ratio_p99']:.2f} |")
+    return out
+
+
+def overhead(d):
+    import datetime as dt
+    tl = [l.strip() for l in open(os.path.join(d, "..", "timeline.log"))] if os.path.exists(os.path.join(d, "..", "timeline.log")) else []
+    t = pq.read_table(os.path.join(d, "tenant-ov.parquet")).to_pylist()
+    ts = sorted(r["ts"].timestamp() if hasattr(r["ts"], "timestamp") else r["ts"] / 1e9 for r in t)
+    return ts, tl
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "fidelity":
+        res = fidelity(sys.argv[2:])
+        json.dump(res, open(sys.argv[2].rstrip("/") + ".json", "w"), indent=1)
