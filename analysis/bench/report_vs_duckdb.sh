@@ -28,15 +28,19 @@ if [ ! -d "$DIR/probes" ]; then
 fi
 echo "data: $(du -sh "$DIR/probes" | cut -f1), $(find "$DIR/probes" -name '*.parquet' | wc -l) files" >&2
 
+# Data from an older gen-synthetic (without the `arrival` column) must be
+# generated again: DuckDB cannot name a column no file has.
 # The same result as `report --by node,kernel`: count, runs/s, p50/p95/p99/p99.9/max
 # of wall_ms, gpu_ms and queue_ms (exact, quantile_cont), jitter and tail queue share.
 cat > "$WORK/duck.py" <<'EOF'
 import duckdb, sys
 root = sys.argv[1]
-src = f"read_parquet('{root}/probes/**/*.parquet', hive_partitioning=false)"
+src = f"read_parquet('{root}/probes/**/*.parquet', hive_partitioning=false, union_by_name=true)"
 qs = "[0.5, 0.95, 0.99, 0.999]"
+# report counts arrival runs only (slicetrace_schema::ARRIVAL_SQL); so does this.
 sql = f"""
-WITH f AS (SELECT node, kernel, ts, wall_ms, gpu_ms, queue_ms FROM {src}),
+WITH f AS (SELECT node, kernel, ts, wall_ms, gpu_ms, queue_ms FROM {src}
+           WHERE coalesce(arrival, burst_seq = 0 AND kernel = 'fft')),
 g AS (SELECT node, kernel, count(*) AS n,
              count(*) / ((epoch_ns(max(ts)) - epoch_ns(min(ts))) / 1e9) AS runs_per_s,
              quantile_cont(wall_ms, {qs}) AS wq, max(wall_ms) AS wmax,

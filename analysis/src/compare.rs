@@ -6,6 +6,15 @@
 //! With `--split-by-occupancy` the sides are tenant counts (see
 //! [`crate::pred::TENANTS_SQL`]): 0 tenants is the baseline, compared with
 //! all runs with ≥1 tenant and then with each tenant count on its own.
+//!
+//! Both sides are arrival runs unless `--all-runs` (the caller builds the
+//! predicates with [`crate::pred::where_sql`]).
+//!
+//! The only rate printed is the kernel's execution rate on the event clock,
+//! Σ flops / Σ `gpu_ms`. The same ratio on the host clock is the probe's own
+//! work per second of waiting: beside tenants it falls by 95 % and more,
+//! which reads as if the tenants lost that much, when it only says the probe
+//! waited for its slice. Host-clock rows therefore carry no rate.
 
 use std::collections::BTreeMap;
 
@@ -62,7 +71,8 @@ pub struct ClockStats {
     pub p99: Option<f64>,
     /// p99 / p50.
     pub jitter: Option<f64>,
-    /// Σ flops / Σ clock_ms, TFLOP/s.
+    /// Σ flops / Σ gpu_ms, TFLOP/s: the kernel's execution rate (event
+    /// clock only; null on the host clock, see the module docs).
     pub tflops: Option<f64>,
 }
 
@@ -95,7 +105,8 @@ pub struct CompareRow {
     pub p50_factor: Option<f64>,
     /// after.p99 / before.p99.
     pub p99_factor: Option<f64>,
-    /// (after.tflops / before.tflops − 1) · 100.
+    /// (after.tflops / before.tflops − 1) · 100: the change of the kernel's
+    /// execution rate (event clock only; null on the host clock).
     pub throughput_change_pct: Option<f64>,
 }
 
@@ -163,8 +174,14 @@ fn block(
             ),
             (
                 "wall (host)",
-                clock_stats(&mut b.wall, b.flops_wall, b.sum_wall),
-                clock_stats(&mut a.wall, a.flops_wall, a.sum_wall),
+                ClockStats {
+                    tflops: None,
+                    ..clock_stats(&mut b.wall, b.flops_wall, b.sum_wall)
+                },
+                ClockStats {
+                    tflops: None,
+                    ..clock_stats(&mut a.wall, a.flops_wall, a.sum_wall)
+                },
             ),
         ] {
             rows.push(CompareRow {
@@ -231,7 +248,7 @@ pub async fn split_by_occupancy(
     }
     let Some(base) = by_level.remove(&0) else {
         return Err(ScanError::Consumer(
-            "no runs with 0 tenants (gpu_processes, else pod_count) to use as the baseline".into(),
+            "no runs with 0 tenants (tenants = gpu_processes, other compute processes on the GPU) to use as the baseline".into(),
         ));
     };
     if by_level.is_empty() {
@@ -254,53 +271,75 @@ pub async fn split_by_occupancy(
     Ok(blocks)
 }
 
-/// Renders the blocks: one table per block, or one JSON array.
+const HEADERS: [&str; 14] = [
+    "kernel",
+    "shape",
+    "clock",
+    "runs before",
+    "runs after",
+    "p50 before ms",
+    "p50 after ms",
+    "p50 ×",
+    "p99 before ms",
+    "p99 after ms",
+    "p99 ×",
+    "jitter before",
+    "jitter after",
+    "kernel TFLOP/s Δ %",
+];
+
+fn cells(r: &CompareRow) -> Vec<Cell> {
+    vec![
+        Cell::Str(r.kernel.clone()),
+        Cell::Str(r.shape.clone()),
+        Cell::Str(r.clock.clone()),
+        Cell::Int(r.before.n as u64),
+        Cell::Int(r.after.n as u64),
+        Cell::Num(r.before.p50),
+        Cell::Num(r.after.p50),
+        Cell::Num(r.p50_factor),
+        Cell::Num(r.before.p99),
+        Cell::Num(r.after.p99),
+        Cell::Num(r.p99_factor),
+        Cell::Num(r.before.jitter),
+        Cell::Num(r.after.jitter),
+        if r.before.tflops.is_none() && r.after.tflops.is_none() {
+            Cell::Str(String::new())
+        } else {
+            Cell::Num(r.throughput_change_pct)
+        },
+    ]
+}
+
+/// Renders the blocks: one table per block, one JSON array, or one CSV
+/// with the block's sides as the first two columns.
 pub fn render(blocks: &[CompareBlock], format: Format) -> String {
-    if format == Format::Json {
-        return serde_json::to_string_pretty(blocks).unwrap_or_else(|_| "[]".into());
-    }
-    let mut out = String::new();
-    for b in blocks {
-        out.push_str(&format!(
-            "{} (before) vs {} (after)\n",
-            b.baseline, b.against
-        ));
-        let mut t = Table::new([
-            "kernel",
-            "shape",
-            "clock",
-            "runs before",
-            "runs after",
-            "p50 before ms",
-            "p50 after ms",
-            "p50 ×",
-            "p99 before ms",
-            "p99 after ms",
-            "p99 ×",
-            "jitter before",
-            "jitter after",
-            "throughput Δ %",
-        ]);
-        for r in &b.rows {
-            t.rows.push(vec![
-                Cell::Str(r.kernel.clone()),
-                Cell::Str(r.shape.clone()),
-                Cell::Str(r.clock.clone()),
-                Cell::Int(r.before.n as u64),
-                Cell::Int(r.after.n as u64),
-                Cell::Num(r.before.p50),
-                Cell::Num(r.after.p50),
-                Cell::Num(r.p50_factor),
-                Cell::Num(r.before.p99),
-                Cell::Num(r.after.p99),
-                Cell::Num(r.p99_factor),
-                Cell::Num(r.before.jitter),
-                Cell::Num(r.after.jitter),
-                Cell::Num(r.throughput_change_pct),
-            ]);
+    match format {
+        Format::Json => serde_json::to_string_pretty(blocks).unwrap_or_else(|_| "[]".into()),
+        Format::Csv => {
+            let mut t = Table::new(["baseline", "against"].into_iter().chain(HEADERS));
+            for b in blocks {
+                for r in &b.rows {
+                    let mut row = vec![Cell::Str(b.baseline.clone()), Cell::Str(b.against.clone())];
+                    row.extend(cells(r));
+                    t.rows.push(row);
+                }
+            }
+            t.render(Format::Csv)
         }
-        out.push_str(&t.render(Format::Table));
-        out.push_str("\n\n");
+        Format::Table => {
+            let mut out = String::new();
+            for b in blocks {
+                out.push_str(&format!(
+                    "{} (before) vs {} (after)\n",
+                    b.baseline, b.against
+                ));
+                let mut t = Table::new(HEADERS);
+                t.rows.extend(b.rows.iter().map(cells));
+                out.push_str(&t.render(Format::Table));
+                out.push_str("\n\n");
+            }
+            out.trim_end().to_string()
+        }
     }
-    out.trim_end().to_string()
 }

@@ -1,48 +1,73 @@
-//! `slicetrace fleet`: a health verdict per node and GPU, for cron jobs and
-//! CI gates (exit 1 when any GPU is not healthy).
+//! `slicetrace fleet`: a verdict per node and GPU, for cron jobs and CI gates
+//! (exit 1 when any GPU is not `healthy`, `unknown` included).
 //!
 //! Each GPU is judged per kernel and shape over the window that ends at the
-//! newest `ts` in the data:
-//! 1. any `correct = false` run in the window ⇒ **unhealthy**;
-//! 2. p99 of `wall_ms` above `--slo-p99-ms` ⇒ **unhealthy**;
-//! 3. inflation = window p99 of `wall_ms` ÷ the GPU's own quiet-baseline p99
-//!    (all its runs with 0 tenants, see [`crate::pred::TENANTS_SQL`]; if it has
-//!    fewer than `--min-samples` of those, its lowest-occupancy decile) ⇒
-//!    **degraded** at `--max-inflation`, **unhealthy** at twice that;
-//! 4. robust peer score z = (x − median) ÷ max(1.4826·MAD, `--min-deviation-pct`
-//!    % of the median), over the GPUs with the same `gpu_name`, kernel and
-//!    shape (at least `--min-peers`), for the window p99 of `wall_ms` and the
-//!    p50 of `gpu_ms` ⇒ **degraded** at `--outlier-z`.
+//! newest `ts` in the data, with the agent's own rules
+//! ([`slicetrace_schema::judge`], thresholds [`Thresholds::DEFAULT`]), so the
+//! same rows read the same here and on the agent's `/metrics`. Two
+//! dimensions, printed apart:
 //!
-//! The cause of a slow peer score is named from the clock-normalised
-//! execution time `gpu_ms × sm_clock_mhz / 1000` (≈ millions of SM cycles):
-//! slow `gpu_ms` that normalises back to the peers' is **throttling**; slow
-//! `gpu_ms` that stays slow after normalising is **slow execution at normal
-//! clocks**; normal `gpu_ms` with a slow `wall_ms` is **contention**.
+//! * **health** of the GPU itself: `correct = false` runs, hardware
+//!   throttle reasons ⇒ **unhealthy**; software throttle reasons ⇒
+//!   **degraded**; the event time per SM cycle (`gpu_ms × sm_clock_mhz /
+//!   1000`, over quiet runs and runs not preempted mid-kernel) at
+//!   `--degraded-factor`/`--unhealthy-factor` times its baseline ⇒
+//!   **degraded**/**unhealthy**. The baseline is the GPU's own quiet runs
+//!   (`tenants = 0`, at least `--baseline-min-samples`) or else the shipped
+//!   per-SKU reference. No runs in the window ⇒ **unknown** (stale), never
+//!   healthy; fewer than `--min-samples` with nothing found ⇒ **unknown**.
+//! * **contention**: the window p99 of `wall_ms` against `--slo-p99-ms`, or
+//!   the quiet baseline (learned or SKU) and what the tenant count predicts ⇒
+//!   `ok`, `contended` or `over-shared`, with the tenant count in the reason.
+//!   A GPU merely shared by its tenants is `healthy` + `contended`.
+//!
+//! Peers: a robust score z = (x − median) ÷ max(1.4826·MAD,
+//! `--min-deviation-pct` % of the median), over the GPUs with the same
+//! `gpu_name`, kernel and shape (at least `--min-peers`), for the window p99
+//! of `wall_ms` and the p50 of `gpu_ms`, at `--outlier-z` names a slower
+//! GPU: slow `gpu_ms` that normalises back to the peers' by SM clock is
+//! **throttling** (health degraded), slow `gpu_ms` that stays slow is **slow
+//! execution at normal clocks** (health degraded), and normal `gpu_ms` with a
+//! slow `wall_ms` is contention (`contended`, reason `wait_over_peers`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
+use slicetrace_schema::{
+    event_eligible, event_mcycles, judge, sku_reference, BaselineSource, Contention, Faults,
+    LearnedBaseline, ProbeRecord, Reason, Thresholds, WindowStats,
+};
 
 use crate::output::{fmt_num, Cell, Format, Table};
 use crate::pred::{self, TENANTS_SQL};
 use crate::scan::{self, ScanError};
-use crate::stats::{median_mad, quantile_sorted, ratio, sort_values};
+use crate::stats::{median_mad, quantile_sorted, sort_values};
 
-/// Fleet thresholds (flags with their defaults).
+/// Fleet thresholds (flags; the defaults are [`Thresholds::DEFAULT`], the
+/// agent's too).
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
     /// Window length, ending at the newest ts in the data (e.g. 30m, 1h, 1d).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub window: Duration,
-    /// SLO on the window p99 of wall_ms, in ms; above it the GPU is unhealthy.
+    /// SLO on the window p99 of wall_ms, in ms: above it the GPU is contended
+    /// (above unhealthy-factor times it, over-shared). Never a health fault.
     #[arg(long)]
     pub slo_p99_ms: Option<f64>,
-    /// Window p99 / quiet-baseline p99 at which a GPU is degraded (twice this: unhealthy).
-    #[arg(long, default_value_t = 2.0)]
-    pub max_inflation: f64,
+    /// Health: event time per SM cycle ÷ baseline at which a GPU is
+    /// degraded. Contention: wall p99 ÷ quiet baseline at which it is
+    /// contended (and ÷ what the tenants predict, over-shared).
+    #[arg(long, alias = "max-inflation", default_value_t = Thresholds::DEFAULT.degraded_factor)]
+    pub degraded_factor: f64,
+    /// Health: event ratio at which a GPU is unhealthy; contention: wall p99
+    /// ÷ SLO at which it is over-shared.
+    #[arg(long, default_value_t = Thresholds::DEFAULT.unhealthy_factor)]
+    pub unhealthy_factor: f64,
+    /// Time slice per tenant, ms (what one tenant adds to a random arrival's wait).
+    #[arg(long, default_value_t = Thresholds::DEFAULT.slice_ms)]
+    pub slice_ms: f64,
     /// Robust z-score against peers at which a GPU is degraded.
     #[arg(long, default_value_t = 3.5)]
     pub outlier_z: f64,
@@ -53,25 +78,56 @@ pub struct FleetArgs {
     /// Fewest GPUs (same gpu_name, kernel, shape) for a peer comparison.
     #[arg(long, default_value_t = 5)]
     pub min_peers: usize,
-    /// Fewest runs in the window (and in a quiet baseline) to judge latency.
-    #[arg(long, default_value_t = 20)]
+    /// Fewest runs in the window to judge latency (fewer: unknown).
+    #[arg(long, default_value_t = Thresholds::DEFAULT.min_samples as usize)]
     pub min_samples: usize,
+    /// Fewest quiet runs (tenants = 0) for a GPU's own baseline; with fewer,
+    /// the shipped per-SKU reference is used.
+    #[arg(long, default_value_t = Thresholds::DEFAULT.baseline_min_samples as usize)]
+    pub baseline_min_samples: usize,
+    /// Do not fall back to the shipped per-SKU reference.
+    #[arg(long)]
+    pub no_sku_reference: bool,
     /// Extra SQL predicate (or START..END range) applied before everything.
     #[arg(long = "where")]
     pub filter: Option<String>,
+    /// Count burst runs too, not only arrival runs (`--all-runs`, a flag
+    /// shared by every command and set by the binary).
+    #[arg(skip)]
+    pub all_runs: bool,
 }
 
 impl Default for FleetArgs {
     fn default() -> Self {
+        let t = Thresholds::DEFAULT;
         FleetArgs {
             window: Duration::from_secs(3600),
             slo_p99_ms: None,
-            max_inflation: 2.0,
+            degraded_factor: t.degraded_factor,
+            unhealthy_factor: t.unhealthy_factor,
+            slice_ms: t.slice_ms,
             outlier_z: 3.5,
             min_deviation_pct: 5.0,
             min_peers: 5,
-            min_samples: 20,
+            min_samples: t.min_samples as usize,
+            baseline_min_samples: t.baseline_min_samples as usize,
+            no_sku_reference: false,
             filter: None,
+            all_runs: false,
+        }
+    }
+}
+
+impl FleetArgs {
+    /// The thresholds in the schema's terms (throttle masks: the defaults).
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            degraded_factor: self.degraded_factor,
+            unhealthy_factor: self.unhealthy_factor,
+            min_samples: self.min_samples as u64,
+            baseline_min_samples: self.baseline_min_samples as u64,
+            slice_ms: self.slice_ms,
+            ..Thresholds::DEFAULT
         }
     }
 }
@@ -85,15 +141,31 @@ pub struct KernelFinding {
     pub kernel: String,
     /// Shape.
     pub shape: String,
-    /// Verdict for this kernel.
+    /// Health of the GPU for this kernel.
     pub verdict: Verdict,
+    /// Bounded reason of the health verdict.
+    pub health_reason: Reason,
+    /// Baseline the event clock was judged against.
+    pub health_baseline_source: Option<BaselineSource>,
+    /// Contention for this kernel.
+    pub contention: Contention,
+    /// Bounded reason of the contention state.
+    pub contention_reason: Reason,
+    /// Baseline the wall clock was judged against.
+    pub contention_baseline_source: Option<BaselineSource>,
     /// Runs in the window.
     pub window_runs: usize,
+    /// Largest tenant count in the window.
+    pub max_tenants: Option<u32>,
     /// Window p99 of wall_ms.
     pub wall_p99_ms: Option<f64>,
     /// Window p50 of gpu_ms.
     pub gpu_p50_ms: Option<f64>,
-    /// Quiet-baseline p99 of wall_ms.
+    /// Window p50 of the event time per SM cycle (judged runs), Mcycles.
+    pub event_p50_mcycles: Option<f64>,
+    /// Its baseline, Mcycles.
+    pub event_baseline_mcycles: Option<f64>,
+    /// The wall p99 reference (SLO or quiet baseline), ms.
     pub baseline_p99_ms: Option<f64>,
     /// wall_p99_ms / baseline_p99_ms.
     pub inflation: Option<f64>,
@@ -107,7 +179,7 @@ pub struct KernelFinding {
     pub sm_clock_mhz: Option<f64>,
     /// Runs with correct = false in the window.
     pub correctness_failures: usize,
-    /// Why, one entry per finding.
+    /// Why, one entry per finding (health first, then contention).
     pub reasons: Vec<String>,
 }
 
@@ -120,8 +192,10 @@ pub struct GpuVerdict {
     pub gpu_uuid: String,
     /// Product name.
     pub gpu_name: String,
-    /// Worst verdict over kernels.
+    /// Worst health over kernels.
     pub verdict: Verdict,
+    /// Worst contention over kernels.
+    pub contention: Contention,
     /// Per kernel and shape.
     pub kernels: Vec<KernelFinding>,
 }
@@ -135,25 +209,50 @@ pub struct FleetResult {
     pub window_end: String,
     /// One entry per node and GPU.
     pub gpus: Vec<GpuVerdict>,
+    /// GPUs per health verdict.
+    pub summary: BTreeMap<String, usize>,
 }
 
 impl FleetResult {
-    /// Whether any GPU is degraded or unhealthy.
+    /// Whether any GPU is not `healthy` (`unknown` included: no data is
+    /// not healthy).
     pub fn any_not_healthy(&self) -> bool {
         self.gpus.iter().any(|g| g.verdict != Verdict::Healthy)
+    }
+
+    /// GPUs with this health verdict.
+    pub fn count(&self, v: Verdict) -> usize {
+        self.gpus.iter().filter(|g| g.verdict == v).count()
     }
 }
 
 #[derive(Default)]
 struct Unit {
     gpu_name: String,
+    precision: String,
     ts: Vec<i64>,
     wall: Vec<f64>,
     gpu: Vec<f64>,
     clk: Vec<f64>,
     correct: Vec<Option<bool>>,
     tenants: Vec<Option<u32>>,
+    inflated: Vec<Option<bool>>,
     throttle: Vec<u64>,
+}
+
+impl Unit {
+    /// Row `i` as a record, with the fields the schema's row rules read.
+    fn record(&self, i: usize) -> ProbeRecord {
+        let opt = |x: f64| (!x.is_nan()).then_some(x);
+        ProbeRecord {
+            gpu_ms: opt(self.gpu[i]),
+            wall_ms: self.wall[i],
+            sm_clock_mhz: opt(self.clk[i]).map(|c| c as u32),
+            gpu_processes: self.tenants[i],
+            event_inflated: self.inflated[i],
+            ..Default::default()
+        }
+    }
 }
 
 type UnitKey = (String, String, String, String);
@@ -174,6 +273,87 @@ fn ts_rfc3339(ns: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Judges one unit (GPU, kernel, shape) over `[start, ..]`: the schema's
+/// [`judge`] on exact quantiles.
+fn judge_unit(kernel: &str, shape: &str, u: &Unit, start: i64, a: &FleetArgs) -> KernelFinding {
+    let th = a.thresholds();
+    let idx: Vec<usize> = (0..u.ts.len()).filter(|&i| u.ts[i] >= start).collect();
+    let mut wall: Vec<f64> = idx.iter().map(|&i| u.wall[i]).collect();
+    let mut gpu: Vec<f64> = idx.iter().map(|&i| u.gpu[i]).collect();
+    let mut clk: Vec<f64> = idx.iter().map(|&i| u.clk[i]).collect();
+    let mut event: Vec<f64> = idx
+        .iter()
+        .map(|&i| u.record(i))
+        .filter(|r| event_eligible(r, &th))
+        .filter_map(|r| event_mcycles(&r))
+        .collect();
+    let fails = idx.iter().filter(|&&i| u.correct[i] == Some(false)).count();
+    let stats = WindowStats {
+        samples: idx.len() as u64,
+        wall_p99_ms: p(&mut wall, 0.99),
+        event_samples: event.len() as u64,
+        event_mcycles_p50: p(&mut event, 0.5),
+        correctness_failures: fails as u64,
+        throttle_reasons: idx.iter().fold(0u64, |acc, &i| acc | u.throttle[i]),
+        max_tenants: idx.iter().filter_map(|&i| u.tenants[i]).max(),
+    };
+    // The GPU's own quiet baseline, over all its runs in the data.
+    let quiet: Vec<usize> = (0..u.ts.len())
+        .filter(|&i| u.tenants[i] == Some(0))
+        .collect();
+    let mut learned = LearnedBaseline::default();
+    let min = a.baseline_min_samples;
+    if quiet.len() >= min {
+        let mut qw: Vec<f64> = quiet.iter().map(|&i| u.wall[i]).collect();
+        learned.wall_p50_ms = p(&mut qw, 0.5);
+        learned.wall_p99_ms = p(&mut qw, 0.99);
+        let mut qe: Vec<f64> = quiet
+            .iter()
+            .filter_map(|&i| event_mcycles(&u.record(i)))
+            .collect();
+        if qe.len() >= min {
+            learned.event_mcycles_p50 = p(&mut qe, 0.5);
+        }
+    }
+    let sku = if a.no_sku_reference {
+        None
+    } else {
+        sku_reference(Some(u.gpu_name.as_str()), kernel, shape, &u.precision)
+    };
+    let j = judge(&stats, &learned, sku, a.slo_p99_ms, &Faults::default(), &th);
+    let mut reasons = Vec::new();
+    if j.health_reason != Reason::None {
+        reasons.push(j.health_detail.clone());
+    }
+    if j.contention != Contention::Ok {
+        reasons.push(j.contention_detail.clone());
+    }
+    KernelFinding {
+        kernel: kernel.to_string(),
+        shape: shape.to_string(),
+        verdict: j.verdict,
+        health_reason: j.health_reason,
+        health_baseline_source: j.health_source,
+        contention: j.contention,
+        contention_reason: j.contention_reason,
+        contention_baseline_source: j.contention_source,
+        window_runs: idx.len(),
+        max_tenants: stats.max_tenants,
+        wall_p99_ms: stats.wall_p99_ms.filter(|_| idx.len() >= a.min_samples),
+        gpu_p50_ms: p(&mut gpu, 0.5).filter(|_| idx.len() >= a.min_samples),
+        event_p50_mcycles: stats.event_mcycles_p50,
+        event_baseline_mcycles: j.event_baseline_mcycles,
+        baseline_p99_ms: j.wall_reference_p99_ms,
+        inflation: j.inflation,
+        peer_z_wall: None,
+        peer_z_gpu: None,
+        peer_z_norm: None,
+        sm_clock_mhz: p(&mut clk, 0.5),
+        correctness_failures: fails,
+        reasons,
+    }
+}
+
 /// Runs the check. `hive` says whether the table has a `date` partition
 /// column (used to prune time ranges given in `--where`).
 pub async fn evaluate(
@@ -181,13 +361,11 @@ pub async fn evaluate(
     a: &FleetArgs,
     hive: bool,
 ) -> Result<FleetResult, ScanError> {
-    let filter = match a.filter.as_deref() {
-        Some(f) => pred::to_sql(f, hive).map_err(|e| ScanError::Consumer(e.to_string()))?,
-        None => "TRUE".into(),
-    };
+    let filter = pred::where_sql(a.filter.as_deref(), hive, a.all_runs)
+        .map_err(|e| ScanError::Consumer(e.to_string()))?;
     let sql = format!(
-        "SELECT node, gpu_uuid, gpu_name, kernel, shape, ts, wall_ms, gpu_ms, sm_clock_mhz, correct, \
-         throttle_reasons, {TENANTS_SQL} AS tenants FROM probes WHERE {filter}"
+        "SELECT node, gpu_uuid, gpu_name, kernel, shape, precision, ts, wall_ms, gpu_ms, sm_clock_mhz, correct, \
+         throttle_reasons, event_inflated, {TENANTS_SQL} AS tenants FROM probes WHERE {filter}"
     );
     let mut units: BTreeMap<UnitKey, Unit> = BTreeMap::new();
     scan::for_each_batch(ctx, &sql, None, |b| {
@@ -196,7 +374,11 @@ pub async fn evaluate(
             scan::strings(b, "gpu_uuid")?,
             scan::strings(b, "gpu_name")?,
         );
-        let (kernel, shape) = (scan::strings(b, "kernel")?, scan::strings(b, "shape")?);
+        let (kernel, shape, precision) = (
+            scan::strings(b, "kernel")?,
+            scan::strings(b, "shape")?,
+            scan::strings(b, "precision")?,
+        );
         let ts = scan::ints(b, "ts")?;
         let (wall, gpu, clk) = (
             scan::floats(b, "wall_ms")?,
@@ -204,6 +386,7 @@ pub async fn evaluate(
             scan::floats(b, "sm_clock_mhz")?,
         );
         let correct = scan::bools(b, "correct")?;
+        let inflated = scan::bools(b, "event_inflated")?;
         let thr = scan::ints(b, "throttle_reasons")?;
         let tenants = scan::u32s(b, "tenants")?;
         for i in 0..b.num_rows() {
@@ -217,12 +400,16 @@ pub async fn evaluate(
             if u.gpu_name.is_empty() {
                 u.gpu_name = name[i].clone();
             }
+            if u.precision.is_empty() {
+                u.precision = precision[i].clone();
+            }
             u.ts.push(ts[i].unwrap_or(i64::MIN));
             u.wall.push(wall[i]);
             u.gpu.push(gpu[i]);
             u.clk.push(clk[i]);
             u.correct.push(correct[i]);
             u.tenants.push(tenants[i]);
+            u.inflated.push(inflated[i]);
             u.throttle.push(thr[i].unwrap_or(0) as u64);
         }
         Ok(())
@@ -235,125 +422,29 @@ pub async fn evaluate(
         .unwrap_or(0);
     let start = newest.saturating_sub(i64::try_from(a.window.as_nanos()).unwrap_or(i64::MAX));
 
-    // Per unit: window metrics and own-baseline checks.
+    // Per unit: the schema's judgement on the window.
     struct M {
         finding: KernelFinding,
         norm_p50: Option<f64>,
-        max_tenants: Option<u32>,
         throttle: u64,
         peer_key: (String, String, String),
     }
     let mut ms: Vec<(UnitKey, M)> = Vec::new();
     for (key, u) in &units {
+        let finding = judge_unit(&key.2, &key.3, u, start, a);
         let idx: Vec<usize> = (0..u.ts.len()).filter(|&i| u.ts[i] >= start).collect();
-        let mut wall: Vec<f64> = idx.iter().map(|&i| u.wall[i]).collect();
-        let mut gpu: Vec<f64> = idx.iter().map(|&i| u.gpu[i]).collect();
-        let mut clk: Vec<f64> = idx.iter().map(|&i| u.clk[i]).collect();
         let mut norm: Vec<f64> = idx.iter().map(|&i| u.gpu[i] * u.clk[i] / 1000.0).collect();
-        let fails = idx.iter().filter(|&&i| u.correct[i] == Some(false)).count();
-        let throttle = idx.iter().fold(0u64, |acc, &i| acc | u.throttle[i]);
-        let max_tenants = idx.iter().filter_map(|&i| u.tenants[i]).max();
-        let window_runs = idx.len();
-        let enough = window_runs >= a.min_samples;
-        let wall_p99 = if enough { p(&mut wall, 0.99) } else { None };
-        let gpu_p50 = if enough { p(&mut gpu, 0.5) } else { None };
-        let norm_p50 = if enough { p(&mut norm, 0.5) } else { None };
-        // Quiet baseline over all the unit's runs.
-        let mut quiet: Vec<f64> = (0..u.ts.len())
-            .filter(|&i| u.tenants[i] == Some(0))
-            .map(|i| u.wall[i])
-            .collect();
-        if quiet.len() < a.min_samples {
-            let mut known: Vec<(u32, f64)> = (0..u.ts.len())
-                .filter_map(|i| u.tenants[i].map(|t| (t, u.wall[i])))
-                .collect();
-            known.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)));
-            let take = known.len().div_ceil(10);
-            quiet = known.into_iter().take(take).map(|x| x.1).collect();
-        }
-        let baseline = if quiet.len() >= a.min_samples {
-            p(&mut quiet, 0.99)
+        let norm_p50 = if idx.len() >= a.min_samples {
+            p(&mut norm, 0.5)
         } else {
             None
         };
-        let inflation = ratio(wall_p99, baseline);
-        let mut f = KernelFinding {
-            kernel: key.2.clone(),
-            shape: key.3.clone(),
-            verdict: Verdict::Healthy,
-            window_runs,
-            wall_p99_ms: wall_p99,
-            gpu_p50_ms: gpu_p50,
-            baseline_p99_ms: baseline,
-            inflation,
-            peer_z_wall: None,
-            peer_z_gpu: None,
-            peer_z_norm: None,
-            sm_clock_mhz: p(&mut clk, 0.5),
-            correctness_failures: fails,
-            reasons: Vec::new(),
-        };
-        let raise = |f: &mut KernelFinding, v: Verdict, why: String| {
-            f.verdict = f.verdict.max(v);
-            f.reasons.push(why);
-        };
-        if fails > 0 {
-            raise(
-                &mut f,
-                Verdict::Unhealthy,
-                format!("{fails} runs failed the correctness check"),
-            );
-        }
-        if !enough {
-            f.reasons.push(format!(
-                "only {window_runs} runs in the window (< {}): latency not judged",
-                a.min_samples
-            ));
-        }
-        if let (Some(slo), Some(w)) = (a.slo_p99_ms, wall_p99) {
-            if w > slo {
-                raise(
-                    &mut f,
-                    Verdict::Unhealthy,
-                    format!(
-                        "p99 wall {} ms exceeds the SLO of {} ms",
-                        fmt_num(w),
-                        fmt_num(slo)
-                    ),
-                );
-            }
-        }
-        if let (Some(inf), Some(w), Some(bp)) = (inflation, wall_p99, baseline) {
-            if inf >= a.max_inflation {
-                let v = if inf >= 2.0 * a.max_inflation {
-                    Verdict::Unhealthy
-                } else {
-                    Verdict::Degraded
-                };
-                let cause = match max_tenants {
-                    Some(t) if t > 0 => format!("contention: up to {t} tenants in the window"),
-                    Some(_) => "no tenants in the window".to_string(),
-                    None => "occupancy unknown".to_string(),
-                };
-                raise(
-                    &mut f,
-                    v,
-                    format!(
-                        "p99 wall {} ms is {:.1}x its quiet baseline {} ms ({cause})",
-                        fmt_num(w),
-                        inf,
-                        fmt_num(bp)
-                    ),
-                );
-            }
-        }
         ms.push((
             key.clone(),
             M {
-                finding: f,
+                finding,
                 norm_p50,
-                max_tenants,
-                throttle,
+                throttle: idx.iter().fold(0u64, |acc, &i| acc | u.throttle[i]),
                 peer_key: (u.gpu_name.clone(), key.2.clone(), key.3.clone()),
             },
         ));
@@ -400,36 +491,45 @@ pub async fn evaluate(
             if !slow_wall && !slow_gpu {
                 continue;
             }
-            let cause = if slow_gpu && !zn.is_some_and(|z| z >= thr) && zn.is_some() {
-                format!(
-                    "throttling: SM clock {} MHz vs peers' {} MHz explains the slower kernel{}",
-                    m.finding
-                        .sm_clock_mhz
-                        .map(fmt_num)
-                        .unwrap_or_else(|| "?".into()),
-                    peer_clock.map(fmt_num).unwrap_or_else(|| "?".into()),
-                    if m.throttle != 0 {
-                        format!(", throttle reasons 0x{:x}", m.throttle)
-                    } else {
-                        String::new()
-                    }
+            let f = &mut m.finding;
+            let (dimension_health, reason, cause) = if slow_gpu
+                && !zn.is_some_and(|z| z >= thr)
+                && zn.is_some()
+            {
+                (
+                    true,
+                    Reason::Throttled,
+                    format!(
+                        "throttling: SM clock {} MHz vs peers' {} MHz explains the slower kernel{}",
+                        f.sm_clock_mhz.map(fmt_num).unwrap_or_else(|| "?".into()),
+                        peer_clock.map(fmt_num).unwrap_or_else(|| "?".into()),
+                        if m.throttle != 0 {
+                            format!(", throttle reasons 0x{:x}", m.throttle)
+                        } else {
+                            String::new()
+                        }
+                    ),
                 )
             } else if slow_gpu {
-                "slow execution at normal clocks (kernel slower than peers even per clock cycle: suspect the GPU)".to_string()
+                (
+                        true,
+                        Reason::EventSlow,
+                        "slow execution at normal clocks (kernel slower than peers even per clock cycle: suspect the GPU)".to_string(),
+                    )
             } else {
-                format!(
-                    "contention: kernel time is normal but runs wait for the GPU{}",
-                    match m.max_tenants {
-                        Some(t) => format!(" (up to {t} tenants)"),
-                        None => String::new(),
-                    }
+                (
+                    false,
+                    Reason::WaitOverPeers,
+                    format!(
+                        "contention: kernel time is normal but runs wait for the GPU{}",
+                        match f.max_tenants {
+                            Some(t) => format!(" ({t} tenants)"),
+                            None => String::new(),
+                        }
+                    ),
                 )
             };
-            let w = m
-                .finding
-                .wall_p99_ms
-                .map(fmt_num)
-                .unwrap_or_else(|| "?".into());
+            let w = f.wall_p99_ms.map(fmt_num).unwrap_or_else(|| "?".into());
             let pw = peer_wall.map(fmt_num).unwrap_or_else(|| "?".into());
             let why = format!(
                 "p99 wall {w} ms vs peer median {pw} ms (z_wall {}, z_gpu {}; {} peers): {cause}",
@@ -437,8 +537,16 @@ pub async fn evaluate(
                 zg.map(|z| format!("{z:.1}")).unwrap_or_else(|| "-".into()),
                 idxs.len()
             );
-            m.finding.verdict = m.finding.verdict.max(Verdict::Degraded);
-            m.finding.reasons.push(why);
+            if dimension_health {
+                if f.verdict < Verdict::Degraded {
+                    f.verdict = Verdict::Degraded;
+                    f.health_reason = reason;
+                }
+            } else if f.contention == Contention::Ok {
+                f.contention = Contention::Contended;
+                f.contention_reason = reason;
+            }
+            f.reasons.push(why);
         }
     }
 
@@ -452,15 +560,32 @@ pub async fn evaluate(
                 gpu_uuid: key.1.clone(),
                 gpu_name: name,
                 verdict: Verdict::Healthy,
+                contention: Contention::Ok,
                 kernels: Vec::new(),
             });
         g.verdict = g.verdict.max(m.finding.verdict);
+        g.contention = g.contention.max(m.finding.contention);
         g.kernels.push(m.finding);
+    }
+    let gpus: Vec<GpuVerdict> = gpus.into_values().collect();
+    let mut summary = BTreeMap::new();
+    for v in Verdict::ALL {
+        summary.insert(
+            v.as_str().to_string(),
+            gpus.iter().filter(|g| g.verdict == v).count(),
+        );
+    }
+    for c in Contention::ALL {
+        summary.insert(
+            c.as_str().to_string(),
+            gpus.iter().filter(|g| g.contention == c).count(),
+        );
     }
     Ok(FleetResult {
         window_start: ts_rfc3339(start),
         window_end: ts_rfc3339(newest),
-        gpus: gpus.into_values().collect(),
+        gpus,
+        summary,
     })
 }
 
@@ -472,7 +597,8 @@ pub fn render(r: &FleetResult, format: Format) -> String {
     let mut t = Table::new([
         "node",
         "gpu",
-        "verdict",
+        "health",
+        "contention",
         "runs",
         "worst p99 wall ms",
         "reasons",
@@ -493,6 +619,7 @@ pub fn render(r: &FleetResult, format: Format) -> String {
             Cell::Str(g.node.clone()),
             Cell::Str(g.gpu_uuid.clone()),
             Cell::Str(g.verdict.as_str().into()),
+            Cell::Str(g.contention.as_str().into()),
             Cell::Int(runs as u64),
             Cell::Num(worst),
             Cell::Str(if reasons.is_empty() {
@@ -507,12 +634,81 @@ pub fn render(r: &FleetResult, format: Format) -> String {
         .iter()
         .filter(|g| g.verdict != Verdict::Healthy)
         .count();
+    let unknown = r.count(Verdict::Unknown);
+    let contended = r
+        .gpus
+        .iter()
+        .filter(|g| g.contention != Contention::Ok)
+        .count();
     format!(
-        "window {} .. {}\n{}\n{} of {} GPUs not healthy",
+        "window {} .. {}\n{}\n{} of {} GPUs not healthy ({} unknown: no or too few runs in the window); {} contended or over-shared (a shared GPU, not a fault)",
         r.window_start,
         r.window_end,
         t.render(Format::Table),
         bad,
-        r.gpus.len()
+        r.gpus.len(),
+        unknown,
+        contended
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(n: usize, wall: f64, gpu: f64, tenants: u32, t0: i64) -> Unit {
+        let mut u = Unit {
+            gpu_name: "NVIDIA H100 80GB HBM3".into(),
+            precision: "fp32".into(),
+            ..Default::default()
+        };
+        for i in 0..n {
+            u.ts.push(t0 + i as i64);
+            u.wall.push(wall);
+            u.gpu.push(gpu);
+            u.clk.push(1980.0);
+            u.correct.push(Some(true));
+            u.tenants.push(Some(tenants));
+            u.inflated.push(None);
+            u.throttle.push(0);
+        }
+        u
+    }
+
+    #[test]
+    fn a_gpu_with_no_runs_in_the_window_is_unknown_never_healthy() {
+        let u = unit(200, 0.1, 0.01, 0, 0);
+        let f = judge_unit(
+            "fft",
+            "c2c 1d n=4096 batch=16",
+            &u,
+            1_000,
+            &FleetArgs::default(),
+        );
+        assert_eq!(f.window_runs, 0);
+        assert_eq!(
+            (f.verdict, f.health_reason),
+            (Verdict::Unknown, Reason::NoData)
+        );
+    }
+
+    #[test]
+    fn a_shared_gpu_is_healthy_and_contended_against_the_sku_reference() {
+        let u = unit(200, 6.0, 0.007, 3, 0);
+        let f = judge_unit(
+            "fft",
+            "c2c 1d n=4096 batch=16",
+            &u,
+            0,
+            &FleetArgs::default(),
+        );
+        assert_eq!(f.verdict, Verdict::Healthy, "{:?}", f.reasons);
+        assert_eq!(f.health_baseline_source, Some(BaselineSource::Sku));
+        assert_eq!(f.contention, Contention::Contended, "{:?}", f.reasons);
+        assert!(
+            f.reasons.iter().any(|r| r.contains("3 tenants")),
+            "{:?}",
+            f.reasons
+        );
+    }
 }

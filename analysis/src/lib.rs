@@ -2,10 +2,12 @@
 //!
 //! The agent writes Hive-partitioned Parquet (`probes/date=…/node=…/part-….parquet`);
 //! this crate reads it back, from a local directory or S3, through DataFusion:
-//! [`source`] checks every file and registers the `probes` listing table,
-//! [`scan`] streams query results, and the command modules ([`report`],
-//! [`compare`], [`fleet`], [`query`], [`plot`]) turn them into tables, verdicts
-//! and charts. [`synth`] generates synthetic data for tests and benchmarks.
+//! [`source`] checks every file and registers the `probes` table (with the
+//! derived `tenants` column and the `arrivals` view) or the `health` table,
+//! [`pred`] builds each command's `WHERE` clause (arrival runs unless
+//! `--all-runs`, counted by [`runs`]), [`scan`] streams query results, and the
+//! command modules ([`report`], [`compare`], [`fleet`], [`query`], [`plot`])
+//! turn them into tables, verdicts and charts. [`synth`] generates synthetic data for tests and benchmarks.
 //! The `slicetrace` binary (`main.rs`) is a thin clap layer over these.
 
 pub mod compare;
@@ -15,6 +17,7 @@ pub mod plot;
 pub mod pred;
 pub mod query;
 pub mod report;
+pub mod runs;
 pub mod scan;
 pub mod source;
 pub mod stats;

@@ -1,6 +1,11 @@
 //! `slicetrace`: tail report, degradation compare, fleet health check, SQL and
 //! plots over the agent's probes Parquet files (local or S3), on DataFusion.
 //!
+//! `report`, `compare`, `fleet` and `plot` count arrival runs only unless
+//! `--all-runs` is given (see `slicetrace_analysis::runs`), and each says
+//! which runs it counted: a last line on stdout for tables, a line on stderr
+//! for JSON, CSV and plots.
+//!
 //! Exit codes: 0 success; 1 only from `fleet` when any GPU is degraded or
 //! unhealthy; 2 for every error (bad flags, bad SQL, missing or bad data).
 
@@ -11,13 +16,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use slicetrace_analysis::output::Format;
-use slicetrace_analysis::source::{self, OpenOptions};
+use slicetrace_analysis::runs::{self, RunCounts};
+use slicetrace_analysis::source::{self, OpenOptions, TableKind};
 use slicetrace_analysis::{compare, fleet, plot, pred, query, report, synth};
 
 /// Arguments shared by every command that reads data.
 #[derive(Debug, clap::Args)]
 struct DataArgs {
-    /// The agent's output directory (or its `probes/` child), or
+    /// The agent's output directory (or its `probes/` or `health/` child), or
     /// `s3://bucket/prefix`. S3 credentials and region come from the standard
     /// AWS_* variables.
     data: String,
@@ -25,6 +31,18 @@ struct DataArgs {
     /// is allowed for loopback endpoints.
     #[arg(long, global = true)]
     s3_endpoint: Option<String>,
+}
+
+/// Which runs a command counts.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct RunsArgs {
+    /// Count every run, burst runs included. By default only arrival runs
+    /// count: runs that began at a random moment, independent of the probe's
+    /// previous run (column `arrival`; in files written before it existed,
+    /// the first FFT run of each burst). Only they sample what a caller sees;
+    /// a burst run follows the probe's own previous run and measures its rhythm.
+    #[arg(long)]
+    all_runs: bool,
 }
 
 #[derive(Debug, Parser)]
@@ -40,7 +58,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Per-group tail-latency report.
+    /// Per-group tail-latency report (arrival runs unless --all-runs).
     ///
     /// Percentiles are exact by default: linear interpolation between the
     /// closest ranks, r = q·(n−1), identical to DuckDB `quantile_cont` and
@@ -49,32 +67,47 @@ enum Cmd {
     /// share is Σ queue_ms / Σ wall_ms over the runs whose wall_ms is at or
     /// above the group's p99 of wall_ms (runs with a null queue_ms are left
     /// out): the part of the slowest 1 % spent waiting for a time slice.
+    ///
+    /// With --table health: per group, the live verdicts the agent recorded
+    /// (evaluations per verdict, the latest verdict and its reason, the worst
+    /// window p99 and inflation).
     Report {
         #[command(flatten)]
         data: DataArgs,
-        /// SQL predicate on the probes table, e.g. "node='n3' AND kernel='fft'",
-        /// or a time range START..END (RFC 3339, END exclusive).
+        /// SQL predicate on the table, e.g. "node='n3' AND kernel='fft'" or
+        /// "tenants >= 1", or a time range START..END (RFC 3339, END exclusive).
         #[arg(long = "where")]
         filter: Option<String>,
-        /// Group-by columns, comma-separated.
-        #[arg(long, default_value = "node,gpu_uuid,kernel")]
-        by: String,
-        /// Output format.
+        /// Group-by columns, comma-separated, e.g. kernel,tenants.
+        /// [default: node,gpu_uuid,kernel,tenants; tenants is left out when
+        /// no counted run knows its tenant count; health: node,gpu_uuid,kernel]
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format: table, json or csv.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Which table to read: probes (runs) or health (the agent's live verdicts).
+        #[arg(long, value_enum, default_value_t = TableKind::Probes)]
+        table: TableKind,
+        #[command(flatten)]
+        runs: RunsArgs,
         /// Use DataFusion's approx_percentile_cont (t-digest) instead of exact
         /// percentiles: bounded memory for huge scans.
         #[arg(long)]
         approx: bool,
     },
     /// Before/after degradation table per kernel and shape, for the event
-    /// clock (gpu_ms) and the host clock (wall_ms).
+    /// clock (gpu_ms) and the host clock (wall_ms); arrival runs unless
+    /// --all-runs.
     ///
-    /// Factors are after/before. Throughput is work over time on each clock:
-    /// Σ flops / Σ clock_ms, in TFLOP/s; its change is (after/before − 1)·100 %.
-    /// With --split-by-occupancy the tenant count of a run is gpu_processes
-    /// when known, else pod_count; the baseline is 0 tenants, compared with
-    /// all rows with ≥1 tenant and then with each tenant count on its own.
+    /// Factors are after/before. "kernel TFLOP/s Δ %" is the change of the
+    /// kernel's execution rate while it holds the GPU, Σ flops / Σ gpu_ms
+    /// (event rows only): (after/before − 1)·100 %. There is no rate on the
+    /// host clock: the probe's own runs per second say nothing about what its
+    /// neighbours get. With --split-by-occupancy the sides are tenant counts
+    /// (column tenants = gpu_processes, other compute processes on the GPU):
+    /// the baseline is 0 tenants, compared with all rows with ≥1 tenant and
+    /// then with each tenant count on its own.
     Compare {
         #[command(flatten)]
         data: DataArgs,
@@ -90,32 +123,45 @@ enum Cmd {
         /// Extra predicate applied to both sides.
         #[arg(long = "where")]
         filter: Option<String>,
-        /// Output format (table or json).
+        /// Output format: table, json or csv.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        #[command(flatten)]
+        runs: RunsArgs,
     },
-    /// Fleet health check: a verdict per node and GPU; exit 1 when any GPU
-    /// is degraded or unhealthy.
+    /// Fleet health check: a verdict per node and GPU (arrival runs unless
+    /// --all-runs); exit 1 when any GPU is degraded or unhealthy.
     Fleet {
         #[command(flatten)]
         data: DataArgs,
         #[command(flatten)]
         opts: fleet::FleetArgs,
-        /// Output format (table or json).
+        /// Output format: table or json (csv is not supported here).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        #[command(flatten)]
+        runs: RunsArgs,
     },
-    /// Runs any SQL with the data registered as table `probes`.
+    /// Runs any SQL over the data. Raw: every run counts.
+    ///
+    /// Tables: `probes` (every run, with the derived column `tenants`),
+    /// `arrivals` (the arrival runs of `probes`, what the other commands
+    /// count by default) and `probe_files` (the files' own columns); with
+    /// --table health, `health`.
     Sql {
         #[command(flatten)]
         data: DataArgs,
-        /// The query, e.g. "SELECT node, count(*) FROM probes GROUP BY node".
+        /// The query, e.g. "SELECT node, count(*) FROM arrivals GROUP BY node".
         query: String,
-        /// Output format.
+        /// Output format: table, json or csv.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Which table to register: probes (runs) or health (the agent's live verdicts).
+        #[arg(long, value_enum, default_value_t = TableKind::Probes)]
+        table: TableKind,
     },
-    /// Draws a latency CDF or a rolling-p99 timeline to SVG or PNG.
+    /// Draws latency CDFs or a rolling-p99 timeline to SVG or PNG (arrival
+    /// runs unless --all-runs).
     Plot {
         #[command(flatten)]
         data: DataArgs,
@@ -128,6 +174,12 @@ enum Cmd {
         /// SQL predicate or START..END time range.
         #[arg(long = "where")]
         filter: Option<String>,
+        /// Columns whose values each get their own line, comma-separated
+        /// [default: cdf: tenants (one panel per kernel); timeline: node,gpu_uuid,kernel].
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        runs: RunsArgs,
         /// Runs per rolling-p99 window (timeline).
         #[arg(long, default_value_t = 200)]
         rolling_runs: usize,
@@ -167,6 +219,11 @@ enum Cmd {
         /// Keep every run at 0 tenants (no occupancy phases).
         #[arg(long)]
         quiet: bool,
+        /// Runs per burst: 1 (default) makes every run an arrival; N > 1
+        /// follows each arrival with N−1 burst runs (arrival = false) that,
+        /// beside tenants, wait about a full slice round.
+        #[arg(long, default_value_t = 1)]
+        burst_runs: u32,
     },
 }
 
@@ -179,18 +236,32 @@ fn emit(s: &str) -> Result<()> {
     }
 }
 
-fn filter_sql(filter: Option<&str>, hive: bool) -> Result<String> {
-    match filter {
-        Some(f) if !f.trim().is_empty() => Ok(pred::to_sql(f, hive)?),
-        _ => Ok("TRUE".to_string()),
-    }
-}
-
-async fn open(d: &DataArgs) -> Result<source::Dataset> {
+async fn open(d: &DataArgs, table: TableKind) -> Result<source::Dataset> {
     let opts = OpenOptions {
         s3_endpoint: d.s3_endpoint.clone(),
+        table,
     };
     Ok(source::open(&d.data, &opts).await?)
+}
+
+/// Counts what the command will count and refuses an empty selection with
+/// its reason (see `runs::RunCounts::check`).
+async fn counts(ds: &source::Dataset, filter: Option<&str>, all_runs: bool) -> Result<RunCounts> {
+    let user = pred::where_sql(filter, ds.hive, true)?;
+    let c = runs::count(&ds.ctx, &user, all_runs).await?;
+    c.check(&ds.location, filter)?;
+    Ok(c)
+}
+
+/// Prints `out` and says which runs were counted: as its last line for a
+/// table, on stderr for JSON and CSV (which must stay parseable).
+fn emit_with_runs(out: &str, format: Format, c: &RunCounts) -> Result<()> {
+    if format == Format::Table {
+        emit(&format!("{out}\n{}", c.describe()))
+    } else {
+        eprintln!("{}", c.describe());
+        emit(out)
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -200,21 +271,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             filter,
             by,
             format,
+            table,
+            runs,
             approx,
         } => {
-            let ds = open(&data).await?;
-            let by = pred::columns(&by)?;
-            let f = filter_sql(filter.as_deref(), ds.hive)?;
-            let total = filter.is_none().then_some(ds.total_rows);
+            let ds = open(&data, table).await?;
+            if table == TableKind::Health {
+                let by = pred::columns(by.as_deref().unwrap_or(report::HEALTH_DEFAULT_BY))?;
+                let f = pred::where_sql(filter.as_deref(), ds.hive, true)?;
+                let t = report::health(&ds.ctx, &by, &f).await?;
+                if t.rows.is_empty() {
+                    bail!(
+                        "no rows in {} match --where {}",
+                        ds.location,
+                        filter.unwrap_or_default()
+                    );
+                }
+                let note = format!("health verdicts: {} rows", ds.total_rows);
+                if format == Format::Table {
+                    emit(&format!("{}\n{note}", t.render(format)))?;
+                } else {
+                    eprintln!("{note}");
+                    emit(&t.render(format))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let c = counts(&ds, filter.as_deref(), runs.all_runs).await?;
+            let by = match by {
+                Some(b) => pred::columns(&b)?,
+                None => report::default_by(c.with_tenants > 0),
+            };
+            let f = pred::where_sql(filter.as_deref(), ds.hive, runs.all_runs)?;
             let rows = if approx {
                 report::approx(&ds.ctx, &by, &f).await?
             } else {
-                report::exact(&ds.ctx, &by, &f, total).await?
+                report::exact(&ds.ctx, &by, &f, Some(c.counted())).await?
             };
-            if rows.is_empty() {
-                bail!("no rows in {} match the filter", ds.location);
-            }
-            emit(&report::render(&rows, &by, format))?;
+            emit_with_runs(&report::render(&rows, &by, format), format, &c)?;
         }
         Cmd::Compare {
             data,
@@ -223,12 +316,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             split_by_occupancy,
             filter,
             format,
+            runs,
         } => {
-            if format == Format::Csv {
-                bail!("compare supports --format table or json");
-            }
-            let ds = open(&data).await?;
-            let common = filter_sql(filter.as_deref(), ds.hive)?;
+            let ds = open(&data, TableKind::Probes).await?;
+            let c = counts(&ds, filter.as_deref(), runs.all_runs).await?;
+            let common = pred::where_sql(filter.as_deref(), ds.hive, runs.all_runs)?;
             let blocks = if split_by_occupancy {
                 compare::split_by_occupancy(&ds.ctx, &common).await?
             } else {
@@ -250,15 +342,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .await?,
                 ]
             };
-            emit(&compare::render(&blocks, format))?;
+            emit_with_runs(&compare::render(&blocks, format), format, &c)?;
         }
-        Cmd::Fleet { data, opts, format } => {
+        Cmd::Fleet {
+            data,
+            mut opts,
+            format,
+            runs,
+        } => {
             if format == Format::Csv {
                 bail!("fleet supports --format table or json");
             }
-            let ds = open(&data).await?;
+            let ds = open(&data, TableKind::Probes).await?;
+            let c = counts(&ds, opts.filter.as_deref(), runs.all_runs).await?;
+            opts.all_runs = runs.all_runs;
             let res = fleet::evaluate(&ds.ctx, &opts, ds.hive).await?;
-            emit(&fleet::render(&res, format))?;
+            emit_with_runs(&fleet::render(&res, format), format, &c)?;
             if res.any_not_healthy() {
                 return Ok(ExitCode::from(1));
             }
@@ -267,8 +366,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             data,
             query: q,
             format,
+            table,
         } => {
-            let ds = open(&data).await?;
+            let ds = open(&data, table).await?;
             let t = query::run(&ds.ctx, &q).await?;
             emit(&t.render(format))?;
         }
@@ -277,19 +377,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             out,
             kind,
             filter,
+            by,
+            runs,
             rolling_runs,
             font,
         } => {
-            let ds = open(&data).await?;
-            let f = filter_sql(filter.as_deref(), ds.hive)?;
+            let ds = open(&data, TableKind::Probes).await?;
+            let c = counts(&ds, filter.as_deref(), runs.all_runs).await?;
+            let f = pred::where_sql(filter.as_deref(), ds.hive, runs.all_runs)?;
+            let by = by.as_deref().map(pred::columns).transpose()?;
             let opts = plot::PlotOptions {
                 out: out.clone(),
                 kind,
                 rolling_runs,
                 font,
+                by,
+                runs_note: c.short(),
             };
             plot::draw(&ds.ctx, &f, &opts).await?;
-            eprintln!("wrote {}", out.display());
+            eprintln!("wrote {}; {}", out.display(), c.describe());
         }
         Cmd::GenSynthetic {
             rows,
@@ -302,6 +408,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             throttled_node,
             faulty_node,
             quiet,
+            burst_runs,
         } => {
             if nodes == 0 {
                 bail!("--nodes must be at least 1");
@@ -316,6 +423,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 throttled_node,
                 faulty_node,
                 tenant_phases: !quiet,
+                burst_runs: burst_runs.max(1),
                 ..Default::default()
             };
             let files = tokio::task::spawn_blocking(move || synth::generate(&out, &spec))

@@ -1,13 +1,23 @@
 //! Row predicates given on the command line: a SQL `WHERE` clause, or a time
 //! range `START..END` of RFC 3339 instants (END exclusive). Group-by column
 //! lists are checked here too, because they are pasted into SQL.
+//!
+//! [`where_sql`] is the one place where a command's rows are chosen: the
+//! user's predicate and, unless `--all-runs`, the arrival rule
+//! ([`ARRIVAL_SQL`]). Every command (`report`, `compare`, `fleet`, `plot`)
+//! builds its `WHERE` clause through it, so they all count the same runs.
 
 use chrono::{DateTime, Utc};
 
-/// The tenant count of a run: `gpu_processes` (other compute processes on
-/// the GPU, as NVML sees them) when known, else `pod_count` (pods holding a
-/// replica of the GPU; the agent holds none), else unknown.
-pub const TENANTS_SQL: &str = "coalesce(gpu_processes, pod_count)";
+/// The one rule for arrival runs (runs that sample what a caller arriving at
+/// random sees), from the schema crate: the `arrival` column, or for files
+/// written before it existed, the first FFT run of each burst.
+pub use slicetrace_schema::ARRIVAL_SQL;
+
+/// The tenant count of a run (other compute processes on the GPU, as NVML
+/// sees them), from the schema crate. The table `probes` carries it as the
+/// derived column `tenants` (see [`crate::source`]).
+pub use slicetrace_schema::TENANTS_SQL;
 
 /// Errors in a predicate or column list.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +73,22 @@ pub fn to_sql(pred: &str, hive: bool) -> Result<String, PredError> {
     Ok(sql)
 }
 
+/// The `WHERE` clause of a command: `user` (SQL or a `START..END` range, see
+/// [`to_sql`]; `None` or blank for every row) and, unless `all_runs`, only
+/// arrival runs ([`ARRIVAL_SQL`]).
+pub fn where_sql(user: Option<&str>, hive: bool, all_runs: bool) -> Result<String, PredError> {
+    let user = match user {
+        Some(f) if !f.trim().is_empty() => Some(to_sql(f, hive)?),
+        _ => None,
+    };
+    Ok(match (user, all_runs) {
+        (None, true) => "TRUE".to_string(),
+        (None, false) => format!("({ARRIVAL_SQL})"),
+        (Some(u), true) => u,
+        (Some(u), false) => format!("({ARRIVAL_SQL}) AND {u}"),
+    })
+}
+
 /// Splits and checks a comma-separated column list.
 pub fn columns(list: &str) -> Result<Vec<String>, PredError> {
     let cols: Vec<String> = list
@@ -105,6 +131,24 @@ mod tests {
     fn bad_ranges_are_errors() {
         assert!(to_sql("2026-01-01T00:00:00Z..nope", true).is_err());
         assert!(to_sql("2026-01-02T00:00:00Z..2026-01-01T00:00:00Z", true).is_err());
+    }
+
+    #[test]
+    fn arrival_rule_is_added_unless_all_runs() {
+        assert_eq!(
+            where_sql(None, true, false).expect("sql"),
+            format!("({ARRIVAL_SQL})")
+        );
+        assert_eq!(where_sql(Some("  "), true, true).expect("sql"), "TRUE");
+        assert_eq!(
+            where_sql(Some("tenants >= 1"), false, false).expect("sql"),
+            format!("({ARRIVAL_SQL}) AND (tenants >= 1)")
+        );
+        assert_eq!(
+            where_sql(Some("kernel='fft'"), false, true).expect("sql"),
+            "(kernel='fft')"
+        );
+        assert!(where_sql(Some("2026-01-02T00:00:00Z..nope"), true, false).is_err());
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! `slicetrace sql`: any query over the registered `probes` table, printed
-//! through the same renderers as the other commands.
+//! `slicetrace sql`: any query over the registered tables (`probes`,
+//! `arrivals` and `probe_files`, or `health`; see [`crate::source`]), printed
+//! through the same renderers as the other commands. `sql` is raw: unlike the
+//! other commands it adds no arrival filter, and `arrivals` is there to ask
+//! for it.
 
 use arrow::array::{Array, AsArray};
 use arrow::compute::cast;

@@ -1,6 +1,10 @@
 //! `slicetrace report`: the tail-latency summary per group.
 //!
-//! Per group (default `node,gpu_uuid,kernel`): run count, throughput in runs
+//! The rows are the arrival runs unless `--all-runs` (the `WHERE` clause
+//! comes from [`crate::pred::where_sql`]). The default groups,
+//! [`default_by`], are `node,gpu_uuid,kernel,tenants`: a GPU's latency with
+//! 0, 1 or 3 tenants are different distributions, and one percentile over
+//! their mix matches none of them. Per group: run count, throughput in runs
 //! per second (`count / (max(ts) − min(ts))`), p50/p95/p99/p99.9/max of
 //! `wall_ms`, `gpu_ms` and `queue_ms`, jitter (`p99 / p50` of `wall_ms`) and
 //! the tail queue share (see [`crate::stats::tail_queue_share`]).
@@ -9,21 +13,36 @@
 //! percentiles with [`crate::stats::quantile_sorted`] (DuckDB's
 //! `quantile_cont`). `--approx` pushes everything into DataFusion's
 //! `approx_percentile_cont` (t-digest), which needs no per-group memory.
+//!
+//! [`health`] summarises the agent's `health` table instead (`--table health`).
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray};
 use datafusion::prelude::SessionContext;
 
 use crate::output::{Cell, Format, Table};
-use crate::scan::{self, ScanError};
+use crate::query;
+use crate::scan::{self, KeyColumn, KeyVal, ScanError};
 use crate::stats::{ratio, tail_queue_share, Dist};
+
+/// Default `--by` of the probes report; `tenants` only when some counted
+/// run knows its tenant count (a CPU backend without NVML never does).
+pub fn default_by(with_tenants: bool) -> Vec<String> {
+    let mut by: Vec<String> = ["node", "gpu_uuid", "kernel"].map(String::from).to_vec();
+    if with_tenants {
+        by.push("tenants".into());
+    }
+    by
+}
+
+/// Default `--by` of the health report.
+pub const HEALTH_DEFAULT_BY: &str = "node,gpu_uuid,kernel";
 
 /// One group's result.
 #[derive(Debug, Clone, Default)]
 pub struct ReportRow {
     /// Group key values, in `--by` order.
-    pub keys: Vec<String>,
+    pub keys: Vec<KeyVal>,
     /// Runs.
     pub count: u64,
     /// Runs per second over the group's time span; `None` for a zero span.
@@ -42,7 +61,7 @@ pub struct ReportRow {
 
 #[derive(Default)]
 struct Acc {
-    keys: Vec<String>,
+    keys: Vec<KeyVal>,
     count: u64,
     ts_min: i64,
     ts_max: i64,
@@ -96,11 +115,10 @@ pub async fn exact(
     let mut groups: Vec<Acc> = Vec::new();
     let mut key = String::new();
     scan::for_each_batch(ctx, &sql, total_rows, |b| {
-        let keys: Vec<_> = by
+        let keys: Vec<KeyColumn> = by
             .iter()
-            .map(|c| scan::string_array(b, c))
+            .map(|c| KeyColumn::new(b, c))
             .collect::<Result<_, _>>()?;
-        let keys: Vec<_> = keys.iter().map(|a| a.as_string::<i32>()).collect();
         let ts = scan::ints(b, "ts")?;
         let wall = scan::floats(b, "wall_ms")?;
         let gpu = scan::floats(b, "gpu_ms")?;
@@ -108,8 +126,9 @@ pub async fn exact(
         for i in 0..b.num_rows() {
             key.clear();
             for k in &keys {
-                if k.is_valid(i) {
-                    key.push_str(k.value(i));
+                match k.text(i) {
+                    Some(v) => key.push_str(v),
+                    None => key.push('\u{0}'),
                 }
                 key.push('\u{1f}');
             }
@@ -117,16 +136,7 @@ pub async fn exact(
                 Some(&g) => g,
                 None => {
                     groups.push(Acc {
-                        keys: keys
-                            .iter()
-                            .map(|k| {
-                                if k.is_valid(i) {
-                                    k.value(i).to_string()
-                                } else {
-                                    String::new()
-                                }
-                            })
-                            .collect(),
+                        keys: keys.iter().map(|k| k.get(i)).collect(),
                         ts_min: i64::MAX,
                         ts_max: i64::MIN,
                         ..Default::default()
@@ -237,9 +247,9 @@ pub async fn approx(
     );
     let mut rows = Vec::new();
     scan::for_each_batch(ctx, &sql, None, |b| {
-        let key_cols: Vec<Vec<String>> = by
+        let key_cols: Vec<KeyColumn> = by
             .iter()
-            .map(|c| scan::strings(b, c))
+            .map(|c| KeyColumn::new(b, c))
             .collect::<Result<_, _>>()?;
         let n = scan::ints(b, "n")?;
         let (t0, t1) = (scan::ints(b, "t0")?, scan::ints(b, "t1")?);
@@ -265,7 +275,7 @@ pub async fn approx(
         for i in 0..b.num_rows() {
             let count = n[i].unwrap_or(0) as u64;
             rows.push(ReportRow {
-                keys: key_cols.iter().map(|k| k[i].clone()).collect(),
+                keys: key_cols.iter().map(|k| k.get(i)).collect(),
                 count,
                 runs_per_s: match (t0[i], t1[i]) {
                     (Some(a), Some(z)) => throughput(count, a, z),
@@ -308,7 +318,13 @@ pub fn render(rows: &[ReportRow], by: &[String], format: Format) -> String {
                 let mut row: Vec<Cell> = r
                     .keys
                     .iter()
-                    .map(|k| Cell::Str(if i == 0 { k.clone() } else { String::new() }))
+                    .map(|k| {
+                        if i == 0 {
+                            k.cell()
+                        } else {
+                            Cell::Str(String::new())
+                        }
+                    })
                     .collect();
                 row.push(Cell::Str(clock.into()));
                 row.push(Cell::Int(d.n as u64));
@@ -338,7 +354,7 @@ pub fn render(rows: &[ReportRow], by: &[String], format: Format) -> String {
     h.extend(["jitter", "tail_queue_share"].map(String::from));
     let mut t = Table::new(h);
     for r in rows {
-        let mut row: Vec<Cell> = r.keys.iter().map(|k| Cell::Str(k.clone())).collect();
+        let mut row: Vec<Cell> = r.keys.iter().map(KeyVal::cell).collect();
         row.push(Cell::Int(r.count));
         row.push(Cell::Num(r.runs_per_s));
         for d in [&r.wall, &r.gpu, &r.queue] {
@@ -349,4 +365,30 @@ pub fn render(rows: &[ReportRow], by: &[String], format: Format) -> String {
         t.rows.push(row);
     }
     t.render(format)
+}
+
+/// The health report: per group of the `health` table (default
+/// [`HEALTH_DEFAULT_BY`]), how many evaluations gave each verdict, the
+/// latest verdict and its reason, and the worst window p99 and inflation.
+pub async fn health(ctx: &SessionContext, by: &[String], filter: &str) -> Result<Table, ScanError> {
+    let keys: Vec<String> = by.iter().map(|c| format!("\"{c}\"")).collect();
+    let k = keys.join(", ");
+    let (sel, tail) = if keys.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{k}, "), format!("GROUP BY {k} ORDER BY {k}"))
+    };
+    let per = |v: &str| format!("sum(CASE WHEN verdict = '{v}' THEN 1 ELSE 0 END) AS {v}");
+    let sql = format!(
+        "SELECT {sel}count(*) AS evaluations, {}, {}, {}, \
+         last_value(verdict ORDER BY ts) AS latest_verdict, max(ts) AS latest_ts, \
+         max(wall_p99_ms) AS max_wall_p99_ms, max(inflation) AS max_inflation, \
+         sum(correctness_failures) AS correctness_failures, \
+         last_value(reason ORDER BY ts) AS latest_reason \
+         FROM health WHERE {filter} {tail}",
+        per("healthy"),
+        per("degraded"),
+        per("unhealthy"),
+    );
+    query::run(ctx, &sql).await
 }

@@ -12,15 +12,30 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type};
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::output::Cell;
+
 /// Errors raised while running a query.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    /// The SQL did not plan (bad column, syntax error, bad `--where`).
-    #[error("invalid query: {sql}")]
+    /// A column named in `--where`, `--by` or the SQL does not exist. One
+    /// line: the name and its nearest valid matches, not DataFusion's list
+    /// of every field.
+    #[error("unknown column {column:?}{}", suggest(.suggestions))]
+    UnknownColumn {
+        /// The name as written.
+        column: String,
+        /// The closest valid names, best first (may be empty).
+        suggestions: Vec<String>,
+    },
+    /// The SQL did not plan (syntax error, bad `--where`). The SQL that was
+    /// sent is logged at debug level (`SLICETRACE_LOG=debug`).
+    #[error("invalid query")]
     Plan {
         /// The SQL that was sent.
         sql: String,
@@ -29,7 +44,7 @@ pub enum ScanError {
         source: datafusion::error::DataFusionError,
     },
     /// Reading or computing failed.
-    #[error("query failed while reading the probes table")]
+    #[error("query failed while reading the table")]
     Exec(#[source] datafusion::error::DataFusionError),
     /// A column of the result had an unexpected type.
     #[error("result column {0:?} is missing or has an unexpected type")]
@@ -85,6 +100,89 @@ impl Progress {
     }
 }
 
+fn suggest(names: &[String]) -> String {
+    match names {
+        [] => "; list the columns with: slicetrace sql DATA \"DESCRIBE probes\"".to_string(),
+        [one] => format!("; did you mean {one}?"),
+        more => format!("; did you mean one of {}?", more.join(", ")),
+    }
+}
+
+/// Edit distance (Levenshtein) between two names, case-insensitive.
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (
+        a.to_lowercase().chars().collect(),
+        b.to_lowercase().chars().collect(),
+    );
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Up to three names of `valid` closest to `name`: within an edit distance
+/// of a third of the name (at least 2), or containing it, or contained in it.
+pub fn nearest(name: &str, valid: &[String]) -> Vec<String> {
+    let lname = name.to_lowercase();
+    let limit = (name.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, &String)> = valid
+        .iter()
+        .filter_map(|v| {
+            let d = distance(name, v);
+            let lv = v.to_lowercase();
+            let related =
+                lv.len() >= 3 && lname.len() >= 3 && (lv.contains(&lname) || lname.contains(&lv));
+            (d <= limit || related).then_some((d, v))
+        })
+        .collect();
+    scored.sort();
+    let mut out: Vec<String> = Vec::new();
+    for (_, v) in scored {
+        if !out.contains(v) {
+            out.push(v.clone());
+        }
+        if out.len() == 3 {
+            break;
+        }
+    }
+    out
+}
+
+/// Turns a planning error into [`ScanError::UnknownColumn`] when its root
+/// cause is a field that does not exist, else into [`ScanError::Plan`].
+fn plan_error(sql: &str, source: DataFusionError) -> ScanError {
+    if let DataFusionError::SchemaError(err, _) = source.find_root() {
+        let SchemaError::FieldNotFound {
+            field,
+            valid_fields,
+        } = err.as_ref()
+        else {
+            return ScanError::Plan {
+                sql: sql.to_string(),
+                source,
+            };
+        };
+        let mut valid: Vec<String> = valid_fields.iter().map(|c| c.name.clone()).collect();
+        valid.sort();
+        valid.dedup();
+        return ScanError::UnknownColumn {
+            column: field.name.clone(),
+            suggestions: nearest(&field.name, &valid),
+        };
+    }
+    ScanError::Plan {
+        sql: sql.to_string(),
+        source,
+    }
+}
+
 /// Runs `sql` and calls `f` on every non-empty batch.
 pub async fn for_each_batch(
     ctx: &SessionContext,
@@ -93,17 +191,8 @@ pub async fn for_each_batch(
     mut f: impl FnMut(&RecordBatch) -> Result<(), ScanError>,
 ) -> Result<(), ScanError> {
     tracing::debug!(%sql, "running query");
-    let df = ctx.sql(sql).await.map_err(|source| ScanError::Plan {
-        sql: sql.to_string(),
-        source,
-    })?;
-    let mut stream = df
-        .execute_stream()
-        .await
-        .map_err(|source| ScanError::Plan {
-            sql: sql.to_string(),
-            source,
-        })?;
+    let df = ctx.sql(sql).await.map_err(|e| plan_error(sql, e))?;
+    let mut stream = df.execute_stream().await.map_err(|e| plan_error(sql, e))?;
     let mut progress = Progress::new(total_rows);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(ScanError::Exec)?;
@@ -175,6 +264,80 @@ pub fn ints(batch: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, ScanErr
         .collect())
 }
 
+/// One group-key value, typed so that numbers print as numbers (JSON) and
+/// sort numerically, and null stays null.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyVal {
+    /// Null (sorts first).
+    Null,
+    /// An integer column's value.
+    Int(i64),
+    /// Anything else, as Arrow displays it.
+    Text(String),
+}
+
+impl KeyVal {
+    /// As a table cell: numbers right-aligned, null as `-` (JSON null).
+    pub fn cell(&self) -> Cell {
+        match self {
+            KeyVal::Null => Cell::Num(None),
+            KeyVal::Int(v) => u64::try_from(*v).map_or(Cell::Num(Some(*v as f64)), Cell::Int),
+            KeyVal::Text(s) => Cell::Str(s.clone()),
+        }
+    }
+
+    /// As text for labels (`-` for null).
+    pub fn label(&self) -> String {
+        match self {
+            KeyVal::Null => "-".into(),
+            KeyVal::Int(v) => v.to_string(),
+            KeyVal::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// A group-key column of one batch, for [`KeyColumn::get`].
+pub struct KeyColumn {
+    ints: Option<arrow::array::Int64Array>,
+    text: ArrayRef,
+}
+
+impl KeyColumn {
+    /// Reads column `name` of `batch`.
+    pub fn new(batch: &RecordBatch, name: &str) -> Result<Self, ScanError> {
+        let c = batch
+            .column_by_name(name)
+            .ok_or_else(|| ScanError::Column(name.to_string()))?;
+        let ints = if c.data_type().is_integer() {
+            let a = cast(c, &DataType::Int64).map_err(|_| ScanError::Column(name.to_string()))?;
+            Some(a.as_primitive::<Int64Type>().clone())
+        } else {
+            None
+        };
+        Ok(KeyColumn {
+            ints,
+            text: col(batch, name, &DataType::Utf8)?,
+        })
+    }
+
+    /// The text of row `i` (for hashing; `None` when null).
+    pub fn text(&self, i: usize) -> Option<&str> {
+        let a = self.text.as_string::<i32>();
+        a.is_valid(i).then(|| a.value(i))
+    }
+
+    /// The typed value of row `i`.
+    pub fn get(&self, i: usize) -> KeyVal {
+        if self.text.is_null(i) {
+            return KeyVal::Null;
+        }
+        match &self.ints {
+            Some(a) => KeyVal::Int(a.value(i)),
+            None => KeyVal::Text(self.text.as_string::<i32>().value(i).to_string()),
+        }
+    }
+}
+
 /// Column `name` as optional `u32`.
 pub fn u32s(batch: &RecordBatch, name: &str) -> Result<Vec<Option<u32>>, ScanError> {
     let a = col(batch, name, &DataType::UInt32)?;
@@ -191,4 +354,32 @@ pub fn bools(batch: &RecordBatch, name: &str) -> Result<Vec<Option<bool>>, ScanE
     Ok((0..a.len())
         .map(|i| a.is_valid(i).then(|| a.value(i)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_names_come_first() {
+        let valid: Vec<String> = ["wall_ms", "gpu_ms", "queue_ms", "node", "kernel", "tenants"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(nearest("wal_ms", &valid)[0], "wall_ms");
+        assert_eq!(nearest("tenant", &valid), vec!["tenants".to_string()]);
+        assert!(nearest("zzzzzzzz", &valid).is_empty());
+        assert_eq!(distance("kernel", "KERNEL"), 0);
+    }
+
+    #[test]
+    fn unknown_column_is_one_line() {
+        let e = ScanError::UnknownColumn {
+            column: "wal_ms".into(),
+            suggestions: vec!["wall_ms".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "unknown column \"wal_ms\"; did you mean wall_ms?"
+        );
+    }
 }

@@ -1,8 +1,21 @@
 //! Where the data comes from: resolves `DATA` (a local directory or an
 //! `s3://bucket/prefix` URL, pointing at the agent's output directory or at
-//! its `probes/` subdirectory), lists the Parquet files, checks every file's
-//! footer before any query runs, and registers the files as the DataFusion
-//! listing table `probes`.
+//! its `probes/` or `health/` subdirectory), lists the Parquet files, checks
+//! every file's footer before any query runs, and registers the files with
+//! DataFusion.
+//!
+//! For the `probes` table ([`TableKind::Probes`]) the files are the listing
+//! table `probe_files`, and two views sit on top of it, so that every command
+//! and every `sql` query sees the same derived columns:
+//! * `probes`: every run, plus the derived column `tenants`
+//!   ([`slicetrace_schema::TENANTS_SQL`]);
+//! * `arrivals`: the arrival runs of `probes` ([`slicetrace_schema::ARRIVAL_SQL`]),
+//!   the runs whose latency is what a caller arriving at random sees.
+//!
+//! The listing table has the full schema of this build: a file written
+//! before a nullable column existed (`arrival`, …) reads it as null, so a
+//! directory may mix old and new files. For the `health` table
+//! ([`TableKind::Health`]) the files are registered as `health`.
 //!
 //! Checking footers first is what lets every bad file be reported by name with
 //! a clear reason (not Parquet, truncated, foreign schema, newer schema
@@ -13,6 +26,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -24,7 +38,10 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::file::metadata::ParquetMetaDataReader;
-use slicetrace_schema::{probes_schema, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
+use slicetrace_schema::{
+    health_schema, probes_schema, ARRIVAL_SQL, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY,
+    TENANTS_SQL,
+};
 use url::Url;
 
 /// Errors raised while locating, checking and registering the data.
@@ -36,9 +53,14 @@ pub enum SourceError {
     /// `DATA` is neither a directory nor an `s3://` URL.
     #[error("cannot use {0} as data: expected a directory or an s3://bucket/prefix URL")]
     BadLocation(String),
-    /// No Parquet file was found.
-    #[error("no probes Parquet files under {0} (empty table)")]
-    Empty(String),
+    /// No Parquet file (or no row) was found.
+    #[error("no {table} Parquet files under {location} (empty table)")]
+    Empty {
+        /// The table looked for.
+        table: TableKind,
+        /// Where.
+        location: String,
+    },
     /// The object store could not be built or listed.
     #[error("failed to list or read {location}")]
     Store {
@@ -63,9 +85,11 @@ pub enum SourceError {
         #[source]
         source: parquet::errors::ParquetError,
     },
-    /// The file's columns are not those of the `probes` table.
-    #[error("{file}: not a slicetrace probes file: {reason}")]
+    /// The file's columns are not those of the table.
+    #[error("{file}: not a slicetrace {table} file: {reason}")]
     ForeignSchema {
+        /// The table looked for.
+        table: TableKind,
         /// The file.
         file: String,
         /// What is wrong.
@@ -84,8 +108,10 @@ pub enum SourceError {
         supported: u32,
     },
     /// DataFusion refused the table.
-    #[error("failed to register the probes table at {location}")]
+    #[error("failed to register the {table} table at {location}")]
     Register {
+        /// The table.
+        table: TableKind,
         /// The table location.
         location: String,
         /// The cause.
@@ -93,6 +119,49 @@ pub enum SourceError {
         source: datafusion::error::DataFusionError,
     },
 }
+
+/// Which of the agent's tables to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TableKind {
+    /// One row per probe run (`DIR/probes/`).
+    #[default]
+    Probes,
+    /// One row per live health verdict (`DIR/health/`).
+    Health,
+}
+
+impl TableKind {
+    /// The table's name: its directory and its `slicetrace.table` footer key.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableKind::Probes => "probes",
+            TableKind::Health => "health",
+        }
+    }
+
+    fn schema(self) -> SchemaRef {
+        match self {
+            TableKind::Probes => probes_schema(),
+            TableKind::Health => health_schema(),
+        }
+    }
+
+    fn other(self) -> TableKind {
+        match self {
+            TableKind::Probes => TableKind::Health,
+            TableKind::Health => TableKind::Probes,
+        }
+    }
+}
+
+impl std::fmt::Display for TableKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Name of the listing table of the probe files (the raw columns).
+pub const PROBE_FILES: &str = "probe_files";
 
 /// Where the S3 endpoint comes from when none is given on the command line.
 pub const S3_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";
@@ -106,9 +175,12 @@ pub struct FileInfo {
     pub rows: u64,
 }
 
-/// A resolved, checked dataset, registered as table `probes`.
+/// A resolved, checked dataset, registered as table `probes` (with the
+/// `arrivals` view) or `health`.
 pub struct Dataset {
-    /// Human-readable location of the `probes` directory.
+    /// The table that was opened.
+    pub table: TableKind,
+    /// Human-readable location of the table's directory.
     pub location: String,
     /// Every checked file.
     pub files: Vec<FileInfo>,
@@ -116,8 +188,11 @@ pub struct Dataset {
     pub total_rows: u64,
     /// Whether the files sit in the `date=/node=` layout (partition columns).
     pub hive: bool,
-    /// The session with `probes` registered.
+    /// The session with the table registered.
     pub ctx: SessionContext,
+    /// Every column name a query can use (the table's columns, the
+    /// partition columns and, for probes, `tenants`), for suggestions.
+    pub columns: Vec<String>,
 }
 
 /// Options for opening a dataset.
@@ -125,13 +200,15 @@ pub struct Dataset {
 pub struct OpenOptions {
     /// S3 endpoint override (else `AWS_ENDPOINT_URL`, else AWS).
     pub s3_endpoint: Option<String>,
+    /// Which table to open.
+    pub table: TableKind,
 }
 
 struct Located {
     store: Arc<dyn ObjectStore>,
     /// `s3://bucket` or `file:///`
     store_url: Url,
-    /// Prefix of the probes directory inside the store.
+    /// Prefix of the table's directory inside the store.
     prefix: ObjPath,
     /// Table URL for DataFusion (ends in `/`).
     table_url: String,
@@ -173,17 +250,27 @@ async fn locate(data: &str, opts: &OpenOptions) -> Result<Located, SourceError> 
         })?;
         let store: Arc<dyn ObjectStore> = Arc::new(store);
         let base = prefix.trim_matches('/');
-        let probes = if base.is_empty() {
-            "probes".to_string()
-        } else {
-            format!("{base}/probes")
+        let join = |b: &str, t: &str| {
+            if b.is_empty() {
+                t.to_string()
+            } else {
+                format!("{b}/{t}")
+            }
         };
-        let probes_path = ObjPath::from(probes.as_str());
-        let chosen = if has_objects(store.as_ref(), &probes_path).await {
-            probes
-        } else {
-            base.to_string()
-        };
+        let own = join(base, opts.table.name());
+        // DATA may also point at the other table's directory (`…/probes`
+        // with `--table health`): then the table is its sibling.
+        let sibling = base
+            .strip_suffix(opts.table.other().name())
+            .filter(|p| p.is_empty() || p.ends_with('/'))
+            .map(|p| join(p.trim_end_matches('/'), opts.table.name()));
+        let mut chosen = base.to_string();
+        for c in std::iter::once(own).chain(sibling) {
+            if has_objects(store.as_ref(), &ObjPath::from(c.as_str())).await {
+                chosen = c;
+                break;
+            }
+        }
         let store_url = Url::parse(&format!("s3://{bucket}"))
             .map_err(|_| SourceError::BadLocation(data.to_string()))?;
         let table_url = if chosen.is_empty() {
@@ -211,8 +298,17 @@ async fn locate(data: &str, opts: &OpenOptions) -> Result<Located, SourceError> 
     }
     let path =
         std::fs::canonicalize(&path).map_err(|_| SourceError::MissingDir(data.to_string()))?;
-    let probes = path.join("probes");
-    let dir: &FsPath = if probes.is_dir() { &probes } else { &path };
+    let own = path.join(opts.table.name());
+    let sibling = (path.file_name() == Some(std::ffi::OsStr::new(opts.table.other().name())))
+        .then(|| path.parent().map(|p| p.join(opts.table.name())))
+        .flatten();
+    let dir: &FsPath = if own.is_dir() {
+        &own
+    } else if let Some(s) = sibling.as_ref().filter(|s| s.is_dir()) {
+        s
+    } else {
+        &path
+    };
     let prefix =
         ObjPath::from_absolute_path(dir).map_err(|_| SourceError::BadLocation(data.to_string()))?;
     let store_url =
@@ -226,14 +322,15 @@ async fn locate(data: &str, opts: &OpenOptions) -> Result<Located, SourceError> 
     })
 }
 
-/// Whether a listed object is a finished Parquet file of the table (not an
-/// in-progress `.tmp`, not hidden, not under `health/`).
-fn is_data_file(rel: &str) -> bool {
+/// Whether a listed object is a finished Parquet file of `table` (not an
+/// in-progress `.tmp`, not hidden, not under the other table's directory).
+fn is_data_file(rel: &str, table: TableKind) -> bool {
     if !rel.ends_with(".parquet") {
         return false;
     }
+    let other = table.other().name();
     !rel.split('/')
-        .any(|seg| seg.starts_with('.') || seg.starts_with('_') || seg == "health")
+        .any(|seg| seg.starts_with('.') || seg.starts_with('_') || seg == other)
 }
 
 fn display_name(loc: &Located, path: &ObjPath) -> String {
@@ -251,6 +348,7 @@ async fn check_file(
     path: &ObjPath,
     size: u64,
     name: &str,
+    want: TableKind,
 ) -> Result<u64, SourceError> {
     let store_err = |source| SourceError::Store {
         location: name.to_string(),
@@ -301,10 +399,16 @@ async fn check_file(
             .and_then(|e| e.value.clone())
     };
     if let Some(table) = get(TABLE_KEY) {
-        if table != "probes" {
+        if table != want.name() {
+            let hint = if table == want.other().name() {
+                format!(" (pass --table {table} to read it)")
+            } else {
+                String::new()
+            };
             return Err(SourceError::ForeignSchema {
+                table: want,
                 file: name.to_string(),
-                reason: format!("it belongs to table {table:?}, not \"probes\""),
+                reason: format!("it belongs to table {table:?}, not {:?}{hint}", want.name()),
             });
         }
     }
@@ -326,7 +430,8 @@ async fn check_file(
             file: name.to_string(),
             source,
         })?;
-    check_columns(&schema).map_err(|reason| SourceError::ForeignSchema {
+    check_columns(&schema, &want.schema()).map_err(|reason| SourceError::ForeignSchema {
+        table: want,
         file: name.to_string(),
         reason,
     })?;
@@ -336,8 +441,7 @@ async fn check_file(
 /// Every non-nullable column of the table must be present, and every column
 /// that is present must have the table's type. Missing nullable columns are
 /// fine (they read as null), as are extra columns (a newer, compatible agent).
-fn check_columns(file: &Schema) -> Result<(), String> {
-    let want = probes_schema();
+fn check_columns(file: &Schema, want: &Schema) -> Result<(), String> {
     for f in want.fields() {
         match file.field_with_name(f.name()) {
             Err(_) if !f.is_nullable() => {
@@ -366,9 +470,9 @@ fn check_columns(file: &Schema) -> Result<(), String> {
 
 /// The table schema: the file columns (without `node` when it comes from the
 /// partition path, so the name is not duplicated) followed by the partition
-/// columns that DataFusion appends.
-fn table_schema(hive: bool) -> SchemaRef {
-    let full = probes_schema();
+/// columns that DataFusion appends. Columns a file lacks read as null.
+fn table_schema(table: TableKind, hive: bool) -> SchemaRef {
+    let full = table.schema();
     if !hive {
         return full;
     }
@@ -386,9 +490,11 @@ fn hive_layout(rel_dirs: &str) -> bool {
     segs.len() >= 2 && segs[0].starts_with("date=") && segs[1].starts_with("node=")
 }
 
-/// Opens `data`, checks every file, and returns a session with `probes`
-/// registered. `target_partitions` follows the machine's cores.
+/// Opens `data`, checks every file, and returns a session with the table
+/// registered (see the module docs). `target_partitions` follows the
+/// machine's cores.
 pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError> {
+    let table = opts.table;
     let loc = locate(data, opts).await?;
     let listed: Vec<object_store::ObjectMeta> = loc
         .store
@@ -410,7 +516,7 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
             .map(|p| p.as_ref().to_string())
             .collect();
         let rel = rel.join("/");
-        if !is_data_file(&rel) {
+        if !is_data_file(&rel, table) {
             tracing::debug!(file = %m.location, "skipping non-data file");
             continue;
         }
@@ -418,8 +524,12 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
         hive &= hive_layout(dirs);
         candidates.push(m);
     }
+    let empty = || SourceError::Empty {
+        table,
+        location: loc.display.clone(),
+    };
     if candidates.is_empty() {
-        return Err(SourceError::Empty(loc.display.clone()));
+        return Err(empty());
     }
     candidates.sort_by(|a, b| a.location.cmp(&b.location));
     let store = loc.store.clone();
@@ -427,7 +537,7 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
         let store = store.clone();
         let name = display_name(&loc, &m.location);
         async move {
-            let rows = check_file(store.as_ref(), &m.location, m.size, &name).await?;
+            let rows = check_file(store.as_ref(), &m.location, m.size, &name, table).await?;
             Ok::<FileInfo, SourceError>(FileInfo { name, rows })
         }
     }))
@@ -436,17 +546,35 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
     .await?;
     let total_rows: u64 = checked.iter().map(|f| f.rows).sum();
     if total_rows == 0 {
-        return Err(SourceError::Empty(loc.display.clone()));
+        return Err(empty());
     }
 
-    let cfg = SessionConfig::new().with_information_schema(true);
+    // A partitioned table may hold files below `date=/node=` (all checked
+    // above); DataFusion skips subdirectories unless told not to.
+    let cfg = SessionConfig::new().with_information_schema(true).set_bool(
+        "datafusion.execution.listing_table_ignore_subdirectory",
+        false,
+    );
     let ctx = SessionContext::new_with_config(cfg);
     ctx.register_object_store(&loc.store_url, loc.store.clone());
     let register_err = |source| SourceError::Register {
+        table,
         location: loc.display.clone(),
         source,
     };
-    let url = ListingTableUrl::parse(&loc.table_url).map_err(register_err)?;
+    // In the `date=/node=` layout the directory is the table (partition
+    // columns, pruning); otherwise the table is exactly the checked files, so
+    // that nothing the checks skipped (a `health/` beside the data, hidden
+    // files) is read.
+    let urls = if hive {
+        vec![ListingTableUrl::parse(&loc.table_url).map_err(register_err)?]
+    } else {
+        checked
+            .iter()
+            .map(|f| ListingTableUrl::parse(&f.name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(register_err)?
+    };
     let partition_cols = if hive {
         vec![
             ("date".to_string(), DataType::Utf8),
@@ -458,24 +586,46 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(partition_cols);
-    let config = ListingTableConfig::new(url)
+    let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
-        .with_schema(table_schema(hive));
-    let table = ListingTable::try_new(config).map_err(register_err)?;
-    ctx.register_table("probes", Arc::new(table))
-        .map_err(register_err)?;
+        .with_schema(table_schema(table, hive));
+    let listing = ListingTable::try_new(config).map_err(register_err)?;
+    let schema = listing.schema();
+    let mut columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    match table {
+        TableKind::Probes => {
+            ctx.register_table(PROBE_FILES, Arc::new(listing))
+                .map_err(register_err)?;
+            for view in [
+                format!(
+                    "CREATE VIEW probes AS SELECT *, {TENANTS_SQL} AS tenants FROM {PROBE_FILES}"
+                ),
+                format!("CREATE VIEW arrivals AS SELECT * FROM probes WHERE {ARRIVAL_SQL}"),
+            ] {
+                ctx.sql(&view).await.map_err(register_err)?;
+            }
+            columns.push("tenants".into());
+        }
+        TableKind::Health => {
+            ctx.register_table("health", Arc::new(listing))
+                .map_err(register_err)?;
+        }
+    }
     tracing::debug!(
+        %table,
         files = checked.len(),
         rows = total_rows,
         hive,
-        "registered probes table"
+        "registered table"
     );
     Ok(Dataset {
+        table,
         location: loc.display,
         files: checked,
         total_rows,
         hive,
         ctx,
+        columns,
     })
 }
 
@@ -485,11 +635,18 @@ mod tests {
 
     #[test]
     fn tmp_hidden_and_health_files_are_not_data() {
-        assert!(is_data_file("date=2026-01-01/node=a/part-1-x.parquet"));
-        assert!(!is_data_file("date=2026-01-01/node=a/part-1-x.parquet.tmp"));
-        assert!(!is_data_file("date=2026-01-01/node=a/.part.parquet"));
-        assert!(!is_data_file("health/date=2026-01-01/node=a/p.parquet"));
-        assert!(!is_data_file("README.md"));
+        let p = TableKind::Probes;
+        assert!(is_data_file("date=2026-01-01/node=a/part-1-x.parquet", p));
+        assert!(!is_data_file(
+            "date=2026-01-01/node=a/part-1-x.parquet.tmp",
+            p
+        ));
+        assert!(!is_data_file("date=2026-01-01/node=a/.part.parquet", p));
+        assert!(!is_data_file("health/date=2026-01-01/node=a/p.parquet", p));
+        assert!(!is_data_file("README.md", p));
+        let h = TableKind::Health;
+        assert!(is_data_file("date=2026-01-01/node=a/p.parquet", h));
+        assert!(!is_data_file("probes/date=2026-01-01/node=a/p.parquet", h));
     }
 
     #[test]

@@ -145,13 +145,17 @@ pub fn median_mad(v: &[f64]) -> Option<(f64, f64)> {
 /// waiting for a time slice rather than executing".
 pub fn tail_queue_share(pairs: &[(f64, f64)], wall_p99: Option<f64>) -> Option<f64> {
     let p = wall_p99?;
-    let (mut q, mut w) = (0.0, 0.0);
-    for &(wall, queue) in pairs {
-        if wall >= p && !queue.is_nan() {
-            q += queue;
-            w += wall;
-        }
-    }
+    // Summed in sorted order, so the result does not depend on the order in
+    // which the scan delivered the rows (local and S3 reads agree to the bit).
+    let mut tail: Vec<(f64, f64)> = pairs
+        .iter()
+        .copied()
+        .filter(|&(wall, queue)| wall >= p && !queue.is_nan())
+        .collect();
+    tail.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let (q, w) = tail
+        .iter()
+        .fold((0.0, 0.0), |(q, w), &(wall, queue)| (q + queue, w + wall));
     (w > 0.0).then(|| q / w)
 }
 

@@ -10,6 +10,13 @@
 //! probability `k/(k+1)` (a random arrival into a round of 2 ms time slices).
 //! Occupancy cycles through 0, 1 and 3 tenants in equal time phases when
 //! `tenant_phases` is on.
+//!
+//! By default every run is an arrival (`arrival = true`, `burst_seq = 0`),
+//! as in the agent's Poisson mode, and kernels alternate. With
+//! `burst_runs = N > 1` the runs come in bursts of N per kernel (an FFT burst,
+//! then a GEMM burst): the first run of a burst is an arrival, the others
+//! (`arrival = false`) follow the probe's own previous run and, beside
+//! tenants, wait about a full round of slices (`2k` ms), as the H100 showed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -74,6 +81,8 @@ pub struct SynthSpec {
     pub slow_factor: f64,
     /// Rows per Parquet file at most.
     pub rows_per_file: usize,
+    /// Runs per burst (at least 1; 1 makes every run an arrival).
+    pub burst_runs: u32,
 }
 
 impl Default for SynthSpec {
@@ -91,6 +100,7 @@ impl Default for SynthSpec {
             faulty_node: None,
             slow_factor: 1.6,
             rows_per_file: 200_000,
+            burst_runs: 1,
         }
     }
 }
@@ -126,7 +136,10 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
     let mut out = Vec::with_capacity(rows as usize);
     for i in 0..rows {
         let ts_ns = spec.start_ns + i as i64 * step + rng.random_range(0..step.max(1) / 2 + 1);
-        let gemm = i % 2 == 1;
+        let burst = u64::from(spec.burst_runs.max(1));
+        let seq = i % burst;
+        let arrival = seq == 0;
+        let gemm = (i / burst) % 2 == 1;
         let (kernel, shape, base_ms, flops) = if gemm {
             ("gemm", "n=1024", 0.40, 2.0 * 1024f64.powi(3))
         } else {
@@ -153,7 +166,10 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
             gpu_ms *= spec.slow_factor;
         }
         let mut queue_ms = 0.01 * (0.3 * normal(&mut rng)).exp();
-        if tenants > 0 && rng.random::<f64>() < f64::from(tenants) / f64::from(tenants + 1) {
+        if tenants > 0 && !arrival {
+            // Right after its own run the probe waits for the whole round.
+            queue_ms += (0.9 + 0.1 * rng.random::<f64>()) * 2.0 * f64::from(tenants);
+        } else if tenants > 0 && rng.random::<f64>() < f64::from(tenants) / f64::from(tenants + 1) {
             queue_ms += rng.random::<f64>() * 2.0 * f64::from(tenants);
         }
         let wall_ms = gpu_ms + queue_ms;
@@ -169,8 +185,9 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
             shape: shape.into(),
             precision: "fp32".into(),
             flops,
-            cycle: i / 8,
-            burst_seq: (i % 8) as u32,
+            cycle: i / (2 * burst),
+            burst_seq: seq as u32,
+            arrival: Some(arrival),
             gpu_ms: Some(gpu_ms),
             wall_ms,
             queue_ms: Some(queue_ms),
@@ -271,6 +288,39 @@ pub fn write_file(path: &Path, rows: &[ProbeRecord]) -> Result<(), SynthError> {
         w.write(&batch.slice(off, len)).map_err(pq)?;
         off += len;
     }
+    w.close().map_err(pq)?;
+    Ok(())
+}
+
+/// The columns a schema-version-1 file written before the arrival work
+/// lacks (`arrival`, `arrival_gap_ms`, `event_inflated`, `contention`).
+pub const LATER_COLUMNS: [&str; 4] = ["arrival", "arrival_gap_ms", "event_inflated", "contention"];
+
+/// Writes one Parquet file of `rows` without the columns in `drop`, as an
+/// older agent wrote them (for tests of mixed directories).
+pub fn write_file_without(
+    path: &Path,
+    rows: &[ProbeRecord],
+    drop: &[&str],
+) -> Result<(), SynthError> {
+    let name = path.display().to_string();
+    let batch = probes_batch(rows).map_err(SynthError::Schema)?;
+    let keep: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| !drop.contains(&batch.schema().field(i).name().as_str()))
+        .collect();
+    let batch = batch
+        .project(&keep)
+        .map_err(|e| SynthError::Schema(slicetrace_schema::SchemaError::Arrow(e)))?;
+    let file = fs::File::create(path).map_err(|source| SynthError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let pq = |source| SynthError::Parquet {
+        path: name.clone(),
+        source,
+    };
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
+    w.write(&batch).map_err(pq)?;
     w.close().map_err(pq)?;
     Ok(())
 }

@@ -114,7 +114,7 @@ import duckdb, json, sys
 root, where, by = sys.argv[1], sys.argv[2], sys.argv[3]
 keys = by.split(',')
 k = ', '.join(keys)
-src = f"read_parquet('{root}/probes/**/*.parquet', hive_partitioning=false)"
+src = f"(SELECT *, gpu_processes AS tenants FROM read_parquet('{root}/probes/**/*.parquet', hive_partitioning=false, union_by_name=true))"
 qs = [('p50', 0.5), ('p95', 0.95), ('p99', 0.99), ('p99_9', 0.999)]
 aggs = ['count(*) AS count', '(epoch_ns(max(ts)) - epoch_ns(min(ts))) / 1e9 AS span_s']
 for c in ['wall', 'gpu', 'queue']:
@@ -142,7 +142,10 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
 }
 
-fn compare_with_duckdb(dir: &Path, filter: &str, by: &str, py: &Path) {
+/// Compares `report` with DuckDB over the same rows: arrival runs (by
+/// `slicetrace_schema::ARRIVAL_SQL`) unless `all_runs`. Returns the runs
+/// line the CLI printed on stderr.
+fn compare_with_duckdb(dir: &Path, filter: &str, by: &str, py: &Path, all_runs: bool) -> String {
     let mut args = vec![
         "report",
         dir.to_str().unwrap(),
@@ -154,11 +157,20 @@ fn compare_with_duckdb(dir: &Path, filter: &str, by: &str, py: &Path) {
     if filter != "TRUE" {
         args.extend(["--where", filter]);
     }
-    let ours = json(&slicetrace(&args));
+    if all_runs {
+        args.push("--all-runs");
+    }
+    let out = slicetrace(&args);
+    let ours = json(&out);
+    let duck_filter = if all_runs {
+        filter.to_string()
+    } else {
+        format!("({}) AND ({filter})", slicetrace_schema::ARRIVAL_SQL)
+    };
     let theirs: Value = serde_json::from_str(&run_python(
         py,
         DUCKDB_REPORT,
-        &[dir.to_str().unwrap(), filter, by],
+        &[dir.to_str().unwrap(), &duck_filter, by],
     ))
     .unwrap();
     let (ours, theirs) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
@@ -186,6 +198,7 @@ fn compare_with_duckdb(dir: &Path, filter: &str, by: &str, py: &Path) {
         }
     }
     assert!(checked >= ours.len() * 19, "only {checked} values compared");
+    stderr(&out)
 }
 
 #[test]
@@ -193,14 +206,16 @@ fn report_percentiles_equal_duckdb_quantile_cont() {
     let Some(py) = python("duckdb") else { return };
     let tmp = tempfile::tempdir().unwrap();
     golden(tmp.path());
-    compare_with_duckdb(tmp.path(), "TRUE", "node,gpu_uuid,kernel", &py);
+    compare_with_duckdb(tmp.path(), "TRUE", "node,gpu_uuid,kernel", &py, false);
     compare_with_duckdb(
         tmp.path(),
         "kernel = 'fft' AND coalesce(gpu_processes, 0) > 0",
         "node,kernel",
         &py,
+        false,
     );
-    compare_with_duckdb(tmp.path(), "TRUE", "kernel,shape", &py);
+    compare_with_duckdb(tmp.path(), "TRUE", "kernel,shape", &py, false);
+    compare_with_duckdb(tmp.path(), "tenants >= 1", "kernel,tenants", &py, false);
 }
 
 #[test]
@@ -477,7 +492,8 @@ fn fleet_tells_throttling_from_contention_and_faults() {
             .find(|b| b.0 == n)
             .unwrap_or_else(|| panic!("{n} not flagged: {bad:?}"))
     };
-    assert_eq!(bad.len(), 3, "{bad:?}");
+    // Contention is not a broken GPU: node-15 is healthy and contended.
+    assert_eq!(bad.len(), 2, "{bad:?}");
     assert!(
         find("node-12").2.contains("throttling"),
         "{:?}",
@@ -485,12 +501,21 @@ fn fleet_tells_throttling_from_contention_and_faults() {
     );
     assert_eq!(find("node-03").1, "unhealthy");
     assert!(find("node-03").2.contains("correctness"));
-    assert!(
-        find("node-15").2.contains("contention"),
-        "{:?}",
-        find("node-15")
-    );
-    // An SLO below everyone's p99 makes every GPU unhealthy.
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gpu = |v: &Value, n: &str| {
+        v["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["node"] == n)
+            .cloned()
+            .unwrap()
+    };
+    let n15 = gpu(&v, "node-15");
+    assert_eq!(n15["verdict"], "healthy", "{n15}");
+    assert_eq!(n15["contention"], "contended", "{n15}");
+    assert!(n15.to_string().contains("contention"), "{n15}");
+    // An SLO below everyone's p99 makes every GPU over-shared, none unhealthy.
     let o = slicetrace(&[
         "fleet",
         tmp.path().to_str().unwrap(),
@@ -500,10 +525,13 @@ fn fleet_tells_throttling_from_contention_and_faults() {
         "0.01",
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(
-        not_healthy(&serde_json::from_slice(&o.stdout).unwrap()).len(),
-        20
-    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(not_healthy(&v).len(), 2);
+    assert!(v["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["contention"] == "over-shared"));
 }
 
 fn one_good_file(dir: &Path) -> PathBuf {
@@ -861,4 +889,552 @@ fn records_round_trip_through_the_cli() {
     assert!(close(r["runs_per_s"].as_f64().unwrap(), 5.0 / 4.0));
     // Only the run at 5 ms is at or above p99 = 4.96: 4.5 / 5.
     assert!(close(r["tail_queue_share"].as_f64().unwrap(), 0.9));
+}
+
+/// A directory that mixes files an older agent wrote (no `arrival` column:
+/// the first FFT run of a burst stands in) with new files (bursts of 4,
+/// `arrival` set on the first run of each kernel's burst), on two nodes.
+fn mixed_old_new(dir: &Path) -> (u64, u64) {
+    let old = SynthSpec {
+        rows: 1_600,
+        nodes: 1,
+        span_secs: 6 * 3600,
+        burst_runs: 8,
+        seed: 3,
+        ..Default::default()
+    };
+    let new = SynthSpec {
+        burst_runs: 4,
+        start_ns: old.start_ns + 6 * 3_600_000_000_000,
+        ..old.clone()
+    };
+    let (mut rows, mut arrivals) = (0, 0);
+    for n in 0..2 {
+        let before = synth::node_rows(&old, n, old.rows);
+        let after = synth::node_rows(&new, n, new.rows);
+        rows += (before.len() + after.len()) as u64;
+        arrivals += before
+            .iter()
+            .filter(|r| r.burst_seq == 0 && r.kernel == "fft")
+            .count() as u64;
+        arrivals += after.iter().filter(|r| r.arrival == Some(true)).count() as u64;
+        let d = dir.join(format!(
+            "probes/date=2026-01-01/node={}",
+            synth::node_name(n)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        synth::write_file_without(
+            &d.join("part-1-old.parquet"),
+            &before,
+            &synth::LATER_COLUMNS,
+        )
+        .unwrap();
+        synth::write_file(&d.join("part-2-new.parquet"), &after).unwrap();
+    }
+    (rows, arrivals)
+}
+
+fn runs_line(e: &str) -> &str {
+    e.lines()
+        .find(|l| l.starts_with("runs: "))
+        .unwrap_or_else(|| panic!("no runs line in {e}"))
+}
+
+#[test]
+fn arrival_runs_of_mixed_old_and_new_files_equal_duckdb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rows, arrivals) = mixed_old_new(tmp.path());
+    // Old files: 1/16 of the runs are arrivals (first FFT of a burst of 8);
+    // new files: 1/4 (first run of each kernel's burst of 4).
+    assert_eq!(rows, 6_400);
+    assert_eq!(arrivals, 2 * (100 + 400));
+    let d = tmp.path().to_str().unwrap();
+    let v = json(&slicetrace(&[
+        "report", d, "--by", "kernel", "--format", "json",
+    ]));
+    let by_kernel: Vec<(String, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kernel"].as_str().unwrap().to_string(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // GEMM arrivals come only from the new files.
+    assert_eq!(
+        by_kernel,
+        [("fft".to_string(), 200 + 400), ("gemm".to_string(), 400)]
+    );
+    let all = json(&slicetrace(&[
+        "report",
+        d,
+        "--by",
+        "kernel",
+        "--format",
+        "json",
+        "--all-runs",
+    ]));
+    let total: u64 = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, rows);
+    // The table form says which runs it counted, as its last line.
+    let t = slicetrace(&["report", d]);
+    assert_eq!(t.status.code(), Some(0), "{}", stderr(&t));
+    assert_eq!(
+        stdout(&t).trim_end().lines().last().unwrap(),
+        format!(
+            "runs: arrivals only ({arrivals} of {rows} rows); --all-runs to include burst runs"
+        )
+    );
+    // Default groups split tenant phases.
+    assert!(stdout(&t).contains("tenants"), "{}", stdout(&t));
+
+    let Some(py) = python("duckdb") else { return };
+    let e = compare_with_duckdb(tmp.path(), "TRUE", "node,kernel,tenants", &py, false);
+    assert!(
+        runs_line(&e).contains(&format!("({arrivals} of {rows} rows)")),
+        "{e}"
+    );
+    compare_with_duckdb(tmp.path(), "tenants >= 1", "kernel,tenants", &py, false);
+    let e = compare_with_duckdb(tmp.path(), "TRUE", "node,kernel,tenants", &py, true);
+    assert!(runs_line(&e).contains("all, burst runs included"), "{e}");
+    // The counts agree with DuckDB's reading of the same rule.
+    let counts = run_python(
+        &py,
+        &format!(
+            "import duckdb, sys\n\
+             print(*duckdb.sql(\"SELECT count(*), sum(CASE WHEN {} THEN 1 ELSE 0 END) FROM \
+             read_parquet('\" + sys.argv[1] + \"/probes/**/*.parquet', union_by_name=true)\").fetchall()[0])",
+            slicetrace_schema::ARRIVAL_SQL.replace('\'', "\\'")
+        ),
+        &[d],
+    );
+    assert_eq!(counts.trim(), format!("{rows} {arrivals}"));
+}
+
+#[test]
+fn burst_runs_wait_longer_than_arrivals_beside_tenants() {
+    // What --all-runs is for: the same data, read with and without bursts.
+    let tmp = tempfile::tempdir().unwrap();
+    mixed_old_new(tmp.path());
+    let d = tmp.path().to_str().unwrap();
+    let p50 = |extra: &[&str]| {
+        let mut a = vec![
+            "report",
+            d,
+            "--by",
+            "kernel",
+            "--where",
+            "tenants = 3",
+            "--format",
+            "json",
+        ];
+        a.extend(extra);
+        let v = json(&slicetrace(&a));
+        v[1]["wall_p50_ms"].as_f64().unwrap()
+    };
+    let (arr, all) = (p50(&[]), p50(&["--all-runs"]));
+    assert!(all > arr * 1.5, "burst p50 {all} vs arrival p50 {arr}");
+}
+
+#[test]
+fn tenants_is_a_column_of_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    golden(tmp.path());
+    let d = tmp.path().to_str().unwrap();
+    let v = json(&slicetrace(&[
+        "report",
+        d,
+        "--by",
+        "kernel,tenants",
+        "--where",
+        "tenants >= 1",
+        "--format",
+        "json",
+    ]));
+    let keys: Vec<(String, Value)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kernel"].as_str().unwrap().to_string(),
+                r["tenants"].clone(),
+            )
+        })
+        .collect();
+    // Numbers stay numbers, in numeric order.
+    assert_eq!(
+        keys,
+        [
+            ("fft".to_string(), serde_json::json!(1)),
+            ("fft".to_string(), serde_json::json!(3)),
+            ("gemm".to_string(), serde_json::json!(1)),
+            ("gemm".to_string(), serde_json::json!(3)),
+        ]
+    );
+    let n: u64 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    let sql = json(&slicetrace(&[
+        "sql",
+        d,
+        "SELECT count(*) AS n FROM arrivals WHERE tenants = gpu_processes AND tenants >= 1",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(sql[0]["n"].as_u64(), Some(n));
+    // The default report groups by tenants when the data knows them...
+    let t = stdout(&slicetrace(&["report", d, "--format", "csv"]));
+    assert!(t.starts_with("node,gpu_uuid,kernel,tenants,count"), "{t}");
+    // ...and compare and plot take it too.
+    let o = slicetrace(&[
+        "compare",
+        d,
+        "--baseline",
+        "tenants = 0",
+        "--against",
+        "tenants = 3",
+        "--format",
+        "json",
+    ]);
+    let blocks = json(&o);
+    let rows = blocks[0]["rows"].as_array().unwrap();
+    for r in rows {
+        let wall = r["clock"] == "wall (host)";
+        // No rate on the host clock: the probe's own runs per second are no
+        // one's throughput.
+        assert_eq!(r["throughput_change_pct"].is_null(), wall, "{r}");
+    }
+    let svg = tmp.path().join("t.svg");
+    let o = slicetrace(&[
+        "plot",
+        d,
+        "--out",
+        svg.to_str().unwrap(),
+        "--kind",
+        "timeline",
+        "--by",
+        "kernel,tenants",
+        "--where",
+        "node = 'node-00'",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("runs: arrivals only"), "{}", stderr(&o));
+}
+
+#[test]
+fn report_without_tenant_counts_groups_without_tenants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("probes/date=2026-03-01/node=n3");
+    std::fs::create_dir_all(&d).unwrap();
+    let rows: Vec<ProbeRecord> = (0..4)
+        .map(|i| ProbeRecord {
+            ts_ns: 1_772_323_200_000_000_000 + i * 1_000_000_000,
+            node: "n3".into(),
+            gpu_uuid: "CPU-0".into(),
+            backend: "cpu".into(),
+            kernel: "gemm".into(),
+            shape: "s".into(),
+            precision: "fp32".into(),
+            wall_ms: 1.0,
+            arrival: Some(true),
+            ..Default::default()
+        })
+        .collect();
+    synth::write_file(&d.join("part-1-a.parquet"), &rows).unwrap();
+    let csv = stdout(&slicetrace(&[
+        "report",
+        tmp.path().to_str().unwrap(),
+        "--format",
+        "csv",
+    ]));
+    assert!(csv.starts_with("node,gpu_uuid,kernel,count"), "{csv}");
+}
+
+#[test]
+fn an_unknown_column_is_one_line_with_the_nearest_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    one_good_file(tmp.path());
+    let d = tmp.path().to_str().unwrap();
+    for (args, name, near) in [
+        (
+            vec!["report", d, "--where", "wal_ms > 1"],
+            "wal_ms",
+            "wall_ms",
+        ),
+        (
+            vec!["report", d, "--by", "kernel,tenant"],
+            "tenant",
+            "tenants",
+        ),
+        (
+            vec!["compare", d, "--split-by-occupancy", "--where", "nod = 'x'"],
+            "nod",
+            "node",
+        ),
+        (
+            vec!["plot", d, "--out", "/tmp/never.svg", "--by", "kernal"],
+            "kernal",
+            "kernel",
+        ),
+        (
+            vec!["sql", d, "SELECT gpu_uid FROM probes"],
+            "gpu_uid",
+            "gpu_uuid",
+        ),
+    ] {
+        let o = slicetrace(&args);
+        assert_error(&o, &[&format!("unknown column \"{name}\""), near]);
+        let e = stderr(&o);
+        assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
+        assert!(!e.contains("SELECT") || args[0] == "sql", "{e}");
+        assert!(!e.contains("Valid fields"), "{e}");
+    }
+}
+
+#[test]
+fn a_wrong_directory_says_what_is_missing_not_that_a_filter_matched_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = tmp.path().join("not-the-data");
+    std::fs::create_dir_all(wrong.join("logs")).unwrap();
+    std::fs::write(wrong.join("logs/agent.log"), "hello\n").unwrap();
+    let o = slicetrace(&["report", wrong.to_str().unwrap()]);
+    assert_error(&o, &["no probes Parquet files under", "not-the-data"]);
+    assert!(!stderr(&o).contains("match"), "{}", stderr(&o));
+    // Files only an older agent's burst runs: no arrivals, and the error
+    // says so and names --all-runs.
+    let bursts = tmp.path().join("bursts");
+    let d = bursts.join("probes/date=2026-01-01/node=node-00");
+    std::fs::create_dir_all(&d).unwrap();
+    let rows: Vec<ProbeRecord> = synth::node_rows(
+        &SynthSpec {
+            rows: 50,
+            nodes: 1,
+            ..Default::default()
+        },
+        0,
+        50,
+    )
+    .into_iter()
+    .map(|r| ProbeRecord { burst_seq: 3, ..r })
+    .collect();
+    synth::write_file_without(&d.join("part-1.parquet"), &rows, &synth::LATER_COLUMNS).unwrap();
+    let b = bursts.to_str().unwrap();
+    let o = slicetrace(&["report", b]);
+    assert_error(
+        &o,
+        &["none of the 50 runs", "is an arrival run", "--all-runs"],
+    );
+    assert!(!stderr(&o).contains("match"), "{}", stderr(&o));
+    let o = slicetrace(&[
+        "report",
+        b,
+        "--all-runs",
+        "--by",
+        "kernel",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(json(&o).as_array().unwrap().len(), 2);
+    // A filter that keeps nothing says so, with the filter.
+    let o = slicetrace(&["report", b, "--where", "node = 'nope'"]);
+    assert_error(&o, &["no rows in", "match --where node = 'nope'"]);
+    // A directory of non-Parquet subdirectories beside real data still reads
+    // only the data: files outside the date=/node= layout are read too.
+    let flat = tmp.path().join("flat");
+    std::fs::create_dir_all(flat.join("a/b")).unwrap();
+    std::fs::create_dir_all(flat.join("health")).unwrap();
+    std::fs::write(flat.join("health/h.parquet"), "not parquet").unwrap();
+    let spec = SynthSpec {
+        rows: 30,
+        nodes: 1,
+        ..Default::default()
+    };
+    synth::write_file(&flat.join("a/b/x.parquet"), &synth::node_rows(&spec, 0, 30)).unwrap();
+    synth::write_file(&flat.join("y.parquet"), &synth::node_rows(&spec, 0, 30)).unwrap();
+    let v = json(&slicetrace(&[
+        "sql",
+        flat.to_str().unwrap(),
+        "SELECT count(*) AS n FROM probes",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(v[0]["n"], 60);
+}
+
+fn health_rows(node: &str, n: usize) -> Vec<slicetrace_schema::HealthRecord> {
+    (0..n)
+        .map(|i| slicetrace_schema::HealthRecord {
+            ts_ns: 1_767_225_600_000_000_000 + i as i64 * 60_000_000_000,
+            node: node.into(),
+            gpu_uuid: "GPU-0".into(),
+            kernel: if i % 2 == 0 { "fft" } else { "gemm" }.into(),
+            verdict: if i >= n - 2 { "degraded" } else { "healthy" }.into(),
+            reason: format!("evaluation {i}"),
+            window_secs: 300,
+            samples: 100,
+            wall_p50_ms: Some(0.1),
+            wall_p99_ms: Some(0.2 + i as f64),
+            inflation: Some(1.0),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[test]
+fn table_health_reports_and_queries_the_verdicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    one_good_file(tmp.path());
+    let h = tmp.path().join("health/date=2026-01-01/node=node-00");
+    std::fs::create_dir_all(&h).unwrap();
+    let batch = slicetrace_schema::health_batch(&health_rows("node-00", 10)).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![
+            parquet::file::metadata::KeyValue::new(
+                slicetrace_schema::SCHEMA_VERSION_KEY.to_string(),
+                slicetrace_schema::SCHEMA_VERSION.to_string(),
+            ),
+            parquet::file::metadata::KeyValue::new(
+                slicetrace_schema::TABLE_KEY.to_string(),
+                "health".to_string(),
+            ),
+        ]))
+        .build();
+    let f = std::fs::File::create(h.join("part-1-h.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let v = json(&slicetrace(&[
+        "report", d, "--table", "health", "--format", "json",
+    ]));
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    let gemm = &rows[1];
+    assert_eq!(gemm["kernel"], "gemm");
+    assert_eq!(gemm["evaluations"], 5);
+    assert_eq!(gemm["healthy"], 4);
+    assert_eq!(gemm["degraded"], 1);
+    assert_eq!(gemm["latest_verdict"], "degraded");
+    assert_eq!(gemm["latest_reason"], "evaluation 9");
+    assert_eq!(gemm["max_wall_p99_ms"], 9.2);
+    // sql over health, also when DATA points at the probes directory.
+    let probes = tmp.path().join("probes");
+    let v = json(&slicetrace(&[
+        "sql",
+        probes.to_str().unwrap(),
+        "--table",
+        "health",
+        "SELECT verdict, count(*) AS n FROM health GROUP BY verdict ORDER BY verdict",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(
+        v,
+        serde_json::json!([{"verdict": "degraded", "n": 2}, {"verdict": "healthy", "n": 8}])
+    );
+    // Its columns are suggested for typos, and the probes table is still the default.
+    assert_error(
+        &slicetrace(&["report", d, "--table", "health", "--by", "verdic"]),
+        &["unknown column \"verdic\"", "verdict"],
+    );
+    let v = json(&slicetrace(&[
+        "sql",
+        d,
+        "SELECT count(*) AS n FROM probes",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(v[0]["n"], 200);
+}
+
+#[test]
+fn cdf_plot_has_one_panel_per_kernel_and_dashed_legends() {
+    let tmp = tempfile::tempdir().unwrap();
+    golden(tmp.path());
+    let d = tmp.path().to_str().unwrap();
+    let keep = std::env::var_os("SLICETRACE_KEEP_PLOTS").map(PathBuf::from);
+    let out_dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let svg = out_dir.join("cdf-per-kernel.svg");
+    let o = Command::new(BIN)
+        .args(["plot", d, "--out", svg.to_str().unwrap()])
+        .env("SLICETRACE_NO_SYSTEM_FONTS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = std::fs::read_to_string(&svg).unwrap();
+    let texts: Vec<&str> = s
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').and_then(|(_, r)| r.split_once("</text>")))
+        .map(|(t, _)| t)
+        .collect();
+    // One panel per kernel, each with its own legend.
+    for kernel in ["fft", "gemm"] {
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with(&format!("{kernel}: latency CDF by tenants"))),
+            "{texts:?}"
+        );
+    }
+    for label in ["0 tenants, wall", "0 tenants, gpu", "3 tenants, wall"] {
+        let n = texts.iter().filter(|t| t.starts_with(label)).count();
+        assert_eq!(n, 2, "{label} should be in both legends: {texts:?}");
+    }
+    // The FFT panel spans 0.04 to 6 ms: a log axis with ticks at 1-2-5
+    // values; no tick anywhere is an odd number like 3.16.
+    for tick in ["0.05", "0.1", "0.2", "0.5", "1", "2", "5"] {
+        assert!(texts.contains(&tick), "no tick {tick}: {texts:?}");
+    }
+    for t in &texts {
+        if t.parse::<f64>().is_ok() {
+            let digits = t.trim_start_matches(['0', '.']).replace('.', "");
+            assert!(digits.trim_end_matches('0').len() <= 2, "tick {t}");
+        }
+    }
+    assert!(
+        texts.iter().any(|t| t.contains("arrival runs")),
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn timeline_axis_is_utc_clock_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    golden(tmp.path());
+    let svg = tmp.path().join("tl.svg");
+    let o = Command::new(BIN)
+        .args([
+            "plot",
+            tmp.path().to_str().unwrap(),
+            "--out",
+            svg.to_str().unwrap(),
+            "--kind",
+            "timeline",
+            "--where",
+            "node='node-00' AND kernel='fft' AND ts < TIMESTAMP '2026-01-01T02:00:00Z'",
+        ])
+        .env("SLICETRACE_NO_SYSTEM_FONTS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        s.contains(">00:30:00</text>") || s.contains(">01:00:00</text>"),
+        "{s}"
+    );
+    assert!(s.contains("time (UTC) on 2026-01-01"));
 }

@@ -27,6 +27,9 @@ fn records(n: usize) -> Vec<ProbeRecord> {
             flops: 1e6,
             cycle: i as u64 / 2,
             burst_seq: 1,
+            // Every run an arrival (the agent's Poisson mode): the commands
+            // count arrival runs by default.
+            arrival: Some(true),
             gpu_ms: Some(1.0 + (i % 7) as f64 * 0.01),
             wall_ms: 1.2 + (i % 11) as f64 * 0.01,
             queue_ms: Some(0.2),
@@ -205,6 +208,44 @@ fn every_subcommand_rejects_an_empty_directory_naming_it_with_exit_2() {
             let o = slicetrace(&sub, dir);
             assert_usage_error(&o, &format!("{} {sub:?}", dir.display()), needle);
         }
+    }
+}
+
+#[test]
+fn burst_runs_alone_are_refused_naming_all_runs_and_read_with_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("bursts");
+    let rows: Vec<ProbeRecord> = records(200)
+        .into_iter()
+        .map(|r| ProbeRecord {
+            arrival: Some(false),
+            ..r
+        })
+        .collect();
+    write(
+        &partition(&root).join("part-1-bursts.parquet"),
+        &probes_batch(&rows).expect("batch"),
+        None,
+    );
+    for sub in subcommands(tmp.path()) {
+        let o = slicetrace(&sub, &root);
+        if sub[0] == "sql" {
+            // sql is raw: every run counts.
+            assert_eq!(o.status.code(), Some(0), "{sub:?}");
+            continue;
+        }
+        assert_usage_error(&o, &format!("{sub:?}"), "--all-runs");
+        let mut all = sub.clone();
+        all.push("--all-runs".into());
+        let o = slicetrace(&all, &root);
+        let ok =
+            matches!(o.status.code(), Some(0)) || (sub[0] == "fleet" && o.status.code() == Some(1));
+        assert!(
+            ok,
+            "{all:?}: {:?} {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
