@@ -8,13 +8,18 @@
 //!   Prometheus Operator kinds (ServiceMonitor, PrometheusRule) have no schema
 //!   there; kubernetes-validate reports them as a warning, which is accepted for
 //!   exactly those kinds and checked structurally here instead;
-//! - the RBAC rules are exactly the minimal set, and the node-conditions rule
-//!   exists only in its optional component;
+//! - RBAC: the base grants nothing and mounts no token; every rule lives in an
+//!   optional component, and what each rendered kustomization grants is
+//!   exactly what its agent config uses;
+//! - the namespace admits the DaemonSet under Pod Security (`privileged`,
+//!   because of its hostPath volumes);
 //! - the DaemonSet never requests `nvidia.com/gpu` and is never privileged;
-//! - the agent config in the ConfigMap uses exactly the agent's keys, and the
-//!   grace period outlasts its shutdown deadline;
-//! - the PrometheusRule passes `promtool check rules` and `promtool test rules`,
-//!   and the Grafana dashboard's queries are valid PromQL over agent metrics.
+//! - the agent config in the ConfigMap uses exactly the agent's keys, the
+//!   backend is `cuda`, and the grace period outlasts its shutdown deadline;
+//! - the PrometheusRule passes `promtool check rules`, and `promtool test
+//!   rules` (tests/tests/alerts/promtool-tests.yaml) under every scrape setup,
+//!   with each alert's summary and runbook link; the Grafana dashboard's
+//!   queries are valid PromQL over agent metrics.
 //!
 //! YAML is parsed by the Python `yaml` module that kubernetes-validate brings
 //! (tests/requirements.txt), so no YAML crate is needed. A missing tool skips
@@ -22,6 +27,8 @@
 //! (tests/run.sh sets it).
 
 use serde_json::{json, Value};
+use slicetrace_agent::metrics::{MetricDoc, METRICS};
+use slicetrace_schema::{Contention, Verdict};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,57 +42,61 @@ const CRD_KINDS: [(&str, &str); 2] = [
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 ];
 
-/// Every metric the agent serves on /metrics. Dashboards and alerts may use no other.
-const AGENT_METRICS: [&str; 9] = [
-    "slicetrace_probe_latency_seconds",
-    "slicetrace_gpu_pods",
-    "slicetrace_gpu_verdict",
-    "slicetrace_correctness_failures_total",
-    "slicetrace_otlp_spans_dropped_total",
-    "slicetrace_parquet_rows_written_total",
-    "slicetrace_parquet_files_rotated_total",
-    "slicetrace_probe_errors_total",
-    "slicetrace_p99_inflation",
-];
-
-/// Every key of the agent's config file, dotted. The agent rejects unknown keys.
-const AGENT_CONFIG_KEYS: [&str; 27] = [
+/// Keys the DaemonSet's config.toml must set, because the DaemonSet needs a
+/// value other than the agent's default or depends on it (the agent's own
+/// keys, defaults and meanings are in docs/config-reference.md).
+const DAEMONSET_CONFIG_KEYS: [&str; 10] = [
     "node_name",
     "data_dir",
     "backend",
-    "preset",
-    "interval_ms",
-    "jitter_pct",
+    "log_format",
     "shutdown_deadline_ms",
-    "parquet.rotate_interval_ms",
-    "parquet.rotate_bytes",
-    "parquet.retention_age_ms",
-    "parquet.retention_bytes",
     "otlp.endpoint",
-    "otlp.protocol",
-    "otlp.timeout_ms",
     "metrics.listen",
-    "health.window_ms",
-    "health.degraded_factor",
-    "health.unhealthy_factor",
     "health.node_condition",
     "occupancy.pod_resources_socket",
     "occupancy.kube_api",
-    "occupancy.stale_after_ms",
-    // Tables themselves, so that an extra table is caught too.
-    "parquet",
-    "otlp",
-    "metrics",
-    "health",
-    "occupancy",
 ];
+
+/// Every key the agent's config file accepts, dotted (tables too): the keys
+/// `Config::default()` serialises to, optional ones included.
+fn agent_config_keys() -> BTreeSet<String> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeSet<String>) {
+        if let Value::Object(map) = v {
+            for (k, child) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&key, child, out);
+                out.insert(key);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(
+        "",
+        &serde_json::to_value(slicetrace_agent::config::Config::default())
+            .expect("Config::default() serialises"),
+        &mut out,
+    );
+    out
+}
 
 /// ConfigMaps that carry a variant of the base agent config, and the only keys
 /// (with their values) in which each may differ from deploy/base/configmap.yaml.
-const CONFIG_VARIANTS: [(&str, &[(&str, &str)]); 2] = [
+const CONFIG_VARIANTS: [(&str, &[(&str, &str)]); 3] = [
+    (
+        "deploy/optional/kube-api/configmap-patch.yaml",
+        &[("occupancy.kube_api", "\"auto\"")],
+    ),
     (
         "deploy/optional/node-conditions/configmap-patch.yaml",
-        &[("health.node_condition", "true")],
+        &[
+            ("health.node_condition", "true"),
+            ("occupancy.kube_api", "\"auto\""),
+        ],
     ),
     (
         "deploy/examples/reproduce-article/agent/configmap-patch.yaml",
@@ -108,17 +119,10 @@ fn deploy_dir() -> PathBuf {
     repo_root().join("deploy")
 }
 
-fn tools_required() -> bool {
-    std::env::var("SLICETRACE_REQUIRE_TOOLS").as_deref() == Ok("1")
-}
-
-/// Fails when tools are required, else prints why the test (or part) is skipped.
+/// Fails when tools are required, else notes why the test (or part) is
+/// skipped: the workspace's one tool-or-skip rule, `slicetrace_e2e::missing_for`.
 fn tool_missing(tool: &str, what: &str) {
-    assert!(
-        !tools_required(),
-        "{tool} is required (SLICETRACE_REQUIRE_TOOLS=1) but was not found; {what}"
-    );
-    eprintln!("SKIP: {tool} not found, skipping {what} (tests/run.sh installs it)");
+    slicetrace_e2e::missing_for::<()>(tool, what);
 }
 
 /// Unwraps an optional tool or skips/fails the calling test.
@@ -583,6 +587,19 @@ fn prometheus_operator_objects_match_the_service() {
             "ServiceMonitor port {port} is not a Service port"
         );
         assert_eq!(ep["path"], "/metrics");
+        // The agent's own `node` label must survive (not become
+        // `exported_node`), and `up` needs a `node` target label too.
+        assert_eq!(
+            ep["honorLabels"], true,
+            "ServiceMonitor must honour the agent's own labels"
+        );
+        assert!(
+            ep["relabelings"].as_array().into_iter().flatten().any(|r| {
+                r["targetLabel"] == "node"
+                    && str_list(&r["sourceLabels"]) == ["__meta_kubernetes_pod_node_name"]
+            }),
+            "ServiceMonitor must set a node target label (for `up`)"
+        );
     }
 
     let rule = docs
@@ -640,9 +657,11 @@ fn triples(rules: &[(&str, &str, &str)]) -> BTreeSet<Rule> {
         .collect()
 }
 
-fn base_rules() -> BTreeSet<Rule> {
+/// What the kube-api component grants: the pod watch (list/watch; RBAC cannot
+/// enforce the agent's spec.nodeName field selector, so this is every pod of
+/// the cluster) and its own Node's labels (get; RBAC cannot say "own").
+fn kube_api_rules() -> BTreeSet<Rule> {
     triples(&[
-        ("", "pods", "get"),
         ("", "pods", "list"),
         ("", "pods", "watch"),
         ("", "nodes", "get"),
@@ -702,8 +721,36 @@ fn granted_rules(docs: &[(String, Value)]) -> BTreeMap<String, BTreeSet<Rule>> {
     roles
 }
 
+/// The rendered agent config of one kustomize output, if it has one.
+fn rendered_agent_config(docs: &[(String, Value)]) -> Option<toml::Table> {
+    docs.iter()
+        .find(|(_, d)| kind(d) == "ConfigMap" && name(d) == "slicetrace-config")
+        .map(|(_, d)| {
+            toml::from_str(d["data"]["config.toml"].as_str().expect("config.toml"))
+                .expect("config.toml is TOML")
+        })
+}
+
+/// Whether the rendered ServiceAccount mounts its token (the default is yes).
+fn token_mounted(docs: &[(String, Value)], src: &str) -> bool {
+    let sa = docs
+        .iter()
+        .find(|(_, d)| kind(d) == "ServiceAccount" && name(d) == "slicetrace-agent")
+        .map(|(_, d)| d)
+        .unwrap_or_else(|| panic!("{src}: no ServiceAccount slicetrace-agent"));
+    let pod_level = docs
+        .iter()
+        .filter(|(_, d)| kind(d) == "DaemonSet")
+        .map(|(_, d)| &d["spec"]["template"]["spec"]["automountServiceAccountToken"])
+        .find(|v| !v.is_null());
+    pod_level
+        .unwrap_or(&sa["automountServiceAccountToken"])
+        .as_bool()
+        .unwrap_or(true)
+}
+
 #[test]
-fn rbac_rules_are_exactly_the_minimal_set() {
+fn rbac_base_grants_nothing_and_each_rule_lives_in_its_optional_component() {
     let python = tool_or_skip!(python(), "python with PyYAML", "RBAC checks");
     let docs = all_manifest_docs(&python);
     let roles = granted_rules(&docs);
@@ -715,24 +762,38 @@ fn rbac_rules_are_exactly_the_minimal_set() {
         .collect();
     assert_eq!(
         roles.keys().map(String::as_str).collect::<Vec<_>>(),
-        vec!["slicetrace-agent", "slicetrace-agent-node-conditions"],
-        "exactly two ClusterRoles: the base one and the optional node-conditions one"
+        vec![
+            "slicetrace-agent-kube-api",
+            "slicetrace-agent-node-conditions"
+        ],
+        "exactly two ClusterRoles, both optional"
     );
-    assert!(by_file["slicetrace-agent"].starts_with(BASE_DIR));
+    assert!(
+        by_file["slicetrace-agent-kube-api"].starts_with("deploy/optional/kube-api/"),
+        "pod and node reads must live only in the optional kube-api component"
+    );
     assert!(
         by_file["slicetrace-agent-node-conditions"].starts_with("deploy/optional/node-conditions/"),
         "nodes/status patch must live only in the optional node-conditions component"
     );
     assert_eq!(
-        roles["slicetrace-agent"],
-        base_rules(),
-        "base ClusterRole rules"
+        roles["slicetrace-agent-kube-api"],
+        kube_api_rules(),
+        "kube-api ClusterRole rules"
     );
     assert_eq!(
         roles["slicetrace-agent-node-conditions"],
         node_condition_rules(),
         "node-conditions ClusterRole rules"
     );
+    for (src, d) in &docs {
+        assert!(
+            !(src.starts_with(BASE_DIR) && kind(d).contains("Role")),
+            "{src}: the base must grant no RBAC ({} {})",
+            kind(d),
+            name(d)
+        );
+    }
     let bindings: Vec<&str> = docs
         .iter()
         .filter(|(_, d)| kind(d) == "ClusterRoleBinding")
@@ -744,7 +805,9 @@ fn rbac_rules_are_exactly_the_minimal_set() {
         "one ClusterRoleBinding per ClusterRole, got {bindings:?}"
     );
 
-    // What actually gets applied.
+    // What actually gets applied: each rendered kustomization grants exactly
+    // what its agent config uses, and mounts the token only when it calls the
+    // API at all.
     let Some(rendered) = kustomized_docs(&python) else {
         tool_missing("kubectl", "the RBAC check of the kustomize output");
         return;
@@ -756,36 +819,96 @@ fn rbac_rules_are_exactly_the_minimal_set() {
             .or_default()
             .push((src.clone(), d.clone()));
     }
+    let mut seen = BTreeSet::new();
     for (src, docs) in per_root {
-        let granted: BTreeSet<Rule> = granted_rules(&docs).into_values().flatten().collect();
-        let enables_conditions = docs.iter().any(|(_, d)| {
-            kind(d) == "ConfigMap"
-                && d["data"]["config.toml"]
-                    .as_str()
-                    .and_then(|t| toml::from_str::<toml::Table>(t).ok())
-                    .and_then(|t| {
-                        t.get("health")
-                            .and_then(|h| h.get("node_condition"))
-                            .and_then(toml::Value::as_bool)
-                    })
-                    == Some(true)
-        });
-        if granted.is_empty() {
+        let Some(config) = rendered_agent_config(&docs) else {
             continue; // a kit without the agent
-        }
-        let want: BTreeSet<Rule> = if enables_conditions {
-            base_rules()
-                .union(&node_condition_rules())
-                .cloned()
-                .collect()
-        } else {
-            base_rules()
         };
+        let granted: BTreeSet<Rule> = granted_rules(&docs).into_values().flatten().collect();
+        let uses_api = config["occupancy"]["kube_api"].as_str() != Some("off");
+        let conditions = config["health"]["node_condition"].as_bool() == Some(true);
+        assert!(
+            !conditions || uses_api,
+            "{src}: node_condition = true needs kube_api != \"off\" (the condition is written through the API client)"
+        );
+        let mut want = BTreeSet::new();
+        if uses_api {
+            want.extend(kube_api_rules());
+        }
+        if conditions {
+            want.extend(node_condition_rules());
+        }
         assert_eq!(
             granted, want,
-            "{src}: granted rules (node_condition = {enables_conditions})"
+            "{src}: granted rules (kube_api on = {uses_api}, node_condition = {conditions})"
+        );
+        assert_eq!(
+            token_mounted(&docs, src),
+            uses_api,
+            "{src}: the ServiceAccount token must be mounted exactly when kube_api is on"
+        );
+        seen.insert((uses_api, conditions));
+    }
+    for case in [(false, false), (true, true)] {
+        assert!(
+            seen.contains(&case),
+            "no kustomization renders (kube_api on, node_condition) = {case:?}: {seen:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Pod Security
+// ---------------------------------------------------------------------------
+
+#[test]
+fn namespace_admits_the_daemonsets_host_paths_under_pod_security() {
+    let python = tool_or_skip!(python(), "python with PyYAML", "Pod Security checks");
+    let docs = all_manifest_docs(&python);
+    let ds = docs
+        .iter()
+        .find(|(f, d)| f == &base_file("daemonset.yaml") && kind(d) == "DaemonSet")
+        .map(|(_, d)| d)
+        .expect("deploy/base/daemonset.yaml");
+    let host_paths: Vec<&str> = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["hostPath"].is_object())
+        .map(|v| v["name"].as_str().unwrap_or("?"))
+        .collect();
+    // The reason for the label: the baseline standard forbids any hostPath.
+    assert!(
+        !host_paths.is_empty(),
+        "the DaemonSet has no hostPath volume any more: lower the Pod Security level"
+    );
+    let ns = docs
+        .iter()
+        .find(|(f, d)| f == &base_file("namespace.yaml") && kind(d) == "Namespace")
+        .map(|(_, d)| d)
+        .expect("deploy/base/namespace.yaml");
+    assert_eq!(
+        ns["metadata"]["name"], ds["metadata"]["namespace"],
+        "the DaemonSet's namespace"
+    );
+    let labels = &ns["metadata"]["labels"];
+    assert_eq!(
+        labels["pod-security.kubernetes.io/enforce"], "privileged",
+        "hostPath volumes {host_paths:?} are rejected under baseline: the DaemonSet would show 0 pods"
+    );
+    for mode in ["warn", "audit"] {
+        let v = &labels[format!("pod-security.kubernetes.io/{mode}").as_str()];
+        assert!(
+            v.is_null() || v == "privileged",
+            "pod-security {mode} = {v}: would warn on every rollout"
+        );
+    }
+    let text = std::fs::read_to_string(repo_root().join(base_file("namespace.yaml")))
+        .expect("namespace.yaml");
+    assert!(
+        text.contains("hostPath") && text.contains("baseline"),
+        "namespace.yaml must say why it needs privileged (hostPath, forbidden by baseline)"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -895,6 +1018,18 @@ fn daemonset_reaches_gpus_and_kubelet_without_a_gpu_allocation() {
         assert_eq!(
             env["NVIDIA_DRIVER_CAPABILITIES"]["value"], "compute,utility",
             "{ctx}: NVIDIA_DRIVER_CAPABILITIES"
+        );
+        // An agent on a broken GPU stays unready; with maxUnavailable: 1
+        // that one pod would stall every rollout of the fleet.
+        let max_unavailable = &ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"];
+        assert!(
+            max_unavailable.as_str().is_some_and(|v| v.ends_with('%')),
+            "{ctx}: maxUnavailable must be a percentage, got {max_unavailable}"
+        );
+        assert_eq!(
+            env.get("SLICETRACE_LOG_FORMAT").map(|e| &e["value"]),
+            Some(&json!("json")),
+            "{ctx}: the DaemonSet logs JSON"
         );
         assert_eq!(
             env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
@@ -1040,15 +1175,53 @@ fn agent_config_uses_exactly_the_agent_keys_and_variants_differ_only_where_inten
         &mut base,
     );
     let keys: BTreeSet<&str> = base.keys().map(String::as_str).collect();
+    let known = agent_config_keys();
+    let unknown: Vec<&&str> = keys.iter().filter(|k| !known.contains(**k)).collect();
+    assert!(
+        unknown.is_empty(),
+        "base config.toml sets keys the agent does not have: {unknown:?}"
+    );
+    for k in DAEMONSET_CONFIG_KEYS {
+        assert!(keys.contains(k), "base config.toml must set {k}");
+    }
+    // One set of thresholds: the agent's defaults, which `slicetrace fleet`
+    // uses too. A copy here would drift from them.
+    for k in keys.iter().filter(|k| k.starts_with("health.")) {
+        assert!(
+            matches!(*k, "health.window_ms" | "health.node_condition"),
+            "base config.toml overrides the threshold {k}; leave it at the shared default"
+        );
+    }
     assert_eq!(
-        keys,
-        BTreeSet::from(AGENT_CONFIG_KEYS),
-        "base config.toml keys"
+        base["log_format"],
+        toml::Value::String("json".into()),
+        "the DaemonSet logs JSON"
     );
     assert_eq!(
         base["health.node_condition"],
         toml::Value::Boolean(false),
         "node conditions are off by default"
+    );
+    // A GPU node whose CUDA fails must fail /readyz, not probe the CPU and
+    // report CPU-0 as a healthy GPU: `auto` is for laptops and CI.
+    assert_eq!(
+        base["backend"],
+        toml::Value::String("cuda".into()),
+        "the DaemonSet's backend"
+    );
+    // The agent's own default is 127.0.0.1; Prometheus scrapes the pod IP.
+    assert!(
+        base["metrics.listen"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("0.0.0.0:")),
+        "metrics.listen must bind every interface in the DaemonSet: {}",
+        base["metrics.listen"]
+    );
+    // No API access in the base: pod-resources names the pods.
+    assert_eq!(
+        base["occupancy.kube_api"],
+        toml::Value::String("off".into()),
+        "the base makes no Kubernetes API call (deploy/optional/kube-api turns it on)"
     );
 
     let sources: BTreeSet<&str> = docs
@@ -1145,11 +1318,81 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     out
 }
 
+/// The metric families the agent serves (daemon/src/metrics.rs, the table
+/// `/metrics` is rendered from), by the name their samples carry.
+fn served_metrics() -> BTreeMap<String, &'static MetricDoc> {
+    METRICS.iter().map(|d| (d.sample_name(), d)).collect()
+}
+
+/// `(metric, label, operator, value)` of every label matcher written inside
+/// `slicetrace_…{…}` in a PromQL expression.
+fn label_matchers(expr: &str) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for metric in metric_names(expr) {
+        let open = format!("{metric}{{");
+        let mut rest = expr;
+        while let Some(pos) = rest.find(&open) {
+            let body_start = pos + open.len();
+            let Some(len) = rest[body_start..].find('}') else {
+                break;
+            };
+            for m in rest[body_start..body_start + len].split(',') {
+                let m = m.trim();
+                if m.is_empty() {
+                    continue;
+                }
+                let op = ["=~", "!~", "!=", "="]
+                    .into_iter()
+                    .find(|op| m.contains(op))
+                    .unwrap_or_else(|| panic!("no operator in matcher {m:?} of `{expr}`"));
+                let (label, value) = m.split_once(op).expect("operator found");
+                out.push((
+                    metric.clone(),
+                    label.trim().to_string(),
+                    op.to_string(),
+                    value.trim().trim_matches('"').to_string(),
+                ));
+            }
+            rest = &rest[body_start + len..];
+        }
+    }
+    out
+}
+
+/// Every metric in `expr` is one the agent serves, every label matcher names
+/// one of its labels, and an exact match on an enum label uses a value the
+/// agent writes.
 fn assert_known_metrics(expr: &str, ctx: &str) {
+    let served = served_metrics();
     for m in metric_names(expr) {
         assert!(
-            AGENT_METRICS.contains(&m.as_str()),
-            "{ctx}: unknown metric {m} in `{expr}`"
+            served.contains_key(&m),
+            "{ctx}: the agent does not serve {m} (daemon/src/metrics.rs METRICS) in `{expr}`"
+        );
+    }
+    let verdicts: Vec<&str> = Verdict::ALL.iter().map(|v| v.as_str()).collect();
+    let states: Vec<&str> = Contention::ALL.iter().map(|c| c.as_str()).collect();
+    for (metric, label, op, value) in label_matchers(expr) {
+        let doc = served[&metric];
+        assert!(
+            doc.labels.contains(&label.as_str()),
+            "{ctx}: {metric} has no label {label} (it has {:?}) in `{expr}`",
+            doc.labels
+        );
+        if op != "=" {
+            continue;
+        }
+        let allowed: &[&str] = match label.as_str() {
+            "verdict" => &verdicts,
+            "state" => &states,
+            "dimension" => &["health", "contention"],
+            "clock" => &["wall", "gpu", "queue"],
+            "quantile" => &["0.5", "0.99"],
+            _ => continue,
+        };
+        assert!(
+            allowed.contains(&value.as_str()),
+            "{ctx}: {metric}{{{label}=\"{value}\"}} never exists (values: {allowed:?})"
         );
     }
 }
@@ -1175,107 +1418,272 @@ fn prometheus_rule(python: &Path) -> Value {
         .expect("deploy/examples/prometheusrule.yaml")
 }
 
-/// promtool unit tests for the alerts: each fires on the input it is meant for.
-/// They run on a copy of the rules without annotations (promtool would compare
-/// the rendered annotation text); `check rules` covers the annotation templates.
-const RULE_TESTS: &str = r#"
-rule_files: [rules-labels-only.json]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'slicetrace_gpu_verdict{job="slicetrace-agent",node="n1",gpu_uuid="GPU-a",kernel="fft",verdict="degraded"}'
-        values: '1x20'
-      - series: 'slicetrace_gpu_verdict{job="slicetrace-agent",node="n1",gpu_uuid="GPU-a",kernel="fft",verdict="unhealthy"}'
-        values: '0x20'
-      - series: 'slicetrace_correctness_failures_total{job="slicetrace-agent",node="n1",gpu_uuid="GPU-b",kernel="gemm"}'
-        values: '0 0 0 0 0 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1'
-      - series: 'slicetrace_otlp_spans_dropped_total{job="slicetrace-agent",node="n1",instance="10.0.0.1:9464"}'
-        values: '0+100x20'
-      - series: 'up{job="slicetrace-agent",node="n2",instance="10.0.0.2:9464"}'
-        values: '0x20'
-    alert_rule_test:
-      - eval_time: 5m
-        alertname: SliceTraceGPUTailLatencyDegraded
-        exp_alerts: []
-      - eval_time: 11m
-        alertname: SliceTraceGPUTailLatencyDegraded
-        exp_alerts:
-          - exp_labels: {severity: warning, node: n1, gpu_uuid: GPU-a, kernel: fft}
-      - eval_time: 11m
-        alertname: SliceTraceGPUUnhealthy
-        exp_alerts: []
-      - eval_time: 6m
-        alertname: SliceTraceGPUCorrectnessFailure
-        exp_alerts:
-          - exp_labels: {severity: critical, node: n1, gpu_uuid: GPU-b, kernel: gemm}
-      - eval_time: 15m
-        alertname: SliceTraceSpansDropping
-        exp_alerts:
-          - exp_labels: {severity: warning, node: n1, instance: "10.0.0.1:9464"}
-      - eval_time: 10m
-        alertname: SliceTraceAgentDown
-        exp_alerts:
-          - exp_labels: {severity: warning, job: slicetrace-agent, node: n2, instance: "10.0.0.2:9464"}
-"#;
+/// promtool unit tests of the alerts, a template with one placeholder per
+/// agent target (see the file's header); [`SCRAPE_SETUPS`] fills it in.
+const RULE_TESTS: &str = include_str!("alerts/promtool-tests.yaml");
+
+/// How Prometheus may scrape the agent, and the labels each way gives agent
+/// `{i}` (on node `n{i}`): (setup, target labels, extra labels on the agent's
+/// own series, extra labels on its `up` series). The agent's series always
+/// carry its own `node` too (in the template).
+const SCRAPE_SETUPS: [(&str, &str, &str, &str); 3] = [
+    (
+        "ServiceMonitor (deploy/optional/servicemonitor: honorLabels, node relabeling)",
+        r#"job="slicetrace-agent",namespace="slicetrace",service="slicetrace-agent",endpoint="metrics",container="agent",pod="slicetrace-agent-p{i}",instance="10.0.0.{i}:9464""#,
+        "",
+        r#",node="n{i}""#,
+    ),
+    (
+        "prometheus.io/scrape annotations (a kubernetes-pods job: honor_labels, pod labels mapped, no node on up)",
+        r#"job="kubernetes-pods",namespace="slicetrace",pod="slicetrace-agent-p{i}",app_kubernetes_io_name="slicetrace-agent",app_kubernetes_io_part_of="slicetrace",controller_revision_hash="6d4f8b",pod_template_generation="1",instance="10.0.0.{i}:9464""#,
+        "",
+        "",
+    ),
+    (
+        "prometheus.io/scrape annotations without honor_labels, with a node relabeling (agent's node becomes exported_node)",
+        r#"job="pods",namespace="slicetrace",pod="slicetrace-agent-p{i}",instance="10.0.0.{i}:9464""#,
+        r#",exported_node="n{i}""#,
+        r#",node="n{i}""#,
+    ),
+];
+
+/// The promtool test file for one scrape setup.
+fn rule_tests_for(setup: &(&str, &str, &str, &str)) -> String {
+    let (_, target, agent_extra, up_extra) = setup;
+    let mut text = RULE_TESTS.to_string();
+    for i in 1..=3 {
+        let t = target.replace("{i}", &i.to_string());
+        let a = format!("{t}{}", agent_extra.replace("{i}", &i.to_string()));
+        let u = format!("{t}{}", up_extra.replace("{i}", &i.to_string()));
+        text = text
+            .replace(&format!("@A{i}@"), &a)
+            .replace(&format!("@UP{i}@"), &u);
+    }
+    assert!(
+        !text.contains("@A") && !text.contains("@UP"),
+        "unfilled placeholder in alerts/promtool-tests.yaml"
+    );
+    text
+}
+
+/// The `repository` URL of the workspace.
+fn repository_url() -> String {
+    let cargo: toml::Table = toml::from_str(
+        &std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml"),
+    )
+    .expect("Cargo.toml is TOML");
+    cargo["workspace"]["package"]["repository"]
+        .as_str()
+        .expect("workspace.package.repository")
+        .to_string()
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, punctuation other than
+/// `-` and `_` dropped, spaces to `-`.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of every heading of a Markdown file.
+fn markdown_anchors(path: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut in_code = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            out.insert(github_anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
 
 #[test]
-fn prometheus_rule_passes_promtool_check_and_unit_tests() {
+fn prometheus_rule_passes_promtool_check_and_unit_tests_under_every_scrape_setup() {
     let python = tool_or_skip!(python(), "python with PyYAML", "PrometheusRule checks");
     let rule = prometheus_rule(&python);
+    let runbook_base = format!("{}/blob/main/docs/operations.md#", repository_url());
+    let anchors = markdown_anchors(&repo_root().join("docs/operations.md"));
     let mut alerts = BTreeSet::new();
     for group in rule["spec"]["groups"].as_array().expect("spec.groups") {
         for r in group["rules"].as_array().expect("rules") {
             let alert = r["alert"].as_str().expect("only alerting rules");
-            assert_known_metrics(r["expr"].as_str().expect("expr"), alert);
+            let expr = r["expr"].as_str().expect("expr");
+            assert_known_metrics(expr, alert);
+            let severity = r["labels"]["severity"].as_str().unwrap_or("");
             assert!(
-                r["labels"]["severity"].is_string(),
-                "{alert}: no severity label"
+                matches!(severity, "critical" | "warning"),
+                "{alert}: severity {severity:?}"
             );
+            for a in ["summary", "description", "runbook_url"] {
+                assert!(r["annotations"][a].is_string(), "{alert}: no {a}");
+            }
+            let runbook = r["annotations"]["runbook_url"].as_str().unwrap_or("");
+            let anchor = runbook.strip_prefix(&runbook_base).unwrap_or_else(|| {
+                panic!("{alert}: runbook_url {runbook} is not under {runbook_base}")
+            });
             assert!(
-                r["annotations"]["summary"].is_string(),
-                "{alert}: no summary"
+                anchors.contains(anchor),
+                "{alert}: runbook_url anchor #{anchor} is not a heading of docs/operations.md"
             );
+            // Job names differ between the scrape setups.
+            assert!(
+                !expr.contains("job="),
+                "{alert}: names a job, which differs between ServiceMonitor and annotation scraping: {expr}"
+            );
+            // Health and contention are separate dimensions, and contention
+            // never pages.
+            let metrics = metric_names(expr);
+            if metrics.contains("slicetrace_gpu_contention") {
+                assert_eq!(severity, "warning", "{alert}: contention must not page");
+                assert!(
+                    !metrics.contains("slicetrace_gpu_verdict"),
+                    "{alert}: mixes health and contention"
+                );
+            }
             alerts.insert(alert.to_string());
         }
     }
     for want in [
-        "SliceTraceGPUTailLatencyDegraded",
         "SliceTraceGPUUnhealthy",
+        "SliceTraceGPUDegraded",
+        "SliceTraceGPUOverShared",
         "SliceTraceGPUCorrectnessFailure",
+        "SliceTraceSelfTestFailed",
+        "SliceTraceBackendDown",
+        "SliceTraceProbeErrors",
         "SliceTraceAgentDown",
+        "SliceTraceAgentAbsent",
         "SliceTraceSpansDropping",
     ] {
         assert!(alerts.contains(want), "missing alert {want}");
     }
 
+    // Every alert has a unit test in which it fires.
+    let tests = load_yaml_str(&python, RULE_TESTS);
+    let mut fired = BTreeSet::new();
+    for group in tests[0]["tests"].as_array().expect("tests") {
+        for t in group["alert_rule_test"].as_array().into_iter().flatten() {
+            if t["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                fired.insert(t["alertname"].as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    // The test input is what the agent really serves: each series of an
+    // agent metric has exactly that family's labels (besides target labels).
+    let served = served_metrics();
+    for line in RULE_TESTS.lines() {
+        let Some(series) = line.trim().strip_prefix("- series: '") else {
+            continue;
+        };
+        let series = series.trim_end_matches('\'');
+        let name = series.split('{').next().unwrap_or("");
+        let Some(doc) = served.get(name) else {
+            continue;
+        };
+        let without_target: String = series
+            .replace("@A1@,", "")
+            .replace("@A2@,", "")
+            .replace("@A3@,", "");
+        let labels: BTreeSet<String> = label_matchers(&without_target)
+            .into_iter()
+            .map(|(_, l, _, _)| l)
+            .collect();
+        let want: BTreeSet<String> = doc.labels.iter().map(|l| l.to_string()).collect();
+        assert_eq!(
+            labels, want,
+            "alerts/promtool-tests.yaml: {name} has other labels than the agent serves"
+        );
+    }
+    let untested: Vec<&String> = alerts.difference(&fired).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts without a promtool test in which they fire: {untested:?}"
+    );
+
     let promtool = tool_or_skip!(promtool(), "promtool", "promtool check/test rules");
     let tmp = tempfile::tempdir().expect("temp dir");
     // A plain rules file is the PrometheusRule's spec; JSON is valid YAML.
-    let rules = tmp.path().join("rules.json");
+    let rules = tmp.path().join("rules-full.json");
     std::fs::write(&rules, rule["spec"].to_string()).expect("write rules");
     run_promtool(
         &promtool,
         &[Path::new("check"), Path::new("rules"), &rules],
         "check rules",
     );
-    let mut labels_only = rule["spec"].clone();
-    for group in labels_only["groups"].as_array_mut().expect("groups") {
+    // promtool compares every annotation exactly: the tests pin summary and
+    // runbook_url, so the prose of `description` is left out.
+    let mut tested = rule["spec"].clone();
+    for group in tested["groups"].as_array_mut().expect("groups") {
         for r in group["rules"].as_array_mut().expect("rules") {
-            r.as_object_mut().expect("rule").remove("annotations");
+            r["annotations"]
+                .as_object_mut()
+                .expect("annotations")
+                .remove("description");
         }
     }
-    std::fs::write(
-        tmp.path().join("rules-labels-only.json"),
-        labels_only.to_string(),
-    )
-    .expect("write rules");
-    let tests = tmp.path().join("rules_test.yaml");
-    std::fs::write(&tests, RULE_TESTS).expect("write rule tests");
-    run_promtool(
-        &promtool,
-        &[Path::new("test"), Path::new("rules"), &tests],
-        "test rules",
+    std::fs::write(tmp.path().join("rules.json"), tested.to_string()).expect("write rules");
+    for (i, setup) in SCRAPE_SETUPS.iter().enumerate() {
+        let file = tmp.path().join(format!("rules_test_{i}.yaml"));
+        std::fs::write(&file, rule_tests_for(setup)).expect("write rule tests");
+        run_promtool(
+            &promtool,
+            &[Path::new("test"), Path::new("rules"), &file],
+            &format!("test rules, scrape setup: {}", setup.0),
+        );
+    }
+}
+
+/// The rule tests themselves catch what broke before: the old rules (a job
+/// name in `up`/`absent`) fail them under annotation scraping.
+#[test]
+fn rule_tests_fail_rules_that_assume_the_servicemonitor_job() {
+    let python = tool_or_skip!(python(), "python with PyYAML", "PrometheusRule checks");
+    let promtool = tool_or_skip!(promtool(), "promtool", "promtool test rules");
+    let mut spec = prometheus_rule(&python)["spec"].clone();
+    for group in spec["groups"].as_array_mut().expect("groups") {
+        for r in group["rules"].as_array_mut().expect("rules") {
+            r["annotations"]
+                .as_object_mut()
+                .expect("annotations")
+                .remove("description");
+            match r["alert"].as_str() {
+                Some("SliceTraceAgentDown") => {
+                    r["expr"] = json!("up{job=\"slicetrace-agent\"} == 0")
+                }
+                Some("SliceTraceAgentAbsent") => {
+                    r["expr"] = json!("absent(up{job=\"slicetrace-agent\"})")
+                }
+                _ => {}
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::write(tmp.path().join("rules.json"), spec.to_string()).expect("write rules");
+    let file = tmp.path().join("rules_test.yaml");
+    std::fs::write(&file, rule_tests_for(&SCRAPE_SETUPS[1])).expect("write rule tests");
+    let out = Command::new(&promtool)
+        .args([Path::new("test"), Path::new("rules"), &file])
+        .output()
+        .expect("failed to run promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success()
+            && text.contains("alertname: SliceTraceAgentDown")
+            && text.contains("alertname: SliceTraceAgentAbsent"),
+        "job-based AgentDown/AgentAbsent must fail the annotation-scraping tests:\n{text}"
     );
 }
 
@@ -1289,36 +1697,124 @@ fn grafana_dashboard_parses_and_queries_only_agent_metrics() {
         "dashboard uid/title"
     );
 
-    let mut exprs = Vec::new();
-    let mut ids = BTreeSet::new();
-    let mut types = BTreeSet::new();
-    for panel in dash["panels"].as_array().expect("panels") {
-        let id = panel["id"].as_i64().expect("panel id");
-        assert!(ids.insert(id), "duplicate panel id {id}");
-        types.insert(panel["type"].as_str().unwrap_or("").to_string());
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            let e = t["expr"].as_str().expect("target expr").to_string();
-            assert_known_metrics(&e, panel["title"].as_str().unwrap_or("panel"));
-            exprs.push(e);
-        }
-    }
-    for t in dash["templating"]["list"].as_array().into_iter().flatten() {
+    let vars: BTreeMap<&str, &Value> = dash["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| (v["name"].as_str().unwrap_or(""), v))
+        .collect();
+    for t in vars.values() {
         if let Some(q) = t["definition"].as_str() {
             assert_known_metrics(q, "template variable");
+            // Absent while occupancy is unknown: the whole dashboard went empty.
+            assert!(
+                !q.contains("slicetrace_gpu_pods"),
+                "variable {} comes from slicetrace_gpu_pods, which may not exist: {q}",
+                t["name"]
+            );
         }
     }
+    for v in ["node", "gpu"] {
+        let q = vars
+            .get(v)
+            .and_then(|t| t["definition"].as_str())
+            .unwrap_or_else(|| panic!("no query variable {v}"));
+        assert!(
+            q.contains("slicetrace_gpu_info"),
+            "variable {v} must come from slicetrace_gpu_info (exists for every probed GPU): {q}"
+        );
+    }
+
+    let mut exprs = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut fleet_timelines = BTreeMap::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        let id = panel["id"].as_i64().expect("panel id");
+        let title = panel["title"].as_str().unwrap_or("panel");
+        assert!(ids.insert(id), "duplicate panel id {id}");
+        let mut panel_exprs = Vec::new();
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().expect("target expr").to_string();
+            assert_known_metrics(&e, title);
+            assert!(
+                !e.contains("job="),
+                "{title}: names a job, which differs between scrape setups: {e}"
+            );
+            panel_exprs.push(e);
+        }
+        // A repeated panel repeats over a variable that does not default to
+        // All: one panel per GPU of the fleet is unreadable.
+        if let Some(var) = panel["repeat"].as_str() {
+            let v = vars
+                .get(var)
+                .unwrap_or_else(|| panic!("{title}: repeats over unknown variable {var}"));
+            let current_all = v["current"]["value"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "$__all"))
+                || v["current"]["value"] == "$__all";
+            assert!(
+                v["includeAll"] == false && !current_all,
+                "{title}: repeats over ${var}, which offers or defaults to All (Grafana then picks All first)"
+            );
+        }
+        let joined = panel_exprs.join("\n");
+        if panel["type"] == "state-timeline" && !joined.contains("$gpu") {
+            let m: BTreeSet<String> = panel_exprs.iter().flat_map(|e| metric_names(e)).collect();
+            fleet_timelines.insert(title.to_string(), m);
+        }
+        exprs.extend(panel_exprs);
+    }
+    // Panels fit Grafana's 24-column grid without overlapping.
+    let rects: Vec<(String, [i64; 4])> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .map(|p| {
+            let g = &p["gridPos"];
+            let v = |k: &str| g[k].as_i64().unwrap_or(-1);
+            (
+                p["title"].as_str().unwrap_or("?").to_string(),
+                [v("x"), v("y"), v("w"), v("h")],
+            )
+        })
+        .collect();
+    for (i, (t, [x, y, w, h])) in rects.iter().enumerate() {
+        assert!(
+            *x >= 0 && *y >= 0 && *w > 0 && *h > 0 && x + w <= 24,
+            "{t}: gridPos {x},{y} {w}x{h} is outside the 24-column grid"
+        );
+        for (u, [x2, y2, w2, h2]) in &rects[i + 1..] {
+            let apart = x + w <= *x2 || x2 + w2 <= *x || y + h <= *y2 || y2 + h2 <= *y;
+            assert!(apart, "panels {t:?} and {u:?} overlap");
+        }
+    }
+
     let all = exprs.join("\n");
     for needle in [
         "quantile=\"0.99\"",
-        "slicetrace_gpu_pods",
-        "slicetrace_gpu_verdict",
-        "slicetrace_otlp_spans_dropped_total",
+        "slicetrace_gpu_verdict{",
+        "slicetrace_gpu_contention{",
+        "slicetrace_gpu_verdict_reason{",
+        "slicetrace_baseline_seconds{",
+        "slicetrace_gpu_pods{",
+        "slicetrace_probe_errors_total{",
+        "slicetrace_otlp_spans_dropped_total{",
     ] {
         assert!(all.contains(needle), "the dashboard never queries {needle}");
     }
+    // Health and contention: a fleet-wide timeline each, never mixed.
+    let only = |want: &str, other: &str| {
+        fleet_timelines
+            .values()
+            .any(|m| m.contains(want) && !m.contains(other))
+    };
     assert!(
-        types.contains("state-timeline"),
-        "the verdict needs a state timeline panel"
+        only("slicetrace_gpu_verdict", "slicetrace_gpu_contention"),
+        "no fleet-wide health timeline: {fleet_timelines:?}"
+    );
+    assert!(
+        only("slicetrace_gpu_contention", "slicetrace_gpu_verdict"),
+        "no fleet-wide contention timeline: {fleet_timelines:?}"
     );
 
     // The queries are PromQL: let promtool parse them as recording rules, with
@@ -1535,11 +2031,7 @@ fn dockerfile_builds_both_binaries_onto_a_cuda_runtime_image() {
     // The package and binary names it builds must exist in the workspace.
     for (manifest, package, bin) in [
         ("daemon/Cargo.toml", "slicetrace-agent", "slicetrace-agent"),
-        (
-            "probe-workloads/Cargo.toml",
-            "slicetrace-probe",
-            "slicetrace-load",
-        ),
+        ("load/Cargo.toml", "slicetrace-load", "slicetrace-load"),
     ] {
         let cargo: toml::Table = toml::from_str(
             &std::fs::read_to_string(repo_root().join(manifest)).expect("member manifest"),
