@@ -188,43 +188,66 @@ enum Cmd {
         font: Option<PathBuf>,
     },
     /// Writes a synthetic probes dataset (Hive layout) for tests and benchmarks.
-    GenSynthetic {
-        /// Total rows.
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: u64,
-        /// Number of nodes.
-        #[arg(long, default_value_t = 10)]
-        nodes: usize,
-        /// Output directory (gets a probes/ child).
-        #[arg(long)]
-        out: PathBuf,
-        /// Time span per node, seconds.
-        #[arg(long, default_value_t = 2 * 86_400)]
-        span_secs: u64,
-        /// RNG seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Rows per file at most.
-        #[arg(long, default_value_t = 500_000)]
-        rows_per_file: usize,
-        /// Node to make uniformly slower (e.g. node-07).
-        #[arg(long)]
-        slow_node: Option<String>,
-        /// Node whose SM clock is throttled.
-        #[arg(long)]
-        throttled_node: Option<String>,
-        /// Node with occasional correct=false.
-        #[arg(long)]
-        faulty_node: Option<String>,
-        /// Keep every run at 0 tenants (no occupancy phases).
-        #[arg(long)]
-        quiet: bool,
-        /// Runs per burst: 1 (default) makes every run an arrival; N > 1
-        /// follows each arrival with N−1 burst runs (arrival = false) that,
-        /// beside tenants, wait about a full slice round.
-        #[arg(long, default_value_t = 1)]
-        burst_runs: u32,
-    },
+    GenSynthetic(GenSyntheticArgs),
+}
+
+/// What `gen-synthetic` writes, and where.
+#[derive(Debug, clap::Args)]
+struct GenSyntheticArgs {
+    /// Total rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 10)]
+    nodes: usize,
+    /// Output directory (gets a probes/ child).
+    #[arg(long)]
+    out: PathBuf,
+    /// Time span per node, seconds.
+    #[arg(long, default_value_t = 2 * 86_400)]
+    span_secs: u64,
+    /// RNG seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Rows per file at most.
+    #[arg(long, default_value_t = 500_000)]
+    rows_per_file: usize,
+    /// Node to make uniformly slower (e.g. node-07).
+    #[arg(long)]
+    slow_node: Option<String>,
+    /// Node whose SM clock is throttled.
+    #[arg(long)]
+    throttled_node: Option<String>,
+    /// Node with occasional correct=false.
+    #[arg(long)]
+    faulty_node: Option<String>,
+    /// Keep every run at 0 tenants (no occupancy phases).
+    #[arg(long)]
+    quiet: bool,
+    /// Runs per burst: 1 (default) makes every run an arrival; N > 1
+    /// follows each arrival with N−1 burst runs (arrival = false) that,
+    /// beside tenants, wait about a full slice round.
+    #[arg(long, default_value_t = 1)]
+    burst_runs: u32,
+}
+
+impl GenSyntheticArgs {
+    /// The generator's spec for these flags.
+    fn spec(&self) -> synth::SynthSpec {
+        synth::SynthSpec {
+            rows: self.rows,
+            nodes: self.nodes,
+            span_secs: self.span_secs,
+            seed: self.seed,
+            rows_per_file: self.rows_per_file,
+            slow_node: self.slow_node.clone(),
+            throttled_node: self.throttled_node.clone(),
+            faulty_node: self.faulty_node.clone(),
+            tenant_phases: !self.quiet,
+            burst_runs: self.burst_runs.max(1),
+            ..Default::default()
+        }
+    }
 }
 
 /// Writes `s` and a newline to stdout; a closed pipe (`| head`) is not an error.
@@ -251,6 +274,30 @@ async fn counts(ds: &source::Dataset, filter: Option<&str>, all_runs: bool) -> R
     let c = runs::count(&ds.ctx, &user, all_runs).await?;
     c.check(&ds.location, filter)?;
     Ok(c)
+}
+
+/// The probes a command reads: what it will count (see [`counts`]) and the
+/// WHERE clause it runs with (the user's filter, arrivals only unless
+/// `all_runs`).
+async fn select(
+    ds: &source::Dataset,
+    filter: Option<&str>,
+    all_runs: bool,
+) -> Result<(RunCounts, String)> {
+    let c = counts(ds, filter, all_runs).await?;
+    let f = pred::where_sql(filter, ds.hive, all_runs)?;
+    Ok((c, f))
+}
+
+/// Opens the probes table of `data` and [`select`]s from it.
+async fn open_probes(
+    data: &DataArgs,
+    filter: Option<&str>,
+    all_runs: bool,
+) -> Result<(source::Dataset, RunCounts, String)> {
+    let ds = open(data, TableKind::Probes).await?;
+    let (c, f) = select(&ds, filter, all_runs).await?;
+    Ok((ds, c, f))
 }
 
 /// Prints `out` and says which runs were counted: as its last line for a
@@ -296,12 +343,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let c = counts(&ds, filter.as_deref(), runs.all_runs).await?;
+            let (c, f) = select(&ds, filter.as_deref(), runs.all_runs).await?;
             let by = match by {
                 Some(b) => pred::columns(&b)?,
                 None => report::default_by(c.with_tenants > 0),
             };
-            let f = pred::where_sql(filter.as_deref(), ds.hive, runs.all_runs)?;
             let rows = if approx {
                 report::approx(&ds.ctx, &by, &f).await?
             } else {
@@ -318,9 +364,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             format,
             runs,
         } => {
-            let ds = open(&data, TableKind::Probes).await?;
-            let c = counts(&ds, filter.as_deref(), runs.all_runs).await?;
-            let common = pred::where_sql(filter.as_deref(), ds.hive, runs.all_runs)?;
+            let (ds, c, common) = open_probes(&data, filter.as_deref(), runs.all_runs).await?;
             let blocks = if split_by_occupancy {
                 compare::split_by_occupancy(&ds.ctx, &common).await?
             } else {
@@ -382,9 +426,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             rolling_runs,
             font,
         } => {
-            let ds = open(&data, TableKind::Probes).await?;
-            let c = counts(&ds, filter.as_deref(), runs.all_runs).await?;
-            let f = pred::where_sql(filter.as_deref(), ds.hive, runs.all_runs)?;
+            let (ds, c, f) = open_probes(&data, filter.as_deref(), runs.all_runs).await?;
             let by = by.as_deref().map(pred::columns).transpose()?;
             let opts = plot::PlotOptions {
                 out: out.clone(),
@@ -397,36 +439,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             plot::draw(&ds.ctx, &f, &opts).await?;
             eprintln!("wrote {}; {}", out.display(), c.describe());
         }
-        Cmd::GenSynthetic {
-            rows,
-            nodes,
-            out,
-            span_secs,
-            seed,
-            rows_per_file,
-            slow_node,
-            throttled_node,
-            faulty_node,
-            quiet,
-            burst_runs,
-        } => {
-            if nodes == 0 {
+        Cmd::GenSynthetic(g) => {
+            if g.nodes == 0 {
                 bail!("--nodes must be at least 1");
             }
-            let spec = synth::SynthSpec {
-                rows,
-                nodes,
-                span_secs,
-                seed,
-                rows_per_file,
-                slow_node,
-                throttled_node,
-                faulty_node,
-                tenant_phases: !quiet,
-                burst_runs: burst_runs.max(1),
-                ..Default::default()
-            };
-            let files = tokio::task::spawn_blocking(move || synth::generate(&out, &spec))
+            let spec = g.spec();
+            let files = tokio::task::spawn_blocking(move || synth::generate(&g.out, &spec))
                 .await
                 .context("generator thread failed")??;
             eprintln!("wrote {files} files");

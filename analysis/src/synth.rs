@@ -270,26 +270,7 @@ pub fn write_rows(
 
 /// Writes one Parquet file of `rows`.
 pub fn write_file(path: &Path, rows: &[ProbeRecord]) -> Result<(), SynthError> {
-    let name = path.display().to_string();
-    let batch = probes_batch(rows).map_err(SynthError::Schema)?;
-    let file = fs::File::create(path).map_err(|source| SynthError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let pq = |source| SynthError::Parquet {
-        path: name.clone(),
-        source,
-    };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
-    // Row groups of at most 64k rows keep memory flat for big files.
-    let mut off = 0;
-    while off < batch.num_rows() {
-        let len = (batch.num_rows() - off).min(65_536);
-        w.write(&batch.slice(off, len)).map_err(pq)?;
-        off += len;
-    }
-    w.close().map_err(pq)?;
-    Ok(())
+    write_file_without(path, rows, &[])
 }
 
 /// The columns a schema-version-1 file written before the arrival work
@@ -320,7 +301,13 @@ pub fn write_file_without(
         source,
     };
     let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
-    w.write(&batch).map_err(pq)?;
+    // Row groups of at most 64k rows keep memory flat for big files.
+    let mut off = 0;
+    while off < batch.num_rows() {
+        let len = (batch.num_rows() - off).min(65_536);
+        w.write(&batch.slice(off, len)).map_err(pq)?;
+        off += len;
+    }
     w.close().map_err(pq)?;
     Ok(())
 }

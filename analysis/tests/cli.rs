@@ -3,31 +3,63 @@
 //! Python in `SLICETRACE_PYTHON` or the repository's `.venv`) and a real
 //! `moto_server` on loopback for S3.
 //!
-//! Tools that are missing make a test print a skip note, unless
-//! `SLICETRACE_REQUIRE_TOOLS=1` (set by tests/run.sh), where they fail it.
+//! Tools that are missing make a test skip with a note, unless
+//! `SLICETRACE_REQUIRE_TOOLS=1` (set by tests/run.sh), where they fail it
+//! (the shared rule of `slicetrace_e2e`).
 
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use slicetrace_analysis::synth::{self, SynthSpec};
+// The tool-or-skip rule and the venv's Python, shared by every test crate.
+use slicetrace_e2e::{free_port, python_with, run_python, wait_for};
 use slicetrace_schema::{probes_batch, probes_schema, ProbeRecord};
 
 const BIN: &str = env!("CARGO_BIN_EXE_slicetrace");
 
 fn slicetrace(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .output()
-        .expect("run slicetrace")
+    slicetrace_env(args, &[])
 }
+
+/// Runs `slicetrace` with `env` set on top of this process's environment
+/// (less `AWS_ENDPOINT_URL`, which a test sets itself when it wants one).
+fn slicetrace_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("AWS_ENDPOINT_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run slicetrace")
+}
+
+/// Runs `slicetrace` with no system fonts, as on a node without any: text
+/// comes from the built-in font.
+fn slicetrace_fontless(args: &[&str]) -> Output {
+    slicetrace_env(args, &[("SLICETRACE_NO_SYSTEM_FONTS", "1")])
+}
+
+/// Where a test writes its plots: `$SLICETRACE_KEEP_PLOTS`, to look at them
+/// afterwards, else the test's temporary directory `tmp`.
+fn plot_dir(tmp: &Path) -> PathBuf {
+    let dir = std::env::var_os("SLICETRACE_KEEP_PLOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Test credentials for moto's S3.
+const S3_CREDS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+];
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -40,6 +72,11 @@ fn stderr(o: &Output) -> String {
 fn json(o: &Output) -> Value {
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", stdout(o)))
+}
+
+/// `slicetrace ARGS --format json`, which must succeed, parsed.
+fn json_of(args: &[&str]) -> Value {
+    json(&slicetrace(&[args, &["--format", "json"]].concat()))
 }
 
 /// The golden dataset: 3 nodes over 2 days, tenant phases 0/1/3, and on
@@ -65,48 +102,49 @@ fn golden(dir: &Path) {
     }
 }
 
-fn require_tools() -> bool {
-    std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+/// The golden dataset in a fresh temporary directory.
+fn golden_dir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    golden(tmp.path());
+    tmp
 }
 
-/// The Python that has duckdb (and boto3/moto for S3), or `None` (skip).
-fn python(modules: &str) -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = std::env::var_os("SLICETRACE_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")])
-        .collect();
-    for py in candidates {
-        let ok = Command::new(&py)
-            .args(["-c", &format!("import {modules}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(py);
-        }
-    }
-    if require_tools() {
-        panic!("SLICETRACE_REQUIRE_TOOLS=1 but no python with {modules} (set SLICETRACE_PYTHON)");
-    }
-    eprintln!("skip: no python with {modules}; set SLICETRACE_PYTHON to run this test");
-    None
+/// How many rows `slicetrace sql` counts in the probes table of `data`.
+fn probe_rows(data: &str) -> u64 {
+    let v = sql_json(data, "SELECT count(*) AS n FROM probes");
+    v[0]["n"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count in {v}"))
 }
 
-fn run_python(py: &Path, script: &str, args: &[&str]) -> String {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// `slicetrace fleet DATA --format json ARGS`, which must exit with `code`
+/// (0: every GPU healthy, 1: some GPU not), parsed.
+fn fleet_json(data: &Path, args: &[&str], code: i32) -> Value {
+    let o = slicetrace(&[&["fleet", data.to_str().unwrap(), "--format", "json"], args].concat());
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{}\n{}",
+        stdout(&o),
+        stderr(&o)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", stdout(&o)))
+}
+
+/// The items of a JSON array answer (its rows, a report's GPUs...).
+fn items(v: &Value) -> &Vec<Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a JSON array: {v}"))
+}
+
+/// `slicetrace report DATA ARGS --format json`, which must succeed, parsed.
+fn report_json(data: &str, args: &[&str]) -> Value {
+    json_of(&[&["report", data], args].concat())
+}
+
+/// `slicetrace sql DATA QUERY --format json`, which must succeed, parsed.
+fn sql_json(data: &str, query: &str) -> Value {
+    json_of(&["sql", data, query])
 }
 
 const DUCKDB_REPORT: &str = r#"
@@ -173,7 +211,7 @@ fn compare_with_duckdb(dir: &Path, filter: &str, by: &str, py: &Path, all_runs: 
         &[dir.to_str().unwrap(), &duck_filter, by],
     ))
     .unwrap();
-    let (ours, theirs) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
+    let (ours, theirs) = (items(&ours), items(&theirs));
     assert_eq!(ours.len(), theirs.len(), "group count differs");
     assert!(!ours.is_empty());
     let mut checked = 0;
@@ -203,9 +241,10 @@ fn compare_with_duckdb(dir: &Path, filter: &str, by: &str, py: &Path, all_runs: 
 
 #[test]
 fn report_percentiles_equal_duckdb_quantile_cont() {
-    let Some(py) = python("duckdb") else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let Some(py) = python_with(&["duckdb"]) else {
+        return;
+    };
+    let tmp = golden_dir();
     compare_with_duckdb(tmp.path(), "TRUE", "node,gpu_uuid,kernel", &py, false);
     compare_with_duckdb(
         tmp.path(),
@@ -220,20 +259,10 @@ fn report_percentiles_equal_duckdb_quantile_cont() {
 
 #[test]
 fn where_on_node_returns_only_that_node() {
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let tmp = golden_dir();
     let d = tmp.path().to_str().unwrap();
-    let v = json(&slicetrace(&[
-        "report",
-        d,
-        "--where",
-        "node='node-01'",
-        "--by",
-        "node,kernel",
-        "--format",
-        "json",
-    ]));
-    let rows = v.as_array().unwrap();
+    let v = report_json(d, &["--where", "node='node-01'", "--by", "node,kernel"]);
+    let rows = items(&v);
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["node"] == "node-01"));
     assert_eq!(
@@ -244,13 +273,10 @@ fn where_on_node_returns_only_that_node() {
     );
     // The partition column also works through `sql`, and `DATA` may be DIR/probes.
     let probes = tmp.path().join("probes");
-    let v = json(&slicetrace(&[
-        "sql",
+    let v = sql_json(
         probes.to_str().unwrap(),
         "SELECT node, count(*) AS n FROM probes WHERE node = 'node-02' GROUP BY node",
-        "--format",
-        "json",
-    ]));
+    );
     assert_eq!(v, serde_json::json!([{"node": "node-02", "n": 3000}]));
     // The predicate prunes whole node= directories: the plan lists no other node's file.
     let plan = stdout(&slicetrace(&[
@@ -269,8 +295,7 @@ fn where_on_node_returns_only_that_node() {
 
 #[test]
 fn report_formats_and_approx() {
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let tmp = golden_dir();
     let d = tmp.path().to_str().unwrap();
     let t = slicetrace(&["report", d]);
     assert_eq!(t.status.code(), Some(0), "{}", stderr(&t));
@@ -281,18 +306,11 @@ fn report_formats_and_approx() {
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("kernel,count,runs_per_s,wall_p50_ms"));
     assert_eq!(lines.len(), 3);
-    let exact = json(&slicetrace(&[
-        "report", d, "--by", "kernel", "--format", "json",
-    ]));
+    let exact = report_json(d, &["--by", "kernel"]);
     let approx = json(&slicetrace(&[
         "report", d, "--by", "kernel", "--format", "json", "--approx",
     ]));
-    for (e, a) in exact
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(approx.as_array().unwrap())
-    {
+    for (e, a) in items(&exact).iter().zip(items(&approx)) {
         assert_eq!(e["count"], a["count"]);
         let (e50, a50) = (
             e["wall_p50_ms"].as_f64().unwrap(),
@@ -314,12 +332,7 @@ fn report_formats_and_approx() {
         "json",
     ]);
     let v = json(&range);
-    let n: u64 = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum();
+    let n: u64 = items(&v).iter().map(|r| r["count"].as_u64().unwrap()).sum();
     assert!(
         n > 1000 && n < 1300,
         "6 h of 48 h should hold about 1/8 of 9000 rows, got {n}"
@@ -328,24 +341,17 @@ fn report_formats_and_approx() {
 
 #[test]
 fn compare_split_by_occupancy_shows_both_clocks_per_tenant_level() {
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let tmp = golden_dir();
     let d = tmp.path().to_str().unwrap();
-    let v = json(&slicetrace(&[
-        "compare",
-        d,
-        "--split-by-occupancy",
-        "--format",
-        "json",
-    ]));
-    let blocks = v.as_array().unwrap();
+    let v = json_of(&["compare", d, "--split-by-occupancy"]);
+    let blocks = items(&v);
     let labels: Vec<&str> = blocks
         .iter()
         .map(|b| b["against"].as_str().unwrap())
         .collect();
     assert_eq!(labels, [">=1 tenants", "1 tenants", "3 tenants"]);
     for b in blocks {
-        for r in b["rows"].as_array().unwrap() {
+        for r in items(&b["rows"]) {
             let f99 = r["p99_factor"].as_f64().unwrap();
             match r["clock"].as_str().unwrap() {
                 // Events hide the wait: the event clock barely moves...
@@ -385,20 +391,14 @@ fn fleet_spec() -> SynthSpec {
 }
 
 fn not_healthy(v: &Value) -> Vec<(String, String, String)> {
-    v["gpus"]
-        .as_array()
-        .unwrap()
+    items(&v["gpus"])
         .iter()
         .filter(|g| g["verdict"] != "healthy")
         .map(|g| {
-            let reasons: Vec<String> = g["kernels"]
-                .as_array()
-                .unwrap()
+            let reasons: Vec<String> = items(&g["kernels"])
                 .iter()
                 .flat_map(|k| {
-                    k["reasons"]
-                        .as_array()
-                        .unwrap()
+                    items(&k["reasons"])
                         .iter()
                         .map(|r| r.as_str().unwrap().to_string())
                 })
@@ -415,10 +415,8 @@ fn not_healthy(v: &Value) -> Vec<(String, String, String)> {
 #[test]
 fn fleet_clean_fleet_is_healthy_and_exits_0() {
     let tmp = fleet_dir(fleet_spec());
-    let o = slicetrace(&["fleet", tmp.path().to_str().unwrap(), "--format", "json"]);
-    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["gpus"].as_array().unwrap().len(), 20);
+    let v = fleet_json(tmp.path(), &[], 0);
+    assert_eq!(items(&v["gpus"]).len(), 20);
     assert!(not_healthy(&v).is_empty());
 }
 
@@ -428,9 +426,7 @@ fn fleet_flags_planted_slow_node_and_exits_1() {
         slow_node: Some("node-07".into()),
         ..fleet_spec()
     });
-    let o = slicetrace(&["fleet", tmp.path().to_str().unwrap(), "--format", "json"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let bad = not_healthy(&serde_json::from_slice(&o.stdout).unwrap());
+    let bad = not_healthy(&fleet_json(tmp.path(), &[], 1));
     assert_eq!(bad.len(), 1, "{bad:?}");
     assert_eq!(bad[0].0, "node-07");
     assert_eq!(bad[0].1, "degraded");
@@ -477,16 +473,8 @@ fn fleet_tells_throttling_from_contention_and_faults() {
     }
     std::fs::remove_dir_all(tmp.path().join("probes/date=2026-01-01/node=node-15")).unwrap();
     synth::write_rows(tmp.path(), &rows, 100_000, 99).unwrap();
-    let o = slicetrace(&[
-        "fleet",
-        tmp.path().to_str().unwrap(),
-        "--format",
-        "json",
-        "--slo-p99-ms",
-        "100",
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let bad = not_healthy(&serde_json::from_slice(&o.stdout).unwrap());
+    let v = fleet_json(tmp.path(), &["--slo-p99-ms", "100"], 1);
+    let bad = not_healthy(&v);
     let find = |n: &str| {
         bad.iter()
             .find(|b| b.0 == n)
@@ -501,11 +489,8 @@ fn fleet_tells_throttling_from_contention_and_faults() {
     );
     assert_eq!(find("node-03").1, "unhealthy");
     assert!(find("node-03").2.contains("correctness"));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let gpu = |v: &Value, n: &str| {
-        v["gpus"]
-            .as_array()
-            .unwrap()
+        items(&v["gpus"])
             .iter()
             .find(|g| g["node"] == n)
             .cloned()
@@ -516,20 +501,9 @@ fn fleet_tells_throttling_from_contention_and_faults() {
     assert_eq!(n15["contention"], "contended", "{n15}");
     assert!(n15.to_string().contains("contention"), "{n15}");
     // An SLO below everyone's p99 makes every GPU over-shared, none unhealthy.
-    let o = slicetrace(&[
-        "fleet",
-        tmp.path().to_str().unwrap(),
-        "--format",
-        "json",
-        "--slo-p99-ms",
-        "0.01",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = fleet_json(tmp.path(), &["--slo-p99-ms", "0.01"], 1);
     assert_eq!(not_healthy(&v).len(), 2);
-    assert!(v["gpus"]
-        .as_array()
-        .unwrap()
+    assert!(items(&v["gpus"])
         .iter()
         .all(|g| g["contention"] == "over-shared"));
 }
@@ -546,6 +520,36 @@ fn one_good_file(dir: &Path) -> PathBuf {
     let p = d.join("part-1-good.parquet");
     synth::write_file(&p, &rows).unwrap();
     p
+}
+
+/// A temporary directory with `n` hand-made runs of node `n3` on the GPU
+/// `[gpu_uuid, backend, kernel]`, one a second from 2026-03-01, in one file
+/// of its partition; `f` fills in the rest of run `i` (its times).
+fn n3_runs(
+    n: u64,
+    [gpu_uuid, backend, kernel]: [&str; 3],
+    f: impl Fn(u64, ProbeRecord) -> ProbeRecord,
+) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("probes/date=2026-03-01/node=n3");
+    std::fs::create_dir_all(&d).unwrap();
+    let rows: Vec<ProbeRecord> = (0..n)
+        .map(|i| {
+            let base = ProbeRecord {
+                ts_ns: 1_772_323_200_000_000_000 + i as i64 * 1_000_000_000,
+                node: "n3".into(),
+                gpu_uuid: gpu_uuid.into(),
+                backend: backend.into(),
+                kernel: kernel.into(),
+                shape: "s".into(),
+                precision: "fp32".into(),
+                ..Default::default()
+            };
+            f(i, base)
+        })
+        .collect();
+    synth::write_file(&d.join("part-1-a.parquet"), &rows).unwrap();
+    tmp
 }
 
 fn assert_error(o: &Output, needles: &[&str]) {
@@ -674,24 +678,14 @@ fn health_table_beside_probes_is_ignored() {
     let h = tmp.path().join("health/date=2026-01-01/node=node-00");
     std::fs::create_dir_all(&h).unwrap();
     std::fs::write(h.join("part-1-h.parquet"), "not even parquet").unwrap();
-    let v = json(&slicetrace(&[
-        "sql",
-        tmp.path().to_str().unwrap(),
-        "SELECT count(*) AS n FROM probes",
-        "--format",
-        "json",
-    ]));
-    assert_eq!(v[0]["n"], 200);
+    assert_eq!(probe_rows(tmp.path().to_str().unwrap()), 200);
 }
 
 #[test]
 fn plot_writes_png_and_fontless_svg() {
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let tmp = golden_dir();
     let d = tmp.path().to_str().unwrap();
-    let keep = std::env::var_os("SLICETRACE_KEEP_PLOTS").map(PathBuf::from);
-    let out_dir = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = plot_dir(tmp.path());
     let has_font = slicetrace_analysis::plot::FONT_CANDIDATES
         .iter()
         .any(|f| Path::new(f).is_file());
@@ -714,11 +708,7 @@ fn plot_writes_png_and_fontless_svg() {
         if kind == "timeline" {
             args.extend(["--where", "node='node-00' AND kernel='fft'"]);
         }
-        let o = Command::new(BIN)
-            .args(&args)
-            .env("SLICETRACE_NO_SYSTEM_FONTS", "1")
-            .output()
-            .unwrap();
+        let o = slicetrace_fontless(&args);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let s = std::fs::read_to_string(&svg).unwrap();
         assert!(
@@ -756,14 +746,10 @@ print(n)
 
 #[test]
 fn s3_report_from_moto_equals_local_report() {
-    let Some(py) = python("duckdb, boto3, moto.server") else {
+    let Some(py) = python_with(&["duckdb", "boto3", "moto.server"]) else {
         return;
     };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(&py)
         .args([
             "-m",
@@ -778,13 +764,11 @@ fn s3_report_from_moto_equals_local_report() {
         .spawn()
         .unwrap();
     let _moto = Moto(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let up = wait_for(Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(up.is_some(), "moto_server did not start");
+    let tmp = golden_dir();
     // A half-written file in the bucket must be ignored, as locally.
     std::fs::File::create(
         tmp.path()
@@ -805,24 +789,20 @@ fn s3_report_from_moto_equals_local_report() {
         ],
     );
     assert!(n.trim().parse::<u32>().unwrap() >= 6);
-    let local = json(&slicetrace(&[
-        "report",
-        tmp.path().to_str().unwrap(),
-        "--format",
-        "json",
-    ]));
-    let remote = Command::new(BIN)
-        .args(["report", "s3://probes-bucket/fleet/a", "--format", "json"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .output()
-        .unwrap();
+    let local = report_json(tmp.path().to_str().unwrap(), &[]);
+    let remote = slicetrace_env(
+        &["report", "s3://probes-bucket/fleet/a", "--format", "json"],
+        &[
+            S3_CREDS[0],
+            S3_CREDS[1],
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+        ],
+    );
     assert_eq!(json(&remote), local);
     // --s3-endpoint works too, and a wrong bucket is a clear error.
-    let o = Command::new(BIN)
-        .args([
+    let o = slicetrace_env(
+        &[
             "sql",
             "s3://probes-bucket/fleet/a/probes",
             "SELECT count(*) AS n FROM probes WHERE node='node-01'",
@@ -830,57 +810,32 @@ fn s3_report_from_moto_equals_local_report() {
             "json",
             "--s3-endpoint",
             &endpoint,
-        ])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env_remove("AWS_ENDPOINT_URL")
-        .output()
-        .unwrap();
+        ],
+        &S3_CREDS,
+    );
     assert_eq!(json(&o), serde_json::json!([{"n": 3000}]));
-    let o = Command::new(BIN)
-        .args([
+    let o = slicetrace_env(
+        &[
             "report",
             "s3://no-such-bucket/x",
             "--s3-endpoint",
             &endpoint,
-        ])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
+        ],
+        &S3_CREDS,
+    );
     assert_error(&o, &["s3://no-such-bucket"]);
 }
 
 #[test]
 fn records_round_trip_through_the_cli() {
     // A file written from hand-made records reads back with the right values.
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("probes/date=2026-03-01/node=n3");
-    std::fs::create_dir_all(&d).unwrap();
-    let rows: Vec<ProbeRecord> = (0..5)
-        .map(|i| ProbeRecord {
-            ts_ns: 1_772_323_200_000_000_000 + i * 1_000_000_000,
-            node: "n3".into(),
-            gpu_uuid: "GPU-x".into(),
-            backend: "cuda".into(),
-            kernel: "fft".into(),
-            shape: "s".into(),
-            precision: "fp32".into(),
-            wall_ms: (i + 1) as f64,
-            gpu_ms: Some(0.5),
-            queue_ms: Some(i as f64 + 0.5),
-            ..Default::default()
-        })
-        .collect();
-    synth::write_file(&d.join("part-1-a.parquet"), &rows).unwrap();
-    let v = json(&slicetrace(&[
-        "report",
-        tmp.path().to_str().unwrap(),
-        "--where",
-        "node='n3'",
-        "--format",
-        "json",
-    ]));
+    let tmp = n3_runs(5, ["GPU-x", "cuda", "fft"], |i, r| ProbeRecord {
+        wall_ms: (i + 1) as f64,
+        gpu_ms: Some(0.5),
+        queue_ms: Some(i as f64 + 0.5),
+        ..r
+    });
+    let v = report_json(tmp.path().to_str().unwrap(), &["--where", "node='n3'"]);
     let r = &v[0];
     assert_eq!(r["count"], 5);
     assert_eq!(r["wall_p50_ms"], 3.0);
@@ -949,12 +904,8 @@ fn arrival_runs_of_mixed_old_and_new_files_equal_duckdb() {
     assert_eq!(rows, 6_400);
     assert_eq!(arrivals, 2 * (100 + 400));
     let d = tmp.path().to_str().unwrap();
-    let v = json(&slicetrace(&[
-        "report", d, "--by", "kernel", "--format", "json",
-    ]));
-    let by_kernel: Vec<(String, u64)> = v
-        .as_array()
-        .unwrap()
+    let v = report_json(d, &["--by", "kernel"]);
+    let by_kernel: Vec<(String, u64)> = items(&v)
         .iter()
         .map(|r| {
             (
@@ -977,9 +928,7 @@ fn arrival_runs_of_mixed_old_and_new_files_equal_duckdb() {
         "json",
         "--all-runs",
     ]));
-    let total: u64 = all
-        .as_array()
-        .unwrap()
+    let total: u64 = items(&all)
         .iter()
         .map(|r| r["count"].as_u64().unwrap())
         .sum();
@@ -996,7 +945,9 @@ fn arrival_runs_of_mixed_old_and_new_files_equal_duckdb() {
     // Default groups split tenant phases.
     assert!(stdout(&t).contains("tenants"), "{}", stdout(&t));
 
-    let Some(py) = python("duckdb") else { return };
+    let Some(py) = python_with(&["duckdb"]) else {
+        return;
+    };
     let e = compare_with_duckdb(tmp.path(), "TRUE", "node,kernel,tenants", &py, false);
     assert!(
         runs_line(&e).contains(&format!("({arrivals} of {rows} rows)")),
@@ -1046,22 +997,10 @@ fn burst_runs_wait_longer_than_arrivals_beside_tenants() {
 
 #[test]
 fn tenants_is_a_column_of_every_command() {
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let tmp = golden_dir();
     let d = tmp.path().to_str().unwrap();
-    let v = json(&slicetrace(&[
-        "report",
-        d,
-        "--by",
-        "kernel,tenants",
-        "--where",
-        "tenants >= 1",
-        "--format",
-        "json",
-    ]));
-    let keys: Vec<(String, Value)> = v
-        .as_array()
-        .unwrap()
+    let v = report_json(d, &["--by", "kernel,tenants", "--where", "tenants >= 1"]);
+    let keys: Vec<(String, Value)> = items(&v)
         .iter()
         .map(|r| {
             (
@@ -1080,19 +1019,11 @@ fn tenants_is_a_column_of_every_command() {
             ("gemm".to_string(), serde_json::json!(3)),
         ]
     );
-    let n: u64 = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum();
-    let sql = json(&slicetrace(&[
-        "sql",
+    let n: u64 = items(&v).iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    let sql = sql_json(
         d,
         "SELECT count(*) AS n FROM arrivals WHERE tenants = gpu_processes AND tenants >= 1",
-        "--format",
-        "json",
-    ]));
+    );
     assert_eq!(sql[0]["n"].as_u64(), Some(n));
     // The default report groups by tenants when the data knows them...
     let t = stdout(&slicetrace(&["report", d, "--format", "csv"]));
@@ -1109,7 +1040,7 @@ fn tenants_is_a_column_of_every_command() {
         "json",
     ]);
     let blocks = json(&o);
-    let rows = blocks[0]["rows"].as_array().unwrap();
+    let rows = items(&blocks[0]["rows"]);
     for r in rows {
         let wall = r["clock"] == "wall (host)";
         // No rate on the host clock: the probe's own runs per second are no
@@ -1135,24 +1066,11 @@ fn tenants_is_a_column_of_every_command() {
 
 #[test]
 fn report_without_tenant_counts_groups_without_tenants() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("probes/date=2026-03-01/node=n3");
-    std::fs::create_dir_all(&d).unwrap();
-    let rows: Vec<ProbeRecord> = (0..4)
-        .map(|i| ProbeRecord {
-            ts_ns: 1_772_323_200_000_000_000 + i * 1_000_000_000,
-            node: "n3".into(),
-            gpu_uuid: "CPU-0".into(),
-            backend: "cpu".into(),
-            kernel: "gemm".into(),
-            shape: "s".into(),
-            precision: "fp32".into(),
-            wall_ms: 1.0,
-            arrival: Some(true),
-            ..Default::default()
-        })
-        .collect();
-    synth::write_file(&d.join("part-1-a.parquet"), &rows).unwrap();
+    let tmp = n3_runs(4, ["CPU-0", "cpu", "gemm"], |_, r| ProbeRecord {
+        wall_ms: 1.0,
+        arrival: Some(true),
+        ..r
+    });
     let csv = stdout(&slicetrace(&[
         "report",
         tmp.path().to_str().unwrap(),
@@ -1263,14 +1181,7 @@ fn a_wrong_directory_says_what_is_missing_not_that_a_filter_matched_nothing() {
     };
     synth::write_file(&flat.join("a/b/x.parquet"), &synth::node_rows(&spec, 0, 30)).unwrap();
     synth::write_file(&flat.join("y.parquet"), &synth::node_rows(&spec, 0, 30)).unwrap();
-    let v = json(&slicetrace(&[
-        "sql",
-        flat.to_str().unwrap(),
-        "SELECT count(*) AS n FROM probes",
-        "--format",
-        "json",
-    ]));
-    assert_eq!(v[0]["n"], 60);
+    assert_eq!(probe_rows(flat.to_str().unwrap()), 60);
 }
 
 fn health_rows(node: &str, n: usize) -> Vec<slicetrace_schema::HealthRecord> {
@@ -1316,10 +1227,8 @@ fn table_health_reports_and_queries_the_verdicts() {
     w.write(&batch).unwrap();
     w.close().unwrap();
     let d = tmp.path().to_str().unwrap();
-    let v = json(&slicetrace(&[
-        "report", d, "--table", "health", "--format", "json",
-    ]));
-    let rows = v.as_array().unwrap();
+    let v = report_json(d, &["--table", "health"]);
+    let rows = items(&v);
     assert_eq!(rows.len(), 2, "{v}");
     let gemm = &rows[1];
     assert_eq!(gemm["kernel"], "gemm");
@@ -1331,15 +1240,13 @@ fn table_health_reports_and_queries_the_verdicts() {
     assert_eq!(gemm["max_wall_p99_ms"], 9.2);
     // sql over health, also when DATA points at the probes directory.
     let probes = tmp.path().join("probes");
-    let v = json(&slicetrace(&[
+    let v = json_of(&[
         "sql",
         probes.to_str().unwrap(),
         "--table",
         "health",
         "SELECT verdict, count(*) AS n FROM health GROUP BY verdict ORDER BY verdict",
-        "--format",
-        "json",
-    ]));
+    ]);
     assert_eq!(
         v,
         serde_json::json!([{"verdict": "degraded", "n": 2}, {"verdict": "healthy", "n": 8}])
@@ -1349,30 +1256,16 @@ fn table_health_reports_and_queries_the_verdicts() {
         &slicetrace(&["report", d, "--table", "health", "--by", "verdic"]),
         &["unknown column \"verdic\"", "verdict"],
     );
-    let v = json(&slicetrace(&[
-        "sql",
-        d,
-        "SELECT count(*) AS n FROM probes",
-        "--format",
-        "json",
-    ]));
-    assert_eq!(v[0]["n"], 200);
+    assert_eq!(probe_rows(d), 200);
 }
 
 #[test]
 fn cdf_plot_has_one_panel_per_kernel_and_dashed_legends() {
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let tmp = golden_dir();
     let d = tmp.path().to_str().unwrap();
-    let keep = std::env::var_os("SLICETRACE_KEEP_PLOTS").map(PathBuf::from);
-    let out_dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = plot_dir(tmp.path());
     let svg = out_dir.join("cdf-per-kernel.svg");
-    let o = Command::new(BIN)
-        .args(["plot", d, "--out", svg.to_str().unwrap()])
-        .env("SLICETRACE_NO_SYSTEM_FONTS", "1")
-        .output()
-        .unwrap();
+    let o = slicetrace_fontless(&["plot", d, "--out", svg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let s = std::fs::read_to_string(&svg).unwrap();
     let texts: Vec<&str> = s
@@ -1413,23 +1306,18 @@ fn cdf_plot_has_one_panel_per_kernel_and_dashed_legends() {
 
 #[test]
 fn timeline_axis_is_utc_clock_time() {
-    let tmp = tempfile::tempdir().unwrap();
-    golden(tmp.path());
+    let tmp = golden_dir();
     let svg = tmp.path().join("tl.svg");
-    let o = Command::new(BIN)
-        .args([
-            "plot",
-            tmp.path().to_str().unwrap(),
-            "--out",
-            svg.to_str().unwrap(),
-            "--kind",
-            "timeline",
-            "--where",
-            "node='node-00' AND kernel='fft' AND ts < TIMESTAMP '2026-01-01T02:00:00Z'",
-        ])
-        .env("SLICETRACE_NO_SYSTEM_FONTS", "1")
-        .output()
-        .unwrap();
+    let o = slicetrace_fontless(&[
+        "plot",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        svg.to_str().unwrap(),
+        "--kind",
+        "timeline",
+        "--where",
+        "node='node-00' AND kernel='fft' AND ts < TIMESTAMP '2026-01-01T02:00:00Z'",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let s = std::fs::read_to_string(&svg).unwrap();
     assert!(

@@ -85,6 +85,23 @@ pub async fn run(
         counters,
         live,
     } = parts;
+    // Every series carries this node; every GPU is known before its first
+    // probe run (slicetrace_gpu_info, slicetrace_backend_up, /readyz).
+    live.set_node(&node);
+    for b in &backends {
+        let d = b.device();
+        live.register_gpu(
+            &d.uuid,
+            crate::health::GpuEntry {
+                index: d.index,
+                name: d.name.clone(),
+                backend: d.backend.to_string(),
+                down: None,
+                probe_failing: None,
+            },
+        );
+    }
+    let telemetry = crate::telemetry::with_process_names(telemetry, config.process_names);
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
     // A sink starts its own shutdown clock only after the probes stopped and
     // its queue drained, later than ours: give it a little less, so that a
@@ -121,8 +138,10 @@ pub async fn run(
     };
 
     // ---- sinks, each on its own task behind its own bounded queue ----
-    let burst_rows = 2 * config.probe_spec("cuda").burst_runs.max(1) as usize;
-    let queue_msgs = (config.sink_queue_records / burst_rows).max(4);
+    let rows_per_send = config
+        .arrival_plan(&config.probe_spec("cuda"))
+        .rows_per_send();
+    let queue_msgs = (config.sink_queue_records / rows_per_send).max(4);
     let mut sink_queues = Vec::new();
     let mut sink_tasks = Vec::new();
     let mut health_sinks: Vec<mpsc::Sender<SinkMsg>> = Vec::new();
@@ -151,6 +170,10 @@ pub async fn run(
             counters.clone(),
         )
         .context("failed to start the otlp sink")?;
+        sink.set_trace_per_run(matches!(
+            config.arrival_plan(&config.probe_spec("cuda")),
+            crate::pipeline::ArrivalPlan::Poisson { .. }
+        ));
         let (tx, rx) = mpsc::channel(queue_msgs);
         health_sinks.push(tx.clone());
         sink_queues.push(SinkQueue { name: "otlp", tx });
@@ -270,9 +293,7 @@ pub async fn run(
             live: live.clone(),
             counters: counters.clone(),
             node: node.clone(),
-            interval: Duration::from_millis(config.interval_ms),
-            jitter_pct: config.jitter_pct,
-            burst_runs: spec.burst_runs,
+            arrivals: config.arrival_plan(&spec),
             self_test: config.self_test,
             stop: stop.clone(),
         };

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use slicetrace_agent::agent::{self, AgentParts, BackendFactory};
-use slicetrace_agent::config::{Config, Overrides};
-use slicetrace_agent::health::LiveState;
+use slicetrace_agent::config::{Config, LogFormat, Overrides};
+use slicetrace_agent::health::{GpuEntry, LiveState};
 use slicetrace_agent::internal_events::{error_chain, Counters};
 use slicetrace_agent::telemetry::nvml::NvmlTelemetry;
 use slicetrace_agent::telemetry::{NoTelemetry, TelemetrySource};
@@ -54,9 +54,13 @@ struct RunArgs {
     /// Stop cleanly after this long (e.g. 30s, 10m); default: until SIGTERM/SIGINT.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Mean time between probe cycles per GPU (e.g. 1s, 250ms).
+    /// Mean time between probe cycles per GPU with `probe.arrivals = "burst"`
+    /// (e.g. 1s, 250ms).
     #[arg(long, value_parser = humantime::parse_duration)]
     interval: Option<Duration>,
+    /// Mean Poisson arrivals per second per GPU (`probe.rate_hz`, default 5).
+    #[arg(long)]
+    rate_hz: Option<f64>,
     /// light or article.
     #[arg(long)]
     preset: Option<Preset>,
@@ -75,12 +79,15 @@ struct RunArgs {
     /// Also write the exit tail table as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: String,
+    /// Log format: text or json (default: $SLICETRACE_LOG_FORMAT, else the
+    /// config's `log_format`, else text). The filter is $SLICETRACE_LOG.
+    #[arg(long)]
+    log_format: Option<LogFormat>,
 }
 
-fn init_logs(json: bool) {
+/// Starts logging to stderr: JSON, or text with colour only when stderr is
+/// a terminal (a pod's log is a file, where escape codes are noise).
+fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLICETRACE_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "info,hyper=warn,hyper_util=warn,h2=warn,tonic=warn,tower=warn,kube=warn,kube_runtime=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,reqwest=warn,rustls=warn",
@@ -90,11 +97,28 @@ fn init_logs(json: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
+}
+
+/// The log format: the flag, else `SLICETRACE_LOG_FORMAT`, else the config.
+fn log_format(flag: Option<LogFormat>, cfg: Option<&Config>) -> Result<LogFormat, Usage> {
+    if let Some(f) = flag {
+        return Ok(f);
+    }
+    if let Some(v) = std::env::var("SLICETRACE_LOG_FORMAT")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        return v
+            .parse()
+            .map_err(|m: String| Usage(anyhow::anyhow!("config: SLICETRACE_LOG_FORMAT: {m}")));
+    }
+    Ok(cfg.map_or(LogFormat::Text, |c| c.log_format))
 }
 
 /// Usage errors exit 2; everything else 1.
@@ -114,6 +138,8 @@ fn load_config(file: Option<&PathBuf>, o: &Overrides) -> Result<Config, Usage> {
 }
 
 fn main() {
+    // Before any thread allocates: see `memory` (host-memory budget).
+    slicetrace_agent::memory::limit_arenas(2);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -134,8 +160,8 @@ fn main() {
             }
         },
         Cmd::Run(args) => {
-            init_logs(args.log_format == "json");
             let o = Overrides {
+                rate_hz: args.rate_hz,
                 backend: args.backend,
                 data_dir: args.data_dir.clone(),
                 interval: args.interval,
@@ -145,18 +171,25 @@ fn main() {
                 node_name: args.node_name.clone(),
                 cpu_devices: args.cpu_devices,
             };
-            match load_config(args.config.as_ref(), &o) {
+            match load_config(args.config.as_ref(), &o).and_then(|cfg| {
+                let f = log_format(args.log_format, Some(&cfg))?;
+                Ok((cfg, f))
+            }) {
                 Err(Usage(e)) => {
+                    // Logging is not set up yet: the format may be the error.
                     eprintln!("error: {e:#}");
                     2
                 }
-                Ok(cfg) => match run(cfg, args.duration, args.summary_json.as_deref()) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        1
+                Ok((cfg, format)) => {
+                    init_logs(format);
+                    match run(cfg, args.duration, args.summary_json.as_deref()) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            1
+                        }
                     }
-                },
+                }
             }
         }
     };
@@ -171,17 +204,56 @@ fn run(
     let node = cfg.resolved_node_name();
     let cfg_for_spec = cfg.clone();
     let spec_for = move |b: &'static str| cfg_for_spec.probe_spec(b);
-    let (mut backends, fallback) = open_backends(cfg.backend, &spec_for, cfg.cpu_devices)
-        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
-        .context("no probe backend could be opened")?;
+    let live = Arc::new(LiveState::default());
+    let (mut backends, fallback) = match open_backends(cfg.backend, &spec_for, cfg.cpu_devices) {
+        Ok(b) => b,
+        // `backend = "cuda"` (the DaemonSet): a GPU node whose CUDA does not
+        // start keeps serving /metrics with slicetrace_backend_up 0 and a
+        // failing /readyz, instead of probing the CPU or crash-looping
+        // without saying why on /metrics.
+        Err(e) if cfg.backend == BackendKind::Cuda => {
+            let why = error_chain(&e);
+            let uuids = NvmlTelemetry::new(cfg.occupancy.proc_root.clone())
+                .map(|t| t.device_uuids())
+                .unwrap_or_default();
+            let uuids = if uuids.is_empty() {
+                vec!["GPU-unknown".to_string()]
+            } else {
+                uuids
+            };
+            for (i, uuid) in uuids.iter().enumerate() {
+                tracing::error!(gpu = %uuid, backend = "cuda", reason = %why, "CUDA backend failed to open: GPU not probed, /readyz fails until the agent restarts with working CUDA");
+                live.register_gpu(
+                    uuid,
+                    GpuEntry {
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                        name: None,
+                        backend: "cuda".into(),
+                        down: Some(why.clone()),
+                        probe_failing: None,
+                    },
+                );
+            }
+            (Vec::new(), None)
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(error_chain(&e)))
+                .context("no probe backend could be opened");
+        }
+    };
     if let Some(reason) = &fallback {
-        tracing::warn!(reason = %error_chain(reason), "CUDA unavailable: falling back to the CPU backend");
+        let why = error_chain(reason);
+        tracing::warn!(reason = %why, "CUDA unavailable: falling back to the CPU backend (backend = \"auto\"; set backend = \"cuda\" on GPU nodes)");
+        if let Ok(mut f) = live.backend_fallback.write() {
+            *f = Some(why);
+        }
     }
+    let opened_any = !backends.is_empty();
     if !cfg.devices.is_empty() {
         backends.retain(|b| cfg.devices.contains(&b.device().index));
     }
     anyhow::ensure!(
-        !backends.is_empty(),
+        !backends.is_empty() || !opened_any && cfg.backend == BackendKind::Cuda,
         "no device left to probe (devices = {:?})",
         cfg.devices
     );
@@ -200,7 +272,7 @@ fn run(
     };
     for b in &backends {
         let d = b.device();
-        tracing::info!(index = d.index, uuid = %d.uuid, name = ?d.name, backend = d.backend, "probing device");
+        tracing::info!(index = d.index, uuid = %d.uuid, name = d.name.as_deref().unwrap_or(""), backend = d.backend, "probing device");
     }
     let factory: Option<BackendFactory> = if on_cuda {
         let spec = cfg.probe_spec("cuda");
@@ -218,7 +290,7 @@ fn run(
         telemetry,
         occupancy: None,
         counters: Arc::new(Counters::default()),
-        live: Arc::new(LiveState::default()),
+        live,
         config: cfg,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -303,7 +375,11 @@ fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow])
             r.gpu_uuid.clone(),
             r.kernel.clone(),
             r.tenants.map_or("-".into(), |t| t.to_string()),
-            r.runs.to_string(),
+            if r.runs == r.all_runs {
+                r.runs.to_string()
+            } else {
+                format!("{} of {}", r.runs, r.all_runs)
+            },
             f(g.0),
             f(g.1),
             f(w.0),
@@ -312,6 +388,6 @@ fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow])
             f(q.1),
         ]);
     }
-    println!("slicetrace tail table, node {node} (gpu = CUDA events / CPU compute; wall = host clock; queue = wall - gpu; tenants = other compute processes on the GPU)");
+    println!("slicetrace tail table, node {node} (arrival runs only: burst runs after the first are left out; gpu = CUDA events / CPU compute; wall = host clock; queue = wall - gpu; tenants = other compute processes on the GPU)");
     println!("{t}");
 }

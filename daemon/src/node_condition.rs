@@ -1,5 +1,10 @@
 //! Optional node condition `GPUTailLatencyDegraded` on this agent's own Node.
 //!
+//! It follows the health dimension only (the GPU itself): a GPU that is
+//! merely contended by its tenants keeps the condition `False`, with the
+//! contention named in the message. `unknown` (too few runs yet) gives status
+//! `Unknown`.
+//!
 //! Off by default (it needs `nodes/status` patch RBAC). The condition is
 //! patched only when its status or reason changes, and at most once per
 //! `node_condition_min_interval_ms`, with a strategic-merge patch to
@@ -13,7 +18,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::health::{LiveState, Verdict};
+use crate::health::{Contention, LiveState, Verdict};
 
 /// The condition type.
 pub const CONDITION_TYPE: &str = "GPUTailLatencyDegraded";
@@ -26,9 +31,28 @@ pub fn condition_for(worst: Option<(Verdict, String)>) -> (&'static str, &'stati
             "GPUTailLatencyHealthy",
             "all probed GPUs are healthy".into(),
         ),
+        Some((Verdict::Unknown, why)) => ("Unknown", "GPUHealthUnknown", why),
         Some((Verdict::Degraded, why)) => ("True", "GPUTailLatencyDegraded", why),
         Some((Verdict::Unhealthy, why)) => ("True", "GPUUnhealthy", why),
     }
+}
+
+/// The condition of this node's GPUs: [`condition_for`] the worst health,
+/// with the most contended GPU named in a healthy message.
+pub fn condition_of(live: &LiveState) -> (&'static str, &'static str, String) {
+    let (status, reason, mut message) = condition_for(live.worst());
+    if status == "False" {
+        let contended = live.kernels.read().ok().and_then(|k| {
+            k.iter()
+                .filter(|(_, h)| h.contention.is_some_and(|c| c != Contention::Ok))
+                .max_by_key(|(_, h)| h.contention)
+                .map(|((uuid, kernel), h)| format!("{uuid} {kernel}: {}", h.contention_detail))
+        });
+        if let Some(c) = contended {
+            message = format!("{message}; contended (not a fault): {c}");
+        }
+    }
+    (status, reason, message)
 }
 
 /// Patches the condition whenever it changes, rate-limited, until `stop`.
@@ -49,7 +73,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let (status, reason, message) = condition_for(live.worst());
+        let (status, reason, message) = condition_of(&live);
         if last == Some((status, reason)) {
             continue;
         }
@@ -81,5 +105,57 @@ pub async fn run(
                 last_patch = Some(Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{KernelHealth, Quantiles};
+    use slicetrace_schema::Reason;
+
+    fn kh(verdict: Verdict, contention: Contention) -> KernelHealth {
+        KernelHealth {
+            gpu_index: 0,
+            verdict,
+            reason: "why".into(),
+            health_reason: Reason::None,
+            health_source: None,
+            wall: Quantiles::default(),
+            gpu: Quantiles::default(),
+            queue: Quantiles::default(),
+            baseline_p99_ms: None,
+            inflation: None,
+            samples: 100,
+            correctness_failures_total: 0,
+            contention: Some(contention),
+            contention_reason: Reason::WaitOverBaseline,
+            contention_detail: "p99 wall 7 ms (3 tenants)".into(),
+            contention_source: None,
+            wall_baseline: None,
+            gpu_baseline: None,
+            event_baseline_p99_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_contended_healthy_gpu_keeps_the_condition_false() {
+        let live = LiveState::default();
+        live.kernels.write().expect("lock").insert(
+            ("GPU-a".into(), "fft".into()),
+            kh(Verdict::Healthy, Contention::OverShared),
+        );
+        let (status, reason, msg) = condition_of(&live);
+        assert_eq!((status, reason), ("False", "GPUTailLatencyHealthy"));
+        assert!(msg.contains("3 tenants"), "{msg}");
+        live.kernels.write().expect("lock").insert(
+            ("GPU-a".into(), "gemm".into()),
+            kh(Verdict::Unhealthy, Contention::Ok),
+        );
+        assert_eq!(condition_of(&live).1, "GPUUnhealthy");
+        assert_eq!(
+            condition_for(Some((Verdict::Unknown, "x".into()))).0,
+            "Unknown"
+        );
     }
 }

@@ -32,7 +32,11 @@ impl OccupancySource for TwoPods {
 /// quantiles and returns the agent and one scrape.
 fn agent_with_metrics() -> (RunningAgent, HttpResponse, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = small_config(dir.path());
+    let mut cfg = small_config(dir.path());
+    // Poisson arrivals, both kernels: the live verdict counts arrival runs
+    // only, and a burst's GEMM runs are none.
+    cfg.probe.arrivals = Some(slicetrace_agent::config::Arrivals::Poisson);
+    cfg.probe.rate_hz = Some(40.0);
     let (backends, gate) = gated(cpu_backends(&cfg, &[0, 1]));
     let agent = RunningAgent::start(cfg, backends, Some(Arc::new(TwoPods)), Some(gate.clone()));
 
@@ -42,7 +46,23 @@ fn agent_with_metrics() -> (RunningAgent, HttpResponse, tempfile::TempDir) {
     assert_eq!(r.status, 503, "/readyz before the first cycle: {r:?}");
     let m = agent.get("/metrics");
     assert_eq!(m.status, 200);
-    assert!(m.body.contains("slicetrace_ready 0"), "{}", m.body);
+    assert!(
+        m.body.contains("slicetrace_ready{node=\"n1\"} 0"),
+        "{}",
+        m.body
+    );
+    // Every probed GPU is known from start, before any probe run.
+    let s = samples(&m.body);
+    for uuid in ["CPU-0", "CPU-1"] {
+        assert!(
+            s.iter().any(|x| x.name == "slicetrace_gpu_info"
+                && x.label("gpu_uuid") == Some(uuid)
+                && x.label("backend") == Some("cpu")
+                && x.value == 1.0),
+            "{}",
+            m.body
+        );
+    }
 
     gate.open();
     wait_for("/readyz 200", || {
@@ -53,12 +73,16 @@ fn agent_with_metrics() -> (RunningAgent, HttpResponse, tempfile::TempDir) {
         || {
             let m = agent.get("/metrics");
             let s = samples(&m.body);
+            // Poisson arrivals alternate the kernels: wait for both.
             let has = |uuid: &str| {
-                s.iter().any(|x| {
-                    x.name == "slicetrace_probe_latency_seconds"
-                        && x.label("gpu_uuid") == Some(uuid)
-                        && x.label("clock") == Some("queue")
-                        && x.label("quantile") == Some("0.99")
+                ["fft", "gemm"].iter().all(|k| {
+                    s.iter().any(|x| {
+                        x.name == "slicetrace_probe_latency_seconds"
+                            && x.label("gpu_uuid") == Some(uuid)
+                            && x.label("kernel") == Some(*k)
+                            && x.label("clock") == Some("queue")
+                            && x.label("quantile") == Some("0.99")
+                    })
                 })
             };
             let pods = s.iter().any(|x| x.name == "slicetrace_gpu_pods");
@@ -157,7 +181,7 @@ fn metrics_expose_every_family_and_readyz_waits_for_the_first_cycle() {
             names.sort_unstable();
             assert_eq!(
                 names,
-                ["degraded", "healthy", "unhealthy"],
+                ["degraded", "healthy", "unhealthy", "unknown"],
                 "{uuid} {kernel}"
             );
             assert_eq!(v.iter().filter(|x| x.value == 1.0).count(), 1, "{v:?}");
@@ -186,15 +210,67 @@ fn metrics_expose_every_family_and_readyz_waits_for_the_first_cycle() {
         "slicetrace_otlp_spans_dropped_total",
         "slicetrace_parquet_rows_written_total",
         "slicetrace_parquet_files_rotated_total",
-        "slicetrace_probe_errors_total",
     ] {
         let c = find(name);
         assert_eq!(c.len(), 1, "{name} in\n{}", m.body);
         assert_eq!(c[0].value, 0.0, "{name}");
     }
+    // Series about one GPU carry its gpu_uuid (the probe-error alert names it).
+    for name in [
+        "slicetrace_probe_errors_total",
+        "slicetrace_telemetry_errors_total",
+        "slicetrace_probe_runs_total",
+    ] {
+        let mut uuids: Vec<_> = find(name)
+            .iter()
+            .filter_map(|x| x.label("gpu_uuid"))
+            .collect();
+        uuids.sort_unstable();
+        assert_eq!(uuids, ["CPU-0", "CPU-1"], "{name} in\n{}", m.body);
+    }
+    assert!(find("slicetrace_probe_errors_total")
+        .iter()
+        .all(|x| x.value == 0.0));
     let runs = find("slicetrace_probe_runs_total");
-    assert!(runs.len() == 1 && runs[0].value >= 20.0, "{runs:?}");
+    assert!(runs.iter().all(|x| x.value >= 2.0), "{runs:?}");
     assert_eq!(find("slicetrace_ready").first().map(|x| x.value), Some(1.0));
+    // Every series carries the agent's node, whatever the scrape setup adds.
+    assert!(
+        s.iter().all(|x| x.label("node") == Some("n1")),
+        "{}",
+        m.body
+    );
+    assert_eq!(
+        find("slicetrace_agent_info")
+            .first()
+            .and_then(|x| x.label("version")),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    for uuid in ["CPU-0", "CPU-1"] {
+        let up = find("slicetrace_backend_up");
+        let up = up
+            .iter()
+            .find(|x| x.label("gpu_uuid") == Some(uuid))
+            .expect("backend_up");
+        assert_eq!((up.label("backend"), up.value), (Some("cpu"), 1.0));
+        for kernel in ["fft", "gemm"] {
+            let of = |name: &str| {
+                find(name)
+                    .into_iter()
+                    .filter(|x| {
+                        x.label("gpu_uuid") == Some(uuid) && x.label("kernel") == Some(kernel)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let c = of("slicetrace_gpu_contention");
+            assert_eq!(c.len(), 3, "{uuid} {kernel}: {c:?}");
+            assert_eq!(c.iter().filter(|x| x.value == 1.0).count(), 1, "{c:?}");
+            let r = of("slicetrace_gpu_verdict_reason");
+            let mut dims: Vec<_> = r.iter().filter_map(|x| x.label("dimension")).collect();
+            dims.sort_unstable();
+            assert_eq!(dims, ["contention", "health"], "{r:?}");
+        }
+    }
     let report = agent.shutdown();
     assert!(report.clean_shutdown);
 }

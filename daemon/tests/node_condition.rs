@@ -15,8 +15,32 @@ use occupancy_support::{python, FakeApi};
 use slicetrace_agent::health::Verdict;
 use slicetrace_agent::node_condition::CONDITION_TYPE;
 use slicetrace_agent::occupancy::KubeApiMode;
+use slicetrace_probe::{Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
 
 const MIN_INTERVAL: Duration = Duration::from_millis(4000);
+
+/// A GPU whose every answer is wrong (a planted correctness fault).
+struct Wrong {
+    inner: Box<dyn ProbeBackend>,
+}
+
+impl ProbeBackend for Wrong {
+    fn device(&self) -> &slicetrace_probe::DeviceInfo {
+        self.inner.device()
+    }
+    fn shape(&self, kernel: Kernel) -> KernelShape {
+        self.inner.shape(kernel)
+    }
+    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
+        self.inner.run(kernel).map(|s| RunSample {
+            correct: Some(false),
+            ..s
+        })
+    }
+    fn plant_fault(&mut self, kernel: Kernel, fault: slicetrace_probe::Fault) {
+        self.inner.plant_fault(kernel, fault);
+    }
+}
 
 fn patches(api: &FakeApi) -> Vec<serde_json::Value> {
     api.control("GET", "/_test/patches", "")["items"]
@@ -68,11 +92,16 @@ fn node_condition_is_patched_on_change_only_and_rate_limited() {
     let mut cfg = small_config(dir.path());
     cfg.health.node_condition = true;
     cfg.health.node_condition_min_interval_ms = MIN_INTERVAL.as_millis() as u64;
-    // Any real latency is far above this SLO: unhealthy once warmed up.
+    // Any real latency is far above this SLO: that is contention, which
+    // never makes the GPU unhealthy; the wrong answers below do.
     cfg.health.slo_p99_ms = Some(1e-6);
     cfg.occupancy.kube_api = KubeApiMode::Server;
     cfg.occupancy.kube_server_url = Some(api.url());
-    let (backends, gate) = gated(cpu_backends(&cfg, &[0]));
+    let wrong = cpu_backends(&cfg, &[0])
+        .into_iter()
+        .map(|inner| Box::new(Wrong { inner }) as Box<dyn ProbeBackend>)
+        .collect();
+    let (backends, gate) = gated(wrong);
     let agent = RunningAgent::start(cfg, backends, None, Some(gate.clone()));
 
     // Before any probe run there is no verdict: the condition is False.
@@ -127,8 +156,12 @@ fn node_condition_is_patched_on_change_only_and_rate_limited() {
     assert_eq!(c["reason"], "GPUUnhealthy", "{c}");
     let msg = c["message"].as_str().unwrap();
     assert!(
-        msg.contains("CPU-0") && msg.contains("SLO"),
+        msg.contains("CPU-0") && msg.contains("correctness"),
         "message {msg:?}"
+    );
+    assert!(
+        !msg.contains("SLO"),
+        "an SLO breach is contention, not the node's condition: {msg:?}"
     );
 
     // Unchanged verdict over many evaluations and more than one minimum

@@ -15,7 +15,7 @@ OUT=${OUT:-./out-arrivals}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 export NODE_NAME=h100-node SLICETRACE_LOG=info
-log() { echo "[$(date -u +%H:%M:%S.%3N)] $*" | tee -a "$OUT/timeline.log"; }
+log() { echo "[$(date -u +%H:%M:%S.%3N) epoch=$(date +%s.%N)] $*" | tee -a "$OUT/timeline.log"; }
 TPIDS=()
 tenant() { # name -> one article-preset fp32 4096^2 GEMM tenant, back to back
   "$BIN/slicetrace-load" gemm --backend cuda --preset article --duration 0 "${@:2}" >"$R/tenant-$1.json" 2>"$R/tenant-$1.log" &
@@ -27,7 +27,7 @@ agent_cfg() { # rate -> config file
 [probe]
 rate_hz = $1
 [metrics]
-listen = "127.0.0.1:9464"
+listen = "127.0.0.1:${METRICS_PORT:-9464}"
 [occupancy]
 kube_api = "off"
 [health]
@@ -38,22 +38,23 @@ TOML
 }
 pack() { tar -czf "$OUT/arrivals-$1.tar.gz" -C "$R" . ; rm -rf "$R"; }
 
-fidelity() { # RATE SECS
+fidelity() { # RATE SECS   (env PHASES="0 1 3", CAP=max runs per kernel for torch)
   local rate=$1 secs=$2
-  R=$OUT/raw-fidelity-$rate; mkdir -p "$R"
+  PHASES=${PHASES:-0 1 3}
+  R=$OUT/raw-fidelity-$rate-${PHASES// /}; mkdir -p "$R"
   nvidia-smi --query-gpu=name,uuid,driver_version,clocks.sm,clocks.max.sm --format=csv >"$R/gpu.csv"
   local cfg; cfg=$(agent_cfg "$rate")
-  for phase in 0 1 3; do
+  for phase in ${PHASES:-0 1 3}; do
     for i in $(seq 1 "$phase"); do tenant "f$phase-$i"; done
     [ "$phase" -gt 0 ] && sleep 3
     log "fidelity rate=$rate phase=$phase: agent"
     "$BIN/slicetrace-agent" run --config "$cfg" --backend cuda --data-dir "$R/agent-t$phase" \
       --duration "$((secs + 4))s" --summary-json "$R/agent-t$phase.json" >"$R/agent-t$phase.txt" 2>"$R/agent-t$phase.log"
     log "fidelity rate=$rate phase=$phase: torch"
-    python3 "$HERE/torch_arrivals.py" "$rate" "$secs" "$R/torch-t$phase.jsonl" >"$R/torch-t$phase.json" 2>"$R/torch-t$phase.log"
+    python3 "$HERE/torch_arrivals.py" "$rate" "$secs" "$R/torch-t$phase.jsonl" "${CAP:-1000000}" "${TORCH_MODE:-graph}" >"$R/torch-t$phase.json" 2>"$R/torch-t$phase.log"
     stop_tenants
   done
-  pack "fidelity-$rate"
+  pack "fidelity-$rate-${PHASES// /}"
 }
 
 overhead() { # SECS RATE...
@@ -88,12 +89,12 @@ detect() {
   log "detect: start 3 tenants"
   local t0; t0=$(date +%s.%N)
   tenant d1; tenant d2; tenant d3
-  python3 - "$t0" >"$R/detection.json" <<'PY'
+  python3 - "$t0" "${METRICS_PORT:-9464}" >"$R/detection.json" <<'PY'
 import json, sys, time, urllib.request
 t0 = float(sys.argv[1]); first = {}; samples = []
 while time.time() - t0 < 36:
     try:
-        txt = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=2).read().decode()
+        txt = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics", timeout=2).read().decode()
     except Exception:
         time.sleep(0.5); continue
     for line in txt.splitlines():

@@ -37,8 +37,9 @@ def boot(v, p, n=2000, seed=7):
 
 def agent_rows(d):
     rows = []
-    for f in glob.glob(os.path.join(d, "**", "*.parquet"), recursive=True):
-        t = pq.read_table(f).to_pylist()
+    for f in glob.glob(os.path.join(d, "probes", "**", "*.parquet"), recursive=True):
+        tb = pq.read_table(f)
+        t = tb.drop_columns([c for c in ("ts",) if c in tb.column_names]).to_pylist()
         rows.extend(t)
     return rows
 
@@ -46,14 +47,16 @@ def agent_rows(d):
 def fidelity(dirs):
     out = []
     for d in dirs:
-        rate = d.rstrip("/").rsplit("-", 1)[-1]
-        for phase in (0, 1, 3):
+        rate = os.path.basename(glob.glob(os.path.join(d, "agent-*.toml"))[0])[6:-5]
+        for phase in (0, 1, 2, 3, 4):
+            if not os.path.exists(os.path.join(d, f"torch-t{phase}.jsonl")):
+                continue
             a = agent_rows(os.path.join(d, f"agent-t{phase}"))
             t = [json.loads(l) for l in open(os.path.join(d, f"torch-t{phase}.jsonl"))]
             for k in ("fft", "gemm"):
                 aw = [r["wall_ms"] for r in a if r["kernel"] == k and r.get("arrival")]
                 tw = [r["wall_ms"] for r in t if r["kernel"] == k]
-                procs = sorted({r.get("gpu_processes") for r in a if r["kernel"] == k})
+                procs = sorted({r.get("gpu_processes") for r in a if r["kernel"] == k}, key=lambda x: -1 if x is None else x)
                 blocked = sum(1 for r in a if r["kernel"] == k and (r.get("submit") or "").endswith("+block"))
                 row = {"rate_hz": float(rate), "tenants": phase, "kernel": k,
                        "agent_n": len(aw), "torch_n": len(tw), "agent_gpu_processes": procs,
@@ -90,3 +93,39 @@ if __name__ == "__main__":
     if cmd == "fidelity":
         res = fidelity(sys.argv[2:])
         json.dump(res, open(sys.argv[2].rstrip("/") + ".json", "w"), indent=1)
+
+
+def overhead_summary(d, timeline):
+    """Tenant GEMM runs/s in each window A (agent off) and B (agent on)."""
+    import re
+    import statistics
+    t = pq.read_table(os.path.join(d, "tenant-ov.parquet"), columns=["ts"]).column("ts")
+    ts = sorted(x.value / 1e9 for x in t)
+    import bisect
+    win = {}
+    for line in open(timeline):
+        m = re.search(r"epoch=([0-9.]+)\] window ([AB]) rate=([0-9.]+) pair=(\d+) (start|end)", line)
+        if m:
+            win.setdefault((float(m.group(3)), int(m.group(4)), m.group(2)), {})[m.group(5)] = float(m.group(1))
+    res = {}
+    for (rate, pair, ab), w in sorted(win.items()):
+        n = bisect.bisect_left(ts, w["end"]) - bisect.bisect_left(ts, w["start"])
+        res.setdefault(rate, {}).setdefault(pair, {})[ab] = n / (w["end"] - w["start"])
+    out = []
+    print("| agent rate Hz | pairs | tenant runs/s alone (median) | overhead per pair, % | median % | spread (max−min) % | tenant drift across A windows % |")
+    print("|---|---|---|---|---|---|---|")
+    for rate, pairs in sorted(res.items()):
+        ov = [100 * (1 - p["B"] / p["A"]) for p in pairs.values() if "A" in p and "B" in p]
+        a = [p["A"] for p in pairs.values() if "A" in p]
+        drift = 100 * (a[-1] / a[0] - 1) if len(a) > 1 else None
+        row = {"rate_hz": rate, "pairs": pairs, "overhead_pct": ov, "median_pct": statistics.median(ov),
+               "spread_pct": max(ov) - min(ov), "drift_pct": drift}
+        out.append(row)
+        print(f"| {rate:g} | {len(ov)} | {statistics.median(a):.1f} | {', '.join(f'{x:+.2f}' for x in ov)} | "
+              f"{row['median_pct']:+.2f} | {row['spread_pct']:.2f} | {drift:+.2f} |")
+    return out
+
+
+if __name__ == "__main__" and sys.argv[1] == "overhead":
+    res = overhead_summary(sys.argv[2], sys.argv[3])
+    json.dump(res, open(sys.argv[2].rstrip("/") + ".json", "w"), indent=1, default=str)

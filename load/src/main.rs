@@ -89,6 +89,10 @@ struct Args {
     /// other runs (a verification run, not a tenant).
     #[arg(long)]
     plant_every: Option<u64>,
+    /// CUDA: leave cuBLAS its own default workspace (32 MiB on Hopper)
+    /// instead of the preset's.
+    #[arg(long)]
+    cublas_default_workspace: bool,
     /// Stop after this many runs (in addition to --duration).
     #[arg(long)]
     max_runs: Option<u64>,
@@ -229,6 +233,9 @@ fn run(args: Args) -> Result<()> {
         spec.timing = args.submit;
         if let Some(m) = args.fp32_math {
             spec.fp32_math = m;
+        }
+        if args.cublas_default_workspace {
+            spec.cublas_workspace_kib = None;
         }
         spec.wait = match args.spin_us {
             Some(spin_us) => slicetrace_probe::Wait::SpinThenBlock { spin_us },

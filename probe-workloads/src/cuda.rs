@@ -771,11 +771,11 @@ impl ProbeBackend for CudaBackend {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        let graph_ok = match (&self.graphs[kidx(kernel)], fault) {
-            (Some(_), None) => true,
-            (Some((_, Some(_))), Some(_)) => true,
-            _ => false,
-        };
+        // A planted fault goes through the graph only where it has fault nodes.
+        let graph_ok = matches!(
+            (&self.graphs[kidx(kernel)], fault),
+            (Some(_), None) | (Some((_, Some(_))), Some(_))
+        );
         if graph_ok {
             if let (Some((g, Some(nodes))), Some(f)) = (&self.graphs[kidx(kernel)], fault) {
                 set_fault_nodes(g, nodes, f, true)?;

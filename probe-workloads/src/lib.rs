@@ -11,7 +11,8 @@
 //! at start, so a GPU that computes wrong answers is caught, not just a slow one.
 //!
 //! The same backends drive `slicetrace-load`, the tenant workload that creates
-//! contention in experiments.
+//! contention in experiments. It is its own crate (`load/`), so that its CLI,
+//! logging and Parquet dependencies stay out of this library.
 
 pub mod check;
 pub mod cpu;

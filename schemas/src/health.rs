@@ -26,9 +26,9 @@ pub struct HealthRecord {
     pub gpu_index: u32,
     /// `fft` or `gemm`.
     pub kernel: String,
-    /// `healthy`, `degraded` or `unhealthy`.
+    /// Health: `healthy`, `unknown`, `degraded` or `unhealthy`.
     pub verdict: String,
-    /// One-line reason.
+    /// One-line reason of the health verdict.
     pub reason: String,
     /// Window length, s.
     pub window_secs: u64,
@@ -50,6 +50,24 @@ pub struct HealthRecord {
     pub correctness_failures: u64,
     /// Throttle reasons seen in the window.
     pub throttle_reasons: Option<u64>,
+    /// Bounded reason of the health verdict ([`crate::Reason`]).
+    pub health_reason: Option<String>,
+    /// Baseline the event clock was judged against (`learned`, `sku`).
+    pub health_baseline_source: Option<String>,
+    /// Contention state (`ok`, `contended`, `over-shared`).
+    pub contention: Option<String>,
+    /// Bounded reason of the contention state.
+    pub contention_reason: Option<String>,
+    /// One-line contention reason, with the tenant count.
+    pub contention_detail: Option<String>,
+    /// Baseline the wall clock was judged against (`slo`, `learned`, `sku`).
+    pub contention_baseline_source: Option<String>,
+    /// Largest tenant count in the window.
+    pub tenants: Option<u32>,
+    /// p50 of the event time per SM cycle, millions of cycles.
+    pub event_p50_mcycles: Option<f64>,
+    /// The baseline it was judged against, millions of cycles.
+    pub event_baseline_mcycles: Option<f64>,
 }
 
 /// Arrow schema of the `health` table.
@@ -59,71 +77,68 @@ pub fn health_schema() -> SchemaRef {
 
 /// Builds one `health` batch.
 pub fn health_batch(rows: &[HealthRecord]) -> Result<RecordBatch, SchemaError> {
+    fn strs<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+        let mut b = StringBuilder::new();
+        for x in v {
+            b.append_option(x);
+        }
+        Arc::new(b.finish())
+    }
+    fn u64s(v: impl Iterator<Item = Option<u64>>) -> ArrayRef {
+        let mut b = UInt64Builder::new();
+        for x in v {
+            b.append_option(x);
+        }
+        Arc::new(b.finish())
+    }
+    fn u32s(v: impl Iterator<Item = Option<u32>>) -> ArrayRef {
+        let mut b = UInt32Builder::new();
+        for x in v {
+            b.append_option(x);
+        }
+        Arc::new(b.finish())
+    }
+    fn f64s(v: impl Iterator<Item = Option<f64>>) -> ArrayRef {
+        let mut b = Float64Builder::new();
+        for x in v {
+            b.append_option(x);
+        }
+        Arc::new(b.finish())
+    }
     let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
-    let mut s: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
-    let mut idx = UInt32Builder::new();
-    let mut u: Vec<UInt64Builder> = (0..4).map(|_| UInt64Builder::new()).collect();
-    let mut f: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::new()).collect();
     for r in rows {
         ts.append_value(r.ts_ns);
-        for (b, v) in s
-            .iter_mut()
-            .zip([&r.node, &r.gpu_uuid, &r.kernel, &r.verdict, &r.reason])
-        {
-            b.append_value(v);
-        }
-        idx.append_value(r.gpu_index);
-        for (b, v) in u.iter_mut().zip([
-            Some(r.window_secs),
-            Some(r.samples),
-            Some(r.correctness_failures),
-            r.throttle_reasons,
-        ]) {
-            b.append_option(v);
-        }
-        for (b, v) in f.iter_mut().zip([
-            r.wall_p50_ms,
-            r.wall_p99_ms,
-            r.gpu_p99_ms,
-            r.queue_p99_ms,
-            r.baseline_p99_ms,
-            r.inflation,
-        ]) {
-            b.append_option(v);
-        }
     }
-    let mut s = s.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
-    let mut u = u.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
-    let f: Vec<ArrayRef> = f
-        .into_iter()
-        .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-        .collect();
-    let next = |it: &mut dyn Iterator<Item = ArrayRef>| {
-        it.next()
-            .ok_or(SchemaError::MissingColumn("internal".into()))
-    };
-    let (node, uuid, kernel, verdict, reason) = (
-        next(&mut s)?,
-        next(&mut s)?,
-        next(&mut s)?,
-        next(&mut s)?,
-        next(&mut s)?,
-    );
-    let (win, samples, fails, thr) = (next(&mut u)?, next(&mut u)?, next(&mut u)?, next(&mut u)?);
-    let mut cols: Vec<ArrayRef> = vec![
+    let it = || rows.iter();
+    // In the order of HEALTH_COLUMNS.
+    let cols: Vec<ArrayRef> = vec![
         Arc::new(ts.finish()),
-        node,
-        uuid,
-        Arc::new(idx.finish()),
-        kernel,
-        verdict,
-        reason,
-        win,
-        samples,
+        strs(it().map(|r| Some(r.node.as_str()))),
+        strs(it().map(|r| Some(r.gpu_uuid.as_str()))),
+        u32s(it().map(|r| Some(r.gpu_index))),
+        strs(it().map(|r| Some(r.kernel.as_str()))),
+        strs(it().map(|r| Some(r.verdict.as_str()))),
+        strs(it().map(|r| Some(r.reason.as_str()))),
+        u64s(it().map(|r| Some(r.window_secs))),
+        u64s(it().map(|r| Some(r.samples))),
+        f64s(it().map(|r| r.wall_p50_ms)),
+        f64s(it().map(|r| r.wall_p99_ms)),
+        f64s(it().map(|r| r.gpu_p99_ms)),
+        f64s(it().map(|r| r.queue_p99_ms)),
+        f64s(it().map(|r| r.baseline_p99_ms)),
+        f64s(it().map(|r| r.inflation)),
+        u64s(it().map(|r| Some(r.correctness_failures))),
+        u64s(it().map(|r| r.throttle_reasons)),
+        strs(it().map(|r| r.health_reason.as_deref())),
+        strs(it().map(|r| r.health_baseline_source.as_deref())),
+        strs(it().map(|r| r.contention.as_deref())),
+        strs(it().map(|r| r.contention_reason.as_deref())),
+        strs(it().map(|r| r.contention_detail.as_deref())),
+        strs(it().map(|r| r.contention_baseline_source.as_deref())),
+        u32s(it().map(|r| r.tenants)),
+        f64s(it().map(|r| r.event_p50_mcycles)),
+        f64s(it().map(|r| r.event_baseline_mcycles)),
     ];
-    cols.extend(f);
-    cols.push(fails);
-    cols.push(thr);
     RecordBatch::try_new(health_schema(), cols).map_err(SchemaError::Arrow)
 }
 
@@ -140,6 +155,8 @@ mod tests {
             verdict: "healthy".into(),
             reason: "ok".into(),
             wall_p99_ms: Some(1.0),
+            contention: Some("contended".into()),
+            tenants: Some(3),
             ..Default::default()
         };
         let b = health_batch(&[r.clone(), r]).expect("batch");

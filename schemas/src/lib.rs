@@ -8,16 +8,27 @@
 //! (`analysis/`) reads the same columns back with DataFusion and refuses files
 //! whose schema version is newer than [`SCHEMA_VERSION`].
 //!
+//! Verdicts have one definition, in [`judge`]: two dimensions, health
+//! ([`Verdict`]) and contention ([`Contention`]), with bounded reasons
+//! ([`Reason`]), one set of thresholds ([`Thresholds::DEFAULT`]) and per-SKU
+//! references ([`SKU_REFERENCES`]) for GPUs that are never idle.
+//!
 //! The column list in `README.md` is checked against [`COLUMNS`] and
 //! [`probes_schema`] by a test, so the documentation cannot drift.
 
 mod columns;
 mod health;
 mod record;
+mod verdict;
 
 pub use columns::{ColumnDoc, COLUMNS, HEALTH_COLUMNS};
 pub use health::{health_batch, health_schema, HealthRecord};
 pub use record::{probes_batch, probes_from_batch, probes_schema, ProbeRecord};
+pub use verdict::{
+    event_eligible, event_mcycles, is_quiet, judge, sku_reference, BaselineSource, Contention,
+    Dimension, Faults, Judgement, LearnedBaseline, Reason, SkuReference, Thresholds, Verdict,
+    WindowStats, SKU_REFERENCES,
+};
 
 /// Version of the `probes` and `health` table layouts. Bump on any change that
 /// an older reader would misinterpret (a renamed, retyped or re-meant column).
@@ -38,70 +49,6 @@ pub const SCHEMA_VERSION_KEY: &str = "slicetrace.schema_version";
 
 /// Parquet key-value metadata key naming the table (`probes` or `health`).
 pub const TABLE_KEY: &str = "slicetrace.table";
-
-/// A health verdict, ordered from best to worst. The agent's live health and
-/// the CLI's `fleet` check speak the same three words (the `verdict` column
-/// of both tables).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Within the baseline, nothing found.
-    Healthy,
-    /// Inflated tail, or throttling: slower than it should be.
-    Degraded,
-    /// Wrong answers, a lost GPU, an SLO breach or severe inflation.
-    Unhealthy,
-}
-
-impl Verdict {
-    /// All verdicts, best first (for labelled gauges).
-    pub const ALL: [Verdict; 3] = [Verdict::Healthy, Verdict::Degraded, Verdict::Unhealthy];
-
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Healthy => "healthy",
-            Verdict::Degraded => "degraded",
-            Verdict::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-/// How contended a GPU is for its time slices: a dimension separate from
-/// [`Verdict`] (the health of the GPU itself). A GPU that is merely shared by
-/// its tenants is `healthy` and `contended`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Contention {
-    /// The wait for a slice is within the SLO (or what no tenant predicts).
-    Ok,
-    /// Callers wait for a slice: tail above the quiet baseline or SLO.
-    Contended,
-    /// The wait exceeds what the tenant count predicts, or the SLO by far.
-    OverShared,
-}
-
-impl Contention {
-    /// All states, best first (for labelled gauges).
-    pub const ALL: [Contention; 3] = [
-        Contention::Ok,
-        Contention::Contended,
-        Contention::OverShared,
-    ];
-
-    /// Name as written in columns, labels and spans.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Contention::Ok => "ok",
-            Contention::Contended => "contended",
-            Contention::OverShared => "over-shared",
-        }
-    }
-}
 
 /// Errors raised while converting between records and Arrow.
 #[derive(Debug, thiserror::Error)]
@@ -216,4 +163,18 @@ pub mod attr {
     pub const HEALTH_INFLATION: &str = "slicetrace.health.inflation";
     /// Correctness failures in the window.
     pub const HEALTH_CORRECTNESS_FAILURES: &str = "slicetrace.health.correctness_failures";
+    /// Bounded reason of the health verdict ([`crate::Reason`]).
+    pub const HEALTH_REASON_CODE: &str = "slicetrace.health.reason_code";
+    /// Baseline the event clock was judged against (`learned`, `sku`).
+    pub const HEALTH_BASELINE_SOURCE: &str = "slicetrace.health.baseline_source";
+    /// Live contention state (`ok`, `contended`, `over-shared`).
+    pub const CONTENTION: &str = "slicetrace.contention.state";
+    /// Bounded reason of the contention state ([`crate::Reason`]).
+    pub const CONTENTION_REASON_CODE: &str = "slicetrace.contention.reason_code";
+    /// One-line contention reason, with the tenant count.
+    pub const CONTENTION_REASON: &str = "slicetrace.contention.reason";
+    /// Baseline the wall clock was judged against (`slo`, `learned`, `sku`).
+    pub const CONTENTION_BASELINE_SOURCE: &str = "slicetrace.contention.baseline_source";
+    /// Largest tenant count in the health window.
+    pub const HEALTH_TENANTS: &str = "slicetrace.health.tenants";
 }

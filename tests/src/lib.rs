@@ -5,8 +5,14 @@
 //!
 //! A missing tool makes a test *fail* when `SLICETRACE_REQUIRE_TOOLS=1`
 //! (set by `tests/run.sh`, so CI never skips silently); otherwise the test
-//! prints a skip note and returns.
+//! returns early, and says so where it cannot be missed: a `SKIP` line on the
+//! terminal even under plain `cargo test` (libtest captures only the print
+//! macros, and a skipped test still reports `ok`), and a line in
+//! [`skip_log`], which `tests/run.sh` counts at the end. This is the one
+//! definition of that rule for the workspace's tests: other test crates take
+//! it as a dev-dependency.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -20,12 +26,16 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The Cargo target directory (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// A workspace binary from the debug build (`cargo build --workspace --bins`).
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let p = target.join("debug").join(name);
+    let p = target_dir().join("debug").join(name);
     assert!(
         p.exists(),
         "{} is not built: run `cargo build --workspace --bins` (tests/run.sh does)",
@@ -39,14 +49,51 @@ pub fn tools_required() -> bool {
     std::env::var("SLICETRACE_REQUIRE_TOOLS").as_deref() == Ok("1")
 }
 
+/// Where skipped tool-dependent tests are listed, one line each
+/// (`test<TAB>tool<TAB>what`); `tests/run.sh` empties it first and counts it
+/// at the end.
+pub fn skip_log() -> PathBuf {
+    target_dir().join("slicetrace-test-skips.log")
+}
+
 /// Reports a missing tool: panics under `SLICETRACE_REQUIRE_TOOLS=1`, else
-/// prints a skip note. Returns `None` so callers can `?`-style early return.
+/// notes the skip (see the crate doc). Returns `None` so callers can
+/// `?`-style early return.
 pub fn missing<T>(tool: &str) -> Option<T> {
+    missing_for(tool, "this test")
+}
+
+/// [`missing`], naming `what` is skipped (the test, or a part of it).
+pub fn missing_for<T>(tool: &str, what: &str) -> Option<T> {
     if tools_required() {
-        panic!("{tool} is required (SLICETRACE_REQUIRE_TOOLS=1) but was not found");
+        panic!("{tool} is required (SLICETRACE_REQUIRE_TOOLS=1) but was not found (for {what})");
     }
-    eprintln!("SKIP: {tool} not found (run tests/run.sh to install the test tools)");
+    note_skip(tool, what);
     None
+}
+
+/// Prints the skip past libtest's capture and appends it to [`skip_log`].
+fn note_skip(tool: &str, what: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    // Written straight to the stream: `eprintln!` would be captured and shown
+    // only if the test failed, and a skipped test passes.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIP {test}: {tool} not found, skipping {what} (tests/run.sh installs it)"
+    );
+    let log = skip_log();
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    // One short append per skip: O_APPEND keeps lines from parallel tests whole.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = f.write_all(format!("{test}\t{tool}\t{what}\n").as_bytes());
+    }
 }
 
 /// The venv Python with the given modules importable.

@@ -97,11 +97,19 @@ impl TelemetrySource for WithoutProcessNames {
         self.0.name()
     }
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
-        let mut s = self.0.sample(gpu_uuid)?;
+        Ok(Self::strip(self.0.sample(gpu_uuid)?))
+    }
+    fn sample_after(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        Ok(Self::strip(self.0.sample_after(gpu_uuid)?))
+    }
+}
+
+impl WithoutProcessNames {
+    fn strip(mut s: DeviceSample) -> DeviceSample {
         for p in s.processes.iter_mut().flatten() {
             p.name = None;
         }
-        Ok(s)
+        s
     }
 }
 

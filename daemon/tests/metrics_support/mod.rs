@@ -182,6 +182,18 @@ impl RunningAgent {
         occupancy: Option<Arc<dyn OccupancySource>>,
         gate: Option<Gate>,
     ) -> Self {
+        Self::start_with_telemetry(config, backends, occupancy, gate, Arc::new(NoTelemetry))
+    }
+
+    /// [`RunningAgent::start`] with an injected telemetry source (the NVML
+    /// seam: throttle reasons, tenants).
+    pub fn start_with_telemetry(
+        config: Config,
+        backends: Vec<Box<dyn ProbeBackend>>,
+        occupancy: Option<Arc<dyn OccupancySource>>,
+        gate: Option<Gate>,
+        telemetry: Arc<dyn slicetrace_agent::telemetry::TelemetrySource>,
+    ) -> Self {
         config.validate().expect("test config is valid");
         let counters = Arc::new(Counters::default());
         let live = Arc::new(LiveState::default());
@@ -190,7 +202,7 @@ impl RunningAgent {
             config,
             backends,
             factory: None,
-            telemetry: Arc::new(NoTelemetry),
+            telemetry,
             occupancy,
             counters: counters.clone(),
             live: live.clone(),
