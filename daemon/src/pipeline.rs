@@ -328,7 +328,16 @@ struct LoopState {
     tel_log: RateLimit,
     err_log: RateLimit,
     failures: u32,
+    /// The last full NVML sample and when it was taken.
+    full: Option<(Instant, DeviceSample)>,
 }
+
+/// Oldest a full NVML sample (utilisation, power, temperature, memory,
+/// processes) may be when it is joined to a run. The SM clock and throttle
+/// reasons are read fresh right before and right after every run; the rest
+/// changes slowly and costs far more to read (on a busy H100 a full sample
+/// costs milliseconds of CPU), so it is refreshed at most this often.
+pub const FULL_SAMPLE_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl ProbeLoop {
     /// Plants a wrong answer and a skipped kernel into each kernel through
@@ -362,6 +371,27 @@ impl ProbeLoop {
             1.0
         };
         interval.mul_f64(f)
+    }
+
+    /// The reading just before a run: a fresh SM clock and throttle mask on
+    /// top of the last full sample (refreshed when older than
+    /// [`FULL_SAMPLE_MAX_AGE`]).
+    fn sample_before(&self, st: &mut LoopState) -> Option<DeviceSample> {
+        let stale = st
+            .full
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() >= FULL_SAMPLE_MAX_AGE);
+        if stale {
+            let s = self.sample(st, false);
+            st.full = s.clone().map(|s| (Instant::now(), s));
+            return s;
+        }
+        let clocks = self.sample(st, true);
+        st.full.as_ref().map(|(_, full)| DeviceSample {
+            sm_clock_mhz: clocks.as_ref().and_then(|c| c.sm_clock_mhz),
+            throttle_reasons: clocks.as_ref().and_then(|c| c.throttle_reasons),
+            ..full.clone()
+        })
     }
 
     fn sample(&self, st: &LoopState, after: bool) -> Option<DeviceSample> {
@@ -505,6 +535,7 @@ impl ProbeLoop {
             tel_log: RateLimit::new(Duration::from_secs(60)),
             err_log: RateLimit::new(Duration::from_secs(60)),
             failures: 0,
+            full: None,
         };
         if self.self_test {
             self.self_test();
@@ -540,7 +571,7 @@ impl ProbeLoop {
             if self.stop.wait(gap.max(backoff)) || self.stop.is_stopped() {
                 break;
             }
-            let before = self.sample(st, false);
+            let before = self.sample_before(st);
             let shape = self.backend.shape(kernel);
             let result = self.backend.run(kernel);
             let after = self.sample(st, true);
@@ -605,7 +636,7 @@ impl ProbeLoop {
                             // the probe's own rhythm did not choose.
                             let first = rows.is_empty();
                             r.arrival = Some(first);
-                            r.arrival_gap_ms = first.then(|| gap.as_secs_f64() * 1e3);
+                            r.arrival_gap_ms = first.then_some(gap.as_secs_f64() * 1e3);
                             rows.push(r);
                         }
                         Err(e) => {

@@ -33,7 +33,8 @@ tenants_on() { # gpu index, count
 stop_tenants() { for p in "${TPIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait "${TPIDS[@]}" 2>/dev/null; TPIDS=(); }
 
 # ---- 1. breakdown ----
-for ws in preset default; do
+for ws in ${BREAKDOWN:-preset default}; do
+  [ "$ws" = skip ] && continue
   extra=(); [ "$ws" = default ] && extra=(--cublas-default-workspace)
   "$BIN/slicetrace-load" gemm --backend cuda --preset light --footprint-stages --spin-us 200 \
     --duration 5s --arrivals-hz 50 "${extra[@]}" >"$R/breakdown-$ws.jsonl" 2>"$R/breakdown-$ws.log"
@@ -57,12 +58,16 @@ gpu = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--f
 mib = sum(int(l.split(",")[1]) for l in gpu.splitlines() if l.split(",")[0].strip() == pid)
 print(json.dumps({"t": time.time(), "vm_rss_kib": g("VmRSS:"), "rss_anon_kib": g("RssAnon:"),
                   "rss_file_kib": g("RssFile:"), "pss_kib": pss, "threads": g("Threads:"),
-                  "cpu_s": (int(stat[11]) + int(stat[12])) / tick, "gpu_mib": mib}))
+                  "cpu_s": (int(stat[11]) + int(stat[12])) / tick, "utime_s": int(stat[11]) / tick,
+                  "stime_s": int(stat[12]) / tick, "gpu_mib": mib}))
 PY
     sleep 1
   done
 }
-for which in after before; do
+# Tenants spend ~9 s setting up (the article GEMM's host reference) before
+# they contend: each phase is marked only once they are running.
+LAG=${LAG:-10}
+for which in ${AGENTS:-after before}; do
   agent="$BIN/slicetrace-agent"; [ "$which" = before ] && agent="$BIN/slicetrace-agent-before"
   for n in ${COUNTS[@]}; do
     [ "$n" = all ] && n=$NGPU
@@ -72,14 +77,16 @@ for which in after before; do
     printf '[metrics]\nlisten = "127.0.0.1:9464"\n[occupancy]\nkube_api = "off"\n' >"$R/agent.toml"
     log "$tag: start"
     CUDA_VISIBLE_DEVICES=$vis "$agent" run --config "$R/agent.toml" --backend cuda --data-dir "$R/data-$tag" \
-      --duration "$((3 * SECS + 15))s" >"$R/$tag.txt" 2>"$R/$tag.log" &
+      --duration "$((3 * SECS + 2 * LAG + 12))s" >"$R/$tag.txt" 2>"$R/$tag.log" &
     ap=$!
     sample "$ap" "$R/$tag.jsonl" &
     sp=$!
     sleep 10; log "$tag: idle"
-    sleep "$SECS"; log "$tag: 3 tenants on GPU 0"
-    tenants_on 0 3; sleep "$SECS"; log "$tag: 3 tenants on every GPU"
+    sleep "$SECS"; log "$tag: starting 3 tenants on GPU 0"
+    tenants_on 0 3; sleep "$LAG"; log "$tag: 3 tenants on GPU 0"
+    sleep "$SECS"; log "$tag: starting 3 tenants on every GPU"
     for g in $(seq 1 $((n - 1))); do tenants_on "$g" 3; done
+    sleep "$LAG"; log "$tag: 3 tenants on every GPU"
     sleep "$SECS"; log "$tag: end"
     wait "$ap"; wait "$sp"; stop_tenants
     rm -rf "$R/data-$tag"
@@ -87,7 +94,7 @@ for which in after before; do
 done
 
 # ---- 3. timing floor on an idle GPU ----
-for mode in "spin200:--spin-us 200" "block:--spin-us 0" "spin:"; do
+[ -n "${NO_FLOOR:-}" ] || for mode in "spin200:--spin-us 200" "block:--spin-us 0" "spin:"; do
   name=${mode%%:*}; flags=${mode#*:}
   for k in fft gemm; do
     "$BIN/slicetrace-load" "$k" --backend cuda --preset light --duration 8s --arrivals-hz 200 $flags \

@@ -70,7 +70,8 @@ fn spans_reach_rotel(protocol: &str) {
     let trace_ids: Vec<String> = lines.map(str::to_string).collect();
     assert!(rows >= 16, "too few rows: {rows}");
     assert_eq!(spans, rows, "every row has its own span id");
-    assert!(trace_ids.len() >= 2, "one trace per cycle: {trace_ids:?}");
+    // Poisson arrivals: one run per arrival, one trace per arrival.
+    assert_eq!(trace_ids.len(), rows, "one trace per arrival");
     assert!(trace_ids
         .iter()
         .all(|t| t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())));
@@ -104,7 +105,7 @@ fn spans_reach_rotel(protocol: &str) {
         log.contains("slicetrace.health.reason") && log.contains("slicetrace.health.wall_p99_ms"),
         "health span lacks its inputs"
     );
-    for name in ["probe_cycle", "queued", "executing"] {
+    for name in ["probe fft", "probe gemm", "queued", "executing"] {
         assert!(log.contains(name), "span {name} not in rotel's log");
     }
 }
@@ -207,7 +208,7 @@ fn sigterm_exits_within_the_deadline_with_every_file_closed() {
     let mut p = Proc::spawn(agent(&data), dir.path().join("agent.log"));
     let started = wait_for(Duration::from_secs(30), || {
         p.log_text()
-            .contains("self-test passed: planted corruption caught")
+            .contains("self-test passed: planted corruption and skipped kernel caught")
             .then_some(())
     });
     assert!(started.is_some(), "agent did not start: {}", p.log_text());

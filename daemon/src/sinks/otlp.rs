@@ -94,6 +94,10 @@ pub mod extra_attr {
     pub const NODE: &str = "slicetrace.node";
     /// Runs seen in the cycle (root span).
     pub const RUNS: &str = "slicetrace.runs";
+    /// The run began at a random arrival moment (the `arrival` column).
+    pub const ARRIVAL: &str = "slicetrace.probe.arrival";
+    /// Event time inflated by preemption while shared (`event_inflated`).
+    pub const EVENT_INFLATED: &str = "slicetrace.probe.event_inflated";
 }
 
 /// OTLP transport.
@@ -530,6 +534,15 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     if let Some(v) = &r.verdict {
         a.push(KeyValue::new(attr::VERDICT, v.clone()));
     }
+    if let Some(v) = &r.contention {
+        a.push(KeyValue::new(attr::CONTENTION, v.clone()));
+    }
+    if let Some(v) = r.arrival {
+        a.push(KeyValue::new(extra_attr::ARRIVAL, v));
+    }
+    if let Some(v) = r.event_inflated {
+        a.push(KeyValue::new(extra_attr::EVENT_INFLATED, v));
+    }
     a
 }
 
@@ -862,6 +875,24 @@ impl Shared {
                 }
                 if let Some(t) = h.throttle_reasons {
                     a.push(KeyValue::new(attr::THROTTLE_REASONS, t as i64));
+                }
+                for (k, v) in [
+                    (attr::HEALTH_REASON_CODE, &h.health_reason),
+                    (attr::HEALTH_BASELINE_SOURCE, &h.health_baseline_source),
+                    (attr::CONTENTION, &h.contention),
+                    (attr::CONTENTION_REASON_CODE, &h.contention_reason),
+                    (attr::CONTENTION_REASON, &h.contention_detail),
+                    (
+                        attr::CONTENTION_BASELINE_SOURCE,
+                        &h.contention_baseline_source,
+                    ),
+                ] {
+                    if let Some(v) = v {
+                        a.push(KeyValue::new(k, v.clone()));
+                    }
+                }
+                if let Some(t) = h.tenants {
+                    a.push(KeyValue::new(attr::HEALTH_TENANTS, i64::from(t)));
                 }
                 let status = if h.verdict == "unhealthy" {
                     Status::error(h.reason.clone())
@@ -1437,6 +1468,60 @@ mod tests {
         assert_eq!(queued.start_time, run.start_time);
         assert_eq!(exec.start_time, queued.end_time);
         assert_eq!(exec.end_time, run.end_time);
+    }
+
+    /// Poisson arrivals: each record is its own trace, its run span is the
+    /// root (trace and span ids as in the Parquet row), with `queued` and
+    /// `executing` children, and no `probe_cycle` span is ever made.
+    #[test]
+    fn one_trace_per_arrival_with_the_run_span_as_root() {
+        let s = shared(100);
+        s.trace_per_run.store(true, Ordering::Relaxed);
+        let recs: Vec<ProbeRecord> = (0..3)
+            .map(|i| ProbeRecord {
+                arrival: Some(true),
+                contention: Some("contended".into()),
+                ..rec(
+                    i,
+                    0,
+                    if i % 2 == 0 { "fft" } else { "gemm" },
+                    &new_trace_id(),
+                )
+            })
+            .collect();
+        s.enqueue(recs.clone());
+        {
+            let mut q = s.lock();
+            s.close_roots(&mut q, |_| true);
+        }
+        let q = s.lock();
+        assert!(q.spans.iter().all(|d| d.name != "probe_cycle"));
+        assert_eq!(q.spans.len(), 9);
+        for r in &recs {
+            let run = q
+                .spans
+                .iter()
+                .find(|d| d.span_context.span_id().to_string() == *r.span_id.as_ref().expect("id"))
+                .expect("run span");
+            assert_eq!(
+                run.span_context.trace_id().to_string(),
+                *r.trace_id.as_ref().expect("trace")
+            );
+            assert_eq!(
+                run.parent_span_id,
+                SpanId::INVALID,
+                "the run span is the root"
+            );
+            let children: Vec<_> = q
+                .spans
+                .iter()
+                .filter(|d| d.parent_span_id == run.span_context.span_id())
+                .map(|d| d.name.to_string())
+                .collect();
+            assert_eq!(children, ["queued", "executing"]);
+            let has = |k: &str| run.attributes.iter().any(|kv| kv.key.as_str() == k);
+            assert!(has(attr::CONTENTION) && has(extra_attr::ARRIVAL));
+        }
     }
 
     #[test]

@@ -77,10 +77,18 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// The value of an unlabelled sample `name` in a Prometheus text body.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == name).then(|| v.trim().parse().ok()).flatten()
-    })
+    // Every series carries labels (`node`, and `gpu_uuid` where it is about
+    // one GPU): the value of a family is the sum over its series.
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let family = k.split_once('{').map_or(k, |(f, _)| f);
+            (family == name).then(|| v.trim().parse().ok()).flatten()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Scrapes `/metrics` and reads one counter (`None` until it answers).
