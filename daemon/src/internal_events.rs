@@ -76,7 +76,12 @@ impl Counters {
     }
     /// The counters of one GPU, created on first use.
     pub fn gpu(&self, gpu_uuid: &str) -> Arc<GpuCounters> {
-        if let Some(c) = self.per_gpu.read().ok().and_then(|m| m.get(gpu_uuid).cloned()) {
+        if let Some(c) = self
+            .per_gpu
+            .read()
+            .ok()
+            .and_then(|m| m.get(gpu_uuid).cloned())
+        {
             return c;
         }
         match self.per_gpu.write() {

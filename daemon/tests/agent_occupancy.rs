@@ -104,10 +104,11 @@ async fn agent_rows_show_the_pods_of_each_gpu_from_both_test_servers() {
         // ... and the pod watch synced (both sources up on /metrics) ...
         wait_for("both occupancy sources up on /metrics", || {
             let m = agent.get("/metrics");
-            (m.body
-                .contains("slicetrace_occupancy_source_up{node=\"n1\",source=\"pod_resources\"} 1\n")
-                && m.body
-                    .contains("slicetrace_occupancy_source_up{node=\"n1\",source=\"kube_api\"} 1\n"))
+            (m.body.contains(
+                "slicetrace_occupancy_source_up{node=\"n1\",source=\"pod_resources\"} 1\n",
+            ) && m
+                .body
+                .contains("slicetrace_occupancy_source_up{node=\"n1\",source=\"kube_api\"} 1\n"))
             .then_some(())
         });
         // ... then a few more cycles, so the last rows carry the node labels.

@@ -49,10 +49,13 @@ def fidelity(dirs):
     for d in dirs:
         rate = os.path.basename(glob.glob(os.path.join(d, "agent-*.toml"))[0])[6:-5]
         for phase in (0, 1, 2, 3, 4):
-            if not os.path.exists(os.path.join(d, f"torch-t{phase}.jsonl")):
+            tj = os.path.join(d, f"torch-t{phase}.jsonl")
+            tp = os.path.join(d, f"torch-t{phase}.parquet")
+            if not (os.path.exists(tj) or os.path.exists(tp)):
                 continue
             a = agent_rows(os.path.join(d, f"agent-t{phase}"))
-            t = [json.loads(l) for l in open(os.path.join(d, f"torch-t{phase}.jsonl"))]
+            t = ([json.loads(l) for l in open(tj)] if os.path.exists(tj)
+                 else pq.read_table(tp).to_pylist())
             for k in ("fft", "gemm"):
                 aw = [r["wall_ms"] for r in a if r["kernel"] == k and r.get("arrival")]
                 tw = [r["wall_ms"] for r in t if r["kernel"] == k]

@@ -43,6 +43,15 @@ impl NvmlTelemetry {
         })
     }
 
+    fn device(&self, gpu_uuid: &str) -> Result<nvml_wrapper::Device<'_>, TelemetryError> {
+        self.nvml
+            .device_by_uuid(gpu_uuid)
+            .map_err(|e| TelemetryError::Device {
+                uuid: gpu_uuid.to_string(),
+                source: Box::new(e),
+            })
+    }
+
     /// UUIDs of every device NVML sees, by index.
     pub fn device_uuids(&self) -> Vec<String> {
         let n = self.nvml.device_count().unwrap_or(0);
@@ -63,13 +72,7 @@ impl TelemetrySource for NvmlTelemetry {
     }
 
     fn sample_after(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
-        let dev = self
-            .nvml
-            .device_by_uuid(gpu_uuid)
-            .map_err(|e| TelemetryError::Device {
-                uuid: gpu_uuid.to_string(),
-                source: Box::new(e),
-            })?;
+        let dev = self.device(gpu_uuid)?;
         Ok(DeviceSample {
             sm_clock_mhz: opt(dev.clock_info(Clock::SM)),
             throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
@@ -78,13 +81,7 @@ impl TelemetrySource for NvmlTelemetry {
     }
 
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
-        let dev = self
-            .nvml
-            .device_by_uuid(gpu_uuid)
-            .map_err(|e| TelemetryError::Device {
-                uuid: gpu_uuid.to_string(),
-                source: Box::new(e),
-            })?;
+        let dev = self.device(gpu_uuid)?;
         let util = opt(dev.utilization_rates());
         let processes = opt(dev.running_compute_processes()).map(|ps| {
             ps.into_iter()
