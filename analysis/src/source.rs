@@ -39,8 +39,8 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::file::metadata::ParquetMetaDataReader;
 use slicetrace_schema::{
-    health_schema, probes_schema, ARRIVAL_SQL, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY,
-    TENANTS_SQL,
+    health_schema, layout, probes_schema, ARRIVAL_SQL, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+    TABLE_KEY, TENANTS_SQL,
 };
 use url::Url;
 
@@ -134,8 +134,8 @@ impl TableKind {
     /// The table's name: its directory and its `slicetrace.table` footer key.
     pub fn name(self) -> &'static str {
         match self {
-            TableKind::Probes => "probes",
-            TableKind::Health => "health",
+            TableKind::Probes => layout::PROBES,
+            TableKind::Health => layout::HEALTH,
         }
     }
 
@@ -325,7 +325,7 @@ async fn locate(data: &str, opts: &OpenOptions) -> Result<Located, SourceError> 
 /// Whether a listed object is a finished Parquet file of `table` (not an
 /// in-progress `.tmp`, not hidden, not under the other table's directory).
 fn is_data_file(rel: &str, table: TableKind) -> bool {
-    if !rel.ends_with(".parquet") {
+    if !rel.ends_with(layout::FILE_SUFFIX) {
         return false;
     }
     let other = table.other().name();
@@ -486,8 +486,7 @@ fn table_schema(table: TableKind, hive: bool) -> SchemaRef {
 }
 
 fn hive_layout(rel_dirs: &str) -> bool {
-    let segs: Vec<&str> = rel_dirs.split('/').filter(|s| !s.is_empty()).collect();
-    segs.len() >= 2 && segs[0].starts_with("date=") && segs[1].starts_with("node=")
+    layout::is_partition_path(rel_dirs.split('/'))
 }
 
 /// Opens `data`, checks every file, and returns a session with the table
@@ -577,14 +576,14 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
     };
     let partition_cols = if hive {
         vec![
-            ("date".to_string(), DataType::Utf8),
-            ("node".to_string(), DataType::Utf8),
+            (layout::DATE_KEY.to_string(), DataType::Utf8),
+            (layout::NODE_KEY.to_string(), DataType::Utf8),
         ]
     } else {
         Vec::new()
     };
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
+        .with_file_extension(layout::FILE_SUFFIX)
         .with_table_partition_cols(partition_cols);
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)

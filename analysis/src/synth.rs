@@ -21,14 +21,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, DEFAULT_MAX_ROW_GROUP_ROW_COUNT};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use slicetrace_schema::{probes_batch, ProbeRecord, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
+use slicetrace_schema::{layout, probes_batch, probes_schema, writer_properties, ProbeRecord};
 
 /// Errors raised while generating data.
 #[derive(Debug, thiserror::Error)]
@@ -211,21 +208,15 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
     out
 }
 
-fn date_of(ts_ns: i64) -> String {
-    DateTime::<Utc>::from_timestamp_nanos(ts_ns)
-        .format("%Y-%m-%d")
-        .to_string()
-}
-
-/// Writer properties the agent uses: zstd and the slicetrace footer keys.
+/// Writer properties of a generated `probes` file: the agent's
+/// ([`slicetrace_schema::writer_properties`]), except that row groups stay
+/// at Parquet's default size, on which the benchmark datasets were measured.
 pub fn writer_props() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
-            KeyValue::new(TABLE_KEY.to_string(), "probes".to_string()),
-        ]))
-        .build()
+    writer_properties(
+        &probes_schema(),
+        DEFAULT_MAX_ROW_GROUP_ROW_COUNT,
+        concat!("slicetrace gen-synthetic ", env!("CARGO_PKG_VERSION")),
+    )
 }
 
 /// Writes `rows` (one node, time-ordered) into `dir/probes/date=…/node=…/`,
@@ -239,27 +230,25 @@ pub fn write_rows(
     let mut files = Vec::new();
     let mut start = 0;
     while start < rows.len() {
-        let date = date_of(rows[start].ts_ns);
+        let date = layout::date_value(rows[start].ts_ns);
         let mut end = start;
         while end < rows.len()
             && end - start < rows_per_file.max(1)
-            && date_of(rows[end].ts_ns) == date
+            && layout::date_value(rows[end].ts_ns) == date
         {
             end += 1;
         }
         let chunk = &rows[start..end];
         let part_dir = dir
-            .join("probes")
-            .join(format!("date={date}"))
-            .join(format!("node={}", chunk[0].node));
+            .join(layout::PROBES)
+            .join(layout::partition_dir(&date, &chunk[0].node));
         fs::create_dir_all(&part_dir).map_err(|source| SynthError::Io {
             path: part_dir.display().to_string(),
             source,
         })?;
-        let path = part_dir.join(format!(
-            "part-{}-{:016x}.parquet",
+        let path = part_dir.join(layout::file_name(
             chunk[0].ts_ns,
-            tag ^ start as u64
+            format_args!("{:016x}", tag ^ start as u64),
         ));
         write_file(&path, chunk)?;
         files.push(path);

@@ -158,6 +158,7 @@ pub async fn run(
         sink_queues.push(SinkQueue {
             name: "parquet",
             tx,
+            on_drop: crate::fanout::parquet_drops,
         });
         sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, sink_deadline)));
     }
@@ -176,7 +177,11 @@ pub async fn run(
         ));
         let (tx, rx) = mpsc::channel(queue_msgs);
         health_sinks.push(tx.clone());
-        sink_queues.push(SinkQueue { name: "otlp", tx });
+        sink_queues.push(SinkQueue {
+            name: "otlp",
+            tx,
+            on_drop: crate::fanout::otlp_drops,
+        });
         sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, sink_deadline)));
     } else {
         tracing::info!("no OTLP endpoint configured: spans are not exported");

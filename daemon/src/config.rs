@@ -529,7 +529,8 @@ impl Config {
             ));
         }
         if let Some(ep) = &self.otlp.endpoint {
-            validate_endpoint(ep).map_err(|m| invalid("otlp.endpoint", m))?;
+            crate::sinks::otlp::endpoint_url(ep, self.otlp.insecure)
+                .map_err(|m| invalid("otlp.endpoint", m))?;
         }
         self.otlp
             .validate()
@@ -545,21 +546,6 @@ impl Config {
             .map_err(|e| invalid("occupancy", crate::internal_events::error_chain(&e)))?;
         Ok(())
     }
-}
-
-/// Parses an OTLP endpoint: an absolute `http` or `https` URL with a host.
-pub fn validate_endpoint(ep: &str) -> Result<(), String> {
-    let uri: http::Uri = ep
-        .parse()
-        .map_err(|e| format!("{ep:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err(format!("{ep:?} must start with http:// or https://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{ep:?} has no host"));
-    }
-    Ok(())
 }
 
 /// The directory must exist and be writable, or be creatable under the

@@ -12,12 +12,16 @@
 
 pub mod agent;
 pub mod config;
+pub mod fanout;
 pub mod health;
 pub mod internal_events;
+pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod node_condition;
 pub mod occupancy;
 pub mod pipeline;
+pub mod shutdown;
 pub mod sinks;
+pub mod summary;
 pub mod telemetry;

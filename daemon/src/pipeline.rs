@@ -8,233 +8,22 @@
 //! id and span id → one `try_send` per consumer. A full queue drops that
 //! consumer's copy and counts it; nothing here waits on a sink.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use rand::Rng;
 use slicetrace_probe::{record_for, Fault, Kernel, ProbeBackend, ProbeError};
 use slicetrace_schema::ProbeRecord;
-use tokio::sync::mpsc;
 
+pub use crate::fanout::{Fanout, HealthInput, SinkQueue};
 use crate::health::{HealthEvent, LiveState};
 use crate::internal_events::{Counters, GpuCounters, RateLimit};
 use crate::occupancy::OccupancySource;
+pub use crate::shutdown::StopSignal;
 use crate::sinks::otlp::{new_span_id, new_trace_id};
-use crate::sinks::SinkMsg;
+pub use crate::summary::{RunSummary, SummaryRow};
 use crate::telemetry::{BurstTelemetry, DeviceSample, TelemetrySource};
-
-/// Input of the health evaluator.
-#[derive(Debug)]
-pub enum HealthInput {
-    /// Rows of one burst.
-    Rows(Vec<ProbeRecord>),
-    /// A probe error or recovery.
-    Event(HealthEvent),
-}
-
-/// The root stop signal shared by the probe threads: a flag with a condvar,
-/// so a thread sleeping until its next tick wakes at once on shutdown.
-#[derive(Debug, Default)]
-pub struct StopSignal {
-    stopped: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl StopSignal {
-    /// Signals every waiter.
-    pub fn stop(&self) {
-        if let Ok(mut s) = self.stopped.lock() {
-            *s = true;
-        }
-        self.cv.notify_all();
-    }
-    /// True once stopped.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.lock().map(|s| *s).unwrap_or(true)
-    }
-    /// Sleeps up to `d`; returns true if stopped meanwhile.
-    pub fn wait(&self, d: Duration) -> bool {
-        let Ok(guard) = self.stopped.lock() else {
-            return true;
-        };
-        match self.cv.wait_timeout_while(guard, d, |s| !*s) {
-            Ok((g, _)) => *g,
-            Err(_) => true,
-        }
-    }
-}
-
-/// Per-(GPU, kernel, tenant count) histograms of the whole run, for the exit
-/// tail table: a run that spans quiet and contended periods shows each
-/// occupancy level on its own line. Only arrival runs enter the quantiles.
-#[derive(Debug, Default)]
-pub struct RunSummary {
-    inner: Mutex<BTreeMap<SummaryKey, Acc>>,
-}
-
-/// (GPU index, GPU UUID, kernel, tenant count).
-type SummaryKey = (u32, String, String, Option<u32>);
-
-#[derive(Debug)]
-struct Acc {
-    h: [Histogram<u32>; 3],
-    gpu_ms_sum: f64,
-    first_ns: i64,
-    last_ns: i64,
-    all_runs: u64,
-}
-
-/// One line of the exit tail table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SummaryRow {
-    /// GPU index.
-    pub gpu_index: u32,
-    /// GPU UUID.
-    pub gpu_uuid: String,
-    /// Kernel.
-    pub kernel: String,
-    /// Other compute processes on the GPU (NVML), `None` when unknown.
-    pub tenants: Option<u32>,
-    /// Arrival runs counted in the quantiles.
-    pub runs: u64,
-    /// All runs, including burst runs that are not arrivals (left out of
-    /// the quantiles: they measure the probe's own rhythm).
-    pub all_runs: u64,
-    /// (p50, p99) of gpu_ms, wall_ms, queue_ms.
-    pub quantiles: [(f64, f64); 3],
-    /// Sum of gpu_ms, ms (the probe's own GPU time).
-    pub gpu_ms_sum: f64,
-    /// First and last launch time, ns.
-    pub span_ns: (i64, i64),
-}
-
-fn summary_hist() -> Histogram<u32> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3)
-        .unwrap_or_else(|_| unreachable!("constant bounds"))
-}
-
-impl RunSummary {
-    fn record(&self, r: &ProbeRecord) {
-        let Ok(mut m) = self.inner.lock() else { return };
-        let acc = m
-            .entry((
-                r.gpu_index,
-                r.gpu_uuid.clone(),
-                r.kernel.clone(),
-                r.tenants(),
-            ))
-            .or_insert_with(|| Acc {
-                h: [summary_hist(), summary_hist(), summary_hist()],
-                gpu_ms_sum: 0.0,
-                first_ns: r.ts_ns,
-                last_ns: r.ts_ns,
-                all_runs: 0,
-            });
-        acc.all_runs += 1;
-        acc.gpu_ms_sum += r.gpu_ms.unwrap_or(0.0);
-        if !r.is_arrival() {
-            return;
-        }
-        acc.first_ns = acc.first_ns.min(r.ts_ns);
-        acc.last_ns = acc.last_ns.max(r.ts_ns);
-        let h = &mut acc.h;
-        let us = crate::health::us;
-        if let Some(g) = r.gpu_ms {
-            let _ = h[0].record(us(g));
-        }
-        let _ = h[1].record(us(r.wall_ms));
-        if let Some(q) = r.queue_ms {
-            let _ = h[2].record(us(q));
-        }
-    }
-
-    /// The table rows, ordered by GPU and kernel.
-    pub fn rows(&self) -> Vec<SummaryRow> {
-        let Ok(m) = self.inner.lock() else {
-            return Vec::new();
-        };
-        m.iter()
-            .map(|((idx, uuid, kernel, tenants), acc)| {
-                let h = &acc.h;
-                let q = |h: &Histogram<u32>| {
-                    (
-                        h.value_at_quantile(0.5) as f64 / 1000.0,
-                        h.value_at_quantile(0.99) as f64 / 1000.0,
-                    )
-                };
-                SummaryRow {
-                    gpu_index: *idx,
-                    gpu_uuid: uuid.clone(),
-                    kernel: kernel.clone(),
-                    tenants: *tenants,
-                    runs: h[1].len(),
-                    all_runs: acc.all_runs,
-                    quantiles: [q(&h[0]), q(&h[1]), q(&h[2])],
-                    gpu_ms_sum: acc.gpu_ms_sum,
-                    span_ns: (acc.first_ns, acc.last_ns),
-                }
-            })
-            .collect()
-    }
-}
-
-/// One sink's queue.
-#[derive(Debug, Clone)]
-pub struct SinkQueue {
-    /// Sink name (`parquet`, `otlp`).
-    pub name: &'static str,
-    /// Its bounded channel.
-    pub tx: mpsc::Sender<SinkMsg>,
-}
-
-/// Fans rows out to every sink without ever blocking.
-#[derive(Debug)]
-pub struct Fanout {
-    /// Sink queues.
-    pub sinks: Vec<SinkQueue>,
-    /// Health evaluator queue.
-    pub health: Option<mpsc::Sender<HealthInput>>,
-    /// Counters.
-    pub counters: Arc<Counters>,
-    /// Whole-run histograms.
-    pub summary: RunSummary,
-}
-
-impl Fanout {
-    /// Sends `rows` to every sink and the evaluator; full queues drop and count.
-    pub fn send(&self, rows: Vec<ProbeRecord>) {
-        for r in &rows {
-            self.summary.record(r);
-        }
-        let n = rows.len() as u64;
-        for s in &self.sinks {
-            if s.tx.try_send(SinkMsg::Probes(rows.clone())).is_err() {
-                let c = match s.name {
-                    "otlp" => {
-                        Counters::add(&self.counters.otlp_spans_dropped, n);
-                        &self.counters.sink_queue_drops_otlp
-                    }
-                    _ => &self.counters.sink_queue_drops_parquet,
-                };
-                Counters::add(c, n);
-            }
-        }
-        if let Some(h) = &self.health {
-            if h.try_send(HealthInput::Rows(rows)).is_err() {
-                Counters::add(&self.counters.sink_queue_drops_health, n);
-            }
-        }
-    }
-
-    fn event(&self, ev: HealthEvent) {
-        if let Some(h) = &self.health {
-            let _ = h.try_send(HealthInput::Event(ev));
-        }
-    }
-}
 
 /// Re-creates a backend after repeated failures (a GPU reset, a lost context).
 pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn ProbeBackend>, ProbeError> + Send>;
@@ -680,6 +469,7 @@ pub fn event_inflated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     /// The gaps of the arrival process are exponential with the configured
     /// mean: a one-sample Kolmogorov–Smirnov test against Exp(rate) at

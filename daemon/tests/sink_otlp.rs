@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use slicetrace_agent::config::Config;
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::sinks::otlp::{
     new_span_id, new_trace_id, OtlpConfig, OtlpProtocol, OtlpSink,
@@ -388,4 +389,110 @@ async fn export_resumes_when_the_collector_comes_back() {
     sink.shutdown(Duration::from_secs(5))
         .await
         .expect("shutdown");
+}
+
+/// A config file with only an `[otlp]` table, validated as the agent does.
+fn agent_config(otlp: &str, env: &[(&str, &str)], data_dir: &Path) -> Result<Config, String> {
+    let mut c = Config::from_toml(&format!("[otlp]\n{otlp}")).map_err(|e| e.to_string())?;
+    c.data_dir = data_dir.to_path_buf();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    c.apply_env(&|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        .map_err(|e| e.to_string())?;
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// The agent's config check and the sink apply one endpoint rule: an
+/// `http://` or `https://` URL, or a bare `host:port` whose scheme
+/// `insecure` decides. (The config check used to require a scheme, so
+/// `insecure` could never take effect through the agent.)
+#[test]
+fn config_check_applies_the_otlp_endpoint_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = |otlp: &str| {
+        agent_config(otlp, &[], dir.path()).unwrap_or_else(|e| panic!("{otlp:?}: {e}"))
+    };
+    let err =
+        |otlp: &str, env: &[(&str, &str)]| agent_config(otlp, env, dir.path()).expect_err(otlp);
+    ok("endpoint = \"http://c:4317\"\n");
+    ok("endpoint = \"https://c:4317\"\n");
+    ok("endpoint = \"c:4317\"\n");
+    ok("endpoint = \"c:4318\"\nprotocol = \"http/protobuf\"\ninsecure = true\n");
+    for bad in [
+        "ftp://c:4317",
+        "unix:///run/otel.sock",
+        "not a url",
+        "http://",
+        "",
+    ] {
+        let e = err(&format!("endpoint = {bad:?}\n"), &[]);
+        assert!(e.starts_with("otlp.endpoint: "), "{bad:?}: {e}");
+    }
+    // http/protobuf is plain text only in this build: a bare endpoint needs
+    // `insecure`, from the file or from the environment.
+    let bare_http = "endpoint = \"c:4318\"\nprotocol = \"http/protobuf\"\n";
+    let e = err(bare_http, &[]);
+    assert!(e.contains("endpoint https"), "{e}");
+    let c = agent_config(
+        bare_http,
+        &[("OTEL_EXPORTER_OTLP_INSECURE", "true")],
+        dir.path(),
+    )
+    .expect("insecure from the environment");
+    assert!(c.otlp.insecure);
+}
+
+/// `insecure` end to end: a config file with a bare `host:port`,
+/// `OTEL_EXPORTER_OTLP_INSECURE=true`, `Config::validate`, then
+/// `OtlpSink::new`: the spans reach a plain-text gRPC collector. Without
+/// `insecure` the same endpoint means TLS, which that collector does not
+/// speak: nothing reaches it, and the failure is counted.
+#[tokio::test]
+async fn insecure_flag_reaches_a_plain_text_collector_through_config() {
+    let Some(bin) = rotel_binary() else { return };
+    let (grpc, http) = (free_port(), free_port());
+    let rotel = Rotel::start(&bin, grpc, http);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let otlp =
+        format!("endpoint = \"127.0.0.1:{grpc}\"\ntimeout_ms = 1000\nexport_interval_ms = 200\n");
+
+    let c = agent_config(
+        &otlp,
+        &[("OTEL_EXPORTER_OTLP_INSECURE", "true")],
+        dir.path(),
+    )
+    .expect("valid config");
+    assert!(c.otlp.insecure);
+    let counters = Arc::new(Counters::default());
+    let mut sink = OtlpSink::new(c.otlp, "host-a", None, counters.clone()).expect("sink");
+    let (t, recs) = cycle(0, now_ns());
+    sink.export(recs).await.expect("export");
+    sink.force_flush().await.expect("flush");
+    rotel.wait_for(&[format!("Trace ID       : {t}")]).await;
+    sink.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown");
+    assert_eq!(Counters::get(&counters.otlp_spans_exported), 19);
+    assert_eq!(Counters::get(&counters.otlp_export_errors), 0);
+
+    let c = agent_config(&otlp, &[], dir.path()).expect("valid config");
+    assert!(!c.otlp.insecure);
+    let counters = Arc::new(Counters::default());
+    let mut sink = OtlpSink::new(c.otlp, "host-a", None, counters.clone()).expect("sink");
+    let (t, recs) = cycle(1, now_ns());
+    sink.export(recs).await.expect("export");
+    let _ = sink.force_flush().await;
+    let _ = sink.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(Counters::get(&counters.otlp_spans_exported), 0);
+    assert!(Counters::get(&counters.otlp_export_errors) >= 1);
+    assert_eq!(Counters::get(&counters.otlp_spans_dropped), 19);
+    // Give a (wrongly) plain-text request time to show up before checking.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !rotel.log_text().contains(&t),
+        "spans reached the plain-text collector without insecure"
+    );
 }

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use slicetrace_probe::{
     open_backends, record_for, BackendKind, Kernel, Precision, Preset, ProbeSpec,
 };
-use slicetrace_schema::{probes_batch, probes_schema, ProbeRecord};
+use slicetrace_schema::{
+    probes_batch, probes_schema, writer_properties, ProbeRecord, DEFAULT_ROW_GROUP_ROWS,
+};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -146,10 +146,13 @@ impl Sink {
         let tmp = dst.with_extension("parquet.tmp");
         let f =
             File::create(&tmp).with_context(|| format!("failed to create {}", tmp.display()))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let writer = ArrowWriter::try_new(f, probes_schema(), Some(props))
+        let schema = probes_schema();
+        let props = writer_properties(
+            &schema,
+            DEFAULT_ROW_GROUP_ROWS,
+            concat!("slicetrace-load ", env!("CARGO_PKG_VERSION")),
+        );
+        let writer = ArrowWriter::try_new(f, schema, Some(props))
             .context("failed to start parquet writer")?;
         Ok(Sink {
             writer,

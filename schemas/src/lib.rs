@@ -6,7 +6,9 @@
 //! [`SCHEMA_VERSION`] in the key-value metadata; it also turns each record into
 //! an OTLP span whose attribute keys live in [`attr`]. The `slicetrace` CLI
 //! (`analysis/`) reads the same columns back with DataFusion and refuses files
-//! whose schema version is newer than [`SCHEMA_VERSION`].
+//! whose schema version is newer than [`SCHEMA_VERSION`]. Every writer of
+//! those files takes its settings from [`writer_properties`] and its paths
+//! from [`layout`], which the CLI also uses to recognise partitions.
 //!
 //! Verdicts have one definition, in [`judge`]: two dimensions, health
 //! ([`Verdict`]) and contention ([`Contention`]), with bounded reasons
@@ -18,8 +20,10 @@
 
 mod columns;
 mod health;
+pub mod layout;
 mod record;
 mod verdict;
+mod writer;
 
 pub use columns::{ColumnDoc, COLUMNS, HEALTH_COLUMNS};
 pub use health::{health_batch, health_schema, HealthRecord};
@@ -29,6 +33,7 @@ pub use verdict::{
     Dimension, Faults, Judgement, LearnedBaseline, Reason, SkuReference, Thresholds, Verdict,
     WindowStats, SKU_REFERENCES,
 };
+pub use writer::{writer_properties, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL};
 
 /// Version of the `probes` and `health` table layouts. Bump on any change that
 /// an older reader would misinterpret (a renamed, retyped or re-meant column).

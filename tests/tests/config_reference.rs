@@ -27,9 +27,9 @@ use serde_json::Value;
 /// Sources that hold config structs, and the enums their fields use.
 const SOURCES: [&str; 8] = [
     "daemon/src/config.rs",
-    "daemon/src/health.rs",
-    "daemon/src/sinks/otlp.rs",
-    "daemon/src/sinks/parquet.rs",
+    "daemon/src/health/config.rs",
+    "daemon/src/sinks/otlp/config.rs",
+    "daemon/src/sinks/parquet/config.rs",
     "daemon/src/occupancy/mod.rs",
     "daemon/src/occupancy/kube_api.rs",
     "probe-workloads/src/lib.rs",
@@ -37,10 +37,12 @@ const SOURCES: [&str; 8] = [
 ];
 
 /// Where the agent's sources read environment variables.
-const ENV_SOURCES: [&str; 4] = [
+const ENV_SOURCES: [&str; 6] = [
     "daemon/src/config.rs",
     "daemon/src/main.rs",
-    "daemon/src/sinks/otlp.rs",
+    "daemon/src/sinks/otlp/config.rs",
+    "daemon/src/sinks/otlp/exporter.rs",
+    "daemon/src/sinks/otlp/attributes.rs",
     "daemon/src/occupancy/kube_api.rs",
 ];
 

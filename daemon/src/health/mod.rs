@@ -1,0 +1,50 @@
+//! Live health: a rolling window of arrival runs per GPU and kernel, judged
+//! by [`slicetrace_schema::judge`] (the one definition `slicetrace fleet`
+//! uses too) into two dimensions:
+//!
+//! * **health** (`healthy`, `unknown`, `degraded`, `unhealthy`) of the GPU
+//!   itself: event time per SM cycle against the GPU's learned quiet
+//!   baseline or the shipped per-SKU reference, throttling, correctness,
+//!   probe failures, a backend that is not up and the start-up self-test;
+//! * **contention** (`ok`, `contended`, `over-shared`): the wall-clock wait
+//!   of arrival runs against an SLO, or the quiet baseline and what the
+//!   tenant count predicts.
+//!
+//! Only arrival runs ([`ProbeRecord::is_arrival`]) enter windows and
+//! baselines: a run right after the probe's own previous run measures the
+//! probe's rhythm, not what a caller sees. The first run after an idle gap is
+//! an arrival like any other (a sparse caller gets exactly that). Quiet means
+//! `tenants() == Some(0)`; correctness failures and throttle reasons count
+//! from every run.
+//!
+//! The evaluator is fed through its own bounded channel like any sink, so a
+//! slow evaluation never delays a probe. Verdicts are published to
+//! [`LiveState`] ([`crate::live`]), which the probe threads read to stamp
+//! rows and spans, and which `/metrics`, `/readyz` and the node condition
+//! render; each evaluation also becomes a row of the small `health` Parquet
+//! table.
+//!
+//! The pieces, in the order a row meets them:
+//!
+//! * `config.rs`: [`HealthConfig`], the `[health]` table and its validation;
+//! * `evaluator.rs`: [`Evaluator`], which takes rows and [`HealthEvent`]s,
+//!   judges and publishes;
+//! * `window.rs`: the rolling window's histograms;
+//! * `baseline.rs`: learned quiet [`Baseline`]s and their file,
+//!   `DIR/state/health-baseline.json`.
+//!
+//! [`ProbeRecord::is_arrival`]: slicetrace_schema::ProbeRecord::is_arrival
+
+mod baseline;
+mod config;
+mod evaluator;
+mod window;
+
+pub use baseline::Baseline;
+pub use config::HealthConfig;
+pub use evaluator::{Evaluator, HealthEvent};
+pub(crate) use window::us;
+
+// Re-exported so that call sites keep importing the live state from here.
+pub use crate::live::{GpuEntry, KernelHealth, LiveState, Quantiles};
+pub use slicetrace_schema::{Contention, Verdict};

@@ -1,0 +1,204 @@
+//! Agent-wide live state: what the health evaluator publishes and what the
+//! rest of the agent reads while it runs. Before probing starts, the agent
+//! ([`crate::agent`], and the binary for backends that failed to open)
+//! registers the node name, the GPUs it opened, the occupancy sources and a
+//! backend fallback. The probe threads ([`crate::pipeline`]) record the
+//! start-up self-tests and the first completed cycle, and read a GPU's
+//! verdict, contention and event baseline here to stamp rows and spans. The
+//! evaluator ([`crate::health`]) writes the per-kernel [`KernelHealth`] after
+//! each evaluation and the backend state as probe errors come and go.
+//! `/metrics`, `/readyz` ([`crate::metrics`]) and the node condition
+//! ([`crate::node_condition`]) render it at scrape or patch time. Every field
+//! sits behind its own lock, held only to copy in or out.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use slicetrace_schema::{BaselineSource, Contention, Reason, Verdict};
+
+/// Latest quantiles of one clock, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Quantiles {
+    /// p50.
+    pub p50: Option<f64>,
+    /// p99.
+    pub p99: Option<f64>,
+}
+
+/// What is published per GPU and kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelHealth {
+    /// GPU index.
+    pub gpu_index: u32,
+    /// Health of the GPU itself.
+    pub verdict: Verdict,
+    /// Why, one line.
+    pub reason: String,
+    /// Why, bounded (a metric label).
+    pub health_reason: Reason,
+    /// Baseline the event clock was judged against.
+    pub health_source: Option<BaselineSource>,
+    /// Wall-clock quantiles.
+    pub wall: Quantiles,
+    /// Event-clock quantiles.
+    pub gpu: Quantiles,
+    /// Queue quantiles.
+    pub queue: Quantiles,
+    /// The wall p99 reference (SLO or quiet baseline), ms.
+    pub baseline_p99_ms: Option<f64>,
+    /// Wall p99 / that reference.
+    pub inflation: Option<f64>,
+    /// Arrival runs in the window.
+    pub samples: u64,
+    /// Correctness failures since start.
+    pub correctness_failures_total: u64,
+    /// Contention state (separate from the GPU's health); `None` only for a
+    /// kernel that never produced a row.
+    pub contention: Option<Contention>,
+    /// Why, bounded.
+    pub contention_reason: Reason,
+    /// Why, one line with the tenant count.
+    pub contention_detail: String,
+    /// Baseline the wall clock was judged against.
+    pub contention_source: Option<BaselineSource>,
+    /// Wall-clock baseline `(p50, p99)` in ms and its source (the SLO gives
+    /// only a p99).
+    pub wall_baseline: Option<(BaselineSource, Option<f64>, Option<f64>)>,
+    /// Learned quiet event-clock `(p50, p99)`, ms.
+    pub gpu_baseline: Option<(Option<f64>, Option<f64>)>,
+    /// p99 of the event clock (`gpu_ms`) of quiet runs, ms: rows whose event
+    /// time exceeds 1.5× this while shared are flagged `event_inflated`.
+    pub event_baseline_p99_ms: Option<f64>,
+}
+
+/// A probed GPU as the agent opened it (for `slicetrace_gpu_info`,
+/// `slicetrace_backend_up` and `/readyz`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuEntry {
+    /// Device index.
+    pub index: u32,
+    /// Product name.
+    pub name: Option<String>,
+    /// Backend probing it (`cuda`, `cpu`), or the one that failed to open.
+    pub backend: String,
+    /// Why the backend is not up: it failed to open (`None` while up).
+    pub down: Option<String>,
+    /// The last probe error while probes fail (cleared on recovery).
+    pub probe_failing: Option<String>,
+}
+
+impl GpuEntry {
+    /// Whether the backend is up: opened and not failing.
+    pub fn up(&self) -> bool {
+        self.down.is_none() && self.probe_failing.is_none()
+    }
+}
+
+/// State shared between the evaluator, the probe threads and `/metrics`.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    /// `(gpu_uuid, kernel)` → health.
+    pub kernels: RwLock<BTreeMap<(String, String), KernelHealth>>,
+    /// gpu_uuid → latest pod count (None = unknown).
+    pub pod_count: RwLock<BTreeMap<String, Option<u32>>>,
+    /// Set once the first probe cycle completed (for `/readyz`).
+    pub ready: std::sync::atomic::AtomicBool,
+    /// The occupancy sources the agent started from its config, so that
+    /// `/metrics` can report their health at scrape time; unset when the
+    /// occupancy was injected.
+    pub occupancy: std::sync::OnceLock<Arc<crate::occupancy::CombinedOccupancy>>,
+    /// `(gpu_uuid, kernel)` → start-up self-test outcome (`true` = the planted
+    /// corruption was caught and a clean run passed).
+    pub self_tests: RwLock<BTreeMap<(String, String), bool>>,
+    /// gpu_uuid → the GPU as opened (registered before probing starts).
+    pub gpus: RwLock<BTreeMap<String, GpuEntry>>,
+    /// This agent's node name (the `node` label of every series).
+    pub node: RwLock<String>,
+    /// `auto` fell back to the CPU backend, with why.
+    pub backend_fallback: RwLock<Option<String>>,
+}
+
+impl LiveState {
+    /// Current verdict of a GPU's kernel, for stamping rows.
+    pub fn verdict(&self, gpu_uuid: &str, kernel: &str) -> Option<Verdict> {
+        self.kernels
+            .read()
+            .ok()?
+            .get(&(gpu_uuid.to_string(), kernel.to_string()))
+            .map(|k| k.verdict)
+    }
+    /// Current contention state of a GPU's kernel, for stamping rows.
+    pub fn contention(&self, gpu_uuid: &str, kernel: &str) -> Option<Contention> {
+        self.kernels
+            .read()
+            .ok()?
+            .get(&(gpu_uuid.to_string(), kernel.to_string()))
+            .and_then(|k| k.contention)
+    }
+    /// Quiet-baseline event-clock p99 of a GPU's kernel, ms.
+    pub fn event_baseline_p99_ms(&self, gpu_uuid: &str, kernel: &str) -> Option<f64> {
+        self.kernels
+            .read()
+            .ok()?
+            .get(&(gpu_uuid.to_string(), kernel.to_string()))
+            .and_then(|k| k.event_baseline_p99_ms)
+    }
+    /// Records the start-up self-test outcome of a GPU's kernel. A failure
+    /// makes that kernel `unhealthy` (correctness unverified) at the next
+    /// evaluation and fails `/readyz` at once.
+    pub fn record_self_test(&self, gpu_uuid: &str, kernel: &str, passed: bool) {
+        if let Ok(mut m) = self.self_tests.write() {
+            m.insert((gpu_uuid.to_string(), kernel.to_string()), passed);
+        }
+    }
+    /// Registers a GPU whose backend opened (or, with `down`, failed to).
+    pub fn register_gpu(&self, uuid: &str, entry: GpuEntry) {
+        if let Ok(mut g) = self.gpus.write() {
+            g.insert(uuid.to_string(), entry);
+        }
+    }
+    /// Sets the node name rendered on every series.
+    pub fn set_node(&self, node: &str) {
+        if let Ok(mut n) = self.node.write() {
+            *n = node.to_string();
+        }
+    }
+    /// The node name.
+    pub fn node(&self) -> String {
+        self.node.read().map(|n| n.clone()).unwrap_or_default()
+    }
+    /// Worst verdict over all GPUs and kernels, with its reason.
+    pub fn worst(&self) -> Option<(Verdict, String)> {
+        let k = self.kernels.read().ok()?;
+        k.iter()
+            .max_by_key(|(_, h)| h.verdict)
+            .map(|((uuid, kernel), h)| (h.verdict, format!("{uuid} {kernel}: {}", h.reason)))
+    }
+    /// Why the agent is not ready, one entry per cause; empty when ready:
+    /// no probe cycle yet, a backend that is not up, a failed self-test.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if let Ok(g) = self.gpus.read() {
+            for (uuid, e) in g.iter() {
+                if let Some(d) = &e.down {
+                    why.push(format!("{uuid}: backend {} down: {d}", e.backend));
+                } else if let Some(p) = &e.probe_failing {
+                    why.push(format!("{uuid}: backend {} failing: {p}", e.backend));
+                }
+            }
+        }
+        if let Ok(t) = self.self_tests.read() {
+            for ((uuid, kernel), passed) in t.iter() {
+                if !passed {
+                    why.push(format!(
+                        "{uuid} {kernel}: self-test failed, correctness unverified"
+                    ));
+                }
+            }
+        }
+        if why.is_empty() && !self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            why.push("no probe cycle completed yet".into());
+        }
+        why
+    }
+}

@@ -1,0 +1,251 @@
+//! What a span says: the attributes of a run span (every known reading of a
+//! [`ProbeRecord`]), of a cycle's root span, of a live-health evaluation,
+//! and the resource shared by every span of this agent. The span builders
+//! (`spans.rs`) call these; absent readings are left out, never sent as 0.
+
+use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
+use opentelemetry_sdk::Resource;
+use slicetrace_schema::{attr, HealthRecord, ProbeRecord};
+
+/// Value of `service.name` unless `OTEL_SERVICE_NAME` or
+/// `OTEL_RESOURCE_ATTRIBUTES` says otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "slicetrace-agent";
+
+/// Span attribute keys for readings that `slicetrace_schema::attr` does not
+/// name yet. They follow its `nvml.*` / `k8s.gpu.*` scheme.
+pub mod extra_attr {
+    /// SM clock after the burst, MHz.
+    pub const SM_CLOCK_MHZ_AFTER: &str = "nvml.sm_clock_mhz_after";
+    /// Compute processes on the GPU, `pid:name:used_mib`.
+    pub const PROCESSES: &str = "nvml.processes";
+    /// The occupancy came from a stale cache.
+    pub const OCCUPANCY_STALE: &str = "k8s.gpu.occupancy_stale";
+    /// Node name of the record.
+    pub const NODE: &str = "slicetrace.node";
+    /// Runs seen in the cycle (root span).
+    pub const RUNS: &str = "slicetrace.runs";
+    /// The run began at a random arrival moment (the `arrival` column).
+    pub const ARRIVAL: &str = "slicetrace.probe.arrival";
+    /// Event time inflated by preemption while shared (`event_inflated`).
+    pub const EVENT_INFLATED: &str = "slicetrace.probe.event_inflated";
+}
+
+fn strings(v: &[String]) -> Value {
+    Value::Array(Array::String(
+        v.iter().cloned().map(StringValue::from).collect(),
+    ))
+}
+
+/// Every reading of `r` that is known, as span attributes (absent fields
+/// are omitted, never written as 0).
+pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new(attr::GPU_UUID, r.gpu_uuid.clone()),
+        KeyValue::new(attr::GPU_INDEX, i64::from(r.gpu_index)),
+        KeyValue::new(attr::BACKEND, r.backend.clone()),
+        KeyValue::new(attr::KERNEL, r.kernel.clone()),
+        KeyValue::new(attr::SHAPE, r.shape.clone()),
+        KeyValue::new(attr::PRECISION, r.precision.clone()),
+        KeyValue::new(attr::FLOPS, r.flops),
+        // Cycle counts from 0 at agent start; it cannot reach 2^63.
+        KeyValue::new(attr::CYCLE, r.cycle as i64),
+        KeyValue::new(attr::BURST_SEQ, i64::from(r.burst_seq)),
+        KeyValue::new(attr::WALL_MS, r.wall_ms),
+        KeyValue::new(extra_attr::NODE, r.node.clone()),
+    ];
+    let mut f = |k: &'static str, v: Option<f64>| {
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, v));
+        }
+    };
+    f(attr::GPU_MS, r.gpu_ms);
+    f(attr::QUEUE_MS, r.queue_ms);
+    f(attr::TFLOPS, r.tflops);
+    f(attr::REL_ERROR, r.rel_error);
+    f(attr::POWER_W, r.power_w);
+    let mut u = |k: &'static str, v: Option<u32>| {
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, i64::from(v)));
+        }
+    };
+    u(attr::SM_CLOCK_MHZ, r.sm_clock_mhz);
+    u(attr::MEM_CLOCK_MHZ, r.mem_clock_mhz);
+    u(attr::GPU_UTIL_PCT, r.gpu_util_pct);
+    u(attr::MEM_UTIL_PCT, r.mem_util_pct);
+    u(attr::TEMP_C, r.temp_c);
+    u(attr::GPU_PROCESSES, r.gpu_processes);
+    u(extra_attr::SM_CLOCK_MHZ_AFTER, r.sm_clock_mhz_after);
+    u(attr::POD_COUNT, r.pod_count);
+    u(attr::REPLICAS, r.replicas);
+    if let Some(v) = &r.gpu_name {
+        a.push(KeyValue::new(attr::GPU_NAME, v.clone()));
+    }
+    if let Some(v) = r.correct {
+        a.push(KeyValue::new(attr::CORRECT, v));
+    }
+    if let Some(v) = r.throttle_reasons {
+        // A bit mask: keep the bit pattern in OTLP's signed integer.
+        a.push(KeyValue::new(attr::THROTTLE_REASONS, v as i64));
+    }
+    if let Some(v) = r.fb_used_mib {
+        a.push(KeyValue::new(
+            attr::FB_USED_MIB,
+            i64::try_from(v).unwrap_or(i64::MAX),
+        ));
+    }
+    if let Some(v) = &r.processes {
+        a.push(KeyValue::new(extra_attr::PROCESSES, strings(v)));
+    }
+    if let Some(v) = &r.pods {
+        a.push(KeyValue::new(attr::PODS, strings(v)));
+    }
+    if let Some(v) = &r.active_pods {
+        a.push(KeyValue::new(attr::ACTIVE_PODS, strings(v)));
+    }
+    if let Some(v) = &r.sharing_strategy {
+        a.push(KeyValue::new(attr::SHARING_STRATEGY, v.clone()));
+    }
+    if let Some(v) = r.occupancy_stale {
+        a.push(KeyValue::new(extra_attr::OCCUPANCY_STALE, v));
+    }
+    if let Some(v) = &r.verdict {
+        a.push(KeyValue::new(attr::VERDICT, v.clone()));
+    }
+    if let Some(v) = &r.contention {
+        a.push(KeyValue::new(attr::CONTENTION, v.clone()));
+    }
+    if let Some(v) = r.arrival {
+        a.push(KeyValue::new(extra_attr::ARRIVAL, v));
+    }
+    if let Some(v) = r.event_inflated {
+        a.push(KeyValue::new(extra_attr::EVENT_INFLATED, v));
+    }
+    a
+}
+
+/// Attributes of a cycle's root (`probe_cycle`) span: what all its runs share.
+pub(super) fn root_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new(attr::GPU_UUID, r.gpu_uuid.clone()),
+        KeyValue::new(attr::GPU_INDEX, i64::from(r.gpu_index)),
+        KeyValue::new(attr::BACKEND, r.backend.clone()),
+        KeyValue::new(attr::CYCLE, r.cycle as i64),
+        KeyValue::new(extra_attr::NODE, r.node.clone()),
+    ];
+    if let Some(n) = &r.gpu_name {
+        a.push(KeyValue::new(attr::GPU_NAME, n.clone()));
+    }
+    a
+}
+
+/// Attributes of a `health_evaluation` span: the verdict and every input it
+/// was judged on.
+pub(super) fn health_attributes(h: &HealthRecord) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new(attr::GPU_UUID, h.gpu_uuid.clone()),
+        KeyValue::new(attr::GPU_INDEX, i64::from(h.gpu_index)),
+        KeyValue::new(attr::KERNEL, h.kernel.clone()),
+        KeyValue::new(attr::VERDICT, h.verdict.clone()),
+        KeyValue::new(attr::VERDICT_REASON, h.reason.clone()),
+        KeyValue::new(attr::HEALTH_WINDOW_SECS, h.window_secs as i64),
+        KeyValue::new(attr::HEALTH_SAMPLES, h.samples as i64),
+        KeyValue::new(
+            attr::HEALTH_CORRECTNESS_FAILURES,
+            h.correctness_failures as i64,
+        ),
+    ];
+    for (k, v) in [
+        (attr::HEALTH_WALL_P50_MS, h.wall_p50_ms),
+        (attr::HEALTH_WALL_P99_MS, h.wall_p99_ms),
+        (attr::HEALTH_GPU_P99_MS, h.gpu_p99_ms),
+        (attr::HEALTH_QUEUE_P99_MS, h.queue_p99_ms),
+        (attr::HEALTH_BASELINE_P99_MS, h.baseline_p99_ms),
+        (attr::HEALTH_INFLATION, h.inflation),
+    ] {
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, v));
+        }
+    }
+    if let Some(t) = h.throttle_reasons {
+        a.push(KeyValue::new(attr::THROTTLE_REASONS, t as i64));
+    }
+    for (k, v) in [
+        (attr::HEALTH_REASON_CODE, &h.health_reason),
+        (attr::HEALTH_BASELINE_SOURCE, &h.health_baseline_source),
+        (attr::CONTENTION, &h.contention),
+        (attr::CONTENTION_REASON_CODE, &h.contention_reason),
+        (attr::CONTENTION_REASON, &h.contention_detail),
+        (
+            attr::CONTENTION_BASELINE_SOURCE,
+            &h.contention_baseline_source,
+        ),
+    ] {
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, v.clone()));
+        }
+    }
+    if let Some(t) = h.tenants {
+        a.push(KeyValue::new(attr::HEALTH_TENANTS, i64::from(t)));
+    }
+    a
+}
+
+/// Builds the resource: `service.name` (default [`DEFAULT_SERVICE_NAME`]),
+/// `host.name`, `k8s.node.name` when known, the SDK's `telemetry.sdk.*`, then
+/// `OTEL_RESOURCE_ATTRIBUTES`, then `OTEL_SERVICE_NAME` (later wins).
+pub fn build_resource(host_name: &str, k8s_node_name: Option<&str>) -> Resource {
+    let mut kvs = vec![
+        KeyValue::new(attr::SERVICE_NAME, DEFAULT_SERVICE_NAME),
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new(attr::HOST_NAME, host_name.to_string()),
+    ];
+    if let Some(n) = k8s_node_name.filter(|n| !n.is_empty()) {
+        kvs.push(KeyValue::new(attr::K8S_NODE_NAME, n.to_string()));
+    }
+    let mut b = Resource::builder_empty()
+        .with_attributes(kvs)
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_detector(Box::new(EnvResourceDetector::new()));
+    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME") {
+        if !name.trim().is_empty() {
+            b = b.with_service_name(name.trim().to_string());
+        }
+    }
+    b.build()
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`,
+/// else `unknown`).
+pub fn local_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_readings_are_omitted_not_zero() {
+        let r = ProbeRecord {
+            gpu_uuid: "GPU-1".into(),
+            kernel: "fft".into(),
+            wall_ms: 0.5,
+            gpu_ms: Some(0.2),
+            queue_ms: Some(0.3),
+            sm_clock_mhz: Some(1980),
+            ..Default::default()
+        };
+        let a = run_attributes(&r);
+        let has = |k: &str| a.iter().any(|kv| kv.key.as_str() == k);
+        assert!(has(attr::SM_CLOCK_MHZ));
+        assert!(!has(attr::POWER_W));
+        assert!(!has(attr::PODS));
+        assert!(!has(attr::THROTTLE_REASONS));
+    }
+}

@@ -1,0 +1,123 @@
+//! The exit tail table: one of the consumers of the fan-out. It keeps
+//! whole-run HDR histograms per GPU, kernel and tenant count, of arrival runs
+//! only, and `main` prints them when the agent stops.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use slicetrace_schema::ProbeRecord;
+
+/// Per-(GPU, kernel, tenant count) histograms of the whole run, for the exit
+/// tail table: a run that spans quiet and contended periods shows each
+/// occupancy level on its own line. Only arrival runs enter the quantiles.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    inner: Mutex<BTreeMap<SummaryKey, Acc>>,
+}
+
+/// (GPU index, GPU UUID, kernel, tenant count).
+type SummaryKey = (u32, String, String, Option<u32>);
+
+#[derive(Debug)]
+struct Acc {
+    h: [Histogram<u32>; 3],
+    gpu_ms_sum: f64,
+    first_ns: i64,
+    last_ns: i64,
+    all_runs: u64,
+}
+
+/// One line of the exit tail table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    /// GPU index.
+    pub gpu_index: u32,
+    /// GPU UUID.
+    pub gpu_uuid: String,
+    /// Kernel.
+    pub kernel: String,
+    /// Other compute processes on the GPU (NVML), `None` when unknown.
+    pub tenants: Option<u32>,
+    /// Arrival runs counted in the quantiles.
+    pub runs: u64,
+    /// All runs, including burst runs that are not arrivals (left out of
+    /// the quantiles: they measure the probe's own rhythm).
+    pub all_runs: u64,
+    /// (p50, p99) of gpu_ms, wall_ms, queue_ms.
+    pub quantiles: [(f64, f64); 3],
+    /// Sum of gpu_ms, ms (the probe's own GPU time).
+    pub gpu_ms_sum: f64,
+    /// First and last launch time, ns.
+    pub span_ns: (i64, i64),
+}
+
+fn summary_hist() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("constant bounds"))
+}
+
+impl RunSummary {
+    pub(crate) fn record(&self, r: &ProbeRecord) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        let acc = m
+            .entry((
+                r.gpu_index,
+                r.gpu_uuid.clone(),
+                r.kernel.clone(),
+                r.tenants(),
+            ))
+            .or_insert_with(|| Acc {
+                h: [summary_hist(), summary_hist(), summary_hist()],
+                gpu_ms_sum: 0.0,
+                first_ns: r.ts_ns,
+                last_ns: r.ts_ns,
+                all_runs: 0,
+            });
+        acc.all_runs += 1;
+        acc.gpu_ms_sum += r.gpu_ms.unwrap_or(0.0);
+        if !r.is_arrival() {
+            return;
+        }
+        acc.first_ns = acc.first_ns.min(r.ts_ns);
+        acc.last_ns = acc.last_ns.max(r.ts_ns);
+        let h = &mut acc.h;
+        let us = crate::health::us;
+        if let Some(g) = r.gpu_ms {
+            let _ = h[0].record(us(g));
+        }
+        let _ = h[1].record(us(r.wall_ms));
+        if let Some(q) = r.queue_ms {
+            let _ = h[2].record(us(q));
+        }
+    }
+
+    /// The table rows, ordered by GPU and kernel.
+    pub fn rows(&self) -> Vec<SummaryRow> {
+        let Ok(m) = self.inner.lock() else {
+            return Vec::new();
+        };
+        m.iter()
+            .map(|((idx, uuid, kernel, tenants), acc)| {
+                let h = &acc.h;
+                let q = |h: &Histogram<u32>| {
+                    (
+                        h.value_at_quantile(0.5) as f64 / 1000.0,
+                        h.value_at_quantile(0.99) as f64 / 1000.0,
+                    )
+                };
+                SummaryRow {
+                    gpu_index: *idx,
+                    gpu_uuid: uuid.clone(),
+                    kernel: kernel.clone(),
+                    tenants: *tenants,
+                    runs: h[1].len(),
+                    all_runs: acc.all_runs,
+                    quantiles: [q(&h[0]), q(&h[1]), q(&h[2])],
+                    gpu_ms_sum: acc.gpu_ms_sum,
+                    span_ns: (acc.first_ns, acc.last_ns),
+                }
+            })
+            .collect()
+    }
+}

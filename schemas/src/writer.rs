@@ -1,0 +1,88 @@
+//! How every slicetrace Parquet file is written: the one set of writer
+//! properties that the agent's Parquet sink, `slicetrace-load --out` and the
+//! CLI's synthetic generator (`slicetrace gen-synthetic`) all use, so a file
+//! reads the same whichever of them wrote it.
+//!
+//! The properties carry the Arrow schema's metadata (the schema version and
+//! the table name) as plain footer key-values too: `ArrowWriter` embeds the
+//! Arrow schema only as the opaque `ARROW:schema` entry, which DuckDB and
+//! other non-Arrow readers ignore, and the CLI checks the plain key before it
+//! reads a file.
+
+use arrow::datatypes::Schema;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+/// Zstd level of every column: level 3 (zstd's own default) compresses probe
+/// rows well at a cost the writer thread does not notice.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Rows per row group unless a writer says otherwise (the agent's
+/// `parquet.row_group_rows` default): small enough that the agent buffers
+/// little, large enough for readers to skip by statistics.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = 8192;
+
+/// Writer properties for a file of `schema`: zstd at [`ZSTD_LEVEL`], at most
+/// `row_group_rows` rows per row group (at least 1), `schema`'s metadata as
+/// footer key-values (sorted by key, so equal inputs give equal footers) and
+/// `created_by` naming the program that wrote the file.
+pub fn writer_properties(
+    schema: &Schema,
+    row_group_rows: usize,
+    created_by: &str,
+) -> WriterProperties {
+    let mut kv: Vec<KeyValue> = schema
+        .metadata()
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    kv.sort_by(|a, b| a.key.cmp(&b.key));
+    // ZSTD_LEVEL is a constant inside zstd's range (a test checks it), so the
+    // fallback to zstd's default level is never taken.
+    let zstd = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(zstd))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .set_key_value_metadata(Some(kv))
+        .set_created_by(created_by.to_string())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{health_schema, probes_schema, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
+    use parquet::schema::types::ColumnPath;
+
+    fn footer_value(p: &WriterProperties, key: &str) -> Option<String> {
+        p.key_value_metadata()?
+            .iter()
+            .find(|k| k.key == key)
+            .and_then(|k| k.value.clone())
+    }
+
+    #[test]
+    fn properties_carry_zstd_level_row_groups_and_schema_metadata() {
+        let p = writer_properties(&probes_schema(), 1234, "slicetrace-test 0");
+        assert_eq!(
+            p.compression(&ColumnPath::from("wall_ms")),
+            Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"))
+        );
+        assert_eq!(p.max_row_group_row_count(), Some(1234));
+        assert_eq!(p.created_by(), "slicetrace-test 0");
+        assert_eq!(
+            footer_value(&p, SCHEMA_VERSION_KEY),
+            Some(SCHEMA_VERSION.to_string())
+        );
+        assert_eq!(footer_value(&p, TABLE_KEY).as_deref(), Some("probes"));
+        let h = writer_properties(&health_schema(), DEFAULT_ROW_GROUP_ROWS, "x");
+        assert_eq!(footer_value(&h, TABLE_KEY).as_deref(), Some("health"));
+    }
+
+    #[test]
+    fn zero_row_group_rows_means_one() {
+        let p = writer_properties(&probes_schema(), 0, "x");
+        assert_eq!(p.max_row_group_row_count(), Some(1));
+    }
+}
