@@ -114,7 +114,7 @@ pub async fn run(
 
     let occupancy: Arc<dyn OccupancySource> = match occupancy {
         Some(o) => o,
-        None => match crate::occupancy::start_combined(
+        None => match crate::occupancy::start(
             &config.occupancy,
             &node,
             counters.clone(),
@@ -122,18 +122,12 @@ pub async fn run(
         )
         .await
         {
-            Ok(c) => {
+            Some(c) => {
                 // Kept for /metrics (`slicetrace_occupancy_source_up`).
                 let _ = live.occupancy.set(c.clone());
                 c
             }
-            Err(e) => {
-                tracing::error!(
-                    error = %crate::internal_events::error_chain(&e),
-                    "occupancy disabled: its configuration is invalid"
-                );
-                Arc::new(crate::occupancy::NoOccupancy)
-            }
+            None => Arc::new(crate::occupancy::NoOccupancy),
         },
     };
 
@@ -227,7 +221,7 @@ pub async fn run(
     // ---- /metrics ----
     let mut metrics_addr = None;
     let mut metrics_task = None;
-    if !config.metrics.listen.is_empty() {
+    if config.metrics.is_enabled() {
         let addr = config.metrics.listen.parse().context("metrics.listen")?;
         let mut rx = stop_rx.clone();
         let (bound, h) = crate::metrics::serve(addr, live.clone(), counters.clone(), async move {
@@ -299,7 +293,7 @@ pub async fn run(
             counters: counters.clone(),
             node: node.clone(),
             arrivals: config.arrival_plan(&spec),
-            self_test: config.self_test,
+            self_test: config.probe.self_test,
             stop: stop.clone(),
         };
         let h = std::thread::Builder::new()

@@ -46,6 +46,33 @@ pub enum ConfigError {
     },
 }
 
+/// The first unusable value of one component's table: the one shape every
+/// component's `validate()` returns, so [`Config::validate`] only prefixes
+/// the table name (`otlp.timeout_ms: must be greater than 0`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The key inside its table, e.g. `timeout_ms`.
+    pub field: &'static str,
+    /// Why the value is unusable, lowercase, one line.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field and its reason.
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The `ConfigError` for this field inside `[table]`.
+    fn in_table(self, table: &str) -> ConfigError {
+        invalid(&format!("{table}.{}", self.field), self.message)
+    }
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.to_string(),
@@ -53,10 +80,22 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Per-kernel overrides of the preset (the `[probe]` table).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// How the probe runs (the `[probe]` table): when runs start, the start-up
+/// self-test, and per-kernel overrides of the preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeOverrides {
+    /// Mean time between probe cycles per GPU, ms (`arrivals = "burst"`
+    /// only; Poisson arrivals use `rate_hz`). Formerly the top-level
+    /// `interval_ms`, still read with a deprecation warning.
+    pub interval_ms: u64,
+    /// Random jitter of each burst interval, ± percent (0–90). Formerly the
+    /// top-level `jitter_pct`, still read with a deprecation warning.
+    pub jitter_pct: u32,
+    /// At start, plant one corrupted output per kernel and require the
+    /// checker to catch it. Formerly the top-level `self_test`, still read
+    /// with a deprecation warning.
+    pub self_test: bool,
     /// FFT length (1-D) or side (2-D), a power of two.
     pub fft_n: Option<usize>,
     /// FFT batch (1-D only).
@@ -96,6 +135,29 @@ pub struct ProbeOverrides {
     pub cublas_workspace_kib: Option<u32>,
 }
 
+impl Default for ProbeOverrides {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            jitter_pct: 20,
+            self_test: true,
+            fft_n: None,
+            fft_batch: None,
+            fft_2d: None,
+            gemm_n: None,
+            gemm_precision: None,
+            burst_runs: None,
+            timing: None,
+            arrivals: None,
+            rate_hz: None,
+            wait: None,
+            spin_us: None,
+            fp32_math: None,
+            cublas_workspace_kib: None,
+        }
+    }
+}
+
 /// When probe runs start (`probe.arrivals`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,8 +188,13 @@ pub const DEFAULT_RATE_HZ: f64 = 5.0;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz` at all. Default `true`
+    /// (the rule of every component: `enabled = false` turns it off; the old
+    /// spelling, an empty `listen`, still does).
+    pub enabled: bool,
     /// Listen address for `/metrics`, `/healthz` and `/readyz`; empty
-    /// disables. Loopback by default (a standalone agent on a workstation);
+    /// disables (prefer `enabled = false`). Loopback by default (a
+    /// standalone agent on a workstation);
     /// the DaemonSet's ConfigMap sets `0.0.0.0:9464` so Prometheus can scrape
     /// the pod IP.
     pub listen: String,
@@ -136,8 +203,16 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             listen: "127.0.0.1:9464".into(),
         }
+    }
+}
+
+impl MetricsConfig {
+    /// Whether the endpoint is served: `enabled` and an address is set.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled && !self.listen.is_empty()
     }
 }
 
@@ -153,21 +228,13 @@ pub struct Config {
     pub backend: BackendKind,
     /// `light` (default) or `article`.
     pub preset: Preset,
-    /// Overrides of the preset's kernels.
+    /// How the probe runs, and overrides of the preset's kernels.
     pub probe: ProbeOverrides,
-    /// Mean time between probe cycles per GPU, ms (`probe.arrivals =
-    /// "burst"` only; Poisson arrivals use `probe.rate_hz`).
-    pub interval_ms: u64,
-    /// Random jitter of each burst interval, ± percent (0–90).
-    pub jitter_pct: u32,
     /// Number of CPU pseudo-devices on the CPU backend (tests of multi-GPU
     /// behaviour without GPUs).
     pub cpu_devices: u32,
     /// Run only on these device indices; empty probes every device.
     pub devices: Vec<u32>,
-    /// At start, plant one corrupted output per kernel and require the
-    /// checker to catch it.
-    pub self_test: bool,
     /// Deadline for draining and closing every sink on shutdown, ms. Keep it
     /// below the pod's terminationGracePeriodSeconds.
     pub shutdown_deadline_ms: u64,
@@ -225,11 +292,8 @@ impl Default for Config {
             backend: BackendKind::Auto,
             preset: Preset::Light,
             probe: ProbeOverrides::default(),
-            interval_ms: 1000,
-            jitter_pct: 20,
             cpu_devices: 1,
             devices: Vec::new(),
-            self_test: true,
             shutdown_deadline_ms: 10_000,
             sink_queue_records: 8192,
             parquet: ParquetConfig::default(),
@@ -243,26 +307,40 @@ impl Default for Config {
     }
 }
 
-/// Flag values that override the file and the environment.
-#[derive(Debug, Clone, Default)]
+/// Flag values that override the file and the environment: the agent's
+/// `run` flattens this struct into its command line, so each field is one
+/// flag and its doc comment is that flag's help. clap is a dependency of
+/// this package anyway (the binary shares its `Cargo.toml`); deriving here
+/// keeps one list of flags instead of a hand copy in `main.rs`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
-    /// `--backend`.
+    /// auto, cuda or cpu.
+    #[arg(long)]
     pub backend: Option<BackendKind>,
-    /// `--data-dir`.
+    /// Where Parquet files and state go (default ./slicetrace-data).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// `--interval`.
+    /// Mean time between probe cycles per GPU with `probe.arrivals = "burst"`
+    /// (`probe.interval_ms`; e.g. 1s, 250ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
-    /// `--rate-hz`.
+    /// Mean Poisson arrivals per second per GPU (`probe.rate_hz`, default 5).
+    #[arg(long)]
     pub rate_hz: Option<f64>,
-    /// `--preset`.
+    /// light or article.
+    #[arg(long)]
     pub preset: Option<Preset>,
-    /// `--otlp-endpoint`.
+    /// OTLP collector URL (gRPC :4317 or HTTP :4318); OTEL_EXPORTER_OTLP_* also work.
+    #[arg(long)]
     pub otlp_endpoint: Option<String>,
-    /// `--metrics-listen`.
+    /// /metrics listen address; empty disables.
+    #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// `--node-name`.
+    /// Node name (default $NODE_NAME, else the host name).
+    #[arg(long)]
     pub node_name: Option<String>,
-    /// `--cpu-devices`.
+    /// CPU pseudo-devices to probe on the CPU backend.
+    #[arg(long)]
     pub cpu_devices: Option<u32>,
 }
 
@@ -318,19 +396,130 @@ fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
     }
 }
 
+/// A key read from its old place: its value still applies, and the operator
+/// is told where it lives now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deprecated {
+    /// The old key, e.g. `interval_ms`.
+    pub old: &'static str,
+    /// Where it belongs now, e.g. `probe.interval_ms`.
+    pub new: &'static str,
+}
+
+impl Deprecated {
+    /// Logs the deprecation (WARN: the file works, but should be edited).
+    pub fn warn(&self) {
+        tracing::warn!(
+            key = self.old,
+            new_key = self.new,
+            "deprecated config key `{}`: move it to `{}`",
+            self.old,
+            self.new
+        );
+    }
+}
+
+/// The probe keys that used to sit at the top level. Read on their own, with
+/// spans, so an error in one still names its line; the parse of `Config`
+/// then sees the document with those lines blanked.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TopLevelProbeKeys {
+    interval_ms: Option<toml::Spanned<u64>>,
+    jitter_pct: Option<toml::Spanned<u32>>,
+    self_test: Option<toml::Spanned<bool>>,
+    probe: Option<toml::Table>,
+}
+
+/// Replaces `key = value` (from the start of its line to the end of the value)
+/// with spaces, keeping every other byte offset, so later errors keep their
+/// line numbers.
+fn blank_key_line(text: &mut [u8], value: std::ops::Range<usize>) {
+    let start = text[..value.start]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let end = value.end.min(text.len());
+    for b in &mut text[start..end] {
+        *b = b' ';
+    }
+}
+
 impl Config {
-    /// Parses a TOML document.
+    /// Parses a TOML document, logging a warning for each deprecated key.
     pub fn from_toml(src: &str) -> Result<Self, ConfigError> {
-        toml::from_str(src).map_err(|e| toml_error(src, &e))
+        let (c, deprecated) = Self::from_toml_reporting(src)?;
+        for d in &deprecated {
+            d.warn();
+        }
+        Ok(c)
     }
 
-    /// Reads and parses `path`.
+    /// Parses a TOML document and returns the deprecated keys it used (their
+    /// values applied), for the caller to report once logging is set up. A
+    /// key given both in its old place and its new one is an error.
+    pub fn from_toml_reporting(src: &str) -> Result<(Self, Vec<Deprecated>), ConfigError> {
+        let old: TopLevelProbeKeys = toml::from_str(src).map_err(|e| toml_error(src, &e))?;
+        let probe = old.probe.unwrap_or_default();
+        let mut text = src.as_bytes().to_vec();
+        let mut deprecated = Vec::new();
+        for (key, new, span) in [
+            (
+                "interval_ms",
+                "probe.interval_ms",
+                old.interval_ms.as_ref().map(|v| v.span()),
+            ),
+            (
+                "jitter_pct",
+                "probe.jitter_pct",
+                old.jitter_pct.as_ref().map(|v| v.span()),
+            ),
+            (
+                "self_test",
+                "probe.self_test",
+                old.self_test.as_ref().map(|v| v.span()),
+            ),
+        ] {
+            let Some(span) = span else { continue };
+            if probe.contains_key(key) {
+                return Err(invalid(
+                    key,
+                    format!("set both at the top level (deprecated) and as {new}; keep only {new}"),
+                ));
+            }
+            blank_key_line(&mut text, span);
+            deprecated.push(Deprecated { old: key, new });
+        }
+        let rest = String::from_utf8(text).map_err(|e| invalid("config", e.to_string()))?;
+        let mut c: Config = toml::from_str(&rest).map_err(|e| toml_error(&rest, &e))?;
+        if let Some(v) = old.interval_ms {
+            c.probe.interval_ms = v.into_inner();
+        }
+        if let Some(v) = old.jitter_pct {
+            c.probe.jitter_pct = v.into_inner();
+        }
+        if let Some(v) = old.self_test {
+            c.probe.self_test = v.into_inner();
+        }
+        Ok((c, deprecated))
+    }
+
+    /// Reads and parses `path`, logging a warning for each deprecated key.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let (c, deprecated) = Self::from_file_reporting(path)?;
+        for d in &deprecated {
+            d.warn();
+        }
+        Ok(c)
+    }
+
+    /// Reads and parses `path`; see [`Config::from_toml_reporting`].
+    pub fn from_file_reporting(path: &Path) -> Result<(Self, Vec<Deprecated>), ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&src)
+        Self::from_toml_reporting(&src)
     }
 
     /// Applies `SLICETRACE_*` and `NODE_NAME` environment variables. The OTLP
@@ -353,7 +542,7 @@ impl Config {
         if let Some(v) = env("SLICETRACE_INTERVAL") {
             let d = humantime::parse_duration(&v)
                 .map_err(|e| invalid("SLICETRACE_INTERVAL", e.to_string()))?;
-            self.interval_ms = d.as_millis() as u64;
+            self.probe.interval_ms = d.as_millis() as u64;
         }
         if let Some(v) = env("SLICETRACE_RATE_HZ") {
             self.probe.rate_hz =
@@ -385,7 +574,7 @@ impl Config {
             self.data_dir = d.clone();
         }
         if let Some(i) = o.interval {
-            self.interval_ms = i.as_millis() as u64;
+            self.probe.interval_ms = i.as_millis() as u64;
         }
         if let Some(r) = o.rate_hz {
             self.probe.rate_hz = Some(r);
@@ -468,8 +657,8 @@ impl Config {
                 rate_hz: self.probe.rate_hz.unwrap_or(DEFAULT_RATE_HZ),
             },
             Arrivals::Burst => crate::pipeline::ArrivalPlan::Burst {
-                interval: Duration::from_millis(self.interval_ms),
-                jitter_pct: self.jitter_pct,
+                interval: Duration::from_millis(self.probe.interval_ms),
+                jitter_pct: self.probe.jitter_pct,
                 burst_runs: spec.burst_runs,
             },
         }
@@ -477,16 +666,17 @@ impl Config {
 
     /// Checks every value that parsed but is not usable. Writes nothing.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.interval_ms == 0 || self.interval_ms > 3_600_000 {
+        let p = &self.probe;
+        if p.interval_ms == 0 || p.interval_ms > 3_600_000 {
             return Err(invalid(
-                "interval_ms",
-                format!("{} is out of range 1..=3600000", self.interval_ms),
+                "probe.interval_ms",
+                format!("{} is out of range 1..=3600000", p.interval_ms),
             ));
         }
-        if self.jitter_pct > 90 {
+        if p.jitter_pct > 90 {
             return Err(invalid(
-                "jitter_pct",
-                format!("{} is above 90", self.jitter_pct),
+                "probe.jitter_pct",
+                format!("{} is above 90", p.jitter_pct),
             ));
         }
         if self.shutdown_deadline_ms == 0 {
@@ -532,18 +722,12 @@ impl Config {
             crate::sinks::otlp::endpoint_url(ep, self.otlp.insecure)
                 .map_err(|m| invalid("otlp.endpoint", m))?;
         }
-        self.otlp
-            .validate()
-            .map_err(|e| invalid("otlp", crate::internal_events::error_chain(&e)))?;
-        self.health
-            .validate()
-            .map_err(|(f, m)| invalid(&format!("health.{f}"), m))?;
-        self.parquet
-            .validate()
-            .map_err(|e| invalid("parquet", crate::internal_events::error_chain(&e)))?;
+        self.otlp.validate().map_err(|e| e.in_table("otlp"))?;
+        self.health.validate().map_err(|e| e.in_table("health"))?;
+        self.parquet.validate().map_err(|e| e.in_table("parquet"))?;
         self.occupancy
             .validate()
-            .map_err(|e| invalid("occupancy", crate::internal_events::error_chain(&e)))?;
+            .map_err(|e| e.in_table("occupancy"))?;
         Ok(())
     }
 }
@@ -599,11 +783,19 @@ mod tests {
         let c = Config::default();
         let s = toml::to_string(&c).expect("serialise");
         assert_eq!(Config::from_toml(&s).expect("parse"), c);
+        // The default data_dir is relative to wherever the test runs, so it
+        // is the one value taken from a directory the test controls.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Config {
+            data_dir: dir.path().join("slicetrace-data"),
+            ..c
+        };
+        c.validate().expect("the defaults validate");
     }
 
     #[test]
     fn unknown_key_names_the_field() {
-        let e = Config::from_toml("interval_ms = 5\nbogus = 1\n").expect_err("unknown key");
+        let e = Config::from_toml("node_name = \"n\"\nbogus = 1\n").expect_err("unknown key");
         let m = e.to_string();
         assert!(m.starts_with("bogus (line 2)"), "{m}");
         let e = Config::from_toml("[parquet]\nrotate_bytez = 1\n").expect_err("unknown nested key");
@@ -642,19 +834,20 @@ mod tests {
 
     #[test]
     fn precedence_is_file_then_env_then_flags() {
-        let mut c = Config::from_toml("backend = \"cuda\"\ninterval_ms = 500\n").expect("parse");
+        let mut c =
+            Config::from_toml("backend = \"cuda\"\n[probe]\ninterval_ms = 500\n").expect("parse");
         let env = |k: &str| match k {
             "SLICETRACE_BACKEND" => Some("cpu".to_string()),
             "SLICETRACE_INTERVAL" => Some("2s".to_string()),
             _ => None,
         };
         c.apply_env(&env).expect("env");
-        assert_eq!((c.backend, c.interval_ms), (BackendKind::Cpu, 2000));
+        assert_eq!((c.backend, c.probe.interval_ms), (BackendKind::Cpu, 2000));
         c.apply_overrides(&Overrides {
             interval: Some(Duration::from_millis(250)),
             ..Default::default()
         });
-        assert_eq!((c.backend, c.interval_ms), (BackendKind::Cpu, 250));
+        assert_eq!((c.backend, c.probe.interval_ms), (BackendKind::Cpu, 250));
     }
 
     #[test]
@@ -666,5 +859,100 @@ mod tests {
         let s = c.probe_spec("cuda");
         assert_eq!(s.fft.dims, FftDims::D2 { nx: 1024, ny: 1024 });
         assert_eq!((s.gemm.n, s.gemm.precision), (512, Precision::Bf16));
+    }
+
+    #[test]
+    fn top_level_probe_keys_still_apply_with_a_deprecation() {
+        let src = "interval_ms = 300 # old place\njitter_pct = 5\nself_test = false\n[probe]\nrate_hz = 2.0\n";
+        let (c, d) = Config::from_toml_reporting(src).expect("parse");
+        assert_eq!(
+            (c.probe.interval_ms, c.probe.jitter_pct, c.probe.self_test),
+            (300, 5, false)
+        );
+        assert_eq!(c.probe.rate_hz, Some(2.0));
+        let news: Vec<_> = d.iter().map(|d| (d.old, d.new)).collect();
+        assert_eq!(
+            news,
+            [
+                ("interval_ms", "probe.interval_ms"),
+                ("jitter_pct", "probe.jitter_pct"),
+                ("self_test", "probe.self_test"),
+            ]
+        );
+        // The new place reads without a deprecation, and to the same config.
+        let (n, d) = Config::from_toml_reporting(
+            "[probe]\ninterval_ms = 300\njitter_pct = 5\nself_test = false\nrate_hz = 2.0\n",
+        )
+        .expect("parse");
+        assert!(d.is_empty());
+        assert_eq!(n, c);
+    }
+
+    #[test]
+    fn a_probe_key_in_both_places_is_an_error() {
+        let e = Config::from_toml("interval_ms = 300\n[probe]\ninterval_ms = 400\n")
+            .expect_err("conflict");
+        let m = e.to_string();
+        assert!(
+            m.starts_with("interval_ms: ") && m.contains("probe.interval_ms"),
+            "{m}"
+        );
+        assert!(!m.contains('\n'), "{m}");
+    }
+
+    #[test]
+    fn errors_after_a_deprecated_key_keep_their_line() {
+        let e = Config::from_toml("interval_ms = 300\n[parquet]\nrotate_bytez = 1\n")
+            .expect_err("unknown key");
+        assert!(
+            e.to_string().starts_with("parquet.rotate_bytez (line 3)"),
+            "{e}"
+        );
+        let e = Config::from_toml("node_name = \"n\"\ninterval_ms = -1\n").expect_err("negative");
+        assert!(e.to_string().starts_with("interval_ms (line 2)"), "{e}");
+    }
+
+    #[test]
+    fn component_errors_are_prefixed_with_their_table() {
+        let check = |f: fn(&mut Config), want: &str| {
+            let mut c = Config {
+                data_dir: std::env::temp_dir(),
+                ..Config::default()
+            };
+            f(&mut c);
+            assert_eq!(c.validate().expect_err(want).to_string(), want);
+        };
+        check(
+            |c| c.otlp.timeout_ms = 0,
+            "otlp.timeout_ms: must be greater than 0",
+        );
+        check(
+            |c| c.parquet.row_group_rows = 0,
+            "parquet.row_group_rows: must be greater than 0",
+        );
+        check(
+            |c| c.health.window_ms = 999,
+            "health.window_ms: 999 is below 1000",
+        );
+        check(
+            |c| c.occupancy.stale_after_ms = 0,
+            "occupancy.stale_after_ms: must be greater than zero",
+        );
+    }
+
+    #[test]
+    fn enabled_false_disables_every_component_and_old_spellings_still_do() {
+        let c = Config::from_toml(
+            "[parquet]\nenabled = false\n[otlp]\nenabled = false\nendpoint = \"http://c:4317\"\n\
+             [metrics]\nenabled = false\n",
+        )
+        .expect("parse");
+        assert!(!c.parquet.enabled && !c.otlp.is_enabled() && !c.metrics.is_enabled());
+        // The defaults: parquet and metrics on; otlp on once it has an endpoint.
+        let c = Config::from_toml("[otlp]\nendpoint = \"http://c:4317\"\n").expect("parse");
+        assert!(c.parquet.enabled && c.otlp.is_enabled() && c.metrics.is_enabled());
+        // The old spellings: no endpoint, an empty listen address.
+        let c = Config::from_toml("[metrics]\nlisten = \"\"\n").expect("parse");
+        assert!(!c.otlp.is_enabled() && !c.metrics.is_enabled());
     }
 }

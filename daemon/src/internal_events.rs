@@ -2,7 +2,8 @@
 //! counted here, and the counts appear on `/metrics` and in the logs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Process-wide counters, shared as `Arc<Counters>`. Relaxed ordering: these
 /// are statistics, not synchronisation.
@@ -111,34 +112,104 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s.replace('\n', " ")
 }
 
-/// Lets a log line through at most once per `period` (per limiter). Used for
-/// "sink down" and "disk full" errors, which would otherwise repeat every cycle.
+/// Lets a repeated log line through at most once per `period`, and says how
+/// many were held back in between. Used for "sink down", "disk full" and
+/// other errors that would otherwise repeat every cycle (STYLE.md: one line a
+/// minute for a persistent failure, not one per batch). Takes `&self`, so one
+/// limiter can be shared by the threads that report the same event.
 #[derive(Debug)]
 pub struct RateLimit {
-    period: std::time::Duration,
-    last: std::sync::Mutex<Option<std::time::Instant>>,
+    period: Duration,
+    state: Mutex<LimitState>,
+}
+
+#[derive(Debug, Default)]
+struct LimitState {
+    last: Option<Instant>,
+    suppressed: u64,
 }
 
 impl RateLimit {
     /// A limiter letting one event through per `period`.
-    pub fn new(period: std::time::Duration) -> Self {
+    pub fn new(period: Duration) -> Self {
         Self {
             period,
-            last: std::sync::Mutex::new(None),
+            state: Mutex::new(LimitState::default()),
         }
     }
+
+    /// A limiter letting one event through per minute.
+    pub fn per_minute() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
+
     /// True when the caller may log now.
     pub fn allow(&self) -> bool {
-        let now = std::time::Instant::now();
-        let Ok(mut last) = self.last.lock() else {
-            return true;
-        };
-        match *last {
-            Some(t) if now.duration_since(t) < self.period => false,
+        self.check().is_some()
+    }
+
+    /// `Some(n)` when a line may be logged now, `n` being the number of
+    /// lines held back since the last one; `None` when it must be dropped.
+    pub fn check(&self) -> Option<u64> {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> Option<u64> {
+        // A poisoned lock only means another thread panicked while logging:
+        // the state is two plain values, still usable.
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.last {
+            Some(t) if now.saturating_duration_since(t) < self.period => {
+                st.suppressed += 1;
+                None
+            }
             _ => {
-                *last = Some(now);
-                true
+                st.last = Some(now);
+                Some(std::mem::take(&mut st.suppressed))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_reports_how_many_lines_it_held_back() {
+        let l = RateLimit::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(l.check_at(t0), Some(0));
+        assert_eq!(l.check_at(t0 + Duration::from_secs(1)), None);
+        assert_eq!(l.check_at(t0 + Duration::from_secs(59)), None);
+        // The period is over: the line goes through and counts the two
+        // held back, and the count starts again from zero.
+        assert_eq!(l.check_at(t0 + Duration::from_secs(60)), Some(2));
+        assert_eq!(l.check_at(t0 + Duration::from_secs(61)), None);
+        assert_eq!(l.check_at(t0 + Duration::from_secs(120)), Some(1));
+        assert!(!l.allow(), "within the period of the last line");
+    }
+
+    #[test]
+    fn rate_limit_with_zero_period_holds_nothing_back() {
+        let l = RateLimit::new(Duration::ZERO);
+        assert_eq!(l.check(), Some(0));
+        assert_eq!(l.check(), Some(0));
+        assert!(l.allow());
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once_on_one_line() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("failed to write file")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("disk\nfull"));
+        assert_eq!(error_chain(&e), "failed to write file: disk full");
+        // A cause whose text the outer message already ends with is not repeated.
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect: refused")]
+        struct Dup(#[source] std::io::Error);
+        let e = Dup(std::io::Error::other("refused"));
+        assert_eq!(error_chain(&e), "connect: refused");
     }
 }

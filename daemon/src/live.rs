@@ -71,6 +71,35 @@ pub struct KernelHealth {
     pub event_baseline_p99_ms: Option<f64>,
 }
 
+impl KernelHealth {
+    /// What is published for a GPU and kernel that failed before it
+    /// produced a row in the window: no quantiles, no baselines, no
+    /// contention state.
+    pub fn without_runs(gpu_index: u32, verdict: Verdict, reason: Reason, text: String) -> Self {
+        Self {
+            gpu_index,
+            verdict,
+            reason: text,
+            health_reason: reason,
+            health_source: None,
+            wall: Quantiles::default(),
+            gpu: Quantiles::default(),
+            queue: Quantiles::default(),
+            baseline_p99_ms: None,
+            inflation: None,
+            samples: 0,
+            correctness_failures_total: 0,
+            contention: None,
+            contention_reason: Reason::NoData,
+            contention_detail: "no runs".into(),
+            contention_source: None,
+            wall_baseline: None,
+            gpu_baseline: None,
+            event_baseline_p99_ms: None,
+        }
+    }
+}
+
 /// A probed GPU as the agent opened it (for `slicetrace_gpu_info`,
 /// `slicetrace_backend_up` and `/readyz`).
 #[derive(Debug, Clone, PartialEq)]

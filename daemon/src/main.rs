@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use slicetrace_agent::agent::{self, AgentParts, BackendFactory};
-use slicetrace_agent::config::{Config, LogFormat, Overrides};
+use slicetrace_agent::config::{Config, Deprecated, LogFormat, Overrides};
 use slicetrace_agent::health::{GpuEntry, LiveState};
 use slicetrace_agent::internal_events::{error_chain, Counters};
 use slicetrace_agent::telemetry::nvml::NvmlTelemetry;
 use slicetrace_agent::telemetry::{NoTelemetry, TelemetrySource};
-use slicetrace_probe::{open_backends, BackendKind, Preset};
+use slicetrace_probe::{open_backends, BackendKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,37 +45,12 @@ struct RunArgs {
     /// TOML config file (flags and SLICETRACE_* variables override it).
     #[arg(long, env = "SLICETRACE_CONFIG")]
     config: Option<PathBuf>,
-    /// auto, cuda or cpu.
-    #[arg(long)]
-    backend: Option<BackendKind>,
-    /// Where Parquet files and state go (default ./slicetrace-data).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    /// The flags that override the file and the environment.
+    #[command(flatten)]
+    overrides: Overrides,
     /// Stop cleanly after this long (e.g. 30s, 10m); default: until SIGTERM/SIGINT.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Mean time between probe cycles per GPU with `probe.arrivals = "burst"`
-    /// (e.g. 1s, 250ms).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    interval: Option<Duration>,
-    /// Mean Poisson arrivals per second per GPU (`probe.rate_hz`, default 5).
-    #[arg(long)]
-    rate_hz: Option<f64>,
-    /// light or article.
-    #[arg(long)]
-    preset: Option<Preset>,
-    /// OTLP collector URL (gRPC :4317 or HTTP :4318); OTEL_EXPORTER_OTLP_* also work.
-    #[arg(long)]
-    otlp_endpoint: Option<String>,
-    /// /metrics listen address; empty disables.
-    #[arg(long)]
-    metrics_listen: Option<String>,
-    /// Node name (default $NODE_NAME, else the host name).
-    #[arg(long)]
-    node_name: Option<String>,
-    /// CPU pseudo-devices to probe on the CPU backend.
-    #[arg(long)]
-    cpu_devices: Option<u32>,
     /// Also write the exit tail table as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
@@ -124,17 +99,21 @@ fn log_format(flag: Option<LogFormat>, cfg: Option<&Config>) -> Result<LogFormat
 /// Usage errors exit 2; everything else 1.
 struct Usage(anyhow::Error);
 
-fn load_config(file: Option<&PathBuf>, o: &Overrides) -> Result<Config, Usage> {
-    let mut cfg = match file {
-        Some(p) => Config::from_file(p).map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?,
-        None => Config::default(),
+/// Loads the config (file < env < flags) and validates it. Deprecated keys
+/// come back to be logged once logging is set up (its format is in the file).
+fn load_config(file: Option<&PathBuf>, o: &Overrides) -> Result<(Config, Vec<Deprecated>), Usage> {
+    let (mut cfg, deprecated) = match file {
+        Some(p) => {
+            Config::from_file_reporting(p).map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?
+        }
+        None => (Config::default(), Vec::new()),
     };
     cfg.apply_env(&|k| std::env::var(k).ok())
         .map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?;
     cfg.apply_overrides(o);
     cfg.validate()
         .map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?;
-    Ok(cfg)
+    Ok((cfg, deprecated))
 }
 
 fn main() {
@@ -150,7 +129,13 @@ fn main() {
     };
     let code = match cli.cmd {
         Cmd::CheckConfig { file } => match load_config(Some(&file), &Overrides::default()) {
-            Ok(_) => {
+            Ok((cfg, deprecated)) => {
+                if !deprecated.is_empty() {
+                    init_logs(log_format(None, Some(&cfg)).unwrap_or_default());
+                    for d in &deprecated {
+                        d.warn();
+                    }
+                }
                 println!("{}: ok", file.display());
                 0
             }
@@ -160,28 +145,22 @@ fn main() {
             }
         },
         Cmd::Run(args) => {
-            let o = Overrides {
-                rate_hz: args.rate_hz,
-                backend: args.backend,
-                data_dir: args.data_dir.clone(),
-                interval: args.interval,
-                preset: args.preset,
-                otlp_endpoint: args.otlp_endpoint.clone(),
-                metrics_listen: args.metrics_listen.clone(),
-                node_name: args.node_name.clone(),
-                cpu_devices: args.cpu_devices,
-            };
-            match load_config(args.config.as_ref(), &o).and_then(|cfg| {
-                let f = log_format(args.log_format, Some(&cfg))?;
-                Ok((cfg, f))
-            }) {
+            match load_config(args.config.as_ref(), &args.overrides).and_then(
+                |(cfg, deprecated)| {
+                    let f = log_format(args.log_format, Some(&cfg))?;
+                    Ok((cfg, deprecated, f))
+                },
+            ) {
                 Err(Usage(e)) => {
                     // Logging is not set up yet: the format may be the error.
                     eprintln!("error: {e:#}");
                     2
                 }
-                Ok((cfg, format)) => {
+                Ok((cfg, deprecated, format)) => {
                     init_logs(format);
+                    for d in &deprecated {
+                        d.warn();
+                    }
                     match run(cfg, args.duration, args.summary_json.as_deref()) {
                         Ok(()) => 0,
                         Err(e) => {

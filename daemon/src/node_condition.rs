@@ -111,30 +111,16 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{KernelHealth, Quantiles};
+    use crate::health::KernelHealth;
     use slicetrace_schema::Reason;
 
     fn kh(verdict: Verdict, contention: Contention) -> KernelHealth {
         KernelHealth {
-            gpu_index: 0,
-            verdict,
-            reason: "why".into(),
-            health_reason: Reason::None,
-            health_source: None,
-            wall: Quantiles::default(),
-            gpu: Quantiles::default(),
-            queue: Quantiles::default(),
-            baseline_p99_ms: None,
-            inflation: None,
             samples: 100,
-            correctness_failures_total: 0,
             contention: Some(contention),
             contention_reason: Reason::WaitOverBaseline,
             contention_detail: "p99 wall 7 ms (3 tenants)".into(),
-            contention_source: None,
-            wall_baseline: None,
-            gpu_baseline: None,
-            event_baseline_p99_ms: None,
+            ..KernelHealth::without_runs(0, verdict, Reason::None, "why".into())
         }
     }
 

@@ -473,7 +473,7 @@ mod tests {
 
     /// The gaps of the arrival process are exponential with the configured
     /// mean: a one-sample Kolmogorov–Smirnov test against Exp(rate) at
-    /// α = 0.001 (critical value 1.95/√n), on 20 000 gaps from the sampler
+    /// α = 1e-6 (critical value 2.7/√n), on 20 000 gaps from the sampler
     /// the loop uses.
     #[test]
     fn arrival_gaps_are_exponential_ks_test() {
@@ -494,7 +494,9 @@ mod tests {
                 (f - lo).abs().max((hi - f).abs())
             })
             .fold(0.0f64, f64::max);
-        let crit = 1.95 / (n as f64).sqrt();
+        // alpha = 1e-6 (c = sqrt(-ln(alpha / 2) / 2) = 2.69): a false failure
+        // once in a million runs, while jittered periods still fail by far.
+        let crit = 2.7 / (n as f64).sqrt();
         assert!(
             d < crit,
             "KS statistic {d} >= {crit}: gaps are not Exp({rate})"
@@ -589,7 +591,7 @@ mod tests {
         let traces: std::collections::HashSet<_> =
             rows.iter().map(|r| r.trace_id.clone()).collect();
         assert_eq!(traces.len(), rows.len(), "one trace per arrival");
-        // KS on the recorded gaps against Exp(rate) at alpha = 0.001.
+        // KS on the recorded gaps against Exp(rate) at alpha = 1e-6.
         let mut gaps: Vec<f64> = rows
             .iter()
             .map(|r| r.arrival_gap_ms.expect("gap") / 1e3)
@@ -604,7 +606,10 @@ mod tests {
                 (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
             })
             .fold(0.0f64, f64::max);
-        assert!(d < 1.95 / n.sqrt(), "KS D = {d} over {n} gaps");
+        assert!(
+            d < 2.7 / n.sqrt(),
+            "KS D = {d} over {n} gaps (alpha = 1e-6)"
+        );
         let total: u64 = summary.iter().map(|s| s.runs).sum();
         assert_eq!(total as usize, rows.len());
         assert!(summary.iter().all(|s| s.runs == s.all_runs));

@@ -86,7 +86,7 @@ async fn agent_rows_show_the_pods_of_each_gpu_from_both_test_servers() {
 
     let data = dir.path().join("data");
     let mut cfg = small_config(&data);
-    cfg.interval_ms = 200;
+    cfg.probe.interval_ms = 200;
     cfg.node_name = "n1".into();
     cfg.occupancy.pod_resources_socket = socket;
     cfg.occupancy.kube_api = KubeApiMode::Server;

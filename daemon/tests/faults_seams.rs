@@ -316,7 +316,7 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
     let from = logs.text().len();
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = config(dir.path(), "backend", "");
-    let interval = Duration::from_millis(cfg.interval_ms);
+    let interval = Duration::from_millis(cfg.probe.interval_ms);
     let faults: Vec<Arc<Fault>> = (0..2).map(|_| Arc::new(Fault::default())).collect();
     let backends: Vec<Box<dyn ProbeBackend>> = (0..2)
         .map(|i| {

@@ -97,7 +97,7 @@ fn config(dir: &std::path::Path) -> Config {
     let mut cfg = small_config(dir);
     cfg.probe.arrivals = Some(Arrivals::Poisson);
     cfg.probe.rate_hz = Some(40.0);
-    cfg.self_test = true;
+    cfg.probe.self_test = true;
     cfg
 }
 

@@ -230,19 +230,31 @@ fn start_agent(api: &FakeApi, stale_after: Duration) -> Agent {
     }
 }
 
+/// The fake API and a watcher on it that has listed once; `None` (the test
+/// is skipped) without Python.
+async fn listed(test: &str, stale_after: Duration) -> Option<(FakeApi, Agent)> {
+    let api = FakeApi::start(&python(test)?);
+    let agent = start_agent(&api, stale_after);
+    wait_until("initial list", || agent.cache.pods().is_some()).await;
+    Some((api, agent))
+}
+
 fn keys(cache: &KubeCache) -> Vec<String> {
     cache.pods().map(|i| i.keys()).unwrap_or_default()
 }
 
+/// Whether the pod `ns/name` is in the cache.
+fn has(cache: &KubeCache, key: &str) -> bool {
+    keys(cache).iter().any(|k| k == key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
-    let Some(py) = python("watcher_follows_pods_on_this_node_and_reads_node_labels") else {
+    let test = "watcher_follows_pods_on_this_node_and_reads_node_labels";
+    let Some((api, agent)) = listed(test, Duration::from_secs(60)).await else {
         return;
     };
-    let api = FakeApi::start(&py);
-    let agent = start_agent(&api, Duration::from_secs(60));
     let c = &agent.cache;
-    wait_until("initial list", || c.pods().is_some()).await;
     assert_eq!(keys(c), ON_N1);
     let idx = c.pods().unwrap();
     let a = idx.by_container_id(&cid(1)).unwrap();
@@ -291,21 +303,15 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
         "n2",
         &cid(102),
     );
-    wait_until("late-g added", || {
-        keys(c).contains(&"ml/late-g".to_string())
-    })
-    .await;
-    assert!(!keys(c).contains(&"ml/elsewhere".to_string()));
+    wait_until("late-g added", || has(c, "ml/late-g")).await;
+    assert!(!has(c, "ml/elsewhere"));
     assert_eq!(
         c.pods().unwrap().by_container_id(&cid(101)).unwrap().name,
         "late-g"
     );
     // ...and go.
     api.control("DELETE", "/_test/pods/ml/train-a", "");
-    wait_until("train-a deleted", || {
-        !keys(c).contains(&"ml/train-a".to_string())
-    })
-    .await;
+    wait_until("train-a deleted", || !has(c, "ml/train-a")).await;
     // A pod rescheduled away from this node leaves the selection.
     api.add_pod(
         "ml",
@@ -314,10 +320,7 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
         "n2",
         &cid(101),
     );
-    wait_until("late-g moved away", || {
-        !keys(c).contains(&"ml/late-g".to_string())
-    })
-    .await;
+    wait_until("late-g moved away", || !has(c, "ml/late-g")).await;
     assert_eq!(keys(c).len(), 6);
 
     let st = c.sync_state();
@@ -328,13 +331,11 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_410_forces_a_relist_and_the_state_is_right_afterwards() {
-    let Some(py) = python("gone_410_forces_a_relist_and_the_state_is_right_afterwards") else {
+    let test = "gone_410_forces_a_relist_and_the_state_is_right_afterwards";
+    let Some((api, agent)) = listed(test, Duration::from_secs(60)).await else {
         return;
     };
-    let api = FakeApi::start(&py);
-    let agent = start_agent(&api, Duration::from_secs(60));
     let c = &agent.cache;
-    wait_until("initial list", || c.pods().is_some()).await;
     // Let the watch be established before compacting.
     wait_until("watch open", || api.stats()["watch"].as_u64().unwrap() >= 1).await;
 
@@ -374,24 +375,19 @@ async fn gone_410_forces_a_relist_and_the_state_is_right_afterwards() {
         "n1",
         &cid(105),
     );
-    wait_until("watch resumed", || {
-        keys(c).contains(&"ml/after-relist".to_string())
-    })
-    .await;
+    wait_until("watch resumed", || has(c, "ml/after-relist")).await;
     assert_eq!(keys(c).len(), 8);
     wait_until("healthy again", || c.sync_state().ok).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_api_keeps_last_state_goes_stale_and_recovers() {
-    let Some(py) = python("down_api_keeps_last_state_goes_stale_and_recovers") else {
+    let _logs = capture_logs();
+    let test = "down_api_keeps_last_state_goes_stale_and_recovers";
+    let Some((api, agent)) = listed(test, Duration::from_millis(1500)).await else {
         return;
     };
-    let _logs = capture_logs();
-    let api = FakeApi::start(&py);
-    let agent = start_agent(&api, Duration::from_millis(1500));
     let c = &agent.cache;
-    wait_until("initial list", || c.pods().is_some()).await;
     wait_until("node read", || c.node().is_some()).await;
     wait_until("fresh", || !c.sync_state().stale).await;
 

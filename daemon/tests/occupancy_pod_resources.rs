@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use occupancy_support::*;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::pod_resources::{self, PodResourcesSettings};
+use slicetrace_agent::occupancy::pod_resources::{self, PodResourcesCache, PodResourcesSettings};
 use slicetrace_agent::occupancy::{CombinedOccupancy, OccupancySource};
 
 fn settings(socket: &std::path::Path, names: &[&str]) -> PodResourcesSettings {
@@ -20,6 +20,35 @@ fn settings(socket: &std::path::Path, names: &[&str]) -> PodResourcesSettings {
 }
 
 const BOTH: [&str; 2] = ["nvidia.com/gpu", "nvidia.com/gpu.shared"];
+
+/// A pod-resources source polling `socket` for both GPU resource names.
+struct Source {
+    counters: Arc<Counters>,
+    cache: Arc<PodResourcesCache>,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Source {
+    fn spawn(socket: &std::path::Path) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let cache = pod_resources::spawn(settings(socket, &BOTH), Arc::clone(&counters), rx);
+        Self {
+            counters,
+            cache,
+            _shutdown: tx,
+        }
+    }
+}
+
+/// The combined occupancy over `cache` alone (no API): `/proc` under `root`.
+fn pod_resources_only(
+    cache: &Arc<PodResourcesCache>,
+    root: &std::path::Path,
+    stale_after: Duration,
+) -> CombinedOccupancy {
+    CombinedOccupancy::new(Some(Arc::clone(cache)), None, root, stale_after)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_sliced_replicas_map_to_their_physical_gpu() {
@@ -34,9 +63,11 @@ async fn time_sliced_replicas_map_to_their_physical_gpu() {
         .expect("List");
     assert_eq!(reply.pod_resources.len(), 7);
 
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let cache = pod_resources::spawn(settings(&socket, &BOTH), Arc::clone(&counters), rx);
+    let Source {
+        counters,
+        cache,
+        _shutdown,
+    } = Source::spawn(&socket);
     wait_until("first List", || cache.snapshot().is_some()).await;
     let map = cache.snapshot().unwrap();
 
@@ -76,7 +107,7 @@ async fn time_sliced_replicas_map_to_their_physical_gpu() {
     assert!(*server.kubelet.calls.lock().unwrap() >= 2);
 
     // Through the combined source: pods, pod_count; no API, so the rest is None.
-    let occ = CombinedOccupancy::new(Some(cache), None, dir.path(), Duration::from_secs(60));
+    let occ = pod_resources_only(&cache, dir.path(), Duration::from_secs(60));
     let o = occ.snapshot(GPU_SHARED, &[]);
     assert_eq!(o.pod_count, Some(4));
     assert_eq!(o.pods.as_ref().map(Vec::len), Some(4));
@@ -114,15 +145,12 @@ async fn missing_socket_warns_once_leaves_fields_none_and_recovers_quietly() {
     let logs = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("not-yet-kubelet.sock");
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let cache = pod_resources::spawn(settings(&socket, &BOTH), Arc::clone(&counters), rx);
-    let occ = CombinedOccupancy::new(
-        Some(Arc::clone(&cache)),
-        None,
-        dir.path(),
-        Duration::from_secs(60),
-    );
+    let Source {
+        counters,
+        cache,
+        _shutdown,
+    } = Source::spawn(&socket);
+    let occ = pod_resources_only(&cache, dir.path(), Duration::from_secs(60));
 
     // Ten poll intervals with no socket.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -170,15 +198,12 @@ async fn kubelet_going_away_keeps_last_state_counts_errors_and_goes_stale() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("kubelet.sock");
     let server = KubeletServer::start(&socket, pod_resources_fixture());
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let cache = pod_resources::spawn(settings(&socket, &BOTH), Arc::clone(&counters), rx);
-    let occ = CombinedOccupancy::new(
-        Some(Arc::clone(&cache)),
-        None,
-        dir.path(),
-        Duration::from_millis(600),
-    );
+    let Source {
+        counters,
+        cache,
+        _shutdown,
+    } = Source::spawn(&socket);
+    let occ = pod_resources_only(&cache, dir.path(), Duration::from_millis(600));
     wait_until("first List", || cache.snapshot().is_some()).await;
     assert_eq!(occ.snapshot(GPU_SHARED, &[]).stale, Some(false));
 
@@ -215,9 +240,11 @@ async fn list_errors_are_counted() {
     // A socket file that nobody serves: connect is refused.
     let std_listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     drop(std_listener);
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let cache = pod_resources::spawn(settings(&socket, &BOTH), Arc::clone(&counters), rx);
+    let Source {
+        counters,
+        cache,
+        _shutdown,
+    } = Source::spawn(&socket);
     wait_until("errors counted", || {
         Counters::get(&counters.occupancy_errors) >= 2
     })

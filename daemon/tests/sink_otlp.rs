@@ -435,7 +435,7 @@ fn config_check_applies_the_otlp_endpoint_rule() {
     // `insecure`, from the file or from the environment.
     let bare_http = "endpoint = \"c:4318\"\nprotocol = \"http/protobuf\"\n";
     let e = err(bare_http, &[]);
-    assert!(e.contains("endpoint https"), "{e}");
+    assert!(e.starts_with("otlp.endpoint: https"), "{e}");
     let c = agent_config(
         bare_http,
         &[("OTEL_EXPORTER_OTLP_INSECURE", "true")],

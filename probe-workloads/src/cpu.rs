@@ -30,6 +30,10 @@ enum Job {
     },
     /// Check the output of the last run of `kernel` (outside the clocks).
     Check { kernel: Kernel },
+    /// Tests: make every later check take at least this long, so that a
+    /// check inside the clocks would show without timing anything else.
+    #[cfg(test)]
+    SlowChecks(std::time::Duration),
 }
 
 enum Done {
@@ -48,6 +52,8 @@ struct Worker {
     fft_t: Vec<Complex32>,
     fft_scratch: Vec<Complex32>,
     c: Vec<f32>,
+    #[cfg(test)]
+    check_delay: std::time::Duration,
 }
 
 impl Worker {
@@ -77,6 +83,8 @@ impl Worker {
             gemm_ref,
             fft_rows: rows,
             fft_cols: cols,
+            #[cfg(test)]
+            check_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -153,6 +161,8 @@ impl Worker {
     }
 
     fn check(&self, kernel: Kernel) -> Done {
+        #[cfg(test)]
+        std::thread::sleep(self.check_delay);
         let (correct, rel_error) = match kernel {
             Kernel::Fft => self.fft_ref.judge_host(&self.fft_buf),
             Kernel::Gemm => self.gemm_ref.judge_host(&self.c),
@@ -164,6 +174,11 @@ impl Worker {
         match job {
             Job::Run { kernel, fault } => self.run(kernel, fault),
             Job::Check { kernel } => self.check(kernel),
+            #[cfg(test)]
+            Job::SlowChecks(d) => {
+                self.check_delay = d;
+                Done::Ran { compute_ms: 0.0 }
+            }
         }
     }
 }
@@ -286,20 +301,14 @@ impl ProbeBackend for CpuBackend {
 }
 
 impl CpuBackend {
-    /// Time of one check round trip, ms (tests: proves the check is outside
-    /// the clocks).
+    /// Tests: every later check sleeps `d` first (see [`Job::SlowChecks`]).
     #[cfg(test)]
-    fn worker_check_ms(&mut self, kernel: Kernel) -> f64 {
-        let t0 = Instant::now();
-        let ok = self
-            .tx
-            .as_ref()
-            .map(|tx| tx.send(Job::Check { kernel }).is_ok())
-            .unwrap_or(false);
-        if ok {
-            let _ = self.rx.recv();
+    fn slow_checks(&mut self, d: std::time::Duration) {
+        if let Some(tx) = self.tx.as_ref() {
+            if tx.send(Job::SlowChecks(d)).is_ok() {
+                let _ = self.rx.recv();
+            }
         }
-        t0.elapsed().as_secs_f64() * 1e3
     }
 }
 
@@ -398,30 +407,26 @@ mod tests {
     }
 
     /// Regression (cpu.rs used to check before returning): the host clock of
-    /// a run must not include the check. A 2-D 1024² FFT's check (an f64
-    /// projection over 1 M points) costs milliseconds, so if it were inside
-    /// the clock, wall − compute would be at least that.
+    /// a run must not include the check. Every check is made to take at
+    /// least 2 s; a run's wall time then proves where the check ran without
+    /// timing anything tight: inside the clock it would be ≥ 2 s, outside it
+    /// is the compute time of a small FFT.
     #[test]
     fn clocks_exclude_the_check() {
-        let spec = ProbeSpec {
-            fft: FftSpec {
-                dims: FftDims::D2 { nx: 1024, ny: 1024 },
-            },
-            ..small()
-        };
-        let mut b = CpuBackend::new(0, &spec).expect("backend");
-        let w = b.worker_check_ms(Kernel::Fft);
-        let mut overheads: Vec<f64> = (0..5)
-            .map(|_| {
-                let s = b.run(Kernel::Fft).expect("run");
-                s.wall_ms - s.gpu_ms.expect("compute")
-            })
-            .collect();
-        overheads.sort_by(f64::total_cmp);
+        let mut b = CpuBackend::new(0, &small()).expect("backend");
+        let delay = std::time::Duration::from_secs(2);
+        b.slow_checks(delay);
+        let t0 = Instant::now();
+        let s = b.run(Kernel::Fft).expect("run");
         assert!(
-            overheads[2] < w / 2.0,
-            "median wall-compute {} ms vs check {w} ms: the check is inside the clock",
-            overheads[2]
+            t0.elapsed() >= delay,
+            "the check did not run: the delay is not in effect"
+        );
+        assert_eq!(s.correct, Some(true));
+        assert!(
+            s.wall_ms < delay.as_secs_f64() * 1e3 / 2.0,
+            "wall {} ms includes the {delay:?} check",
+            s.wall_ms
         );
     }
 

@@ -163,4 +163,93 @@ mod tests {
         assert_eq!(b.num_rows(), 2);
         assert_eq!(b.num_columns(), HEALTH_COLUMNS.len());
     }
+
+    /// Two columns of the same type swapped in `health_batch` still make a
+    /// valid batch: only values read back by column name catch it.
+    #[test]
+    fn health_batch_puts_each_field_in_its_named_column() {
+        use arrow::array::AsArray;
+        use arrow::datatypes::TimestampNanosecondType;
+        use arrow::util::display::array_value_to_string;
+
+        // Every value differs from every other, so any swap shows.
+        let r = HealthRecord {
+            ts_ns: 1_700_000_000_123_456_789,
+            node: "node-a".into(),
+            gpu_uuid: "GPU-1".into(),
+            gpu_index: 7,
+            kernel: "gemm".into(),
+            verdict: "degraded".into(),
+            reason: "wall p99 high".into(),
+            window_secs: 60,
+            samples: 1234,
+            wall_p50_ms: Some(1.5),
+            wall_p99_ms: Some(2.5),
+            gpu_p99_ms: Some(3.5),
+            queue_p99_ms: Some(4.5),
+            baseline_p99_ms: Some(5.5),
+            inflation: Some(6.5),
+            correctness_failures: 9,
+            throttle_reasons: Some(36),
+            health_reason: Some("event-slow".into()),
+            health_baseline_source: Some("learned".into()),
+            contention: Some("contended".into()),
+            contention_reason: Some("wait-over-baseline".into()),
+            contention_detail: Some("3 tenants".into()),
+            contention_baseline_source: Some("slo".into()),
+            tenants: Some(3),
+            event_p50_mcycles: Some(7.5),
+            event_baseline_mcycles: Some(8.5),
+        };
+        let want: &[(&str, &str)] = &[
+            ("node", "node-a"),
+            ("gpu_uuid", "GPU-1"),
+            ("gpu_index", "7"),
+            ("kernel", "gemm"),
+            ("verdict", "degraded"),
+            ("reason", "wall p99 high"),
+            ("window_secs", "60"),
+            ("samples", "1234"),
+            ("wall_p50_ms", "1.5"),
+            ("wall_p99_ms", "2.5"),
+            ("gpu_p99_ms", "3.5"),
+            ("queue_p99_ms", "4.5"),
+            ("baseline_p99_ms", "5.5"),
+            ("inflation", "6.5"),
+            ("correctness_failures", "9"),
+            ("throttle_reasons", "36"),
+            ("health_reason", "event-slow"),
+            ("health_baseline_source", "learned"),
+            ("contention", "contended"),
+            ("contention_reason", "wait-over-baseline"),
+            ("contention_detail", "3 tenants"),
+            ("contention_baseline_source", "slo"),
+            ("tenants", "3"),
+            ("event_p50_mcycles", "7.5"),
+            ("event_baseline_mcycles", "8.5"),
+        ];
+        assert_eq!(want.len() + 1, HEALTH_COLUMNS.len(), "every column but ts");
+        // Second row: every optional field absent, so it must read back null.
+        let b = health_batch(&[r.clone(), HealthRecord::default()]).expect("batch");
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .unwrap_or_else(|| panic!("no column {name}"))
+        };
+        let ts = col("ts").as_primitive::<TimestampNanosecondType>();
+        assert_eq!(ts.value(0), r.ts_ns);
+        for (name, value) in want {
+            let c = col(name);
+            assert_eq!(
+                array_value_to_string(c, 0).expect("display"),
+                *value,
+                "column {name}"
+            );
+            let nullable = HEALTH_COLUMNS
+                .iter()
+                .find(|d| d.name == *name)
+                .expect("documented")
+                .nullable;
+            assert_eq!(c.is_null(1), nullable, "column {name} in the empty row");
+        }
+    }
 }

@@ -62,7 +62,7 @@ const ENV_DOCS: &[(&str, &str)] = &[
     ("SLICETRACE_DATA_DIR", "Overrides `data_dir`."),
     (
         "SLICETRACE_INTERVAL",
-        "Overrides `interval_ms`, as a duration (`1s`, `250ms`).",
+        "Overrides `probe.interval_ms`, as a duration (`1s`, `250ms`).",
     ),
     (
         "SLICETRACE_RATE_HZ",

@@ -43,12 +43,35 @@ const CASES: &[(&str, &str, &str)] = &[
         "occupancy.bogus_key",
     ),
     ("unknown table", "[bogus_table]\nx = 1\n", "bogus_table"),
-    ("negative interval", "interval_ms = -1\n", "interval_ms"),
-    ("zero interval", "interval_ms = 0\n", "interval_ms"),
+    (
+        "negative interval",
+        "[probe]\ninterval_ms = -1\n",
+        "probe.interval_ms",
+    ),
+    (
+        "zero interval",
+        "[probe]\ninterval_ms = 0\n",
+        "probe.interval_ms",
+    ),
     (
         "interval as text",
-        "interval_ms = \"fast\"\n",
+        "[probe]\ninterval_ms = \"fast\"\n",
+        "probe.interval_ms",
+    ),
+    (
+        "negative interval at its deprecated top-level place",
+        "interval_ms = -1\n",
         "interval_ms",
+    ),
+    (
+        "zero interval at its deprecated top-level place",
+        "interval_ms = 0\n",
+        "probe.interval_ms",
+    ),
+    (
+        "probe key both at the top level and in [probe]",
+        "jitter_pct = 5\n[probe]\njitter_pct = 6\n",
+        "probe.jitter_pct",
     ),
     (
         "negative nested duration",
@@ -60,7 +83,11 @@ const CASES: &[(&str, &str, &str)] = &[
         "[health]\nwindow_ms = -1\n",
         "health.window_ms",
     ),
-    ("jitter above 90", "jitter_pct = 91\n", "jitter_pct"),
+    (
+        "jitter above 90",
+        "[probe]\njitter_pct = 91\n",
+        "probe.jitter_pct",
+    ),
     (
         "zero shutdown deadline",
         "shutdown_deadline_ms = 0\n",
@@ -160,11 +187,7 @@ fn check_case(name: &str, body: &str, needle: &str, data_dir: Option<&str>) {
         .map(|d| d.replace("{file}", file.to_str().expect("utf8")))
         .unwrap_or_else(|| dir.path().join("data").display().to_string());
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!("data_dir = {data:?}\nself_test = false\n{body}"),
-    )
-    .expect("config");
+    std::fs::write(&cfg, format!("data_dir = {data:?}\n{body}")).expect("config");
     let before = tree(dir.path());
     for args in [
         &["check-config"][..],
@@ -223,7 +246,7 @@ fn a_valid_config_passes_check_config_and_writes_nothing() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\ninterval_ms = 250\n[otlp]\nendpoint = \"http://127.0.0.1:4317\"\n",
+            "data_dir = {:?}\n[probe]\ninterval_ms = 250\nself_test = false\n[otlp]\nendpoint = \"http://127.0.0.1:4317\"\n",
             data.display().to_string()
         ),
     )
@@ -235,5 +258,36 @@ fn a_valid_config_passes_check_config_and_writes_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(!data.exists(), "check-config created the data dir");
+}
+
+#[test]
+fn deprecated_top_level_probe_keys_pass_with_a_warning_naming_the_new_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("agent.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\ninterval_ms = 250\njitter_pct = 5\nself_test = false\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("config");
+    let out = run(&["check-config"], &cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for (old, new) in [
+        ("interval_ms", "probe.interval_ms"),
+        ("jitter_pct", "probe.jitter_pct"),
+        ("self_test", "probe.self_test"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains(&format!("`{old}`")) && l.contains(new)),
+            "no deprecation warning for {old}: {stderr:?}"
+        );
+    }
     assert!(!data.exists(), "check-config created the data dir");
 }

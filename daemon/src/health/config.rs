@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use slicetrace_schema::Thresholds;
 
+use crate::config::FieldError;
+
 /// Health configuration (the `[health]` table). Thresholds default to
 /// [`Thresholds::DEFAULT`], the same set `slicetrace fleet` uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,36 +76,37 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    /// Returns `(field, reason)` for the first unusable value.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Names the first unusable value and why.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let bad = |field, message: String| Err(FieldError::new(field, message));
         if self.window_ms < 1000 {
-            return Err(("window_ms", format!("{} is below 1000", self.window_ms)));
+            return bad("window_ms", format!("{} is below 1000", self.window_ms));
         }
         if self.evaluate_interval_ms == 0 || self.evaluate_interval_ms > self.window_ms {
-            return Err((
+            return bad(
                 "evaluate_interval_ms",
                 "must be positive and at most window_ms".into(),
-            ));
+            );
         }
         if self.degraded_factor.is_nan() || self.degraded_factor <= 1.0 {
-            return Err((
+            return bad(
                 "degraded_factor",
                 format!("{} must be above 1", self.degraded_factor),
-            ));
+            );
         }
         if self.unhealthy_factor.is_nan() || self.unhealthy_factor < self.degraded_factor {
-            return Err((
+            return bad(
                 "unhealthy_factor",
                 "must be at least degraded_factor".into(),
-            ));
+            );
         }
         if let Some(s) = self.slo_p99_ms {
             if s.is_nan() || s <= 0.0 {
-                return Err(("slo_p99_ms", format!("{s} must be positive")));
+                return bad("slo_p99_ms", format!("{s} must be positive"));
             }
         }
         if self.slice_ms.is_nan() || self.slice_ms <= 0.0 {
-            return Err(("slice_ms", format!("{} must be positive", self.slice_ms)));
+            return bad("slice_ms", format!("{} must be positive", self.slice_ms));
         }
         Ok(())
     }
@@ -138,7 +141,7 @@ mod tests {
         let bad = |f: fn(&mut HealthConfig)| {
             let mut c = HealthConfig::default();
             f(&mut c);
-            c.validate().map_err(|(field, _)| field)
+            c.validate().map_err(|e| e.field)
         };
         assert_eq!(bad(|c| c.window_ms = 999), Err("window_ms"));
         assert_eq!(

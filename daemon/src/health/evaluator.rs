@@ -21,7 +21,7 @@ use slicetrace_schema::{
 use super::baseline::{self, Baselines, Learner};
 use super::config::HealthConfig;
 use super::window::{cycles, us, window_of, Bucket, BUCKETS};
-use crate::live::{KernelHealth, LiveState, Quantiles};
+use crate::live::{KernelHealth, LiveState};
 
 /// Input to the evaluator besides probe rows.
 #[derive(Debug, Clone)]
@@ -422,7 +422,10 @@ impl Evaluator {
                 contention_reason: Some(Reason::NoData.as_str().into()),
                 ..Default::default()
             });
-            published.insert(key, lost_kernel(idx, Verdict::Unhealthy, reason, text));
+            published.insert(
+                key,
+                KernelHealth::without_runs(idx, Verdict::Unhealthy, reason, text),
+            );
         }
         if let Ok(mut k) = self.state.kernels.write() {
             for ((uuid, kernel), h) in &published {
@@ -453,32 +456,6 @@ impl Evaluator {
             *k = published;
         }
         out
-    }
-}
-
-/// What is published for a GPU and kernel that failed before it produced
-/// a row in the window.
-fn lost_kernel(gpu_index: u32, verdict: Verdict, reason: Reason, text: String) -> KernelHealth {
-    KernelHealth {
-        gpu_index,
-        verdict,
-        reason: text,
-        health_reason: reason,
-        health_source: None,
-        wall: Quantiles::default(),
-        gpu: Quantiles::default(),
-        queue: Quantiles::default(),
-        baseline_p99_ms: None,
-        inflation: None,
-        samples: 0,
-        correctness_failures_total: 0,
-        contention: None,
-        contention_reason: Reason::NoData,
-        contention_detail: "no runs".into(),
-        contention_source: None,
-        wall_baseline: None,
-        gpu_baseline: None,
-        event_baseline_p99_ms: None,
     }
 }
 

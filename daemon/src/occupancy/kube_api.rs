@@ -676,13 +676,32 @@ mod tests {
         );
     }
 
+    /// Within the ±10 % jitter of `ms`.
+    fn near(d: Duration, ms: u64) -> bool {
+        let ms = ms as f64;
+        (ms * 0.9..=ms * 1.1).contains(&(d.as_secs_f64() * 1000.0))
+    }
+
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {
         let mut b = WatchBackoff::new(Duration::from_secs(2));
         let v: Vec<Duration> = (&mut b).take(5).collect();
-        assert!(v[0] < Duration::from_millis(600));
-        assert!(v[4] <= Duration::from_millis(2200));
+        // Every step is checked from below too: a backoff stuck at zero (a
+        // watcher hammering a down API) or one that never grows fails here.
+        for (d, ms) in v.iter().zip([500, 1000, 2000, 2000, 2000]) {
+            assert!(near(*d, ms), "{v:?}: expected about {ms} ms");
+        }
+        assert!(v[0] < v[1] && v[1] < v[2], "grows: {v:?}");
         b.reset();
-        assert!(b.next().is_some_and(|d| d < Duration::from_millis(600)));
+        let after = b.next().expect("never ends");
+        assert!(near(after, 500), "starts again at 500 ms: {after:?}");
+    }
+
+    #[test]
+    fn backoff_cap_below_its_start_is_the_cap() {
+        let v: Vec<Duration> = WatchBackoff::new(Duration::from_millis(100))
+            .take(3)
+            .collect();
+        assert!(v.iter().all(|d| near(*d, 100)), "{v:?}");
     }
 }

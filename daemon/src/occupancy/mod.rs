@@ -139,17 +139,14 @@ pub enum OccupancyError {
     /// The Kubernetes API source could not be configured.
     #[error("failed to configure the Kubernetes API occupancy source")]
     KubeApi(#[from] kube_api::KubeApiError),
-    /// An interval is zero.
-    #[error("occupancy.{field} must be greater than zero")]
-    ZeroInterval {
-        /// The field name.
-        field: &'static str,
-    },
+    /// A config value is unusable.
+    #[error("invalid occupancy config: {0}")]
+    Invalid(#[from] crate::config::FieldError),
 }
 
 impl OccupancyConfig {
     /// Checks what can be checked without I/O (a usage error: exit code 2).
-    pub fn validate(&self) -> Result<(), OccupancyError> {
+    pub fn validate(&self) -> Result<(), crate::config::FieldError> {
         for (field, v) in [
             ("pod_resources_interval_ms", self.pod_resources_interval_ms),
             ("node_labels_interval_ms", self.node_labels_interval_ms),
@@ -157,11 +154,17 @@ impl OccupancyConfig {
             ("kube_backoff_max_ms", self.kube_backoff_max_ms),
         ] {
             if v == 0 {
-                return Err(OccupancyError::ZeroInterval { field });
+                return Err(crate::config::FieldError::new(
+                    field,
+                    "must be greater than zero",
+                ));
             }
         }
         if self.kube_api == KubeApiMode::Server && self.kube_server_url.is_none() {
-            return Err(kube_api::KubeApiError::MissingServerUrl.into());
+            return Err(crate::config::FieldError::new(
+                "kube_server_url",
+                kube_api::KubeApiError::MissingServerUrl.to_string(),
+            ));
         }
         Ok(())
     }
@@ -341,23 +344,24 @@ pub async fn start_combined(
     )))
 }
 
-/// [`start_combined`] behind the trait. A configuration error is logged and
-/// yields [`NoOccupancy`]; call [`OccupancyConfig::validate`] at startup to
-/// turn usage errors into exit code 2 instead.
+/// [`start_combined`] for the agent: a configuration error is logged and
+/// yields `None`, and the agent runs on with [`NoOccupancy`]. Call
+/// [`OccupancyConfig::validate`] at startup to turn usage errors into exit
+/// code 2 instead.
 pub async fn start(
     cfg: &OccupancyConfig,
     node_name: &str,
     counters: Arc<Counters>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Arc<dyn OccupancySource> {
+) -> Option<Arc<CombinedOccupancy>> {
     match start_combined(cfg, node_name, counters, shutdown).await {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => {
             tracing::error!(
                 error = %crate::internal_events::error_chain(&e),
                 "occupancy disabled: its configuration is invalid"
             );
-            Arc::new(NoOccupancy)
+            None
         }
     }
 }

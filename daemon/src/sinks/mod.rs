@@ -165,48 +165,6 @@ pub async fn run_sink(
     }
 }
 
-/// Lets a repeated log line through at most once per `period`, and says how
-/// many were held back in between (STYLE.md: one ERROR line a minute for a
-/// persistent failure, not one per batch).
-#[derive(Debug)]
-pub(crate) struct LogLimiter {
-    period: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// A limiter that opens once per `period`.
-    pub(crate) fn new(period: Duration) -> Self {
-        Self {
-            period,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// A limiter that opens once a minute.
-    pub(crate) fn per_minute() -> Self {
-        Self::new(Duration::from_secs(60))
-    }
-
-    /// Returns `Some(n)` when a line may be logged now, `n` being the number
-    /// of lines suppressed since the last one; `None` when it must be dropped.
-    pub(crate) fn check(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.period => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,16 +247,5 @@ mod tests {
             calls,
             ["probes:5", "flush", "health:1", "probes:1", "shutdown"]
         );
-    }
-
-    #[test]
-    fn log_limiter_counts_suppressed_lines() {
-        let mut l = LogLimiter::new(Duration::from_secs(3600));
-        assert_eq!(l.check(), Some(0));
-        assert_eq!(l.check(), None);
-        assert_eq!(l.check(), None);
-        let mut l2 = LogLimiter::new(Duration::ZERO);
-        assert_eq!(l2.check(), Some(0));
-        assert_eq!(l2.check(), Some(0));
     }
 }

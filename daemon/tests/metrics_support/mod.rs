@@ -57,12 +57,12 @@ pub fn small_config(data_dir: &Path) -> Config {
         node_name: "n1".into(),
         data_dir: data_dir.to_path_buf(),
         backend: BackendKind::Cpu,
-        interval_ms: 100,
-        jitter_pct: 10,
-        self_test: false,
         shutdown_deadline_ms: 5000,
         ..Config::default()
     };
+    c.probe.interval_ms = 100;
+    c.probe.jitter_pct = 10;
+    c.probe.self_test = false;
     c.probe.fft_n = Some(1024);
     c.probe.fft_batch = Some(1);
     c.probe.gemm_n = Some(64);

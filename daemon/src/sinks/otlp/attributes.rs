@@ -215,17 +215,6 @@ pub fn build_resource(host_name: &str, k8s_node_name: Option<&str>) -> Resource 
     b.build()
 }
 
-/// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`,
-/// else `unknown`).
-pub fn local_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::OtlpError;
 #[cfg(doc)]
 use super::OtlpSink;
+use crate::config::FieldError;
 
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +56,12 @@ impl FromStr for OtlpProtocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
-    /// Collector URL, e.g. `http://otel-collector:4317`. `None` disables the
-    /// sink. An `http://` or `https://` URL with a host is used as written;
+    /// Export spans at all. Default `true`; the sink runs only when an
+    /// endpoint is set too (the rule of every component: `enabled = false`
+    /// turns it off, and so does the old spelling, no endpoint).
+    pub enabled: bool,
+    /// Collector URL, e.g. `http://otel-collector:4317`. `None` (and no
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT`) leaves the sink off. An `http://` or `https://` URL with a host is used as written;
     /// `host:port` without a scheme means `https://host:port`, or
     /// `http://host:port` when `insecure` is set (as OpenTelemetry specifies
     /// for `OTEL_EXPORTER_OTLP_INSECURE`); any other scheme is an error. For
@@ -91,6 +96,7 @@ pub struct OtlpConfig {
 impl Default for OtlpConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             endpoint: None,
             protocol: OtlpProtocol::Grpc,
             timeout_ms: 5000,
@@ -107,11 +113,13 @@ impl Default for OtlpConfig {
 }
 
 impl OtlpConfig {
-    /// Whether an endpoint is set.
+    /// Whether the sink runs: `enabled` and an endpoint is set.
     pub fn is_enabled(&self) -> bool {
-        self.endpoint
-            .as_deref()
-            .is_some_and(|e| !e.trim().is_empty())
+        self.enabled
+            && self
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| !e.trim().is_empty())
     }
 
     /// Overrides fields from the standard OpenTelemetry environment
@@ -186,13 +194,8 @@ impl OtlpConfig {
     }
 
     /// Checks values that serde cannot; the error names the field.
-    pub fn validate(&self) -> Result<(), OtlpError> {
-        let bad = |field: &'static str, reason: &str| {
-            Err(OtlpError::Config {
-                field,
-                reason: reason.to_string(),
-            })
-        };
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let bad = |field, reason: &str| Err(FieldError::new(field, reason));
         if self.timeout_ms == 0 {
             return bad("timeout_ms", "must be greater than 0");
         }
@@ -220,10 +223,7 @@ impl OtlpConfig {
             );
         }
         if let Some(e) = self.endpoint.as_deref() {
-            let url = endpoint_url(e, self.insecure).map_err(|reason| OtlpError::Config {
-                field: "endpoint",
-                reason,
-            })?;
+            let url = endpoint_url(e, self.insecure).map_err(|m| FieldError::new("endpoint", m))?;
             if self.protocol == OtlpProtocol::HttpProtobuf && url.starts_with("https://") {
                 return bad(
                     "endpoint",
@@ -238,6 +238,15 @@ impl OtlpConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl From<FieldError> for OtlpError {
+    fn from(e: FieldError) -> Self {
+        OtlpError::Config {
+            field: e.field,
+            reason: e.message,
+        }
     }
 }
 
@@ -380,16 +389,13 @@ mod tests {
         let http = OtlpProtocol::HttpProtobuf;
         assert!(cfg("c:4318", http, true).validate().is_ok());
         let err = cfg("c:4318", http, false).validate().expect_err("https");
-        assert!(err.to_string().contains("endpoint https"), "{err}");
+        assert!(err.to_string().contains("endpoint: https"), "{err}");
         assert!(cfg("http://c:4318", http, false).validate().is_ok());
         assert!(cfg("c:4317", OtlpProtocol::Grpc, false).validate().is_ok());
         let err = cfg("ftp://c:4317", OtlpProtocol::Grpc, true)
             .validate()
             .expect_err("ftp");
-        assert!(
-            err.to_string().starts_with("invalid otlp config: endpoint"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("endpoint: "), "{err}");
     }
 
     #[test]

@@ -71,14 +71,12 @@ use opentelemetry::InstrumentationScope;
 use slicetrace_schema::{HealthRecord, ProbeRecord};
 use tokio::sync::{mpsc, oneshot};
 
-pub use attributes::{
-    build_resource, extra_attr, local_host_name, run_attributes, DEFAULT_SERVICE_NAME,
-};
+pub use attributes::{build_resource, extra_attr, run_attributes, DEFAULT_SERVICE_NAME};
 pub use config::{endpoint_url, OtlpConfig, OtlpProtocol};
 pub use ids::{new_span_id, new_trace_id, root_span_id};
 
-use super::{LogLimiter, Sink, SinkError};
-use crate::internal_events::Counters;
+use super::{Sink, SinkError};
+use crate::internal_events::{Counters, RateLimit};
 use queue::Shared;
 use task::{Ctl, ExportTask};
 
@@ -193,7 +191,7 @@ impl OtlpSink {
             shared: shared.clone(),
             timeout,
             linger: ROOT_LINGER_MIN.max(interval * 2),
-            error_log: LogLimiter::per_minute(),
+            error_log: RateLimit::per_minute(),
         };
         let task = tokio::spawn(task.run(ctl_rx, interval));
         tracing::info!(
@@ -208,11 +206,6 @@ impl OtlpSink {
             timeout,
             task: Some(task),
         })
-    }
-
-    /// Spans waiting to be sent (for tests and metrics).
-    pub fn queued_spans(&self) -> usize {
-        self.shared.lock().spans.len()
     }
 
     async fn flush_within(&mut self, limit: Duration, shutdown: bool) -> Result<(), OtlpError> {

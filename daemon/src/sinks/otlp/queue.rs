@@ -20,8 +20,7 @@ use tokio::sync::Notify;
 use super::attributes::root_attributes;
 use super::ids::{parse_span_id, parse_trace_id, random_span_id, random_trace_id, root_span_id};
 use super::spans::{end_ns, health_span, root_span, run_spans};
-use crate::internal_events::Counters;
-use crate::sinks::LogLimiter;
+use crate::internal_events::{Counters, RateLimit};
 
 /// Most cycles whose root span is pending at once; beyond this the oldest
 /// is emitted early (bounds memory when many GPUs report at once).
@@ -69,7 +68,7 @@ pub(super) struct Shared {
     /// counts them (the task when the request ends, `shutdown` when it has
     /// to abort the task), so they are counted exactly once.
     pub(super) in_flight: AtomicU64,
-    pub(super) drop_log: Mutex<LogLimiter>,
+    pub(super) drop_log: RateLimit,
     /// Every record is its own trace: its run span is the root (Poisson
     /// arrivals). Otherwise runs of a cycle share a `probe_cycle` root.
     pub(super) trace_per_run: AtomicBool,
@@ -91,7 +90,7 @@ impl Shared {
             capacity,
             batch,
             in_flight: AtomicU64::new(0),
-            drop_log: Mutex::new(LogLimiter::per_minute()),
+            drop_log: RateLimit::per_minute(),
             trace_per_run: AtomicBool::new(false),
         }
     }
@@ -147,8 +146,7 @@ impl Shared {
             return;
         }
         Counters::add(&self.counters.otlp_spans_dropped, dropped);
-        let mut l = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(suppressed) = l.check() {
+        if let Some(suppressed) = self.drop_log.check() {
             tracing::warn!(
                 dropped,
                 why,

@@ -15,8 +15,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queue::Shared;
-use crate::internal_events::Counters;
-use crate::sinks::LogLimiter;
+use crate::internal_events::{Counters, RateLimit};
 
 /// Requests to the export task.
 #[derive(Debug)]
@@ -41,7 +40,7 @@ pub(super) struct ExportTask {
     pub(super) timeout: Duration,
     /// How long a root waits for more runs of its cycle.
     pub(super) linger: Duration,
-    pub(super) error_log: LogLimiter,
+    pub(super) error_log: RateLimit,
 }
 
 impl ExportTask {

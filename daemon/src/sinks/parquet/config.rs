@@ -6,13 +6,14 @@
 use serde::{Deserialize, Serialize};
 use slicetrace_schema::DEFAULT_ROW_GROUP_ROWS;
 
-use super::ParquetError;
+use crate::config::FieldError;
 
 /// Configuration of the Parquet sink (`[parquet]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParquetConfig {
-    /// Write Parquet files at all. Default `true`.
+    /// Write Parquet files at all. Default `true` (the rule of every
+    /// component: `enabled = false` turns it off).
     pub enabled: bool,
     /// Close the open file and start a new one after this long, ms.
     /// Default 300000 (5 min). Bounds what a crash can lose.
@@ -49,11 +50,9 @@ impl Default for ParquetConfig {
 }
 
 impl ParquetConfig {
-    /// Checks values that serde cannot: returns the name of the first bad
-    /// field with the reason.
-    pub fn validate(&self) -> Result<(), ParquetError> {
-        let bad =
-            |field: &'static str, reason: &'static str| Err(ParquetError::Config { field, reason });
+    /// Checks values that serde cannot: names the first bad field and why.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let bad = |field, reason: &str| Err(FieldError::new(field, reason));
         if self.rotate_interval_ms == 0 {
             return bad("rotate_interval_ms", "must be greater than 0");
         }
@@ -86,12 +85,6 @@ mod tests {
             row_group_rows: 0,
             ..Default::default()
         };
-        assert!(matches!(
-            bad.validate(),
-            Err(ParquetError::Config {
-                field: "row_group_rows",
-                ..
-            })
-        ));
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("row_group_rows"));
     }
 }

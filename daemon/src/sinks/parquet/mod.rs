@@ -63,13 +63,8 @@ const SINK_NAME: &str = "parquet";
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetError {
     /// A configuration value is out of range.
-    #[error("invalid parquet config: {field} {reason}")]
-    Config {
-        /// Field name.
-        field: &'static str,
-        /// Why it is invalid.
-        reason: &'static str,
-    },
+    #[error("invalid parquet config: {0}")]
+    Config(#[from] crate::config::FieldError),
     /// A file-system operation failed.
     #[error("failed to {action} {path}")]
     Io {

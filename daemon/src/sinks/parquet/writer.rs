@@ -29,8 +29,7 @@ use super::layout::{sync_dir, NewFile};
 use super::recovery::recover;
 use super::retention::enforce_retention;
 use super::{io_err, ParquetConfig, ParquetError};
-use crate::internal_events::Counters;
-use crate::sinks::LogLimiter;
+use crate::internal_events::{error_chain, Counters, RateLimit};
 
 /// A kind of row this sink writes: one table.
 trait Row: Send + Sized + 'static {
@@ -71,7 +70,7 @@ impl Row for HealthRecord {
 struct Ctx {
     cfg: ParquetConfig,
     counters: Arc<Counters>,
-    error_log: LogLimiter,
+    error_log: RateLimit,
     /// A file was closed since the last retention check.
     rotated: bool,
 }
@@ -93,17 +92,6 @@ impl Ctx {
             );
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// One file being written.
@@ -403,7 +391,7 @@ impl Writer {
             ctx: Ctx {
                 cfg: config,
                 counters,
-                error_log: LogLimiter::per_minute(),
+                error_log: RateLimit::per_minute(),
                 rotated: false,
             },
             last_encode: Instant::now(),
