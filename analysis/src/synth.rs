@@ -25,7 +25,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::properties::{WriterProperties, DEFAULT_MAX_ROW_GROUP_ROW_COUNT};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use slicetrace_schema::{layout, probes_batch, probes_schema, writer_properties, ProbeRecord};
+use slicetrace_schema::{
+    layout, probes_batch, probes_schema, writer_properties, Backend, Kernel, ProbeRecord,
+};
 
 /// Errors raised while generating data.
 #[derive(Debug, thiserror::Error)]
@@ -138,10 +140,10 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
         let arrival = seq == 0;
         let gemm = (i / burst) % 2 == 1;
         let (kernel, shape, base_ms, flops) = if gemm {
-            ("gemm", "n=1024", 0.40, 2.0 * 1024f64.powi(3))
+            (Kernel::Gemm, "n=1024", 0.40, 2.0 * 1024f64.powi(3))
         } else {
             (
-                "fft",
+                Kernel::Fft,
                 "c2c 1d n=4096 batch=8",
                 0.05,
                 8.0 * 5.0 * 4096.0 * 12.0,
@@ -177,8 +179,8 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
             gpu_uuid: uuid.clone(),
             gpu_index: 0,
             gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
-            backend: "cuda".into(),
-            kernel: kernel.into(),
+            backend: Backend::Cuda,
+            kernel,
             shape: shape.into(),
             precision: "fp32".into(),
             flops,

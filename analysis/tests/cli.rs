@@ -20,7 +20,7 @@ use serde_json::Value;
 use slicetrace_analysis::synth::{self, SynthSpec};
 // The tool-or-skip rule and the venv's Python, shared by every test crate.
 use slicetrace_e2e::{free_port, python_with, run_python, wait_for};
-use slicetrace_schema::{probes_batch, probes_schema, ProbeRecord};
+use slicetrace_schema::{probes_batch, probes_schema, Kernel, ProbeRecord};
 
 const BIN: &str = env!("CARGO_BIN_EXE_slicetrace");
 
@@ -539,8 +539,8 @@ fn n3_runs(
                 ts_ns: 1_772_323_200_000_000_000 + i as i64 * 1_000_000_000,
                 node: "n3".into(),
                 gpu_uuid: gpu_uuid.into(),
-                backend: backend.into(),
-                kernel: kernel.into(),
+                backend: backend.parse().unwrap(),
+                kernel: kernel.parse().unwrap(),
                 shape: "s".into(),
                 precision: "fp32".into(),
                 ..Default::default()
@@ -870,7 +870,7 @@ fn mixed_old_new(dir: &Path) -> (u64, u64) {
         rows += (before.len() + after.len()) as u64;
         arrivals += before
             .iter()
-            .filter(|r| r.burst_seq == 0 && r.kernel == "fft")
+            .filter(|r| r.burst_seq == 0 && r.kernel == Kernel::Fft)
             .count() as u64;
         arrivals += after.iter().filter(|r| r.arrival == Some(true)).count() as u64;
         let d = dir.join(format!(

@@ -281,7 +281,7 @@ pub async fn run(
     for backend in backends {
         let idx = backend.device().index;
         let backend_name = backend.device().backend;
-        let spec = config.probe_spec(backend_name);
+        let spec = config.probe_spec(backend_name.as_str());
         let reopen: Option<Reopen> = factory.clone().map(|f| Box::new(move || f(idx)) as Reopen);
         let lp = ProbeLoop {
             backend,

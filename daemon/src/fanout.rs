@@ -9,7 +9,7 @@ use slicetrace_schema::ProbeRecord;
 use tokio::sync::mpsc;
 
 use crate::health::HealthEvent;
-use crate::internal_events::Counters;
+use crate::internal_events::{Counters, InternalEvent, Outlet, SinkQueueFull};
 use crate::sinks::SinkMsg;
 use crate::summary::RunSummary;
 
@@ -36,13 +36,20 @@ pub struct SinkQueue {
 
 /// [`SinkQueue::on_drop`] of the Parquet sink.
 pub fn parquet_drops(c: &Counters, n: u64) {
-    Counters::add(&c.sink_queue_drops_parquet, n);
+    SinkQueueFull {
+        sink: Outlet::Parquet,
+        records: n,
+    }
+    .emit(c);
 }
 
 /// [`SinkQueue::on_drop`] of the OTLP sink: the records' spans are lost too.
 pub fn otlp_drops(c: &Counters, n: u64) {
-    Counters::add(&c.sink_queue_drops_otlp, n);
-    Counters::add(&c.otlp_spans_dropped, n);
+    SinkQueueFull {
+        sink: Outlet::Otlp,
+        records: n,
+    }
+    .emit(c);
 }
 
 /// Fans rows out to every sink without ever blocking.
@@ -72,7 +79,11 @@ impl Fanout {
         }
         if let Some(h) = &self.health {
             if h.try_send(HealthInput::Rows(rows)).is_err() {
-                Counters::add(&self.counters.sink_queue_drops_health, n);
+                SinkQueueFull {
+                    sink: Outlet::Health,
+                    records: n,
+                }
+                .emit(&self.counters);
             }
         }
     }
@@ -114,7 +125,7 @@ mod tests {
             summary: RunSummary::default(),
         };
         let row = ProbeRecord {
-            kernel: "fft".into(),
+            kernel: slicetrace_schema::Kernel::Fft,
             arrival: Some(true),
             wall_ms: 1.0,
             ..Default::default()

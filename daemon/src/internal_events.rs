@@ -1,5 +1,13 @@
 //! Internal events: every drop, retry, rotation and error the agent hits is
 //! counted here, and the counts appear on `/metrics` and in the logs.
+//!
+//! In Vector's style (`src/internal_events/*`), each event is one struct
+//! whose [`InternalEvent::emit`] writes its log line (rate-limited where a
+//! failure can repeat every cycle) and bumps its counters, so a call site is
+//! one line and the log text and the count of one event cannot drift apart.
+//! The counters are plain fields of [`Counters`]; the metric families they
+//! feed are declared by each event ([`InternalEvent::METRICS`]) and must be
+//! rows of `metrics::METRICS`, which a test checks against [`EVENTS`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +59,12 @@ pub struct Counters {
     pub occupancy_relists: AtomicU64,
     /// Per-GPU counters, by GPU UUID (for series that are about one GPU).
     pub per_gpu: std::sync::RwLock<std::collections::BTreeMap<String, Arc<GpuCounters>>>,
+    /// Limits [`ParquetWriteFailed`] lines (one Parquet sink per agent).
+    parquet_error_log: RateLimit,
+    /// Limits [`OtlpExportFailed`] lines.
+    otlp_export_log: RateLimit,
+    /// Limits [`OtlpSpansDropped`] lines.
+    otlp_drop_log: RateLimit,
 }
 
 /// Counters about one GPU (exported with a `gpu_uuid` label).
@@ -64,6 +78,10 @@ pub struct GpuCounters {
     pub telemetry_errors: AtomicU64,
     /// Runs whose correctness check failed on this GPU.
     pub correctness_failures: AtomicU64,
+    /// Limits [`TelemetrySampleFailed`] lines of this GPU.
+    telemetry_log: RateLimit,
+    /// Limits [`ProbeRunFailed`] lines of this GPU.
+    probe_error_log: RateLimit,
 }
 
 impl Counters {
@@ -129,6 +147,13 @@ struct LimitState {
     suppressed: u64,
 }
 
+impl Default for RateLimit {
+    /// One line a minute (STYLE.md).
+    fn default() -> Self {
+        Self::per_minute()
+    }
+}
+
 impl RateLimit {
     /// A limiter letting one event through per `period`.
     pub fn new(period: Duration) -> Self {
@@ -168,6 +193,371 @@ impl RateLimit {
                 Some(std::mem::take(&mut st.suppressed))
             }
         }
+    }
+}
+
+/// One thing that happened inside the agent: emitting it logs its line and
+/// counts it.
+pub trait InternalEvent {
+    /// The `/metrics` families (rows of `metrics::METRICS`) this event's
+    /// counters feed; empty when they are only read by tests and summaries.
+    const METRICS: &'static [&'static str];
+    /// Logs the event (rate-limited where it can repeat) and counts it.
+    fn emit(self, counters: &Counters);
+}
+
+/// Every event and the families it feeds, so a test can check that each
+/// counter has a row in `metrics::METRICS`. Add a new event here.
+pub const EVENTS: &[(&str, &[&str])] = &[
+    ("ProbeRunsCompleted", ProbeRunsCompleted::METRICS),
+    ("ProbeCycleCompleted", ProbeCycleCompleted::METRICS),
+    ("ProbeRunFailed", ProbeRunFailed::METRICS),
+    ("CorrectnessCheckFailed", CorrectnessCheckFailed::METRICS),
+    ("TelemetrySampleFailed", TelemetrySampleFailed::METRICS),
+    ("SinkQueueFull", SinkQueueFull::METRICS),
+    ("OtlpSpansExported", OtlpSpansExported::METRICS),
+    ("OtlpExportFailed", OtlpExportFailed::METRICS),
+    ("OtlpSpansDropped", OtlpSpansDropped::METRICS),
+    ("ParquetFileRotated", ParquetFileRotated::METRICS),
+    ("ParquetWriteFailed", ParquetWriteFailed::METRICS),
+    ("ParquetTmpRecovered", ParquetTmpRecovered::METRICS),
+    ("ParquetTmpRemoved", ParquetTmpRemoved::METRICS),
+    ("ParquetRetentionDeleted", ParquetRetentionDeleted::METRICS),
+    ("OccupancyRefreshFailed", OccupancyRefreshFailed::METRICS),
+    ("OccupancyRelisted", OccupancyRelisted::METRICS),
+];
+
+/// Probe runs completed on one GPU (rows produced).
+#[derive(Debug)]
+pub struct ProbeRunsCompleted<'a> {
+    /// The GPU probed.
+    pub gpu_uuid: &'a str,
+    /// Runs (rows) completed.
+    pub runs: u64,
+}
+
+impl InternalEvent for ProbeRunsCompleted<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_runs"];
+    fn emit(self, c: &Counters) {
+        Counters::add(&c.probe_runs, self.runs);
+        Counters::add(&c.gpu(self.gpu_uuid).probe_runs, self.runs);
+    }
+}
+
+/// A probe cycle (or arrival) completed without a backend error.
+#[derive(Debug)]
+pub struct ProbeCycleCompleted;
+
+impl InternalEvent for ProbeCycleCompleted {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_cycles"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.probe_cycles);
+    }
+}
+
+/// A probe burst failed with a backend error. Logged on the first failure
+/// of a streak and then at most once a minute per GPU.
+#[derive(Debug)]
+pub struct ProbeRunFailed<'a> {
+    /// The GPU probed.
+    pub gpu_uuid: &'a str,
+    /// Consecutive failures, this one included.
+    pub failures: u32,
+    /// The error, as [`error_chain`] formats it.
+    pub error: &'a str,
+}
+
+impl InternalEvent for ProbeRunFailed<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_errors"];
+    fn emit(self, c: &Counters) {
+        let gpu = c.gpu(self.gpu_uuid);
+        Counters::inc(&c.probe_errors);
+        Counters::inc(&gpu.probe_errors);
+        if gpu.probe_error_log.allow() || self.failures == 1 {
+            tracing::error!(gpu = %self.gpu_uuid, failures = self.failures, error = %self.error, "probe run failed; GPU marked unhealthy, retrying with backoff");
+        }
+    }
+}
+
+/// A probe run's output failed its correctness check. Not logged here: the
+/// health evaluator reports it in the verdict.
+#[derive(Debug)]
+pub struct CorrectnessCheckFailed<'a> {
+    /// The GPU probed.
+    pub gpu_uuid: &'a str,
+}
+
+impl InternalEvent for CorrectnessCheckFailed<'_> {
+    // `slicetrace_correctness_failures` is rendered from the health window
+    // (per kernel), not from these counters.
+    const METRICS: &'static [&'static str] = &[];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.correctness_failures);
+        Counters::inc(&c.gpu(self.gpu_uuid).correctness_failures);
+    }
+}
+
+/// An NVML sample failed; logged at most once a minute per GPU.
+#[derive(Debug)]
+pub struct TelemetrySampleFailed<'a> {
+    /// The GPU sampled.
+    pub gpu_uuid: &'a str,
+    /// Why.
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl InternalEvent for TelemetrySampleFailed<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_telemetry_errors"];
+    fn emit(self, c: &Counters) {
+        let gpu = c.gpu(self.gpu_uuid);
+        Counters::inc(&c.telemetry_errors);
+        Counters::inc(&gpu.telemetry_errors);
+        if gpu.telemetry_log.allow() {
+            tracing::warn!(gpu = %self.gpu_uuid, error = %error_chain(self.error), "telemetry sample failed; NVML columns are null for this run");
+        }
+    }
+}
+
+/// A consumer of probe records whose queue the fan-out feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outlet {
+    /// The Parquet sink.
+    Parquet,
+    /// The OTLP sink (its records' spans are lost too).
+    Otlp,
+    /// The health evaluator.
+    Health,
+}
+
+/// A consumer's queue was full: its records were dropped, not waited for.
+#[derive(Debug)]
+pub struct SinkQueueFull {
+    /// Whose queue.
+    pub sink: Outlet,
+    /// Records dropped.
+    pub records: u64,
+}
+
+impl InternalEvent for SinkQueueFull {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_parquet_rows_dropped",
+        "slicetrace_otlp_spans_dropped",
+        "slicetrace_health_queue_drops",
+    ];
+    fn emit(self, c: &Counters) {
+        match self.sink {
+            Outlet::Parquet => Counters::add(&c.sink_queue_drops_parquet, self.records),
+            Outlet::Otlp => {
+                Counters::add(&c.sink_queue_drops_otlp, self.records);
+                Counters::add(&c.otlp_spans_dropped, self.records);
+            }
+            Outlet::Health => Counters::add(&c.sink_queue_drops_health, self.records),
+        }
+    }
+}
+
+/// The collector acknowledged an export.
+#[derive(Debug)]
+pub struct OtlpSpansExported {
+    /// Spans acknowledged.
+    pub spans: u64,
+}
+
+impl InternalEvent for OtlpSpansExported {
+    const METRICS: &'static [&'static str] = &["slicetrace_otlp_spans_exported"];
+    fn emit(self, c: &Counters) {
+        Counters::add(&c.otlp_spans_exported, self.spans);
+    }
+}
+
+/// An OTLP export call failed or timed out; its spans are dropped. Logged
+/// at most once a minute.
+#[derive(Debug)]
+pub struct OtlpExportFailed<'a> {
+    /// Spans in the failed call.
+    pub spans: u64,
+    /// How long the call took.
+    pub elapsed_ms: u64,
+    /// Why.
+    pub error: &'a str,
+}
+
+impl InternalEvent for OtlpExportFailed<'_> {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_otlp_export_errors",
+        "slicetrace_otlp_spans_dropped",
+    ];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.otlp_export_errors);
+        Counters::add(&c.otlp_spans_dropped, self.spans);
+        if let Some(suppressed) = c.otlp_export_log.check() {
+            tracing::warn!(
+                spans = self.spans,
+                elapsed_ms = self.elapsed_ms,
+                suppressed_since_last = suppressed,
+                total_errors = Counters::get(&c.otlp_export_errors),
+                total_dropped = Counters::get(&c.otlp_spans_dropped),
+                error = %self.error,
+                "otlp export failed; spans dropped"
+            );
+        }
+    }
+}
+
+/// Spans dropped inside the OTLP sink (its queue full, a deadline passed).
+#[derive(Debug)]
+pub struct OtlpSpansDropped {
+    /// Spans dropped; nothing happens when 0.
+    pub dropped: u64,
+    /// Why, for the log line; `None` counts without logging.
+    pub why: Option<&'static str>,
+}
+
+impl InternalEvent for OtlpSpansDropped {
+    const METRICS: &'static [&'static str] = &["slicetrace_otlp_spans_dropped"];
+    fn emit(self, c: &Counters) {
+        if self.dropped == 0 {
+            return;
+        }
+        Counters::add(&c.otlp_spans_dropped, self.dropped);
+        let Some(why) = self.why else { return };
+        if let Some(suppressed) = c.otlp_drop_log.check() {
+            tracing::warn!(
+                dropped = self.dropped,
+                why,
+                suppressed_since_last = suppressed,
+                total_dropped = Counters::get(&c.otlp_spans_dropped),
+                "otlp spans dropped"
+            );
+        }
+    }
+}
+
+/// A Parquet file was closed and renamed into place.
+#[derive(Debug)]
+pub struct ParquetFileRotated {
+    /// Rows in it.
+    pub rows: u64,
+}
+
+impl InternalEvent for ParquetFileRotated {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_parquet_rows_written",
+        "slicetrace_parquet_files_rotated",
+    ];
+    fn emit(self, c: &Counters) {
+        Counters::add(&c.parquet_rows_written, self.rows);
+        Counters::inc(&c.parquet_files_rotated);
+    }
+}
+
+/// A Parquet file could not be opened, written or closed; its rows are
+/// lost. Logged at most once a minute, counted always.
+#[derive(Debug)]
+pub struct ParquetWriteFailed<'a> {
+    /// The table (`probes`, `health`).
+    pub table: &'a str,
+    /// Rows lost with the file.
+    pub rows_lost: u64,
+    /// Why.
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl InternalEvent for ParquetWriteFailed<'_> {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_parquet_write_errors",
+        "slicetrace_parquet_rows_dropped",
+    ];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_write_errors);
+        Counters::add(&c.parquet_rows_dropped, self.rows_lost);
+        if let Some(suppressed) = c.parquet_error_log.check() {
+            tracing::error!(
+                table = self.table,
+                rows_lost = self.rows_lost,
+                suppressed_since_last = suppressed,
+                total_write_errors = Counters::get(&c.parquet_write_errors),
+                total_rows_dropped = Counters::get(&c.parquet_rows_dropped),
+                error = %error_chain(self.error),
+                "parquet write failed; rows lost, will retry with a new file"
+            );
+        }
+    }
+}
+
+/// A leftover temporary file was readable and renamed into place at start.
+#[derive(Debug)]
+pub struct ParquetTmpRecovered<'a> {
+    /// Where it now is.
+    pub path: &'a std::path::Path,
+}
+
+impl InternalEvent for ParquetTmpRecovered<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_parquet_tmp_recovered"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_tmp_recovered);
+        tracing::info!(path = %self.path.display(), "recovered leftover parquet temporary file");
+    }
+}
+
+/// A leftover temporary file was unreadable and removed at start.
+#[derive(Debug)]
+pub struct ParquetTmpRemoved<'a> {
+    /// The file removed.
+    pub path: &'a std::path::Path,
+}
+
+impl InternalEvent for ParquetTmpRemoved<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_parquet_tmp_removed"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_tmp_removed);
+        tracing::warn!(path = %self.path.display(), "removed unreadable leftover parquet temporary file");
+    }
+}
+
+/// Retention deleted a Parquet file.
+#[derive(Debug)]
+pub struct ParquetRetentionDeleted<'a> {
+    /// The file deleted.
+    pub path: &'a std::path::Path,
+    /// Older than the age limit.
+    pub too_old: bool,
+    /// Over the size limit.
+    pub too_big: bool,
+}
+
+impl InternalEvent for ParquetRetentionDeleted<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_parquet_retention_deleted"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_retention_deleted);
+        tracing::debug!(path = %self.path.display(), too_old = self.too_old, too_big = self.too_big, "retention deleted parquet file");
+    }
+}
+
+/// An occupancy source failed to refresh. Counted only: each source logs
+/// its own failing/recovered transitions, which depend on its state.
+#[derive(Debug)]
+pub struct OccupancyRefreshFailed;
+
+impl InternalEvent for OccupancyRefreshFailed {
+    const METRICS: &'static [&'static str] = &["slicetrace_occupancy_errors"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.occupancy_errors);
+    }
+}
+
+/// The Kubernetes pod watch relisted (after the first list).
+#[derive(Debug)]
+pub struct OccupancyRelisted<'a> {
+    /// This agent's node, for the log line.
+    pub node: &'a str,
+}
+
+impl InternalEvent for OccupancyRelisted<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_occupancy_relists"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.occupancy_relists);
+        tracing::debug!(node = %self.node, "relisting pods");
     }
 }
 

@@ -236,7 +236,9 @@ fn run(
         "no device left to probe (devices = {:?})",
         cfg.devices
     );
-    let on_cuda = backends.iter().all(|b| b.device().backend == "cuda");
+    let on_cuda = backends
+        .iter()
+        .all(|b| b.device().backend == slicetrace_schema::Backend::Cuda);
     let telemetry: Arc<dyn TelemetrySource> = if on_cuda {
         match NvmlTelemetry::new(cfg.occupancy.proc_root.clone()) {
             Ok(t) => Arc::new(t),
@@ -251,7 +253,7 @@ fn run(
     };
     for b in &backends {
         let d = b.device();
-        tracing::info!(index = d.index, uuid = %d.uuid, name = d.name.as_deref().unwrap_or(""), backend = d.backend, "probing device");
+        tracing::info!(index = d.index, uuid = %d.uuid, name = d.name.as_deref().unwrap_or(""), backend = %d.backend, "probing device");
     }
     let factory: Option<BackendFactory> = if on_cuda {
         let spec = cfg.probe_spec("cuda");

@@ -710,6 +710,170 @@ mod tests {
         }
     }
 
+    /// Each internal event moves every family it declares, and every
+    /// counter family is fed by some event: a counter without a row in
+    /// [`METRICS`] (or a row nothing counts) fails here.
+    #[test]
+    fn every_internal_event_counts_into_a_metrics_row() {
+        use crate::internal_events::*;
+        let err = std::io::Error::other("disk full");
+        let path = std::path::Path::new("/x.parquet");
+        type Emit<'a> = Box<dyn Fn(&Counters) + 'a>;
+        let emit: Vec<(&str, Emit)> = vec![
+            (
+                "ProbeRunsCompleted",
+                Box::new(|c| {
+                    ProbeRunsCompleted {
+                        gpu_uuid: "GPU-1",
+                        runs: 2,
+                    }
+                    .emit(c)
+                }),
+            ),
+            (
+                "ProbeCycleCompleted",
+                Box::new(|c| ProbeCycleCompleted.emit(c)),
+            ),
+            (
+                "ProbeRunFailed",
+                Box::new(|c| {
+                    ProbeRunFailed {
+                        gpu_uuid: "GPU-1",
+                        failures: 1,
+                        error: "e",
+                    }
+                    .emit(c)
+                }),
+            ),
+            (
+                "CorrectnessCheckFailed",
+                Box::new(|c| CorrectnessCheckFailed { gpu_uuid: "GPU-1" }.emit(c)),
+            ),
+            (
+                "TelemetrySampleFailed",
+                Box::new(|c| {
+                    TelemetrySampleFailed {
+                        gpu_uuid: "GPU-1",
+                        error: &err,
+                    }
+                    .emit(c)
+                }),
+            ),
+            (
+                "SinkQueueFull",
+                Box::new(|c| {
+                    for sink in [Outlet::Parquet, Outlet::Otlp, Outlet::Health] {
+                        SinkQueueFull { sink, records: 3 }.emit(c);
+                    }
+                }),
+            ),
+            (
+                "OtlpSpansExported",
+                Box::new(|c| OtlpSpansExported { spans: 2 }.emit(c)),
+            ),
+            (
+                "OtlpExportFailed",
+                Box::new(|c| {
+                    OtlpExportFailed {
+                        spans: 2,
+                        elapsed_ms: 1,
+                        error: "e",
+                    }
+                    .emit(c)
+                }),
+            ),
+            (
+                "OtlpSpansDropped",
+                Box::new(|c| {
+                    OtlpSpansDropped {
+                        dropped: 2,
+                        why: Some("queue full"),
+                    }
+                    .emit(c)
+                }),
+            ),
+            (
+                "ParquetFileRotated",
+                Box::new(|c| ParquetFileRotated { rows: 2 }.emit(c)),
+            ),
+            (
+                "ParquetWriteFailed",
+                Box::new(|c| {
+                    ParquetWriteFailed {
+                        table: "probes",
+                        rows_lost: 2,
+                        error: &err,
+                    }
+                    .emit(c)
+                }),
+            ),
+            (
+                "ParquetTmpRecovered",
+                Box::new(|c| ParquetTmpRecovered { path }.emit(c)),
+            ),
+            (
+                "ParquetTmpRemoved",
+                Box::new(|c| ParquetTmpRemoved { path }.emit(c)),
+            ),
+            (
+                "ParquetRetentionDeleted",
+                Box::new(|c| {
+                    ParquetRetentionDeleted {
+                        path,
+                        too_old: true,
+                        too_big: false,
+                    }
+                    .emit(c)
+                }),
+            ),
+            (
+                "OccupancyRefreshFailed",
+                Box::new(|c| OccupancyRefreshFailed.emit(c)),
+            ),
+            (
+                "OccupancyRelisted",
+                Box::new(|c| OccupancyRelisted { node: "n1" }.emit(c)),
+            ),
+        ];
+        let names: Vec<&str> = EVENTS.iter().map(|e| e.0).collect();
+        assert_eq!(
+            names,
+            emit.iter().map(|e| e.0).collect::<Vec<_>>(),
+            "emit every event of EVENTS here"
+        );
+        let value = |text: &str, family: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        for ((event, families), (_, emit)) in EVENTS.iter().zip(&emit) {
+            let c = Counters::default();
+            emit(&c);
+            let text = render_format(&live(), &c, Format::Text);
+            for f in *families {
+                let doc = metric_doc(f)
+                    .unwrap_or_else(|| panic!("{event} counts {f}: no row in METRICS"));
+                assert_eq!(doc.kind, Kind::Counter, "{event}: {f}");
+                assert!(
+                    value(&text, &doc.sample_name()) > 0.0,
+                    "{event} did not move {f}:\n{text}"
+                );
+            }
+        }
+        for d in METRICS.iter().filter(|d| d.kind == Kind::Counter) {
+            // Rendered from the health window, per kernel.
+            if d.name == "slicetrace_correctness_failures" {
+                continue;
+            }
+            assert!(
+                EVENTS.iter().any(|(_, f)| f.contains(&d.name)),
+                "{} is fed by no internal event",
+                d.name
+            );
+        }
+    }
+
     #[test]
     fn the_table_has_unique_names_node_first_and_help() {
         let mut seen = std::collections::HashSet::new();

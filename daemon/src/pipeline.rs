@@ -18,7 +18,10 @@ use slicetrace_schema::ProbeRecord;
 
 pub use crate::fanout::{Fanout, HealthInput, SinkQueue};
 use crate::health::{HealthEvent, LiveState};
-use crate::internal_events::{Counters, GpuCounters, RateLimit};
+use crate::internal_events::{
+    CorrectnessCheckFailed, Counters, InternalEvent, ProbeCycleCompleted, ProbeRunFailed,
+    ProbeRunsCompleted, TelemetrySampleFailed,
+};
 use crate::occupancy::OccupancySource;
 pub use crate::shutdown::StopSignal;
 use crate::sinks::otlp::{new_span_id, new_trace_id};
@@ -113,9 +116,6 @@ pub const EVENT_INFLATED_FACTOR: f64 = 1.5;
 struct LoopState {
     uuid: String,
     gpu_index: u32,
-    gpu: Arc<GpuCounters>,
-    tel_log: RateLimit,
-    err_log: RateLimit,
     failures: u32,
     /// The last full NVML sample and when it was taken.
     full: Option<(Instant, DeviceSample)>,
@@ -192,11 +192,11 @@ impl ProbeLoop {
         match r {
             Ok(s) => Some(s),
             Err(e) => {
-                Counters::inc(&self.counters.telemetry_errors);
-                Counters::inc(&st.gpu.telemetry_errors);
-                if st.tel_log.allow() {
-                    tracing::warn!(gpu = %st.uuid, error = %crate::internal_events::error_chain(&e), "telemetry sample failed; NVML columns are null for this run");
+                TelemetrySampleFailed {
+                    gpu_uuid: &st.uuid,
+                    error: &e,
                 }
+                .emit(&self.counters);
                 None
             }
         }
@@ -233,28 +233,24 @@ impl ProbeLoop {
             r.replicas = occ.replicas;
             r.sharing_strategy = occ.sharing_strategy.clone();
             r.occupancy_stale = occ.stale;
-            r.verdict = self
-                .live
-                .verdict(&st.uuid, &r.kernel)
-                .map(|v| v.as_str().to_string());
-            r.contention = self
-                .live
-                .contention(&st.uuid, &r.kernel)
-                .map(|c| c.as_str().to_string());
+            r.verdict = self.live.verdict(&st.uuid, r.kernel.as_str());
+            r.contention = self.live.contention(&st.uuid, r.kernel.as_str());
             r.event_inflated = event_inflated(
                 r.gpu_ms,
                 r.tenants(),
-                self.live.event_baseline_p99_ms(&st.uuid, &r.kernel),
+                self.live.event_baseline_p99_ms(&st.uuid, r.kernel.as_str()),
             );
-            r.trace_id = Some(trace_id.clone());
+            r.trace_id = Some(trace_id);
             r.span_id = Some(new_span_id());
             if r.correct == Some(false) {
-                Counters::inc(&self.counters.correctness_failures);
-                Counters::inc(&st.gpu.correctness_failures);
+                CorrectnessCheckFailed { gpu_uuid: &st.uuid }.emit(&self.counters);
             }
         }
-        Counters::add(&self.counters.probe_runs, rows.len() as u64);
-        Counters::add(&st.gpu.probe_runs, rows.len() as u64);
+        ProbeRunsCompleted {
+            gpu_uuid: &st.uuid,
+            runs: rows.len() as u64,
+        }
+        .emit(&self.counters);
         if !rows.is_empty() {
             self.fanout.send(rows);
         }
@@ -271,7 +267,7 @@ impl ProbeLoop {
     ) -> Duration {
         match error {
             None => {
-                Counters::inc(&self.counters.probe_cycles);
+                ProbeCycleCompleted.emit(&self.counters);
                 self.live.ready.store(true, Ordering::Relaxed);
                 if st.failures > 0 {
                     tracing::info!(gpu = %st.uuid, after_failures = st.failures, "probing recovered");
@@ -284,12 +280,13 @@ impl ProbeLoop {
             }
             Some(e) => {
                 st.failures += 1;
-                Counters::inc(&self.counters.probe_errors);
-                Counters::inc(&st.gpu.probe_errors);
                 let msg = crate::internal_events::error_chain(&e);
-                if st.err_log.allow() || st.failures == 1 {
-                    tracing::error!(gpu = %st.uuid, failures = st.failures, error = %msg, "probe run failed; GPU marked unhealthy, retrying with backoff");
+                ProbeRunFailed {
+                    gpu_uuid: &st.uuid,
+                    failures: st.failures,
+                    error: &msg,
                 }
+                .emit(&self.counters);
                 self.fanout.event(HealthEvent::ProbeError {
                     gpu_uuid: st.uuid.clone(),
                     gpu_index: st.gpu_index,
@@ -317,12 +314,11 @@ impl ProbeLoop {
     /// Runs until the stop signal. Never panics on a probe or telemetry error.
     pub fn run(mut self) {
         let uuid = self.backend.device().uuid.clone();
+        // Registers the GPU, so its per-GPU series exist from start (0).
+        self.counters.gpu(&uuid);
         let mut st = LoopState {
             gpu_index: self.backend.device().index,
-            gpu: self.counters.gpu(&uuid),
             uuid,
-            tel_log: RateLimit::new(Duration::from_secs(60)),
-            err_log: RateLimit::new(Duration::from_secs(60)),
             failures: 0,
             full: None,
         };
@@ -581,15 +577,14 @@ mod tests {
         assert!(rows
             .iter()
             .all(|r| r.arrival == Some(true) && r.burst_seq == 0));
-        let fft = rows.iter().filter(|r| r.kernel == "fft").count();
+        let fft = rows.iter().filter(|r| r.kernel == Kernel::Fft).count();
         assert!(
             fft.abs_diff(rows.len() - fft) <= 1,
             "fft {fft} of {}",
             rows.len()
         );
         assert!(rows.windows(2).all(|w| w[0].kernel != w[1].kernel));
-        let traces: std::collections::HashSet<_> =
-            rows.iter().map(|r| r.trace_id.clone()).collect();
+        let traces: std::collections::HashSet<_> = rows.iter().map(|r| r.trace_id).collect();
         assert_eq!(traces.len(), rows.len(), "one trace per arrival");
         // KS on the recorded gaps against Exp(rate) at alpha = 1e-6.
         let mut gaps: Vec<f64> = rows
@@ -627,7 +622,7 @@ mod tests {
         let (rows, summary) = rows_of(plan, 1.0);
         assert!(rows.len() >= 6 * 10, "{} rows", rows.len());
         for r in &rows {
-            let first = r.kernel == "fft" && r.burst_seq == 0;
+            let first = r.kernel == Kernel::Fft && r.burst_seq == 0;
             assert_eq!(r.arrival, Some(first), "{r:?}");
             assert_eq!(r.arrival_gap_ms.is_some(), first);
             assert_eq!(r.is_arrival(), first);

@@ -64,7 +64,7 @@ impl RunSummary {
             .entry((
                 r.gpu_index,
                 r.gpu_uuid.clone(),
-                r.kernel.clone(),
+                r.kernel.as_str().to_string(),
                 r.tenants(),
             ))
             .or_insert_with(|| Acc {

@@ -22,7 +22,7 @@ use slicetrace_agent::sinks::otlp::{
     new_span_id, new_trace_id, OtlpConfig, OtlpProtocol, OtlpSink,
 };
 use slicetrace_agent::sinks::Sink;
-use slicetrace_schema::ProbeRecord;
+use slicetrace_schema::{Backend, Kernel, ProbeRecord};
 
 fn require_tools() -> bool {
     std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
@@ -157,10 +157,10 @@ impl Drop for Rotel {
 
 /// The records of one probe cycle (FFT burst then GEMM burst), with the ids
 /// the pipeline would have filled in.
-fn cycle(cycle: u64, t0_ns: i64) -> (String, Vec<ProbeRecord>) {
+fn cycle(cycle: u64, t0_ns: i64) -> (slicetrace_schema::TraceId, Vec<ProbeRecord>) {
     let trace = new_trace_id();
     let mut v = Vec::new();
-    for (k, kernel) in ["fft", "gemm"].into_iter().enumerate() {
+    for (k, kernel) in Kernel::ALL.into_iter().enumerate() {
         for seq in 0..3u32 {
             let i = k as i64 * 3 + i64::from(seq);
             v.push(ProbeRecord {
@@ -169,8 +169,8 @@ fn cycle(cycle: u64, t0_ns: i64) -> (String, Vec<ProbeRecord>) {
                 gpu_uuid: "GPU-0000".into(),
                 gpu_index: 0,
                 gpu_name: Some("NVIDIA H100".into()),
-                backend: "cuda".into(),
-                kernel: kernel.into(),
+                backend: Backend::Cuda,
+                kernel,
                 shape: "n=1024".into(),
                 precision: "fp32".into(),
                 flops: 2.0e9,
@@ -183,7 +183,7 @@ fn cycle(cycle: u64, t0_ns: i64) -> (String, Vec<ProbeRecord>) {
                 power_w: Some(312.5),
                 pods: Some(vec!["team-a/trainer-0".into()]),
                 pod_count: Some(1),
-                trace_id: Some(trace.clone()),
+                trace_id: Some(trace),
                 span_id: Some(new_span_id()),
                 ..Default::default()
             });
@@ -227,7 +227,7 @@ async fn spans_reach_rotel(protocol: OtlpProtocol) {
     .expect("sink");
     let (t1, c1) = cycle(0, now_ns());
     let (t2, c2) = cycle(1, now_ns() + 50_000_000);
-    let run_span = c1[0].span_id.clone().expect("span id");
+    let run_span = c1[0].span_id.expect("span id");
     // A cycle split over two export calls.
     sink.export(c1[..3].to_vec()).await.expect("export");
     sink.export(c1[3..].to_vec()).await.expect("export");
@@ -492,7 +492,7 @@ async fn insecure_flag_reaches_a_plain_text_collector_through_config() {
     // Give a (wrongly) plain-text request time to show up before checking.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !rotel.log_text().contains(&t),
+        !rotel.log_text().contains(&t.to_string()),
         "spans reached the plain-text collector without insecure"
     );
 }

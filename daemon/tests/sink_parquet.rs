@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::sinks::parquet::{enforce_retention, recover, ParquetConfig, ParquetSink};
 use slicetrace_agent::sinks::Sink;
-use slicetrace_schema::{HealthRecord, ProbeRecord};
+use slicetrace_schema::{Backend, HealthRecord, Kernel, ProbeRecord, SpanId, TraceId};
 
 fn require_tools() -> bool {
     std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
@@ -61,12 +61,11 @@ fn rec(i: usize) -> ProbeRecord {
         node: "node-a".into(),
         gpu_uuid: format!("GPU-{}", i % 2),
         gpu_index: (i % 2) as u32,
-        backend: "cpu".into(),
+        backend: Backend::Cpu,
         kernel: match i % 3 {
-            0 => "gemm",
-            _ => "fft",
-        }
-        .into(),
+            0 => Kernel::Gemm,
+            _ => Kernel::Fft,
+        },
         shape: "n=4096".into(),
         precision: "fp32".into(),
         flops: 1e6,
@@ -84,8 +83,8 @@ fn rec(i: usize) -> ProbeRecord {
             0 => Some(vec!["ns/a".into(), "ns/b".into()]),
             _ => None,
         },
-        trace_id: Some(format!("{:032x}", i + 1)),
-        span_id: Some(format!("{:016x}", i + 1)),
+        trace_id: Some(TraceId::from_bytes((i as u128 + 1).to_be_bytes())),
+        span_id: Some(SpanId::from_bytes((i as u64 + 1).to_be_bytes())),
         ..Default::default()
     }
 }

@@ -78,7 +78,9 @@ fn cpu_run_writes_every_run_and_catches_every_planted_fault() {
     let rows = read_rows(&out);
     assert_eq!(rows.len(), 40);
     assert!(rows.iter().all(|r| r.node == "load-test-node"), "{rows:?}");
-    assert!(rows.iter().all(|r| r.kernel == "gemm" && r.wall_ms > 0.0));
+    assert!(rows
+        .iter()
+        .all(|r| r.kernel == slicetrace_schema::Kernel::Gemm && r.wall_ms > 0.0));
     // The planted runs are the failed checks, and only they.
     let failed = rows.iter().filter(|r| r.correct == Some(false)).count();
     assert_eq!(failed, 4);

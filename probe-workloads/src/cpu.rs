@@ -227,7 +227,7 @@ impl CpuBackend {
                 index,
                 uuid: format!("CPU-{index}"),
                 name: cpu_model(),
-                backend: "cpu",
+                backend: slicetrace_schema::Backend::Cpu,
             },
             spec: *spec,
             tx: Some(job_tx),
@@ -453,7 +453,7 @@ mod tests {
         let shape = b.shape(Kernel::Gemm);
         let r = crate::record_for("n1", b.device(), &shape, &s, 7, 2);
         assert_eq!(r.gpu_uuid, "CPU-3");
-        assert_eq!(r.backend, "cpu");
+        assert_eq!(r.backend, slicetrace_schema::Backend::Cpu);
         assert_eq!((r.cycle, r.burst_seq), (7, 2));
         let q = r.queue_ms.expect("queue");
         assert!((q - (r.wall_ms - r.gpu_ms.expect("gpu"))).abs() < 1e-12);

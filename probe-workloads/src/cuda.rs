@@ -330,7 +330,7 @@ impl CudaBackend {
                 index,
                 uuid,
                 name,
-                backend: "cuda",
+                backend: slicetrace_schema::Backend::Cuda,
             },
             spec: *spec,
             _ctx: ctx,
@@ -1039,7 +1039,10 @@ mod tests {
         let (backends, reason) =
             crate::open_backends(crate::BackendKind::Auto, &|_| spec, 1).expect("fallback");
         assert_eq!(backends.len(), 1);
-        assert_eq!(backends[0].device().backend, "cpu");
+        assert_eq!(
+            backends[0].device().backend,
+            slicetrace_schema::Backend::Cpu
+        );
         assert!(reason.expect("reason").to_string().contains("not found"));
         assert!(crate::open_backends(crate::BackendKind::Cuda, &|_| spec, 1).is_err());
     }

@@ -24,6 +24,7 @@ pub use spec::{
     LIGHT_CUBLAS_WORKSPACE_KIB,
 };
 
+pub use slicetrace_schema::Backend;
 use slicetrace_schema::ProbeRecord;
 
 /// Errors from backend selection and probe runs.
@@ -104,7 +105,7 @@ pub struct DeviceInfo {
     /// Product name.
     pub name: Option<String>,
     /// `cuda` or `cpu`.
-    pub backend: &'static str,
+    pub backend: Backend,
 }
 
 /// Describes a kernel as it runs on a backend (goes into every row).
@@ -225,8 +226,8 @@ pub fn record_for(
         gpu_uuid: dev.uuid.clone(),
         gpu_index: dev.index,
         gpu_name: dev.name.clone(),
-        backend: dev.backend.to_string(),
-        kernel: shape.kernel.as_str().to_string(),
+        backend: dev.backend,
+        kernel: shape.kernel,
         shape: shape.shape.clone(),
         precision: shape.precision.as_str().to_string(),
         flops: shape.flops,

@@ -4,25 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ProbeError;
 
-/// A probe kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kernel {
-    /// Complex-to-complex FFT (cuFFT / rustfft).
-    Fft,
-    /// Square matrix product (cuBLAS / matrixmultiply).
-    Gemm,
-}
-
-impl Kernel {
-    /// `fft` or `gemm`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kernel::Fft => "fft",
-            Kernel::Gemm => "gemm",
-        }
-    }
-}
+/// A probe kernel: the schema's, so records and probes share one definition.
+pub use slicetrace_schema::Kernel;
 
 /// Numeric precision of the GEMM inputs and output (accumulation is fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

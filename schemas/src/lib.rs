@@ -20,6 +20,8 @@
 
 mod columns;
 mod health;
+mod ids;
+mod kinds;
 pub mod layout;
 mod record;
 mod verdict;
@@ -27,6 +29,8 @@ mod writer;
 
 pub use columns::{ColumnDoc, COLUMNS, HEALTH_COLUMNS};
 pub use health::{health_batch, health_schema, HealthRecord};
+pub use ids::{BadId, SpanId, TraceId};
+pub use kinds::{Backend, Kernel, UnknownName};
 pub use record::{probes_batch, probes_from_batch, probes_schema, ProbeRecord};
 pub use verdict::{
     event_eligible, event_mcycles, is_quiet, judge, sku_reference, BaselineSource, Contention,
@@ -73,6 +77,16 @@ pub enum SchemaError {
         found: String,
         /// The type this build expects.
         expected: String,
+    },
+    /// A utf8 column holds a word outside its closed set (a kernel, backend,
+    /// verdict or contention state this build does not know), or an id that
+    /// is not hex of the right width.
+    #[error("column {column:?} holds unknown value {value:?}")]
+    UnknownValue {
+        /// Column name.
+        column: String,
+        /// The value found.
+        value: String,
     },
 }
 

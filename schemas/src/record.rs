@@ -13,7 +13,10 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::columns::ColumnDoc;
-use crate::{SchemaError, COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
+use crate::{
+    Backend, Contention, Kernel, SchemaError, SpanId, TraceId, Verdict, COLUMNS, SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY, TABLE_KEY,
+};
 
 /// One probe kernel run, joined with the device readings and the occupancy
 /// that were current when it ran. One record is one row of the `probes`
@@ -34,9 +37,9 @@ pub struct ProbeRecord {
     /// Product name.
     pub gpu_name: Option<String>,
     /// `cuda` or `cpu`.
-    pub backend: String,
+    pub backend: Backend,
     /// `fft` or `gemm`.
-    pub kernel: String,
+    pub kernel: Kernel,
     /// Problem shape.
     pub shape: String,
     /// `fp32`, `fp16` or `bf16`.
@@ -96,11 +99,11 @@ pub struct ProbeRecord {
     /// Occupancy came from a stale cache.
     pub occupancy_stale: Option<bool>,
     /// Live verdict.
-    pub verdict: Option<String>,
-    /// OTLP trace id, 32 hex.
-    pub trace_id: Option<String>,
-    /// OTLP span id, 16 hex.
-    pub span_id: Option<String>,
+    pub verdict: Option<Verdict>,
+    /// OTLP trace id (32 hex in the column).
+    pub trace_id: Option<TraceId>,
+    /// OTLP span id (16 hex in the column).
+    pub span_id: Option<SpanId>,
     /// The run began at a random arrival moment (not right after the
     /// probe's own previous run). `None` in old files.
     pub arrival: Option<bool>,
@@ -110,7 +113,7 @@ pub struct ProbeRecord {
     /// (preempted mid-kernel).
     pub event_inflated: Option<bool>,
     /// Live contention state.
-    pub contention: Option<String>,
+    pub contention: Option<Contention>,
 }
 
 impl ProbeRecord {
@@ -119,7 +122,7 @@ impl ProbeRecord {
     /// same rule as [`crate::ARRIVAL_SQL`]).
     pub fn is_arrival(&self) -> bool {
         self.arrival
-            .unwrap_or(self.burst_seq == 0 && self.kernel == "fft")
+            .unwrap_or(self.burst_seq == 0 && self.kernel == Kernel::Fft)
     }
 
     /// Other compute processes sharing the GPU (the one definition of
@@ -195,6 +198,24 @@ fn str_col<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
+/// Ids become hex only here, at the edge of the on-disk format.
+fn hex_col<T: std::fmt::Display>(it: impl Iterator<Item = Option<T>>) -> ArrayRef {
+    let mut b = StringBuilder::new();
+    for v in it {
+        b.append_option(v.map(|v| v.to_string()));
+    }
+    Arc::new(b.finish())
+}
+
+/// Parses a value of a closed set from a utf8 cell; a word this build does
+/// not know is [`SchemaError::UnknownValue`], naming the column.
+fn word<T: std::str::FromStr>(column: &str, v: &str) -> Result<T, SchemaError> {
+    v.parse().map_err(|_| SchemaError::UnknownValue {
+        column: column.to_string(),
+        value: v.to_string(),
+    })
+}
+
 /// Builds one Arrow record batch of the `probes` table from `rows`.
 pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
     let ts = {
@@ -241,13 +262,13 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         col!(rows, UInt32Builder, |r| r.replicas),
         str_col(rows.iter().map(|r| r.sharing_strategy.as_deref())),
         col!(rows, BooleanBuilder, |r| r.occupancy_stale),
-        str_col(rows.iter().map(|r| r.verdict.as_deref())),
-        str_col(rows.iter().map(|r| r.trace_id.as_deref())),
-        str_col(rows.iter().map(|r| r.span_id.as_deref())),
+        str_col(rows.iter().map(|r| r.verdict.map(Verdict::as_str))),
+        hex_col(rows.iter().map(|r| r.trace_id)),
+        hex_col(rows.iter().map(|r| r.span_id)),
         col!(rows, BooleanBuilder, |r| r.arrival),
         col!(rows, Float64Builder, |r| r.arrival_gap_ms),
         col!(rows, BooleanBuilder, |r| r.event_inflated),
-        str_col(rows.iter().map(|r| r.contention.as_deref())),
+        str_col(rows.iter().map(|r| r.contention.map(Contention::as_str))),
     ];
     RecordBatch::try_new(probes_schema(), columns).map_err(SchemaError::Arrow)
 }
@@ -340,6 +361,16 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
         s("span_id")?,
     );
     let ostr = |a: &StringArray, i: usize| opt(a.is_valid(i), a.value(i).to_string());
+    fn oword<T: std::str::FromStr>(
+        column: &str,
+        a: Option<&StringArray>,
+        i: usize,
+    ) -> Result<Option<T>, SchemaError> {
+        match a {
+            Some(a) if a.is_valid(i) => word(column, a.value(i)).map(Some),
+            _ => Ok(None),
+        }
+    }
     // Columns added after schema version 1 shipped: absent in old files.
     let arrival = bc("arrival").ok();
     let gap = f64c("arrival_gap_ms").ok();
@@ -354,8 +385,8 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             gpu_uuid: uuid.value(i).to_string(),
             gpu_index: idx.value(i),
             gpu_name: ostr(name, i),
-            backend: backend.value(i).to_string(),
-            kernel: kernel.value(i).to_string(),
+            backend: word("backend", backend.value(i))?,
+            kernel: word("kernel", kernel.value(i))?,
             shape: shape.value(i).to_string(),
             precision: prec.value(i).to_string(),
             submit: ostr(submit, i),
@@ -385,13 +416,13 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             replicas: opt(replicas.is_valid(i), replicas.value(i)),
             sharing_strategy: ostr(strategy, i),
             occupancy_stale: opt(stale.is_valid(i), stale.value(i)),
-            verdict: ostr(verdict, i),
-            trace_id: ostr(trace, i),
-            span_id: ostr(span, i),
+            verdict: oword("verdict", Some(verdict), i)?,
+            trace_id: oword("trace_id", Some(trace), i)?,
+            span_id: oword("span_id", Some(span), i)?,
             arrival: ob(arrival, i),
             arrival_gap_ms: gap.and_then(|a| opt(a.is_valid(i), a.value(i))),
             event_inflated: ob(inflated, i),
-            contention: contention.and_then(|a| ostr(a, i)),
+            contention: oword("contention", contention, i)?,
         });
     }
     Ok(out)
@@ -408,8 +439,8 @@ mod tests {
             gpu_uuid: "GPU-1234".into(),
             gpu_index: 0,
             gpu_name: Some("NVIDIA H100".into()),
-            backend: "cuda".into(),
-            kernel: "fft".into(),
+            backend: Backend::Cuda,
+            kernel: Kernel::Fft,
             shape: "c2c 1d n=4096 batch=8".into(),
             precision: "fp32".into(),
             flops: 1.0e6,
@@ -424,6 +455,10 @@ mod tests {
             pods: Some(vec!["a/b".into(), "c/d".into()]),
             pod_count: Some(2),
             processes: Some(vec![]),
+            verdict: Some(Verdict::Degraded),
+            contention: Some(Contention::OverShared),
+            trace_id: Some(TraceId::from_bytes([0x1f; 16])),
+            span_id: Some(SpanId::from_bytes([0xa0; 8])),
             ..Default::default()
         }
     }
@@ -472,5 +507,37 @@ mod tests {
         assert!(
             matches!(probes_from_batch(&b), Err(SchemaError::MissingColumn(c)) if c == "wall_ms")
         );
+    }
+
+    #[test]
+    fn columns_keep_their_words_and_hex() {
+        let batch = probes_batch(&[sample()]).expect("batch");
+        let s = |n: &str| {
+            column::<StringArray>(&batch, n)
+                .expect("col")
+                .value(0)
+                .to_string()
+        };
+        assert_eq!(
+            [s("backend"), s("kernel"), s("verdict"), s("contention")],
+            ["cuda", "fft", "degraded", "over-shared"]
+        );
+        assert_eq!(s("trace_id"), "1f".repeat(16));
+        assert_eq!(s("span_id"), "a0".repeat(8));
+    }
+
+    #[test]
+    fn unknown_kernel_or_verdict_in_a_file_is_an_error() {
+        for (name, bad) in [("kernel", "conv"), ("verdict", "fine"), ("trace_id", "xyz")] {
+            let batch = probes_batch(&[sample()]).expect("batch");
+            let idx = batch.schema().index_of(name).expect("idx");
+            let mut cols = batch.columns().to_vec();
+            cols[idx] = Arc::new(StringArray::from(vec![bad]));
+            let b = RecordBatch::try_new(batch.schema(), cols).expect("batch");
+            assert!(
+                matches!(probes_from_batch(&b), Err(SchemaError::UnknownValue { column, value }) if column == name && value == bad),
+                "{name}"
+            );
+        }
     }
 }

@@ -74,6 +74,16 @@ impl Verdict {
     }
 }
 
+impl std::str::FromStr for Verdict {
+    type Err = crate::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Verdict::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| crate::UnknownName(s.to_string()))
+    }
+}
+
 /// How contended a GPU is for its time slices: a dimension separate from
 /// [`Verdict`] (the health of the GPU itself). A GPU that is merely shared by
 /// its tenants is `healthy` and `contended`.
@@ -109,6 +119,16 @@ impl Contention {
             Contention::Contended => "contended",
             Contention::OverShared => "over-shared",
         }
+    }
+}
+
+impl std::str::FromStr for Contention {
+    type Err = crate::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Contention::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| crate::UnknownName(s.to_string()))
     }
 }
 

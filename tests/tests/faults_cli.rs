@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slicetrace_e2e::{bin, run_with_timeout};
-use slicetrace_schema::{probes_batch, ProbeRecord};
+use slicetrace_schema::{probes_batch, Backend, Kernel, ProbeRecord};
 
 fn records(n: usize) -> Vec<ProbeRecord> {
     let t0 = 1_767_225_600_000_000_000i64; // 2026-01-01T00:00:00Z
@@ -20,8 +20,12 @@ fn records(n: usize) -> Vec<ProbeRecord> {
             ts_ns: t0 + i as i64 * 100_000_000,
             node: "node-00".into(),
             gpu_uuid: "GPU-0".into(),
-            backend: "cpu".into(),
-            kernel: if i % 2 == 0 { "fft" } else { "gemm" }.into(),
+            backend: Backend::Cpu,
+            kernel: if i % 2 == 0 {
+                Kernel::Fft
+            } else {
+                Kernel::Gemm
+            },
             shape: "n=256".into(),
             precision: "fp32".into(),
             flops: 1e6,

@@ -15,7 +15,9 @@ use parquet::arrow::ArrowWriter;
 use serde_json::Value;
 use slicetrace_agent::health::{Evaluator, HealthConfig, LiveState};
 use slicetrace_e2e::{bin, root, run_with_timeout};
-use slicetrace_schema::{probes_batch, probes_from_batch, HealthRecord, ProbeRecord};
+use slicetrace_schema::{
+    probes_batch, probes_from_batch, Backend, HealthRecord, Kernel, ProbeRecord,
+};
 
 const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
 
@@ -26,8 +28,8 @@ fn row(uuid: &str, i: usize, wall: f64, gpu: f64, tenants: u32) -> ProbeRecord {
         node: "n1".into(),
         gpu_uuid: uuid.into(),
         gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
-        backend: "cuda".into(),
-        kernel: "fft".into(),
+        backend: Backend::Cuda,
+        kernel: Kernel::Fft,
         shape: "c2c 1d n=4096 batch=16".into(),
         precision: "fp32".into(),
         flops: 1.0,

@@ -150,7 +150,7 @@ impl Evaluator {
             if let Ok(mut pc) = self.state.pod_count.write() {
                 pc.insert(r.gpu_uuid.clone(), r.pod_count);
             }
-            let t = self.track(&r.gpu_uuid, &r.kernel, r.gpu_index, &r.shape);
+            let t = self.track(&r.gpu_uuid, r.kernel.as_str(), r.gpu_index, &r.shape);
             t.gpu_index = r.gpu_index;
             if r.gpu_name.is_some() {
                 t.gpu_name.clone_from(&r.gpu_name);

@@ -53,7 +53,9 @@ use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
 use super::proc_cgroup::strip_runtime_prefix;
-use crate::internal_events::{error_chain, Counters};
+use crate::internal_events::{
+    error_chain, Counters, InternalEvent, OccupancyRefreshFailed, OccupancyRelisted,
+};
 
 /// Node label: time-slicing replicas per GPU.
 pub const LABEL_REPLICAS: &str = "nvidia.com/gpu.replicas";
@@ -545,8 +547,10 @@ async fn watch_pods(
                     Event::Init => {
                         lists += 1;
                         if lists > 1 {
-                            Counters::inc(&counters.occupancy_relists);
-                            tracing::debug!(node = %settings.node_name, "relisting pods");
+                            OccupancyRelisted {
+                                node: &settings.node_name,
+                            }
+                            .emit(&counters);
                         }
                     }
                     Event::InitApply(_) => {}
@@ -556,7 +560,7 @@ async fn watch_pods(
                 }
             }
             Err(e) => {
-                Counters::inc(&counters.occupancy_errors);
+                OccupancyRefreshFailed.emit(&counters);
                 cache.record(|h| h.pod_err = Some(Instant::now()));
                 if !failing {
                     failing = true;
@@ -600,7 +604,7 @@ async fn read_node(
                 failing = false;
             }
             Err(e) => {
-                Counters::inc(&counters.occupancy_errors);
+                OccupancyRefreshFailed.emit(&counters);
                 cache.record(|h| h.node_err = Some(Instant::now()));
                 if !failing {
                     tracing::warn!(

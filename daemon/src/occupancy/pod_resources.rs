@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use crate::internal_events::{error_chain, Counters};
+use crate::internal_events::{error_chain, Counters, InternalEvent, OccupancyRefreshFailed};
 
 /// Generated kubelet pod-resources v1 messages, client and server
 /// (from the vendored `daemon/proto/podresources/v1/api.proto`).
@@ -399,7 +399,7 @@ impl Poller {
     }
 
     fn failed(&mut self, e: &PodResourcesError) {
-        Counters::inc(&self.counters.occupancy_errors);
+        OccupancyRefreshFailed.emit(&self.counters);
         self.cache.mark_failed();
         if !self.failing {
             tracing::warn!(error = %error_chain(e), "pod-resources refresh failed; keeping the last known state");

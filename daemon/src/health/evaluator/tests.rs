@@ -11,7 +11,7 @@ fn row(wall: f64, gpu: f64, procs: u32) -> ProbeRecord {
     ProbeRecord {
         gpu_uuid: "GPU-a".into(),
         gpu_name: Some(H100.into()),
-        kernel: "fft".into(),
+        kernel: slicetrace_schema::Kernel::Fft,
         shape: "c2c 1d n=4096 batch=16".into(),
         precision: "fp32".into(),
         wall_ms: wall,

@@ -43,8 +43,8 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     let mut a = vec![
         KeyValue::new(attr::GPU_UUID, r.gpu_uuid.clone()),
         KeyValue::new(attr::GPU_INDEX, i64::from(r.gpu_index)),
-        KeyValue::new(attr::BACKEND, r.backend.clone()),
-        KeyValue::new(attr::KERNEL, r.kernel.clone()),
+        KeyValue::new(attr::BACKEND, r.backend.as_str()),
+        KeyValue::new(attr::KERNEL, r.kernel.as_str()),
         KeyValue::new(attr::SHAPE, r.shape.clone()),
         KeyValue::new(attr::PRECISION, r.precision.clone()),
         KeyValue::new(attr::FLOPS, r.flops),
@@ -109,11 +109,11 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     if let Some(v) = r.occupancy_stale {
         a.push(KeyValue::new(extra_attr::OCCUPANCY_STALE, v));
     }
-    if let Some(v) = &r.verdict {
-        a.push(KeyValue::new(attr::VERDICT, v.clone()));
+    if let Some(v) = r.verdict {
+        a.push(KeyValue::new(attr::VERDICT, v.as_str()));
     }
-    if let Some(v) = &r.contention {
-        a.push(KeyValue::new(attr::CONTENTION, v.clone()));
+    if let Some(v) = r.contention {
+        a.push(KeyValue::new(attr::CONTENTION, v.as_str()));
     }
     if let Some(v) = r.arrival {
         a.push(KeyValue::new(extra_attr::ARRIVAL, v));
@@ -129,7 +129,7 @@ pub(super) fn root_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     let mut a = vec![
         KeyValue::new(attr::GPU_UUID, r.gpu_uuid.clone()),
         KeyValue::new(attr::GPU_INDEX, i64::from(r.gpu_index)),
-        KeyValue::new(attr::BACKEND, r.backend.clone()),
+        KeyValue::new(attr::BACKEND, r.backend.as_str()),
         KeyValue::new(attr::CYCLE, r.cycle as i64),
         KeyValue::new(extra_attr::NODE, r.node.clone()),
     ];
@@ -223,7 +223,7 @@ mod tests {
     fn absent_readings_are_omitted_not_zero() {
         let r = ProbeRecord {
             gpu_uuid: "GPU-1".into(),
-            kernel: "fft".into(),
+            kernel: slicetrace_schema::Kernel::Fft,
             wall_ms: 0.5,
             gpu_ms: Some(0.2),
             queue_ms: Some(0.3),

@@ -1,19 +1,19 @@
 //! Trace and span ids. The pipeline stamps every record with a new trace and
 //! span id ([`new_trace_id`], [`new_span_id`]) before it reaches any sink, so
-//! the Parquet row and the OTLP run span agree; the span builders parse them
-//! back here and derive a cycle's root span id from its trace id
-//! ([`root_span_id`]).
+//! the Parquet row and the OTLP run span agree; the span builders convert
+//! their bytes into opentelemetry's ids here (no hex on the way) and derive a
+//! cycle's root span id from its trace id ([`root_span_id`]).
 
 use opentelemetry::trace::{SpanId, TraceId};
 
-/// A new random, non-zero trace id as 32 lowercase hex digits.
-pub fn new_trace_id() -> String {
-    format!("{:032x}", random_nonzero_u128())
+/// A new random, non-zero trace id.
+pub fn new_trace_id() -> slicetrace_schema::TraceId {
+    slicetrace_schema::TraceId::from_bytes(random_nonzero_u128().to_be_bytes())
 }
 
-/// A new random, non-zero span id as 16 lowercase hex digits.
-pub fn new_span_id() -> String {
-    format!("{:016x}", random_nonzero_u64())
+/// A new random, non-zero span id.
+pub fn new_span_id() -> slicetrace_schema::SpanId {
+    slicetrace_schema::SpanId::from_bytes(random_nonzero_u64().to_be_bytes())
 }
 
 /// A new random, valid (non-zero) trace id.
@@ -56,22 +56,16 @@ pub fn root_span_id(trace: TraceId) -> SpanId {
     SpanId::from_bytes(if h == 0 { 1 } else { h }.to_be_bytes())
 }
 
-/// A record's trace id: 32 hex digits, not all zero; anything else is `None`.
-pub(super) fn parse_trace_id(s: Option<&str>) -> Option<TraceId> {
-    let s = s?;
-    (s.len() == 32)
-        .then(|| TraceId::from_hex(s).ok())
-        .flatten()
-        .filter(|t| *t != TraceId::INVALID)
+/// A record's trace id as opentelemetry's; an all-zero one is `None`.
+pub(super) fn otel_trace_id(t: Option<slicetrace_schema::TraceId>) -> Option<TraceId> {
+    t.filter(|t| t.is_valid())
+        .map(|t| TraceId::from_bytes(t.to_bytes()))
 }
 
-/// A record's span id: 16 hex digits, not all zero; anything else is `None`.
-pub(super) fn parse_span_id(s: Option<&str>) -> Option<SpanId> {
-    let s = s?;
-    (s.len() == 16)
-        .then(|| SpanId::from_hex(s).ok())
-        .flatten()
-        .filter(|t| *t != SpanId::INVALID)
+/// A record's span id as opentelemetry's; an all-zero one is `None`.
+pub(super) fn otel_span_id(s: Option<slicetrace_schema::SpanId>) -> Option<SpanId> {
+    s.filter(|s| s.is_valid())
+        .map(|s| SpanId::from_bytes(s.to_bytes()))
 }
 
 #[cfg(test)]
@@ -79,14 +73,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_hex_and_nonzero() {
+    fn ids_are_nonzero_and_keep_their_bytes() {
         let t = new_trace_id();
         let s = new_span_id();
-        assert_eq!(t.len(), 32);
-        assert_eq!(s.len(), 16);
-        assert!(parse_trace_id(Some(&t)).is_some());
-        assert!(parse_span_id(Some(&s)).is_some());
-        assert!(parse_trace_id(Some(&"0".repeat(32))).is_none());
+        assert!(t.is_valid() && s.is_valid());
+        let ot = otel_trace_id(Some(t)).expect("trace");
+        let os = otel_span_id(Some(s)).expect("span");
+        // The same hex at both edges: the Parquet column and the exported span.
+        assert_eq!(ot.to_string(), t.to_string());
+        assert_eq!(os.to_string(), s.to_string());
+        assert!(otel_trace_id(Some(slicetrace_schema::TraceId::INVALID)).is_none());
+        assert!(otel_span_id(None).is_none());
         assert_ne!(root_span_id(TraceId::from_bytes([0; 16])), SpanId::INVALID);
     }
 }

@@ -76,7 +76,7 @@ pub use config::{endpoint_url, OtlpConfig, OtlpProtocol};
 pub use ids::{new_span_id, new_trace_id, root_span_id};
 
 use super::{Sink, SinkError};
-use crate::internal_events::{Counters, RateLimit};
+use crate::internal_events::Counters;
 use queue::Shared;
 use task::{Ctl, ExportTask};
 
@@ -191,7 +191,6 @@ impl OtlpSink {
             shared: shared.clone(),
             timeout,
             linger: ROOT_LINGER_MIN.max(interval * 2),
-            error_log: RateLimit::per_minute(),
         };
         let task = tokio::spawn(task.run(ctl_rx, interval));
         tracing::info!(

@@ -18,9 +18,9 @@ use slicetrace_schema::{HealthRecord, ProbeRecord};
 use tokio::sync::Notify;
 
 use super::attributes::root_attributes;
-use super::ids::{parse_span_id, parse_trace_id, random_span_id, random_trace_id, root_span_id};
+use super::ids::{otel_span_id, otel_trace_id, random_span_id, random_trace_id, root_span_id};
 use super::spans::{end_ns, health_span, root_span, run_spans};
-use crate::internal_events::{Counters, RateLimit};
+use crate::internal_events::{Counters, InternalEvent, OtlpSpansDropped};
 
 /// Most cycles whose root span is pending at once; beyond this the oldest
 /// is emitted early (bounds memory when many GPUs report at once).
@@ -68,7 +68,6 @@ pub(super) struct Shared {
     /// counts them (the task when the request ends, `shutdown` when it has
     /// to abort the task), so they are counted exactly once.
     pub(super) in_flight: AtomicU64,
-    pub(super) drop_log: RateLimit,
     /// Every record is its own trace: its run span is the root (Poisson
     /// arrivals). Otherwise runs of a cycle share a `probe_cycle` root.
     pub(super) trace_per_run: AtomicBool,
@@ -90,7 +89,6 @@ impl Shared {
             capacity,
             batch,
             in_flight: AtomicU64::new(0),
-            drop_log: RateLimit::per_minute(),
             trace_per_run: AtomicBool::new(false),
         }
     }
@@ -142,19 +140,11 @@ impl Shared {
 
     /// Counts dropped spans and logs them, at most once a minute.
     pub(super) fn count_drops(&self, dropped: u64, why: &'static str) {
-        if dropped == 0 {
-            return;
+        OtlpSpansDropped {
+            dropped,
+            why: Some(why),
         }
-        Counters::add(&self.counters.otlp_spans_dropped, dropped);
-        if let Some(suppressed) = self.drop_log.check() {
-            tracing::warn!(
-                dropped,
-                why,
-                suppressed_since_last = suppressed,
-                total_dropped = Counters::get(&self.counters.otlp_spans_dropped),
-                "otlp spans dropped"
-            );
-        }
+        .emit(&self.counters);
     }
 
     /// Queues one `health_evaluation` span per record (its own trace).
@@ -167,9 +157,7 @@ impl Shared {
             .collect();
         let dropped = self.push(&mut q, spans);
         drop(q);
-        if dropped > 0 {
-            Counters::add(&self.counters.otlp_spans_dropped, dropped);
-        }
+        OtlpSpansDropped { dropped, why: None }.emit(&self.counters);
         self.notify.notify_one();
     }
 
@@ -181,8 +169,8 @@ impl Shared {
         let per_run = self.trace_per_run.load(Ordering::Relaxed);
         for r in records {
             if per_run {
-                let trace = parse_trace_id(r.trace_id.as_deref()).unwrap_or_else(random_trace_id);
-                let run_id = parse_span_id(r.span_id.as_deref()).unwrap_or_else(random_span_id);
+                let trace = otel_trace_id(r.trace_id).unwrap_or_else(random_trace_id);
+                let run_id = otel_span_id(r.span_id).unwrap_or_else(random_span_id);
                 let spans = run_spans(&self.scope, &r, trace, run_id, SpanId::INVALID);
                 dropped += self.push(&mut q, spans);
                 continue;
@@ -197,7 +185,7 @@ impl Shared {
             }
             // The pipeline sets the trace id; without it, the runs of one
             // cycle still share one (made up here).
-            let trace = parse_trace_id(r.trace_id.as_deref())
+            let trace = otel_trace_id(r.trace_id)
                 .or_else(|| {
                     q.open_roots
                         .values()
@@ -205,7 +193,7 @@ impl Shared {
                         .map(|o| o.trace)
                 })
                 .unwrap_or_else(random_trace_id);
-            let run_id = parse_span_id(r.span_id.as_deref()).unwrap_or_else(random_span_id);
+            let run_id = otel_span_id(r.span_id).unwrap_or_else(random_span_id);
             let root = root_span_id(trace);
             let (start_ns, stop_ns) = (r.ts_ns, end_ns(&r));
             if !q.closed_roots.contains(&trace) {
@@ -255,20 +243,20 @@ mod tests {
     use crate::sinks::otlp::{extra_attr, new_span_id, new_trace_id};
     use slicetrace_schema::attr;
 
-    fn rec(cycle: u64, seq: u32, kernel: &str, trace: &str) -> ProbeRecord {
+    fn rec(cycle: u64, seq: u32, kernel: &str, trace: &slicetrace_schema::TraceId) -> ProbeRecord {
         ProbeRecord {
             ts_ns: 1_700_000_000_000_000_000 + i64::from(seq) * 1_000_000,
             node: "n1".into(),
             gpu_uuid: "GPU-1".into(),
-            kernel: kernel.into(),
-            backend: "cuda".into(),
+            kernel: kernel.parse().expect("kernel"),
+            backend: slicetrace_schema::Backend::Cuda,
             cycle,
             burst_seq: seq,
             wall_ms: 0.5,
             gpu_ms: Some(0.2),
             queue_ms: Some(0.3),
             sm_clock_mhz: Some(1980),
-            trace_id: Some(trace.into()),
+            trace_id: Some(*trace),
             span_id: Some(new_span_id()),
             ..Default::default()
         }
@@ -297,7 +285,7 @@ mod tests {
         assert_eq!(roots.len(), 1);
         let root = roots[0];
         let trace = root.span_context.trace_id();
-        assert_eq!(trace.to_string(), t0);
+        assert_eq!(trace.to_string(), t0.to_string());
         assert_eq!(root.parent_span_id, SpanId::INVALID);
         let runs: Vec<&SpanData> = q
             .spans
@@ -338,7 +326,7 @@ mod tests {
         let recs: Vec<ProbeRecord> = (0..3)
             .map(|i| ProbeRecord {
                 arrival: Some(true),
-                contention: Some("contended".into()),
+                contention: Some(slicetrace_schema::Contention::Contended),
                 ..rec(
                     i,
                     0,
@@ -359,11 +347,11 @@ mod tests {
             let run = q
                 .spans
                 .iter()
-                .find(|d| d.span_context.span_id().to_string() == *r.span_id.as_ref().expect("id"))
+                .find(|d| d.span_context.span_id().to_bytes() == r.span_id.expect("id").to_bytes())
                 .expect("run span");
             assert_eq!(
-                run.span_context.trace_id().to_string(),
-                *r.trace_id.as_ref().expect("trace")
+                run.span_context.trace_id().to_bytes(),
+                r.trace_id.expect("trace").to_bytes()
             );
             assert_eq!(
                 run.parent_span_id,

@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queue::Shared;
-use crate::internal_events::{Counters, RateLimit};
+use crate::internal_events::{InternalEvent, OtlpExportFailed, OtlpSpansExported};
 
 /// Requests to the export task.
 #[derive(Debug)]
@@ -40,7 +40,6 @@ pub(super) struct ExportTask {
     pub(super) timeout: Duration,
     /// How long a root waits for more runs of its cycle.
     pub(super) linger: Duration,
-    pub(super) error_log: RateLimit,
 }
 
 impl ExportTask {
@@ -73,25 +72,18 @@ impl ExportTask {
             let n = self.shared.in_flight.swap(0, Ordering::SeqCst);
             let err = match res {
                 Ok(Ok(())) => {
-                    Counters::add(&self.shared.counters.otlp_spans_exported, n);
+                    OtlpSpansExported { spans: n }.emit(&self.shared.counters);
                     continue;
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {} ms", limit.as_millis()),
             };
-            Counters::inc(&self.shared.counters.otlp_export_errors);
-            Counters::add(&self.shared.counters.otlp_spans_dropped, n);
-            if let Some(suppressed) = self.error_log.check() {
-                tracing::warn!(
-                    spans = n,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    suppressed_since_last = suppressed,
-                    total_errors = Counters::get(&self.shared.counters.otlp_export_errors),
-                    total_dropped = Counters::get(&self.shared.counters.otlp_spans_dropped),
-                    error = %err,
-                    "otlp export failed; spans dropped"
-                );
+            OtlpExportFailed {
+                spans: n,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                error: &err,
             }
+            .emit(&self.shared.counters);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 let left = {
                     let mut q = self.shared.lock();

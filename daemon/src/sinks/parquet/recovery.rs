@@ -12,7 +12,7 @@ use slicetrace_schema::layout;
 
 use super::layout::{final_path_of_tmp, sync_dir, walk_files};
 use super::{io_err, ParquetError};
-use crate::internal_events::Counters;
+use crate::internal_events::{Counters, InternalEvent, ParquetTmpRecovered, ParquetTmpRemoved};
 
 /// What [`recover`] did with the temporary files it found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,13 +42,11 @@ pub fn recover(data_dir: &Path, counters: &Counters) -> Result<RecoveryReport, P
                 if let Some(dir) = dest.parent() {
                     sync_dir(dir)?;
                 }
-                Counters::inc(&counters.parquet_tmp_recovered);
-                tracing::info!(path = %dest.display(), "recovered leftover parquet temporary file");
+                ParquetTmpRecovered { path: &dest }.emit(counters);
                 report.recovered.push(dest);
             } else {
                 fs::remove_file(&tmp).map_err(io_err("remove", &tmp))?;
-                Counters::inc(&counters.parquet_tmp_removed);
-                tracing::warn!(path = %tmp.display(), "removed unreadable leftover parquet temporary file");
+                ParquetTmpRemoved { path: &tmp }.emit(counters);
                 report.removed.push(tmp);
             }
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use super::layout::{is_visible_part, table_files};
 use super::{io_err, ParquetError};
-use crate::internal_events::Counters;
+use crate::internal_events::{Counters, InternalEvent, ParquetRetentionDeleted};
 
 /// Applies retention to the visible files under `data_dir` (all tables
 /// together): deletes files modified more than `max_age` ago, then the
@@ -56,8 +56,12 @@ pub fn enforce_retention(
         }
         total = total.saturating_sub(*size);
         deleted += 1;
-        Counters::inc(&counters.parquet_retention_deleted);
-        tracing::debug!(path = %path.display(), too_old, too_big, "retention deleted parquet file");
+        ParquetRetentionDeleted {
+            path,
+            too_old,
+            too_big,
+        }
+        .emit(counters);
         // Remove `node=` then `date=` directories when they become empty;
         // `remove_dir` refuses non-empty ones, which is what we want.
         let mut dir = path.parent();

@@ -5,7 +5,7 @@
 //! everything on flush and shutdown, and on every wake-up encode pending rows
 //! every `flush_interval_ms` and rotate files by age, size and date. A file
 //! goes tmp → footer → sync → rename ([`OpenFile::finish`]); one that fails is
-//! removed and its rows counted as lost ([`Ctx::write_failed`]). Recovery and
+//! removed and its rows counted as lost ([`ParquetWriteFailed`]). Recovery and
 //! retention run at start, and retention again after each rotation.
 
 use std::collections::BTreeMap;
@@ -29,7 +29,9 @@ use super::layout::{sync_dir, NewFile};
 use super::recovery::recover;
 use super::retention::enforce_retention;
 use super::{io_err, ParquetConfig, ParquetError};
-use crate::internal_events::{error_chain, Counters, RateLimit};
+use crate::internal_events::{
+    error_chain, Counters, InternalEvent, ParquetFileRotated, ParquetWriteFailed,
+};
 
 /// A kind of row this sink writes: one table.
 trait Row: Send + Sized + 'static {
@@ -70,28 +72,8 @@ impl Row for HealthRecord {
 struct Ctx {
     cfg: ParquetConfig,
     counters: Arc<Counters>,
-    error_log: RateLimit,
     /// A file was closed since the last retention check.
     rotated: bool,
-}
-
-impl Ctx {
-    /// Counts a failed file and logs it (rate-limited).
-    fn write_failed(&mut self, table: &str, rows_lost: u64, err: &ParquetError) {
-        Counters::inc(&self.counters.parquet_write_errors);
-        Counters::add(&self.counters.parquet_rows_dropped, rows_lost);
-        if let Some(suppressed) = self.error_log.check() {
-            tracing::error!(
-                table,
-                rows_lost,
-                suppressed_since_last = suppressed,
-                total_write_errors = Counters::get(&self.counters.parquet_write_errors),
-                total_rows_dropped = Counters::get(&self.counters.parquet_rows_dropped),
-                error = %error_chain(err),
-                "parquet write failed; rows lost, will retry with a new file"
-            );
-        }
-    }
 }
 
 /// One file being written.
@@ -209,15 +191,19 @@ impl<R: Row> Table<R> {
                 tracing::warn!(path = %tmp.display(), error = %e, "failed to remove broken parquet temporary file");
             }
         }
-        ctx.write_failed(R::TABLE, rows, err);
+        ParquetWriteFailed {
+            table: R::TABLE,
+            rows_lost: rows,
+            error: err,
+        }
+        .emit(&ctx.counters);
     }
 
     fn close(ctx: &mut Ctx, f: OpenFile<R>) -> Result<(), ParquetError> {
         let (tmp, rows) = (f.tmp.clone(), f.rows);
         match f.finish() {
             Ok(dest) => {
-                Counters::add(&ctx.counters.parquet_rows_written, rows);
-                Counters::inc(&ctx.counters.parquet_files_rotated);
+                ParquetFileRotated { rows }.emit(&ctx.counters);
                 ctx.rotated = true;
                 tracing::debug!(path = %dest.display(), rows, "closed parquet file");
                 Ok(())
@@ -228,7 +214,12 @@ impl<R: Row> Table<R> {
                         tracing::warn!(path = %tmp.display(), error = %e, "failed to remove broken parquet temporary file");
                     }
                 }
-                ctx.write_failed(R::TABLE, rows, &err);
+                ParquetWriteFailed {
+                    table: R::TABLE,
+                    rows_lost: rows,
+                    error: &err,
+                }
+                .emit(&ctx.counters);
                 Err(err)
             }
         }
@@ -295,7 +286,12 @@ impl<R: Row> Table<R> {
                         self.open.insert(date.clone(), f);
                     }
                     Err(e) => {
-                        ctx.write_failed(R::TABLE, n, &e);
+                        ParquetWriteFailed {
+                            table: R::TABLE,
+                            rows_lost: n,
+                            error: &e,
+                        }
+                        .emit(&ctx.counters);
                         keep(Err(e));
                         continue;
                     }
@@ -391,7 +387,6 @@ impl Writer {
             ctx: Ctx {
                 cfg: config,
                 counters,
-                error_log: RateLimit::per_minute(),
                 rotated: false,
             },
             last_encode: Instant::now(),

@@ -1,0 +1,93 @@
+//! The closed sets a [`crate::ProbeRecord`] names by word: the probe
+//! [`Kernel`] and the [`Backend`] that ran it. They are written as their
+//! lowercase names in Parquet columns, labels and span attributes; the probe
+//! library uses these same enums, so there is one definition of each.
+
+use serde::{Deserialize, Serialize};
+
+/// A probe kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernel {
+    /// Complex-to-complex FFT (cuFFT / rustfft). The default only so that
+    /// records can be built with `..Default::default()`.
+    #[default]
+    Fft,
+    /// Square matrix product (cuBLAS / matrixmultiply).
+    Gemm,
+}
+
+impl Kernel {
+    /// Both kernels, in probe order.
+    pub const ALL: [Kernel; 2] = [Kernel::Fft, Kernel::Gemm];
+
+    /// `fft` or `gemm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kernel::Fft => "fft",
+            Kernel::Gemm => "gemm",
+        }
+    }
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownName(s.to_string()))
+    }
+}
+
+/// The probe backend that ran a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// CUDA on an NVIDIA GPU.
+    Cuda,
+    /// The CPU stand-in (tests, machines without a GPU). The default only so
+    /// that records can be built with `..Default::default()`.
+    #[default]
+    Cpu,
+}
+
+impl Backend {
+    /// Both backends.
+    pub const ALL: [Backend; 2] = [Backend::Cuda, Backend::Cpu];
+
+    /// `cuda` or `cpu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Cuda => "cuda",
+            Backend::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownName(s.to_string()))
+    }
+}
+
+/// A word that names none of the values of a closed set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown name {0:?}")]
+pub struct UnknownName(pub String);
