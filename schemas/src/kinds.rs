@@ -39,10 +39,7 @@ impl std::fmt::Display for Kernel {
 impl std::str::FromStr for Kernel {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kernel::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownName(s.to_string()))
+        parse_name(&Kernel::ALL, Kernel::as_str, s)
     }
 }
 
@@ -80,10 +77,7 @@ impl std::fmt::Display for Backend {
 impl std::str::FromStr for Backend {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Backend::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownName(s.to_string()))
+        parse_name(&Backend::ALL, Backend::as_str, s)
     }
 }
 
@@ -91,3 +85,16 @@ impl std::str::FromStr for Backend {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown name {0:?}")]
 pub struct UnknownName(pub String);
+
+/// The value of `all` whose `name` is `s`: the one parse of every closed set
+/// written by name (kernels, backends, verdicts, contention states).
+pub(crate) fn parse_name<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    s: &str,
+) -> Result<T, UnknownName> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == s)
+        .ok_or_else(|| UnknownName(s.to_string()))
+}

@@ -77,10 +77,7 @@ impl Verdict {
 impl std::str::FromStr for Verdict {
     type Err = crate::UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Verdict::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| crate::UnknownName(s.to_string()))
+        crate::kinds::parse_name(&Verdict::ALL, Verdict::as_str, s)
     }
 }
 
@@ -125,10 +122,7 @@ impl Contention {
 impl std::str::FromStr for Contention {
     type Err = crate::UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Contention::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| crate::UnknownName(s.to_string()))
+        crate::kinds::parse_name(&Contention::ALL, Contention::as_str, s)
     }
 }
 
