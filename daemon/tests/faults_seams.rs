@@ -111,36 +111,7 @@ impl Running {
 
 /// Every probe row in the visible Parquet files under `data`, by time.
 fn read_rows(data: &Path) -> Vec<ProbeRecord> {
-    let mut files = Vec::new();
-    let mut stack = vec![data.join("probes")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                files.push(p);
-            }
-        }
-    }
-    let mut rows = Vec::new();
-    for f in files {
-        let file = std::fs::File::open(&f).expect("open parquet");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("parquet footer")
-            .build()
-            .expect("reader");
-        for b in reader {
-            rows.extend(
-                slicetrace_schema::probes_from_batch(&b.expect("batch")).expect("probe rows"),
-            );
-        }
-    }
-    rows.sort_by_key(|r| r.ts_ns);
-    rows
+    slicetrace_e2e::probe_rows(data)
 }
 
 fn now_ns() -> i64 {

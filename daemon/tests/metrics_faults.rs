@@ -219,7 +219,7 @@ fn shared_gpus_are_healthy_contention_is_its_own_dimension_and_names_stay_privat
     let report = a.shutdown();
     assert!(report.clean_shutdown);
     // Tenants' command names are not written by default: PIDs only.
-    let rows = read_probe_rows(dir.path());
+    let rows = slicetrace_e2e::probe_rows(dir.path());
     assert!(!rows.is_empty());
     for r in &rows {
         let p = r.processes.as_ref().expect("processes known");
@@ -227,31 +227,4 @@ fn shared_gpus_are_healthy_contention_is_its_own_dimension_and_names_stay_privat
         assert!(p.iter().all(|x| x.ends_with("::100")), "{p:?}");
         assert_eq!(r.tenants(), Some(2));
     }
-}
-
-/// Every probe row the agent wrote under `dir`.
-fn read_probe_rows(dir: &std::path::Path) -> Vec<slicetrace_schema::ProbeRecord> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.join("probes")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                let f = std::fs::File::open(&p).unwrap();
-                let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-                for b in r {
-                    out.extend(slicetrace_schema::probes_from_batch(&b.unwrap()).unwrap());
-                }
-            }
-        }
-    }
-    out
 }

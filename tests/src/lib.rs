@@ -284,6 +284,26 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+/// Every probe row in the visible Parquet files of the agent's data
+/// directory `data` (its `probes/` table), by launch time.
+pub fn probe_rows(data: &Path) -> Vec<slicetrace_schema::ProbeRecord> {
+    let mut rows = Vec::new();
+    for f in parquet_files(&data.join("probes")).0 {
+        let file = std::fs::File::open(&f).expect("open parquet");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet footer")
+            .build()
+            .expect("reader");
+        for b in reader {
+            rows.extend(
+                slicetrace_schema::probes_from_batch(&b.expect("batch")).expect("probe rows"),
+            );
+        }
+    }
+    rows.sort_by_key(|r| r.ts_ns);
+    rows
+}
+
 /// Every `*.parquet` file under `dir` (recursively), and separately every
 /// temporary (`*.tmp`) file.
 pub fn parquet_files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {

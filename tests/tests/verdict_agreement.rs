@@ -15,9 +15,7 @@ use parquet::arrow::ArrowWriter;
 use serde_json::Value;
 use slicetrace_agent::health::{Evaluator, HealthConfig, LiveState};
 use slicetrace_e2e::{bin, root, run_with_timeout};
-use slicetrace_schema::{
-    probes_batch, probes_from_batch, Backend, HealthRecord, Kernel, ProbeRecord,
-};
+use slicetrace_schema::{probes_batch, Backend, HealthRecord, Kernel, ProbeRecord};
 
 const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
 
@@ -282,25 +280,7 @@ fn the_h100_tenant_phases_read_healthy_and_contended_in_both() {
         assert_eq!(g["contention"], "contended", "{g}");
     }
     // The same Parquet rows through the live evaluator.
-    let mut rows = Vec::new();
-    let mut stack = vec![data.join("probes")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                let f = std::fs::File::open(&p).unwrap();
-                let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-                for b in r {
-                    rows.extend(probes_from_batch(&b.unwrap()).unwrap());
-                }
-            }
-        }
-    }
+    let rows = slicetrace_e2e::probe_rows(&data);
     let h = live(&rows);
     assert!(!h.is_empty());
     for r in h.iter().filter(|r| r.samples > 0) {
