@@ -150,27 +150,31 @@ pub struct LiveState {
 impl LiveState {
     /// Current verdict of a GPU's kernel, for stamping rows.
     pub fn verdict(&self, gpu_uuid: &str, kernel: &str) -> Option<Verdict> {
-        self.kernels
-            .read()
-            .ok()?
-            .get(&(gpu_uuid.to_string(), kernel.to_string()))
-            .map(|k| k.verdict)
+        self.read_kernel(gpu_uuid, kernel, |k| k.verdict)
     }
     /// Current contention state of a GPU's kernel, for stamping rows.
     pub fn contention(&self, gpu_uuid: &str, kernel: &str) -> Option<Contention> {
-        self.kernels
-            .read()
-            .ok()?
-            .get(&(gpu_uuid.to_string(), kernel.to_string()))
-            .and_then(|k| k.contention)
+        self.read_kernel(gpu_uuid, kernel, |k| k.contention)
+            .flatten()
     }
     /// Quiet-baseline event-clock p99 of a GPU's kernel, ms.
     pub fn event_baseline_p99_ms(&self, gpu_uuid: &str, kernel: &str) -> Option<f64> {
+        self.read_kernel(gpu_uuid, kernel, |k| k.event_baseline_p99_ms)
+            .flatten()
+    }
+    /// Reads what is published for a GPU's kernel under one lock (the probe
+    /// thread stamps each row with several of its fields at once).
+    pub fn read_kernel<T>(
+        &self,
+        gpu_uuid: &str,
+        kernel: &str,
+        f: impl FnOnce(&KernelHealth) -> T,
+    ) -> Option<T> {
         self.kernels
             .read()
             .ok()?
             .get(&(gpu_uuid.to_string(), kernel.to_string()))
-            .and_then(|k| k.event_baseline_p99_ms)
+            .map(f)
     }
     /// Records the start-up self-test outcome of a GPU's kernel. A failure
     /// makes that kernel `unhealthy` (correctness unverified) at the next

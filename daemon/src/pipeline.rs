@@ -233,13 +233,15 @@ impl ProbeLoop {
             r.replicas = occ.replicas;
             r.sharing_strategy = occ.sharing_strategy.clone();
             r.occupancy_stale = occ.stale;
-            r.verdict = self.live.verdict(&st.uuid, r.kernel.as_str());
-            r.contention = self.live.contention(&st.uuid, r.kernel.as_str());
-            r.event_inflated = event_inflated(
-                r.gpu_ms,
-                r.tenants(),
-                self.live.event_baseline_p99_ms(&st.uuid, r.kernel.as_str()),
-            );
+            let (verdict, contention, event_baseline) = self
+                .live
+                .read_kernel(&st.uuid, r.kernel.as_str(), |k| {
+                    (Some(k.verdict), k.contention, k.event_baseline_p99_ms)
+                })
+                .unwrap_or_default();
+            r.verdict = verdict;
+            r.contention = contention;
+            r.event_inflated = event_inflated(r.gpu_ms, r.tenants(), event_baseline);
             r.trace_id = Some(trace_id);
             r.span_id = Some(new_span_id());
             if r.correct == Some(false) {
