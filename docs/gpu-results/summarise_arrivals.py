@@ -3,7 +3,6 @@
 
   summarise_arrivals.py fidelity DIR...   DIR = unpacked arrivals-fidelity-<rate>
   summarise_arrivals.py overhead DIR
-  summarise_arrivals.py correctness DIR
 
 Fidelity: per phase (tenants) and kernel, the agent's arrival runs against the
 independent PyTorch probe: n, wall p50 and p99 with bootstrap 95 % intervals
@@ -83,21 +82,6 @@ def fidelity(dirs):
     return out
 
 
-def overhead(d):
-    import datetime as dt
-    tl = [l.strip() for l in open(os.path.join(d, "..", "timeline.log"))] if os.path.exists(os.path.join(d, "..", "timeline.log")) else []
-    t = pq.read_table(os.path.join(d, "tenant-ov.parquet")).to_pylist()
-    ts = sorted(r["ts"].timestamp() if hasattr(r["ts"], "timestamp") else r["ts"] / 1e9 for r in t)
-    return ts, tl
-
-
-if __name__ == "__main__":
-    cmd = sys.argv[1]
-    if cmd == "fidelity":
-        res = fidelity(sys.argv[2:])
-        json.dump(res, open(sys.argv[2].rstrip("/") + ".json", "w"), indent=1)
-
-
 def overhead_summary(d, timeline):
     """Tenant GEMM runs/s in each window A (agent off) and B (agent on)."""
     import re
@@ -129,6 +113,12 @@ def overhead_summary(d, timeline):
     return out
 
 
-if __name__ == "__main__" and sys.argv[1] == "overhead":
-    res = overhead_summary(sys.argv[2], sys.argv[3])
-    json.dump(res, open(sys.argv[2].rstrip("/") + ".json", "w"), indent=1, default=str)
+if __name__ == "__main__":
+    if sys.argv[1] == "fidelity":
+        res = fidelity(sys.argv[2:])
+        json.dump(res, open(sys.argv[2].rstrip("/") + ".json", "w"), indent=1)
+    elif sys.argv[1] == "overhead":
+        res = overhead_summary(sys.argv[2], sys.argv[3])
+        json.dump(res, open(sys.argv[2].rstrip("/") + ".json", "w"), indent=1, default=str)
+    else:
+        sys.exit(f"unknown step {sys.argv[1]!r} (fidelity or overhead)")
