@@ -132,10 +132,10 @@ pub async fn run(
     };
 
     // ---- sinks, each on its own task behind its own bounded queue ----
-    let rows_per_send = config
-        .arrival_plan(&config.probe_spec("cuda"))
-        .rows_per_send();
-    let queue_msgs = (config.sink_queue_records / rows_per_send).max(4);
+    // The sampling design is the same for every GPU (only the kernel sizes
+    // differ by backend): it sizes the queues and shapes the traces.
+    let plan = config.arrival_plan(&config.probe_spec("cuda"));
+    let queue_msgs = (config.sink_queue_records / plan.rows_per_send()).max(4);
     let mut sink_queues = Vec::new();
     let mut sink_tasks = Vec::new();
     let mut health_sinks: Vec<mpsc::Sender<SinkMsg>> = Vec::new();
@@ -165,10 +165,7 @@ pub async fn run(
             counters.clone(),
         )
         .context("failed to start the otlp sink")?;
-        sink.set_trace_per_run(matches!(
-            config.arrival_plan(&config.probe_spec("cuda")),
-            crate::pipeline::ArrivalPlan::Poisson { .. }
-        ));
+        sink.set_trace_per_run(matches!(plan, crate::pipeline::ArrivalPlan::Poisson { .. }));
         let (tx, rx) = mpsc::channel(queue_msgs);
         health_sinks.push(tx.clone());
         sink_queues.push(SinkQueue {
