@@ -26,6 +26,38 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A file of the repository, by path relative to the workspace root.
+pub fn read_repo_file(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, punctuation other than
+/// `-` and `_` dropped, spaces to `-`.
+pub fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of every heading of a Markdown text (headings inside fenced
+/// code blocks do not count).
+pub fn markdown_anchors(text: &str) -> std::collections::BTreeSet<String> {
+    let mut in_code = false;
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            out.insert(github_anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
 /// The Cargo target directory (`CARGO_TARGET_DIR`, else `target/`).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -20,7 +20,6 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -138,18 +137,6 @@ const READ_BY_THE_OTEL_SDK: [&str; 1] = ["OTEL_RESOURCE_ATTRIBUTES"];
 
 const BLESS_COMMAND: &str =
     "SLICETRACE_BLESS=1 cargo test -p slicetrace-e2e --test config_reference";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo_root().join(rel))
-        .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
-}
 
 // ---------------------------------------------------------------------------
 // A small parser of config structs and enums
@@ -352,7 +339,12 @@ fn parse_all() -> (BTreeMap<String, ConfigStruct>, Enums) {
     let mut structs = BTreeMap::new();
     let mut enums = Enums::new();
     for rel in SOURCES {
-        parse_source(rel, &read(rel), &mut structs, &mut enums);
+        parse_source(
+            rel,
+            &slicetrace_e2e::read_repo_file(rel),
+            &mut structs,
+            &mut enums,
+        );
     }
     (structs, enums)
 }
@@ -471,7 +463,7 @@ fn tables<'a>(
 fn env_vars_in_sources() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for rel in ENV_SOURCES {
-        let text = read(rel);
+        let text = slicetrace_e2e::read_repo_file(rel);
         for (i, _) in text.match_indices('"') {
             let rest = &text[i + 1..];
             let name: String = rest
@@ -585,7 +577,7 @@ fn generate() -> String {
 #[test]
 fn config_reference_matches_the_config_structs() {
     let want = generate();
-    let path = repo_root().join("docs/config-reference.md");
+    let path = slicetrace_e2e::root().join("docs/config-reference.md");
     if std::env::var("SLICETRACE_BLESS").as_deref() == Ok("1") {
         std::fs::write(&path, &want).expect("write docs/config-reference.md");
         eprintln!("wrote {}", path.display());

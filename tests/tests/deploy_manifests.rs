@@ -108,12 +108,7 @@ const CONFIG_VARIANTS: [(&str, &[(&str, &str)]); 3] = [
 // Tools
 // ---------------------------------------------------------------------------
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+use slicetrace_e2e::root as repo_root;
 
 fn deploy_dir() -> PathBuf {
     repo_root().join("deploy")
@@ -1478,40 +1473,13 @@ fn repository_url() -> String {
         .to_string()
 }
 
-/// GitHub's anchor for a Markdown heading: lower case, punctuation other than
-/// `-` and `_` dropped, spaces to `-`.
-fn github_anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
-
-/// The anchors of every heading of a Markdown file.
-fn markdown_anchors(path: &Path) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let mut in_code = false;
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-        } else if !in_code && line.starts_with('#') {
-            out.insert(github_anchor(line.trim_start_matches('#')));
-        }
-    }
-    out
-}
-
 #[test]
 fn prometheus_rule_passes_promtool_check_and_unit_tests_under_every_scrape_setup() {
     let python = tool_or_skip!(python(), "python with PyYAML", "PrometheusRule checks");
     let rule = prometheus_rule(&python);
     let runbook_base = format!("{}/blob/main/docs/operations.md#", repository_url());
-    let anchors = markdown_anchors(&repo_root().join("docs/operations.md"));
+    let anchors =
+        slicetrace_e2e::markdown_anchors(&slicetrace_e2e::read_repo_file("docs/operations.md"));
     let mut alerts = BTreeSet::new();
     for group in rule["spec"]["groups"].as_array().expect("spec.groups") {
         for r in group["rules"].as_array().expect("rules") {

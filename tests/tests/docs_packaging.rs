@@ -3,8 +3,7 @@
 //! is the one the crates declare, and the changelog's schema history reaches
 //! the schema version the code writes.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use slicetrace_e2e::{markdown_anchors, read_repo_file, root};
 
 /// Documents whose links must resolve.
 const DOCS: [&str; 4] = [
@@ -13,43 +12,6 @@ const DOCS: [&str; 4] = [
     "docs/config-reference.md",
     "CHANGELOG.md",
 ];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo_root().join(rel))
-        .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
-}
-
-/// GitHub's anchor for a heading: lower case, punctuation other than `-` and
-/// `_` dropped, spaces to `-`.
-fn github_anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
-
-fn anchors(text: &str) -> BTreeSet<String> {
-    let mut in_code = false;
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-        } else if !in_code && line.starts_with('#') {
-            out.insert(github_anchor(line.trim_start_matches('#')));
-        }
-    }
-    out
-}
 
 /// Targets of inline Markdown links `[text](target)` outside code blocks and
 /// code spans.
@@ -91,10 +53,10 @@ fn links_in_the_operator_docs_resolve() {
     let mut problems = Vec::new();
     let mut checked = 0;
     for doc in DOCS {
-        let text = read(doc);
-        let dir = repo_root().join(doc);
+        let text = read_repo_file(doc);
+        let dir = root().join(doc);
         let dir = dir.parent().expect("doc has a dir");
-        let own = anchors(&text);
+        let own = markdown_anchors(&text);
         let targets = link_targets(&text);
         for t in &targets {
             if t.starts_with("http://") || t.starts_with("https://") {
@@ -120,7 +82,7 @@ fn links_in_the_operator_docs_resolve() {
             }
             if let (Some(a), Some("md")) = (anchor, file.extension().and_then(|e| e.to_str())) {
                 let other = std::fs::read_to_string(&file).expect("linked Markdown file");
-                if !anchors(&other).contains(a) {
+                if !markdown_anchors(&other).contains(a) {
                     problems.push(format!("{doc}: {path}#{a} is not a heading there"));
                 }
             }
@@ -142,12 +104,12 @@ fn links_in_the_operator_docs_resolve() {
 fn link_parser_skips_code_and_finds_anchors() {
     let text = "See [a](x.md#b) and `[c](not-a-link)`.\n```\n[d](e)\n```\n## A Heading: `x`!\n";
     assert_eq!(link_targets(text), ["x.md#b"]);
-    assert!(anchors(text).contains("a-heading-x"));
+    assert!(markdown_anchors(text).contains("a-heading-x"));
 }
 
 #[test]
 fn dashboard_screenshot_is_a_small_png_made_by_the_committed_script() {
-    let png = std::fs::read(repo_root().join("docs/dashboard.png")).expect("docs/dashboard.png");
+    let png = std::fs::read(root().join("docs/dashboard.png")).expect("docs/dashboard.png");
     assert_eq!(
         &png[..8],
         b"\x89PNG\r\n\x1a\n",
@@ -165,12 +127,12 @@ fn dashboard_screenshot_is_a_small_png_made_by_the_committed_script() {
         "docs/dashboard.png is {} KiB; keep the repository small",
         png.len() / 1024
     );
-    let script = read("docs/dashboard/render.py");
+    let script = read_repo_file("docs/dashboard/render.py");
     assert!(
         script.contains("pyarrow") && script.contains("gpu-results"),
         "the render script reads the recorded Parquet rows"
     );
-    let ops = read("docs/operations.md");
+    let ops = read_repo_file("docs/operations.md");
     for needle in [
         "dashboard.png",
         "docs/dashboard/render.py",
@@ -186,7 +148,8 @@ fn dashboard_screenshot_is_a_small_png_made_by_the_committed_script() {
 
 #[test]
 fn licence_and_repository_match_the_workspace_manifest() {
-    let cargo: toml::Table = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml is TOML");
+    let cargo: toml::Table =
+        toml::from_str(&read_repo_file("Cargo.toml")).expect("Cargo.toml is TOML");
     let package = &cargo["workspace"]["package"];
     assert_eq!(package["license"].as_str(), Some("Apache-2.0"));
     let repo = package["repository"].as_str().expect("repository");
@@ -194,7 +157,7 @@ fn licence_and_repository_match_the_workspace_manifest() {
         repo.starts_with("https://github.com/") && !repo.contains("example"),
         "repository must be a real URL: {repo}"
     );
-    let licence = read("LICENSE");
+    let licence = read_repo_file("LICENSE");
     for needle in [
         "Apache License",
         "Version 2.0, January 2004",
@@ -211,7 +174,7 @@ fn licence_and_repository_match_the_workspace_manifest() {
 
 #[test]
 fn changelog_schema_history_reaches_the_current_schema_version() {
-    let changelog = read("CHANGELOG.md");
+    let changelog = read_repo_file("CHANGELOG.md");
     let history = changelog
         .split("## Schema version history")
         .nth(1)
