@@ -1,28 +1,40 @@
-//! Wires the pieces together: backends, telemetry, occupancy, sinks, live
-//! health, `/metrics`, and the root shutdown signal.
+//! Wires the pieces together: backends, telemetry, occupancy, the consumers
+//! of the probe rows, `/metrics`, and the root shutdown signal.
 //!
-//! Shutdown order (Vector's `shutdown_all(deadline)`): stop the probe
-//! threads, close every sink queue so the runners drain what is queued, then
-//! each sink flushes and closes within the deadline (every Parquet file gets
-//! its footer and is renamed into place; OTLP flushes its queue).
+//! [`run`] reads as the list of consumers it starts, each with one bounded
+//! queue and one loop, fed by one fan-out ([`crate::fanout`]):
+//!
+//! 1. the Parquet writer thread (`sinks/parquet/`), if enabled;
+//! 2. the OTLP export task (`sinks/otlp/`), if an endpoint is set;
+//! 3. the health evaluator (`health/task.rs`), whose verdicts go out to
+//!    (1) and (2) through their own fan-out;
+//! 4. the exit summary (`summary.rs`).
+//!
+//! and the order in which it stops them (Vector's `shutdown_all(deadline)`):
+//! the probe threads first, then each consumer in turn, upstream before
+//! downstream, each with a [`crate::fanout::Msg::Shutdown`] queued behind
+//! what it still holds, so it drains, flushes and closes within the one
+//! deadline (every Parquet file gets its footer and is renamed into place;
+//! OTLP sends its queue).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use slicetrace_probe::{ProbeBackend, ProbeError};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::fanout::{health_drops, otlp_drops, parquet_drops, summary_drops, Fanout, Outlet};
 use crate::health::{Evaluator, LiveState};
 use crate::internal_events::Counters;
 use crate::occupancy::OccupancySource;
-use crate::pipeline::{
-    Fanout, HealthInput, ProbeLoop, Reopen, RunSummary, SinkQueue, StopSignal, SummaryRow,
-};
-use crate::sinks::otlp::OtlpSink;
+use crate::pipeline::{ArrivalPlan, ProbeLoop, Reopen, StopSignal, SummaryRow};
+use crate::shutdown::Consumer;
+use crate::sinks::otlp::{OtlpSink, TraceShape};
 use crate::sinks::parquet::ParquetSink;
-use crate::sinks::{run_sink, SinkMsg};
+use crate::sinks::Sink;
+use crate::summary::RunSummary;
 use crate::telemetry::TelemetrySource;
 
 /// A function that re-opens the backend for a device index.
@@ -61,13 +73,6 @@ pub struct RunReport {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Runs the agent until `shutdown` resolves, then shuts down within the
 /// configured deadline. `on_metrics` receives the bound metrics address.
 pub async fn run(
@@ -103,11 +108,6 @@ pub async fn run(
     }
     let telemetry = crate::telemetry::with_process_names(telemetry, config.process_names);
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
-    // A sink starts its own shutdown clock only after the probes stopped and
-    // its queue drained, later than ours: give it a little less, so that a
-    // sink that needs its whole budget (a hung collector) still ends inside
-    // the agent's deadline instead of being reported as late.
-    let sink_deadline = deadline.saturating_sub((deadline / 10).min(Duration::from_millis(500)));
     let (stop_tx, stop_rx) = watch::channel(false);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("failed to create data_dir {}", config.data_dir.display()))?;
@@ -131,89 +131,10 @@ pub async fn run(
         },
     };
 
-    // ---- sinks, each on its own task behind its own bounded queue ----
-    // The sampling design is the same for every GPU (only the kernel sizes
-    // differ by backend): it sizes the queues and shapes the traces.
-    let plan = config.arrival_plan(&config.probe_spec("cuda"));
-    let queue_msgs = (config.sink_queue_records / plan.rows_per_send()).max(4);
-    let mut sink_queues = Vec::new();
-    let mut sink_tasks = Vec::new();
-    let mut health_sinks: Vec<mpsc::Sender<SinkMsg>> = Vec::new();
-    if config.parquet.enabled {
-        let sink = ParquetSink::new(
-            config.parquet.clone(),
-            config.data_dir.clone(),
-            &node,
-            counters.clone(),
-        )
-        .context("failed to start the parquet sink")?;
-        let (tx, rx) = mpsc::channel(queue_msgs);
-        health_sinks.push(tx.clone());
-        sink_queues.push(SinkQueue {
-            name: "parquet",
-            tx,
-            on_drop: crate::fanout::parquet_drops,
-        });
-        sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, sink_deadline)));
-    }
-    if config.otlp.is_enabled() {
-        let k8s_node = (!config.node_name.is_empty()).then_some(node.as_str());
-        let sink = OtlpSink::new(
-            config.otlp.clone(),
-            &crate::config::host_name(),
-            k8s_node,
-            counters.clone(),
-        )
-        .context("failed to start the otlp sink")?;
-        sink.set_trace_per_run(matches!(plan, crate::pipeline::ArrivalPlan::Poisson { .. }));
-        let (tx, rx) = mpsc::channel(queue_msgs);
-        health_sinks.push(tx.clone());
-        sink_queues.push(SinkQueue {
-            name: "otlp",
-            tx,
-            on_drop: crate::fanout::otlp_drops,
-        });
-        sink_tasks.push(tokio::spawn(run_sink(Box::new(sink), rx, sink_deadline)));
-    } else {
-        tracing::info!("no OTLP endpoint configured: spans are not exported");
-    }
-
-    // ---- live health ----
-    let (health_tx, mut health_rx) = mpsc::channel::<HealthInput>(queue_msgs);
-    let mut evaluator = Evaluator::new(
-        config.health.clone(),
-        node.clone(),
-        live.clone(),
-        Some(&config.data_dir),
-    );
-    let eval_every = Duration::from_millis(config.health.evaluate_interval_ms);
-    let health_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(eval_every);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                m = health_rx.recv() => match m {
-                    Some(HealthInput::Rows(rows)) => evaluator.observe(&rows, Instant::now()),
-                    Some(HealthInput::Event(ev)) => evaluator.event(ev, Instant::now()),
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    let rows = evaluator.evaluate(Instant::now(), now_ns());
-                    for tx in &health_sinks {
-                        let _ = tx.try_send(SinkMsg::Health(rows.clone()));
-                    }
-                    evaluator.save_baselines();
-                }
-            }
-        }
-        // A last evaluation, so that a short run (or the tail of a long one)
-        // still leaves its verdicts in the health table and as spans.
-        let rows = evaluator.evaluate(Instant::now(), now_ns());
-        for tx in &health_sinks {
-            let _ = tx.try_send(SinkMsg::Health(rows.clone()));
-        }
-        evaluator.save_baselines();
-    });
+    // ---- the consumers: one bounded queue and one loop each ----
+    let consumers = Consumers::start(&config, &node, &counters, &live)?;
+    let fanout = Arc::new(consumers.probe_fanout(&counters));
+    tracing::info!(consumers = ?fanout.names(), "fan-out ready");
 
     // ---- /metrics ----
     let mut metrics_addr = None;
@@ -234,45 +155,10 @@ pub async fn run(
 
     // ---- node condition ----
     if config.health.node_condition {
-        let o = &config.occupancy;
-        match crate::occupancy::kube_api::client_config(
-            o.kube_api,
-            o.kubeconfig.as_deref(),
-            o.kube_server_url.as_deref(),
-        )
-        .await
-        {
-            Ok(Some(cfg)) => match kube::Client::try_from(cfg) {
-                Ok(client) => {
-                    tokio::spawn(crate::node_condition::run(
-                        client,
-                        node.clone(),
-                        live.clone(),
-                        eval_every,
-                        Duration::from_millis(config.health.node_condition_min_interval_ms),
-                        stop_rx.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "node conditions disabled: cannot build a Kubernetes client")
-                }
-            },
-            Ok(None) => tracing::warn!(
-                "node conditions enabled but no Kubernetes API is configured; disabled"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %crate::internal_events::error_chain(&e), "node conditions disabled")
-            }
-        }
+        start_node_condition(&config, &node, &live, stop_rx.clone()).await;
     }
 
     // ---- probe threads ----
-    let fanout = Arc::new(Fanout {
-        sinks: sink_queues,
-        health: Some(health_tx),
-        counters: counters.clone(),
-        summary: RunSummary::default(),
-    });
     let stop = Arc::new(StopSignal::default());
     let mut threads = Vec::new();
     for backend in backends {
@@ -301,11 +187,12 @@ pub async fn run(
     }
 
     shutdown.await;
-    let t0 = Instant::now();
+    let by = Instant::now() + deadline;
     tracing::info!(
         deadline_ms = deadline.as_millis() as u64,
-        "shutting down: stopping probes, draining sinks"
+        "shutting down: stopping probes, then draining each consumer"
     );
+    // 1. The probe threads and the background watchers.
     stop.stop();
     let _ = stop_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || {
@@ -313,29 +200,200 @@ pub async fn run(
             let _ = t.join();
         }
     });
-    let _ = tokio::time::timeout(deadline, joined).await;
-    let summary = fanout.summary.rows();
-    // Dropping the last fanout reference closes every sink queue; the
-    // runners drain and call shutdown(deadline).
+    let _ = tokio::time::timeout_at(by.into(), joined).await;
+    let summary_dropped = fanout.dropped(crate::summary::NAME).unwrap_or(0);
     drop(fanout);
-    let remaining = deadline.saturating_sub(t0.elapsed());
-    let _ = tokio::time::timeout(remaining, health_task).await;
-    let mut clean = true;
-    for t in sink_tasks {
-        let left = deadline.saturating_sub(t0.elapsed());
-        if tokio::time::timeout(left, t).await.is_err() {
-            clean = false;
-        }
-    }
+    // 2. Each consumer, in order, drains its queue and stops.
+    let (summary, clean) = consumers.stop(by, deadline, summary_dropped).await;
     if let Some(h) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     }
     if !clean {
-        tracing::error!("a sink did not close within the shutdown deadline");
+        tracing::error!("a consumer did not close within the shutdown deadline");
     }
     Ok(RunReport {
         summary,
         clean_shutdown: clean,
         metrics_addr,
     })
+}
+
+/// The consumers of the probe rows, each with one bounded queue and one
+/// loop.
+struct Consumers {
+    /// The Parquet writer thread, if enabled.
+    parquet: Option<ParquetSink>,
+    /// The OTLP export task, if an endpoint is set.
+    otlp: Option<OtlpSink>,
+    /// The health evaluator; its verdicts go to the sinks above.
+    health: Consumer<()>,
+    /// The exit summary.
+    summary: Consumer<RunSummary>,
+}
+
+impl Consumers {
+    /// Starts every consumer, sinks first (the evaluator's own fan-out
+    /// needs their queues).
+    fn start(
+        config: &Config,
+        node: &str,
+        counters: &Arc<Counters>,
+        live: &Arc<LiveState>,
+    ) -> Result<Self> {
+        // The sampling design is the same for every GPU (only the kernel
+        // sizes differ by backend): it sizes the queues and shapes the traces.
+        let plan = config.arrival_plan(&config.probe_spec("cuda"));
+        let queue_msgs = (config.sink_queue_records / plan.rows_per_send()).max(4);
+        let parquet = if config.parquet.enabled {
+            let sink = ParquetSink::new(
+                config.parquet.clone(),
+                config.data_dir.clone(),
+                node,
+                counters.clone(),
+                queue_msgs,
+            )
+            .context("failed to start the parquet sink")?;
+            Some(sink)
+        } else {
+            None
+        };
+        let otlp = if config.otlp.is_enabled() {
+            let shape = match plan {
+                ArrivalPlan::Poisson { .. } => TraceShape::PerRun,
+                ArrivalPlan::Burst { .. } => TraceShape::PerCycle,
+            };
+            let k8s_node = (!config.node_name.is_empty()).then_some(node);
+            let sink = OtlpSink::new(
+                config.otlp.clone(),
+                &crate::config::host_name(),
+                k8s_node,
+                counters.clone(),
+                queue_msgs,
+                shape,
+            )
+            .context("failed to start the otlp sink")?;
+            Some(sink)
+        } else {
+            tracing::info!("no OTLP endpoint configured: spans are not exported");
+            None
+        };
+        let verdicts = sink_fanout(parquet.as_ref(), otlp.as_ref(), counters);
+        let evaluator = Evaluator::new(
+            config.health.clone(),
+            node.to_string(),
+            live.clone(),
+            Some(&config.data_dir),
+        );
+        let every = Duration::from_millis(config.health.evaluate_interval_ms);
+        let health = crate::health::spawn(evaluator, queue_msgs, verdicts, every);
+        let summary = crate::summary::spawn(queue_msgs);
+        Ok(Self {
+            parquet,
+            otlp,
+            health,
+            summary,
+        })
+    }
+
+    /// The probe rows' fan-out: every consumer's queue.
+    fn probe_fanout(&self, counters: &Arc<Counters>) -> Fanout {
+        let (h, s) = (&self.health, &self.summary);
+        sink_fanout(self.parquet.as_ref(), self.otlp.as_ref(), counters)
+            .with(Outlet::new(h.name(), h.input().clone(), health_drops).with_events())
+            .with(Outlet::new(s.name(), s.input().clone(), summary_drops))
+    }
+
+    /// Stops every consumer in order, upstream first, within `by` (the end
+    /// of the shutdown budget `deadline`): the summary, the evaluator (its
+    /// last verdicts still reach the sinks), then the Parquet writer and the
+    /// OTLP exporter. Returns the exit table and whether every consumer
+    /// closed in time (a sink's own errors, such as a full disk, are counted
+    /// and logged, and do not make the shutdown unclean).
+    async fn stop(
+        self,
+        by: Instant,
+        deadline: Duration,
+        summary_dropped: u64,
+    ) -> (Vec<SummaryRow>, bool) {
+        // A task consumer answers a little before the deadline, so that the
+        // sinks after it (a hung collector may need its whole budget) still
+        // get their turn inside it.
+        let margin = (deadline / 10).min(Duration::from_millis(500));
+        let answer_by = by.checked_sub(margin).unwrap_or(by);
+        let summary = self.summary.stop(answer_by).await;
+        let mut clean = summary.is_some();
+        if summary_dropped > 0 {
+            tracing::warn!(
+                runs = summary_dropped,
+                "exit summary queue was full: these runs are missing from the tail table"
+            );
+        }
+        clean &= self.health.stop(answer_by).await.is_some();
+        let sinks: [Option<Box<dyn Sink>>; 2] = [
+            self.parquet.map(|s| Box::new(s) as Box<dyn Sink>),
+            self.otlp.map(|s| Box::new(s) as Box<dyn Sink>),
+        ];
+        for mut s in sinks.into_iter().flatten() {
+            let left = by.saturating_duration_since(Instant::now());
+            clean &= !s.shutdown(left).await.is_err_and(|e| e.is_late());
+        }
+        let rows = summary.map(|s| s.rows()).unwrap_or_default();
+        (rows, clean)
+    }
+}
+
+/// A fan-out to the sinks' queues: the evaluator's verdicts take it, and
+/// the probe rows' fan-out starts from it.
+fn sink_fanout(
+    parquet: Option<&ParquetSink>,
+    otlp: Option<&OtlpSink>,
+    counters: &Arc<Counters>,
+) -> Fanout {
+    let mut f = Fanout::new(counters.clone());
+    if let Some(s) = parquet {
+        f = f.with(Outlet::new(s.name(), s.input().clone(), parquet_drops));
+    }
+    if let Some(s) = otlp {
+        f = f.with(Outlet::new(s.name(), s.input().clone(), otlp_drops));
+    }
+    f
+}
+
+/// Starts the node-condition task, if a Kubernetes client can be built.
+async fn start_node_condition(
+    config: &Config,
+    node: &str,
+    live: &Arc<LiveState>,
+    stop: watch::Receiver<bool>,
+) {
+    let o = &config.occupancy;
+    match crate::occupancy::kube_api::client_config(
+        o.kube_api,
+        o.kubeconfig.as_deref(),
+        o.kube_server_url.as_deref(),
+    )
+    .await
+    {
+        Ok(Some(cfg)) => match kube::Client::try_from(cfg) {
+            Ok(client) => {
+                tokio::spawn(crate::node_condition::run(
+                    client,
+                    node.to_string(),
+                    live.clone(),
+                    Duration::from_millis(config.health.evaluate_interval_ms),
+                    Duration::from_millis(config.health.node_condition_min_interval_ms),
+                    stop,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "node conditions disabled: cannot build a Kubernetes client")
+            }
+        },
+        Ok(None) => {
+            tracing::warn!("node conditions enabled but no Kubernetes API is configured; disabled")
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::internal_events::error_chain(&e), "node conditions disabled")
+        }
+    }
 }

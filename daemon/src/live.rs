@@ -10,11 +10,15 @@
 //! `/metrics`, `/readyz` ([`crate::metrics`]) and the node condition
 //! ([`crate::node_condition`]) render it at scrape or patch time. Every field
 //! sits behind its own lock, held only to copy in or out.
+//!
+//! Callers name a GPU's kernel by [`Kernel`]; the per-kernel maps are keyed
+//! by the kernel's name ([`Kernel::as_str`]), the label form that `/metrics`
+//! and the node condition render.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use slicetrace_schema::{BaselineSource, Contention, Reason, Verdict};
+use slicetrace_schema::{BaselineSource, Contention, Kernel, Reason, Verdict};
 
 /// Latest quantiles of one clock, ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -126,7 +130,7 @@ impl GpuEntry {
 /// State shared between the evaluator, the probe threads and `/metrics`.
 #[derive(Debug, Default)]
 pub struct LiveState {
-    /// `(gpu_uuid, kernel)` → health.
+    /// `(gpu_uuid, kernel name)` → health ([`LiveState::publish`] writes it).
     pub kernels: RwLock<BTreeMap<(String, String), KernelHealth>>,
     /// gpu_uuid → latest pod count (None = unknown).
     pub pod_count: RwLock<BTreeMap<String, Option<u32>>>,
@@ -136,7 +140,7 @@ pub struct LiveState {
     /// `/metrics` can report their health at scrape time; unset when the
     /// occupancy was injected.
     pub occupancy: std::sync::OnceLock<Arc<crate::occupancy::CombinedOccupancy>>,
-    /// `(gpu_uuid, kernel)` → start-up self-test outcome (`true` = the planted
+    /// `(gpu_uuid, kernel name)` → start-up self-test outcome (`true` = the planted
     /// corruption was caught and a clean run passed).
     pub self_tests: RwLock<BTreeMap<(String, String), bool>>,
     /// gpu_uuid → the GPU as opened (registered before probing starts).
@@ -149,16 +153,16 @@ pub struct LiveState {
 
 impl LiveState {
     /// Current verdict of a GPU's kernel, for stamping rows.
-    pub fn verdict(&self, gpu_uuid: &str, kernel: &str) -> Option<Verdict> {
+    pub fn verdict(&self, gpu_uuid: &str, kernel: Kernel) -> Option<Verdict> {
         self.read_kernel(gpu_uuid, kernel, |k| k.verdict)
     }
     /// Current contention state of a GPU's kernel, for stamping rows.
-    pub fn contention(&self, gpu_uuid: &str, kernel: &str) -> Option<Contention> {
+    pub fn contention(&self, gpu_uuid: &str, kernel: Kernel) -> Option<Contention> {
         self.read_kernel(gpu_uuid, kernel, |k| k.contention)
             .flatten()
     }
     /// Quiet-baseline event-clock p99 of a GPU's kernel, ms.
-    pub fn event_baseline_p99_ms(&self, gpu_uuid: &str, kernel: &str) -> Option<f64> {
+    pub fn event_baseline_p99_ms(&self, gpu_uuid: &str, kernel: Kernel) -> Option<f64> {
         self.read_kernel(gpu_uuid, kernel, |k| k.event_baseline_p99_ms)
             .flatten()
     }
@@ -167,22 +171,71 @@ impl LiveState {
     pub fn read_kernel<T>(
         &self,
         gpu_uuid: &str,
-        kernel: &str,
+        kernel: Kernel,
         f: impl FnOnce(&KernelHealth) -> T,
     ) -> Option<T> {
         self.kernels
             .read()
             .ok()?
-            .get(&(gpu_uuid.to_string(), kernel.to_string()))
+            .get(&(gpu_uuid.to_string(), kernel.as_str().to_string()))
             .map(f)
     }
-    /// Records the start-up self-test outcome of a GPU's kernel. A failure
-    /// makes that kernel `unhealthy` (correctness unverified) at the next
-    /// evaluation and fails `/readyz` at once.
+    /// Replaces what is published per GPU and kernel with one evaluation's
+    /// verdicts, logging every verdict and contention state that changed.
+    pub fn publish(&self, published: BTreeMap<(String, Kernel), KernelHealth>) {
+        let Ok(mut k) = self.kernels.write() else {
+            return;
+        };
+        let mut next = BTreeMap::new();
+        for ((uuid, kernel), h) in published {
+            let key = (uuid, kernel.as_str().to_string());
+            let before = k.get(&key);
+            if before.map(|p| p.verdict) != Some(h.verdict) {
+                tracing::info!(
+                    gpu = %key.0,
+                    kernel = kernel.as_str(),
+                    from = before.map_or("none", |p| p.verdict.as_str()),
+                    to = h.verdict.as_str(),
+                    reason_code = h.health_reason.as_str(),
+                    reason = %h.reason,
+                    "health verdict changed"
+                );
+            }
+            if before.and_then(|p| p.contention) != h.contention {
+                tracing::info!(
+                    gpu = %key.0,
+                    kernel = kernel.as_str(),
+                    from = before.and_then(|p| p.contention).map_or("none", Contention::as_str),
+                    to = h.contention.map_or("none", Contention::as_str),
+                    reason_code = h.contention_reason.as_str(),
+                    reason = %h.contention_detail,
+                    "contention changed"
+                );
+            }
+            next.insert(key, h);
+        }
+        *k = next;
+    }
+    /// Records the start-up self-test outcome of a GPU's kernel (by name,
+    /// [`Kernel::as_str`]). A failure makes that kernel `unhealthy`
+    /// (correctness unverified) at the next evaluation and fails `/readyz`
+    /// at once.
     pub fn record_self_test(&self, gpu_uuid: &str, kernel: &str, passed: bool) {
         if let Ok(mut m) = self.self_tests.write() {
             m.insert((gpu_uuid.to_string(), kernel.to_string()), passed);
         }
+    }
+    /// The self-test outcomes of the kernels this build probes, by kernel.
+    pub fn self_tests_by_kernel(&self) -> BTreeMap<(String, Kernel), bool> {
+        let Ok(m) = self.self_tests.read() else {
+            return BTreeMap::new();
+        };
+        m.iter()
+            .filter_map(|((uuid, name), passed)| {
+                let kernel = name.parse::<Kernel>().ok()?;
+                Some(((uuid.clone(), kernel), *passed))
+            })
+            .collect()
     }
     /// Registers a GPU whose backend opened (or, with `down`, failed to).
     pub fn register_gpu(&self, uuid: &str, entry: GpuEntry) {

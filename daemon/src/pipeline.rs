@@ -5,8 +5,9 @@
 //! gap → NVML sample (the SM clock just before the run) → one run of one
 //! kernel (FFT and GEMM alternate) → NVML clock sample → occupancy snapshot
 //! (cache read) → one row joined with all of it, stamped with its own trace
-//! id and span id → one `try_send` per consumer. A full queue drops that
-//! consumer's copy and counts it; nothing here waits on a sink.
+//! id and span id → the fan-out ([`crate::fanout`]), which shares the rows
+//! with every consumer's queue with one `try_send` each. A full queue drops
+//! that consumer's copy and counts it; nothing here waits on a consumer.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,15 +17,15 @@ use rand::Rng;
 use slicetrace_probe::{record_for, Fault, Kernel, ProbeBackend, ProbeError};
 use slicetrace_schema::ProbeRecord;
 
-pub use crate::fanout::{Fanout, HealthInput, SinkQueue};
+pub use crate::fanout::Fanout;
 use crate::health::{HealthEvent, LiveState};
+use crate::ids::{new_span_id, new_trace_id};
 use crate::internal_events::{
     CorrectnessCheckFailed, Counters, InternalEvent, ProbeCycleCompleted, ProbeRunFailed,
     ProbeRunsCompleted, TelemetrySampleFailed,
 };
 use crate::occupancy::OccupancySource;
 pub use crate::shutdown::StopSignal;
-use crate::sinks::otlp::{new_span_id, new_trace_id};
 pub use crate::summary::{RunSummary, SummaryRow};
 use crate::telemetry::{BurstTelemetry, DeviceSample, TelemetrySource};
 
@@ -86,7 +87,7 @@ pub struct ProbeLoop {
     pub telemetry: Arc<dyn TelemetrySource>,
     /// Occupancy cache.
     pub occupancy: Arc<dyn OccupancySource>,
-    /// Where rows go.
+    /// Where rows go: every consumer's queue.
     pub fanout: Arc<Fanout>,
     /// Live verdicts (read to stamp rows).
     pub live: Arc<LiveState>,
@@ -235,7 +236,7 @@ impl ProbeLoop {
             r.occupancy_stale = occ.stale;
             let (verdict, contention, event_baseline) = self
                 .live
-                .read_kernel(&st.uuid, r.kernel.as_str(), |k| {
+                .read_kernel(&st.uuid, r.kernel, |k| {
                     (Some(k.verdict), k.contention, k.event_baseline_p99_ms)
                 })
                 .unwrap_or_default();
@@ -253,9 +254,7 @@ impl ProbeLoop {
             runs: rows.len() as u64,
         }
         .emit(&self.counters);
-        if !rows.is_empty() {
-            self.fanout.send(rows);
-        }
+        self.fanout.send_probes(rows);
     }
 
     /// Bookkeeping after an arrival or cycle: readiness, recovery, errors,
@@ -465,186 +464,4 @@ pub fn event_inflated(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::sync::mpsc;
-
-    /// The gaps of the arrival process are exponential with the configured
-    /// mean: a one-sample Kolmogorov–Smirnov test against Exp(rate) at
-    /// α = 1e-6 (critical value 2.7/√n), on 20 000 gaps from the sampler
-    /// the loop uses.
-    #[test]
-    fn arrival_gaps_are_exponential_ks_test() {
-        let rate = 5.0;
-        let mut rng = rand::rng();
-        let n = 20_000;
-        let mut gaps: Vec<f64> = (0..n)
-            .map(|_| exponential_gap(rate, &mut rng).as_secs_f64())
-            .collect();
-        gaps.sort_by(f64::total_cmp);
-        let d = gaps
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let f = 1.0 - (-rate * x).exp();
-                let lo = i as f64 / n as f64;
-                let hi = (i + 1) as f64 / n as f64;
-                (f - lo).abs().max((hi - f).abs())
-            })
-            .fold(0.0f64, f64::max);
-        // alpha = 1e-6 (c = sqrt(-ln(alpha / 2) / 2) = 2.69): a false failure
-        // once in a million runs, while jittered periods still fail by far.
-        let crit = 2.7 / (n as f64).sqrt();
-        assert!(
-            d < crit,
-            "KS statistic {d} >= {crit}: gaps are not Exp({rate})"
-        );
-        let mean = gaps.iter().sum::<f64>() / n as f64;
-        assert!((mean - 0.2).abs() < 0.01, "mean gap {mean}");
-        // A uniform ±20 % jitter around the mean (the old design) fails it.
-        let mut uni: Vec<f64> = (0..n).map(|_| 0.2 * rng.random_range(0.8..=1.2)).collect();
-        uni.sort_by(f64::total_cmp);
-        let d_uni = uni
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| ((1.0 - (-rate * x).exp()) - i as f64 / n as f64).abs())
-            .fold(0.0f64, f64::max);
-        assert!(
-            d_uni > crit,
-            "the KS test cannot tell jittered periods from Poisson"
-        );
-    }
-
-    /// Runs a CPU probe loop with `plan` for `secs` and returns its rows.
-    fn rows_of(plan: ArrivalPlan, secs: f64) -> (Vec<ProbeRecord>, Vec<SummaryRow>) {
-        let spec = slicetrace_probe::ProbeSpec {
-            fft: slicetrace_probe::FftSpec {
-                dims: slicetrace_probe::FftDims::D1 { n: 256, batch: 1 },
-            },
-            gemm: slicetrace_probe::GemmSpec {
-                n: 32,
-                precision: slicetrace_probe::Precision::Fp32,
-            },
-            burst_runs: 3,
-            ..slicetrace_probe::ProbeSpec::preset(slicetrace_probe::Preset::Light)
-        };
-        let backend = slicetrace_probe::cpu::CpuBackend::new(0, &spec).expect("cpu backend");
-        let (tx, mut rx) = mpsc::channel::<HealthInput>(100_000);
-        let counters = Arc::new(Counters::default());
-        let fanout = Arc::new(Fanout {
-            sinks: Vec::new(),
-            health: Some(tx),
-            counters: counters.clone(),
-            summary: RunSummary::default(),
-        });
-        let stop = Arc::new(StopSignal::default());
-        let lp = ProbeLoop {
-            backend: Box::new(backend),
-            reopen: None,
-            telemetry: Arc::new(crate::telemetry::NoTelemetry),
-            occupancy: Arc::new(crate::occupancy::NoOccupancy),
-            fanout: fanout.clone(),
-            live: Arc::new(LiveState::default()),
-            counters,
-            node: "n1".into(),
-            arrivals: plan,
-            self_test: true,
-            stop: stop.clone(),
-        };
-        let h = std::thread::spawn(move || lp.run());
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.stop();
-        h.join().expect("probe thread");
-        let mut rows = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            if let HealthInput::Rows(r) = m {
-                rows.extend(r);
-            }
-        }
-        (rows, fanout.summary.rows())
-    }
-
-    /// Poisson mode: one run per arrival, every row an arrival with its
-    /// planned gap, its own trace, FFT and GEMM alternating (equal shares,
-    /// never the same kernel twice in a row), gaps exponential.
-    #[test]
-    fn poisson_arrivals_mark_every_run_and_alternate_kernels() {
-        let rate = 200.0;
-        let (rows, summary) = rows_of(ArrivalPlan::Poisson { rate_hz: rate }, 2.0);
-        assert!(
-            rows.len() >= 150,
-            "only {} arrivals in 2 s at {rate} Hz",
-            rows.len()
-        );
-        assert!(rows
-            .iter()
-            .all(|r| r.arrival == Some(true) && r.burst_seq == 0));
-        let fft = rows.iter().filter(|r| r.kernel == Kernel::Fft).count();
-        assert!(
-            fft.abs_diff(rows.len() - fft) <= 1,
-            "fft {fft} of {}",
-            rows.len()
-        );
-        assert!(rows.windows(2).all(|w| w[0].kernel != w[1].kernel));
-        let traces: std::collections::HashSet<_> = rows.iter().map(|r| r.trace_id).collect();
-        assert_eq!(traces.len(), rows.len(), "one trace per arrival");
-        // KS on the recorded gaps against Exp(rate) at alpha = 1e-6.
-        let mut gaps: Vec<f64> = rows
-            .iter()
-            .map(|r| r.arrival_gap_ms.expect("gap") / 1e3)
-            .collect();
-        gaps.sort_by(f64::total_cmp);
-        let n = gaps.len() as f64;
-        let d = gaps
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let f = 1.0 - (-rate * x).exp();
-                (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
-            })
-            .fold(0.0f64, f64::max);
-        assert!(
-            d < 2.7 / n.sqrt(),
-            "KS D = {d} over {n} gaps (alpha = 1e-6)"
-        );
-        let total: u64 = summary.iter().map(|s| s.runs).sum();
-        assert_eq!(total as usize, rows.len());
-        assert!(summary.iter().all(|s| s.runs == s.all_runs));
-    }
-
-    /// Burst mode: only the first run of a cycle is an arrival; the others
-    /// are marked, carry no gap, and stay out of the exit table's quantiles.
-    #[test]
-    fn burst_runs_after_the_first_are_marked_not_arrivals() {
-        let plan = ArrivalPlan::Burst {
-            interval: Duration::from_millis(20),
-            jitter_pct: 0,
-            burst_runs: 3,
-        };
-        let (rows, summary) = rows_of(plan, 1.0);
-        assert!(rows.len() >= 6 * 10, "{} rows", rows.len());
-        for r in &rows {
-            let first = r.kernel == Kernel::Fft && r.burst_seq == 0;
-            assert_eq!(r.arrival, Some(first), "{r:?}");
-            assert_eq!(r.arrival_gap_ms.is_some(), first);
-            assert_eq!(r.is_arrival(), first);
-        }
-        let cycles = rows.iter().filter(|r| r.arrival == Some(true)).count() as u64;
-        let counted: u64 = summary.iter().map(|s| s.runs).sum();
-        let all: u64 = summary.iter().map(|s| s.all_runs).sum();
-        assert_eq!(counted, cycles);
-        assert_eq!(all as usize, rows.len());
-        // The GEMM burst has no arrival at all (its first run follows the
-        // last FFT run).
-        assert!(summary.iter().any(|s| s.kernel == "gemm" && s.runs == 0));
-    }
-
-    #[test]
-    fn event_inflation_needs_a_baseline_and_tenants() {
-        assert_eq!(event_inflated(Some(9.0), Some(3), None), None);
-        assert_eq!(event_inflated(None, Some(3), Some(1.0)), None);
-        assert_eq!(event_inflated(Some(9.0), Some(0), Some(1.0)), Some(false));
-        assert_eq!(event_inflated(Some(9.0), Some(3), Some(1.0)), Some(true));
-        assert_eq!(event_inflated(Some(1.2), Some(3), Some(1.0)), Some(false));
-    }
-}
+mod tests;

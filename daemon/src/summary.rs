@@ -1,23 +1,55 @@
-//! The exit tail table: one of the consumers of the fan-out. It keeps
-//! whole-run HDR histograms per GPU, kernel and tenant count, of arrival runs
-//! only, and `main` prints them when the agent stops.
+//! The exit tail table: one of the consumers of the fan-out, with its own
+//! bounded queue and its own loop ([`spawn`]). The loop owns whole-run HDR
+//! histograms per GPU, kernel and tenant count, of arrival runs only, and
+//! hands them back when it stops; `main` prints them.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
-use slicetrace_schema::ProbeRecord;
+use slicetrace_schema::{Kernel, ProbeRecord};
+use tokio::sync::mpsc;
+
+use crate::fanout::{task_queue, Msg};
+use crate::shutdown::Consumer;
+
+/// The name of the exit summary's outlet.
+pub const NAME: &str = "summary";
+
+/// Starts the exit summary behind a queue of `queue_msgs` messages; its
+/// loop returns the [`RunSummary`] when stopped.
+pub fn spawn(queue_msgs: usize) -> Consumer<RunSummary> {
+    let (input, rx) = task_queue(queue_msgs);
+    Consumer::new(NAME, input, tokio::spawn(run(rx)))
+}
+
+async fn run(mut input: mpsc::Receiver<Msg>) -> RunSummary {
+    let mut s = RunSummary::default();
+    while let Some(m) = input.recv().await {
+        match m {
+            Msg::Probes(rows) => rows.iter().for_each(|r| s.record(r)),
+            Msg::Health(_) | Msg::Event(_) => {}
+            Msg::Flush(ack) => {
+                let _ = ack.send(Ok(()));
+            }
+            Msg::Shutdown { ack, .. } => {
+                let _ = ack.send(Ok(()));
+                break;
+            }
+        }
+    }
+    s
+}
 
 /// Per-(GPU, kernel, tenant count) histograms of the whole run, for the exit
 /// tail table: a run that spans quiet and contended periods shows each
 /// occupancy level on its own line. Only arrival runs enter the quantiles.
 #[derive(Debug, Default)]
 pub struct RunSummary {
-    inner: Mutex<BTreeMap<SummaryKey, Acc>>,
+    accs: BTreeMap<SummaryKey, Acc>,
 }
 
 /// (GPU index, GPU UUID, kernel, tenant count).
-type SummaryKey = (u32, String, String, Option<u32>);
+type SummaryKey = (u32, String, Kernel, Option<u32>);
 
 #[derive(Debug)]
 struct Acc {
@@ -35,7 +67,7 @@ pub struct SummaryRow {
     pub gpu_index: u32,
     /// GPU UUID.
     pub gpu_uuid: String,
-    /// Kernel.
+    /// Kernel name ([`Kernel::as_str`]), as the table prints it.
     pub kernel: String,
     /// Other compute processes on the GPU (NVML), `None` when unknown.
     pub tenants: Option<u32>,
@@ -58,15 +90,11 @@ fn summary_hist() -> Histogram<u32> {
 }
 
 impl RunSummary {
-    pub(crate) fn record(&self, r: &ProbeRecord) {
-        let Ok(mut m) = self.inner.lock() else { return };
-        let acc = m
-            .entry((
-                r.gpu_index,
-                r.gpu_uuid.clone(),
-                r.kernel.as_str().to_string(),
-                r.tenants(),
-            ))
+    /// Adds one run.
+    pub fn record(&mut self, r: &ProbeRecord) {
+        let acc = self
+            .accs
+            .entry((r.gpu_index, r.gpu_uuid.clone(), r.kernel, r.tenants()))
             .or_insert_with(|| Acc {
                 h: [summary_hist(), summary_hist(), summary_hist()],
                 gpu_ms_sum: 0.0,
@@ -94,10 +122,8 @@ impl RunSummary {
 
     /// The table rows, ordered by GPU and kernel.
     pub fn rows(&self) -> Vec<SummaryRow> {
-        let Ok(m) = self.inner.lock() else {
-            return Vec::new();
-        };
-        m.iter()
+        self.accs
+            .iter()
             .map(|((idx, uuid, kernel, tenants), acc)| {
                 let h = &acc.h;
                 let q = |h: &Histogram<u32>| {
@@ -109,7 +135,7 @@ impl RunSummary {
                 SummaryRow {
                     gpu_index: *idx,
                     gpu_uuid: uuid.clone(),
-                    kernel: kernel.clone(),
+                    kernel: kernel.as_str().to_string(),
                     tenants: *tenants,
                     runs: h[1].len(),
                     all_runs: acc.all_runs,

@@ -62,7 +62,7 @@ fn read_probes(data_dir: &Path) -> Vec<ProbeRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_rows_show_the_pods_of_each_gpu_from_both_test_servers() {
-    let Some(py) = python("agent_rows_show_the_pods_of_each_gpu_from_both_test_servers") else {
+    let Some(py) = python("this test") else {
         return;
     };
     let api = FakeApi::start(&py);

@@ -28,8 +28,8 @@ fn start(dir: &std::path::Path, port: u16, backend: &str, json: bool) -> Agent {
     std::fs::write(
         &cfg,
         format!(
-            "backend = \"{backend}\"\nnode_name = \"n1\"\nself_test = false\ndata_dir = {:?}\n\
-             [probe]\narrivals = \"poisson\"\nrate_hz = 20.0\nfft_n = 1024\nfft_batch = 1\ngemm_n = 64\n\
+            "backend = \"{backend}\"\nnode_name = \"n1\"\ndata_dir = {:?}\n\
+             [probe]\nself_test = false\narrivals = \"poisson\"\nrate_hz = 20.0\nfft_n = 1024\nfft_batch = 1\ngemm_n = 64\n\
              [metrics]\nlisten = \"127.0.0.1:{port}\"\n\
              [health]\nwindow_ms = 2000\nevaluate_interval_ms = 100\nmin_samples = 5\n\
              [occupancy]\nkube_api = \"off\"\npod_resources_socket = {:?}\n",

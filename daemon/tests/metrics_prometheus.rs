@@ -19,7 +19,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(binary: &str, target: std::net::SocketAddr) -> Self {
+    fn start(binary: &std::path::Path, target: std::net::SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
@@ -85,8 +85,7 @@ impl Drop for Prometheus {
 
 #[test]
 fn prometheus_scrapes_the_agent_and_answers_a_gauge_query() {
-    let test = "prometheus_scrapes_the_agent_and_answers_a_gauge_query";
-    let Some(binary) = require_tool("prometheus", &["--version"], test) else {
+    let Some(binary) = slicetrace_e2e::runnable("prometheus", &["--version"]) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -277,8 +277,7 @@ fn metrics_expose_every_family_and_readyz_waits_for_the_first_cycle() {
 
 #[test]
 fn promtool_check_metrics_accepts_the_exposition() {
-    let test = "promtool_check_metrics_accepts_the_exposition";
-    let Some(promtool) = require_tool("promtool", &["--version"], test) else {
+    let Some(promtool) = slicetrace_e2e::runnable("promtool", &["--version"]) else {
         return;
     };
     let (agent, m, _dir) = agent_with_metrics();

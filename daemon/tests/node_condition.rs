@@ -84,7 +84,7 @@ fn condition(patch: &serde_json::Value) -> serde_json::Value {
 
 #[test]
 fn node_condition_is_patched_on_change_only_and_rate_limited() {
-    let Some(py) = python("node_condition_is_patched_on_change_only_and_rate_limited") else {
+    let Some(py) = python("this test") else {
         return;
     };
     let api = FakeApi::start(&py);

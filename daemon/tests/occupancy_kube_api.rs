@@ -24,6 +24,18 @@ const ON_N1: [&str; 7] = [
     "research/notebook-c",
 ];
 
+/// The pod `ml/late-g` (container `cid(101)`), added after the first list,
+/// on `node`.
+fn add_late_g(api: &FakeApi, node: &str) {
+    api.add_pod(
+        "ml",
+        "late-g",
+        "aaaaaaaa-0000-4000-8000-000000000002",
+        node,
+        &cid(101),
+    );
+}
+
 fn kubectl_json(kubectl: &str, api: &FakeApi, args: &[&str]) -> serde_json::Value {
     let out = Command::new(kubectl)
         .env("KUBECONFIG", "/dev/null")
@@ -41,8 +53,7 @@ fn kubectl_json(kubectl: &str, api: &FakeApi, args: &[&str]) -> serde_json::Valu
 
 #[test]
 fn fake_api_server_speaks_the_real_protocol_to_kubectl() {
-    let test = "fake_api_server_speaks_the_real_protocol_to_kubectl";
-    let (Some(py), Some(kubectl)) = (python(test), kubectl(test)) else {
+    let (Some(py), Some(kubectl)) = (python("this test"), kubectl("this test")) else {
         return;
     };
     let api = FakeApi::start(&py);
@@ -187,13 +198,7 @@ fn fake_api_server_speaks_the_real_protocol_to_kubectl() {
         "n2",
         &cid(100),
     );
-    api.add_pod(
-        "ml",
-        "late-g",
-        "aaaaaaaa-0000-4000-8000-000000000002",
-        "n1",
-        &cid(101),
-    );
+    add_late_g(&api, "n1");
     recv_until("pod/late-g", &mut seen);
     let _ = child.kill();
     let _ = child.wait();
@@ -232,8 +237,8 @@ fn start_agent(api: &FakeApi, stale_after: Duration) -> Agent {
 
 /// The fake API and a watcher on it that has listed once; `None` (the test
 /// is skipped) without Python.
-async fn listed(test: &str, stale_after: Duration) -> Option<(FakeApi, Agent)> {
-    let api = FakeApi::start(&python(test)?);
+async fn listed(stale_after: Duration) -> Option<(FakeApi, Agent)> {
+    let api = FakeApi::start(&python("this test (the fake API server)")?);
     let agent = start_agent(&api, stale_after);
     wait_until("initial list", || agent.cache.pods().is_some()).await;
     Some((api, agent))
@@ -250,13 +255,11 @@ fn has(cache: &KubeCache, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
-    let test = "watcher_follows_pods_on_this_node_and_reads_node_labels";
-    let Some((api, agent)) = listed(test, Duration::from_secs(60)).await else {
+    let Some((api, agent)) = listed(Duration::from_secs(60)).await else {
         return;
     };
-    let c = &agent.cache;
-    assert_eq!(keys(c), ON_N1);
-    let idx = c.pods().unwrap();
+    assert_eq!(keys(&agent.cache), ON_N1);
+    let idx = agent.cache.pods().unwrap();
     let a = idx.by_container_id(&cid(1)).unwrap();
     assert_eq!(a.key(), "ml/train-a");
     assert_eq!(a.qos_class.as_deref(), Some("Burstable"));
@@ -279,8 +282,8 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
         "train-b"
     );
 
-    wait_until("node labels", || c.node().is_some()).await;
-    let node = c.node().unwrap();
+    wait_until("node labels", || agent.cache.node().is_some()).await;
+    let node = agent.cache.node().unwrap();
     assert_eq!(node.replicas, Some(4));
     assert_eq!(node.sharing_strategy.as_deref(), Some("time-slicing"));
     assert_eq!(
@@ -289,13 +292,7 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
     );
 
     // Pods come...
-    api.add_pod(
-        "ml",
-        "late-g",
-        "aaaaaaaa-0000-4000-8000-000000000002",
-        "n1",
-        &cid(101),
-    );
+    add_late_g(&api, "n1");
     api.add_pod(
         "ml",
         "elsewhere",
@@ -303,27 +300,27 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
         "n2",
         &cid(102),
     );
-    wait_until("late-g added", || has(c, "ml/late-g")).await;
-    assert!(!has(c, "ml/elsewhere"));
+    wait_until("late-g added", || has(&agent.cache, "ml/late-g")).await;
+    assert!(!has(&agent.cache, "ml/elsewhere"));
     assert_eq!(
-        c.pods().unwrap().by_container_id(&cid(101)).unwrap().name,
+        agent
+            .cache
+            .pods()
+            .unwrap()
+            .by_container_id(&cid(101))
+            .unwrap()
+            .name,
         "late-g"
     );
     // ...and go.
     api.control("DELETE", "/_test/pods/ml/train-a", "");
-    wait_until("train-a deleted", || !has(c, "ml/train-a")).await;
+    wait_until("train-a deleted", || !has(&agent.cache, "ml/train-a")).await;
     // A pod rescheduled away from this node leaves the selection.
-    api.add_pod(
-        "ml",
-        "late-g",
-        "aaaaaaaa-0000-4000-8000-000000000002",
-        "n2",
-        &cid(101),
-    );
-    wait_until("late-g moved away", || !has(c, "ml/late-g")).await;
-    assert_eq!(keys(c).len(), 6);
+    add_late_g(&api, "n2");
+    wait_until("late-g moved away", || !has(&agent.cache, "ml/late-g")).await;
+    assert_eq!(keys(&agent.cache).len(), 6);
 
-    let st = c.sync_state();
+    let st = agent.cache.sync_state();
     assert!(st.synced && st.ok && !st.stale, "{st:?}");
     assert_eq!(Counters::get(&agent.counters.occupancy_relists), 0);
     assert_eq!(Counters::get(&agent.counters.occupancy_errors), 0);
@@ -331,11 +328,9 @@ async fn watcher_follows_pods_on_this_node_and_reads_node_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_410_forces_a_relist_and_the_state_is_right_afterwards() {
-    let test = "gone_410_forces_a_relist_and_the_state_is_right_afterwards";
-    let Some((api, agent)) = listed(test, Duration::from_secs(60)).await else {
+    let Some((api, agent)) = listed(Duration::from_secs(60)).await else {
         return;
     };
-    let c = &agent.cache;
     // Let the watch be established before compacting.
     wait_until("watch open", || api.stats()["watch"].as_u64().unwrap() >= 1).await;
 
@@ -355,7 +350,7 @@ async fn gone_410_forces_a_relist_and_the_state_is_right_afterwards() {
     })
     .await;
     wait_until("state after relist", || {
-        let k = keys(c);
+        let k = keys(&agent.cache);
         k.contains(&"ml/after-gone".to_string()) && !k.contains(&"ml/train-b".to_string())
     })
     .await;
@@ -375,30 +370,36 @@ async fn gone_410_forces_a_relist_and_the_state_is_right_afterwards() {
         "n1",
         &cid(105),
     );
-    wait_until("watch resumed", || has(c, "ml/after-relist")).await;
-    assert_eq!(keys(c).len(), 8);
-    wait_until("healthy again", || c.sync_state().ok).await;
+    wait_until("watch resumed", || has(&agent.cache, "ml/after-relist")).await;
+    assert_eq!(keys(&agent.cache).len(), 8);
+    wait_until("healthy again", || agent.cache.sync_state().ok).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_api_keeps_last_state_goes_stale_and_recovers() {
     let _logs = capture_logs();
-    let test = "down_api_keeps_last_state_goes_stale_and_recovers";
-    let Some((api, agent)) = listed(test, Duration::from_millis(1500)).await else {
+    let Some((api, agent)) = listed(Duration::from_millis(1500)).await else {
         return;
     };
-    let c = &agent.cache;
-    wait_until("node read", || c.node().is_some()).await;
-    wait_until("fresh", || !c.sync_state().stale).await;
+    wait_until("node read", || agent.cache.node().is_some()).await;
+    wait_until("fresh", || !agent.cache.sync_state().stale).await;
 
     for mode in ["503", "reset"] {
         api.control("POST", &format!("/_test/down?mode={mode}"), "");
         let errors_before = Counters::get(&agent.counters.occupancy_errors);
-        wait_until("stale while down", || c.sync_state().stale).await;
+        wait_until("stale while down", || agent.cache.sync_state().stale).await;
         // Last known state kept: reads still answer, instantly.
-        assert_eq!(c.pods().unwrap().len(), 7 + usize::from(mode == "reset"));
-        assert_eq!(c.node().unwrap().replicas, Some(4));
-        assert!(!c.sync_state().ok, "{:?} {}", c.sync_state(), api.stats());
+        assert_eq!(
+            agent.cache.pods().unwrap().len(),
+            7 + usize::from(mode == "reset")
+        );
+        assert_eq!(agent.cache.node().unwrap().replicas, Some(4));
+        assert!(
+            !agent.cache.sync_state().ok,
+            "{:?} {}",
+            agent.cache.sync_state(),
+            api.stats()
+        );
         wait_until("errors counted", || {
             Counters::get(&agent.counters.occupancy_errors) > errors_before
         })
@@ -415,12 +416,12 @@ async fn down_api_keeps_last_state_goes_stale_and_recovers() {
         );
         api.control("POST", "/_test/up", "");
         wait_until("fresh after recovery", || {
-            let s = c.sync_state();
+            let s = agent.cache.sync_state();
             !s.stale && s.ok
         })
         .await;
         wait_until("missed pod caught up", || {
-            keys(c).contains(&format!("ml/{name}"))
+            keys(&agent.cache).contains(&format!("ml/{name}"))
         })
         .await;
     }

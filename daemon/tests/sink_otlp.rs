@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slicetrace_agent::config::Config;
+use slicetrace_agent::ids::{new_span_id, new_trace_id};
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::sinks::otlp::{
-    new_span_id, new_trace_id, OtlpConfig, OtlpProtocol, OtlpSink,
-};
+use slicetrace_agent::sinks::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, TraceShape};
 use slicetrace_agent::sinks::Sink;
 use slicetrace_schema::{Backend, Kernel, ProbeRecord};
 
@@ -199,6 +198,23 @@ fn now_ns() -> i64 {
         .unwrap_or_default()
 }
 
+/// Messages the sink's input queue holds (more than any test sends at once,
+/// so `export` never waits for room).
+const QUEUE_MSGS: usize = 1024;
+
+/// A sink with no `k8s.node.name`, one trace per probe cycle.
+fn start(cfg: OtlpConfig, counters: &Arc<Counters>) -> OtlpSink {
+    OtlpSink::new(
+        cfg,
+        "host-a",
+        None,
+        counters.clone(),
+        QUEUE_MSGS,
+        TraceShape::PerCycle,
+    )
+    .expect("sink")
+}
+
 fn config(endpoint: String, protocol: OtlpProtocol) -> OtlpConfig {
     OtlpConfig {
         endpoint: Some(endpoint),
@@ -223,6 +239,8 @@ async fn spans_reach_rotel(protocol: OtlpProtocol) {
         "host-a",
         Some("node-a"),
         counters.clone(),
+        QUEUE_MSGS,
+        TraceShape::PerCycle,
     )
     .expect("sink");
     let (t1, c1) = cycle(0, now_ns());
@@ -293,7 +311,7 @@ async fn collector_down_drops_are_counted_and_export_returns_promptly() {
     let mut cfg = config(format!("http://127.0.0.1:{port}"), OtlpProtocol::Grpc);
     cfg.timeout_ms = 500;
     cfg.queue_capacity = 64;
-    let mut sink = OtlpSink::new(cfg, "host-a", None, counters.clone()).expect("sink");
+    let mut sink = start(cfg, &counters);
     let mut worst = Duration::ZERO;
     for c in 0..20 {
         let (_, recs) = cycle(c, now_ns());
@@ -305,8 +323,6 @@ async fn collector_down_drops_are_counted_and_export_returns_promptly() {
         worst < Duration::from_millis(100),
         "export blocked for {worst:?}"
     );
-    // 20 cycles × 18 spans do not fit a queue of 64: counted at once.
-    assert!(Counters::get(&counters.otlp_spans_dropped) > 0);
     let t = Instant::now();
     let _ = sink.force_flush().await;
     assert!(
@@ -314,6 +330,10 @@ async fn collector_down_drops_are_counted_and_export_returns_promptly() {
         "flush took {:?}",
         t.elapsed()
     );
+    // 20 cycles × 18 spans do not fit a span queue of 64: the export task
+    // counted the overflow as it queued (export only hands records to the
+    // task's input queue, so the count is there once the flush answered).
+    assert!(Counters::get(&counters.otlp_spans_dropped) > 0);
     let t = Instant::now();
     let _ = sink.shutdown(Duration::from_secs(1)).await;
     assert!(
@@ -344,7 +364,7 @@ async fn slow_collector_is_bounded_by_the_export_timeout() {
         OtlpProtocol::HttpProtobuf,
     );
     cfg.timeout_ms = 400;
-    let mut sink = OtlpSink::new(cfg, "host-a", None, counters.clone()).expect("sink");
+    let mut sink = start(cfg, &counters);
     let (_, recs) = cycle(0, now_ns());
     let t = Instant::now();
     sink.export(recs).await.expect("export");
@@ -368,7 +388,7 @@ async fn export_resumes_when_the_collector_comes_back() {
     let counters = Arc::new(Counters::default());
     let mut cfg = config(format!("http://127.0.0.1:{grpc}"), OtlpProtocol::Grpc);
     cfg.timeout_ms = 1000;
-    let mut sink = OtlpSink::new(cfg, "host-a", None, counters.clone()).expect("sink");
+    let mut sink = start(cfg, &counters);
     let (_, lost) = cycle(0, now_ns());
     sink.export(lost).await.expect("export");
     let _ = sink.force_flush().await;
@@ -467,7 +487,7 @@ async fn insecure_flag_reaches_a_plain_text_collector_through_config() {
     .expect("valid config");
     assert!(c.otlp.insecure);
     let counters = Arc::new(Counters::default());
-    let mut sink = OtlpSink::new(c.otlp, "host-a", None, counters.clone()).expect("sink");
+    let mut sink = start(c.otlp, &counters);
     let (t, recs) = cycle(0, now_ns());
     sink.export(recs).await.expect("export");
     sink.force_flush().await.expect("flush");
@@ -481,7 +501,7 @@ async fn insecure_flag_reaches_a_plain_text_collector_through_config() {
     let c = agent_config(&otlp, &[], dir.path()).expect("valid config");
     assert!(!c.otlp.insecure);
     let counters = Arc::new(Counters::default());
-    let mut sink = OtlpSink::new(c.otlp, "host-a", None, counters.clone()).expect("sink");
+    let mut sink = start(c.otlp, &counters);
     let (t, recs) = cycle(1, now_ns());
     sink.export(recs).await.expect("export");
     let _ = sink.force_flush().await;

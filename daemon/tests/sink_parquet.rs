@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::sinks::parquet::{enforce_retention, recover, ParquetConfig, ParquetSink};
@@ -53,11 +53,24 @@ fn python() -> Option<PathBuf> {
 const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
 
 fn rec(i: usize) -> ProbeRecord {
+    rec_at(T0, i)
+}
+
+/// Now, to the whole second: rows of today's date stay in an open file
+/// until they are flushed (rows of a past date rotate out at once).
+fn today_t0() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock");
+    now.as_secs() as i64 * 1_000_000_000
+}
+
+fn rec_at(t0: i64, i: usize) -> ProbeRecord {
     // A long-tailed, deterministic wall_ms distribution.
     let x = ((i * 7919) % 1000) as f64 / 1000.0;
     let wall = 0.05 + x * x * x * 20.0;
     ProbeRecord {
-        ts_ns: T0 + (i as i64) * 1_000_000,
+        ts_ns: t0 + (i as i64) * 1_000_000,
         node: "node-a".into(),
         gpu_uuid: format!("GPU-{}", i % 2),
         gpu_index: (i % 2) as u32,
@@ -142,9 +155,21 @@ fn rows_in(files: &[PathBuf]) -> usize {
         .sum()
 }
 
+/// Messages the writer's queue holds.
+const QUEUE_MSGS: usize = 64;
+
+/// Waits up to 10 s for `cond` (the writer thread works behind its queue).
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn sink(dir: &Path, cfg: ParquetConfig) -> (ParquetSink, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
-    let s = ParquetSink::new(cfg, dir, "node-a", counters.clone()).expect("sink");
+    let s = ParquetSink::new(cfg, dir, "node-a", counters.clone(), QUEUE_MSGS).expect("sink");
     (s, counters)
 }
 
@@ -236,8 +261,15 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
 async fn open_files_are_tmp_and_never_match_parquet_glob() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut s, counters) = sink(dir.path(), ParquetConfig::default());
-    s.export((0..100).map(rec).collect()).await.expect("export");
-    // Open, buffered, not yet visible.
+    // Today's rows: a file of an earlier date is closed as soon as the
+    // writer sees the date has changed.
+    let t0 = today_t0();
+    let start = chrono::DateTime::from_timestamp(t0 / 1_000_000_000, 0).expect("t0");
+    s.export((0..100).map(|i| rec_at(t0, i)).collect())
+        .await
+        .expect("export");
+    // Queued, then taken by the writer: open, buffered, not yet visible.
+    wait_until("the open file", || !tmps(dir.path()).is_empty());
     assert!(visible(dir.path()).is_empty(), "{:?}", visible(dir.path()));
     let t = tmps(dir.path());
     assert_eq!(t.len(), 1);
@@ -246,16 +278,19 @@ async fn open_files_are_tmp_and_never_match_parquet_glob() {
         .and_then(|n| n.to_str())
         .expect("name")
         .to_string();
-    assert!(name.starts_with(".part-20260101T000000Z-"), "{name}");
+    let prefix = format!(".part-{}-", start.format("%Y%m%dT%H%M%SZ"));
+    assert!(
+        name.starts_with(&prefix),
+        "{name} does not start with {prefix}"
+    );
     assert_eq!(Counters::get(&counters.parquet_rows_written), 0);
     s.force_flush().await.expect("flush");
     assert!(tmps(dir.path()).is_empty());
     let v = visible(dir.path());
     assert_eq!(v.len(), 1);
+    let partition = format!("probes/date={}/node=node-a", start.format("%Y-%m-%d"));
     assert!(
-        v[0].parent()
-            .expect("dir")
-            .ends_with("probes/date=2026-01-01/node=node-a"),
+        v[0].parent().expect("dir").ends_with(&partition),
         "{}",
         v[0].display()
     );
@@ -499,26 +534,33 @@ async fn disk_full_counts_errors_hides_partial_files_and_resumes() {
     }
 }
 
+/// The writer thread reads its own queue (what the fan-outs feed, with no
+/// runner in between): a flush answers once every row queued before it is
+/// in a visible file, rows queued after it are not, and when every sender is
+/// gone the thread still closes its files.
 #[tokio::test]
-async fn runner_flushes_on_request_and_closes_files_when_the_channel_closes() {
-    use slicetrace_agent::sinks::{run_sink, SinkMsg};
+async fn writer_flushes_in_queue_order_and_closes_files_when_its_queue_closes() {
+    use slicetrace_agent::fanout::Msg;
     let dir = tempfile::tempdir().expect("tempdir");
     let (s, counters) = sink(dir.path(), ParquetConfig::default());
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let runner = tokio::spawn(run_sink(Box::new(s), rx, Duration::from_secs(5)));
-    tx.send(SinkMsg::Probes((0..30).map(rec).collect()))
-        .await
-        .expect("send");
+    let tx = s.input().clone();
+    // Today's rows, which stay open until flushed.
+    let t0 = today_t0();
+    let rows = |r: std::ops::Range<usize>| {
+        Msg::Probes(r.map(|i| rec_at(t0, i)).collect::<Vec<_>>().into())
+    };
+    tx.try_send(rows(0..30)).expect("room");
     let (ack, done) = tokio::sync::oneshot::channel();
-    tx.send(SinkMsg::Flush(ack)).await.expect("send");
-    done.await.expect("flush answered");
+    tx.try_send(Msg::Flush(ack)).expect("room");
+    tx.try_send(rows(30..50)).expect("room");
+    done.await.expect("flush answered").expect("flushed");
+    // Everything before the flush is visible; nothing after it yet.
     assert_eq!(rows_in(&visible(dir.path())), 30);
-    tx.send(SinkMsg::Probes((30..50).map(rec).collect()))
-        .await
-        .expect("send");
+    wait_until("the rows after the flush", || tmps(dir.path()).len() == 1);
     drop(tx);
-    runner.await.expect("runner");
-    assert!(tmps(dir.path()).is_empty());
-    assert_eq!(rows_in(&visible(dir.path())), 50);
+    drop(s);
+    wait_until("the files to close", || {
+        tmps(dir.path()).is_empty() && rows_in(&visible(dir.path())) == 50
+    });
     assert_eq!(Counters::get(&counters.parquet_rows_written), 50);
 }

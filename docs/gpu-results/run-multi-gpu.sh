@@ -28,8 +28,8 @@ sample() { # pid name -> appends "t,rss_kib,cpu_s" every 5 s until the pid exits
     sleep 5
   done
 }
-printf 'interval_ms = 200\n[metrics]\nlisten = ""\n[occupancy]\nkube_api = "off"\n' >"$OUT/all.toml"
-printf 'interval_ms = 200\ndevices = [0]\n[metrics]\nlisten = ""\n[occupancy]\nkube_api = "off"\n' >"$OUT/one.toml"
+printf '[probe]\ninterval_ms = 200\n[metrics]\nlisten = ""\n[occupancy]\nkube_api = "off"\n' >"$OUT/all.toml"
+printf 'devices = [0]\n[probe]\ninterval_ms = 200\n[metrics]\nlisten = ""\n[occupancy]\nkube_api = "off"\n' >"$OUT/one.toml"
 
 log "phase quiet: agent on all $NGPU GPUs"
 "$BIN/slicetrace-agent" run --config "$OUT/all.toml" --backend cuda --data-dir "$OUT/data" --duration 70s \

@@ -5,8 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A probe kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+/// A probe kernel. Ordered as in [`Kernel::ALL`] (which is also the order
+/// of their names), so it can key sorted maps.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernel {
     /// Complex-to-complex FFT (cuFFT / rustfft). The default only so that

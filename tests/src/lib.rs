@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod deploy;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -181,6 +183,28 @@ pub fn tool(name: &str) -> Option<PathBuf> {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     found.or_else(|| missing(name))
+}
+
+/// `program` (a path, or a name looked up on `PATH`) when `program
+/// PROBE_ARGS` runs and exits 0, so the tool is there and works (a version
+/// check); otherwise [`missing`].
+pub fn runnable(program: &str, probe_args: &[&str]) -> Option<PathBuf> {
+    runnable_for(program, probe_args, "this test")
+}
+
+/// [`runnable`], naming `what` is skipped without it.
+pub fn runnable_for(program: &str, probe_args: &[&str], what: &str) -> Option<PathBuf> {
+    let works = Command::new(program)
+        .args(probe_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        Some(PathBuf::from(program))
+    } else {
+        missing_for(program, what)
+    }
 }
 
 /// The rotel collector binary shipped in the `rotel` pip package.

@@ -1,4 +1,4 @@
-//! Bad input to every `slicetrace` subcommand. `analysis/tests/cli.rs`
+//! Bad input to every `slicetrace` subcommand. `analysis/tests/errors.rs`
 //! checks `report` on each bad file beside a good one; this adds the other
 //! subcommands (compare, fleet, sql, plot), a bad file on its own, and a
 //! directory with nothing in it at all. Each must be one clear error naming

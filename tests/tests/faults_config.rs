@@ -238,45 +238,31 @@ fn a_missing_config_file_is_a_usage_error_naming_it() {
     );
 }
 
-#[test]
-fn a_valid_config_passes_check_config_and_writes_nothing() {
+/// `check-config` of `data_dir = DIR/data` followed by `rest`, which must
+/// pass (exit 0) without creating the data dir. Returns its stderr.
+fn check_config_passes(rest: &str) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("agent.toml");
     let data = dir.path().join("data");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {:?}\n[probe]\ninterval_ms = 250\nself_test = false\n[otlp]\nendpoint = \"http://127.0.0.1:4317\"\n",
-            data.display().to_string()
-        ),
-    )
-    .expect("config");
+    let text = format!("data_dir = {:?}\n{rest}", data.display().to_string());
+    std::fs::write(&cfg, text).expect("config");
     let out = run(&["check-config"], &cfg);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!data.exists(), "check-config created the data dir");
+    stderr
+}
+
+#[test]
+fn a_valid_config_passes_check_config_and_writes_nothing() {
+    check_config_passes(
+        "[probe]\ninterval_ms = 250\nself_test = false\n[otlp]\nendpoint = \"http://127.0.0.1:4317\"\n",
+    );
 }
 
 #[test]
 fn deprecated_top_level_probe_keys_pass_with_a_warning_naming_the_new_key() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = dir.path().join("agent.toml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {:?}\ninterval_ms = 250\njitter_pct = 5\nself_test = false\n",
-            data.display().to_string()
-        ),
-    )
-    .expect("config");
-    let out = run(&["check-config"], &cfg);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stderr = check_config_passes("interval_ms = 250\njitter_pct = 5\nself_test = false\n");
     for (old, new) in [
         ("interval_ms", "probe.interval_ms"),
         ("jitter_pct", "probe.jitter_pct"),
@@ -289,5 +275,4 @@ fn deprecated_top_level_probe_keys_pass_with_a_warning_naming_the_new_key() {
             "no deprecation warning for {old}: {stderr:?}"
         );
     }
-    assert!(!data.exists(), "check-config created the data dir");
 }

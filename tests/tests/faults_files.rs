@@ -75,6 +75,7 @@ fn disk_full_keeps_probing_logs_once_hides_partial_files_and_resumes() {
     let mport = free_port();
     let cfg = write_config(
         dir.path(),
+        "",
         "interval_ms = 20\njitter_pct = 0",
         FAST_ROTATION,
     );
@@ -183,6 +184,7 @@ fn sigkill_mid_write_loses_at_most_one_rotation_and_leaves_only_readable_files()
     let rotate_ms: i64 = 1000;
     let cfg = write_config(
         dir.path(),
+        "",
         "interval_ms = 20\njitter_pct = 0",
         FAST_ROTATION,
     );
@@ -287,10 +289,8 @@ fn sigterm_exits_within_the_deadline_with_files_closed_and_spans_flushed() {
     let deadline = Duration::from_millis(3000);
     let cfg = write_config(
         dir.path(),
-        &format!(
-            "interval_ms = 50\nshutdown_deadline_ms = {}",
-            deadline.as_millis()
-        ),
+        &format!("shutdown_deadline_ms = {}", deadline.as_millis()),
+        "interval_ms = 50",
         "",
     );
     let mut cmd = agent(&cfg, &data, mport);
@@ -360,10 +360,8 @@ fn sigterm_with_a_hung_collector_still_exits_within_the_deadline() {
     // The export timeout (5 s) is longer than the shutdown deadline.
     let cfg = write_config(
         dir.path(),
-        &format!(
-            "interval_ms = 50\nshutdown_deadline_ms = {}",
-            deadline.as_millis()
-        ),
+        &format!("shutdown_deadline_ms = {}", deadline.as_millis()),
+        "interval_ms = 50",
         "[otlp]\ntimeout_ms = 5000\n",
     );
     let mut cmd = agent(&cfg, &data, mport);

@@ -36,6 +36,7 @@ fn collector_down_at_start_keeps_probing_and_parquet_counts_drops_and_bounds_mem
     // until ~12k cycles and then stays flat, OTLP or not.)
     let cfg = write_config(
         dir.path(),
+        "",
         "interval_ms = 5\njitter_pct = 0",
         "[parquet]\nrow_group_rows = 1024\nflush_interval_ms = 1000\n",
     );
@@ -119,6 +120,7 @@ fn collector_down_then_back_resumes_export_without_restart() {
     let (grpc, http, mport) = (free_port(), free_port(), free_port());
     let cfg = write_config(
         dir.path(),
+        "",
         "interval_ms = 100",
         "[otlp]\ntimeout_ms = 1000\nexport_interval_ms = 500\n",
     );
@@ -232,9 +234,9 @@ fn slow_collector_is_bounded_by_the_export_timeout_and_never_slows_probing() {
     let slow_dir = dir.path().join("slow");
     std::fs::create_dir_all(&free_dir).expect("mkdir");
     std::fs::create_dir_all(&slow_dir).expect("mkdir");
-    let top = "interval_ms = 20\njitter_pct = 0";
-    let cfg_free = write_config(&free_dir, top, "");
-    let cfg_slow = write_config(&slow_dir, top, "[otlp]\ntimeout_ms = 500\n");
+    let probe = "interval_ms = 20\njitter_pct = 0";
+    let cfg_free = write_config(&free_dir, "", probe, "");
+    let cfg_slow = write_config(&slow_dir, "", probe, "[otlp]\ntimeout_ms = 500\n");
     let free = Proc::spawn(
         agent(&cfg_free, &free_dir.join("data"), m_free),
         free_dir.join("agent.log"),

@@ -1,7 +1,7 @@
 //! The evaluator: the health consumer's state and the one place verdicts
-//! are made. The agent's health task ([`crate::agent`]) feeds it probe rows
+//! are made. The health consumer's loop (`task.rs`) feeds it probe rows
 //! ([`Evaluator::observe`]) and probe errors ([`Evaluator::event`]) from its
-//! own bounded channel, and on every `evaluate_interval_ms` calls
+//! own bounded queue, and on every `evaluate_interval_ms` calls
 //! [`Evaluator::evaluate`]: each GPU and kernel's window (`window.rs`) and
 //! baseline (`baseline.rs`) go to [`slicetrace_schema::judge`], the verdicts
 //! are published to [`LiveState`] (verdict changes are logged) and returned
@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slicetrace_schema::{
-    event_eligible, event_mcycles, is_quiet, judge, sku_reference, BaselineSource, Contention,
-    Faults, HealthRecord, LearnedBaseline, ProbeRecord, Reason, Verdict,
+    event_eligible, event_mcycles, is_quiet, judge, sku_reference, BaselineSource, Faults,
+    HealthRecord, Kernel, LearnedBaseline, ProbeRecord, Reason, Verdict,
 };
 
 use super::baseline::{self, Baselines, Learner};
@@ -42,6 +42,9 @@ pub enum HealthEvent {
     },
 }
 
+/// A GPU (by UUID) and one of its kernels: what the evaluator keys by.
+type TrackKey = (String, Kernel);
+
 /// One GPU and kernel: its window, its quiet runs and its baseline.
 struct Track {
     gpu_index: u32,
@@ -57,7 +60,7 @@ struct Track {
 pub struct Evaluator {
     cfg: HealthConfig,
     node: String,
-    tracks: HashMap<(String, String), Track>,
+    tracks: HashMap<TrackKey, Track>,
     errors: HashMap<String, (u32, String, Instant)>,
     state: Arc<LiveState>,
     baseline_path: Option<PathBuf>,
@@ -94,8 +97,14 @@ impl Evaluator {
             return;
         };
         for (uuid, ks) in m {
-            for (kernel, b) in ks {
-                let t = self.track(&uuid, &kernel, 0, &b.shape);
+            for (name, b) in ks {
+                // The file names kernels by word; one this build does not
+                // probe is left out.
+                let Ok(kernel) = name.parse::<Kernel>() else {
+                    tracing::warn!(path = %p.display(), gpu = %uuid, kernel = %name, "unknown kernel in health baselines; ignored");
+                    continue;
+                };
+                let t = self.track(&uuid, kernel, 0, &b.shape);
                 t.learner.baseline = Some(b);
             }
         }
@@ -116,7 +125,7 @@ impl Evaluator {
             if let Some(b) = &t.learner.baseline {
                 m.entry(uuid.clone())
                     .or_default()
-                    .insert(kernel.clone(), b.clone());
+                    .insert(kernel.as_str().to_string(), b.clone());
             }
         }
         match baseline::save(&p, &m) {
@@ -127,9 +136,9 @@ impl Evaluator {
         }
     }
 
-    fn track(&mut self, uuid: &str, kernel: &str, idx: u32, shape: &str) -> &mut Track {
+    fn track(&mut self, uuid: &str, kernel: Kernel, idx: u32, shape: &str) -> &mut Track {
         self.tracks
-            .entry((uuid.to_string(), kernel.to_string()))
+            .entry((uuid.to_string(), kernel))
             .or_insert_with(|| Track {
                 gpu_index: idx,
                 gpu_name: None,
@@ -150,7 +159,7 @@ impl Evaluator {
             if let Ok(mut pc) = self.state.pod_count.write() {
                 pc.insert(r.gpu_uuid.clone(), r.pod_count);
             }
-            let t = self.track(&r.gpu_uuid, r.kernel.as_str(), r.gpu_index, &r.shape);
+            let t = self.track(&r.gpu_uuid, r.kernel, r.gpu_index, &r.shape);
             t.gpu_index = r.gpu_index;
             if r.gpu_name.is_some() {
                 t.gpu_name.clone_from(&r.gpu_name);
@@ -240,12 +249,7 @@ impl Evaluator {
         self.refresh_baselines();
         let window = Duration::from_millis(self.cfg.window_ms);
         let th = self.cfg.thresholds();
-        let self_tests = self
-            .state
-            .self_tests
-            .read()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let self_tests = self.state.self_tests_by_kernel();
         let gpus = self
             .state
             .gpus
@@ -274,13 +278,18 @@ impl Evaluator {
                     .and_then(|b| b.event_mcycles_p50),
             };
             let sku = if self.cfg.sku_reference {
-                sku_reference(t.gpu_name.as_deref(), kernel, &t.shape, &t.precision)
+                sku_reference(
+                    t.gpu_name.as_deref(),
+                    kernel.as_str(),
+                    &t.shape,
+                    &t.precision,
+                )
             } else {
                 None
             };
             let faults = Faults {
                 backend_down: down(uuid),
-                self_test_failed: self_tests.get(&(uuid.clone(), kernel.clone())) == Some(&false),
+                self_test_failed: self_tests.get(&(uuid.clone(), *kernel)) == Some(&false),
                 probe_failing: self.errors.get(uuid).map(|e| e.1.clone()),
             };
             let j = judge(&w.stats, &learned, sku, self.cfg.slo_p99_ms, &faults, &th);
@@ -311,8 +320,8 @@ impl Evaluator {
                 node: self.node.clone(),
                 gpu_uuid: uuid.clone(),
                 gpu_index: t.gpu_index,
-                kernel: kernel.clone(),
-                verdict: j.verdict.as_str().to_string(),
+                kernel: kernel.as_str().into(),
+                verdict: j.verdict.as_str().into(),
                 reason: j.health_detail.clone(),
                 window_secs: self.cfg.window_ms / 1000,
                 samples: w.stats.samples,
@@ -335,7 +344,7 @@ impl Evaluator {
                 event_baseline_mcycles: j.event_baseline_mcycles,
             });
             published.insert(
-                (uuid.clone(), kernel.clone()),
+                (uuid.clone(), *kernel),
                 KernelHealth {
                     gpu_index: t.gpu_index,
                     verdict: j.verdict,
@@ -361,12 +370,12 @@ impl Evaluator {
         }
         // A GPU that fails (to open, to probe, or its self-test) before it
         // ever produced a row still gets a verdict.
-        let mut lost: Vec<(String, String, u32, Reason, String)> = Vec::new();
+        let mut lost: Vec<(String, Kernel, u32, Reason, String)> = Vec::new();
         for (uuid, (idx, err, _)) in &self.errors {
-            for kernel in ["fft", "gemm"] {
+            for kernel in Kernel::ALL {
                 lost.push((
                     uuid.clone(),
-                    kernel.into(),
+                    kernel,
                     *idx,
                     Reason::ProbeFailing,
                     format!("probe failing: {err}"),
@@ -378,7 +387,7 @@ impl Evaluator {
                 let idx = gpus.get(uuid).map_or(0, |g| g.index);
                 lost.push((
                     uuid.clone(),
-                    kernel.clone(),
+                    *kernel,
                     idx,
                     Reason::SelfTestFailed,
                     "self-test failed: correctness unverified".into(),
@@ -387,10 +396,10 @@ impl Evaluator {
         }
         for (uuid, g) in &gpus {
             if let Some(d) = &g.down {
-                for kernel in ["fft", "gemm"] {
+                for kernel in Kernel::ALL {
                     lost.push((
                         uuid.clone(),
-                        kernel.into(),
+                        kernel,
                         g.index,
                         Reason::BackendDown,
                         format!("backend {} down: {d}", g.backend),
@@ -405,7 +414,7 @@ impl Evaluator {
             _ => 2,
         });
         for (uuid, kernel, idx, reason, text) in lost {
-            let key = (uuid.clone(), kernel.clone());
+            let key = (uuid.clone(), kernel);
             if published.contains_key(&key) {
                 continue;
             }
@@ -414,7 +423,7 @@ impl Evaluator {
                 node: self.node.clone(),
                 gpu_uuid: uuid,
                 gpu_index: idx,
-                kernel,
+                kernel: kernel.as_str().into(),
                 verdict: Verdict::Unhealthy.as_str().into(),
                 reason: text.clone(),
                 window_secs: self.cfg.window_ms / 1000,
@@ -427,34 +436,7 @@ impl Evaluator {
                 KernelHealth::without_runs(idx, Verdict::Unhealthy, reason, text),
             );
         }
-        if let Ok(mut k) = self.state.kernels.write() {
-            for ((uuid, kernel), h) in &published {
-                let before = k.get(&(uuid.clone(), kernel.clone()));
-                if before.map(|p| p.verdict) != Some(h.verdict) {
-                    tracing::info!(
-                        gpu = %uuid,
-                        kernel = %kernel,
-                        from = before.map_or("none", |p| p.verdict.as_str()),
-                        to = h.verdict.as_str(),
-                        reason_code = h.health_reason.as_str(),
-                        reason = %h.reason,
-                        "health verdict changed"
-                    );
-                }
-                if before.and_then(|p| p.contention) != h.contention {
-                    tracing::info!(
-                        gpu = %uuid,
-                        kernel = %kernel,
-                        from = before.and_then(|p| p.contention).map_or("none", Contention::as_str),
-                        to = h.contention.map_or("none", Contention::as_str),
-                        reason_code = h.contention_reason.as_str(),
-                        reason = %h.contention_detail,
-                        "contention changed"
-                    );
-                }
-            }
-            *k = published;
-        }
+        self.state.publish(published);
         out
     }
 }

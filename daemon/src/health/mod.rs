@@ -17,16 +17,18 @@
 //! `tenants() == Some(0)`; correctness failures and throttle reasons count
 //! from every run.
 //!
-//! The evaluator is fed through its own bounded channel like any sink, so a
-//! slow evaluation never delays a probe. Verdicts are published to
-//! [`LiveState`] ([`crate::live`]), which the probe threads read to stamp
-//! rows and spans, and which `/metrics`, `/readyz` and the node condition
-//! render; each evaluation also becomes a row of the small `health` Parquet
-//! table.
+//! The evaluator is a consumer of the fan-out like any sink: one bounded
+//! queue, one loop (`task.rs`), so a slow evaluation never delays a probe.
+//! Verdicts are published to [`LiveState`] ([`crate::live`]), which the
+//! probe threads read to stamp rows and spans, and which `/metrics`,
+//! `/readyz` and the node condition render; each evaluation's verdicts also
+//! leave through a fan-out of their own, to the small `health` Parquet table
+//! and as OTLP `health_evaluation` spans.
 //!
 //! The pieces, in the order a row meets them:
 //!
 //! * `config.rs`: [`HealthConfig`], the `[health]` table and its validation;
+//! * `task.rs`: the consumer's loop ([`spawn`]): queue in, verdicts out;
 //! * `evaluator.rs`: [`Evaluator`], which takes rows and [`HealthEvent`]s,
 //!   judges and publishes;
 //! * `window.rs`: the rolling window's histograms;
@@ -38,11 +40,13 @@
 mod baseline;
 mod config;
 mod evaluator;
+mod task;
 mod window;
 
 pub use baseline::Baseline;
 pub use config::HealthConfig;
 pub use evaluator::{Evaluator, HealthEvent};
+pub use task::{spawn, NAME};
 pub(crate) use window::us;
 
 // Re-exported so that call sites keep importing the live state from here.

@@ -1,11 +1,14 @@
-//! Sinks: where probe records go (Parquet files, OTLP spans, ...).
+//! Sinks: where records leave the agent (Parquet files, OTLP spans).
 //!
-//! Each sink runs on its own task and is fed through its own bounded channel;
-//! the probe loop only ever `try_send`s into it, so a slow or dead sink costs
-//! dropped-and-counted records, never a stalled probe. [`run_sink`] is that
-//! task: it batches what the channel holds, calls [`Sink::export`], answers
-//! flush requests and, when the channel closes, shuts the sink down within a
-//! deadline.
+//! A sink is one consumer of the fan-out ([`crate::fanout`]): it owns one
+//! bounded input queue and one loop that reads it (Vector's shape: the
+//! component runs `run(self, input)`, and batching, retries and
+//! acknowledgements live inside that loop, not in a generic runner around
+//! it). The Parquet writer is a thread that reads its `std` queue directly;
+//! the OTLP exporter is one task that batches spans once. The fan-outs
+//! `try_send` into the queue, so a slow or dead sink costs dropped and
+//! counted records, never a stalled probe. [`Sink`] is the handle to a
+//! running sink.
 
 pub mod otlp;
 pub mod parquet;
@@ -14,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use slicetrace_schema::{HealthRecord, ProbeRecord};
-use tokio::sync::{mpsc, oneshot};
 
-/// Errors a sink reports. The runner logs and counts them; they never stop
-/// the agent.
+use crate::fanout::{Msg, QueueError, Tx};
+
+/// Errors a sink reports. They are counted and logged by the sink; they
+/// never stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// I/O failed (disk full, permissions, ...).
@@ -30,6 +34,16 @@ pub enum SinkError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The sink's queue is closed, or stayed full or unanswered until the
+    /// deadline.
+    #[error("{sink}: queue")]
+    Queue {
+        /// Sink name.
+        sink: &'static str,
+        /// Cause.
+        #[source]
+        source: QueueError,
     },
     /// Any other failure, with its cause.
     #[error("{sink}: {context}")]
@@ -44,208 +58,109 @@ pub enum SinkError {
     },
 }
 
-/// The sink seam (modelled on opentelemetry-rust's `SpanExporter`).
+impl SinkError {
+    /// The sink did not answer in time, or its loop is gone: what it still
+    /// held may not have been written or sent. (Other errors are failures
+    /// the sink counted and logged while it did answer.)
+    pub fn is_late(&self) -> bool {
+        matches!(self, SinkError::Queue { .. })
+    }
+}
+
+/// The handle to a running sink (the seam, modelled on opentelemetry-rust's
+/// `SpanExporter`).
 ///
-/// Contract: methods are called from one task, one at a time, never
-/// concurrently. `export` may await I/O but must honour its own timeout and
-/// return an error rather than hang. `shutdown` must finish within
-/// `deadline`, leaving no half-written output visible.
-pub trait Sink: Send + 'static {
+/// Contract: the sink's loop owns its input queue ([`Sink::input`]); the
+/// agent's fan-outs `try_send` into it and never wait. The methods here are
+/// for callers that may wait (the stop sequence, tests, tools): `export`
+/// and `export_health` wait only for room in the queue, never for I/O;
+/// `force_flush` answers once everything queued before it is durable or
+/// sent (or failed, counted and logged); `shutdown` must finish within
+/// `deadline`, leaving no half-written output visible. Call them from one
+/// task at a time.
+pub trait Sink: Send {
     /// Short name for logs and metrics (`parquet`, `otlp`).
     fn name(&self) -> &'static str;
-    /// Exports a batch of probe records.
-    fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>>;
-    /// Exports live-health evaluations. Sinks that do not store them ignore them.
+
+    /// The sink's one bounded input queue.
+    fn input(&self) -> &Tx;
+
+    /// Queues probe records (waits for room, never for I/O).
+    fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
+        queue(
+            self.name(),
+            self.input().clone(),
+            Msg::Probes(records.into()),
+        )
+    }
+
+    /// Queues live-health evaluations (waits for room, never for I/O).
     fn export_health(
         &mut self,
-        _records: Vec<HealthRecord>,
+        records: Vec<HealthRecord>,
     ) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
+        queue(
+            self.name(),
+            self.input().clone(),
+            Msg::Health(records.into()),
+        )
     }
-    /// Makes everything exported so far durable/visible.
-    fn force_flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
-    /// Flushes and releases resources within `deadline`.
+
+    /// Makes everything queued so far durable or visible.
+    fn force_flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        let (sink, input) = (self.name(), self.input().clone());
+        Box::pin(async move { answer(sink, input.request(Msg::Flush, None).await) })
+    }
+
+    /// Handles what is queued, flushes and stops the loop within `deadline`.
     fn shutdown(&mut self, deadline: Duration) -> BoxFuture<'_, Result<(), SinkError>>;
 }
 
-/// One message on a sink's channel.
-#[derive(Debug)]
-pub enum SinkMsg {
-    /// Probe records to export.
-    Probes(Vec<ProbeRecord>),
-    /// Live-health evaluations to export.
-    Health(Vec<HealthRecord>),
-    /// Export everything received before this message, call
-    /// [`Sink::force_flush`], then answer on the sender (also when the flush
-    /// failed: failures are logged and counted by the sink).
-    Flush(oneshot::Sender<()>),
+/// Queues `m` on `input`, waiting for room.
+fn queue(sink: &'static str, input: Tx, m: Msg) -> BoxFuture<'static, Result<(), SinkError>> {
+    Box::pin(async move {
+        input
+            .send(m, None)
+            .await
+            .map_err(|source| SinkError::Queue { sink, source })
+    })
 }
 
-/// Most probe records handed to one [`Sink::export`] call by [`run_sink`].
-/// Bounds the memory of one batch while still coalescing bursts.
-pub const RUNNER_MAX_BATCH_RECORDS: usize = 4096;
+/// Sends [`Msg::Shutdown`] with the deadline `by` on `input` and waits for
+/// the answer until `wait_until` (`by` plus whatever margin the sink keeps
+/// for answering): the first half of every sink's `shutdown`.
+pub(crate) async fn request_shutdown(
+    sink: &'static str,
+    input: &Tx,
+    by: Instant,
+    wait_until: Instant,
+) -> Result<(), SinkError> {
+    let sent = input
+        .request(|ack| Msg::Shutdown { by, ack }, Some(wait_until))
+        .await;
+    answer(sink, sent)
+}
 
-/// Runs one sink until its channel closes, then shuts it down.
-///
-/// Consecutive `Probes` (or `Health`) messages that are already waiting are
-/// merged into one export call of at most [`RUNNER_MAX_BATCH_RECORDS`]
-/// records, so a sink sees few, large batches when it falls behind. `Flush`
-/// keeps its order: everything received before it is exported first. When
-/// every sender is dropped, the runner exports what is left and calls
-/// [`Sink::shutdown`] with `shutdown_deadline`.
-///
-/// Errors returned by the sink are logged at DEBUG only: each sink counts its
-/// own failures in [`crate::internal_events::Counters`] and logs them at a
-/// limited rate, so the runner does not log the same failure twice.
-pub async fn run_sink(
-    mut sink: Box<dyn Sink>,
-    mut rx: mpsc::Receiver<SinkMsg>,
-    shutdown_deadline: Duration,
-) {
-    let name = sink.name();
-    // A message taken from the channel that did not fit the batch being
-    // built; it starts the next round.
-    let mut carry: Option<SinkMsg> = None;
-    loop {
-        let first = match carry.take() {
-            Some(m) => m,
-            None => match rx.recv().await {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        match first {
-            SinkMsg::Probes(mut batch) => {
-                while batch.len() < RUNNER_MAX_BATCH_RECORDS {
-                    match rx.try_recv() {
-                        Ok(SinkMsg::Probes(more)) => batch.extend(more),
-                        Ok(other) => {
-                            carry = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = sink.export(batch).await {
-                    tracing::debug!(sink = name, error = %e, "sink export failed");
-                }
-            }
-            SinkMsg::Health(mut batch) => {
-                while batch.len() < RUNNER_MAX_BATCH_RECORDS {
-                    match rx.try_recv() {
-                        Ok(SinkMsg::Health(more)) => batch.extend(more),
-                        Ok(other) => {
-                            carry = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = sink.export_health(batch).await {
-                    tracing::debug!(sink = name, error = %e, "sink health export failed");
-                }
-            }
-            SinkMsg::Flush(ack) => {
-                if let Err(e) = sink.force_flush().await {
-                    tracing::debug!(sink = name, error = %e, "sink flush failed");
-                }
-                // The requester may have given up waiting; nothing to do then.
-                let _ = ack.send(());
-            }
-        }
-    }
-    let start = Instant::now();
-    match sink.shutdown(shutdown_deadline).await {
+/// Flattens a control's answer into the sink's error.
+fn answer(
+    sink: &'static str,
+    r: Result<Result<(), SinkError>, QueueError>,
+) -> Result<(), SinkError> {
+    r.map_err(|source| SinkError::Queue { sink, source })?
+}
+
+/// Logs how a sink's shutdown went (the agent's stop sequence and tests).
+pub(crate) fn log_shutdown(sink: &'static str, started: Instant, r: &Result<(), SinkError>) {
+    match r {
         Ok(()) => tracing::info!(
-            sink = name,
-            elapsed_ms = start.elapsed().as_millis() as u64,
+            sink,
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "sink shut down"
         ),
-        Err(e) => tracing::warn!(sink = name, error = %e, "sink shutdown incomplete"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Default)]
-    struct Log {
-        calls: Vec<String>,
-    }
-
-    struct Recorder(Arc<Mutex<Log>>);
-
-    impl Sink for Recorder {
-        fn name(&self) -> &'static str {
-            "recorder"
-        }
-        fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
-            let log = self.0.clone();
-            Box::pin(async move {
-                log.lock()
-                    .expect("lock")
-                    .calls
-                    .push(format!("probes:{}", records.len()));
-                Ok(())
-            })
-        }
-        fn export_health(
-            &mut self,
-            records: Vec<HealthRecord>,
-        ) -> BoxFuture<'_, Result<(), SinkError>> {
-            let log = self.0.clone();
-            Box::pin(async move {
-                log.lock()
-                    .expect("lock")
-                    .calls
-                    .push(format!("health:{}", records.len()));
-                Ok(())
-            })
-        }
-        fn force_flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-            let log = self.0.clone();
-            Box::pin(async move {
-                log.lock().expect("lock").calls.push("flush".into());
-                Ok(())
-            })
-        }
-        fn shutdown(&mut self, _deadline: Duration) -> BoxFuture<'_, Result<(), SinkError>> {
-            let log = self.0.clone();
-            Box::pin(async move {
-                log.lock().expect("lock").calls.push("shutdown".into());
-                Ok(())
-            })
-        }
-    }
-
-    #[tokio::test]
-    async fn runner_merges_batches_keeps_flush_order_and_shuts_down() {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let (tx, rx) = mpsc::channel(16);
-        // Queue everything before the runner starts, so merging is deterministic.
-        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 2]))
-            .await
-            .expect("send");
-        tx.send(SinkMsg::Probes(vec![ProbeRecord::default(); 3]))
-            .await
-            .expect("send");
-        let (ack_tx, ack_rx) = oneshot::channel();
-        tx.send(SinkMsg::Flush(ack_tx)).await.expect("send");
-        tx.send(SinkMsg::Health(vec![HealthRecord::default()]))
-            .await
-            .expect("send");
-        tx.send(SinkMsg::Probes(vec![ProbeRecord::default()]))
-            .await
-            .expect("send");
-        drop(tx);
-        run_sink(Box::new(Recorder(log.clone())), rx, Duration::from_secs(1)).await;
-        ack_rx.await.expect("flush answered");
-        let calls = log.lock().expect("lock").calls.clone();
-        assert_eq!(
-            calls,
-            ["probes:5", "flush", "health:1", "probes:1", "shutdown"]
-        );
+        Err(e) => tracing::warn!(
+            sink,
+            error = %crate::internal_events::error_chain(e),
+            "sink shutdown incomplete"
+        ),
     }
 }

@@ -1,8 +1,9 @@
 //! Shared harness of the `metrics_*`, `node_condition` and `agent_occupancy`
 //! integration tests: the whole agent (`agent::run`) on the CPU backend on its
 //! own runtime thread, a gate that holds the first probe run back, a minimal
-//! HTTP/1.0 client for `/metrics`, `/healthz` and `/readyz`, and the real-tool
-//! lookup (`promtool`, `prometheus`) with the `SLICETRACE_REQUIRE_TOOLS` rule.
+//! HTTP/1.0 client for `/metrics`, `/healthz` and `/readyz`. Real tools
+//! (`promtool`, `prometheus`) come from `slicetrace_e2e::runnable`, the
+//! workspace's one tool-or-skip rule.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -40,11 +41,10 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 // ---------------------------------------------------------------- tools ----
 
-// The same tool-or-skip rule as the occupancy tests, from one place.
+// The occupancy harness (fake API, log capture), for the tests of the whole
+// agent with occupancy; tools come from `slicetrace_e2e::runnable`.
 #[path = "../occupancy_support/mod.rs"]
 pub mod occupancy_support;
-#[allow(unused_imports)]
-pub use occupancy_support::require_tool;
 
 // ---------------------------------------------------------------- config ----
 

@@ -53,43 +53,34 @@ pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 // ---------------------------------------------------------------- tools ----
+// The workspace's one tool-or-skip rule (`slicetrace_e2e::runnable_for`): a
+// missing tool fails the test under `SLICETRACE_REQUIRE_TOOLS=1`, else skips
+// it with a `SKIP` line that tests/run.sh counts.
 
-fn tools_required() -> bool {
-    std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
-}
-
-/// `Some(program)` when `program --version`-style probe `args` runs;
-/// otherwise fails under `SLICETRACE_REQUIRE_TOOLS=1`, else prints a skip note.
-pub fn require_tool(program: &str, args: &[&str], test: &str) -> Option<String> {
-    let ok = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(program.to_string());
-    }
-    assert!(
-        !tools_required(),
-        "{test}: required tool {program} is missing (SLICETRACE_REQUIRE_TOOLS=1)"
-    );
-    eprintln!("SKIP {test}: {program} not found");
-    None
-}
-
-pub fn python(test: &str) -> Option<String> {
+/// `$SLICETRACE_PYTHON` or `python3`, when it runs; `what` names what is
+/// skipped without it.
+pub fn python(what: &str) -> Option<String> {
     let py = std::env::var("SLICETRACE_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    require_tool(&py, &["--version"], test)
+    found(slicetrace_e2e::runnable_for(&py, &["--version"], what))
 }
 
-pub fn kubectl(test: &str) -> Option<String> {
+/// `kubectl` (`/usr/bin/kubectl` first), when it runs; `what` names what is
+/// skipped without it.
+pub fn kubectl(what: &str) -> Option<String> {
     let k = if Path::new("/usr/bin/kubectl").exists() {
         "/usr/bin/kubectl"
     } else {
         "kubectl"
     };
-    require_tool(k, &["version", "--client"], test)
+    found(slicetrace_e2e::runnable_for(
+        k,
+        &["version", "--client"],
+        what,
+    ))
+}
+
+fn found(tool: Option<PathBuf>) -> Option<String> {
+    tool.map(|p| p.to_string_lossy().into_owned())
 }
 
 // ------------------------------------------------------- fake k8s API ------

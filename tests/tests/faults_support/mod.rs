@@ -15,13 +15,11 @@ use slicetrace_e2e::{bin, wait_for};
 /// Generous waits: CI boxes have two loaded cores.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A probe small enough that a cycle costs well under a millisecond.
-pub const SMALL_PROBE: &str = "self_test = false\n";
-/// The `[probe]` table of the small probe (append after top-level keys).
-/// These tests are about sinks and files, not sampling: they keep the burst
-/// mode, whose row rate follows the top-level `interval_ms` they set.
-pub const SMALL_PROBE_TABLE: &str =
-    "[probe]\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n";
+/// The `[probe]` keys of a probe small enough that a cycle costs well under
+/// a millisecond. These tests are about sinks and files, not sampling: they
+/// keep the burst mode, whose row rate follows the `probe.interval_ms` they
+/// set.
+pub const SMALL_PROBE: &str = "self_test = false\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -30,11 +28,12 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Writes `agent.toml` in `dir`: `top` (top-level keys), the small probe,
-/// then `tables` (more TOML tables).
-pub fn write_config(dir: &Path, top: &str, tables: &str) -> PathBuf {
+/// Writes `agent.toml` in `dir`: `top` (top-level keys), the `[probe]` table
+/// of the small probe with the keys `probe` adds (e.g. `interval_ms`), then
+/// `tables` (more TOML tables).
+pub fn write_config(dir: &Path, top: &str, probe: &str, tables: &str) -> PathBuf {
     let p = dir.join("agent.toml");
-    let text = format!("{top}\n{SMALL_PROBE}\n{SMALL_PROBE_TABLE}\n{tables}\n");
+    let text = format!("{top}\n[probe]\n{SMALL_PROBE}{probe}\n{tables}\n");
     std::fs::write(&p, text).expect("write config");
     p
 }

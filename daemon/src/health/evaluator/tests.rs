@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::live::GpuEntry;
+use slicetrace_schema::Contention;
 
 const H100: &str = "NVIDIA H100 80GB HBM3";
 
@@ -72,8 +73,11 @@ fn tenants_make_a_gpu_contended_never_unhealthy() {
         .contention_detail
         .as_deref()
         .is_some_and(|d| d.contains("3 tenants")));
-    assert_eq!(st.verdict("GPU-a", "fft"), Some(Verdict::Healthy));
-    assert_eq!(st.contention("GPU-a", "fft"), Some(Contention::Contended));
+    assert_eq!(st.verdict("GPU-a", Kernel::Fft), Some(Verdict::Healthy));
+    assert_eq!(
+        st.contention("GPU-a", Kernel::Fft),
+        Some(Contention::Contended)
+    );
     // Far more wait than 3 tenants explain: over-shared, still healthy.
     let t2 = t1 + Duration::from_secs(11);
     e.observe(

@@ -1,20 +1,13 @@
-//! Trace and span ids. The pipeline stamps every record with a new trace and
-//! span id ([`new_trace_id`], [`new_span_id`]) before it reaches any sink, so
-//! the Parquet row and the OTLP run span agree; the span builders convert
-//! their bytes into opentelemetry's ids here (no hex on the way) and derive a
-//! cycle's root span id from its trace id ([`root_span_id`]).
+//! Trace and span ids on the OTLP side. The probe loop stamps every record
+//! with its ids ([`crate::ids`]) before any consumer sees it; the span
+//! builders convert their bytes into opentelemetry's ids here (no hex on the
+//! way), make ids for the spans that have none in the row (`queued`,
+//! `executing`, health evaluations), and derive a cycle's root span id from
+//! its trace id ([`root_span_id`]).
 
 use opentelemetry::trace::{SpanId, TraceId};
 
-/// A new random, non-zero trace id.
-pub fn new_trace_id() -> slicetrace_schema::TraceId {
-    slicetrace_schema::TraceId::from_bytes(random_nonzero_u128().to_be_bytes())
-}
-
-/// A new random, non-zero span id.
-pub fn new_span_id() -> slicetrace_schema::SpanId {
-    slicetrace_schema::SpanId::from_bytes(random_nonzero_u64().to_be_bytes())
-}
+use crate::ids::{random_nonzero_u128, random_nonzero_u64};
 
 /// A new random, valid (non-zero) trace id.
 pub(super) fn random_trace_id() -> TraceId {
@@ -26,27 +19,9 @@ pub(super) fn random_span_id() -> SpanId {
     SpanId::from_bytes(random_nonzero_u64().to_be_bytes())
 }
 
-fn random_nonzero_u128() -> u128 {
-    loop {
-        let v: u128 = rand::random();
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
-fn random_nonzero_u64() -> u64 {
-    loop {
-        let v: u64 = rand::random();
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
 /// The root (`probe_cycle`) span id of a trace: FNV-1a of the trace id,
 /// never zero. Deterministic, so every run of a cycle names the same parent
-/// whichever `export` call brings it.
+/// whichever message brings it.
 pub fn root_span_id(trace: TraceId) -> SpanId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in trace.to_bytes().iter().chain(b"probe_cycle") {
@@ -71,6 +46,7 @@ pub(super) fn otel_span_id(s: Option<slicetrace_schema::SpanId>) -> Option<SpanI
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{new_span_id, new_trace_id};
 
     #[test]
     fn ids_are_nonzero_and_keep_their_bytes() {

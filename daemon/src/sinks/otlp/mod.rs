@@ -2,7 +2,7 @@
 //! collector over gRPC or HTTP/protobuf.
 //!
 //! Trace model with Poisson arrivals (the default; one trace per arrival,
-//! [`OtlpSink::set_trace_per_run`]):
+//! [`TraceShape::PerRun`]):
 //!
 //! ```text
 //! probe fft                        ts .. ts + wall_ms      (root; id = ProbeRecord.span_id)
@@ -10,7 +10,8 @@
 //! └─ executing                     ts + queue_ms .. + gpu_ms
 //! ```
 //!
-//! With `probe.arrivals = "burst"`, one trace per probe cycle of one GPU:
+//! With `probe.arrivals = "burst"`, one trace per probe cycle of one GPU
+//! ([`TraceShape::PerCycle`]):
 //!
 //! ```text
 //! probe_cycle                      first ts .. last ts + wall_ms
@@ -21,11 +22,11 @@
 //! ```
 //!
 //! The pipeline fills `ProbeRecord.trace_id` and `span_id` (with
-//! [`new_trace_id`] / [`new_span_id`]) before a record reaches any sink, so
-//! the Parquet row and the run span agree. The root span's id is derived from
-//! the trace id ([`root_span_id`]), so run spans can name their parent before
-//! the cycle is complete, and records of one cycle may arrive over several
-//! `export` calls. The root span itself is emitted once its cycle is over:
+//! [`crate::ids::new_trace_id`] / [`crate::ids::new_span_id`]) before a
+//! record reaches any consumer, so the Parquet row and the run span agree.
+//! The root span's id is derived from the trace id ([`root_span_id`]), so run
+//! spans can name their parent before the cycle is complete, and records of
+//! one cycle may arrive over several messages. The root span itself is emitted once its cycle is over:
 //! when a later cycle of the same GPU shows up, when no run of the cycle has
 //! arrived for [`ROOT_LINGER_MIN`] (or two export intervals, if longer), or on
 //! flush/shutdown. Its extent is that of the runs seen until then; a run that
@@ -33,25 +34,27 @@
 //! id, and no second root is made.
 //!
 //! We use opentelemetry-otlp's `SpanExporter` directly, not the SDK's batch
-//! processor, so that the queue is ours: `export` converts records to spans
-//! and pushes them into a bounded queue without awaiting anything, dropping
-//! (and counting) what does not fit. A background task sends batches every
-//! `export_interval_ms`, or sooner when a batch is full, each send bounded by
-//! `timeout_ms`. When the collector is down or slow, the batch is dropped and
-//! counted and a WARN line is logged at most once a minute; the next batch
-//! tries again, so export resumes by itself when the collector returns.
+//! processor, so that the one batch is ours: the sink is one task
+//! (`task.rs`) that reads its own bounded input queue (fed by the fan-outs),
+//! turns records into spans at once and keeps them in one bounded span queue
+//! (`queue.rs`), dropping and counting what does not fit. It sends full
+//! batches as soon as they are queued and everything every
+//! `export_interval_ms`, each request bounded by `timeout_ms`. When the
+//! collector is down or slow, the batch is dropped and counted and a WARN
+//! line is logged at most once a minute; the next batch tries again, so
+//! export resumes by itself when the collector returns.
 //!
 //! Where each job lives, in the order a record meets them:
 //!
-//! - `ids.rs`: trace and span ids ([`new_trace_id`], [`root_span_id`]);
+//! - `ids.rs`: ids as opentelemetry's, and root span ids ([`root_span_id`]);
 //! - `config.rs`: the `[otlp]` table, the `OTEL_*` environment and the one
 //!   endpoint rule ([`OtlpConfig`], [`endpoint_url`]);
 //! - `attributes.rs`: what each span says, and the resource;
 //! - `spans.rs`: records to spans;
-//! - `queue.rs`: the bounded queue and the root-span state machine;
+//! - `queue.rs`: the bounded span queue and the root-span state machine;
 //! - `exporter.rs`: the gRPC or HTTP exporter, TLS;
-//! - `task.rs`: the export loop;
-//! - this file: [`OtlpSink`], the [`Sink`] that ties them together.
+//! - `task.rs`: the one loop: input queue → spans → batches → exporter;
+//! - this file: [`OtlpSink`], the [`Sink`] handle that starts the task.
 
 mod attributes;
 mod config;
@@ -62,23 +65,22 @@ mod spans;
 mod task;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use opentelemetry::InstrumentationScope;
-use slicetrace_schema::{HealthRecord, ProbeRecord};
-use tokio::sync::{mpsc, oneshot};
 
 pub use attributes::{build_resource, extra_attr, run_attributes, DEFAULT_SERVICE_NAME};
 pub use config::{endpoint_url, OtlpConfig, OtlpProtocol};
-pub use ids::{new_span_id, new_trace_id, root_span_id};
+pub use ids::root_span_id;
 
-use super::{Sink, SinkError};
-use crate::internal_events::Counters;
-use queue::Shared;
-use task::{Ctl, ExportTask};
+use super::{log_shutdown, request_shutdown, Sink, SinkError};
+use crate::fanout::{task_queue, Msg, QueueError, Tx};
+use crate::internal_events::{Counters, InternalEvent, OtlpSpansDropped};
+use queue::SpanQueue;
+use task::{margin, ExportTask};
 
 const SINK_NAME: &str = "otlp";
 /// Shortest time a cycle's root span waits for more runs of its cycle.
@@ -118,8 +120,8 @@ pub enum OtlpError {
     /// The export task is gone (it panicked or was shut down).
     #[error("otlp export task is not running")]
     TaskGone,
-    /// A flush or shutdown did not finish within its deadline; what was
-    /// still queued is dropped and counted.
+    /// A flush did not finish within its deadline; what was still queued
+    /// is dropped and counted.
     #[error("otlp flush did not finish within {0:?}")]
     Deadline(Duration),
 }
@@ -134,27 +136,34 @@ impl From<OtlpError> for SinkError {
     }
 }
 
-/// The OTLP sink: converts records to spans, queues them (bounded) and
-/// sends them from its own task.
+/// How records map to traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceShape {
+    /// Every record is its own trace, with its run span as the root
+    /// (Poisson arrivals: one run per arrival).
+    PerRun,
+    /// The runs of one probe cycle share a trace under a `probe_cycle` root
+    /// (`probe.arrivals = "burst"`).
+    PerCycle,
+}
+
+/// The OTLP sink: the sending end of the export task's input queue, and
+/// the task.
 #[derive(Debug)]
 pub struct OtlpSink {
-    shared: Arc<Shared>,
-    ctl: mpsc::Sender<Ctl>,
+    input: Tx,
     timeout: Duration,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Spans the task holds and has not counted (see `queue.rs`).
+    pending: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl OtlpSink {
-    /// Makes every record its own trace, with its run span as the root (for
-    /// Poisson arrivals: one run per arrival). Off by default (one trace per
-    /// probe cycle, under a `probe_cycle` root).
-    pub fn set_trace_per_run(&self, on: bool) {
-        self.shared.trace_per_run.store(on, Ordering::Relaxed);
-    }
-
-    /// Builds the exporter and starts the export task. Must be called from
-    /// within a Tokio runtime. `host_name` becomes `host.name`,
-    /// `k8s_node_name` (when running in a cluster) `k8s.node.name`.
+    /// Builds the exporter and starts the export task, reading a queue of
+    /// `queue_msgs` messages. Must be called from within a Tokio runtime.
+    /// `host_name` becomes `host.name`, `k8s_node_name` (when running in a
+    /// cluster) `k8s.node.name`.
     ///
     /// Fails on an invalid or disabled config (no endpoint), an unreadable
     /// TLS file, or an exporter that refuses the settings. Does not connect:
@@ -164,6 +173,8 @@ impl OtlpSink {
         host_name: &str,
         k8s_node_name: Option<&str>,
         counters: Arc<Counters>,
+        queue_msgs: usize,
+        shape: TraceShape,
     ) -> Result<Self, OtlpError> {
         if !config.is_enabled() {
             return Err(OtlpError::Config {
@@ -179,20 +190,23 @@ impl OtlpSink {
         let scope = InstrumentationScope::builder(DEFAULT_SERVICE_NAME)
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
-        let shared = Arc::new(Shared::new(
-            counters,
+        let queue = SpanQueue::new(
+            counters.clone(),
             scope,
             config.queue_capacity,
             config.max_export_batch,
-        ));
-        let (ctl, ctl_rx) = mpsc::channel(4);
+            shape,
+        );
+        let pending = queue.pending();
+        let (input, rx) = task_queue(queue_msgs);
         let task = ExportTask {
             exporter,
-            shared: shared.clone(),
+            queue,
             timeout,
+            interval,
             linger: ROOT_LINGER_MIN.max(interval * 2),
         };
-        let task = tokio::spawn(task.run(ctl_rx, interval));
+        let task = tokio::spawn(task.run(rx));
         tracing::info!(
             endpoint = config.endpoint.as_deref().unwrap_or_default(),
             protocol = ?config.protocol,
@@ -200,33 +214,12 @@ impl OtlpSink {
             "otlp sink started"
         );
         Ok(Self {
-            shared,
-            ctl,
+            input,
             timeout,
             task: Some(task),
+            pending,
+            counters,
         })
-    }
-
-    async fn flush_within(&mut self, limit: Duration, shutdown: bool) -> Result<(), OtlpError> {
-        // The task stops sending a little before `limit`, so that it can
-        // count what it drops and answer before we stop waiting.
-        let margin = (limit / 10).min(Duration::from_millis(100));
-        let deadline = Instant::now() + limit.saturating_sub(margin);
-        let (ack, rx) = oneshot::channel();
-        let msg = if shutdown {
-            Ctl::Shutdown { deadline, ack }
-        } else {
-            Ctl::Flush { deadline, ack }
-        };
-        match tokio::time::timeout(limit, async {
-            self.ctl.send(msg).await.map_err(|_| OtlpError::TaskGone)?;
-            rx.await.map_err(|_| OtlpError::TaskGone)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(OtlpError::Deadline(limit)),
-        }
     }
 }
 
@@ -235,43 +228,51 @@ impl Sink for OtlpSink {
         SINK_NAME
     }
 
-    /// Converts and queues; never waits for the network.
-    fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
-        self.shared.enqueue(records);
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Queues one `health_evaluation` span per verdict; never waits.
-    fn export_health(
-        &mut self,
-        records: Vec<HealthRecord>,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
-        self.shared.enqueue_health(records);
-        Box::pin(async { Ok(()) })
+    fn input(&self) -> &Tx {
+        &self.input
     }
 
     /// Emits every pending root span and sends everything queued, within
     /// the export timeout; what is not sent by then is dropped and counted.
     fn force_flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let limit = self.timeout;
-            Ok(self.flush_within(limit, false).await?)
+            let by = Instant::now() + self.timeout;
+            match self.input.request(Msg::Flush, Some(by)).await {
+                Ok(r) => r,
+                Err(QueueError::Deadline) => Err(OtlpError::Deadline(self.timeout).into()),
+                Err(QueueError::Closed) => Err(OtlpError::TaskGone.into()),
+            }
         })
     }
 
-    /// Flushes within `deadline`, then stops the export task.
+    /// Flushes within `deadline`, then stops the export task. A task that
+    /// does not answer in time (stuck in an export to a hung collector) is
+    /// aborted and the spans it held are counted as dropped: nothing is lost
+    /// uncounted, so that is an error for the log but not a late sink.
     fn shutdown(&mut self, deadline: Duration) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let res = self.flush_within(deadline, true).await;
+            let started = Instant::now();
+            // The task stops sending a little before the deadline, so that
+            // it can count what it drops and answer before we stop waiting.
+            let by = started + deadline.saturating_sub(margin(deadline));
+            let mut r = request_shutdown(SINK_NAME, &self.input, by, started + deadline).await;
             if let Some(t) = self.task.take() {
-                if res.is_err() {
+                if r.is_err() {
                     t.abort();
-                    let left = self.shared.lock().spans.drain(..).count() as u64
-                        + self.shared.in_flight.swap(0, Ordering::SeqCst);
-                    self.shared.count_drops(left, "shutdown deadline passed");
+                    if r.as_ref().is_err_and(SinkError::is_late) {
+                        r = Err(OtlpError::Deadline(deadline).into());
+                    }
                 }
+                let _ = t.await;
+                let left = self.pending.swap(0, Ordering::SeqCst);
+                OtlpSpansDropped {
+                    dropped: left,
+                    why: Some("shutdown deadline passed"),
+                }
+                .emit(&self.counters);
             }
-            Ok(res?)
+            log_shutdown(SINK_NAME, started, &r);
+            r
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Records to spans: the run span of a record (`probe fft|gemm`) with its
 //! `queued` and `executing` children, a cycle's `probe_cycle` root, and one
 //! `health_evaluation` span per live-health verdict. Pure conversions: the
-//! queue (`queue.rs`) decides which parent a run gets and when a root is
+//! span queue (`queue.rs`) decides which parent a run gets and when a root is
 //! complete, and calls these to build the spans it queues.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +11,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
-use slicetrace_schema::{attr, HealthRecord, ProbeRecord};
+use slicetrace_schema::{attr, HealthRecord, Kernel, ProbeRecord, Verdict};
 
 use super::attributes::{extra_attr, health_attributes, run_attributes};
 use super::ids::{random_span_id, random_trace_id, root_span_id};
@@ -82,10 +82,9 @@ pub(super) fn run_spans(
     root: SpanId,
 ) -> Vec<SpanData> {
     let stop_ns = end_ns(r);
-    let name = match r.kernel.as_str() {
-        "fft" => "probe fft",
-        "gemm" => "probe gemm",
-        _ => "probe",
+    let name = match r.kernel {
+        Kernel::Fft => "probe fft",
+        Kernel::Gemm => "probe gemm",
     };
     let status = if r.correct == Some(false) {
         Status::error("correctness check failed")
@@ -156,7 +155,7 @@ pub(super) fn root_span(scope: &InstrumentationScope, r: OpenRoot) -> SpanData {
 /// verdict and every input it was judged on; an error when unhealthy.
 pub(super) fn health_span(scope: &InstrumentationScope, h: &HealthRecord) -> SpanData {
     let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(h.ts_ns.max(0) as u64);
-    let status = if h.verdict == "unhealthy" {
+    let status = if h.verdict.parse() == Ok(Verdict::Unhealthy) {
         Status::error(h.reason.clone())
     } else {
         Status::Unset

@@ -9,14 +9,16 @@
 //! written and synced: a reader never sees a half-written file.
 //!
 //! All file I/O happens on one dedicated writer thread (`parquet-writer`),
-//! never on the async runtime. [`ParquetSink`] is the async handle: `export`
-//! hands rows to the thread and waits for their acknowledgement, which only
-//! means "buffered", so a slow disk slows the sink's runner and fills its
-//! bounded channel (where the pipeline drops and counts) instead of growing
-//! memory here. The thread buffers rows in memory and encodes them into the
-//! open file's row group every `flush_interval_ms` (or every
+//! never on the async runtime, and that thread reads its own bounded queue
+//! directly (a `std` channel of [`crate::fanout::Msg`]): the fan-outs `try_send` probe rows
+//! and verdicts into it, and flush and shutdown are messages on the same
+//! queue, answered once everything queued before them is written. A slow
+//! disk fills the queue, where the fan-out drops and counts, instead of
+//! growing memory here. The thread buffers rows in memory and encodes them
+//! into the open file's row group every `flush_interval_ms` (or every
 //! `row_group_rows`), rotates by time, size and date, applies retention after
 //! each rotation and at start, and recovers leftover temporary files at start.
+//! [`ParquetSink`] is the handle: the queue's sender and the thread.
 //!
 //! A write error (disk full, permissions) costs the rows of the file being
 //! written: they are counted in `parquet_rows_dropped`, the broken temporary
@@ -26,8 +28,8 @@
 //! The `parquet_*` counters count rows and files of both tables together.
 //!
 //! One job per file, in the order a row meets them: `config.rs`
-//! (`[parquet]`), this file (the errors and the async handle), `writer.rs`
-//! (the thread and its open files), `layout.rs` (paths, over the names that
+//! (`[parquet]`), this file (the errors and the handle), `writer.rs`
+//! (the thread's loop and its open files), `layout.rs` (paths, over the names that
 //! `slicetrace_schema::layout` defines for every writer and reader),
 //! `recovery.rs` (leftover temporary files at start) and `retention.rs` (by
 //! age and size). Writer settings come from
@@ -41,21 +43,20 @@ mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use slicetrace_schema::{HealthRecord, ProbeRecord, SchemaError};
-use tokio::sync::oneshot;
+use slicetrace_schema::SchemaError;
 
 pub use config::ParquetConfig;
 pub use recovery::{recover, RecoveryReport};
 pub use retention::enforce_retention;
 
-use super::{Sink, SinkError};
+use super::{log_shutdown, request_shutdown, Sink, SinkError};
+use crate::fanout::{thread_queue, Tx};
 use crate::internal_events::Counters;
-use writer::{Cmd, Writer};
+use writer::Writer;
 
 const SINK_NAME: &str = "parquet";
 
@@ -94,13 +95,6 @@ pub enum ParquetError {
         #[source]
         source: SchemaError,
     },
-    /// The writer thread could not be started, or is gone.
-    #[error("parquet writer thread is not running")]
-    WriterGone,
-    /// Shutdown did not finish within its deadline; open files stay as
-    /// temporary files and are recovered at the next start.
-    #[error("parquet shutdown did not finish within {0:?}")]
-    Deadline(Duration),
 }
 
 impl From<ParquetError> for SinkError {
@@ -132,30 +126,33 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// The Parquet sink: an async handle to the `parquet-writer` thread.
+/// The Parquet sink: the sending end of the `parquet-writer` thread's
+/// queue, and the thread.
 #[derive(Debug)]
 pub struct ParquetSink {
-    tx: std_mpsc::Sender<Cmd>,
+    input: Tx,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ParquetSink {
-    /// Starts the writer thread for `data_dir`, writing files for `node`.
+    /// Starts the writer thread for `data_dir`, writing files for `node`,
+    /// reading a queue of `queue_msgs` messages.
     ///
     /// The thread first recovers leftover temporary files and applies
-    /// retention, then serves requests in order, so a
-    /// [`Sink::force_flush`] right after `new` returns once recovery is done.
-    /// Does not touch the disk itself; fails only on a bad config or when
-    /// the thread cannot be started.
+    /// retention, then handles its queue in order, so a
+    /// [`Sink::force_flush`] right after `new` answers once recovery is
+    /// done. Does not touch the disk itself; fails only on a bad config or
+    /// when the thread cannot be started.
     pub fn new(
         config: ParquetConfig,
         data_dir: impl Into<PathBuf>,
         node: &str,
         counters: Arc<Counters>,
+        queue_msgs: usize,
     ) -> Result<Self, ParquetError> {
         config.validate()?;
         let writer = Writer::new(config, data_dir.into(), node, counters);
-        let (tx, rx) = std_mpsc::channel();
+        let (input, rx) = thread_queue(queue_msgs);
         let thread = std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || writer.run(rx))
@@ -165,21 +162,9 @@ impl ParquetSink {
                 source,
             })?;
         Ok(Self {
-            tx,
+            input,
             thread: Some(thread),
         })
-    }
-
-    /// Sends `cmd` built around a fresh answer channel and waits for the answer.
-    async fn call(
-        &self,
-        cmd: impl FnOnce(oneshot::Sender<Result<(), ParquetError>>) -> Cmd,
-    ) -> Result<(), ParquetError> {
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(cmd(ack))
-            .map_err(|_| ParquetError::WriterGone)?;
-        rx.await.map_err(|_| ParquetError::WriterGone)?
     }
 }
 
@@ -188,52 +173,29 @@ impl Sink for ParquetSink {
         SINK_NAME
     }
 
-    /// Hands rows to the writer thread. Returns once they are buffered; an
-    /// error means some rows were lost (already counted and logged).
-    fn export(&mut self, records: Vec<ProbeRecord>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move {
-            if records.is_empty() {
-                return Ok(());
-            }
-            Ok(self.call(|ack| Cmd::Probes(records, ack)).await?)
-        })
-    }
-
-    fn export_health(
-        &mut self,
-        records: Vec<HealthRecord>,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move {
-            if records.is_empty() {
-                return Ok(());
-            }
-            Ok(self.call(|ack| Cmd::Health(records, ack)).await?)
-        })
-    }
-
-    /// Closes every open file (footer, sync, rename): everything exported so
-    /// far becomes visible. The next rows open new files.
-    fn force_flush(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move { Ok(self.call(Cmd::Flush).await?) })
+    fn input(&self) -> &Tx {
+        &self.input
     }
 
     /// Closes every open file and stops the writer thread, waiting at most
-    /// `deadline`. On timeout the thread keeps closing files in the
-    /// background; whatever is still temporary is recovered at next start.
+    /// `deadline` (a late answer is [`SinkError::is_late`]). On timeout the
+    /// thread keeps closing files in the background; open files stay
+    /// temporary files and are recovered at the next start.
     fn shutdown(&mut self, deadline: Duration) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let res = tokio::time::timeout(deadline, self.call(Cmd::Shutdown)).await;
-            match res {
-                Ok(r) => {
-                    if let Some(t) = self.thread.take() {
-                        // The thread answered and returns right after; joining
-                        // off the runtime keeps even that instant off it.
-                        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-                    }
-                    Ok(r?)
+            let started = Instant::now();
+            let by = started + deadline;
+            let r = request_shutdown(SINK_NAME, &self.input, by, by).await;
+            let late = r.as_ref().is_err_and(SinkError::is_late);
+            if !late {
+                if let Some(t) = self.thread.take() {
+                    // The thread answered and returns right after; joining
+                    // off the runtime keeps even that instant off it.
+                    let _ = tokio::task::spawn_blocking(move || t.join()).await;
                 }
-                Err(_) => Err(ParquetError::Deadline(deadline).into()),
             }
+            log_shutdown(SINK_NAME, started, &r);
+            r
         })
     }
 }
@@ -243,6 +205,7 @@ mod tests {
     use std::fs::File;
 
     use super::*;
+    use slicetrace_schema::ProbeRecord;
 
     fn rec(ts_ns: i64, wall_ms: f64) -> ProbeRecord {
         ProbeRecord {
@@ -262,9 +225,14 @@ mod tests {
     async fn rows_split_at_utc_midnight_and_carry_schema_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let counters = Arc::new(Counters::default());
-        let mut sink =
-            ParquetSink::new(ParquetConfig::default(), dir.path(), "n1", counters.clone())
-                .expect("sink");
+        let mut sink = ParquetSink::new(
+            ParquetConfig::default(),
+            dir.path(),
+            "n1",
+            counters.clone(),
+            8,
+        )
+        .expect("sink");
         // 2024-01-01T23:59:59Z and 2024-01-02T00:00:01Z
         let t0 = 1_704_153_599_000_000_000;
         sink.export(vec![rec(t0, 1.0), rec(t0 + 2_000_000_000, 2.0)])

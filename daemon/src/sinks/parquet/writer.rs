@@ -1,8 +1,9 @@
 //! The `parquet-writer` thread: the only place that touches the disk for
 //! the sink. It owns one [`Table`] per table, each with at most one open file
-//! per UTC date, and runs one loop over its command channel: append rows
-//! (encoding a row group whenever `row_group_rows` are pending), close
-//! everything on flush and shutdown, and on every wake-up encode pending rows
+//! per UTC date, and runs one loop over its own bounded queue (the fan-outs
+//! feed it directly): append rows (encoding a row group whenever
+//! `row_group_rows` are pending), close everything on [`Msg::Flush`] and
+//! [`Msg::Shutdown`], and on every wake-up encode pending rows
 //! every `flush_interval_ms` and rotate files by age, size and date. A file
 //! goes tmp → footer → sync → rename ([`OpenFile::finish`]); one that fails is
 //! removed and its rows counted as lost ([`ParquetWriteFailed`]). Recovery and
@@ -23,18 +24,18 @@ use slicetrace_schema::{
     health_batch, health_schema, layout, probes_batch, probes_schema, writer_properties,
     HealthRecord, ProbeRecord, SchemaError,
 };
-use tokio::sync::oneshot;
 
 use super::layout::{sync_dir, NewFile};
 use super::recovery::recover;
 use super::retention::enforce_retention;
 use super::{io_err, ParquetConfig, ParquetError};
+use crate::fanout::{Ack, Msg};
 use crate::internal_events::{
     error_chain, Counters, InternalEvent, ParquetFileRotated, ParquetWriteFailed,
 };
 
 /// A kind of row this sink writes: one table.
-trait Row: Send + Sized + 'static {
+trait Row: Clone + Send + Sized + 'static {
     /// Directory name of the table.
     const TABLE: &'static str;
     fn ts_ns(&self) -> i64;
@@ -42,31 +43,27 @@ trait Row: Send + Sized + 'static {
     fn schema() -> SchemaRef;
 }
 
-impl Row for ProbeRecord {
-    const TABLE: &'static str = layout::PROBES;
-    fn ts_ns(&self) -> i64 {
-        self.ts_ns
-    }
-    fn batch(rows: &[Self]) -> Result<RecordBatch, SchemaError> {
-        probes_batch(rows)
-    }
-    fn schema() -> SchemaRef {
-        probes_schema()
-    }
+/// `impl Row` for a record type: its table, and the schema crate's batch
+/// builder and schema for it.
+macro_rules! row {
+    ($ty:ty, $table:expr, $batch:path, $schema:path) => {
+        impl Row for $ty {
+            const TABLE: &'static str = $table;
+            fn ts_ns(&self) -> i64 {
+                self.ts_ns
+            }
+            fn batch(rows: &[Self]) -> Result<RecordBatch, SchemaError> {
+                $batch(rows)
+            }
+            fn schema() -> SchemaRef {
+                $schema()
+            }
+        }
+    };
 }
 
-impl Row for HealthRecord {
-    const TABLE: &'static str = layout::HEALTH;
-    fn ts_ns(&self) -> i64 {
-        self.ts_ns
-    }
-    fn batch(rows: &[Self]) -> Result<RecordBatch, SchemaError> {
-        health_batch(rows)
-    }
-    fn schema() -> SchemaRef {
-        health_schema()
-    }
-}
+row!(ProbeRecord, layout::PROBES, probes_batch, probes_schema);
+row!(HealthRecord, layout::HEALTH, health_batch, health_schema);
 
 /// Shared state the tables need to report what happens.
 struct Ctx {
@@ -186,7 +183,13 @@ impl<R: Row> Table<R> {
     fn fail(ctx: &mut Ctx, f: OpenFile<R>, err: &ParquetError) {
         let (tmp, rows) = (f.tmp.clone(), f.rows);
         drop(f);
-        if let Err(e) = fs::remove_file(&tmp) {
+        Self::discard(ctx, &tmp, rows, err);
+    }
+
+    /// Removes the temporary file `tmp` of a file that failed and counts
+    /// its `rows` as lost.
+    fn discard(ctx: &mut Ctx, tmp: &Path, rows: u64, err: &ParquetError) {
+        if let Err(e) = fs::remove_file(tmp) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(path = %tmp.display(), error = %e, "failed to remove broken parquet temporary file");
             }
@@ -209,17 +212,7 @@ impl<R: Row> Table<R> {
                 Ok(())
             }
             Err(err) => {
-                if let Err(e) = fs::remove_file(&tmp) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(path = %tmp.display(), error = %e, "failed to remove broken parquet temporary file");
-                    }
-                }
-                ParquetWriteFailed {
-                    table: R::TABLE,
-                    rows_lost: rows,
-                    error: &err,
-                }
-                .emit(&ctx.counters);
+                Self::discard(ctx, &tmp, rows, &err);
                 Err(err)
             }
         }
@@ -254,14 +247,15 @@ impl<R: Row> Table<R> {
         self.close_where(ctx, |_, _| true)
     }
 
-    /// Adds rows, opening, encoding and rotating as needed.
-    fn append(&mut self, ctx: &mut Ctx, rows: Vec<R>) -> Result<(), ParquetError> {
+    /// Adds rows (copied into the table's buffer: the fan-out shares them
+    /// with the other consumers), opening, encoding and rotating as needed.
+    fn append(&mut self, ctx: &mut Ctx, rows: &[R]) -> Result<(), ParquetError> {
         let mut by_date: BTreeMap<String, Vec<R>> = BTreeMap::new();
         for r in rows {
             by_date
                 .entry(layout::date_value(r.ts_ns()))
                 .or_default()
-                .push(r);
+                .push(r.clone());
         }
         let mut first_err = Ok(());
         let mut keep = |res: Result<(), ParquetError>| {
@@ -352,16 +346,6 @@ impl<R: Row> Table<R> {
     }
 }
 
-/// A request to the writer thread. Every one is answered.
-pub(super) enum Cmd {
-    Probes(Vec<ProbeRecord>, oneshot::Sender<Result<(), ParquetError>>),
-    Health(Vec<HealthRecord>, oneshot::Sender<Result<(), ParquetError>>),
-    /// Close every open file.
-    Flush(oneshot::Sender<Result<(), ParquetError>>),
-    /// Close every open file and stop.
-    Shutdown(oneshot::Sender<Result<(), ParquetError>>),
-}
-
 /// The writer thread's state.
 pub(super) struct Writer {
     data_dir: PathBuf,
@@ -431,9 +415,16 @@ impl Writer {
             .clamp(Duration::from_millis(5), Duration::from_secs(60))
     }
 
-    /// The thread's body: recovery and retention, then one loop over `rx`
-    /// until [`Cmd::Shutdown`] or until the sink is dropped.
-    pub(super) fn run(mut self, rx: std_mpsc::Receiver<Cmd>) {
+    /// Closes every open file and answers `ack` with the outcome.
+    fn close_and_answer(&mut self, ack: Ack) {
+        let r = self.close_all().map_err(Into::into);
+        // The requester may have given up waiting; nothing to do then.
+        let _ = ack.send(r);
+    }
+
+    /// The thread's body: recovery and retention, then one loop over its
+    /// queue until [`Msg::Shutdown`], or until every sender is gone.
+    pub(super) fn run(mut self, rx: std_mpsc::Receiver<Msg>) {
         match recover(&self.data_dir, &self.ctx.counters) {
             Ok(r) if !r.recovered.is_empty() || !r.removed.is_empty() => tracing::info!(
                 recovered = r.recovered.len(),
@@ -445,31 +436,30 @@ impl Writer {
         }
         self.retention();
         loop {
-            match rx.recv_timeout(self.next_wakeup()) {
-                Ok(Cmd::Probes(rows, ack)) => {
-                    let r = self.probes.append(&mut self.ctx, rows);
-                    let _ = ack.send(r);
+            // Append errors are counted and logged where they happen
+            // (`ParquetWriteFailed`); the rows of that file are lost.
+            let appended = match rx.recv_timeout(self.next_wakeup()) {
+                Ok(Msg::Probes(rows)) => self.probes.append(&mut self.ctx, &rows),
+                Ok(Msg::Health(rows)) => self.health.append(&mut self.ctx, &rows),
+                Ok(Msg::Event(_)) => Ok(()),
+                Ok(Msg::Flush(ack)) => {
+                    self.close_and_answer(ack);
+                    Ok(())
                 }
-                Ok(Cmd::Health(rows, ack)) => {
-                    let r = self.health.append(&mut self.ctx, rows);
-                    let _ = ack.send(r);
-                }
-                Ok(Cmd::Flush(ack)) => {
-                    let r = self.close_all();
-                    let _ = ack.send(r);
-                }
-                Ok(Cmd::Shutdown(ack)) => {
-                    let r = self.close_all();
-                    let _ = ack.send(r);
+                Ok(Msg::Shutdown { ack, .. }) => {
+                    self.close_and_answer(ack);
                     return;
                 }
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Timeout) => Ok(()),
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                    // The sink was dropped without shutdown: still leave no
-                    // file without its footer.
+                    // Every sender is gone without a shutdown: still leave
+                    // no file without its footer.
                     let _ = self.close_all();
                     return;
                 }
+            };
+            if let Err(e) = appended {
+                tracing::debug!(error = %error_chain(&e), "parquet append failed");
             }
             let encode =
                 self.last_encode.elapsed() >= Duration::from_millis(self.ctx.cfg.flush_interval_ms);
@@ -482,17 +472,5 @@ impl Writer {
                 self.retention();
             }
         }
-    }
-}
-
-impl std::fmt::Debug for Cmd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
-            Cmd::Probes(r, _) => return write!(f, "Probes({})", r.len()),
-            Cmd::Health(r, _) => return write!(f, "Health({})", r.len()),
-            Cmd::Flush(_) => "Flush",
-            Cmd::Shutdown(_) => "Shutdown",
-        };
-        f.write_str(name)
     }
 }

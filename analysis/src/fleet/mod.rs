@@ -1,0 +1,228 @@
+//! `slicetrace fleet`: a verdict per node and GPU, for cron jobs and CI gates
+//! (exit 1 when any GPU is not `healthy`, `unknown` included).
+//!
+//! Each GPU is judged per kernel and shape over the window that ends at the
+//! newest `ts` in the data, with the agent's own rules
+//! ([`slicetrace_schema::judge`], thresholds [`Thresholds::DEFAULT`]), so the
+//! same rows read the same here and on the agent's `/metrics`. Two
+//! dimensions, printed apart:
+//!
+//! * **health** of the GPU itself: `correct = false` runs, hardware
+//!   throttle reasons ⇒ **unhealthy**; software throttle reasons ⇒
+//!   **degraded**; the event time per SM cycle (`gpu_ms × sm_clock_mhz /
+//!   1000`, over quiet runs and runs not preempted mid-kernel) at
+//!   `--degraded-factor`/`--unhealthy-factor` times its baseline ⇒
+//!   **degraded**/**unhealthy**. The baseline is the GPU's own quiet runs
+//!   (`tenants = 0`, at least `--baseline-min-samples`) or else the shipped
+//!   per-SKU reference. No runs in the window ⇒ **unknown** (stale), never
+//!   healthy; fewer than `--min-samples` with nothing found ⇒ **unknown**.
+//! * **contention**: the window p99 of `wall_ms` against `--slo-p99-ms`, or
+//!   the quiet baseline (learned or SKU) and what the tenant count predicts ⇒
+//!   `ok`, `contended` or `over-shared`, with the tenant count in the reason.
+//!   A GPU merely shared by its tenants is `healthy` + `contended`.
+//!
+//! Peers: a robust score z = (x − median) ÷ max(1.4826·MAD,
+//! `--min-deviation-pct` % of the median), over the GPUs with the same
+//! `gpu_name`, kernel and shape (at least `--min-peers`), for the window p99
+//! of `wall_ms` and the p50 of `gpu_ms`, at `--outlier-z` names a slower
+//! GPU: slow `gpu_ms` that normalises back to the peers' by SM clock is
+//! **throttling** (health degraded), slow `gpu_ms` that stays slow is **slow
+//! execution at normal clocks** (health degraded), and normal `gpu_ms` with a
+//! slow `wall_ms` is contention (`contended`, reason `wait_over_peers`).
+//!
+//! One job per file: `evaluate.rs` reads the window and compares peers,
+//! `unit.rs` judges one GPU, kernel and shape, `render.rs` prints the result.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use slicetrace_schema::{BaselineSource, Contention, Reason, Thresholds};
+
+mod evaluate;
+mod render;
+mod unit;
+
+pub use evaluate::evaluate;
+pub use render::render;
+
+/// Fleet thresholds (flags; the defaults are [`Thresholds::DEFAULT`], the
+/// agent's too).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Window length, ending at the newest ts in the data (e.g. 30m, 1h, 1d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// SLO on the window p99 of wall_ms, in ms: above it the GPU is contended
+    /// (above unhealthy-factor times it, over-shared). Never a health fault.
+    #[arg(long)]
+    pub slo_p99_ms: Option<f64>,
+    /// Health: event time per SM cycle ÷ baseline at which a GPU is
+    /// degraded. Contention: wall p99 ÷ quiet baseline at which it is
+    /// contended (and ÷ what the tenants predict, over-shared).
+    #[arg(long, alias = "max-inflation", default_value_t = Thresholds::DEFAULT.degraded_factor)]
+    pub degraded_factor: f64,
+    /// Health: event ratio at which a GPU is unhealthy; contention: wall p99
+    /// ÷ SLO at which it is over-shared.
+    #[arg(long, default_value_t = Thresholds::DEFAULT.unhealthy_factor)]
+    pub unhealthy_factor: f64,
+    /// Time slice per tenant, ms (what one tenant adds to a random arrival's wait).
+    #[arg(long, default_value_t = Thresholds::DEFAULT.slice_ms)]
+    pub slice_ms: f64,
+    /// Robust z-score against peers at which a GPU is degraded.
+    #[arg(long, default_value_t = 3.5)]
+    pub outlier_z: f64,
+    /// Deviations smaller than this % of the peer median never count as outliers
+    /// (the floor of the z-score's scale).
+    #[arg(long, default_value_t = 5.0)]
+    pub min_deviation_pct: f64,
+    /// Fewest GPUs (same gpu_name, kernel, shape) for a peer comparison.
+    #[arg(long, default_value_t = 5)]
+    pub min_peers: usize,
+    /// Fewest runs in the window to judge latency (fewer: unknown).
+    #[arg(long, default_value_t = Thresholds::DEFAULT.min_samples as usize)]
+    pub min_samples: usize,
+    /// Fewest quiet runs (tenants = 0) for a GPU's own baseline; with fewer,
+    /// the shipped per-SKU reference is used.
+    #[arg(long, default_value_t = Thresholds::DEFAULT.baseline_min_samples as usize)]
+    pub baseline_min_samples: usize,
+    /// Do not fall back to the shipped per-SKU reference.
+    #[arg(long)]
+    pub no_sku_reference: bool,
+    /// Extra SQL predicate (or START..END range) applied before everything.
+    #[arg(long = "where")]
+    pub filter: Option<String>,
+    /// Count burst runs too, not only arrival runs (`--all-runs`, a flag
+    /// shared by every command and set by the binary).
+    #[arg(skip)]
+    pub all_runs: bool,
+}
+
+impl Default for FleetArgs {
+    fn default() -> Self {
+        let t = Thresholds::DEFAULT;
+        FleetArgs {
+            window: Duration::from_secs(3600),
+            slo_p99_ms: None,
+            degraded_factor: t.degraded_factor,
+            unhealthy_factor: t.unhealthy_factor,
+            slice_ms: t.slice_ms,
+            outlier_z: 3.5,
+            min_deviation_pct: 5.0,
+            min_peers: 5,
+            min_samples: t.min_samples as usize,
+            baseline_min_samples: t.baseline_min_samples as usize,
+            no_sku_reference: false,
+            filter: None,
+            all_runs: false,
+        }
+    }
+}
+
+impl FleetArgs {
+    /// The thresholds in the schema's terms (throttle masks: the defaults).
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            degraded_factor: self.degraded_factor,
+            unhealthy_factor: self.unhealthy_factor,
+            min_samples: self.min_samples as u64,
+            baseline_min_samples: self.baseline_min_samples as u64,
+            slice_ms: self.slice_ms,
+            ..Thresholds::DEFAULT
+        }
+    }
+}
+
+pub use slicetrace_schema::Verdict;
+
+/// Findings for one GPU, kernel and shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelFinding {
+    /// Kernel.
+    pub kernel: String,
+    /// Shape.
+    pub shape: String,
+    /// Health of the GPU for this kernel.
+    pub verdict: Verdict,
+    /// Bounded reason of the health verdict.
+    pub health_reason: Reason,
+    /// Baseline the event clock was judged against.
+    pub health_baseline_source: Option<BaselineSource>,
+    /// Contention for this kernel.
+    pub contention: Contention,
+    /// Bounded reason of the contention state.
+    pub contention_reason: Reason,
+    /// Baseline the wall clock was judged against.
+    pub contention_baseline_source: Option<BaselineSource>,
+    /// Runs in the window.
+    pub window_runs: usize,
+    /// Largest tenant count in the window.
+    pub max_tenants: Option<u32>,
+    /// Window p99 of wall_ms.
+    pub wall_p99_ms: Option<f64>,
+    /// Window p50 of gpu_ms.
+    pub gpu_p50_ms: Option<f64>,
+    /// Window p50 of the event time per SM cycle (judged runs), Mcycles.
+    pub event_p50_mcycles: Option<f64>,
+    /// Its baseline, Mcycles.
+    pub event_baseline_mcycles: Option<f64>,
+    /// The wall p99 reference (SLO or quiet baseline), ms.
+    pub baseline_p99_ms: Option<f64>,
+    /// wall_p99_ms / baseline_p99_ms.
+    pub inflation: Option<f64>,
+    /// Peer z-score of wall_p99_ms.
+    pub peer_z_wall: Option<f64>,
+    /// Peer z-score of gpu_p50_ms.
+    pub peer_z_gpu: Option<f64>,
+    /// Peer z-score of the clock-normalised gpu_ms.
+    pub peer_z_norm: Option<f64>,
+    /// Median SM clock in the window, MHz.
+    pub sm_clock_mhz: Option<f64>,
+    /// Runs with correct = false in the window.
+    pub correctness_failures: usize,
+    /// Why, one entry per finding (health first, then contention).
+    pub reasons: Vec<String>,
+}
+
+/// Verdict for one node and GPU (the worst over its kernels).
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuVerdict {
+    /// Node.
+    pub node: String,
+    /// GPU UUID.
+    pub gpu_uuid: String,
+    /// Product name.
+    pub gpu_name: String,
+    /// Worst health over kernels.
+    pub verdict: Verdict,
+    /// Worst contention over kernels.
+    pub contention: Contention,
+    /// Per kernel and shape.
+    pub kernels: Vec<KernelFinding>,
+}
+
+/// The whole check.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetResult {
+    /// Window start (RFC 3339).
+    pub window_start: String,
+    /// Window end = newest ts (RFC 3339).
+    pub window_end: String,
+    /// One entry per node and GPU.
+    pub gpus: Vec<GpuVerdict>,
+    /// GPUs per health verdict.
+    pub summary: BTreeMap<String, usize>,
+}
+
+impl FleetResult {
+    /// Whether any GPU is not `healthy` (`unknown` included: no data is
+    /// not healthy).
+    pub fn any_not_healthy(&self) -> bool {
+        self.gpus.iter().any(|g| g.verdict != Verdict::Healthy)
+    }
+
+    /// GPUs with this health verdict.
+    pub fn count(&self, v: Verdict) -> usize {
+        self.gpus.iter().filter(|g| g.verdict == v).count()
+    }
+}

@@ -1,0 +1,344 @@
+//! Where the data comes from: resolves `DATA` (a local directory or an
+//! `s3://bucket/prefix` URL, pointing at the agent's output directory or at
+//! its `probes/` or `health/` subdirectory), lists the Parquet files, checks
+//! every file's footer before any query runs, and registers the files with
+//! DataFusion.
+//!
+//! For the `probes` table ([`TableKind::Probes`]) the files are the listing
+//! table `probe_files`, and two views sit on top of it, so that every command
+//! and every `sql` query sees the same derived columns:
+//! * `probes`: every run, plus the derived column `tenants`
+//!   ([`slicetrace_schema::TENANTS_SQL`]);
+//! * `arrivals`: the arrival runs of `probes` ([`slicetrace_schema::ARRIVAL_SQL`]),
+//!   the runs whose latency is what a caller arriving at random sees.
+//!
+//! The listing table has the full schema of this build: a file written
+//! before a nullable column existed (`arrival`, …) reads it as null, so a
+//! directory may mix old and new files. For the `health` table
+//! ([`TableKind::Health`]) the files are registered as `health`.
+//!
+//! Checking footers first is what lets every bad file be reported by name with
+//! a clear reason (not Parquet, truncated, foreign schema, newer schema
+//! version) instead of a query failing half-way with a generic error. It costs
+//! two small range reads per file.
+//!
+//! One job per file: `locate.rs` resolves `DATA` and lists its files,
+//! `check.rs` checks their footers, and [`open`] here registers them.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use slicetrace_schema::{health_schema, layout, probes_schema, ARRIVAL_SQL, TENANTS_SQL};
+
+mod check;
+mod locate;
+
+use check::{check_file, table_schema};
+use locate::{display_name, hive_layout, is_data_file, locate};
+
+/// Errors raised while locating, checking and registering the data.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The local directory does not exist.
+    #[error("data directory {0} does not exist")]
+    MissingDir(String),
+    /// `DATA` is neither a directory nor an `s3://` URL.
+    #[error("cannot use {0} as data: expected a directory or an s3://bucket/prefix URL")]
+    BadLocation(String),
+    /// No Parquet file (or no row) was found.
+    #[error("no {table} Parquet files under {location} (empty table)")]
+    Empty {
+        /// The table looked for.
+        table: TableKind,
+        /// Where.
+        location: String,
+    },
+    /// The object store could not be built or listed.
+    #[error("failed to list or read {location}")]
+    Store {
+        /// The location that failed.
+        location: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The file does not end in the Parquet magic and does not start with it.
+    #[error("{0}: not a Parquet file (no PAR1 magic)")]
+    NotParquet(String),
+    /// The file starts like Parquet but has no valid footer.
+    #[error("{0}: truncated Parquet file (no footer; was it still being written?)")]
+    Truncated(String),
+    /// The footer could not be decoded.
+    #[error("{file}: corrupt Parquet footer")]
+    CorruptFooter {
+        /// The file.
+        file: String,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// The file's columns are not those of the table.
+    #[error("{file}: not a slicetrace {table} file: {reason}")]
+    ForeignSchema {
+        /// The table looked for.
+        table: TableKind,
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file was written by a newer agent.
+    #[error(
+        "{file}: schema version {found} is newer than this build supports ({supported}); upgrade slicetrace"
+    )]
+    NewerSchema {
+        /// The file.
+        file: String,
+        /// The version in the footer.
+        found: String,
+        /// [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+    /// DataFusion refused the table.
+    #[error("failed to register the {table} table at {location}")]
+    Register {
+        /// The table.
+        table: TableKind,
+        /// The table location.
+        location: String,
+        /// The cause.
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+/// Which of the agent's tables to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TableKind {
+    /// One row per probe run (`DIR/probes/`).
+    #[default]
+    Probes,
+    /// One row per live health verdict (`DIR/health/`).
+    Health,
+}
+
+impl TableKind {
+    /// The table's name: its directory and its `slicetrace.table` footer key.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableKind::Probes => layout::PROBES,
+            TableKind::Health => layout::HEALTH,
+        }
+    }
+
+    fn schema(self) -> SchemaRef {
+        match self {
+            TableKind::Probes => probes_schema(),
+            TableKind::Health => health_schema(),
+        }
+    }
+
+    fn other(self) -> TableKind {
+        match self {
+            TableKind::Probes => TableKind::Health,
+            TableKind::Health => TableKind::Probes,
+        }
+    }
+}
+
+impl std::fmt::Display for TableKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Name of the listing table of the probe files (the raw columns).
+pub const PROBE_FILES: &str = "probe_files";
+
+/// Where the S3 endpoint comes from when none is given on the command line.
+pub const S3_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";
+
+/// One checked Parquet file.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// Display name (local path or `s3://` URL).
+    pub name: String,
+    /// Rows, from the footer.
+    pub rows: u64,
+}
+
+/// A resolved, checked dataset, registered as table `probes` (with the
+/// `arrivals` view) or `health`.
+pub struct Dataset {
+    /// The table that was opened.
+    pub table: TableKind,
+    /// Human-readable location of the table's directory.
+    pub location: String,
+    /// Every checked file.
+    pub files: Vec<FileInfo>,
+    /// Sum of rows over all files.
+    pub total_rows: u64,
+    /// Whether the files sit in the `date=/node=` layout (partition columns).
+    pub hive: bool,
+    /// The session with the table registered.
+    pub ctx: SessionContext,
+    /// Every column name a query can use (the table's columns, the
+    /// partition columns and, for probes, `tenants`), for suggestions.
+    pub columns: Vec<String>,
+}
+
+/// Options for opening a dataset.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// S3 endpoint override (else `AWS_ENDPOINT_URL`, else AWS).
+    pub s3_endpoint: Option<String>,
+    /// Which table to open.
+    pub table: TableKind,
+}
+
+/// Opens `data`, checks every file, and returns a session with the table
+/// registered (see the module docs). `target_partitions` follows the
+/// machine's cores.
+pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError> {
+    let table = opts.table;
+    let loc = locate(data, opts).await?;
+    let listed: Vec<object_store::ObjectMeta> = loc
+        .store
+        .list(Some(&loc.prefix))
+        .try_collect()
+        .await
+        .map_err(|source| SourceError::Store {
+            location: loc.display.clone(),
+            source,
+        })?;
+    let prefix_parts = loc.prefix.parts().count();
+    let mut candidates = Vec::new();
+    let mut hive = true;
+    for m in listed {
+        let rel: Vec<String> = m
+            .location
+            .parts()
+            .skip(prefix_parts)
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        let rel = rel.join("/");
+        if !is_data_file(&rel, table) {
+            tracing::debug!(file = %m.location, "skipping non-data file");
+            continue;
+        }
+        let dirs = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        hive &= hive_layout(dirs);
+        candidates.push(m);
+    }
+    let empty = || SourceError::Empty {
+        table,
+        location: loc.display.clone(),
+    };
+    if candidates.is_empty() {
+        return Err(empty());
+    }
+    candidates.sort_by(|a, b| a.location.cmp(&b.location));
+    let store = loc.store.clone();
+    let checked: Vec<FileInfo> = futures::stream::iter(candidates.into_iter().map(|m| {
+        let store = store.clone();
+        let name = display_name(&loc, &m.location);
+        async move {
+            let rows = check_file(store.as_ref(), &m.location, m.size, &name, table).await?;
+            Ok::<FileInfo, SourceError>(FileInfo { name, rows })
+        }
+    }))
+    .buffered(16)
+    .try_collect()
+    .await?;
+    let total_rows: u64 = checked.iter().map(|f| f.rows).sum();
+    if total_rows == 0 {
+        return Err(empty());
+    }
+
+    // A partitioned table may hold files below `date=/node=` (all checked
+    // above); DataFusion skips subdirectories unless told not to.
+    let cfg = SessionConfig::new().with_information_schema(true).set_bool(
+        "datafusion.execution.listing_table_ignore_subdirectory",
+        false,
+    );
+    let ctx = SessionContext::new_with_config(cfg);
+    ctx.register_object_store(&loc.store_url, loc.store.clone());
+    let register_err = |source| SourceError::Register {
+        table,
+        location: loc.display.clone(),
+        source,
+    };
+    // In the `date=/node=` layout the directory is the table (partition
+    // columns, pruning); otherwise the table is exactly the checked files, so
+    // that nothing the checks skipped (a `health/` beside the data, hidden
+    // files) is read.
+    let urls = if hive {
+        vec![ListingTableUrl::parse(&loc.table_url).map_err(register_err)?]
+    } else {
+        checked
+            .iter()
+            .map(|f| ListingTableUrl::parse(&f.name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(register_err)?
+    };
+    let partition_cols = if hive {
+        vec![
+            (layout::DATE_KEY.to_string(), DataType::Utf8),
+            (layout::NODE_KEY.to_string(), DataType::Utf8),
+        ]
+    } else {
+        Vec::new()
+    };
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(layout::FILE_SUFFIX)
+        .with_table_partition_cols(partition_cols);
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(table_schema(table, hive));
+    let listing = ListingTable::try_new(config).map_err(register_err)?;
+    let schema = listing.schema();
+    let mut columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    match table {
+        TableKind::Probes => {
+            ctx.register_table(PROBE_FILES, Arc::new(listing))
+                .map_err(register_err)?;
+            for view in [
+                format!(
+                    "CREATE VIEW probes AS SELECT *, {TENANTS_SQL} AS tenants FROM {PROBE_FILES}"
+                ),
+                format!("CREATE VIEW arrivals AS SELECT * FROM probes WHERE {ARRIVAL_SQL}"),
+            ] {
+                ctx.sql(&view).await.map_err(register_err)?;
+            }
+            columns.push("tenants".into());
+        }
+        TableKind::Health => {
+            ctx.register_table("health", Arc::new(listing))
+                .map_err(register_err)?;
+        }
+    }
+    tracing::debug!(
+        %table,
+        files = checked.len(),
+        rows = total_rows,
+        hive,
+        "registered table"
+    );
+    Ok(Dataset {
+        table,
+        location: loc.display,
+        files: checked,
+        total_rows,
+        hive,
+        ctx,
+        columns,
+    })
+}

@@ -1,0 +1,157 @@
+use slicetrace_probe::FftDims;
+
+use super::*;
+
+#[test]
+fn defaults_validate_and_roundtrip() {
+    let c = Config::default();
+    let s = toml::to_string(&c).expect("serialise");
+    assert_eq!(Config::from_toml(&s).expect("parse"), c);
+    // The default data_dir is relative to wherever the test runs, so it
+    // is the one value taken from a directory the test controls.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Config {
+        data_dir: dir.path().join("slicetrace-data"),
+        ..c
+    };
+    c.validate().expect("the defaults validate");
+}
+
+#[test]
+fn unknown_key_names_the_field() {
+    let e = Config::from_toml("node_name = \"n\"\nbogus = 1\n").expect_err("unknown key");
+    let m = e.to_string();
+    assert!(m.starts_with("bogus (line 2)"), "{m}");
+    let e = Config::from_toml("[parquet]\nrotate_bytez = 1\n").expect_err("unknown nested key");
+    assert!(e.to_string().starts_with("parquet.rotate_bytez"), "{e}");
+}
+
+#[test]
+fn negative_duration_names_the_field() {
+    let e = Config::from_toml("[health]\nwindow_ms = -5\n").expect_err("negative");
+    assert!(
+        e.to_string().starts_with("health.window_ms (line 2)"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains('\n'));
+}
+
+#[test]
+fn bad_endpoint_and_unwritable_dir_are_invalid() {
+    let mut c = Config::from_toml("[otlp]\nendpoint = \"not a url\"\n").expect("parses");
+    c.data_dir = std::env::temp_dir();
+    assert!(c
+        .validate()
+        .expect_err("bad url")
+        .to_string()
+        .starts_with("otlp.endpoint"));
+    let c = Config {
+        data_dir: PathBuf::from("/etc/hostname/sub"),
+        ..Config::default()
+    };
+    assert!(c
+        .validate()
+        .expect_err("file as dir")
+        .to_string()
+        .starts_with("data_dir"));
+}
+
+#[test]
+fn precedence_is_file_then_env_then_flags() {
+    let mut c =
+        Config::from_toml("backend = \"cuda\"\n[probe]\ninterval_ms = 500\n").expect("parse");
+    let env = |k: &str| match k {
+        "SLICETRACE_BACKEND" => Some("cpu".to_string()),
+        "SLICETRACE_INTERVAL" => Some("2s".to_string()),
+        _ => None,
+    };
+    c.apply_env(&env).expect("env");
+    assert_eq!((c.backend, c.probe.interval_ms), (BackendKind::Cpu, 2000));
+    c.apply_overrides(&Overrides {
+        interval: Some(Duration::from_millis(250)),
+        ..Default::default()
+    });
+    assert_eq!((c.backend, c.probe.interval_ms), (BackendKind::Cpu, 250));
+}
+
+#[test]
+fn probe_overrides_apply() {
+    let c = Config::from_toml(
+        "[probe]\nfft_n = 1024\nfft_2d = true\ngemm_n = 512\ngemm_precision = \"bf16\"\n",
+    )
+    .expect("parse");
+    let s = c.probe_spec("cuda");
+    assert_eq!(s.fft.dims, FftDims::D2 { nx: 1024, ny: 1024 });
+    assert_eq!((s.gemm.n, s.gemm.precision), (512, Precision::Bf16));
+}
+
+#[test]
+fn a_probe_key_in_both_places_is_an_error() {
+    let e =
+        Config::from_toml("interval_ms = 300\n[probe]\ninterval_ms = 400\n").expect_err("conflict");
+    let m = e.to_string();
+    assert!(
+        m.starts_with("interval_ms: ") && m.contains("probe.interval_ms"),
+        "{m}"
+    );
+    assert!(!m.contains('\n'), "{m}");
+}
+
+#[test]
+fn errors_after_a_deprecated_key_keep_their_line() {
+    let e = Config::from_toml("interval_ms = 300\n[parquet]\nrotate_bytez = 1\n")
+        .expect_err("unknown key");
+    assert!(
+        e.to_string().starts_with("parquet.rotate_bytez (line 3)"),
+        "{e}"
+    );
+    let e = Config::from_toml("node_name = \"n\"\ninterval_ms = -1\n").expect_err("negative");
+    assert!(e.to_string().starts_with("interval_ms (line 2)"), "{e}");
+}
+
+#[test]
+fn component_errors_are_prefixed_with_their_table() {
+    type Case = (fn(&mut Config), &'static str);
+    let cases: [Case; 4] = [
+        (
+            |c| c.otlp.timeout_ms = 0,
+            "otlp.timeout_ms: must be greater than 0",
+        ),
+        (
+            |c| c.parquet.row_group_rows = 0,
+            "parquet.row_group_rows: must be greater than 0",
+        ),
+        (
+            |c| c.health.window_ms = 999,
+            "health.window_ms: 999 is below 1000",
+        ),
+        (
+            |c| c.occupancy.stale_after_ms = 0,
+            "occupancy.stale_after_ms: must be greater than zero",
+        ),
+    ];
+    for (f, want) in cases {
+        let mut c = Config {
+            data_dir: std::env::temp_dir(),
+            ..Config::default()
+        };
+        f(&mut c);
+        assert_eq!(c.validate().expect_err(want).to_string(), want);
+    }
+}
+
+#[test]
+fn enabled_false_disables_every_component_and_old_spellings_still_do() {
+    let c = Config::from_toml(
+        "[parquet]\nenabled = false\n[otlp]\nenabled = false\nendpoint = \"http://c:4317\"\n\
+         [metrics]\nenabled = false\n",
+    )
+    .expect("parse");
+    assert!(!c.parquet.enabled && !c.otlp.is_enabled() && !c.metrics.is_enabled());
+    // The defaults: parquet and metrics on; otlp on once it has an endpoint.
+    let c = Config::from_toml("[otlp]\nendpoint = \"http://c:4317\"\n").expect("parse");
+    assert!(c.parquet.enabled && c.otlp.is_enabled() && c.metrics.is_enabled());
+    // The old spellings: no endpoint, an empty listen address.
+    let c = Config::from_toml("[metrics]\nlisten = \"\"\n").expect("parse");
+    assert!(!c.otlp.is_enabled() && !c.metrics.is_enabled());
+}

@@ -1,0 +1,95 @@
+//! Events of the probe loop: runs and cycles completed, failed runs, wrong
+//! answers and failed NVML samples.
+
+use super::{error_chain, Counters, InternalEvent};
+
+/// Probe runs completed on one GPU (rows produced).
+#[derive(Debug)]
+pub struct ProbeRunsCompleted<'a> {
+    /// The GPU probed.
+    pub gpu_uuid: &'a str,
+    /// Runs (rows) completed.
+    pub runs: u64,
+}
+
+impl InternalEvent for ProbeRunsCompleted<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_runs"];
+    fn emit(self, c: &Counters) {
+        Counters::add(&c.probe_runs, self.runs);
+        Counters::add(&c.gpu(self.gpu_uuid).probe_runs, self.runs);
+    }
+}
+
+/// A probe cycle (or arrival) completed without a backend error.
+#[derive(Debug)]
+pub struct ProbeCycleCompleted;
+
+impl InternalEvent for ProbeCycleCompleted {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_cycles"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.probe_cycles);
+    }
+}
+
+/// A probe burst failed with a backend error. Logged on the first failure
+/// of a streak and then at most once a minute per GPU.
+#[derive(Debug)]
+pub struct ProbeRunFailed<'a> {
+    /// The GPU probed.
+    pub gpu_uuid: &'a str,
+    /// Consecutive failures, this one included.
+    pub failures: u32,
+    /// The error, as [`error_chain`] formats it.
+    pub error: &'a str,
+}
+
+impl InternalEvent for ProbeRunFailed<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_errors"];
+    fn emit(self, c: &Counters) {
+        let gpu = c.gpu(self.gpu_uuid);
+        Counters::inc(&c.probe_errors);
+        Counters::inc(&gpu.probe_errors);
+        if gpu.probe_error_log.allow() || self.failures == 1 {
+            tracing::error!(gpu = %self.gpu_uuid, failures = self.failures, error = %self.error, "probe run failed; GPU marked unhealthy, retrying with backoff");
+        }
+    }
+}
+
+/// A probe run's output failed its correctness check. Not logged here: the
+/// health evaluator reports it in the verdict.
+#[derive(Debug)]
+pub struct CorrectnessCheckFailed<'a> {
+    /// The GPU probed.
+    pub gpu_uuid: &'a str,
+}
+
+impl InternalEvent for CorrectnessCheckFailed<'_> {
+    // `slicetrace_correctness_failures` is rendered from the health window
+    // (per kernel), not from these counters.
+    const METRICS: &'static [&'static str] = &[];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.correctness_failures);
+        Counters::inc(&c.gpu(self.gpu_uuid).correctness_failures);
+    }
+}
+
+/// An NVML sample failed; logged at most once a minute per GPU.
+#[derive(Debug)]
+pub struct TelemetrySampleFailed<'a> {
+    /// The GPU sampled.
+    pub gpu_uuid: &'a str,
+    /// Why.
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl InternalEvent for TelemetrySampleFailed<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_telemetry_errors"];
+    fn emit(self, c: &Counters) {
+        let gpu = c.gpu(self.gpu_uuid);
+        Counters::inc(&c.telemetry_errors);
+        Counters::inc(&gpu.telemetry_errors);
+        if gpu.telemetry_log.allow() {
+            tracing::warn!(gpu = %self.gpu_uuid, error = %error_chain(self.error), "telemetry sample failed; NVML columns are null for this run");
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Events of the consumers the fan-out feeds: full queues, OTLP exports and
+//! drops, Parquet rotations, write errors, recovery and retention.
+
+use super::{error_chain, Counters, InternalEvent};
+
+/// A consumer of probe records whose queue the fan-out feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outlet {
+    /// The Parquet sink.
+    Parquet,
+    /// The OTLP sink (its records' spans are lost too).
+    Otlp,
+    /// The health evaluator.
+    Health,
+}
+
+/// A consumer's queue was full: its records were dropped, not waited for.
+#[derive(Debug)]
+pub struct SinkQueueFull {
+    /// Whose queue.
+    pub sink: Outlet,
+    /// Records dropped.
+    pub records: u64,
+}
+
+impl InternalEvent for SinkQueueFull {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_parquet_rows_dropped",
+        "slicetrace_otlp_spans_dropped",
+        "slicetrace_health_queue_drops",
+    ];
+    fn emit(self, c: &Counters) {
+        match self.sink {
+            Outlet::Parquet => Counters::add(&c.sink_queue_drops_parquet, self.records),
+            Outlet::Otlp => {
+                Counters::add(&c.sink_queue_drops_otlp, self.records);
+                Counters::add(&c.otlp_spans_dropped, self.records);
+            }
+            Outlet::Health => Counters::add(&c.sink_queue_drops_health, self.records),
+        }
+    }
+}
+
+/// The collector acknowledged an export.
+#[derive(Debug)]
+pub struct OtlpSpansExported {
+    /// Spans acknowledged.
+    pub spans: u64,
+}
+
+impl InternalEvent for OtlpSpansExported {
+    const METRICS: &'static [&'static str] = &["slicetrace_otlp_spans_exported"];
+    fn emit(self, c: &Counters) {
+        Counters::add(&c.otlp_spans_exported, self.spans);
+    }
+}
+
+/// An OTLP export call failed or timed out; its spans are dropped. Logged
+/// at most once a minute.
+#[derive(Debug)]
+pub struct OtlpExportFailed<'a> {
+    /// Spans in the failed call.
+    pub spans: u64,
+    /// How long the call took.
+    pub elapsed_ms: u64,
+    /// Why.
+    pub error: &'a str,
+}
+
+impl InternalEvent for OtlpExportFailed<'_> {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_otlp_export_errors",
+        "slicetrace_otlp_spans_dropped",
+    ];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.otlp_export_errors);
+        Counters::add(&c.otlp_spans_dropped, self.spans);
+        if let Some(suppressed) = c.otlp_export_log.check() {
+            tracing::warn!(
+                spans = self.spans,
+                elapsed_ms = self.elapsed_ms,
+                suppressed_since_last = suppressed,
+                total_errors = Counters::get(&c.otlp_export_errors),
+                total_dropped = Counters::get(&c.otlp_spans_dropped),
+                error = %self.error,
+                "otlp export failed; spans dropped"
+            );
+        }
+    }
+}
+
+/// Spans dropped inside the OTLP sink (its queue full, a deadline passed).
+#[derive(Debug)]
+pub struct OtlpSpansDropped {
+    /// Spans dropped; nothing happens when 0.
+    pub dropped: u64,
+    /// Why, for the log line; `None` counts without logging.
+    pub why: Option<&'static str>,
+}
+
+impl InternalEvent for OtlpSpansDropped {
+    const METRICS: &'static [&'static str] = &["slicetrace_otlp_spans_dropped"];
+    fn emit(self, c: &Counters) {
+        if self.dropped == 0 {
+            return;
+        }
+        Counters::add(&c.otlp_spans_dropped, self.dropped);
+        let Some(why) = self.why else { return };
+        if let Some(suppressed) = c.otlp_drop_log.check() {
+            tracing::warn!(
+                dropped = self.dropped,
+                why,
+                suppressed_since_last = suppressed,
+                total_dropped = Counters::get(&c.otlp_spans_dropped),
+                "otlp spans dropped"
+            );
+        }
+    }
+}
+
+/// A Parquet file was closed and renamed into place.
+#[derive(Debug)]
+pub struct ParquetFileRotated {
+    /// Rows in it.
+    pub rows: u64,
+}
+
+impl InternalEvent for ParquetFileRotated {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_parquet_rows_written",
+        "slicetrace_parquet_files_rotated",
+    ];
+    fn emit(self, c: &Counters) {
+        Counters::add(&c.parquet_rows_written, self.rows);
+        Counters::inc(&c.parquet_files_rotated);
+    }
+}
+
+/// A Parquet file could not be opened, written or closed; its rows are
+/// lost. Logged at most once a minute, counted always.
+#[derive(Debug)]
+pub struct ParquetWriteFailed<'a> {
+    /// The table (`probes`, `health`).
+    pub table: &'a str,
+    /// Rows lost with the file.
+    pub rows_lost: u64,
+    /// Why.
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl InternalEvent for ParquetWriteFailed<'_> {
+    const METRICS: &'static [&'static str] = &[
+        "slicetrace_parquet_write_errors",
+        "slicetrace_parquet_rows_dropped",
+    ];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_write_errors);
+        Counters::add(&c.parquet_rows_dropped, self.rows_lost);
+        if let Some(suppressed) = c.parquet_error_log.check() {
+            tracing::error!(
+                table = self.table,
+                rows_lost = self.rows_lost,
+                suppressed_since_last = suppressed,
+                total_write_errors = Counters::get(&c.parquet_write_errors),
+                total_rows_dropped = Counters::get(&c.parquet_rows_dropped),
+                error = %error_chain(self.error),
+                "parquet write failed; rows lost, will retry with a new file"
+            );
+        }
+    }
+}
+
+/// A leftover temporary file was readable and renamed into place at start.
+#[derive(Debug)]
+pub struct ParquetTmpRecovered<'a> {
+    /// Where it now is.
+    pub path: &'a std::path::Path,
+}
+
+impl InternalEvent for ParquetTmpRecovered<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_parquet_tmp_recovered"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_tmp_recovered);
+        tracing::info!(path = %self.path.display(), "recovered leftover parquet temporary file");
+    }
+}
+
+/// A leftover temporary file was unreadable and removed at start.
+#[derive(Debug)]
+pub struct ParquetTmpRemoved<'a> {
+    /// The file removed.
+    pub path: &'a std::path::Path,
+}
+
+impl InternalEvent for ParquetTmpRemoved<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_parquet_tmp_removed"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_tmp_removed);
+        tracing::warn!(path = %self.path.display(), "removed unreadable leftover parquet temporary file");
+    }
+}
+
+/// Retention deleted a Parquet file.
+#[derive(Debug)]
+pub struct ParquetRetentionDeleted<'a> {
+    /// The file deleted.
+    pub path: &'a std::path::Path,
+    /// Older than the age limit.
+    pub too_old: bool,
+    /// Over the size limit.
+    pub too_big: bool,
+}
+
+impl InternalEvent for ParquetRetentionDeleted<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_parquet_retention_deleted"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.parquet_retention_deleted);
+        tracing::debug!(path = %self.path.display(), too_old = self.too_old, too_big = self.too_big, "retention deleted parquet file");
+    }
+}

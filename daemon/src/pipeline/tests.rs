@@ -1,0 +1,193 @@
+//! Unit tests of the probe loop: the arrival process, both arrival plans
+//! on the CPU backend, and event inflation.
+
+use super::*;
+use crate::fanout::{health_drops, summary_drops, thread_queue, Msg, Outlet};
+
+/// The gaps of the arrival process are exponential with the configured
+/// mean: a one-sample Kolmogorov–Smirnov test against Exp(rate) at
+/// α = 1e-6 (critical value 2.7/√n), on 20 000 gaps from the sampler
+/// the loop uses.
+#[test]
+fn arrival_gaps_are_exponential_ks_test() {
+    let rate = 5.0;
+    let mut rng = rand::rng();
+    let n = 20_000;
+    let mut gaps: Vec<f64> = (0..n)
+        .map(|_| exponential_gap(rate, &mut rng).as_secs_f64())
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let d = gaps
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = 1.0 - (-rate * x).exp();
+            let lo = i as f64 / n as f64;
+            let hi = (i + 1) as f64 / n as f64;
+            (f - lo).abs().max((hi - f).abs())
+        })
+        .fold(0.0f64, f64::max);
+    // alpha = 1e-6 (c = sqrt(-ln(alpha / 2) / 2) = 2.69): a false failure
+    // once in a million runs, while jittered periods still fail by far.
+    let crit = 2.7 / (n as f64).sqrt();
+    assert!(
+        d < crit,
+        "KS statistic {d} >= {crit}: gaps are not Exp({rate})"
+    );
+    let mean = gaps.iter().sum::<f64>() / n as f64;
+    assert!((mean - 0.2).abs() < 0.01, "mean gap {mean}");
+    // A uniform ±20 % jitter around the mean (the old design) fails it.
+    let mut uni: Vec<f64> = (0..n).map(|_| 0.2 * rng.random_range(0.8..=1.2)).collect();
+    uni.sort_by(f64::total_cmp);
+    let d_uni = uni
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| ((1.0 - (-rate * x).exp()) - i as f64 / n as f64).abs())
+        .fold(0.0f64, f64::max);
+    assert!(
+        d_uni > crit,
+        "the KS test cannot tell jittered periods from Poisson"
+    );
+}
+
+/// Runs a CPU probe loop with `plan` for `secs` and returns its rows.
+fn rows_of(plan: ArrivalPlan, secs: f64) -> (Vec<ProbeRecord>, Vec<SummaryRow>) {
+    let spec = slicetrace_probe::ProbeSpec {
+        fft: slicetrace_probe::FftSpec {
+            dims: slicetrace_probe::FftDims::D1 { n: 256, batch: 1 },
+        },
+        gemm: slicetrace_probe::GemmSpec {
+            n: 32,
+            precision: slicetrace_probe::Precision::Fp32,
+        },
+        burst_runs: 3,
+        ..slicetrace_probe::ProbeSpec::preset(slicetrace_probe::Preset::Light)
+    };
+    let backend = slicetrace_probe::cpu::CpuBackend::new(0, &spec).expect("cpu backend");
+    // Two consumers' queues, read here once the thread stopped: every
+    // row must reach both, as one shared allocation.
+    let (htx, hrx) = thread_queue(100_000);
+    let (stx, srx) = thread_queue(100_000);
+    let counters = Arc::new(Counters::default());
+    let fanout = Arc::new(
+        Fanout::new(counters.clone())
+            .with(Outlet::new("health", htx, health_drops).with_events())
+            .with(Outlet::new("summary", stx, summary_drops)),
+    );
+    let stop = Arc::new(StopSignal::default());
+    let lp = ProbeLoop {
+        backend: Box::new(backend),
+        reopen: None,
+        telemetry: Arc::new(crate::telemetry::NoTelemetry),
+        occupancy: Arc::new(crate::occupancy::NoOccupancy),
+        fanout: fanout.clone(),
+        live: Arc::new(LiveState::default()),
+        counters,
+        node: "n1".into(),
+        arrivals: plan,
+        self_test: true,
+        stop: stop.clone(),
+    };
+    let h = std::thread::spawn(move || lp.run());
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.stop();
+    h.join().expect("probe thread");
+    assert_eq!(fanout.dropped("health"), Some(0));
+    let mut rows = Vec::new();
+    while let Ok(m) = hrx.try_recv() {
+        if let Msg::Probes(r) = m {
+            rows.extend(r.iter().cloned());
+        }
+    }
+    let mut summary = RunSummary::default();
+    while let Ok(m) = srx.try_recv() {
+        if let Msg::Probes(r) = m {
+            r.iter().for_each(|r| summary.record(r));
+        }
+    }
+    (rows, summary.rows())
+}
+
+/// Poisson mode: one run per arrival, every row an arrival with its
+/// planned gap, its own trace, FFT and GEMM alternating (equal shares,
+/// never the same kernel twice in a row), gaps exponential.
+#[test]
+fn poisson_arrivals_mark_every_run_and_alternate_kernels() {
+    let rate = 200.0;
+    let (rows, summary) = rows_of(ArrivalPlan::Poisson { rate_hz: rate }, 2.0);
+    assert!(
+        rows.len() >= 150,
+        "only {} arrivals in 2 s at {rate} Hz",
+        rows.len()
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.arrival == Some(true) && r.burst_seq == 0));
+    let fft = rows.iter().filter(|r| r.kernel == Kernel::Fft).count();
+    assert!(
+        fft.abs_diff(rows.len() - fft) <= 1,
+        "fft {fft} of {}",
+        rows.len()
+    );
+    assert!(rows.windows(2).all(|w| w[0].kernel != w[1].kernel));
+    let traces: std::collections::HashSet<_> = rows.iter().map(|r| r.trace_id).collect();
+    assert_eq!(traces.len(), rows.len(), "one trace per arrival");
+    // KS on the recorded gaps against Exp(rate) at alpha = 1e-6.
+    let mut gaps: Vec<f64> = rows
+        .iter()
+        .map(|r| r.arrival_gap_ms.expect("gap") / 1e3)
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let n = gaps.len() as f64;
+    let d = gaps
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = 1.0 - (-rate * x).exp();
+            (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
+        })
+        .fold(0.0f64, f64::max);
+    assert!(
+        d < 2.7 / n.sqrt(),
+        "KS D = {d} over {n} gaps (alpha = 1e-6)"
+    );
+    let total: u64 = summary.iter().map(|s| s.runs).sum();
+    assert_eq!(total as usize, rows.len());
+    assert!(summary.iter().all(|s| s.runs == s.all_runs));
+}
+
+/// Burst mode: only the first run of a cycle is an arrival; the others
+/// are marked, carry no gap, and stay out of the exit table's quantiles.
+#[test]
+fn burst_runs_after_the_first_are_marked_not_arrivals() {
+    let plan = ArrivalPlan::Burst {
+        interval: Duration::from_millis(20),
+        jitter_pct: 0,
+        burst_runs: 3,
+    };
+    let (rows, summary) = rows_of(plan, 1.0);
+    assert!(rows.len() >= 6 * 10, "{} rows", rows.len());
+    for r in &rows {
+        let first = r.kernel == Kernel::Fft && r.burst_seq == 0;
+        assert_eq!(r.arrival, Some(first), "{r:?}");
+        assert_eq!(r.arrival_gap_ms.is_some(), first);
+        assert_eq!(r.is_arrival(), first);
+    }
+    let cycles = rows.iter().filter(|r| r.arrival == Some(true)).count() as u64;
+    let counted: u64 = summary.iter().map(|s| s.runs).sum();
+    let all: u64 = summary.iter().map(|s| s.all_runs).sum();
+    assert_eq!(counted, cycles);
+    assert_eq!(all as usize, rows.len());
+    // The GEMM burst has no arrival at all (its first run follows the
+    // last FFT run).
+    assert!(summary.iter().any(|s| s.kernel == "gemm" && s.runs == 0));
+}
+
+#[test]
+fn event_inflation_needs_a_baseline_and_tenants() {
+    assert_eq!(event_inflated(Some(9.0), Some(3), None), None);
+    assert_eq!(event_inflated(None, Some(3), Some(1.0)), None);
+    assert_eq!(event_inflated(Some(9.0), Some(0), Some(1.0)), Some(false));
+    assert_eq!(event_inflated(Some(9.0), Some(3), Some(1.0)), Some(true));
+    assert_eq!(event_inflated(Some(1.2), Some(3), Some(1.0)), Some(false));
+}

@@ -1,0 +1,231 @@
+//! The examples under `deploy/examples` and the Dockerfile: time-slicing
+//! replicas, the collector's Jaeger and Tempo exports, the reproduction kit's
+//! pods, and the image that carries both binaries.
+//!
+//! YAML is parsed by the Python `yaml` module that kubernetes-validate brings
+//! (tests/requirements.txt); the manifest, tool and PromQL helpers are
+//! `slicetrace_e2e::deploy`. A missing tool skips the test with a note, or
+//! fails it when `SLICETRACE_REQUIRE_TOOLS=1` (tests/run.sh sets it).
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+use slicetrace_e2e::deploy::*;
+use slicetrace_e2e::root as repo_root;
+
+#[test]
+fn time_slicing_example_advertises_four_replicas_per_gpu() {
+    let Some(python) = yaml_python("time-slicing example") else {
+        return;
+    };
+    let docs = all_manifest_docs(&python);
+    let cm = docs
+        .iter()
+        .find(|(f, d)| f.ends_with("examples/time-slicing-config.yaml") && kind(d) == "ConfigMap")
+        .map(|(_, d)| d)
+        .expect("deploy/examples/time-slicing-config.yaml");
+    let config = load_yaml_str(&python, cm["data"]["any"].as_str().expect("data.any"));
+    let ts = &config[0]["sharing"]["timeSlicing"];
+    assert_eq!(ts["renameByDefault"], false);
+    assert_eq!(ts["failRequestsGreaterThanOne"], true);
+    assert_eq!(
+        ts["resources"],
+        json!([{"name": "nvidia.com/gpu", "replicas": 4}])
+    );
+}
+
+#[test]
+fn otel_collector_example_exports_to_jaeger_and_tempo() {
+    let Some(python) = yaml_python("collector example") else {
+        return;
+    };
+    let docs = all_manifest_docs(&python);
+    let in_file = |k: &str| {
+        docs.iter()
+            .find(|(f, d)| f.ends_with("examples/otel-collector.yaml") && kind(d) == k)
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| panic!("no {k} in deploy/examples/otel-collector.yaml"))
+    };
+    let cm = in_file("ConfigMap");
+    let cfg = &load_yaml_str(
+        &python,
+        cm["data"]["config.yaml"].as_str().expect("config.yaml"),
+    )[0];
+    let protocols = &cfg["receivers"]["otlp"]["protocols"];
+    assert!(
+        protocols["grpc"].is_object() && protocols["http"].is_object(),
+        "OTLP gRPC and HTTP receivers"
+    );
+    let traces = &cfg["service"]["pipelines"]["traces"];
+    assert!(
+        str_list(&traces["processors"]).contains(&"batch".to_string()),
+        "batch processor"
+    );
+    for section in ["receivers", "processors", "exporters"] {
+        for c in str_list(&traces[section]) {
+            assert!(
+                cfg[section][&c].is_object(),
+                "pipeline uses undefined {section} {c}"
+            );
+        }
+    }
+    let endpoints: BTreeSet<String> = str_list(&traces["exporters"])
+        .iter()
+        .map(|e| {
+            cfg["exporters"][e]["endpoint"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        endpoints.contains("jaeger-collector:4317"),
+        "exports to Jaeger over OTLP: {endpoints:?}"
+    );
+    assert!(
+        endpoints.contains("tempo:4317"),
+        "exports to Tempo over OTLP: {endpoints:?}"
+    );
+
+    // The agent's default endpoint resolves to this Service.
+    let svc = in_file("Service");
+    let config = agent_config(&docs, &base_file("configmap.yaml"));
+    let endpoint = config["otlp"]["endpoint"].as_str().expect("otlp.endpoint");
+    let host_port = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let svc_port = svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "otlp-grpc")
+        .expect("otlp-grpc port");
+    assert_eq!(
+        host_port,
+        format!(
+            "{}.{}:{}",
+            name(svc),
+            svc["metadata"]["namespace"].as_str().unwrap_or(""),
+            svc_port["port"]
+        ),
+        "the agent's otlp.endpoint does not match the example collector Service"
+    );
+}
+
+#[test]
+fn reproduce_article_kit_puts_one_fft_and_three_gemm_pods_on_one_gpu() {
+    let Some(python) = yaml_python("reproduction kit") else {
+        return;
+    };
+    let docs = all_manifest_docs(&python);
+    let deployment = |n: &str| {
+        docs.iter()
+            .find(|(f, d)| {
+                f.contains("examples/reproduce-article/") && kind(d) == "Deployment" && name(d) == n
+            })
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| panic!("no Deployment {n} in deploy/examples/reproduce-article/"))
+    };
+    let mut selectors = Vec::new();
+    for (n, replicas, workload) in [("fft-agent", 1, "fft"), ("gemm-tenants", 3, "gemm")] {
+        let d = deployment(n);
+        assert_eq!(d["spec"]["replicas"], replicas, "{n} replicas");
+        let pod = &d["spec"]["template"]["spec"];
+        let cs = containers(pod);
+        assert_eq!(cs.len(), 1, "{n}: one container");
+        let c = cs[0];
+        assert_eq!(str_list(&c["command"]), ["slicetrace-load"], "{n}: command");
+        let args = str_list(&c["args"]);
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some(workload),
+            "{n}: workload"
+        );
+        assert!(
+            args.windows(2).any(|w| w == ["--preset", "article"]),
+            "{n}: --preset article"
+        );
+        assert!(
+            args.windows(2).any(|w| w[0] == "--duration"),
+            "{n}: --duration"
+        );
+        let gpu = &c["resources"]["limits"]["nvidia.com/gpu"];
+        assert!(
+            gpu == 1 || gpu == "1",
+            "{n}: must hold exactly one nvidia.com/gpu replica, got {gpu}"
+        );
+        assert!(
+            !c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["name"] == "NVIDIA_VISIBLE_DEVICES"),
+            "{n}: NVIDIA_VISIBLE_DEVICES would bypass the device plugin's allocation"
+        );
+        assert!(
+            pod["nodeSelector"].is_object(),
+            "{n}: needs a nodeSelector to share one node"
+        );
+        selectors.push(pod["nodeSelector"].clone());
+    }
+    assert_eq!(
+        selectors[0], selectors[1],
+        "fft-agent and gemm-tenants must select the same node"
+    );
+}
+
+#[test]
+fn dockerfile_builds_both_binaries_onto_a_cuda_runtime_image() {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).expect("deploy/Dockerfile");
+    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "multi-stage: build + runtime, got {froms:?}"
+    );
+    assert!(
+        froms[0].starts_with("FROM rust:1.95-bookworm AS build"),
+        "build stage: {}",
+        froms[0]
+    );
+    assert!(
+        froms[1].starts_with("FROM nvidia/cuda:") && froms[1].contains("-runtime-"),
+        "runtime stage must be a CUDA runtime image (cuFFT and cuBLAS): {}",
+        froms[1]
+    );
+    assert!(
+        text.contains("cargo build --release --locked"),
+        "release build with the lock file"
+    );
+    assert!(
+        text.contains("ENTRYPOINT [\"slicetrace-agent\", \"run\"]"),
+        "entrypoint"
+    );
+    // The package and binary names it builds must exist in the workspace.
+    for (manifest, package, bin) in [
+        ("daemon/Cargo.toml", "slicetrace-agent", "slicetrace-agent"),
+        ("load/Cargo.toml", "slicetrace-load", "slicetrace-load"),
+    ] {
+        let cargo: toml::Table = toml::from_str(
+            &std::fs::read_to_string(repo_root().join(manifest)).expect("member manifest"),
+        )
+        .expect("Cargo.toml is TOML");
+        assert_eq!(
+            cargo["package"]["name"].as_str(),
+            Some(package),
+            "{manifest}"
+        );
+        assert!(
+            cargo["bin"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| b["name"].as_str() == Some(bin)),
+            "{manifest} has no [[bin]] {bin}"
+        );
+        assert!(
+            text.contains(&format!("-p {package} --bin {bin}")),
+            "Dockerfile must build {package}/{bin}"
+        );
+    }
+}
