@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod cpu_time;
 pub mod fanout;
 pub mod health;
 pub mod ids;

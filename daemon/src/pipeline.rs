@@ -18,6 +18,7 @@ use slicetrace_probe::{record_for, Fault, Kernel, ProbeBackend, ProbeError};
 use slicetrace_schema::ProbeRecord;
 
 pub use crate::fanout::Fanout;
+use crate::cpu_time::{CpuLaps, Stage};
 use crate::health::{HealthEvent, LiveState};
 use crate::ids::{new_span_id, new_trace_id};
 use crate::internal_events::{
@@ -120,6 +121,8 @@ struct LoopState {
     failures: u32,
     /// The last full NVML sample and when it was taken.
     full: Option<(Instant, DeviceSample)>,
+    /// This thread's CPU time per stage of an arrival.
+    cpu: CpuLaps,
 }
 
 /// Oldest a full NVML sample (utilisation, power, temperature, memory,
@@ -322,6 +325,7 @@ impl ProbeLoop {
             uuid,
             failures: 0,
             full: None,
+            cpu: CpuLaps::start(),
         };
         if self.self_test {
             self.self_test();
@@ -335,7 +339,15 @@ impl ProbeLoop {
                 burst_runs,
             } => self.run_bursts(&mut st, interval, jitter_pct, burst_runs),
         };
-        tracing::debug!(gpu = %st.uuid, arrivals = n, "probe thread stopped");
+        st.cpu.lap(Stage::Wait);
+        tracing::info!(
+            gpu = %st.uuid,
+            arrivals = n,
+            cpu_ms = st.cpu.sum().as_secs_f64() * 1e3,
+            cpu_ms_per_arrival = st.cpu.sum().as_secs_f64() * 1e3 / n.max(1) as f64,
+            cpu_ms_by_stage = %st.cpu.summary_ms(),
+            "probe thread stopped"
+        );
     }
 
     /// One run per Poisson arrival, FFT and GEMM alternating.
@@ -357,10 +369,14 @@ impl ProbeLoop {
             if self.stop.wait(gap.max(backoff)) || self.stop.is_stopped() {
                 break;
             }
+            st.cpu.lap(Stage::Wait);
             let before = self.sample_before(st);
+            st.cpu.lap(Stage::Telemetry);
             let shape = self.backend.shape(kernel);
             let result = self.backend.run(kernel);
+            st.cpu.lap(Stage::Run);
             let after = self.sample(st, true);
+            st.cpu.lap(Stage::Telemetry);
             let (rows, error) = match result {
                 Ok(s) => {
                     let mut r =
@@ -372,6 +388,7 @@ impl ProbeLoop {
                 Err(e) => (Vec::new(), Some(e)),
             };
             self.publish(st, rows, BurstTelemetry::merge(before, after));
+            st.cpu.lap(Stage::Publish);
             backoff = self.settle(st, error, mean);
             kernel = match kernel {
                 Kernel::Fft => Kernel::Gemm,
@@ -402,7 +419,9 @@ impl ProbeLoop {
                 break;
             }
             let started = Instant::now();
+            st.cpu.lap(Stage::Wait);
             let before = self.sample(st, false);
+            st.cpu.lap(Stage::Telemetry);
             let mut rows = Vec::with_capacity(2 * burst_runs as usize);
             let mut error: Option<ProbeError> = None;
             'bursts: for kernel in [Kernel::Fft, Kernel::Gemm] {
@@ -432,8 +451,11 @@ impl ProbeLoop {
                     }
                 }
             }
+            st.cpu.lap(Stage::Run);
             let after = self.sample(st, true);
+            st.cpu.lap(Stage::Telemetry);
             self.publish(st, rows, BurstTelemetry::merge(before, after));
+            st.cpu.lap(Stage::Publish);
             gap = Self::jittered(interval, jitter_pct);
             let backoff = self.settle(st, error, gap);
             next = if backoff.is_zero() {

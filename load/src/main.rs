@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use slicetrace_probe::{
-    open_backends, record_for, BackendKind, Kernel, Precision, Preset, ProbeSpec,
+    open_backend, record_for, BackendKind, Kernel, Precision, Preset, ProbeSpec,
 };
 use slicetrace_schema::{
     probes_batch, probes_schema, writer_properties, ProbeRecord, DEFAULT_ROW_GROUP_ROWS,
@@ -83,6 +83,13 @@ struct Args {
     /// CUDA: spin this many µs on the end event, then block; omit to spin.
     #[arg(long)]
     spin_us: Option<u32>,
+    /// CUDA: after the spin, poll the end event every this many µs instead
+    /// of blocking in the driver (needs --spin-us).
+    #[arg(long, requires = "spin_us")]
+    poll_us: Option<u32>,
+    /// CUDA: per-thread stack limit, bytes (default: the preset's).
+    #[arg(long)]
+    cuda_stack_bytes: Option<u32>,
     /// Plant a fault every N runs through the real submission path,
     /// alternating a corrupted output and a skipped kernel; the summary
     /// counts planted and caught faults, and false failures among the
@@ -237,12 +244,18 @@ fn run(args: Args) -> Result<()> {
         if let Some(m) = args.fp32_math {
             spec.fp32_math = m;
         }
+        if let Some(b) = args.cuda_stack_bytes {
+            spec.cuda_stack_bytes = Some(b);
+        }
         if args.cublas_default_workspace {
             spec.cublas_workspace_kib = None;
         }
-        spec.wait = match args.spin_us {
-            Some(spin_us) => slicetrace_probe::Wait::SpinThenBlock { spin_us },
-            None => slicetrace_probe::Wait::Spin,
+        spec.wait = match (args.spin_us, args.poll_us) {
+            (Some(spin_us), Some(poll_us)) => {
+                slicetrace_probe::Wait::SpinThenPoll { spin_us, poll_us }
+            }
+            (Some(spin_us), None) => slicetrace_probe::Wait::SpinThenBlock { spin_us },
+            (None, _) => slicetrace_probe::Wait::Spin,
         };
         spec
     };
@@ -259,18 +272,14 @@ fn run(args: Args) -> Result<()> {
         )?;
         Box::new(b)
     } else {
-        let (mut backends, fallback) = open_backends(args.backend, &spec_for, args.device + 1)?;
+        // Only the chosen GPU: a context on the others would make this
+        // tenant a compute process of every GPU.
+        let (backend, fallback) = open_backend(args.backend, &spec_for, args.device)
+            .with_context(|| format!("opening device {}", args.device))?;
         if let Some(reason) = fallback {
             tracing::warn!(%reason, "CUDA unavailable, using the CPU backend");
         }
-        if args.device as usize >= backends.len() {
-            bail!(
-                "device {} not present ({} devices)",
-                args.device,
-                backends.len()
-            );
-        }
-        backends.swap_remove(args.device as usize)
+        backend
     };
     let node = if args.node.is_empty() {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -282,6 +291,7 @@ fn run(args: Args) -> Result<()> {
     let shape = backend.shape(kernel);
     let mut sink = args.out.clone().map(Sink::open).transpose()?;
     let start = Instant::now();
+    let cpu_start = process_cpu_s();
     let (mut wall, mut gpu) = (Vec::new(), Vec::new());
     let mut runs: u64 = 0;
     let mut incorrect: u64 = 0;
@@ -334,6 +344,12 @@ fn run(args: Args) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // The whole process (the driver's threads too) over the run loop only,
+    // set-up excluded: what each run costs the host.
+    let loop_cpu_s = match (cpu_start, process_cpu_s()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     let footprint_steady = args.footprint_stages;
     if let Some(sink) = sink {
         sink.close()?;
@@ -355,6 +371,7 @@ fn run(args: Args) -> Result<()> {
         ("planted", planted.to_string()),
         ("caught", caught.to_string()),
         ("elapsed_s", format!("{elapsed:.3}")),
+        ("loop_cpu_s", fmt_opt(loop_cpu_s)),
         (
             "runs_per_s",
             format!("{:.3}", runs as f64 / elapsed.max(1e-9)),
@@ -391,4 +408,16 @@ fn fmt_opt(v: Option<f64>) -> String {
 fn serde_json_line(kv: &[(&str, String)]) -> String {
     let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", body.join(","))
+}
+
+/// CPU time of the whole process so far (user + system, every thread).
+#[allow(unsafe_code)]
+fn process_cpu_s() -> Option<f64> {
+    // SAFETY: `ru` is a valid, writable rusage for the call's duration.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    (rc == 0).then(|| {
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    })
 }

@@ -212,11 +212,26 @@ impl CudaBackend {
         if index >= count {
             return Err(ProbeError::BadIndex { index, count });
         }
-        if matches!(spec.wait, Wait::SpinThenBlock { .. }) {
+        if !matches!(spec.wait, Wait::Spin) {
             set_blocking_sync(index);
         }
         let ctx = ck!("cuCtxCreate", CudaContext::new(index as usize))?;
         stage("context");
+        if let Some(bytes) = spec.cuda_stack_bytes {
+            ck!("cuCtxSetCurrent", ctx.bind_to_thread())?;
+            // SAFETY: the context is current on this thread; the call only
+            // changes its per-thread stack limit (the driver raises it again
+            // for any kernel that needs more).
+            unsafe {
+                drv_sys::cuCtxSetLimit(drv_sys::CUlimit::CU_LIMIT_STACK_SIZE, bytes as usize)
+            }
+            .result()
+            .map_err(|e| ProbeError::Cuda {
+                what: "cuCtxSetLimit(CU_LIMIT_STACK_SIZE)",
+                detail: format!("{e:?}"),
+            })?;
+            stage("stack_limit");
+        }
         // SAFETY: the backend uses a single stream for every buffer, so
         // cudarc's cross-stream event tracking (an event per buffer access,
         // i.e. per-run allocations) is unnecessary.
@@ -317,7 +332,7 @@ impl CudaBackend {
         // waiting on it sleeps instead of spinning (timing stays enabled).
         let end_flags = match spec.wait {
             Wait::SpinThenBlock { .. } => drv_sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC,
-            Wait::Spin => drv_sys::CUevent_flags::CU_EVENT_DEFAULT,
+            Wait::Spin | Wait::SpinThenPoll { .. } => drv_sys::CUevent_flags::CU_EVENT_DEFAULT,
         };
         let ev_end = ck!("cuEventCreate", ctx.new_event(Some(end_flags)))?;
         ck!("cuStreamSynchronize", stream.synchronize())?;
@@ -621,11 +636,21 @@ impl CudaBackend {
                 return Ok("spin");
             }
             Wait::SpinThenBlock { spin_us } => std::time::Duration::from_micros(spin_us as u64),
+            Wait::SpinThenPoll { spin_us, .. } => std::time::Duration::from_micros(spin_us as u64),
         };
+        let poll = match self.spec.wait {
+            Wait::SpinThenPoll { poll_us, .. } => {
+                set_fine_timer_slack();
+                Some(std::time::Duration::from_micros(poll_us.max(1) as u64))
+            }
+            _ => None,
+        };
+        let mut continue_polling = false;
         loop {
             // SAFETY: the event belongs to this context.
             let r = unsafe { drv_sys::cuEventQuery(self.ev_end.cu_event()) };
             match r {
+                drv_sys::CUresult::CUDA_SUCCESS if continue_polling => return Ok("poll"),
                 drv_sys::CUresult::CUDA_SUCCESS => return Ok("spin"),
                 drv_sys::CUresult::CUDA_ERROR_NOT_READY => {}
                 e => {
@@ -636,10 +661,19 @@ impl CudaBackend {
                 }
             }
             if t0.elapsed() >= budget {
-                ck!("cuEventSynchronize", self.ev_end.synchronize())?;
-                return Ok("block");
+                match poll {
+                    Some(p) => {
+                        std::thread::sleep(p);
+                        continue_polling = true;
+                    }
+                    None => {
+                        ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+                        return Ok("block");
+                    }
+                }
+            } else {
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
         }
     }
 
@@ -828,6 +862,23 @@ impl ProbeBackend for CudaBackend {
     fn plant_fault(&mut self, kernel: Kernel, fault: Fault) {
         self.fault_next[kidx(kernel)] = Some(fault);
     }
+}
+
+/// Asks the kernel to wake this thread's sleeps within 1 µs of their end
+/// (the default timer slack of 50 µs would make every poll that much later).
+/// Set once per thread; harmless where refused.
+fn set_fine_timer_slack() {
+    thread_local! {
+        static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    DONE.with(|d| {
+        if !d.get() {
+            // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only
+            // changes this thread's timer slack.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+            d.set(true);
+        }
+    });
 }
 
 /// Puts the device's primary context in blocking-sync scheduling before it is

@@ -268,19 +268,49 @@ pub fn open_backends(
     spec_for: &dyn Fn(&'static str) -> ProbeSpec,
     cpu_devices: u32,
 ) -> Result<OpenedBackends, ProbeError> {
+    open(kind, spec_for, 0..cpu_devices.max(1), None)
+}
+
+/// Opens the backend of device `index` only, like [`open_backends`] but
+/// without touching the other GPUs: a CUDA context on a GPU makes the process
+/// one of that GPU's compute processes (NVML lists it, and it holds GPU
+/// memory there), which a tenant of another GPU must not be.
+pub fn open_backend(
+    kind: BackendKind,
+    spec_for: &dyn Fn(&'static str) -> ProbeSpec,
+    index: u32,
+) -> Result<(Box<dyn ProbeBackend>, Option<ProbeError>), ProbeError> {
+    let (mut backends, fallback) = open(kind, spec_for, index..index + 1, Some(index))?;
+    match backends.pop() {
+        Some(b) => Ok((b, fallback)),
+        None => Err(ProbeError::NoDevice),
+    }
+}
+
+fn open(
+    kind: BackendKind,
+    spec_for: &dyn Fn(&'static str) -> ProbeSpec,
+    cpu_devices: std::ops::Range<u32>,
+    only: Option<u32>,
+) -> Result<OpenedBackends, ProbeError> {
     let open_cpu = || -> Result<Vec<Box<dyn ProbeBackend>>, ProbeError> {
         let spec = spec_for("cpu");
-        (0..cpu_devices.max(1))
+        cpu_devices
+            .clone()
             .map(|i| cpu::CpuBackend::new(i, &spec).map(|b| Box::new(b) as Box<dyn ProbeBackend>))
             .collect()
     };
     let open_cuda = || -> Result<Vec<Box<dyn ProbeBackend>>, ProbeError> {
         let n = cuda_device_count()?;
         let spec = spec_for("cuda");
-        if n == 0 {
+        let devices = match only {
+            Some(i) => i..i + 1,
+            None => 0..n,
+        };
+        if n == 0 || devices.end > n {
             return Err(ProbeError::NoDevice);
         }
-        (0..n)
+        devices
             .map(|i| cuda::CudaBackend::new(i, &spec).map(|b| Box::new(b) as Box<dyn ProbeBackend>))
             .collect()
     };

@@ -195,6 +195,13 @@ pub struct ProbeSpec {
     /// need little or none.
     #[serde(default)]
     pub cublas_workspace_kib: Option<u32>,
+    /// CUDA only: the per-thread stack limit set on the context, bytes
+    /// (`CU_LIMIT_STACK_SIZE`); `None` keeps the driver's 1 KiB. The driver
+    /// reserves this much local memory for every thread the GPU can hold at
+    /// once (about 264 MiB per KiB on an H100), and raises the limit itself
+    /// for a kernel that needs more, so a small value only gives memory back.
+    #[serde(default)]
+    pub cuda_stack_bytes: Option<u32>,
 }
 
 /// How the host thread waits for a timed run to complete.
@@ -217,6 +224,15 @@ pub enum Wait {
     /// Spin until the run completes (the CUDA default; costs a core while a
     /// run waits for its slice).
     Spin,
+    /// Poll for `spin_us` microseconds, then sleep `poll_us` between polls
+    /// (a timer wake-up instead of the driver's: the completion is seen at
+    /// most `poll_us` plus the timer's lateness after it happens).
+    SpinThenPoll {
+        /// Polling budget, µs.
+        spin_us: u32,
+        /// Sleep between later polls, µs.
+        poll_us: u32,
+    },
 }
 
 impl Default for Wait {
@@ -266,6 +282,13 @@ impl std::str::FromStr for Fp32Math {
 /// cuBLAS workspace of the light preset, KiB: enough for a 1024² GEMM's
 /// algorithms without split-K workspace, far below cuBLAS's 32 MiB default.
 pub const LIGHT_CUBLAS_WORKSPACE_KIB: u32 = 1024;
+
+/// Per-thread stack limit of the `light` preset, bytes: none reserved up
+/// front. The light kernels (cuFFT, cuBLAS and the checks) need none; the
+/// driver raises the limit for any kernel that does. It gives back about
+/// 264 MiB of a bare context's 518 MiB on an H100 or H200
+/// (docs/gpu-results/footprint.md).
+pub const LIGHT_CUDA_STACK_BYTES: u32 = 0;
 
 /// How the CUDA backend submits a timed run.
 ///
@@ -334,6 +357,7 @@ impl ProbeSpec {
                 wait: Wait::default(),
                 fp32_math: Fp32Math::Strict,
                 cublas_workspace_kib: Some(LIGHT_CUBLAS_WORKSPACE_KIB),
+                cuda_stack_bytes: Some(LIGHT_CUDA_STACK_BYTES),
             },
             Preset::Article => ProbeSpec {
                 fft: FftSpec {
@@ -348,6 +372,7 @@ impl ProbeSpec {
                 wait: Wait::default(),
                 fp32_math: Fp32Math::Strict,
                 cublas_workspace_kib: None,
+                cuda_stack_bytes: None,
             },
         }
     }

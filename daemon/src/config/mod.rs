@@ -139,6 +139,11 @@ pub struct ProbeOverrides {
     /// CUDA: cuBLAS workspace, KiB (default 1024 for `light`, cuBLAS's own
     /// 32 MiB for `article`).
     pub cublas_workspace_kib: Option<u32>,
+    /// CUDA: per-thread stack limit of the probe context, bytes (default 0
+    /// for `light`, the driver's 1024 for `article`). The driver reserves it
+    /// for every thread the GPU can hold (about 264 MiB of GPU memory per KiB
+    /// on an H100) and raises it for a kernel that needs more.
+    pub cuda_stack_bytes: Option<u32>,
 }
 
 impl Default for ProbeOverrides {
@@ -160,6 +165,7 @@ impl Default for ProbeOverrides {
             spin_us: None,
             fp32_math: None,
             cublas_workspace_kib: None,
+            cuda_stack_bytes: None,
         }
     }
 }

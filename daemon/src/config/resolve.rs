@@ -135,6 +135,9 @@ impl Config {
         if let Some(k) = p.cublas_workspace_kib {
             s.cublas_workspace_kib = Some(k);
         }
+        if let Some(b) = p.cuda_stack_bytes {
+            s.cuda_stack_bytes = Some(b);
+        }
         s
     }
 
@@ -184,6 +187,14 @@ impl Config {
                 return Err(invalid(
                     "probe.rate_hz",
                     format!("{r} is out of range (0, 1000]"),
+                ));
+            }
+        }
+        if let Some(b) = self.probe.cuda_stack_bytes {
+            if b > 65_536 {
+                return Err(invalid(
+                    "probe.cuda_stack_bytes",
+                    format!("{b} is above 65536"),
                 ));
             }
         }

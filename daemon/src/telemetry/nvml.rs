@@ -2,7 +2,9 @@
 //! the driver gets a clean error from `Nvml::init`, and the agent falls back
 //! to [`super::NoTelemetry`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::RwLock;
 
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
@@ -17,6 +19,9 @@ pub struct NvmlTelemetry {
     nvml: Nvml,
     own_pid: u32,
     proc_root: PathBuf,
+    /// Device handles by UUID, looked up once: a lookup by UUID walks the
+    /// devices, and it ran several times per arrival per GPU.
+    handles: RwLock<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for NvmlTelemetry {
@@ -40,16 +45,35 @@ impl NvmlTelemetry {
             nvml,
             own_pid: std::process::id(),
             proc_root,
+            handles: RwLock::new(HashMap::new()),
         })
     }
 
+    #[allow(unsafe_code)] // a cached raw device handle, see the SAFETY notes
     fn device(&self, gpu_uuid: &str) -> Result<nvml_wrapper::Device<'_>, TelemetryError> {
-        self.nvml
+        let cached = self
+            .handles
+            .read()
+            .ok()
+            .and_then(|m| m.get(gpu_uuid).copied());
+        if let Some(h) = cached {
+            // SAFETY: `h` came from `device_by_uuid` on this same `Nvml`,
+            // whose handles stay valid until it shuts down, which is when
+            // `self` (and every borrow of it) is dropped.
+            return Ok(unsafe { nvml_wrapper::Device::new(h as *mut _, &self.nvml) });
+        }
+        let dev = self
+            .nvml
             .device_by_uuid(gpu_uuid)
             .map_err(|e| TelemetryError::Device {
                 uuid: gpu_uuid.to_string(),
                 source: Box::new(e),
-            })
+            })?;
+        if let Ok(mut m) = self.handles.write() {
+            // SAFETY: only the handle's address is kept, see above.
+            m.insert(gpu_uuid.to_string(), unsafe { dev.handle() } as usize);
+        }
+        Ok(dev)
     }
 
     /// UUIDs of every device NVML sees, by index.
