@@ -125,12 +125,18 @@ mod tests {
         let run = laps.total(Stage::Run);
         let tel = laps.total(Stage::Telemetry);
         assert!(run >= Duration::from_millis(30), "run {run:?}");
-        assert!(tel >= Duration::from_millis(10) && tel < run, "telemetry {tel:?}");
+        assert!(
+            tel >= Duration::from_millis(10) && tel < run,
+            "telemetry {tel:?}"
+        );
         // Sleeping costs (almost) no CPU: far less than the 50 ms slept.
         assert!(laps.total(Stage::Wait) < Duration::from_millis(10));
         assert_eq!(laps.total(Stage::Publish), Duration::ZERO);
         assert_eq!(laps.sum(), run + tel + laps.total(Stage::Wait));
         let s = laps.summary_ms();
-        assert!(s.starts_with("wait=") && s.contains(" run=3") && s.contains(" publish=0.0"), "{s}");
+        assert!(
+            s.starts_with("wait=") && s.contains(" run=3") && s.contains(" publish=0.0"),
+            "{s}"
+        );
     }
 }

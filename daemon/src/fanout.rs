@@ -218,7 +218,8 @@ pub fn otlp_drops(c: &Counters, n: u64) {
     .emit(c);
 }
 
-/// [`Outlet`] drop counter of the health evaluator.
+/// [`Outlet`] drop counter of the health evaluator: its probe rows and its
+/// probe events.
 pub fn health_drops(c: &Counters, n: u64) {
     SinkQueueFull {
         sink: internal_events::Outlet::Health,
@@ -227,9 +228,15 @@ pub fn health_drops(c: &Counters, n: u64) {
     .emit(c);
 }
 
-/// [`Outlet`] drop counter of the exit summary: counted on the outlet only
-/// (there is no agent counter for it yet); `agent::run` logs the total.
-pub fn summary_drops(_: &Counters, _: u64) {}
+/// [`Outlet`] drop counter of the exit summary (`agent::run` also logs the
+/// total at exit, next to the table that misses them).
+pub fn summary_drops(c: &Counters, n: u64) {
+    SinkQueueFull {
+        sink: internal_events::Outlet::Summary,
+        records: n,
+    }
+    .emit(c);
+}
 
 /// Hands data to every outlet without ever blocking.
 #[derive(Debug)]

@@ -11,9 +11,9 @@
 //! ([`crate::node_condition`]) render it at scrape or patch time. Every field
 //! sits behind its own lock, held only to copy in or out.
 //!
-//! Callers name a GPU's kernel by [`Kernel`]; the per-kernel maps are keyed
-//! by the kernel's name ([`Kernel::as_str`]), the label form that `/metrics`
-//! and the node condition render.
+//! The per-kernel maps are keyed by `(gpu uuid, `[`Kernel`]`)`; the kernel
+//! becomes its name ([`Kernel::as_str`]) only where `/metrics` and the node
+//! condition render it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -130,8 +130,8 @@ impl GpuEntry {
 /// State shared between the evaluator, the probe threads and `/metrics`.
 #[derive(Debug, Default)]
 pub struct LiveState {
-    /// `(gpu_uuid, kernel name)` → health ([`LiveState::publish`] writes it).
-    pub kernels: RwLock<BTreeMap<(String, String), KernelHealth>>,
+    /// `(gpu_uuid, kernel)` → health ([`LiveState::publish`] writes it).
+    pub kernels: RwLock<BTreeMap<(String, Kernel), KernelHealth>>,
     /// gpu_uuid → latest pod count (None = unknown).
     pub pod_count: RwLock<BTreeMap<String, Option<u32>>>,
     /// Set once the first probe cycle completed (for `/readyz`).
@@ -140,9 +140,9 @@ pub struct LiveState {
     /// `/metrics` can report their health at scrape time; unset when the
     /// occupancy was injected.
     pub occupancy: std::sync::OnceLock<Arc<crate::occupancy::CombinedOccupancy>>,
-    /// `(gpu_uuid, kernel name)` → start-up self-test outcome (`true` = the planted
-    /// corruption was caught and a clean run passed).
-    pub self_tests: RwLock<BTreeMap<(String, String), bool>>,
+    /// `(gpu_uuid, kernel)` → start-up self-test outcome (`true` = the
+    /// planted corruption was caught and a clean run passed).
+    pub self_tests: RwLock<BTreeMap<(String, Kernel), bool>>,
     /// gpu_uuid → the GPU as opened (registered before probing starts).
     pub gpus: RwLock<BTreeMap<String, GpuEntry>>,
     /// This agent's node name (the `node` label of every series).
@@ -177,7 +177,7 @@ impl LiveState {
         self.kernels
             .read()
             .ok()?
-            .get(&(gpu_uuid.to_string(), kernel.as_str().to_string()))
+            .get(&(gpu_uuid.to_string(), kernel))
             .map(f)
     }
     /// Replaces what is published per GPU and kernel with one evaluation's
@@ -187,8 +187,8 @@ impl LiveState {
             return;
         };
         let mut next = BTreeMap::new();
-        for ((uuid, kernel), h) in published {
-            let key = (uuid, kernel.as_str().to_string());
+        for (key, h) in published {
+            let kernel = key.1;
             let before = k.get(&key);
             if before.map(|p| p.verdict) != Some(h.verdict) {
                 tracing::info!(
@@ -216,26 +216,13 @@ impl LiveState {
         }
         *k = next;
     }
-    /// Records the start-up self-test outcome of a GPU's kernel (by name,
-    /// [`Kernel::as_str`]). A failure makes that kernel `unhealthy`
-    /// (correctness unverified) at the next evaluation and fails `/readyz`
-    /// at once.
-    pub fn record_self_test(&self, gpu_uuid: &str, kernel: &str, passed: bool) {
+    /// Records the start-up self-test outcome of a GPU's kernel. A failure
+    /// makes that kernel `unhealthy` (correctness unverified) at the next
+    /// evaluation and fails `/readyz` at once.
+    pub fn record_self_test(&self, gpu_uuid: &str, kernel: Kernel, passed: bool) {
         if let Ok(mut m) = self.self_tests.write() {
-            m.insert((gpu_uuid.to_string(), kernel.to_string()), passed);
+            m.insert((gpu_uuid.to_string(), kernel), passed);
         }
-    }
-    /// The self-test outcomes of the kernels this build probes, by kernel.
-    pub fn self_tests_by_kernel(&self) -> BTreeMap<(String, Kernel), bool> {
-        let Ok(m) = self.self_tests.read() else {
-            return BTreeMap::new();
-        };
-        m.iter()
-            .filter_map(|((uuid, name), passed)| {
-                let kernel = name.parse::<Kernel>().ok()?;
-                Some(((uuid.clone(), kernel), *passed))
-            })
-            .collect()
     }
     /// Registers a GPU whose backend opened (or, with `down`, failed to).
     pub fn register_gpu(&self, uuid: &str, entry: GpuEntry) {
@@ -286,5 +273,47 @@ impl LiveState {
             why.push("no probe cycle completed yet".into());
         }
         why
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The maps are keyed by [`Kernel`]; its name appears only in the text
+    /// rendered from them (`/readyz`, the node condition's worst verdict).
+    #[test]
+    fn typed_keys_render_the_kernel_name_in_readyz_and_worst() {
+        let st = LiveState::default();
+        st.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        st.record_self_test("GPU-a", Kernel::Gemm, false);
+        st.record_self_test("GPU-a", Kernel::Fft, true);
+        let key = |k| ("GPU-a".to_string(), k);
+        assert_eq!(
+            st.self_tests.read().expect("lock").get(&key(Kernel::Gemm)),
+            Some(&false)
+        );
+        assert_eq!(
+            st.not_ready(),
+            ["GPU-a gemm: self-test failed, correctness unverified"]
+        );
+        let slow = |v, r, text: &str| KernelHealth::without_runs(0, v, r, text.into());
+        st.publish(BTreeMap::from([
+            (
+                key(Kernel::Fft),
+                slow(Verdict::Degraded, Reason::EventSlow, "slow"),
+            ),
+            (
+                key(Kernel::Gemm),
+                slow(Verdict::Healthy, Reason::None, "ok"),
+            ),
+        ]));
+        assert_eq!(st.verdict("GPU-a", Kernel::Fft), Some(Verdict::Degraded));
+        assert_eq!(st.verdict("GPU-a", Kernel::Gemm), Some(Verdict::Healthy));
+        assert_eq!(st.verdict("GPU-b", Kernel::Fft), None);
+        assert_eq!(
+            st.worst(),
+            Some((Verdict::Degraded, "GPU-a fft: slow".into()))
+        );
     }
 }

@@ -354,7 +354,7 @@ fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow])
         t.add_row(vec![
             r.gpu_index.to_string(),
             r.gpu_uuid.clone(),
-            r.kernel.clone(),
+            r.kernel.to_string(),
             r.tenants.map_or("-".into(), |t| t.to_string()),
             if r.runs == r.all_runs {
                 r.runs.to_string()

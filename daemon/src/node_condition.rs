@@ -112,7 +112,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::health::KernelHealth;
-    use slicetrace_schema::Reason;
+    use slicetrace_schema::{Kernel, Reason};
 
     fn kh(verdict: Verdict, contention: Contention) -> KernelHealth {
         KernelHealth {
@@ -128,14 +128,14 @@ mod tests {
     fn a_contended_healthy_gpu_keeps_the_condition_false() {
         let live = LiveState::default();
         live.kernels.write().expect("lock").insert(
-            ("GPU-a".into(), "fft".into()),
+            ("GPU-a".into(), Kernel::Fft),
             kh(Verdict::Healthy, Contention::OverShared),
         );
         let (status, reason, msg) = condition_of(&live);
         assert_eq!((status, reason), ("False", "GPUTailLatencyHealthy"));
         assert!(msg.contains("3 tenants"), "{msg}");
         live.kernels.write().expect("lock").insert(
-            ("GPU-a".into(), "gemm".into()),
+            ("GPU-a".into(), Kernel::Gemm),
             kh(Verdict::Unhealthy, Contention::Ok),
         );
         assert_eq!(condition_of(&live).1, "GPUUnhealthy");

@@ -17,8 +17,8 @@ use rand::Rng;
 use slicetrace_probe::{record_for, Fault, Kernel, ProbeBackend, ProbeError};
 use slicetrace_schema::ProbeRecord;
 
-pub use crate::fanout::Fanout;
 use crate::cpu_time::{CpuLaps, Stage};
+pub use crate::fanout::Fanout;
 use crate::health::{HealthEvent, LiveState};
 use crate::ids::{new_span_id, new_trace_id};
 use crate::internal_events::{
@@ -121,6 +121,8 @@ struct LoopState {
     failures: u32,
     /// The last full NVML sample and when it was taken.
     full: Option<(Instant, DeviceSample)>,
+    /// When the process list in `full` was read.
+    processes_at: Option<Instant>,
     /// This thread's CPU time per stage of an arrival.
     cpu: CpuLaps,
 }
@@ -131,6 +133,24 @@ struct LoopState {
 /// changes slowly and costs far more to read (on a busy H100 a full sample
 /// costs milliseconds of CPU), so it is refreshed at most this often.
 pub const FULL_SAMPLE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Oldest the GPU's process list (and so a row's `gpu_processes`,
+/// `processes` and tenant count) may be. NVML's process query is by far the
+/// dearest reading on a busy GPU (about 230 µs of CPU per call on a busy
+/// H200, where every other field costs 1–7 µs), and tenants come and go on
+/// the scale of pod starts, so it is refreshed at most this often.
+pub const PROCESS_LIST_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// What one NVML reading covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// SM clock and throttle reasons only.
+    Clocks,
+    /// Every device field, not the process list.
+    Device,
+    /// Every device field and the process list.
+    Full,
+}
 
 impl ProbeLoop {
     /// Plants a wrong answer and a skipped kernel into each kernel through
@@ -147,7 +167,7 @@ impl ProbeLoop {
             }
             let clean = matches!(self.backend.run(k), Ok(s) if s.correct == Some(true));
             let passed = caught[0] && caught[1] && clean;
-            self.live.record_self_test(&uuid, k.as_str(), passed);
+            self.live.record_self_test(&uuid, k, passed);
             if passed {
                 tracing::info!(gpu = %uuid, kernel = k.as_str(), "self-test passed: planted corruption and skipped kernel caught");
             } else {
@@ -168,18 +188,32 @@ impl ProbeLoop {
 
     /// The reading just before a run: a fresh SM clock and throttle mask on
     /// top of the last full sample (refreshed when older than
-    /// [`FULL_SAMPLE_MAX_AGE`]).
+    /// [`FULL_SAMPLE_MAX_AGE`], its process list when older than
+    /// [`PROCESS_LIST_MAX_AGE`]).
     fn sample_before(&self, st: &mut LoopState) -> Option<DeviceSample> {
         let stale = st
             .full
             .as_ref()
             .is_none_or(|(t, _)| t.elapsed() >= FULL_SAMPLE_MAX_AGE);
         if stale {
-            let s = self.sample(st, false);
+            let processes_stale = st
+                .processes_at
+                .is_none_or(|t| t.elapsed() >= PROCESS_LIST_MAX_AGE);
+            let s = if processes_stale {
+                let s = self.sample(st, Reading::Full);
+                st.processes_at = s.as_ref().map(|_| Instant::now());
+                s
+            } else {
+                let kept = st.full.as_ref().and_then(|(_, f)| f.processes.clone());
+                self.sample(st, Reading::Device).map(|s| DeviceSample {
+                    processes: kept,
+                    ..s
+                })
+            };
             st.full = s.clone().map(|s| (Instant::now(), s));
             return s;
         }
-        let clocks = self.sample(st, true);
+        let clocks = self.sample(st, Reading::Clocks);
         st.full.as_ref().map(|(_, full)| DeviceSample {
             sm_clock_mhz: clocks.as_ref().and_then(|c| c.sm_clock_mhz),
             throttle_reasons: clocks.as_ref().and_then(|c| c.throttle_reasons),
@@ -187,11 +221,11 @@ impl ProbeLoop {
         })
     }
 
-    fn sample(&self, st: &LoopState, after: bool) -> Option<DeviceSample> {
-        let r = if after {
-            self.telemetry.sample_after(&st.uuid)
-        } else {
-            self.telemetry.sample(&st.uuid)
+    fn sample(&self, st: &LoopState, what: Reading) -> Option<DeviceSample> {
+        let r = match what {
+            Reading::Clocks => self.telemetry.sample_after(&st.uuid),
+            Reading::Device => self.telemetry.sample_device(&st.uuid),
+            Reading::Full => self.telemetry.sample(&st.uuid),
         };
         match r {
             Ok(s) => Some(s),
@@ -325,6 +359,7 @@ impl ProbeLoop {
             uuid,
             failures: 0,
             full: None,
+            processes_at: None,
             cpu: CpuLaps::start(),
         };
         if self.self_test {
@@ -375,7 +410,7 @@ impl ProbeLoop {
             let shape = self.backend.shape(kernel);
             let result = self.backend.run(kernel);
             st.cpu.lap(Stage::Run);
-            let after = self.sample(st, true);
+            let after = self.sample(st, Reading::Clocks);
             st.cpu.lap(Stage::Telemetry);
             let (rows, error) = match result {
                 Ok(s) => {
@@ -420,7 +455,7 @@ impl ProbeLoop {
             }
             let started = Instant::now();
             st.cpu.lap(Stage::Wait);
-            let before = self.sample(st, false);
+            let before = self.sample(st, Reading::Full);
             st.cpu.lap(Stage::Telemetry);
             let mut rows = Vec::with_capacity(2 * burst_runs as usize);
             let mut error: Option<ProbeError> = None;
@@ -452,7 +487,7 @@ impl ProbeLoop {
                 }
             }
             st.cpu.lap(Stage::Run);
-            let after = self.sample(st, true);
+            let after = self.sample(st, Reading::Clocks);
             st.cpu.lap(Stage::Telemetry);
             self.publish(st, rows, BurstTelemetry::merge(before, after));
             st.cpu.lap(Stage::Publish);

@@ -67,8 +67,8 @@ pub struct SummaryRow {
     pub gpu_index: u32,
     /// GPU UUID.
     pub gpu_uuid: String,
-    /// Kernel name ([`Kernel::as_str`]), as the table prints it.
-    pub kernel: String,
+    /// Kernel.
+    pub kernel: Kernel,
     /// Other compute processes on the GPU (NVML), `None` when unknown.
     pub tenants: Option<u32>,
     /// Arrival runs counted in the quantiles.
@@ -135,7 +135,7 @@ impl RunSummary {
                 SummaryRow {
                     gpu_index: *idx,
                     gpu_uuid: uuid.clone(),
-                    kernel: kernel.as_str().to_string(),
+                    kernel: *kernel,
                     tenants: *tenants,
                     runs: h[1].len(),
                     all_runs: acc.all_runs,
@@ -145,5 +145,34 @@ impl RunSummary {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows carry the typed kernel, in kernel order; its name (what the
+    /// tail table and `--summary-json` print) is the one it had as a string.
+    #[test]
+    fn rows_carry_the_typed_kernel_in_kernel_order() {
+        let mut s = RunSummary::default();
+        for kernel in [Kernel::Gemm, Kernel::Fft] {
+            s.record(&ProbeRecord {
+                kernel,
+                arrival: Some(true),
+                wall_ms: 1.0,
+                ..Default::default()
+            });
+        }
+        let rows = s.rows();
+        let kernels: Vec<Kernel> = rows.iter().map(|r| r.kernel).collect();
+        assert_eq!(kernels, [Kernel::Fft, Kernel::Gemm]);
+        assert_eq!(rows[1].kernel.to_string(), "gemm");
+        assert_eq!(
+            serde_json::json!({ "kernel": rows[1].kernel }),
+            serde_json::json!({ "kernel": "gemm" })
+        );
+        assert!(rows.iter().all(|r| r.runs == 1 && r.all_runs == 1));
     }
 }

@@ -29,8 +29,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A fast, small CPU probe; Parquet files every 300 ms; verdicts every 100 ms.
 fn config(data: &Path, node: &str, extra: &str) -> Config {
     let mut c = Config::from_toml(&format!(
-        "interval_ms = 20\njitter_pct = 0\nself_test = false\nnode_name = {node:?}\nshutdown_deadline_ms = 5000\n\
-         [probe]\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n\
+        "node_name = {node:?}\nshutdown_deadline_ms = 5000\n\
+         [probe]\ninterval_ms = 20\njitter_pct = 0\nself_test = false\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n\
          [parquet]\nrotate_interval_ms = 300\nflush_interval_ms = 100\n\
          [health]\nwindow_ms = 1000\nevaluate_interval_ms = 100\nmin_samples = 5\n\
          [metrics]\nlisten = \"\"\n{extra}"
@@ -274,9 +274,7 @@ impl ProbeBackend for Flaky {
 }
 
 fn verdict(live: &LiveState, uuid: &str) -> Option<(Verdict, String)> {
-    let k = live.kernels.read().ok()?;
-    k.get(&(uuid.to_string(), "fft".to_string()))
-        .map(|h| (h.verdict, h.reason.clone()))
+    live.read_kernel(uuid, Kernel::Fft, |h| (h.verdict, h.reason.clone()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

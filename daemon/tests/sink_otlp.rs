@@ -23,41 +23,11 @@ use slicetrace_agent::sinks::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, TraceSha
 use slicetrace_agent::sinks::Sink;
 use slicetrace_schema::{Backend, Kernel, ProbeRecord};
 
-fn require_tools() -> bool {
-    std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
-}
-
+/// rotel from the project venv or `$SLICETRACE_ROTEL` (the shared rule of
+/// the test support crate: a missing tool skips, visibly, unless
+/// `SLICETRACE_REQUIRE_TOOLS=1`).
 fn rotel_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SLICETRACE_ROTEL") {
-        return Some(PathBuf::from(p));
-    }
-    let pythons = [
-        std::env::var("SLICETRACE_PYTHON").ok().map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")),
-    ];
-    for py in pythons.into_iter().flatten() {
-        let out = Command::new(&py)
-            .args([
-                "-c",
-                "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-            ])
-            .output();
-        if let Ok(o) = out {
-            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-            if o.status.success() && p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    let on_path = Command::new("rotel-agent").arg("--version").output();
-    if on_path.is_ok_and(|o| o.status.success()) {
-        return Some(PathBuf::from("rotel-agent"));
-    }
-    if require_tools() {
-        panic!("SLICETRACE_REQUIRE_TOOLS=1 but rotel-agent was not found (set SLICETRACE_ROTEL)");
-    }
-    eprintln!("SKIP: rotel-agent not found (set SLICETRACE_ROTEL or install rotel in the venv)");
-    None
+    slicetrace_e2e::rotel()
 }
 
 fn free_port() -> u16 {

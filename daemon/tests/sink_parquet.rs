@@ -19,35 +19,9 @@ use slicetrace_agent::sinks::parquet::{enforce_retention, recover, ParquetConfig
 use slicetrace_agent::sinks::Sink;
 use slicetrace_schema::{Backend, HealthRecord, Kernel, ProbeRecord, SpanId, TraceId};
 
-fn require_tools() -> bool {
-    std::env::var("SLICETRACE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
-}
-
-/// Skips (returns `None`) or fails, per `SLICETRACE_REQUIRE_TOOLS`.
-fn missing(what: &str) -> Option<PathBuf> {
-    if require_tools() {
-        panic!("SLICETRACE_REQUIRE_TOOLS=1 but {what}");
-    }
-    eprintln!("SKIP: {what}");
-    None
-}
-
 /// A Python with pyarrow, duckdb and polars.
 fn python() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("SLICETRACE_PYTHON").ok().map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")),
-    ];
-    for p in candidates.into_iter().flatten() {
-        let ok = Command::new(&p)
-            .args(["-c", "import pyarrow, duckdb, polars"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(p);
-        }
-    }
-    missing("no python with pyarrow, duckdb and polars (set SLICETRACE_PYTHON)")
+    slicetrace_e2e::python_with(&["pyarrow", "duckdb", "polars"])
 }
 
 const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
@@ -469,7 +443,9 @@ async fn disk_full_counts_errors_hides_partial_files_and_resumes() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !mounted {
-        missing("cannot mount a tmpfs here (needs root)");
+        // Skips visibly (or fails with SLICETRACE_REQUIRE_TOOLS=1), by the
+        // shared rule of the test support crate.
+        slicetrace_e2e::missing_for::<()>("a tmpfs mount (needs root)", "the disk-full test");
         return;
     }
     let _guard = Mount(mnt.clone());

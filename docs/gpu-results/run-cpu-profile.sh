@@ -15,9 +15,11 @@
 #           at the driver's 1024 B and at 0 B, and planted-fault runs of the
 #           FFT and of fp16/fp32/bf16 GEMMs at 0 B (idle);
 #   nvml    CPU and wall time per NVML call the agent makes (nvml_cost.py),
-#           idle, and again busy once tenants run;
+#           idle, and again busy once tenants run; back to back, and 200 ms
+#           apart as the agent calls (20 calls each, about 40 s per pass);
 #   agent   the agent on every GPU, idle, then with 3 tenants on every GPU
-#           (and with spin_us = 0 when SPIN0=1): per-thread CPU (threads.py)
+#           (AGENT_IDLE=0 skips the idle window; SPIN0=1 adds a busy window
+#           with spin_us = 0): per-thread CPU (threads.py)
 #           over WINDOW_S after the self-test, the probe threads' per-stage
 #           CPU (their "probe thread stopped" log line), memory and the
 #           agent's GPU memory per GPU;
@@ -59,7 +61,10 @@ if has stages; then
   done
   log "stages done"
 fi
-has nvml && python3 "$HERE/nvml_cost.py" "$LAST" idle >>"$R/nvml-cost.jsonl"
+if has nvml; then
+  python3 "$HERE/nvml_cost.py" "$LAST" idle >>"$R/nvml-cost.jsonl"
+  python3 "$HERE/nvml_cost.py" "$LAST" idle-spaced 20 200 >>"$R/nvml-cost.jsonl"
+fi
 
 TPIDS=()
 start_tenants() {
@@ -92,13 +97,16 @@ agent_window() { # tag config
   rm -rf "$R/data-$tag"
 }
 if has agent; then
-  agent_window "idle-g$NGPU" "$R/agent.toml"
+  [ "${AGENT_IDLE:-1}" = 1 ] && agent_window "idle-g$NGPU" "$R/agent.toml"
   start_tenants
   agent_window "busy-g$NGPU" "$R/agent.toml"
   [ -n "${SPIN0:-}" ] && agent_window "busy-spin0-g$NGPU" "$R/agent-spin0.toml"
 fi
 [ ${#TPIDS[@]} -eq 0 ] && { has nvml || has wait; } && start_tenants
-has nvml && python3 "$HERE/nvml_cost.py" 0 busy >>"$R/nvml-cost.jsonl"
+if has nvml; then
+  python3 "$HERE/nvml_cost.py" 0 busy >>"$R/nvml-cost.jsonl"
+  python3 "$HERE/nvml_cost.py" 0 busy-spaced 20 200 >>"$R/nvml-cost.jsonl"
+fi
 
 if has wait; then
   lane() { # gpu kernel

@@ -21,7 +21,7 @@ mod spec;
 
 pub use spec::{
     FftDims, FftSpec, Fp32Math, GemmSpec, Kernel, Precision, Preset, ProbeSpec, Timing, Wait,
-    LIGHT_CUBLAS_WORKSPACE_KIB,
+    LIGHT_CUBLAS_WORKSPACE_KIB, LIGHT_CUDA_STACK_BYTES,
 };
 
 pub use slicetrace_schema::Backend;

@@ -61,7 +61,7 @@ pub const COLUMNS: &[ColumnDoc] = &[
     c("temp_c", "uint32", true, "°C", "GPU temperature, from the full NVML sample (at most 1 s old)."),
     c("throttle_reasons", "uint64", true, "bit mask", "NVML clocks-event reasons, OR of the readings right before and right after the run (idle bit 0x1 removed)."),
     c("fb_used_mib", "uint64", true, "MiB", "Framebuffer memory in use, from the full NVML sample (at most 1 s old)."),
-    c("gpu_processes", "uint32", true, "-", "Compute processes on the GPU other than the agent, from the full NVML sample (at most 1 s old); the derived `tenants` column of the CLI."),
+    c("gpu_processes", "uint32", true, "-", "Compute processes on the GPU other than the agent, from NVML's process list (at most 5 s old: the dearest NVML query on a busy GPU); the derived `tenants` column of the CLI."),
     c("processes", "list<utf8>", true, "-", "Those processes as `pid:name:used_mib`: name empty unless the agent's `process_names = true` (PIDs only by default), used_mib empty when unknown."),
     c("sm_clock_mhz_after", "uint32", true, "MHz", "SM clock, read right after the run (after the burst in burst mode)."),
     c("pods", "list<utf8>", true, "-", "`namespace/name` of every pod holding a replica of this physical GPU; null when no occupancy source knows."),

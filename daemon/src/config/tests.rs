@@ -155,3 +155,21 @@ fn enabled_false_disables_every_component_and_old_spellings_still_do() {
     let c = Config::from_toml("[metrics]\nlisten = \"\"\n").expect("parse");
     assert!(!c.otlp.is_enabled() && !c.metrics.is_enabled());
 }
+
+#[test]
+fn the_cuda_stack_limit_defaults_to_the_presets_and_is_bounded() {
+    // Light: no stack reserved up front; article: the driver's own default.
+    let c = Config::default();
+    assert_eq!(
+        c.probe_spec("cuda").cuda_stack_bytes,
+        Some(slicetrace_probe::LIGHT_CUDA_STACK_BYTES)
+    );
+    assert_eq!(slicetrace_probe::LIGHT_CUDA_STACK_BYTES, 0);
+    let mut c = Config::from_toml("[probe]\ncuda_stack_bytes = 512\n").expect("parse");
+    assert_eq!(c.probe_spec("cuda").cuda_stack_bytes, Some(512));
+    c.data_dir = std::env::temp_dir();
+    c.validate().expect("512 B is valid");
+    c.probe.cuda_stack_bytes = Some(65_537);
+    let e = c.validate().expect_err("above 64 KiB");
+    assert!(e.to_string().starts_with("probe.cuda_stack_bytes"), "{e}");
+}

@@ -249,7 +249,12 @@ impl Evaluator {
         self.refresh_baselines();
         let window = Duration::from_millis(self.cfg.window_ms);
         let th = self.cfg.thresholds();
-        let self_tests = self.state.self_tests_by_kernel();
+        let self_tests = self
+            .state
+            .self_tests
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         let gpus = self
             .state
             .gpus

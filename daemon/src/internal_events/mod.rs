@@ -49,8 +49,10 @@ pub struct Counters {
     pub sink_queue_drops_parquet: AtomicU64,
     /// Records dropped because the OTLP queue was full.
     pub sink_queue_drops_otlp: AtomicU64,
-    /// Records dropped because the health queue was full.
+    /// Records and probe events dropped because the health queue was full.
     pub sink_queue_drops_health: AtomicU64,
+    /// Records dropped because the exit summary's queue was full.
+    pub sink_queue_drops_summary: AtomicU64,
     /// Spans handed to the OTLP exporter and acknowledged.
     pub otlp_spans_exported: AtomicU64,
     /// Spans dropped (queue full, export failure or timeout).

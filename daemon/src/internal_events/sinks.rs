@@ -10,16 +10,19 @@ pub enum Outlet {
     Parquet,
     /// The OTLP sink (its records' spans are lost too).
     Otlp,
-    /// The health evaluator.
+    /// The health evaluator (probe rows and probe events).
     Health,
+    /// The exit summary (its tail table misses the dropped rows).
+    Summary,
 }
 
-/// A consumer's queue was full: its records were dropped, not waited for.
+/// A consumer's queue was full (or its loop had stopped): its records, or
+/// the health evaluator's probe events, were dropped, not waited for.
 #[derive(Debug)]
 pub struct SinkQueueFull {
     /// Whose queue.
     pub sink: Outlet,
-    /// Records dropped.
+    /// Records (or probe events) dropped.
     pub records: u64,
 }
 
@@ -28,6 +31,7 @@ impl InternalEvent for SinkQueueFull {
         "slicetrace_parquet_rows_dropped",
         "slicetrace_otlp_spans_dropped",
         "slicetrace_health_queue_drops",
+        "slicetrace_tail_table_queue_drops",
     ];
     fn emit(self, c: &Counters) {
         match self.sink {
@@ -37,6 +41,7 @@ impl InternalEvent for SinkQueueFull {
                 Counters::add(&c.otlp_spans_dropped, self.records);
             }
             Outlet::Health => Counters::add(&c.sink_queue_drops_health, self.records),
+            Outlet::Summary => Counters::add(&c.sink_queue_drops_summary, self.records),
         }
     }
 }

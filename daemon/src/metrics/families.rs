@@ -68,7 +68,8 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
     if let Ok(k) = live.kernels.read() {
         for ((uuid, kernel), h) in k.iter() {
             let idx = h.gpu_index.to_string();
-            let base = || vec![uuid.clone(), idx.clone(), kernel.clone()];
+            let kernel = kernel.as_str();
+            let base = || vec![uuid.clone(), idx.clone(), kernel.to_string()];
             for (clock, q) in [("wall", h.wall), ("gpu", h.gpu), ("queue", h.queue)] {
                 for (quantile, v) in [("0.5", q.p50), ("0.99", q.p99)] {
                     if let Some(v) = v {
@@ -88,7 +89,7 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
                     push(
                         &mut out,
                         "slicetrace_gpu_contention",
-                        vec![uuid.clone(), kernel.clone(), s.as_str().into()],
+                        vec![uuid.clone(), kernel.to_string(), s.as_str().into()],
                         one(c == s),
                     );
                 }
@@ -102,7 +103,7 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
                     "slicetrace_gpu_verdict_reason",
                     vec![
                         uuid.clone(),
-                        kernel.clone(),
+                        kernel.to_string(),
                         dim.as_str().into(),
                         r.as_str().into(),
                     ],
@@ -130,7 +131,7 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
                     "slicetrace_baseline_seconds",
                     vec![
                         uuid.clone(),
-                        kernel.clone(),
+                        kernel.to_string(),
                         clock.into(),
                         q.into(),
                         src.into(),
@@ -160,7 +161,7 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
             push(
                 &mut out,
                 "slicetrace_self_test_passed",
-                vec![uuid.clone(), kernel.clone()],
+                vec![uuid.clone(), kernel.to_string()],
                 one(*passed),
             );
         }
@@ -239,7 +240,7 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
         }
     }
     let c = counters;
-    let node_wide: [(&'static str, u64); 14] = [
+    let node_wide: [(&'static str, u64); 15] = [
         ("slicetrace_probe_cycles", g(&c.probe_cycles)),
         ("slicetrace_otlp_spans_exported", g(&c.otlp_spans_exported)),
         ("slicetrace_otlp_spans_dropped", g(&c.otlp_spans_dropped)),
@@ -274,6 +275,10 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
         (
             "slicetrace_health_queue_drops",
             g(&c.sink_queue_drops_health),
+        ),
+        (
+            "slicetrace_tail_table_queue_drops",
+            g(&c.sink_queue_drops_summary),
         ),
     ];
     for (name, v) in node_wide {

@@ -110,7 +110,8 @@ pub const METRICS: &[MetricDoc] = &[
     m("slicetrace_parquet_retention_deleted", Kind::Counter, NODE, "Files deleted by retention."),
     m("slicetrace_occupancy_errors", Kind::Counter, NODE, "Occupancy refresh errors."),
     m("slicetrace_occupancy_relists", Kind::Counter, NODE, "Kubernetes watch relists."),
-    m("slicetrace_health_queue_drops", Kind::Counter, NODE, "Rows the health evaluator's full queue dropped."),
+    m("slicetrace_health_queue_drops", Kind::Counter, NODE, "Rows or probe events the health evaluator's full queue dropped."),
+    m("slicetrace_tail_table_queue_drops", Kind::Counter, NODE, "Rows the exit summary's full queue dropped (the tail table printed at exit misses them)."),
 ];
 
 /// The documentation of a family by name.

@@ -1,6 +1,6 @@
 use super::*;
 use crate::health::{Contention, GpuEntry, KernelHealth, Quantiles, Verdict};
-use slicetrace_schema::{BaselineSource, Reason};
+use slicetrace_schema::{BaselineSource, Kernel, Reason};
 
 fn live() -> LiveState {
     let st = LiveState::default();
@@ -20,7 +20,7 @@ fn live() -> LiveState {
         },
     );
     st.kernels.write().expect("lock").insert(
-        ("GPU-\"x\"\\".into(), "fft".into()),
+        ("GPU-\"x\"\\".into(), Kernel::Fft),
         KernelHealth {
             gpu_index: 0,
             verdict: Verdict::Degraded,
@@ -93,7 +93,7 @@ fn classic_and_openmetrics_differ_only_where_the_formats_do() {
 #[test]
 fn every_series_carries_node_and_the_new_families_their_labels() {
     let (st, c) = (live(), Counters::default());
-    st.record_self_test("GPU-\"x\"\\", "gemm", false);
+    st.record_self_test("GPU-\"x\"\\", Kernel::Gemm, false);
     let text = render_format(&st, &c, Format::Text);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.contains("{node=\"n1\""), "no node label: {line}");
@@ -182,7 +182,12 @@ fn every_internal_event_counts_into_a_metrics_row() {
         (
             "SinkQueueFull",
             Box::new(|c| {
-                for sink in [Outlet::Parquet, Outlet::Otlp, Outlet::Health] {
+                for sink in [
+                    Outlet::Parquet,
+                    Outlet::Otlp,
+                    Outlet::Health,
+                    Outlet::Summary,
+                ] {
                     SinkQueueFull { sink, records: 3 }.emit(c);
                 }
             }),
@@ -294,6 +299,46 @@ fn every_internal_event_counts_into_a_metrics_row() {
     }
 }
 
+/// The exit summary's full queue used to count on no agent counter, so
+/// the rows missing from the tail table left no trace on `/metrics`. Each
+/// outlet's drops land on its own family only; probe events the health
+/// evaluator's full queue drops count there too (the summary takes none).
+#[test]
+fn a_full_summary_queue_counts_on_its_own_family_in_metrics() {
+    use crate::fanout::{health_drops, summary_drops, task_queue, Fanout, Outlet};
+    use slicetrace_schema::ProbeRecord;
+    let c = Arc::new(Counters::default());
+    let (s, _srx) = task_queue(1);
+    let (h, _hrx) = task_queue(1);
+    let f = Fanout::new(c.clone())
+        .with(Outlet::new("summary", s, summary_drops))
+        .with(Outlet::new("health", h, health_drops).with_events());
+    let row = ProbeRecord {
+        kernel: Kernel::Fft,
+        arrival: Some(true),
+        wall_ms: 1.0,
+        ..Default::default()
+    };
+    f.send_probes(vec![row.clone()]);
+    f.send_probes(vec![row.clone(), row]);
+    f.event(crate::health::HealthEvent::ProbeRecovered {
+        gpu_uuid: "GPU-1".into(),
+    });
+    assert_eq!(f.dropped("summary"), Some(2));
+    assert_eq!(f.dropped("health"), Some(3));
+    let text = render_format(&live(), &c, Format::Text);
+    for want in [
+        "# HELP slicetrace_tail_table_queue_drops_total Rows the exit summary's full queue dropped (the tail table printed at exit misses them).\n\
+         # TYPE slicetrace_tail_table_queue_drops_total counter\n\
+         slicetrace_tail_table_queue_drops_total{node=\"n1\"} 2\n",
+        "slicetrace_health_queue_drops_total{node=\"n1\"} 3\n",
+        "slicetrace_parquet_rows_dropped_total{node=\"n1\"} 0\n",
+        "slicetrace_otlp_spans_dropped_total{node=\"n1\"} 0\n",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+}
+
 #[test]
 fn the_table_has_unique_names_node_first_and_help() {
     let mut seen = std::collections::HashSet::new();
@@ -302,5 +347,15 @@ fn the_table_has_unique_names_node_first_and_help() {
         assert_eq!(d.labels.first(), Some(&"node"), "{}", d.name);
         assert!(d.name.starts_with("slicetrace_") && !d.help.is_empty());
         assert!(!d.name.ends_with("_total"), "{}", d.name);
+        // promtool's lint (`check metrics`) rejects a name that holds a
+        // metric type as a word, even where promtool is not installed.
+        for t in ["counter", "gauge", "histogram", "summary", "untyped"] {
+            let word = format!("_{t}_");
+            assert!(
+                !d.name.contains(&word) && !d.name.ends_with(&word[..word.len() - 1]),
+                "{} holds the type word {t}",
+                d.name
+            );
+        }
     }
 }

@@ -52,6 +52,15 @@ fn arrival_gaps_are_exponential_ks_test() {
 
 /// Runs a CPU probe loop with `plan` for `secs` and returns its rows.
 fn rows_of(plan: ArrivalPlan, secs: f64) -> (Vec<ProbeRecord>, Vec<SummaryRow>) {
+    rows_with(plan, secs, Arc::new(crate::telemetry::NoTelemetry))
+}
+
+/// [`rows_of`] with a telemetry source of the test's choosing.
+fn rows_with(
+    plan: ArrivalPlan,
+    secs: f64,
+    telemetry: Arc<dyn crate::telemetry::TelemetrySource>,
+) -> (Vec<ProbeRecord>, Vec<SummaryRow>) {
     let spec = slicetrace_probe::ProbeSpec {
         fft: slicetrace_probe::FftSpec {
             dims: slicetrace_probe::FftDims::D1 { n: 256, batch: 1 },
@@ -78,7 +87,7 @@ fn rows_of(plan: ArrivalPlan, secs: f64) -> (Vec<ProbeRecord>, Vec<SummaryRow>) 
     let lp = ProbeLoop {
         backend: Box::new(backend),
         reopen: None,
-        telemetry: Arc::new(crate::telemetry::NoTelemetry),
+        telemetry,
         occupancy: Arc::new(crate::occupancy::NoOccupancy),
         fanout: fanout.clone(),
         live: Arc::new(LiveState::default()),
@@ -180,7 +189,9 @@ fn burst_runs_after_the_first_are_marked_not_arrivals() {
     assert_eq!(all as usize, rows.len());
     // The GEMM burst has no arrival at all (its first run follows the
     // last FFT run).
-    assert!(summary.iter().any(|s| s.kernel == "gemm" && s.runs == 0));
+    assert!(summary
+        .iter()
+        .any(|s| s.kernel == Kernel::Gemm && s.runs == 0));
 }
 
 #[test]
@@ -190,4 +201,81 @@ fn event_inflation_needs_a_baseline_and_tenants() {
     assert_eq!(event_inflated(Some(9.0), Some(0), Some(1.0)), Some(false));
     assert_eq!(event_inflated(Some(9.0), Some(3), Some(1.0)), Some(true));
     assert_eq!(event_inflated(Some(1.2), Some(3), Some(1.0)), Some(false));
+}
+
+/// Counts what the probe loop reads: full samples (with the process list),
+/// device samples (without) and clock readings. Each full sample reports one
+/// process whose pid is that sample's number, so a row shows which process
+/// list it carries.
+#[derive(Default)]
+struct CountingTelemetry {
+    full: std::sync::atomic::AtomicU32,
+    device: std::sync::atomic::AtomicU32,
+    clocks: std::sync::atomic::AtomicU32,
+}
+
+impl crate::telemetry::TelemetrySource for CountingTelemetry {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn sample(&self, _: &str) -> Result<DeviceSample, crate::telemetry::TelemetryError> {
+        let n = self.full.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(DeviceSample {
+            sm_clock_mhz: Some(1000),
+            processes: Some(vec![crate::occupancy::GpuProcess {
+                pid: n,
+                used_mib: Some(1),
+                name: None,
+            }]),
+            ..Default::default()
+        })
+    }
+    fn sample_device(&self, _: &str) -> Result<DeviceSample, crate::telemetry::TelemetryError> {
+        self.device.fetch_add(1, Ordering::SeqCst);
+        Ok(DeviceSample {
+            sm_clock_mhz: Some(1001),
+            ..Default::default()
+        })
+    }
+    fn sample_after(&self, _: &str) -> Result<DeviceSample, crate::telemetry::TelemetryError> {
+        self.clocks.fetch_add(1, Ordering::SeqCst);
+        Ok(DeviceSample {
+            sm_clock_mhz: Some(1002),
+            ..Default::default()
+        })
+    }
+}
+
+/// The dear process list is read at start and then at most every
+/// [`PROCESS_LIST_MAX_AGE`]; the other device fields every
+/// [`FULL_SAMPLE_MAX_AGE`]; the clocks around every run. Rows between two
+/// process reads keep the last list (not an empty one, not `None`).
+#[test]
+fn the_process_list_is_read_less_often_than_the_device_fields_and_kept_between_reads() {
+    let t = Arc::new(CountingTelemetry::default());
+    let secs = 2.6;
+    let (rows, _) = rows_with(ArrivalPlan::Poisson { rate_hz: 100.0 }, secs, t.clone());
+    assert!(rows.len() > 50, "{} rows", rows.len());
+    let (full, device, clocks) = (
+        t.full.load(Ordering::SeqCst),
+        t.device.load(Ordering::SeqCst),
+        t.clocks.load(Ordering::SeqCst),
+    );
+    // 2.6 s < PROCESS_LIST_MAX_AGE: one process read, at start; a device
+    // refresh at about 1 s and 2 s.
+    assert!(PROCESS_LIST_MAX_AGE > Duration::from_secs_f64(secs));
+    assert_eq!(full, 1, "process list reads");
+    assert!((1..=3).contains(&device), "device samples {device}");
+    // One clock reading before (between full samples) and one after each run.
+    assert!(
+        clocks as usize >= rows.len(),
+        "clocks {clocks}, rows {}",
+        rows.len()
+    );
+    for r in &rows {
+        assert_eq!(r.gpu_processes, Some(1), "every row keeps the list");
+        assert_eq!(r.processes.as_deref().map(|p| p.len()), Some(1));
+    }
+    // The after-run clock is the cheap reading's.
+    assert!(rows.iter().all(|r| r.sm_clock_mhz_after == Some(1002)));
 }

@@ -106,7 +106,6 @@ impl TelemetrySource for NvmlTelemetry {
 
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         let dev = self.device(gpu_uuid)?;
-        let util = opt(dev.utilization_rates());
         let processes = opt(dev.running_compute_processes()).map(|ps| {
             ps.into_iter()
                 .filter(|p| p.pid != self.own_pid)
@@ -124,6 +123,15 @@ impl TelemetrySource for NvmlTelemetry {
                 })
                 .collect::<Vec<_>>()
         });
+        Ok(DeviceSample {
+            processes,
+            ..self.sample_device(gpu_uuid)?
+        })
+    }
+
+    fn sample_device(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        let dev = self.device(gpu_uuid)?;
+        let util = opt(dev.utilization_rates());
         let s = DeviceSample {
             sm_clock_mhz: opt(dev.clock_info(Clock::SM)),
             mem_clock_mhz: opt(dev.clock_info(Clock::Memory)),
@@ -133,7 +141,7 @@ impl TelemetrySource for NvmlTelemetry {
             temp_c: opt(dev.temperature(TemperatureSensor::Gpu)),
             throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
             fb_used_mib: opt(dev.memory_info()).map(|m| m.used / (1024 * 1024)),
-            processes,
+            processes: None,
         };
         if s == DeviceSample::default() {
             return Err(TelemetryError::Device {

@@ -71,41 +71,28 @@ fn h100_tenant_phases_are_healthy_and_contended_not_unhealthy() {
 fn never_idle_gpu_is_judged_against_the_sku_reference() {
     let th = Thresholds::DEFAULT;
     let none = LearnedBaseline::default();
-    let j = judge(
-        &w(6.9, 0.0139, 3),
-        &none,
-        Some(h100_fft()),
-        None,
-        &Faults::default(),
-        &th,
-    );
+    let sku = |event_p99: f64| {
+        judge(
+            &w(6.9, event_p99, 3),
+            &none,
+            Some(h100_fft()),
+            None,
+            &Faults::default(),
+            &th,
+        )
+    };
+    let j = sku(0.0139);
     assert_eq!(j.verdict, Verdict::Healthy);
     assert_eq!(j.health_source, Some(BaselineSource::Sku));
     assert_eq!(j.contention_source, Some(BaselineSource::Sku));
-    let j = judge(
-        &w(6.9, 0.07, 3),
-        &none,
-        Some(h100_fft()),
-        None,
-        &Faults::default(),
-        &th,
-    );
-    assert_eq!(
-        (j.verdict, j.health_reason),
-        (Verdict::Unhealthy, Reason::EventSlow)
-    );
-    let j = judge(
-        &w(6.9, 0.035, 3),
-        &none,
-        Some(h100_fft()),
-        None,
-        &Faults::default(),
-        &th,
-    );
-    assert_eq!(
-        (j.verdict, j.health_reason),
-        (Verdict::Degraded, Reason::EventSlow)
-    );
+    for (event_p99, verdict) in [(0.07, Verdict::Unhealthy), (0.035, Verdict::Degraded)] {
+        let j = sku(event_p99);
+        assert_eq!(
+            (j.verdict, j.health_reason),
+            (verdict, Reason::EventSlow),
+            "event p99 {event_p99} ms"
+        );
+    }
 }
 
 #[test]

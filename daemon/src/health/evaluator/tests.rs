@@ -206,8 +206,8 @@ fn probe_errors_throttling_and_the_slo() {
 fn failed_self_test_and_backend_down_are_unhealthy_without_rows() {
     let st = Arc::new(LiveState::default());
     let mut e = Evaluator::new(cfg(), "n".into(), st.clone(), None);
-    st.record_self_test("GPU-a", "gemm", false);
-    st.record_self_test("GPU-a", "fft", true);
+    st.record_self_test("GPU-a", Kernel::Gemm, false);
+    st.record_self_test("GPU-a", Kernel::Fft, true);
     st.register_gpu(
         "GPU-c",
         GpuEntry {
