@@ -25,6 +25,19 @@ pub enum Stage {
 const STAGES: [Stage; 4] = [Stage::Wait, Stage::Telemetry, Stage::Run, Stage::Publish];
 
 impl Stage {
+    /// Every stage, in order (the index of [`Stage::index`]).
+    pub const ALL: [Stage; 4] = STAGES;
+
+    /// Position in [`Stage::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Stage::Wait => 0,
+            Stage::Telemetry => 1,
+            Stage::Run => 2,
+            Stage::Publish => 3,
+        }
+    }
+
     /// Name for logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,23 +80,24 @@ impl CpuLaps {
         }
     }
 
-    /// Charges the CPU used since the previous lap to `stage`.
-    pub fn lap(&mut self, stage: Stage) {
+    /// Charges the CPU used since the previous lap to `stage` and returns
+    /// it (`None` where the clock is unsupported).
+    pub fn lap(&mut self, stage: Stage) -> Option<Duration> {
         let now = thread_cpu();
-        if let (Some(now), Some(last)) = (now, self.last) {
-            let i = STAGES.iter().position(|s| *s == stage).unwrap_or(0);
-            self.totals[i] += now.saturating_sub(last);
+        let used = match (now, self.last) {
+            (Some(now), Some(last)) => Some(now.saturating_sub(last)),
+            _ => None,
+        };
+        if let Some(d) = used {
+            self.totals[stage.index()] += d;
         }
         self.last = now;
+        used
     }
 
     /// CPU charged to `stage` so far.
     pub fn total(&self, stage: Stage) -> Duration {
-        STAGES
-            .iter()
-            .position(|s| *s == stage)
-            .map(|i| self.totals[i])
-            .unwrap_or_default()
+        self.totals[stage.index()]
     }
 
     /// All CPU counted so far.

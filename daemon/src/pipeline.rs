@@ -23,7 +23,7 @@ use crate::health::{HealthEvent, LiveState};
 use crate::ids::{new_span_id, new_trace_id};
 use crate::internal_events::{
     CorrectnessCheckFailed, Counters, InternalEvent, ProbeCycleCompleted, ProbeRunFailed,
-    ProbeRunsCompleted, TelemetrySampleFailed,
+    ProbeRunsCompleted, ProbeThreadCpuUsed, TelemetrySampleFailed,
 };
 use crate::occupancy::OccupancySource;
 pub use crate::shutdown::StopSignal;
@@ -221,6 +221,19 @@ impl ProbeLoop {
         })
     }
 
+    /// Charges the probe thread's CPU since the last lap to `stage`, in the
+    /// thread's totals (logged when it stops) and on `/metrics`.
+    fn lap(&self, st: &mut LoopState, stage: Stage) {
+        if let Some(cpu) = st.cpu.lap(stage) {
+            ProbeThreadCpuUsed {
+                gpu_uuid: &st.uuid,
+                stage,
+                cpu,
+            }
+            .emit(&self.counters);
+        }
+    }
+
     fn sample(&self, st: &LoopState, what: Reading) -> Option<DeviceSample> {
         let r = match what {
             Reading::Clocks => self.telemetry.sample_after(&st.uuid),
@@ -374,7 +387,7 @@ impl ProbeLoop {
                 burst_runs,
             } => self.run_bursts(&mut st, interval, jitter_pct, burst_runs),
         };
-        st.cpu.lap(Stage::Wait);
+        self.lap(&mut st, Stage::Wait);
         tracing::info!(
             gpu = %st.uuid,
             arrivals = n,
@@ -404,14 +417,14 @@ impl ProbeLoop {
             if self.stop.wait(gap.max(backoff)) || self.stop.is_stopped() {
                 break;
             }
-            st.cpu.lap(Stage::Wait);
+            self.lap(st, Stage::Wait);
             let before = self.sample_before(st);
-            st.cpu.lap(Stage::Telemetry);
+            self.lap(st, Stage::Telemetry);
             let shape = self.backend.shape(kernel);
             let result = self.backend.run(kernel);
-            st.cpu.lap(Stage::Run);
+            self.lap(st, Stage::Run);
             let after = self.sample(st, Reading::Clocks);
-            st.cpu.lap(Stage::Telemetry);
+            self.lap(st, Stage::Telemetry);
             let (rows, error) = match result {
                 Ok(s) => {
                     let mut r =
@@ -423,7 +436,7 @@ impl ProbeLoop {
                 Err(e) => (Vec::new(), Some(e)),
             };
             self.publish(st, rows, BurstTelemetry::merge(before, after));
-            st.cpu.lap(Stage::Publish);
+            self.lap(st, Stage::Publish);
             backoff = self.settle(st, error, mean);
             kernel = match kernel {
                 Kernel::Fft => Kernel::Gemm,
@@ -454,9 +467,9 @@ impl ProbeLoop {
                 break;
             }
             let started = Instant::now();
-            st.cpu.lap(Stage::Wait);
+            self.lap(st, Stage::Wait);
             let before = self.sample(st, Reading::Full);
-            st.cpu.lap(Stage::Telemetry);
+            self.lap(st, Stage::Telemetry);
             let mut rows = Vec::with_capacity(2 * burst_runs as usize);
             let mut error: Option<ProbeError> = None;
             'bursts: for kernel in [Kernel::Fft, Kernel::Gemm] {
@@ -486,11 +499,11 @@ impl ProbeLoop {
                     }
                 }
             }
-            st.cpu.lap(Stage::Run);
+            self.lap(st, Stage::Run);
             let after = self.sample(st, Reading::Clocks);
-            st.cpu.lap(Stage::Telemetry);
+            self.lap(st, Stage::Telemetry);
             self.publish(st, rows, BurstTelemetry::merge(before, after));
-            st.cpu.lap(Stage::Publish);
+            self.lap(st, Stage::Publish);
             gap = Self::jittered(interval, jitter_pct);
             let backoff = self.settle(st, error, gap);
             next = if backoff.is_zero() {

@@ -23,7 +23,7 @@ mod sinks;
 pub use occupancy::{OccupancyRefreshFailed, OccupancyRelisted};
 pub use probe::{
     CorrectnessCheckFailed, ProbeCycleCompleted, ProbeRunFailed, ProbeRunsCompleted,
-    TelemetrySampleFailed,
+    ProbeThreadCpuUsed, TelemetrySampleFailed,
 };
 pub use sinks::{
     OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, Outlet, ParquetFileRotated,
@@ -98,6 +98,9 @@ pub struct GpuCounters {
     pub telemetry_errors: AtomicU64,
     /// Runs whose correctness check failed on this GPU.
     pub correctness_failures: AtomicU64,
+    /// CPU time of this GPU's probe thread by stage (indexed by
+    /// [`crate::cpu_time::Stage::index`]), nanoseconds.
+    pub probe_thread_cpu_ns: [AtomicU64; 4],
     /// Limits [`TelemetrySampleFailed`] lines of this GPU.
     telemetry_log: RateLimit,
     /// Limits [`ProbeRunFailed`] lines of this GPU.
@@ -234,6 +237,7 @@ pub const EVENTS: &[(&str, &[&str])] = &[
     ("ProbeRunFailed", ProbeRunFailed::METRICS),
     ("CorrectnessCheckFailed", CorrectnessCheckFailed::METRICS),
     ("TelemetrySampleFailed", TelemetrySampleFailed::METRICS),
+    ("ProbeThreadCpuUsed", ProbeThreadCpuUsed::METRICS),
     ("SinkQueueFull", SinkQueueFull::METRICS),
     ("OtlpSpansExported", OtlpSpansExported::METRICS),
     ("OtlpExportFailed", OtlpExportFailed::METRICS),

@@ -93,3 +93,27 @@ impl InternalEvent for TelemetrySampleFailed<'_> {
         }
     }
 }
+
+/// CPU time a GPU's probe thread spent in one stage of an arrival (its own
+/// thread clock, read between stages): counted, never logged (the thread
+/// logs its totals when it stops).
+#[derive(Debug)]
+pub struct ProbeThreadCpuUsed<'a> {
+    /// The GPU whose probe thread it is.
+    pub gpu_uuid: &'a str,
+    /// The stage the time is charged to.
+    pub stage: crate::cpu_time::Stage,
+    /// CPU time used.
+    pub cpu: std::time::Duration,
+}
+
+impl InternalEvent for ProbeThreadCpuUsed<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_thread_cpu_seconds"];
+    fn emit(self, c: &Counters) {
+        let ns = u64::try_from(self.cpu.as_nanos()).unwrap_or(u64::MAX);
+        Counters::add(
+            &c.gpu(self.gpu_uuid).probe_thread_cpu_ns[self.stage.index()],
+            ns,
+        );
+    }
+}

@@ -211,6 +211,15 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
             vec![uuid.clone()],
             v(|c| &c.telemetry_errors),
         );
+        for stage in crate::cpu_time::Stage::ALL {
+            let ns = c.map_or(0, |c| g(&c.probe_thread_cpu_ns[stage.index()]));
+            push(
+                &mut out,
+                "slicetrace_probe_thread_cpu_seconds",
+                vec![uuid.clone(), stage.as_str().to_string()],
+                ns as f64 / 1e9,
+            );
+        }
     }
     if let Some(o) = live.occupancy.get() {
         let st = o.status();

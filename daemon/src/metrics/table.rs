@@ -95,6 +95,7 @@ pub const METRICS: &[MetricDoc] = &[
     m("slicetrace_probe_runs", Kind::Counter, GPU, "Probe runs completed on this GPU."),
     m("slicetrace_probe_errors", Kind::Counter, GPU, "Probe runs that failed on this GPU."),
     m("slicetrace_telemetry_errors", Kind::Counter, GPU, "NVML samples of this GPU that failed."),
+    MetricDoc { unit: Some("seconds"), ..m("slicetrace_probe_thread_cpu_seconds", Kind::Counter, &["node", "gpu_uuid", "stage"], "CPU time of this GPU's probe thread by stage of an arrival (wait = sleeping until it and the loop's bookkeeping, telemetry = NVML, run = launch, wait for completion and check, publish = the join and hand-off), seconds: the sum's rate is the probe thread's share of one core.") },
     m("slicetrace_probe_cycles", Kind::Counter, NODE, "Probe cycles completed, all GPUs."),
     m("slicetrace_occupancy_source_up", Kind::Gauge, &["node", "source"], "1 while an occupancy source answers: pod_resources when the last List succeeded, kube_api when the pod list is synced and the last API calls succeeded."),
     MetricDoc { unit: Some("seconds"), ..m("slicetrace_occupancy_sync_age_seconds", Kind::Gauge, NODE, "Age of the oldest occupancy source's last successful sync.") },

@@ -180,6 +180,17 @@ fn every_internal_event_counts_into_a_metrics_row() {
             }),
         ),
         (
+            "ProbeThreadCpuUsed",
+            Box::new(|c| {
+                ProbeThreadCpuUsed {
+                    gpu_uuid: "GPU-1",
+                    stage: crate::cpu_time::Stage::Telemetry,
+                    cpu: std::time::Duration::from_micros(250),
+                }
+                .emit(c)
+            }),
+        ),
+        (
             "SinkQueueFull",
             Box::new(|c| {
                 for sink in [

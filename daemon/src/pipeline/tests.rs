@@ -52,7 +52,8 @@ fn arrival_gaps_are_exponential_ks_test() {
 
 /// Runs a CPU probe loop with `plan` for `secs` and returns its rows.
 fn rows_of(plan: ArrivalPlan, secs: f64) -> (Vec<ProbeRecord>, Vec<SummaryRow>) {
-    rows_with(plan, secs, Arc::new(crate::telemetry::NoTelemetry))
+    let (rows, summary, _) = rows_with(plan, secs, Arc::new(crate::telemetry::NoTelemetry));
+    (rows, summary)
 }
 
 /// [`rows_of`] with a telemetry source of the test's choosing.
@@ -60,7 +61,7 @@ fn rows_with(
     plan: ArrivalPlan,
     secs: f64,
     telemetry: Arc<dyn crate::telemetry::TelemetrySource>,
-) -> (Vec<ProbeRecord>, Vec<SummaryRow>) {
+) -> (Vec<ProbeRecord>, Vec<SummaryRow>, Arc<Counters>) {
     let spec = slicetrace_probe::ProbeSpec {
         fft: slicetrace_probe::FftSpec {
             dims: slicetrace_probe::FftDims::D1 { n: 256, batch: 1 },
@@ -91,7 +92,7 @@ fn rows_with(
         occupancy: Arc::new(crate::occupancy::NoOccupancy),
         fanout: fanout.clone(),
         live: Arc::new(LiveState::default()),
-        counters,
+        counters: counters.clone(),
         node: "n1".into(),
         arrivals: plan,
         self_test: true,
@@ -114,7 +115,7 @@ fn rows_with(
             r.iter().for_each(|r| summary.record(r));
         }
     }
-    (rows, summary.rows())
+    (rows, summary.rows(), counters)
 }
 
 /// Poisson mode: one run per arrival, every row an arrival with its
@@ -254,7 +255,7 @@ impl crate::telemetry::TelemetrySource for CountingTelemetry {
 fn the_process_list_is_read_less_often_than_the_device_fields_and_kept_between_reads() {
     let t = Arc::new(CountingTelemetry::default());
     let secs = 2.6;
-    let (rows, _) = rows_with(ArrivalPlan::Poisson { rate_hz: 100.0 }, secs, t.clone());
+    let (rows, _, _) = rows_with(ArrivalPlan::Poisson { rate_hz: 100.0 }, secs, t.clone());
     assert!(rows.len() > 50, "{} rows", rows.len());
     let (full, device, clocks) = (
         t.full.load(Ordering::SeqCst),
@@ -278,4 +279,29 @@ fn the_process_list_is_read_less_often_than_the_device_fields_and_kept_between_r
     }
     // The after-run clock is the cheap reading's.
     assert!(rows.iter().all(|r| r.sm_clock_mhz_after == Some(1002)));
+}
+
+/// The probe thread's CPU is charged to the stage that used it and reaches
+/// the per-GPU counters behind `slicetrace_probe_thread_cpu_seconds`: the
+/// run (the CPU backend computes on a worker thread, but hands over and
+/// waits on this one) and the join and hand-off both cost something.
+#[test]
+fn probe_thread_cpu_is_counted_per_stage() {
+    let (rows, _, counters) = rows_with(
+        ArrivalPlan::Poisson { rate_hz: 50.0 },
+        1.0,
+        Arc::new(crate::telemetry::NoTelemetry),
+    );
+    assert!(!rows.is_empty());
+    let gpu = counters.gpu("CPU-0");
+    let ns = |s: crate::cpu_time::Stage| gpu.probe_thread_cpu_ns[s.index()].load(Ordering::SeqCst);
+    use crate::cpu_time::Stage;
+    assert!(ns(Stage::Run) > 0, "run");
+    assert!(ns(Stage::Publish) > 0, "publish");
+    // Every stage's series exists; together they stay below the wall time.
+    let all: u64 = Stage::ALL.iter().map(|s| ns(*s)).sum();
+    assert!(
+        all < 1_000_000_000 + 500_000_000,
+        "{all} ns of CPU in about 1 s"
+    );
 }
