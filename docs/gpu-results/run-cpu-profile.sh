@@ -29,6 +29,7 @@
 #           200 µs then block; spin 200 µs then poll every 50 µs; with TORCH=1
 #           also the PyTorch reference, graph replay, which spins), each with
 #           the process's CPU over its run loop.
+# Everything comes back as $OUT/cpu-profile.tar.gz, re-packed after each step.
 # Usage: STEPS="ctx agent" run-cpu-profile.sh [WINDOW_S]   (default 25)
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,11 +37,15 @@ BIN=${BIN:-.gpu}
 OUT=${OUT:-./out-cpu-profile}
 WIN=${1:-25}
 STEPS=${STEPS:-ctx stages nvml agent wait}
-R=$OUT/raw; mkdir -p "$R"
+# The raw files live outside $OUT, so that only the tarball comes back.
+R=${RAW:-$(mktemp -d)}; mkdir -p "$R" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
 LAST=$((NGPU - 1))
 log() { echo "[$(date -u +%H:%M:%S.%3N)] $*" | tee -a "$R/timeline.log"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
+# Packs what is there after every step: a device call returns at most 8
+# files and nothing that was only in $OUT/raw when a time limit struck.
+pack() { tar -czf "$OUT/cpu-profile.tar.gz.part" -C "$R" . && mv "$OUT/cpu-profile.tar.gz.part" "$OUT/cpu-profile.tar.gz"; }
 nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.used --format=csv >"$R/gpu.csv"
 nproc >"$R/host.txt"
 
@@ -48,7 +53,7 @@ if has ctx; then
   for a in default 256 64 0 "0 65536 1048576"; do
     CUDA_VISIBLE_DEVICES=$LAST python3 "$HERE/ctx_memory.py" $a >>"$R/ctx-memory.jsonl" 2>>"$R/ctx-memory.log"
   done
-  log "ctx done"
+  log "ctx done"; pack
 fi
 if has stages; then
   for b in 1024 0; do
@@ -59,7 +64,7 @@ if has stages; then
     "$BIN/slicetrace-load" $k --backend cuda --preset light --cuda-stack-bytes 0 --plant-every 10 \
       --device "$LAST" --duration 2s --arrivals-hz 500 >>"$R/stages-stack0-planted.jsonl" 2>>"$R/stages-stack0.log"
   done
-  log "stages done"
+  log "stages done"; pack
 fi
 if has nvml; then
   python3 "$HERE/nvml_cost.py" "$LAST" idle >>"$R/nvml-cost.jsonl"
@@ -101,6 +106,7 @@ if has agent; then
   start_tenants
   agent_window "busy-g$NGPU" "$R/agent.toml"
   [ -n "${SPIN0:-}" ] && agent_window "busy-spin0-g$NGPU" "$R/agent-spin0.toml"
+  pack
 fi
 [ ${#TPIDS[@]} -eq 0 ] && { has nvml || has wait; } && start_tenants
 if has nvml; then
@@ -127,9 +133,9 @@ if has wait; then
   }
   log "wait start"
   lane 0 fft & lane 1 gemm & wait
-  log "wait end"
+  log "wait end"; pack
 fi
 for p in "${TPIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
 wait "${TPIDS[@]}" 2>/dev/null
-tar -czf "$OUT/cpu-profile.tar.gz" -C "$R" .
+pack
 cat "$R/timeline.log"
