@@ -1,15 +1,17 @@
 //! Where a probe thread's CPU goes: its own CPU clock
 //! (`CLOCK_THREAD_CPUTIME_ID`, a vDSO read of well under a microsecond),
-//! read between the stages of an arrival and summed per stage. The totals
-//! are logged when the thread stops, so the agent's cost on a GPU node can
-//! be split into NVML, the run itself (launch, wait, check) and the join and
-//! hand-off, without a profiler on the node.
+//! read between the stages of an arrival and summed per stage. The probe
+//! loop counts each lap on `/metrics` and logs the totals when the thread
+//! stops, so the agent's cost on a GPU node can be split into NVML, the run
+//! itself (launch, wait, check) and the join and hand-off, without a
+//! profiler on the node.
 
 #![allow(unsafe_code)] // one libc clock read, see `thread_cpu`
 
 use std::time::Duration;
 
-/// The stages of one arrival, in the order they run.
+/// The stages of one arrival, in the order they run (and of
+/// [`Stage::ALL`], whose index is the discriminant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// Sleeping for the gap and the loop's own bookkeeping.
@@ -22,20 +24,13 @@ pub enum Stage {
     Publish,
 }
 
-const STAGES: [Stage; 4] = [Stage::Wait, Stage::Telemetry, Stage::Run, Stage::Publish];
-
 impl Stage {
-    /// Every stage, in order (the index of [`Stage::index`]).
-    pub const ALL: [Stage; 4] = STAGES;
+    /// Every stage, in order.
+    pub const ALL: [Stage; 4] = [Stage::Wait, Stage::Telemetry, Stage::Run, Stage::Publish];
 
     /// Position in [`Stage::ALL`].
     pub fn index(self) -> usize {
-        match self {
-            Stage::Wait => 0,
-            Stage::Telemetry => 1,
-            Stage::Run => 2,
-            Stage::Publish => 3,
-        }
+        self as usize
     }
 
     /// Name for logs.
@@ -107,7 +102,7 @@ impl CpuLaps {
 
     /// Milliseconds per stage, for a log line: `wait=… telemetry=… …`.
     pub fn summary_ms(&self) -> String {
-        STAGES
+        Stage::ALL
             .iter()
             .map(|s| format!("{}={:.1}", s.as_str(), self.total(*s).as_secs_f64() * 1e3))
             .collect::<Vec<_>>()
@@ -124,6 +119,13 @@ mod tests {
         let mut x = 0u64;
         while thread_cpu().expect("thread cpu clock") - t < d {
             x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+
+    #[test]
+    fn every_stage_sits_at_its_index() {
+        for (i, s) in Stage::ALL.iter().enumerate() {
+            assert_eq!(s.index(), i, "{}", s.as_str());
         }
     }
 

@@ -268,7 +268,7 @@ pub fn open_backends(
     spec_for: &dyn Fn(&'static str) -> ProbeSpec,
     cpu_devices: u32,
 ) -> Result<OpenedBackends, ProbeError> {
-    open(kind, spec_for, 0..cpu_devices.max(1), None)
+    open(kind, spec_for, 0..cpu_devices.max(1), |n| 0..n)
 }
 
 /// Opens the backend of device `index` only, like [`open_backends`] but
@@ -280,18 +280,20 @@ pub fn open_backend(
     spec_for: &dyn Fn(&'static str) -> ProbeSpec,
     index: u32,
 ) -> Result<(Box<dyn ProbeBackend>, Option<ProbeError>), ProbeError> {
-    let (mut backends, fallback) = open(kind, spec_for, index..index + 1, Some(index))?;
+    let (mut backends, fallback) = open(kind, spec_for, index..index + 1, |_| index..index + 1)?;
     match backends.pop() {
         Some(b) => Ok((b, fallback)),
         None => Err(ProbeError::NoDevice),
     }
 }
 
+/// Opens the CPU pseudo-devices `cpu_devices`, or the CUDA devices
+/// `cuda_devices(count)` picks of the `count` present.
 fn open(
     kind: BackendKind,
     spec_for: &dyn Fn(&'static str) -> ProbeSpec,
     cpu_devices: std::ops::Range<u32>,
-    only: Option<u32>,
+    cuda_devices: impl Fn(u32) -> std::ops::Range<u32>,
 ) -> Result<OpenedBackends, ProbeError> {
     let open_cpu = || -> Result<Vec<Box<dyn ProbeBackend>>, ProbeError> {
         let spec = spec_for("cpu");
@@ -303,14 +305,12 @@ fn open(
     let open_cuda = || -> Result<Vec<Box<dyn ProbeBackend>>, ProbeError> {
         let n = cuda_device_count()?;
         let spec = spec_for("cuda");
-        let devices = match only {
-            Some(i) => i..i + 1,
-            None => 0..n,
-        };
-        if n == 0 || devices.end > n {
+        if n == 0 {
             return Err(ProbeError::NoDevice);
         }
-        devices
+        // An index past the last device is refused by `CudaBackend::new`
+        // (`BadIndex`, naming the count).
+        cuda_devices(n)
             .map(|i| cuda::CudaBackend::new(i, &spec).map(|b| Box::new(b) as Box<dyn ProbeBackend>))
             .collect()
     };

@@ -76,6 +76,33 @@ impl NvmlTelemetry {
         Ok(dev)
     }
 
+    /// Every device field but the process list, from one device handle.
+    fn device_fields(dev: &nvml_wrapper::Device<'_>) -> DeviceSample {
+        let util = opt(dev.utilization_rates());
+        DeviceSample {
+            sm_clock_mhz: opt(dev.clock_info(Clock::SM)),
+            mem_clock_mhz: opt(dev.clock_info(Clock::Memory)),
+            gpu_util_pct: util.as_ref().map(|u| u.gpu),
+            mem_util_pct: util.as_ref().map(|u| u.memory),
+            power_w: opt(dev.power_usage()).map(|mw| mw as f64 / 1000.0),
+            temp_c: opt(dev.temperature(TemperatureSensor::Gpu)),
+            throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
+            fb_used_mib: opt(dev.memory_info()).map(|m| m.used / (1024 * 1024)),
+            processes: None,
+        }
+    }
+
+    /// `s`, unless nothing at all could be read.
+    fn read_something(s: DeviceSample, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        if s == DeviceSample::default() {
+            return Err(TelemetryError::Device {
+                uuid: gpu_uuid.to_string(),
+                source: "every NVML query failed".into(),
+            });
+        }
+        Ok(s)
+    }
+
     /// UUIDs of every device NVML sees, by index.
     pub fn device_uuids(&self) -> Vec<String> {
         let n = self.nvml.device_count().unwrap_or(0);
@@ -106,6 +133,7 @@ impl TelemetrySource for NvmlTelemetry {
 
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         let dev = self.device(gpu_uuid)?;
+        let device = Self::device_fields(&dev);
         let processes = opt(dev.running_compute_processes()).map(|ps| {
             ps.into_iter()
                 .filter(|p| p.pid != self.own_pid)
@@ -123,32 +151,17 @@ impl TelemetrySource for NvmlTelemetry {
                 })
                 .collect::<Vec<_>>()
         });
-        Ok(DeviceSample {
-            processes,
-            ..self.sample_device(gpu_uuid)?
-        })
+        Self::read_something(
+            DeviceSample {
+                processes,
+                ..device
+            },
+            gpu_uuid,
+        )
     }
 
     fn sample_device(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
-        let dev = self.device(gpu_uuid)?;
-        let util = opt(dev.utilization_rates());
-        let s = DeviceSample {
-            sm_clock_mhz: opt(dev.clock_info(Clock::SM)),
-            mem_clock_mhz: opt(dev.clock_info(Clock::Memory)),
-            gpu_util_pct: util.as_ref().map(|u| u.gpu),
-            mem_util_pct: util.as_ref().map(|u| u.memory),
-            power_w: opt(dev.power_usage()).map(|mw| mw as f64 / 1000.0),
-            temp_c: opt(dev.temperature(TemperatureSensor::Gpu)),
-            throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
-            fb_used_mib: opt(dev.memory_info()).map(|m| m.used / (1024 * 1024)),
-            processes: None,
-        };
-        if s == DeviceSample::default() {
-            return Err(TelemetryError::Device {
-                uuid: gpu_uuid.to_string(),
-                source: "every NVML query failed".into(),
-            });
-        }
-        Ok(s)
+        let device = Self::device_fields(&self.device(gpu_uuid)?);
+        Self::read_something(device, gpu_uuid)
     }
 }

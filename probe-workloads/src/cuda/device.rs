@@ -89,12 +89,9 @@ pub(super) fn set_stack_limit(ctx: &CudaContext, bytes: u32) -> Result<(), Probe
     // SAFETY: the context is current on this thread; the call only
     // changes its per-thread stack limit (the driver raises it again
     // for any kernel that needs more).
-    unsafe { drv_sys::cuCtxSetLimit(drv_sys::CUlimit::CU_LIMIT_STACK_SIZE, bytes as usize) }
-        .result()
-        .map_err(|e| ProbeError::Cuda {
-            what: "cuCtxSetLimit(CU_LIMIT_STACK_SIZE)",
-            detail: format!("{e:?}"),
-        })
+    let set =
+        unsafe { drv_sys::cuCtxSetLimit(drv_sys::CUlimit::CU_LIMIT_STACK_SIZE, bytes as usize) };
+    ck!("cuCtxSetLimit(CU_LIMIT_STACK_SIZE)", set.result())
 }
 
 /// Asks the kernel to wake this thread's sleeps within 1 µs of their end

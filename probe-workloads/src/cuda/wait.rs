@@ -5,7 +5,7 @@
 //! costs no CPU beyond the spin budget.
 #![allow(unsafe_code)]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cudarc::driver::sys as drv_sys;
 
@@ -15,52 +15,45 @@ use crate::spec::Wait;
 use crate::ProbeError;
 
 impl CudaBackend {
-    /// Waits for the end event: polls it for the spin budget, then sleeps on
-    /// its blocking sync. Returns how it waited (`spin` or `block`).
+    /// Waits for the end event: polls it for the spin budget, then sleeps
+    /// on its blocking sync or, with [`Wait::SpinThenPoll`], sleeps between
+    /// polls. Returns how it waited (`spin`, `block` or `poll`).
     pub(super) fn wait_end(&self, t0: Instant) -> Result<&'static str, ProbeError> {
-        let budget = match self.spec.wait {
+        let us = |n: u32| Duration::from_micros(u64::from(n));
+        // The spin budget, and the sleep between later polls (None: block).
+        let (budget, poll) = match self.spec.wait {
             Wait::Spin => {
                 ck!("cuEventSynchronize", self.ev_end.synchronize())?;
                 return Ok("spin");
             }
-            Wait::SpinThenBlock { spin_us } => std::time::Duration::from_micros(spin_us as u64),
-            Wait::SpinThenPoll { spin_us, .. } => std::time::Duration::from_micros(spin_us as u64),
-        };
-        let poll = match self.spec.wait {
-            Wait::SpinThenPoll { poll_us, .. } => {
+            Wait::SpinThenBlock { spin_us } => (us(spin_us), None),
+            Wait::SpinThenPoll { spin_us, poll_us } => {
                 set_fine_timer_slack();
-                Some(std::time::Duration::from_micros(poll_us.max(1) as u64))
+                (us(spin_us), Some(us(poll_us.max(1))))
             }
-            _ => None,
         };
-        let mut continue_polling = false;
+        let mut slept = false;
         loop {
             // SAFETY: the event belongs to this context.
             let r = unsafe { drv_sys::cuEventQuery(self.ev_end.cu_event()) };
             match r {
-                drv_sys::CUresult::CUDA_SUCCESS if continue_polling => return Ok("poll"),
-                drv_sys::CUresult::CUDA_SUCCESS => return Ok("spin"),
+                drv_sys::CUresult::CUDA_SUCCESS => return Ok(if slept { "poll" } else { "spin" }),
                 drv_sys::CUresult::CUDA_ERROR_NOT_READY => {}
-                e => {
-                    return Err(ProbeError::Cuda {
-                        what: "cuEventQuery",
-                        detail: format!("{e:?}"),
-                    })
-                }
+                e => return Err(super::cuda_err("cuEventQuery")(&e)),
             }
-            if t0.elapsed() >= budget {
-                match poll {
-                    Some(p) => {
-                        std::thread::sleep(p);
-                        continue_polling = true;
-                    }
-                    None => {
-                        ck!("cuEventSynchronize", self.ev_end.synchronize())?;
-                        return Ok("block");
-                    }
-                }
-            } else {
+            if t0.elapsed() < budget {
                 std::hint::spin_loop();
+                continue;
+            }
+            match poll {
+                Some(p) => {
+                    std::thread::sleep(p);
+                    slept = true;
+                }
+                None => {
+                    ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+                    return Ok("block");
+                }
             }
         }
     }
