@@ -177,6 +177,7 @@ pub async fn run(
             node: node.clone(),
             arrivals: config.arrival_plan(&spec),
             self_test: config.probe.self_test,
+            process_list_max_age: config.process_list_max_age(),
             stop: stop.clone(),
         };
         let h = std::thread::Builder::new()

@@ -100,6 +100,9 @@ pub struct ProbeLoop {
     pub arrivals: ArrivalPlan,
     /// Plant faults per kernel at start and require them to be caught.
     pub self_test: bool,
+    /// Oldest the process list joined to a run may be
+    /// (`probe.process_list_max_age_ms`, default [`PROCESS_LIST_MAX_AGE`]).
+    pub process_list_max_age: Duration,
     /// Shutdown.
     pub stop: Arc<StopSignal>,
 }
@@ -134,8 +137,9 @@ struct LoopState {
 /// costs milliseconds of CPU), so it is refreshed at most this often.
 pub const FULL_SAMPLE_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// Oldest the GPU's process list (and so a row's `gpu_processes`,
-/// `processes` and tenant count) may be. NVML's process query is by far the
+/// Default of the oldest the GPU's process list (and so a row's
+/// `gpu_processes`, `processes` and tenant count) may be
+/// (`probe.process_list_max_age_ms`). NVML's process query is by far the
 /// dearest reading on a busy GPU (about 230 µs of CPU per call on a busy
 /// H200, where every other field costs 1–7 µs), and tenants come and go on
 /// the scale of pod starts, so it is refreshed at most this often.
@@ -189,7 +193,7 @@ impl ProbeLoop {
     /// The reading just before a run: a fresh SM clock and throttle mask on
     /// top of the last full sample (refreshed when older than
     /// [`FULL_SAMPLE_MAX_AGE`], its process list when older than
-    /// [`PROCESS_LIST_MAX_AGE`]).
+    /// `process_list_max_age`).
     fn sample_before(&self, st: &mut LoopState) -> Option<DeviceSample> {
         let stale = st
             .full
@@ -198,7 +202,7 @@ impl ProbeLoop {
         if stale {
             let processes_stale = st
                 .processes_at
-                .is_none_or(|t| t.elapsed() >= PROCESS_LIST_MAX_AGE);
+                .is_none_or(|t| t.elapsed() >= self.process_list_max_age);
             let s = if processes_stale {
                 let s = self.sample(st, Reading::Full);
                 st.processes_at = s.as_ref().map(|_| Instant::now());

@@ -16,13 +16,19 @@
 #           FFT and of fp16/fp32/bf16 GEMMs at 0 B (idle);
 #   nvml    CPU and wall time per NVML call the agent makes (nvml_cost.py),
 #           idle, and again busy once tenants run; back to back, and 200 ms
-#           apart as the agent calls (20 calls each, about 40 s per pass);
+#           apart as the agent calls (NVML_SPACED_N calls each, default 20:
+#           about 40 s per pass);
 #   agent   the agent on every GPU, idle, then with 3 tenants on every GPU
 #           (AGENT_IDLE=0 skips the idle window; SPIN0=1 adds a busy window
 #           with spin_us = 0): per-thread CPU (threads.py)
 #           over WINDOW_S after the self-test, the probe threads' per-stage
 #           CPU (their "probe thread stopped" log line), memory and the
 #           agent's GPU memory per GPU;
+#   ab      the process list's age, interleaved: the agent at
+#           probe.process_list_max_age_ms = 1000 (the behaviour before the
+#           5 s default) and at the default, AB_ROUNDS rounds (default 2,
+#           order alternating) with 3 tenants on every GPU, each window as in
+#           `agent`;
 #   wait    the wait on a contended GPU: light FFT on GPU 0 and GEMM on GPU 1
 #           (3 tenants each) at 40 arrivals/s, interleaved in ROUNDS rounds
 #           (default 4) of WAIT_S (default 2) seconds per method (spin; spin
@@ -68,7 +74,7 @@ if has stages; then
 fi
 if has nvml; then
   python3 "$HERE/nvml_cost.py" "$LAST" idle >>"$R/nvml-cost.jsonl"
-  python3 "$HERE/nvml_cost.py" "$LAST" idle-spaced 20 200 >>"$R/nvml-cost.jsonl"
+  python3 "$HERE/nvml_cost.py" "$LAST" idle-spaced "${NVML_SPACED_N:-20}" 200 >>"$R/nvml-cost.jsonl"
 fi
 
 TPIDS=()
@@ -85,6 +91,7 @@ start_tenants() {
 }
 printf '[occupancy]\nkube_api = "off"\n[metrics]\nenabled = false\n' >"$R/agent.toml"
 printf '[occupancy]\nkube_api = "off"\n[metrics]\nenabled = false\n[probe]\nspin_us = 0\n' >"$R/agent-spin0.toml"
+printf '[occupancy]\nkube_api = "off"\n[metrics]\nenabled = false\n[probe]\nprocess_list_max_age_ms = 1000\n' >"$R/agent-pl1s.toml"
 agent_window() { # tag config
   local tag=$1 cfg=$2
   log "$tag: start"
@@ -108,10 +115,20 @@ if has agent; then
   [ -n "${SPIN0:-}" ] && agent_window "busy-spin0-g$NGPU" "$R/agent-spin0.toml"
   pack
 fi
+if has ab; then
+  [ ${#TPIDS[@]} -eq 0 ] && start_tenants
+  for r in $(seq 1 "${AB_ROUNDS:-2}"); do
+    if [ $((r % 2)) = 1 ]; then order="pl1s pl5s"; else order="pl5s pl1s"; fi
+    for v in $order; do
+      cfg="$R/agent.toml"; [ "$v" = pl1s ] && cfg="$R/agent-pl1s.toml"
+      agent_window "ab-$v-r$r-g$NGPU" "$cfg"; pack
+    done
+  done
+fi
 [ ${#TPIDS[@]} -eq 0 ] && { has nvml || has wait; } && start_tenants
 if has nvml; then
   python3 "$HERE/nvml_cost.py" 0 busy >>"$R/nvml-cost.jsonl"
-  python3 "$HERE/nvml_cost.py" 0 busy-spaced 20 200 >>"$R/nvml-cost.jsonl"
+  python3 "$HERE/nvml_cost.py" 0 busy-spaced "${NVML_SPACED_N:-20}" 200 >>"$R/nvml-cost.jsonl"
 fi
 
 if has wait; then

@@ -144,6 +144,11 @@ pub struct ProbeOverrides {
     /// for every thread the GPU can hold (about 264 MiB of GPU memory per KiB
     /// on an H100) and raises it for a kernel that needs more.
     pub cuda_stack_bytes: Option<u32>,
+    /// Oldest the GPU's process list (a row's `gpu_processes`, `processes`
+    /// and tenant count) may be, ms (default 5000, 1000–300000). NVML's
+    /// process query is its dearest call on a busy GPU; the other device
+    /// fields are refreshed every second regardless.
+    pub process_list_max_age_ms: Option<u64>,
 }
 
 impl Default for ProbeOverrides {
@@ -166,6 +171,7 @@ impl Default for ProbeOverrides {
             fp32_math: None,
             cublas_workspace_kib: None,
             cuda_stack_bytes: None,
+            process_list_max_age_ms: None,
         }
     }
 }

@@ -141,6 +141,13 @@ impl Config {
         s
     }
 
+    /// Oldest a probe thread's GPU process list may be.
+    pub fn process_list_max_age(&self) -> Duration {
+        self.probe
+            .process_list_max_age_ms
+            .map_or(crate::pipeline::PROCESS_LIST_MAX_AGE, Duration::from_millis)
+    }
+
     /// The arrival plan of the probe threads.
     pub fn arrival_plan(&self, spec: &ProbeSpec) -> crate::pipeline::ArrivalPlan {
         match self.probe.arrivals.unwrap_or_default() {
@@ -195,6 +202,14 @@ impl Config {
                 return Err(invalid(
                     "probe.cuda_stack_bytes",
                     format!("{b} is above 65536"),
+                ));
+            }
+        }
+        if let Some(ms) = self.probe.process_list_max_age_ms {
+            if !(1000..=300_000).contains(&ms) {
+                return Err(invalid(
+                    "probe.process_list_max_age_ms",
+                    format!("{ms} is out of range 1000..=300000"),
                 ));
             }
         }

@@ -173,3 +173,25 @@ fn the_cuda_stack_limit_defaults_to_the_presets_and_is_bounded() {
     let e = c.validate().expect_err("above 64 KiB");
     assert!(e.to_string().starts_with("probe.cuda_stack_bytes"), "{e}");
 }
+
+#[test]
+fn the_process_list_age_defaults_to_five_seconds_and_is_bounded() {
+    let c = Config::default();
+    assert_eq!(c.process_list_max_age(), Duration::from_secs(5));
+    assert_eq!(
+        c.process_list_max_age(),
+        crate::pipeline::PROCESS_LIST_MAX_AGE
+    );
+    let mut c = Config::from_toml("[probe]\nprocess_list_max_age_ms = 1000\n").expect("parse");
+    assert_eq!(c.process_list_max_age(), Duration::from_secs(1));
+    c.data_dir = std::env::temp_dir();
+    c.validate().expect("1 s is valid");
+    for bad in [999, 300_001] {
+        c.probe.process_list_max_age_ms = Some(bad);
+        let e = c.validate().expect_err("out of range");
+        assert!(
+            e.to_string().starts_with("probe.process_list_max_age_ms"),
+            "{e}"
+        );
+    }
+}

@@ -62,6 +62,16 @@ fn rows_with(
     secs: f64,
     telemetry: Arc<dyn crate::telemetry::TelemetrySource>,
 ) -> (Vec<ProbeRecord>, Vec<SummaryRow>, Arc<Counters>) {
+    rows_with_process_age(plan, secs, telemetry, PROCESS_LIST_MAX_AGE)
+}
+
+/// [`rows_with`] with another `probe.process_list_max_age_ms`.
+fn rows_with_process_age(
+    plan: ArrivalPlan,
+    secs: f64,
+    telemetry: Arc<dyn crate::telemetry::TelemetrySource>,
+    process_list_max_age: Duration,
+) -> (Vec<ProbeRecord>, Vec<SummaryRow>, Arc<Counters>) {
     let spec = slicetrace_probe::ProbeSpec {
         fft: slicetrace_probe::FftSpec {
             dims: slicetrace_probe::FftDims::D1 { n: 256, batch: 1 },
@@ -96,6 +106,7 @@ fn rows_with(
         node: "n1".into(),
         arrivals: plan,
         self_test: true,
+        process_list_max_age,
         stop: stop.clone(),
     };
     let h = std::thread::spawn(move || lp.run());
@@ -279,6 +290,31 @@ fn the_process_list_is_read_less_often_than_the_device_fields_and_kept_between_r
     }
     // The after-run clock is the cheap reading's.
     assert!(rows.iter().all(|r| r.sm_clock_mhz_after == Some(1002)));
+}
+
+/// `probe.process_list_max_age_ms = 1000` reads the process list with
+/// every full sample (the behaviour before the 5 s default): at start and
+/// about once a second, never a device sample without it.
+#[test]
+fn a_process_list_max_age_of_one_second_reads_it_with_every_full_sample() {
+    let t = Arc::new(CountingTelemetry::default());
+    let (rows, _, _) = rows_with_process_age(
+        ArrivalPlan::Poisson { rate_hz: 100.0 },
+        2.6,
+        t.clone(),
+        Duration::from_secs(1),
+    );
+    assert!(rows.len() > 50, "{} rows", rows.len());
+    let full = t.full.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&full), "process list reads {full}");
+    assert_eq!(t.device.load(Ordering::SeqCst), 0, "device-only samples");
+    // Later rows carry a later list: the list is the latest read's.
+    // (a process string is `pid:name:MiB`; the pid is the read's number.)
+    let last = rows
+        .last()
+        .and_then(|r| r.processes.as_ref())
+        .map(|p| p[0].clone());
+    assert_eq!(last, Some(format!("{full}::1")));
 }
 
 /// The probe thread's CPU is charged to the stage that used it and reaches
