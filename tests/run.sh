@@ -130,7 +130,7 @@ export SLICETRACE_REQUIRE_TOOLS="${SLICETRACE_REQUIRE_TOOLS:-1}"
 # --- Build and test ---------------------------------------------------------
 # A from-scratch build needs about 5 GiB under target/ (debug, no
 # incremental state). Incremental compilation is off unless the caller turns
-# it on: on a clean clone it only adds disk (about 1 GiB) and time. A CI run
+# it on: on a clean clone it only adds disk (1.1 GiB in one such build). A CI run
 # once failed with "No space left on device" halfway through DataFusion; say
 # so up front instead.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
