@@ -89,9 +89,15 @@ start_tenants() {
   log "3 tenants on every GPU"
   nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory --format=csv >"$R/tenant-apps.csv"
 }
-printf '[occupancy]\nkube_api = "off"\n[metrics]\nenabled = false\n' >"$R/agent.toml"
-printf '[occupancy]\nkube_api = "off"\n[metrics]\nenabled = false\n[probe]\nspin_us = 0\n' >"$R/agent-spin0.toml"
-printf '[occupancy]\nkube_api = "off"\n[metrics]\nenabled = false\n[probe]\nprocess_list_max_age_ms = 1000\n' >"$R/agent-pl1s.toml"
+# The agent's configs: the defaults with no API server or /metrics, and
+# optionally one [probe] key.
+agent_cfg() { # file [probe-key-line]
+  { printf '[occupancy]\nkube_api = "off"\n[metrics]\nenabled = false\n'
+    if [ -n "${2:-}" ]; then printf '[probe]\n%s\n' "$2"; fi; } >"$R/$1"
+}
+agent_cfg agent.toml
+agent_cfg agent-spin0.toml "spin_us = 0"
+agent_cfg agent-pl1s.toml "process_list_max_age_ms = 1000"
 agent_window() { # tag config
   local tag=$1 cfg=$2
   log "$tag: start"
