@@ -392,9 +392,13 @@ impl ProbeLoop {
             } => self.run_bursts(&mut st, interval, jitter_pct, burst_runs),
         };
         self.lap(&mut st, Stage::Wait);
+        let clock = self.backend.clock_report();
         tracing::info!(
             gpu = %st.uuid,
             arrivals = n,
+            clock_drift_ppm = clock.map(|c| c.drift_ppm),
+            clock_error_us = clock.map(|c| c.err_us),
+            clock_resets = clock.map(|c| c.resets),
             cpu_ms = st.cpu.sum().as_secs_f64() * 1e3,
             cpu_ms_per_arrival = st.cpu.sum().as_secs_f64() * 1e3 / n.max(1) as f64,
             cpu_ms_by_stage = %st.cpu.summary_ms(),

@@ -285,10 +285,15 @@ impl ProbeBackend for CpuBackend {
         else {
             return Err(ProbeError::WorkerGone);
         };
+        let wall_ms = wall_ms.max(compute_ms);
         Ok(RunSample {
             ts_ns,
             gpu_ms: Some(compute_ms),
-            wall_ms: wall_ms.max(compute_ms),
+            wall_ms,
+            host_wall_ms: wall_ms,
+            queue_ms: None,
+            wall_clock: slicetrace_schema::WallClock::Host,
+            clock_error_us: None,
             correct: Some(correct),
             rel_error: Some(rel_error),
             wait: None,

@@ -15,6 +15,7 @@
 //! logging and Parquet dependencies stay out of this library.
 
 pub mod check;
+pub mod clock;
 pub mod cpu;
 pub mod cuda;
 mod spec;
@@ -152,8 +153,20 @@ pub struct RunSample {
     pub ts_ns: i64,
     /// Device-clock execution time, ms.
     pub gpu_ms: Option<f64>,
-    /// Host-clock launch-to-completion time, ms.
+    /// Launch to completion, ms, on the clock [`Self::wall_clock`] names:
+    /// launch → the GPU's end stamp (calibrated to host time), or the host's
+    /// clock until the wait returned.
     pub wall_ms: f64,
+    /// Host clock from launch until the wait returned, ms (what a caller
+    /// that sleeps on completion sees).
+    pub host_wall_ms: f64,
+    /// Launch → the GPU's start stamp, ms; `None` without GPU stamps (the
+    /// record then derives `wall_ms − gpu_ms`).
+    pub queue_ms: Option<f64>,
+    /// Which clock `wall_ms` and `queue_ms` came from.
+    pub wall_clock: slicetrace_schema::WallClock,
+    /// The calibration's error bound at this run, µs; `None` without stamps.
+    pub clock_error_us: Option<f64>,
     /// Output passed its check.
     pub correct: Option<bool>,
     /// Relative error of the check.
@@ -162,6 +175,18 @@ pub struct RunSample {
     /// the polling budget) or `block` (the thread slept on the driver's
     /// blocking sync); `None` on the CPU backend.
     pub wait: Option<&'static str>,
+}
+
+/// Where a backend's GPU clock calibration stands (logged when a probe
+/// thread stops).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClockReport {
+    /// Drift of the GPU timer against the host clock, ppm.
+    pub drift_ppm: f64,
+    /// The error bound now, µs.
+    pub err_us: f64,
+    /// Times the calibration restarted after a stepped timer.
+    pub resets: u64,
 }
 
 /// A fault planted into the next run of a kernel, to prove the correctness
@@ -197,6 +222,11 @@ pub trait ProbeBackend: Send {
     /// launch). Used by the start-up self-test and by tests to prove that the
     /// checker catches a wrong answer and a kernel that never ran.
     fn plant_fault(&mut self, kernel: Kernel, fault: Fault);
+    /// The GPU clock's calibration (drift, error bound, resets), where the
+    /// backend stamps runs on the GPU; `None` otherwise.
+    fn clock_report(&mut self) -> Option<ClockReport> {
+        None
+    }
 
     /// Shorthand for [`Fault::Corrupt`].
     fn corrupt_next_output(&mut self, kernel: Kernel) {
@@ -215,7 +245,9 @@ pub fn record_for(
     cycle: u64,
     burst_seq: u32,
 ) -> ProbeRecord {
-    let queue_ms = sample.gpu_ms.map(|g| (sample.wall_ms - g).max(0.0));
+    let queue_ms = sample
+        .queue_ms
+        .or_else(|| sample.gpu_ms.map(|g| (sample.wall_ms - g).max(0.0)));
     let tflops = sample
         .gpu_ms
         .filter(|g| *g > 0.0)
@@ -236,6 +268,9 @@ pub fn record_for(
         gpu_ms: sample.gpu_ms,
         wall_ms: sample.wall_ms,
         queue_ms,
+        host_wall_ms: Some(sample.host_wall_ms),
+        wall_clock: Some(sample.wall_clock),
+        clock_error_us: sample.clock_error_us,
         tflops,
         correct: sample.correct,
         rel_error: sample.rel_error,

@@ -202,6 +202,18 @@ pub struct ProbeSpec {
     /// for a kernel that needs more, so a small value only gives memory back.
     #[serde(default)]
     pub cuda_stack_bytes: Option<u32>,
+    /// CUDA only: stamp each run's start and end with the GPU's own timer
+    /// (`%globaltimer`, two one-thread kernel nodes in the run's graph) and
+    /// take `wall_ms` from launch to the end stamp, calibrated to host time
+    /// ([`crate::clock`]), so that it does not include how late the host
+    /// thread woke up. `false`: `wall_ms` is the host clock until the wait
+    /// returned.
+    #[serde(default = "stamps_default")]
+    pub gpu_stamps: bool,
+}
+
+fn stamps_default() -> bool {
+    true
 }
 
 /// How the host thread waits for a timed run to complete.
@@ -358,6 +370,7 @@ impl ProbeSpec {
                 fp32_math: Fp32Math::Strict,
                 cublas_workspace_kib: Some(LIGHT_CUBLAS_WORKSPACE_KIB),
                 cuda_stack_bytes: Some(LIGHT_CUDA_STACK_BYTES),
+                gpu_stamps: true,
             },
             Preset::Article => ProbeSpec {
                 fft: FftSpec {
@@ -373,6 +386,7 @@ impl ProbeSpec {
                 fp32_math: Fp32Math::Strict,
                 cublas_workspace_kib: None,
                 cuda_stack_bytes: None,
+                gpu_stamps: true,
             },
         }
     }

@@ -23,7 +23,12 @@ fn open_backend_opens_the_chosen_device_only() {
 #[test]
 fn auto_falls_back_to_the_cpu_with_a_reason_where_cuda_is_missing() {
     if slicetrace_probe::cuda_device_count().is_ok_and(|n| n > 0) {
-        return; // a GPU is present: the fallback does not apply here.
+        // A GPU is present (the GPU tier): auto must open CUDA, no fallback.
+        let (b, fallback) = open_backend(BackendKind::Auto, &spec_for, 0).expect("cuda device 0");
+        assert_eq!(b.device().backend, slicetrace_probe::Backend::Cuda);
+        assert!(b.device().uuid.starts_with("GPU-"), "{}", b.device().uuid);
+        assert!(fallback.is_none(), "{fallback:?}");
+        return;
     }
     let (b, fallback) = open_backend(BackendKind::Auto, &spec_for, 1).expect("fallback");
     assert_eq!(b.device().uuid, "CPU-1");

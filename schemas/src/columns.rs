@@ -48,8 +48,8 @@ pub const COLUMNS: &[ColumnDoc] = &[
     c("cycle", "uint64", false, "-", "Probe arrival number (Poisson) or cycle number (burst) on this GPU, from 0 at agent start."),
     c("burst_seq", "uint32", false, "-", "Index of the run inside its burst (`probe.arrivals = \"burst\"`); always 0 with Poisson arrivals (one run per arrival)."),
     c("gpu_ms", "float64", true, "ms", "Execution time between the start and end CUDA events (CPU backend: compute time on the worker thread)."),
-    c("wall_ms", "float64", false, "ms", "Host monotonic clock from launch to completion (synchronize returned)."),
-    c("queue_ms", "float64", true, "ms", "`wall_ms - gpu_ms`: time spent waiting for a time slice plus launch/sync overhead."),
+    c("wall_ms", "float64", false, "ms", "Launch to completion: what a caller sees. With `wall_clock = gpu`, from the host's launch to the GPU's own stamp of the run's end (mapped to host time by the per-GPU calibration), so it does not depend on how late the probe thread woke up; with `wall_clock = host`, the host monotonic clock until the wait returned (`host_wall_ms`)."),
+    c("queue_ms", "float64", true, "ms", "With `wall_clock = gpu`: launch to the GPU's stamp of the run's start, the wait for a time slice plus the launch; otherwise `wall_ms - gpu_ms`."),
     c("tflops", "float64", true, "TFLOP/s", "`flops / gpu_ms`: achieved throughput while executing."),
     c("correct", "bool", true, "-", "The output passed its correctness check."),
     c("rel_error", "float64", true, "-", "Relative error of the check (Parseval for FFT, checksum-vector product for GEMM)."),
@@ -77,6 +77,9 @@ pub const COLUMNS: &[ColumnDoc] = &[
     c("arrival_gap_ms", "float64", true, "ms", "Planned gap between the previous arrival on this GPU and this one (exponential in `poisson` mode); null for runs that are not arrivals."),
     c("event_inflated", "bool", true, "-", "`gpu_ms` is above 1.5x the quiet-baseline event p99 of this GPU and kernel while other processes share the GPU: the kernel was preempted mid-run (longer than a time slice), not a slower GPU. Null without a quiet baseline."),
     c("contention", "utf8", true, "-", "Live contention state for this GPU and kernel when the row was made (`ok`, `contended`, `over-shared`); see `verdict` for the health of the GPU itself."),
+    c("host_wall_ms", "float64", true, "ms", "Host monotonic clock from launch until the probe's wait returned: what a caller that sleeps on completion sees (it includes the thread's wake-up). Null in files written before this column."),
+    c("wall_clock", "utf8", true, "-", "Which clock `wall_ms` and `queue_ms` came from: `gpu` (GPU stamps, calibrated) or `host` (CPU backend, `probe.gpu_stamps = false`, stamps unavailable, or a calibration error bound above 100 µs). Null in files written before this column (then `host`)."),
+    c("clock_error_us", "float64", true, "µs", "Error bound of the GPU clock's calibration for this run: `wall_ms` and `queue_ms` are within this of the truth if both clocks are linear over the calibration window (64 s). Null without GPU stamps."),
 ];
 
 /// The `health` table (one row per GPU, kernel and evaluation), in column order.

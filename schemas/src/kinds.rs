@@ -84,6 +84,49 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// Which clock a row's `wall_ms` was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WallClock {
+    /// The GPU's own stamps of the run's start and end (`%globaltimer`),
+    /// mapped to the host's time line by the per-GPU calibration: launch →
+    /// GPU end, what a caller that spins on completion sees, independent of
+    /// how late the probe thread woke up.
+    Gpu,
+    /// The host's monotonic clock from launch until the wait returned (the
+    /// CPU backend, stamps disabled or unavailable, or a calibration whose
+    /// error bound was too wide). The default only so that records can be
+    /// built with `..Default::default()`.
+    #[default]
+    Host,
+}
+
+impl WallClock {
+    /// Both clocks.
+    pub const ALL: [WallClock; 2] = [WallClock::Gpu, WallClock::Host];
+
+    /// `gpu` or `host`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WallClock::Gpu => "gpu",
+            WallClock::Host => "host",
+        }
+    }
+}
+
+impl std::fmt::Display for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WallClock {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_name(&WallClock::ALL, WallClock::as_str, s)
+    }
+}
+
 /// A word that names none of the values of a closed set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown name {0:?}")]

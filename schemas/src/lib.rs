@@ -30,7 +30,7 @@ mod writer;
 pub use columns::{ColumnDoc, COLUMNS, HEALTH_COLUMNS};
 pub use health::{health_batch, health_schema, HealthRecord};
 pub use ids::{BadId, SpanId, TraceId};
-pub use kinds::{Backend, Kernel, UnknownName};
+pub use kinds::{Backend, Kernel, UnknownName, WallClock};
 pub use record::{probes_batch, probes_from_batch, probes_schema, ProbeRecord};
 pub use verdict::{
     event_eligible, event_mcycles, is_quiet, judge, sku_reference, BaselineSource, Contention,
@@ -42,7 +42,7 @@ pub use writer::{writer_properties, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL};
 /// Version of the `probes` and `health` table layouts. Bump on any change that
 /// an older reader would misinterpret (a renamed, retyped or re-meant column).
 /// Adding a nullable column does not need a bump.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// SQL predicate that selects arrival runs (see the `arrival` column): the
 /// one rule every command of the CLI and the live verdict use. Old files
@@ -122,10 +122,17 @@ pub mod attr {
     pub const BURST_SEQ: &str = "slicetrace.burst_seq";
     /// CUDA-event execution time, ms.
     pub const GPU_MS: &str = "slicetrace.gpu_ms";
-    /// Host-clock launch-to-completion time, ms.
+    /// Launch-to-completion time, ms (the clock `wall_clock` names).
     pub const WALL_MS: &str = "slicetrace.wall_ms";
-    /// `wall_ms - gpu_ms`, ms: the wait for a time slice.
+    /// Launch → GPU start stamp (or `wall_ms - gpu_ms`), ms: the wait for a
+    /// time slice.
     pub const QUEUE_MS: &str = "slicetrace.queue_ms";
+    /// `host_wall_ms`.
+    pub const HOST_WALL_MS: &str = "slicetrace.host_wall_ms";
+    /// `wall_clock` (`gpu` or `host`).
+    pub const WALL_CLOCK: &str = "slicetrace.wall_clock";
+    /// `clock_error_us`.
+    pub const CLOCK_ERROR_US: &str = "slicetrace.clock_error_us";
     /// Achieved TFLOP/s against the event clock.
     pub const TFLOPS: &str = "slicetrace.tflops";
     /// Output passed its correctness check.

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::columns::ColumnDoc;
 use crate::{
-    Backend, Contention, Kernel, SchemaError, SpanId, TraceId, Verdict, COLUMNS, SCHEMA_VERSION,
-    SCHEMA_VERSION_KEY, TABLE_KEY,
+    Backend, Contention, Kernel, SchemaError, SpanId, TraceId, Verdict, WallClock, COLUMNS,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY,
 };
 
 /// One probe kernel run, joined with the device readings and the occupancy
@@ -114,6 +114,15 @@ pub struct ProbeRecord {
     pub event_inflated: Option<bool>,
     /// Live contention state.
     pub contention: Option<Contention>,
+    /// Host monotonic clock from launch until the probe's wait returned, ms
+    /// (what a caller that sleeps on completion sees). `None` in old files.
+    pub host_wall_ms: Option<f64>,
+    /// Which clock `wall_ms` (and `queue_ms`) came from. `None` in old files
+    /// (then the host's).
+    pub wall_clock: Option<WallClock>,
+    /// Error bound of the GPU clock's calibration at this run, µs; `None`
+    /// without GPU stamps.
+    pub clock_error_us: Option<f64>,
 }
 
 impl ProbeRecord {
@@ -269,6 +278,9 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         col!(rows, Float64Builder, |r| r.arrival_gap_ms),
         col!(rows, BooleanBuilder, |r| r.event_inflated),
         str_col(rows.iter().map(|r| r.contention.map(Contention::as_str))),
+        col!(rows, Float64Builder, |r| r.host_wall_ms),
+        str_col(rows.iter().map(|r| r.wall_clock.map(WallClock::as_str))),
+        col!(rows, Float64Builder, |r| r.clock_error_us),
     ];
     RecordBatch::try_new(probes_schema(), columns).map_err(SchemaError::Arrow)
 }
@@ -376,6 +388,9 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
     let gap = f64c("arrival_gap_ms").ok();
     let inflated = bc("event_inflated").ok();
     let contention = s("contention").ok();
+    let host_wall = f64c("host_wall_ms").ok();
+    let wall_clock = s("wall_clock").ok();
+    let clock_err = f64c("clock_error_us").ok();
     let ob = |a: Option<&BooleanArray>, i: usize| a.and_then(|a| opt(a.is_valid(i), a.value(i)));
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -423,6 +438,9 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             arrival_gap_ms: gap.and_then(|a| opt(a.is_valid(i), a.value(i))),
             event_inflated: ob(inflated, i),
             contention: oword("contention", contention, i)?,
+            host_wall_ms: host_wall.and_then(|a| opt(a.is_valid(i), a.value(i))),
+            wall_clock: oword("wall_clock", wall_clock, i)?,
+            clock_error_us: clock_err.and_then(|a| opt(a.is_valid(i), a.value(i))),
         });
     }
     Ok(out)

@@ -144,6 +144,13 @@ pub struct ProbeOverrides {
     /// for every thread the GPU can hold (about 264 MiB of GPU memory per KiB
     /// on an H100) and raises it for a kernel that needs more.
     pub cuda_stack_bytes: Option<u32>,
+    /// CUDA: stamp each run's start and end with the GPU's own timer and
+    /// take `wall_ms` (launch → end stamp) and `queue_ms` (launch → start
+    /// stamp) from them, calibrated to the host clock per GPU (default
+    /// true). `false` takes `wall_ms` from the host clock until the wait
+    /// returned, which includes how late the probe thread woke up; that
+    /// time is in `host_wall_ms` either way.
+    pub gpu_stamps: Option<bool>,
     /// Oldest the GPU's process list (a row's `gpu_processes`, `processes`
     /// and tenant count) may be, ms (default 5000, 1000–300000). NVML's
     /// process query is its dearest call on a busy GPU; the other device
@@ -171,6 +178,7 @@ impl Default for ProbeOverrides {
             fp32_math: None,
             cublas_workspace_kib: None,
             cuda_stack_bytes: None,
+            gpu_stamps: None,
             process_list_max_age_ms: None,
         }
     }

@@ -138,6 +138,9 @@ impl Config {
         if let Some(b) = p.cuda_stack_bytes {
             s.cuda_stack_bytes = Some(b);
         }
+        if let Some(g) = p.gpu_stamps {
+            s.gpu_stamps = g;
+        }
         s
     }
 

@@ -1,6 +1,6 @@
-//! Graph mode: one captured graph per kernel (poison → fence → start event →
-//! kernel → end event → plant node → checks), and the nodes in it that plant
-//! faults through the real graph.
+//! Graph mode: one captured graph per kernel (start stamp → poison → fence →
+//! start event → kernel → end event → end stamp → done event → plant node →
+//! checks), and the nodes in it that plant faults through the real graph.
 //!
 //! The plant node (a one-element memset after the end event) is disabled
 //! except for the one launch that carries a [`Fault::Corrupt`]; a
@@ -66,18 +66,22 @@ impl CudaBackend {
         })
     }
 
-    /// Captures fence → start event → kernel → end event → checks.
+    /// Captures start stamp → poison → fence → start event → kernel → end
+    /// event → end stamp → done event → (plant) → checks.
     fn capture(&mut self, kernel: Kernel, with_plant: bool) -> Result<CudaGraph, ProbeError> {
         ck!(
             "cuStreamBeginCapture",
             self.stream
                 .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         )?;
+        self.enqueue_stamp(super::stamp::SLOT_START)?;
         self.enqueue_poison(kernel)?;
         self.enqueue_fence()?;
         self.record_external(&self.ev_start)?;
         self.enqueue(kernel)?;
         self.record_external(&self.ev_end)?;
+        self.enqueue_stamp(super::stamp::SLOT_END)?;
+        self.record_external(&self.ev_done)?;
         if with_plant {
             self.plant(kernel)?;
         }
@@ -135,9 +139,9 @@ impl CudaBackend {
 }
 
 /// Finds the nodes fault planting toggles in a captured graph. Stream
-/// capture on one stream yields a chain in submission order: poison memsets,
-/// fence kernel, start event, the kernel's nodes, end event, plant memset,
-/// check kernels. Returns `None` (and the caller plants through stream
+/// capture on one stream yields a chain in submission order: start stamp,
+/// poison memsets, fence kernel, start event, the kernel's nodes, end event,
+/// end stamp, done event, plant memset, check kernels. Returns `None` (and the caller plants through stream
 /// calls) when the graph does not have that shape.
 fn fault_nodes(g: &CudaGraph) -> Option<FaultNodes> {
     use drv_sys::CUgraphNodeType as T;
@@ -168,7 +172,7 @@ fn fault_nodes(g: &CudaGraph) -> Option<FaultNodes> {
         .filter(|(_, t)| **t == T::CU_GRAPH_NODE_TYPE_EVENT_RECORD)
         .map(|(i, _)| i)
         .collect();
-    let [start, end] = records[..] else {
+    let [start, end, done] = records[..] else {
         return None;
     };
     let probe: Vec<_> = (start + 1..end)
@@ -182,7 +186,7 @@ fn fault_nodes(g: &CudaGraph) -> Option<FaultNodes> {
         })
         .map(|i| nodes[i])
         .collect();
-    let plant_i = end + 1;
+    let plant_i = done + 1;
     if probe.is_empty() || types.get(plant_i) != Some(&T::CU_GRAPH_NODE_TYPE_MEMSET) {
         return None;
     }

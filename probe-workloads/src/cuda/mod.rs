@@ -6,9 +6,12 @@
 //! turns absence into a [`ProbeError::LibraryMissing`] naming it.
 //!
 //! The measured path of a run (graph mode, the default) is one graph launch:
-//! poison the outputs with NaN → fence kernel → start event → kernel → end
-//! event → (disabled) plant node → correctness reductions. The host clock
-//! spans launch → end event complete (`wall_ms`); the events give `gpu_ms`.
+//! start stamp → poison the outputs with NaN → fence kernel → start event →
+//! kernel → end event → end stamp → done event → (disabled) plant node →
+//! correctness reductions. The events give `gpu_ms`; the GPU's own stamps
+//! give `wall_ms` (launch → end stamp) and `queue_ms` (launch → start stamp)
+//! on the host's time line ([`stamp`], [`crate::clock`]); the host clock
+//! until the wait for the done event returned is `host_wall_ms`.
 //! Plans, handles, events and buffers are created once in
 //! [`CudaBackend::new`] and warmed up, so the measured path allocates nothing.
 //!
@@ -29,7 +32,8 @@
 //! The module is split by job: `device` sets up the context and checks the
 //! libraries, `kernel` enqueues the measured kernels, `checks` poisons and
 //! checks their outputs, `graph` captures the graphs and plants faults
-//! through them, and `wait` waits for the end event.
+//! through them, `stamp` stamps and calibrates the GPU's timer, and `wait`
+//! waits for the done event.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -66,9 +70,12 @@ mod checks;
 mod device;
 mod graph;
 mod kernel;
+mod stamp;
 #[cfg(test)]
 mod tests;
 mod wait;
+
+pub use stamp::{host_ns, CALIBRATE_AT_START, CALIBRATE_EVERY};
 
 pub use device::{device_count, device_used_mib, effective_fp32_math, format_uuid};
 use device::{set_blocking_sync, set_stack_limit};
@@ -102,6 +109,18 @@ pub struct CudaBackend {
     gemm_ref: GemmReference,
     ev_start: CudaEvent,
     ev_end: CudaEvent,
+    /// Recorded after the end stamp: what the host waits on.
+    ev_done: CudaEvent,
+    /// Recorded after a calibration stamp.
+    ev_cal: CudaEvent,
+    /// GPU timer stamps: start, end, calibration.
+    stamp_buf: CudaSlice<u64>,
+    stamp_host: Vec<u64>,
+    /// The end stamp of the last run (a stale stamp is not newer).
+    last_end_stamp: i64,
+    /// The GPU timer's calibration against the host clock.
+    clock: crate::clock::GpuClock,
+    last_calibration: Option<Instant>,
     /// One captured graph per kernel in [`Timing::Graph`] mode, with the
     /// nodes used to plant faults through it.
     graphs: [Option<(CudaGraph, Option<FaultNodes>)>; 2],
@@ -110,12 +129,15 @@ pub struct CudaBackend {
     _blas_workspace: Option<CudaSlice<u8>>,
     /// Math mode the fp32 GEMM may run in (its check's tolerance follows).
     fp32_math: Fp32Math,
+    /// The stamp kernels; `None` when stamps are off or failed to load.
+    /// Declared after the graphs, so the graphs that launch them go first.
+    stamps: Option<stamp::StampKernels>,
 }
 
 /// Stages of [`CudaBackend::new_traced`], reported as they complete (the
 /// footprint breakdown measures memory after each; `stack_limit` only when
 /// the spec sets one).
-pub const STAGES: [&str; 7] = [
+pub const STAGES: [&str; 8] = [
     "context",
     "stack_limit",
     "cufft_plan",
@@ -123,6 +145,7 @@ pub const STAGES: [&str; 7] = [
     "buffers",
     "warmup",
     "graphs",
+    "calibration",
 ];
 
 // SAFETY: the cuFFT plan handle is only used from the thread that owns the
@@ -259,7 +282,25 @@ impl CudaBackend {
             Wait::SpinThenBlock { .. } => drv_sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC,
             Wait::Spin | Wait::SpinThenPoll { .. } => drv_sys::CUevent_flags::CU_EVENT_DEFAULT,
         };
-        let ev_end = ck!("cuEventCreate", ctx.new_event(Some(end_flags)))?;
+        let ev_end = ck!(
+            "cuEventCreate",
+            ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
+        )?;
+        let ev_done = ck!("cuEventCreate", ctx.new_event(Some(end_flags)))?;
+        let ev_cal = ck!("cuEventCreate", ctx.new_event(Some(end_flags)))?;
+        let stamp_buf = ck!("alloc stamps", stream.alloc_zeros::<u64>(stamp::SLOTS))?;
+        let stamps = if spec.gpu_stamps {
+            ck!("cuCtxSetCurrent", ctx.bind_to_thread())?;
+            match stamp::StampKernels::load() {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::warn!(gpu = index, error = %e, "could not load the GPU stamp kernels; wall_ms falls back to the host clock");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         ck!("cuStreamSynchronize", stream.synchronize())?;
         stage("buffers");
 
@@ -293,10 +334,18 @@ impl CudaBackend {
             gemm_ref,
             ev_start,
             ev_end,
+            ev_done,
+            ev_cal,
+            stamp_buf,
+            stamp_host: vec![0; stamp::SLOTS],
+            last_end_stamp: i64::MIN,
+            clock: crate::clock::GpuClock::new(),
+            last_calibration: None,
             graphs: [None, None],
             fault_next: [None; 2],
             _blas_workspace: blas_workspace,
             fp32_math,
+            stamps,
         };
         // Warm up on plain stream calls first: module loading, algorithm
         // selection and workspace allocation must not happen in a capture.
@@ -315,6 +364,8 @@ impl CudaBackend {
             }
         }
         stage("graphs");
+        me.calibrate(CALIBRATE_AT_START)?;
+        stage("calibration");
         Ok(me)
     }
 
@@ -371,6 +422,7 @@ impl ProbeBackend for CudaBackend {
                 ck!("cuGraphLaunch", g.launch())?;
             }
         } else {
+            self.enqueue_stamp(stamp::SLOT_START)?;
             self.enqueue_poison(kernel)?;
             if self.spec.timing == Timing::Graph {
                 self.enqueue_fence()?;
@@ -380,9 +432,12 @@ impl ProbeBackend for CudaBackend {
                 self.enqueue(kernel)?;
             }
             ck!("cuEventRecord", self.ev_end.record(&self.stream))?;
+            self.enqueue_stamp(stamp::SLOT_END)?;
+            ck!("cuEventRecord", self.ev_done.record(&self.stream))?;
         }
         let wait = self.wait_end(t0)?;
-        let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t_done = Instant::now();
+        let host_wall_ms = (t_done - t0).as_secs_f64() * 1e3;
         // ---- end of measured path ----
         if graph_ok {
             if let (Some((g, Some(nodes))), Some(f)) = (&self.graphs[kidx(kernel)], fault) {
@@ -398,10 +453,27 @@ impl ProbeBackend for CudaBackend {
             self.enqueue_checks(kernel)?;
         }
         let (correct, rel_error) = self.read_checks(kernel)?;
+        let (stamped, clock_error_us) = match self.read_stamps()? {
+            Some(st) => self.stamped(t0, t_done, st),
+            None => (None, None),
+        };
+        self.calibrate_if_due()?;
+        let (wall_ms, queue_ms, wall_clock) = match stamped {
+            Some(s) => (
+                s.wall_ms,
+                Some(s.queue_ms),
+                slicetrace_schema::WallClock::Gpu,
+            ),
+            None => (host_wall_ms, None, slicetrace_schema::WallClock::Host),
+        };
         Ok(RunSample {
             ts_ns,
             gpu_ms: Some(gpu_ms),
             wall_ms,
+            host_wall_ms,
+            queue_ms,
+            wall_clock,
+            clock_error_us,
             correct: Some(correct),
             rel_error: Some(rel_error),
             wait: Some(wait),
@@ -410,6 +482,18 @@ impl ProbeBackend for CudaBackend {
 
     fn plant_fault(&mut self, kernel: Kernel, fault: Fault) {
         self.fault_next[kidx(kernel)] = Some(fault);
+    }
+
+    fn clock_report(&mut self) -> Option<crate::ClockReport> {
+        self.stamps.as_ref()?;
+        let now = host_ns(Instant::now());
+        let e = self.clock.estimate(now)?;
+        let f = self.clock.fit()?;
+        Some(crate::ClockReport {
+            drift_ppm: f.drift * 1e6,
+            err_us: e.err_ns / 1e3,
+            resets: self.clock.resets(),
+        })
     }
 }
 

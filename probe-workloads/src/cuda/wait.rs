@@ -1,4 +1,5 @@
-//! The host's wait for the end event, which ends `wall_ms`: a short spin on
+//! The host's wait for the done event (after the end stamp), which ends
+//! `host_wall_ms`: a short spin on
 //! `cuEventQuery`, then either a sleep in the driver (the end event is a
 //! blocking-sync event in a `CU_CTX_SCHED_BLOCKING_SYNC` context) or sleeps
 //! between polls, as [`Wait`] says. A run waiting for its time slice thus
@@ -23,7 +24,7 @@ impl CudaBackend {
         // The spin budget, and the sleep between later polls (None: block).
         let (budget, poll) = match self.spec.wait {
             Wait::Spin => {
-                ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+                ck!("cuEventSynchronize", self.ev_done.synchronize())?;
                 return Ok("spin");
             }
             Wait::SpinThenBlock { spin_us } => (us(spin_us), None),
@@ -35,7 +36,7 @@ impl CudaBackend {
         let mut slept = false;
         loop {
             // SAFETY: the event belongs to this context.
-            let r = unsafe { drv_sys::cuEventQuery(self.ev_end.cu_event()) };
+            let r = unsafe { drv_sys::cuEventQuery(self.ev_done.cu_event()) };
             match r {
                 drv_sys::CUresult::CUDA_SUCCESS => return Ok(if slept { "poll" } else { "spin" }),
                 drv_sys::CUresult::CUDA_ERROR_NOT_READY => {}
@@ -51,7 +52,7 @@ impl CudaBackend {
                     slept = true;
                 }
                 None => {
-                    ck!("cuEventSynchronize", self.ev_end.synchronize())?;
+                    ck!("cuEventSynchronize", self.ev_done.synchronize())?;
                     return Ok("block");
                 }
             }

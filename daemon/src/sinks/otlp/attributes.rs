@@ -52,6 +52,7 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
         KeyValue::new(attr::CYCLE, r.cycle as i64),
         KeyValue::new(attr::BURST_SEQ, i64::from(r.burst_seq)),
         KeyValue::new(attr::WALL_MS, r.wall_ms),
+        KeyValue::new(attr::WALL_CLOCK, r.wall_clock.unwrap_or_default().as_str()),
         KeyValue::new(extra_attr::NODE, r.node.clone()),
     ];
     let mut f = |k: &'static str, v: Option<f64>| {
@@ -61,6 +62,8 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     };
     f(attr::GPU_MS, r.gpu_ms);
     f(attr::QUEUE_MS, r.queue_ms);
+    f(attr::HOST_WALL_MS, r.host_wall_ms);
+    f(attr::CLOCK_ERROR_US, r.clock_error_us);
     f(attr::TFLOPS, r.tflops);
     f(attr::REL_ERROR, r.rel_error);
     f(attr::POWER_W, r.power_w);
