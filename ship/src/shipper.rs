@@ -127,7 +127,8 @@ impl Shipper {
     /// A shipper of the closed files under `data_dir` (the agent's data
     /// directory) to `config.destination`, with credentials from the
     /// standard AWS sources ([`ShipConfig::s3_builder`]). Validates the
-    /// config; does not touch the network or the disk.
+    /// config; does not touch the network or the disk. It does not look at
+    /// `config.enabled`: whoever builds it has decided to ship.
     pub fn new(config: ShipConfig, data_dir: impl Into<PathBuf>) -> Result<Self, ShipError> {
         let dest = destination_of(&config)?;
         let store = config
@@ -262,7 +263,10 @@ impl Shipper {
                 }
                 Err(AttemptError::Vanished) => {
                     self.stats.dropped(DropReason::Vanished);
-                    self.call_hook(Stage::Dropped(DropReason::Vanished), &f.rel);
+                    self.call_hook(
+                        Stage::Dropped(DropReason::Vanished),
+                        self.dest.key(&f.rel).as_ref(),
+                    );
                     tracing::error!(
                         path = %f.path.display(),
                         reason = DropReason::Vanished.as_str(),
@@ -312,7 +316,7 @@ impl Shipper {
                         files += 1;
                         bytes += f.size;
                         self.stats.dropped(reason);
-                        self.call_hook(Stage::Dropped(reason), &f.rel);
+                        self.call_hook(Stage::Dropped(reason), self.dest.key(&f.rel).as_ref());
                         tracing::debug!(path = %f.path.display(), reason = reason.as_str(), "dropped file");
                     }
                     Err(e) => tracing::warn!(

@@ -317,7 +317,7 @@ async fn full_backlog_drops_the_oldest_and_counts_them() {
         .unwrap()
         .iter()
         .filter(|(st, _)| matches!(st, Stage::Dropped(_)))
-        .map(|(_, k)| k.clone())
+        .map(|(_, k)| k.strip_prefix(&format!("{PREFIX}/")).unwrap().to_string())
         .collect();
     assert_eq!(hooked, dropped);
 
