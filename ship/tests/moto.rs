@@ -1,0 +1,510 @@
+//! Shipping against a real `moto_server` with its faults: S3 down at start,
+//! down then back, slow (a proxy that delays), a full backlog, SIGKILL
+//! between upload and delete (a real child process), and a restart with
+//! files waiting. Each ends with the same check: every file written is in
+//! the bucket with its bytes, or counted as dropped; the bucket holds
+//! nothing else (`support::assert_accounted`).
+//!
+//! Harness: `support/mod.rs`. Missing moto skips with a visible SKIP line
+//! unless `SLICETRACE_REQUIRE_TOOLS=1` (set by `tests/run.sh`).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use slicetrace_e2e::Proc;
+use slicetrace_ship::{DropReason, ShipConfig, ShipSnapshot, ShipStats, Shipper, Stage};
+use support::*;
+
+/// Generous: these bound a wait for an event, never a duration asserted.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `shipper` on the test's runtime until the returned sender fires.
+fn spawn(
+    shipper: Shipper,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<ShipSnapshot>,
+) {
+    let (tx, stop) = stop_signal();
+    (tx, tokio::spawn(shipper.run(stop)))
+}
+
+/// Stops a running shipper and waits (with a deadline) for `run` to return.
+async fn stop(tx: tokio::sync::oneshot::Sender<()>, h: tokio::task::JoinHandle<ShipSnapshot>) {
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), h)
+        .await
+        .expect("run did not end within 10 s of the stop signal")
+        .unwrap();
+}
+
+async fn uploaded_at_least(stats: &ShipStats, n: u64) -> bool {
+    stats.snapshot().files_uploaded >= n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_at_start_files_wait_then_ship() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("down-at-start");
+    let proxy = Proxy::start(moto.port, true).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    for n in 0..3 {
+        files.write(data.path(), "probes", "n1", n, 30 - u64::from(n));
+    }
+    files.write(data.path(), "health", "n1", 3, 5);
+    let tmp = Files::write_tmp(data.path(), "probes");
+
+    let s = shipper(config("down-at-start", &proxy.endpoint()), data.path());
+    let stats = s.stats();
+    let (tx, h) = spawn(s);
+    eventually("failed attempts while S3 is down", DEADLINE, || async {
+        let s = stats.snapshot();
+        s.failed_attempts >= 3 && s.scans >= 2
+    })
+    .await;
+    let s = stats.snapshot();
+    assert_eq!(s.files_uploaded, 0);
+    assert_eq!(s.files_waiting, 4);
+    assert!(
+        s.oldest_waiting_age_secs.is_some_and(|a| a >= 29.0),
+        "{s:?}"
+    );
+    let store = moto.client("down-at-start");
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        false,
+    )
+    .await;
+
+    proxy.set_down(false);
+    eventually("all files shipped once S3 is up", DEADLINE, || {
+        uploaded_at_least(&stats, 4)
+    })
+    .await;
+    stop(tx, h).await;
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        true,
+    )
+    .await;
+    let s = stats.snapshot();
+    assert_eq!((s.files_waiting, s.bytes_waiting), (0, 0));
+    assert_eq!(s.oldest_waiting_age_secs, None);
+    assert_eq!(
+        s.bytes_uploaded,
+        files.0.values().map(|b| b.len() as u64).sum::<u64>()
+    );
+    assert!(tmp.exists(), "a file being written was touched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_then_back_ships_what_waited() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("down-then-back");
+    let proxy = Proxy::start(moto.port, false).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    for n in 0..3 {
+        files.write(data.path(), "probes", "n1", n, 60);
+    }
+    let s = shipper(config("down-then-back", &proxy.endpoint()), data.path());
+    let stats = s.stats();
+    let (tx, h) = spawn(s);
+    eventually("the first files shipped", DEADLINE, || {
+        uploaded_at_least(&stats, 3)
+    })
+    .await;
+
+    proxy.set_down(true);
+    let failed_before = stats.snapshot().failed_attempts;
+    for n in 3..6 {
+        files.write(data.path(), "health", "n1", n, 10);
+    }
+    eventually("failures while S3 is down", DEADLINE, || async {
+        stats.snapshot().failed_attempts >= failed_before + 2
+    })
+    .await;
+    assert_eq!(stats.snapshot().files_uploaded, 3);
+    assert_eq!(stats.snapshot().files_waiting, 3);
+    let store = moto.client("down-then-back");
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        false,
+    )
+    .await;
+
+    proxy.set_down(false);
+    eventually("the waiting files shipped", DEADLINE, || {
+        uploaded_at_least(&stats, 6)
+    })
+    .await;
+    stop(tx, h).await;
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        true,
+    )
+    .await;
+}
+
+/// A store slower than the request timeout: attempts time out (though
+/// moto may have stored the object), are counted and retried over the same
+/// key; then merely slow, everything ships once. Finally a stop while a
+/// request hangs ends `run` at once, and the next shipper finishes the
+/// abandoned file without a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_s3_times_out_retries_then_ships_without_duplicates() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("slow");
+    let proxy = Proxy::start(moto.port, false).await;
+    proxy.set_delay_ms(3_000);
+    let data = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    for n in 0..3 {
+        files.write(data.path(), "probes", "n1", n, 60 - u64::from(n));
+    }
+    let cfg = ShipConfig {
+        request_timeout_ms: 1_000,
+        ..config("slow", &proxy.endpoint())
+    };
+    let s = shipper(cfg.clone(), data.path());
+    let stats = s.stats();
+    let (tx, h) = spawn(s);
+    eventually("timeouts counted as failed attempts", DEADLINE, || async {
+        stats.snapshot().failed_attempts >= 2
+    })
+    .await;
+    let store = moto.client("slow");
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        false,
+    )
+    .await;
+
+    // Slow, but within the timeout.
+    proxy.set_delay_ms(100);
+    eventually(
+        "everything shipped through the slow store",
+        DEADLINE,
+        || uploaded_at_least(&stats, 3),
+    )
+    .await;
+    stop(tx, h).await;
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        true,
+    )
+    .await;
+
+    // A request that hangs (the object is stored, the answer never comes):
+    // stop must not wait for it.
+    proxy.set_delay_ms(600_000);
+    let rel = files.write(data.path(), "probes", "n1", 9, 1);
+    let s = shipper(
+        ShipConfig {
+            request_timeout_ms: 600_000,
+            ..cfg.clone()
+        },
+        data.path(),
+    );
+    let stats2 = s.stats();
+    let (tx, h) = spawn(s);
+    eventually("the hanging upload reached the store", DEADLINE, || async {
+        bucket_objects(store.as_ref()).await.contains_key(&rel)
+    })
+    .await;
+    stop(tx, h).await;
+    assert!(
+        data.path().join(&rel).exists(),
+        "deleted before it was verified"
+    );
+
+    proxy.set_delay_ms(0);
+    let s = shipper(cfg, data.path());
+    let stats3 = s.stats();
+    let (tx, h) = spawn(s);
+    eventually("the abandoned file shipped on restart", DEADLINE, || {
+        uploaded_at_least(&stats3, 1)
+    })
+    .await;
+    stop(tx, h).await;
+    assert_eq!(stats2.snapshot().files_uploaded, 0);
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats3,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_backlog_drops_the_oldest_and_counts_them() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("full");
+    let proxy = Proxy::start(moto.port, true).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    // Eight files, oldest first (n = 0 is 80 s old), plus one past max_age.
+    let mut by_age = Vec::new();
+    for n in 0..8 {
+        by_age.push(files.write(data.path(), "probes", "n1", n, 80 - 10 * u64::from(n)));
+    }
+    let too_old = files.write(data.path(), "health", "n1", 8, 3 * 24 * 3600);
+    let cfg = ShipConfig {
+        max_backlog_files: 5,
+        max_age_ms: 24 * 3600 * 1000,
+        ..config("full", &proxy.endpoint())
+    };
+    let seen: Arc<Mutex<Vec<(Stage, String)>>> = Arc::default();
+    let seen2 = seen.clone();
+    let s = shipper(cfg, data.path()).with_stage_hook(Arc::new(move |stage, key| {
+        seen2.lock().unwrap().push((stage, key.to_string()));
+    }));
+    let stats = s.stats();
+    let (tx, h) = spawn(s);
+    eventually("the backlog trimmed to its limit", DEADLINE, || async {
+        let s = stats.snapshot();
+        s.scans >= 2 && s.failed_attempts >= 1
+    })
+    .await;
+    let s = stats.snapshot();
+    assert_eq!(s.dropped.get(DropReason::BacklogFull), 3, "{s:?}");
+    assert_eq!(s.dropped.get(DropReason::MaxAge), 1, "{s:?}");
+    assert_eq!(s.files_waiting, 5);
+    let dropped: BTreeSet<String> = by_age[..3]
+        .iter()
+        .cloned()
+        .chain(std::iter::once(too_old.clone()))
+        .collect();
+    let kept: BTreeSet<String> = by_age[3..].iter().cloned().collect();
+    assert_eq!(local_files(data.path()), kept, "the newest five stay");
+    let hooked: BTreeSet<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(st, _)| matches!(st, Stage::Dropped(_)))
+        .map(|(_, k)| k.strip_prefix(&format!("{PREFIX}/")).unwrap().to_string())
+        .collect();
+    assert_eq!(hooked, dropped);
+
+    proxy.set_down(false);
+    eventually("the kept files shipped", DEADLINE, || {
+        uploaded_at_least(&stats, 5)
+    })
+    .await;
+    stop(tx, h).await;
+    let store = moto.client("full");
+    assert_accounted(store.as_ref(), data.path(), &files, &dropped, &stats, true).await;
+}
+
+/// Environment of the child shipper process (see [`child_shipper_process`]).
+const CHILD_DATA: &str = "SLICETRACE_SHIP_TEST_CHILD_DATA_DIR";
+const CHILD_CONFIG: &str = "SLICETRACE_SHIP_TEST_CHILD_CONFIG";
+const CHILD_STALL_MARKER: &str = "SLICETRACE_SHIP_TEST_CHILD_STALL_MARKER";
+
+/// Not a test on its own: the body of the child process that the crash
+/// tests start (this test binary, re-run with `--exact`). It ships with
+/// credentials from the environment, as the agent does, until it is
+/// killed; with a stall marker it writes the key of the first verified
+/// file there and then hangs before deleting it, so the parent can SIGKILL
+/// it between upload and delete.
+#[test]
+fn child_shipper_process() {
+    let Ok(data) = std::env::var(CHILD_DATA) else {
+        return;
+    };
+    let config: ShipConfig = toml::from_str(&std::env::var(CHILD_CONFIG).unwrap()).unwrap();
+    let marker = std::env::var_os(CHILD_STALL_MARKER);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut s = Shipper::new(config, data).unwrap();
+        if let Some(m) = marker {
+            s = s.with_stage_hook(Arc::new(move |stage, key| {
+                if stage == Stage::Verified {
+                    std::fs::write(&m, key).unwrap();
+                    // Hang here, between verify and delete, until killed.
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            }));
+        }
+        s.run(std::future::pending()).await;
+    });
+}
+
+/// Starts this test binary as a child shipper of `data` to `endpoint`.
+fn start_child(data: &Path, cfg: &ShipConfig, stall_marker: Option<&Path>, log: &Path) -> Proc {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_shipper_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_DATA, data)
+    .env(CHILD_CONFIG, toml::to_string(cfg).unwrap())
+    .env("AWS_ACCESS_KEY_ID", KEY_ID)
+    .env("AWS_SECRET_ACCESS_KEY", SECRET)
+    .env("AWS_REGION", REGION)
+    .env_remove("AWS_SESSION_TOKEN")
+    .env_remove("AWS_PROFILE");
+    if let Some(m) = stall_marker {
+        cmd.env(CHILD_STALL_MARKER, m);
+    }
+    Proc::spawn(cmd, log.to_path_buf())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_upload_and_delete_leaves_no_duplicate_and_no_loss() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("killed");
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    for n in 0..3 {
+        files.write(data.path(), "probes", "n1", n, 30 - u64::from(n));
+    }
+    let cfg = config("killed", &moto.endpoint());
+    let marker = work.path().join("verified");
+    let mut child = start_child(
+        data.path(),
+        &cfg,
+        Some(&marker),
+        &work.path().join("child.log"),
+    );
+    eventually("the child verified its first upload", DEADLINE, || {
+        let done = marker.exists() || child.child.try_wait().ok().flatten().is_some();
+        async move { done }
+    })
+    .await;
+    assert!(marker.exists(), "child exited early: {}", child.log_text());
+    child.signal(libc::SIGKILL);
+    let _ = child.wait_timeout(Duration::from_secs(10));
+    let key = std::fs::read_to_string(&marker).unwrap();
+    let first = files.0.keys().next().unwrap().clone();
+    assert_eq!(key, format!("{PREFIX}/{first}"));
+    // The crash window: in the bucket and still here.
+    let store = moto.client("killed");
+    assert!(bucket_objects(store.as_ref()).await.contains_key(&first));
+    assert!(data.path().join(&first).exists());
+
+    // Restart: the same key is uploaded again (same bytes), then deleted.
+    let s = shipper(cfg, data.path());
+    let stats = s.stats();
+    let (tx, h) = spawn(s);
+    eventually("all files shipped after the restart", DEADLINE, || {
+        uploaded_at_least(&stats, 3)
+    })
+    .await;
+    stop(tx, h).await;
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        true,
+    )
+    .await;
+    assert_eq!(bucket_objects(store.as_ref()).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_files_waiting_ships_them() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("restart");
+    let proxy = Proxy::start(moto.port, true).await;
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    for n in 0..4 {
+        files.write(
+            data.path(),
+            if n % 2 == 0 { "probes" } else { "health" },
+            "n1",
+            n,
+            20,
+        );
+    }
+    let cfg = config("restart", &proxy.endpoint());
+    let mut child = start_child(data.path(), &cfg, None, &work.path().join("child.log"));
+    eventually("the child tried the store", DEADLINE, || async {
+        proxy.accepted() >= 3
+    })
+    .await;
+    child.signal(libc::SIGKILL);
+    let _ = child.wait_timeout(Duration::from_secs(10));
+    let store = moto.client("restart");
+    assert!(bucket_objects(store.as_ref()).await.is_empty());
+    assert_eq!(local_files(data.path()).len(), 4);
+
+    proxy.set_down(false);
+    let s = shipper(cfg, data.path());
+    let stats = s.stats();
+    let (tx, h) = spawn(s);
+    eventually(
+        "the waiting files shipped after the restart",
+        DEADLINE,
+        || uploaded_at_least(&stats, 4),
+    )
+    .await;
+    stop(tx, h).await;
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        true,
+    )
+    .await;
+}
+
+/// A config without a destination fails at construction, in one line.
+#[test]
+fn shipper_new_validates_before_anything_runs() {
+    let e = Shipper::new(ShipConfig::default(), "/nonexistent").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid ship config: destination: is required (s3://BUCKET/PREFIX/)"
+    );
+}
