@@ -40,6 +40,11 @@ pub const MAX_DRIFT: f64 = 500e-6;
 /// Refit at most this often (host ns), so that the cost per run stays a few
 /// multiplications.
 pub const REFIT_NS: i64 = 1_000_000_000;
+/// While the error bound is above [`TARGET_ERROR_NS`], refit as often as
+/// this (host ns) instead of [`REFIT_NS`].
+pub const REFIT_WIDE_NS: i64 = 100_000_000;
+/// The error bound aimed at (10 µs on an idle GPU).
+pub const TARGET_ERROR_NS: f64 = 10_000.0;
 /// Above this error bound a run's `wall_ms` falls back to the host clock.
 pub const MAX_ERROR_NS: f64 = 100_000.0;
 
@@ -177,13 +182,24 @@ impl GpuClock {
     /// and the last fit is older than [`REFIT_NS`]. `None` until both an
     /// upper and a lower bound exist.
     pub fn estimate(&mut self, host_ns: i64) -> Option<Estimate> {
-        let stale = self
+        let age = self
             .last_fit_at
-            .is_none_or(|t| host_ns.saturating_sub(t) >= REFIT_NS);
-        if self.dirty && (stale || self.fit.is_none()) {
+            .map_or(i64::MAX, |t| host_ns.saturating_sub(t));
+        // While the bound is wide (just started, or a drift not yet pinned
+        // down), refit sooner: new bounds narrow it most then.
+        let wide = self
+            .at(host_ns)
+            .is_none_or(|e| e.err_ns > TARGET_ERROR_NS);
+        let due = self.fit.is_none() || age >= REFIT_NS || (wide && age >= REFIT_WIDE_NS);
+        if self.dirty && due {
             self.refit();
             self.last_fit_at = Some(host_ns);
         }
+        self.at(host_ns)
+    }
+
+    /// The current fit evaluated at `host_ns`.
+    fn at(&self, host_ns: i64) -> Option<Estimate> {
         let f = self.fit?;
         let dt = (host_ns - f.t_ref) as f64;
         let rel = f.offset_rel + f.drift * dt;

@@ -457,7 +457,7 @@ impl ProbeBackend for CudaBackend {
             Some(st) => self.stamped(t0, t_done, st),
             None => (None, None),
         };
-        self.calibrate_if_due()?;
+        self.calibrate_if_due(t_done - t0, wait, clock_error_us)?;
         let (wall_ms, queue_ms, wall_clock) = match stamped {
             Some(s) => (
                 s.wall_ms,

@@ -78,6 +78,14 @@ pub(super) const SLOTS: usize = 3;
 pub const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
 /// Calibration launches at start-up.
 pub const CALIBRATE_AT_START: u32 = 16;
+/// The error bound the calibration aims at on an idle GPU, µs.
+pub const TARGET_ERROR_US: f64 = 10.0;
+/// Lone launches after a run that found the GPU idle, while the bound is
+/// above [`TARGET_ERROR_US`].
+pub const CALIBRATE_WHEN_IDLE: u32 = 2;
+/// A run this quick (launch → wait returned, inside the spin budget) found
+/// the GPU idle and this context resident.
+const IDLE_RUN: Duration = Duration::from_micros(300);
 /// How long a calibration launch is polled before the host blocks (a
 /// launch that waited for a slice gives a wide bound, so spinning longer
 /// buys nothing).
@@ -300,13 +308,27 @@ impl CudaBackend {
         Ok(quick)
     }
 
-    /// Recalibrates when the last calibration is older than
-    /// [`CALIBRATE_EVERY`] (outside the measured path).
-    pub(super) fn calibrate_if_due(&mut self) -> Result<(), ProbeError> {
-        if self.stamps.is_some()
-            && self
-                .last_calibration
-                .is_none_or(|t| t.elapsed() >= CALIBRATE_EVERY)
+    /// Recalibrates (outside the measured path) when the last calibration is
+    /// older than [`CALIBRATE_EVERY`], or with [`CALIBRATE_WHEN_IDLE`] lone
+    /// launches when the run just made looks like an idle GPU (it completed
+    /// inside the spin budget, within [`IDLE_RUN`]) while the error bound is
+    /// above [`TARGET_ERROR_US`]: a launch then runs at once, so its bounds
+    /// are tight, and it costs a tenant nothing because there is none.
+    pub(super) fn calibrate_if_due(
+        &mut self,
+        host_wall: Duration,
+        waited: &str,
+        err_us: Option<f64>,
+    ) -> Result<(), ProbeError> {
+        if self.stamps.is_none() {
+            return Ok(());
+        }
+        let idle = waited == "spin" && host_wall <= IDLE_RUN;
+        if idle && err_us.is_none_or(|e| e > TARGET_ERROR_US) {
+            self.calibrate(CALIBRATE_WHEN_IDLE)?;
+        } else if self
+            .last_calibration
+            .is_none_or(|t| t.elapsed() >= CALIBRATE_EVERY)
         {
             self.calibrate(1)?;
         }
