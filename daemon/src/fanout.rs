@@ -26,7 +26,7 @@ use slicetrace_schema::{HealthRecord, ProbeRecord};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::health::HealthEvent;
-use crate::internal_events::{self, Counters, InternalEvent, SinkQueueFull};
+use crate::internal_events::{Counters, InternalEvent, QueueOwner, SinkQueueFull};
 use crate::sinks::SinkError;
 
 /// The answer to a [`Msg::Flush`] or [`Msg::Shutdown`]: the consumer's own
@@ -64,9 +64,14 @@ pub enum QueueError {
     /// The consumer's loop has stopped (its queue is closed).
     #[error("its loop is not running")]
     Closed,
-    /// The queue stayed full, or no answer came, until the deadline.
-    #[error("no room or no answer before the deadline")]
-    Deadline,
+    /// The queue is full: no room now (`try_send`), or none came before
+    /// the deadline (`send`).
+    #[error("its queue is full")]
+    Full,
+    /// The message was queued but its answer did not come before the
+    /// deadline.
+    #[error("no answer before the deadline")]
+    NoAnswer,
 }
 
 /// The sending end of a consumer's bounded queue: a Tokio channel for a
@@ -100,11 +105,11 @@ impl Tx {
     pub fn try_send(&self, m: Msg) -> Result<(), QueueError> {
         match self {
             Tx::Task(tx) => tx.try_send(m).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => QueueError::Deadline,
+                mpsc::error::TrySendError::Full(_) => QueueError::Full,
                 mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
             }),
             Tx::Thread(tx) => tx.try_send(m).map_err(|e| match e {
-                std_mpsc::TrySendError::Full(_) => QueueError::Deadline,
+                std_mpsc::TrySendError::Full(_) => QueueError::Full,
                 std_mpsc::TrySendError::Disconnected(_) => QueueError::Closed,
             }),
         }
@@ -121,7 +126,7 @@ impl Tx {
                     None => send.await.map_err(|_| QueueError::Closed),
                     Some(by) => match tokio::time::timeout_at(by.into(), send).await {
                         Ok(r) => r.map_err(|_| QueueError::Closed),
-                        Err(_) => Err(QueueError::Deadline),
+                        Err(_) => Err(QueueError::Full),
                     },
                 }
             }
@@ -137,7 +142,7 @@ impl Tx {
                         Err(std_mpsc::TrySendError::Full(back)) => m = back,
                     }
                     if by.is_some_and(|by| Instant::now() >= by) {
-                        return Err(QueueError::Deadline);
+                        return Err(QueueError::Full);
                     }
                     tokio::time::sleep(THREAD_QUEUE_POLL).await;
                 }
@@ -158,7 +163,7 @@ impl Tx {
             None => answer.await.map_err(|_| QueueError::Closed),
             Some(by) => match tokio::time::timeout_at(by.into(), answer).await {
                 Ok(r) => r.map_err(|_| QueueError::Closed),
-                Err(_) => Err(QueueError::Deadline),
+                Err(_) => Err(QueueError::NoAnswer),
             },
         }
     }
@@ -175,21 +180,20 @@ pub struct Outlet {
     /// Records (or events) this outlet dropped because its queue was full
     /// or closed.
     dropped: AtomicU64,
-    /// Counts drops on the agent's counters as well (each consumer names
-    /// its own, so a new consumer needs no edit here).
-    on_drop: fn(&Counters, u64),
+    /// Whose queue this is, for the agent's drop counters.
+    owner: QueueOwner,
 }
 
 impl Outlet {
     /// An outlet named `name` feeding `tx`; drops are also reported to
-    /// `on_drop`.
-    pub fn new(name: &'static str, tx: Tx, on_drop: fn(&Counters, u64)) -> Self {
+    /// `owner`'s counter.
+    pub fn new(name: &'static str, tx: Tx, owner: QueueOwner) -> Self {
         Self {
             name,
             tx,
             events: false,
             dropped: AtomicU64::new(0),
-            on_drop,
+            owner,
         }
     }
 
@@ -198,44 +202,6 @@ impl Outlet {
         self.events = true;
         self
     }
-}
-
-/// [`Outlet`] drop counter of the Parquet writer.
-pub fn parquet_drops(c: &Counters, n: u64) {
-    SinkQueueFull {
-        sink: internal_events::Outlet::Parquet,
-        records: n,
-    }
-    .emit(c);
-}
-
-/// [`Outlet`] drop counter of the OTLP exporter: the records' spans are lost too.
-pub fn otlp_drops(c: &Counters, n: u64) {
-    SinkQueueFull {
-        sink: internal_events::Outlet::Otlp,
-        records: n,
-    }
-    .emit(c);
-}
-
-/// [`Outlet`] drop counter of the health evaluator: its probe rows and its
-/// probe events.
-pub fn health_drops(c: &Counters, n: u64) {
-    SinkQueueFull {
-        sink: internal_events::Outlet::Health,
-        records: n,
-    }
-    .emit(c);
-}
-
-/// [`Outlet`] drop counter of the exit summary (`agent::run` also logs the
-/// total at exit, next to the table that misses them).
-pub fn summary_drops(c: &Counters, n: u64) {
-    SinkQueueFull {
-        sink: internal_events::Outlet::Summary,
-        records: n,
-    }
-    .emit(c);
 }
 
 /// Hands data to every outlet without ever blocking.
@@ -279,7 +245,11 @@ impl Fanout {
         for o in self.outlets.iter().filter(|o| takes(o)) {
             if o.tx.try_send(make()).is_err() {
                 o.dropped.fetch_add(n, Ordering::Relaxed);
-                (o.on_drop)(&self.counters, n);
+                SinkQueueFull {
+                    sink: o.owner,
+                    records: n,
+                }
+                .emit(&self.counters);
             }
         }
     }
@@ -334,8 +304,8 @@ mod tests {
         let (a, mut arx) = task_queue(4);
         let (b, brx) = thread_queue(4);
         let f = Fanout::new(Arc::new(Counters::default()))
-            .with(Outlet::new("a", a, parquet_drops))
-            .with(Outlet::new("b", b, otlp_drops));
+            .with(Outlet::new("a", a, QueueOwner::Parquet))
+            .with(Outlet::new("b", b, QueueOwner::Otlp));
         f.send_probes(vec![row(), row()]);
         let x = probes(arx.try_recv().expect("a got it"));
         let y = probes(brx.try_recv().expect("b got it"));
@@ -355,9 +325,9 @@ mod tests {
         let (o, _orx) = thread_queue(1);
         let (h, mut hrx) = task_queue(8);
         let f = Fanout::new(Arc::new(Counters::default()))
-            .with(Outlet::new("parquet", p, parquet_drops))
-            .with(Outlet::new("otlp", o, otlp_drops))
-            .with(Outlet::new("health", h, health_drops).with_events());
+            .with(Outlet::new("parquet", p, QueueOwner::Parquet))
+            .with(Outlet::new("otlp", o, QueueOwner::Otlp))
+            .with(Outlet::new("health", h, QueueOwner::Health).with_events());
         f.send_probes(vec![row(), row()]);
         f.send_probes(vec![row(), row(), row()]);
         assert_eq!(f.dropped("parquet"), Some(3));
@@ -384,8 +354,8 @@ mod tests {
         let (p, prx) = task_queue(4);
         let (h, mut hrx) = task_queue(4);
         let f = Fanout::new(Arc::new(Counters::default()))
-            .with(Outlet::new("parquet", p, parquet_drops))
-            .with(Outlet::new("health", h, health_drops).with_events());
+            .with(Outlet::new("parquet", p, QueueOwner::Parquet))
+            .with(Outlet::new("health", h, QueueOwner::Health).with_events());
         f.event(HealthEvent::ProbeRecovered {
             gpu_uuid: "GPU-1".into(),
         });
@@ -409,7 +379,7 @@ mod tests {
         let t = Instant::now();
         let by = t + Duration::from_millis(50);
         let r = tx.send(Msg::Probes(vec![row()].into()), Some(by)).await;
-        assert_eq!(r, Err(QueueError::Deadline));
+        assert_eq!(r, Err(QueueError::Full));
         assert!(t.elapsed() >= Duration::from_millis(50));
         drop(rx);
         let r = tx.send(Msg::Probes(vec![row()].into()), None).await;

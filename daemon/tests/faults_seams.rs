@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use occupancy_support::{capture_logs, python, wait_until, FakeApi, LogBuf};
-use slicetrace_agent::agent::{self, AgentParts, BackendFactory, RunReport};
+use slicetrace_agent::agent::{Agent, BackendFactory, RunReport};
 use slicetrace_agent::config::Config;
 use slicetrace_agent::health::{LiveState, Verdict};
 use slicetrace_agent::internal_events::Counters;
@@ -61,22 +61,15 @@ fn start(
     telemetry: Arc<dyn TelemetrySource>,
     occupancy: Option<Arc<dyn OccupancySource>>,
 ) -> Running {
-    let counters = Arc::new(Counters::default());
-    let live = Arc::new(LiveState::default());
     let data = cfg.data_dir.clone();
-    let parts = AgentParts {
-        node: cfg.resolved_node_name(),
-        config: cfg,
-        backends,
-        factory,
-        telemetry,
-        occupancy,
-        counters: counters.clone(),
-        live: live.clone(),
-    };
+    let mut agent = Agent::new(cfg, backends, telemetry);
+    if let Some(f) = factory {
+        agent = agent.reopen_with(f);
+    }
+    agent.occupancy = occupancy;
+    let (counters, live) = (agent.counters.clone(), agent.live.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(agent::run(
-        parts,
+    let task = tokio::spawn(agent.run(
         async move {
             let _ = rx.await;
         },

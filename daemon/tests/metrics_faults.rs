@@ -201,11 +201,42 @@ fn shared_gpus_are_healthy_contention_is_its_own_dimension_and_names_stay_privat
         (n == 4).then_some(m)
     });
     let s = samples(&m.body);
-    for x in s
+    // Every GPU and kernel has a verdict gauge, and none is unhealthy.
+    let verdicts: Vec<_> = s
         .iter()
         .filter(|x| x.name == "slicetrace_gpu_verdict" && x.value == 1.0)
-    {
+        .collect();
+    assert_eq!(
+        verdicts.len(),
+        4,
+        "one verdict per GPU and kernel\n{}",
+        m.body
+    );
+    for x in &verdicts {
         assert_ne!(x.label("verdict"), Some("unhealthy"), "{x:?}");
+    }
+    // Contention is its own dimension: two tenants on a CPU device (no
+    // slice rotation, so no wait for a slice) is `ok` there, with its
+    // reason on the contention dimension, never on health.
+    for uuid in ["CPU-0", "CPU-1"] {
+        for kernel in ["fft", "gemm"] {
+            let states: Vec<_> = s
+                .iter()
+                .filter(|x| {
+                    x.name == "slicetrace_gpu_contention"
+                        && x.label("gpu_uuid") == Some(uuid)
+                        && x.label("kernel") == Some(kernel)
+                        && x.value == 1.0
+                })
+                .filter_map(|x| x.label("state"))
+                .collect();
+            assert_eq!(states, ["ok"], "{uuid} {kernel}\n{}", m.body);
+        }
+        assert!(
+            !reason(&s, uuid, "contention").is_empty(),
+            "{uuid}: no contention reason\n{}",
+            m.body
+        );
     }
     for uuid in ["CPU-0", "CPU-1"] {
         assert_eq!(

@@ -90,7 +90,7 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
 /// self-test, and per-kernel overrides of the preset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ProbeOverrides {
+pub struct ProbeConfig {
     /// Mean time between probe cycles per GPU, ms (`arrivals = "burst"`
     /// only; Poisson arrivals use `rate_hz`). Formerly the top-level
     /// `interval_ms`, still read with a deprecation warning.
@@ -158,7 +158,7 @@ pub struct ProbeOverrides {
     pub process_list_max_age_ms: Option<u64>,
 }
 
-impl Default for ProbeOverrides {
+impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             interval_ms: 1000,
@@ -195,7 +195,10 @@ pub enum Arrivals {
     Burst,
 }
 
-/// How the host waits for a CUDA run (`probe.wait`).
+/// How the host waits for a CUDA run (`probe.wait`): the mode of
+/// [`slicetrace_probe::Wait`] that the config offers. Its budget
+/// (`probe.spin_us`) and both defaults are the probe's own
+/// (`Wait::default()`), so they are written once, in the probe crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WaitMode {
@@ -204,6 +207,37 @@ pub enum WaitMode {
     SpinThenBlock,
     /// Spin until done.
     Spin,
+}
+
+impl WaitMode {
+    /// The probe's wait for `probe.wait` and `probe.spin_us`: what is not
+    /// set keeps `preset` (the preset's wait, `Wait::default()`); a budget
+    /// without a mode, or a mode without a budget, takes the other half
+    /// from the probe's default.
+    pub fn wait(
+        mode: Option<WaitMode>,
+        spin_us: Option<u32>,
+        preset: slicetrace_probe::Wait,
+    ) -> slicetrace_probe::Wait {
+        use slicetrace_probe::Wait;
+        let default_spin = |w: Wait| match w {
+            Wait::SpinThenBlock { spin_us } | Wait::SpinThenPoll { spin_us, .. } => Some(spin_us),
+            Wait::Spin => None,
+        };
+        match (mode, spin_us) {
+            (None, None) => preset,
+            (Some(WaitMode::Spin), _) => Wait::Spin,
+            (_, Some(spin_us)) => Wait::SpinThenBlock { spin_us },
+            (Some(WaitMode::SpinThenBlock), None) => match preset {
+                Wait::SpinThenBlock { .. } => preset,
+                other => Wait::SpinThenBlock {
+                    spin_us: default_spin(other)
+                        .or_else(|| default_spin(Wait::default()))
+                        .unwrap_or_default(),
+                },
+            },
+        }
+    }
 }
 
 /// Default mean arrival rate per GPU, Hz: a 5-minute health window then holds
@@ -255,7 +289,7 @@ pub struct Config {
     /// `light` (default) or `article`.
     pub preset: Preset,
     /// How the probe runs, and overrides of the preset's kernels.
-    pub probe: ProbeOverrides,
+    pub probe: ProbeConfig,
     /// Number of CPU pseudo-devices on the CPU backend (tests of multi-GPU
     /// behaviour without GPUs).
     pub cpu_devices: u32,
@@ -317,7 +351,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./slicetrace-data"),
             backend: BackendKind::Auto,
             preset: Preset::Light,
-            probe: ProbeOverrides::default(),
+            probe: ProbeConfig::default(),
             cpu_devices: 1,
             devices: Vec::new(),
             shutdown_deadline_ms: 10_000,
@@ -339,7 +373,7 @@ impl Default for Config {
 /// this package anyway (the binary shares its `Cargo.toml`); deriving here
 /// keeps one list of flags instead of a hand copy in `main.rs`.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct Overrides {
+pub struct CliFlags {
     /// auto, cuda or cpu.
     #[arg(long)]
     pub backend: Option<BackendKind>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use slicetrace_probe::{FftDims, ProbeSpec};
 
-use super::{invalid, Arrivals, Config, ConfigError, Overrides, WaitMode, DEFAULT_RATE_HZ};
+use super::{invalid, Arrivals, CliFlags, Config, ConfigError, WaitMode, DEFAULT_RATE_HZ};
 
 impl Config {
     /// Applies `SLICETRACE_*` and `NODE_NAME` environment variables. The OTLP
@@ -54,7 +54,7 @@ impl Config {
     }
 
     /// Applies command-line flags (highest precedence).
-    pub fn apply_overrides(&mut self, o: &Overrides) {
+    pub fn apply_flags(&mut self, o: &CliFlags) {
         if let Some(b) = o.backend {
             self.backend = b;
         }
@@ -123,12 +123,7 @@ impl Config {
         if let Some(t) = p.timing {
             s.timing = t;
         }
-        s.wait = match p.wait.unwrap_or_default() {
-            WaitMode::Spin => slicetrace_probe::Wait::Spin,
-            WaitMode::SpinThenBlock => slicetrace_probe::Wait::SpinThenBlock {
-                spin_us: p.spin_us.unwrap_or(200),
-            },
-        };
+        s.wait = WaitMode::wait(p.wait, p.spin_us, s.wait);
         if let Some(m) = p.fp32_math {
             s.fp32_math = m;
         }

@@ -67,7 +67,7 @@ fn precedence_is_file_then_env_then_flags() {
     };
     c.apply_env(&env).expect("env");
     assert_eq!((c.backend, c.probe.interval_ms), (BackendKind::Cpu, 2000));
-    c.apply_overrides(&Overrides {
+    c.apply_flags(&CliFlags {
         interval: Some(Duration::from_millis(250)),
         ..Default::default()
     });
@@ -194,4 +194,23 @@ fn the_process_list_age_defaults_to_five_seconds_and_is_bounded() {
             "{e}"
         );
     }
+}
+
+/// The wait's default lives in the probe crate only: an unset `[probe]`
+/// table, and `wait = "spin-then-block"` without a budget, both run the
+/// probe's `Wait::default()`.
+#[test]
+fn the_default_wait_is_the_probes_own() {
+    use slicetrace_probe::Wait;
+    let mut c = Config::default();
+    assert_eq!(c.probe_spec("cuda").wait, Wait::default());
+    c.probe.wait = Some(WaitMode::SpinThenBlock);
+    assert_eq!(c.probe_spec("cuda").wait, Wait::default());
+    c.probe.spin_us = Some(7);
+    assert_eq!(
+        c.probe_spec("cuda").wait,
+        Wait::SpinThenBlock { spin_us: 7 }
+    );
+    c.probe.wait = Some(WaitMode::Spin);
+    assert_eq!(c.probe_spec("cuda").wait, Wait::Spin);
 }

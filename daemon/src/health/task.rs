@@ -77,9 +77,9 @@ mod tests {
     use slicetrace_schema::ProbeRecord;
 
     use super::*;
-    use crate::fanout::{parquet_drops, Outlet};
+    use crate::fanout::Outlet;
     use crate::health::{HealthConfig, LiveState};
-    use crate::internal_events::Counters;
+    use crate::internal_events::{Counters, QueueOwner};
 
     /// The evaluator's verdicts leave through its own fan-out; a shutdown
     /// behind queued rows judges them first, one last time.
@@ -89,7 +89,7 @@ mod tests {
         let out = Fanout::new(Arc::new(Counters::default())).with(Outlet::new(
             "parquet",
             tx,
-            parquet_drops,
+            QueueOwner::Parquet,
         ));
         let live = Arc::new(LiveState::default());
         let ev = Evaluator::new(HealthConfig::default(), "n1".into(), live.clone(), None);

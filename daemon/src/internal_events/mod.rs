@@ -26,9 +26,9 @@ pub use probe::{
     ProbeThreadCpuUsed, TelemetrySampleFailed,
 };
 pub use sinks::{
-    OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, Outlet, ParquetFileRotated,
+    OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, ParquetFileRotated,
     ParquetRetentionDeleted, ParquetTmpRecovered, ParquetTmpRemoved, ParquetWriteFailed,
-    SinkQueueFull,
+    QueueOwner, SinkQueueFull,
 };
 
 /// Process-wide counters, shared as `Arc<Counters>`. Relaxed ordering: these

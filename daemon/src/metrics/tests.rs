@@ -194,10 +194,10 @@ fn every_internal_event_counts_into_a_metrics_row() {
             "SinkQueueFull",
             Box::new(|c| {
                 for sink in [
-                    Outlet::Parquet,
-                    Outlet::Otlp,
-                    Outlet::Health,
-                    Outlet::Summary,
+                    QueueOwner::Parquet,
+                    QueueOwner::Otlp,
+                    QueueOwner::Health,
+                    QueueOwner::Summary,
                 ] {
                     SinkQueueFull { sink, records: 3 }.emit(c);
                 }
@@ -316,14 +316,15 @@ fn every_internal_event_counts_into_a_metrics_row() {
 /// evaluator's full queue drops count there too (the summary takes none).
 #[test]
 fn a_full_summary_queue_counts_on_its_own_family_in_metrics() {
-    use crate::fanout::{health_drops, summary_drops, task_queue, Fanout, Outlet};
+    use crate::fanout::{task_queue, Fanout, Outlet};
+    use crate::internal_events::QueueOwner;
     use slicetrace_schema::ProbeRecord;
     let c = Arc::new(Counters::default());
     let (s, _srx) = task_queue(1);
     let (h, _hrx) = task_queue(1);
     let f = Fanout::new(c.clone())
-        .with(Outlet::new("summary", s, summary_drops))
-        .with(Outlet::new("health", h, health_drops).with_events());
+        .with(Outlet::new("summary", s, QueueOwner::Summary))
+        .with(Outlet::new("health", h, QueueOwner::Health).with_events());
     let row = ProbeRecord {
         kernel: Kernel::Fft,
         arrival: Some(true),

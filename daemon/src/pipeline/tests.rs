@@ -2,7 +2,8 @@
 //! on the CPU backend, and event inflation.
 
 use super::*;
-use crate::fanout::{health_drops, summary_drops, thread_queue, Msg, Outlet};
+use crate::fanout::{thread_queue, Msg, Outlet};
+use crate::internal_events::QueueOwner;
 
 /// The gaps of the arrival process are exponential with the configured
 /// mean: a one-sample Kolmogorov–Smirnov test against Exp(rate) at
@@ -91,8 +92,8 @@ fn rows_with_process_age(
     let counters = Arc::new(Counters::default());
     let fanout = Arc::new(
         Fanout::new(counters.clone())
-            .with(Outlet::new("health", htx, health_drops).with_events())
-            .with(Outlet::new("summary", stx, summary_drops)),
+            .with(Outlet::new("health", htx, QueueOwner::Health).with_events())
+            .with(Outlet::new("summary", stx, QueueOwner::Summary)),
     );
     let stop = Arc::new(StopSignal::default());
     let lp = ProbeLoop {
@@ -129,21 +130,30 @@ fn rows_with_process_age(
     (rows, summary.rows(), counters)
 }
 
-/// Poisson mode: one run per arrival, every row an arrival with its
-/// planned gap, its own trace, FFT and GEMM alternating (equal shares,
-/// never the same kernel twice in a row), gaps exponential.
+/// Poisson mode: one run per arrival, every arrival numbered in order with
+/// its own trace, FFT and GEMM alternating (equal shares, never the same
+/// kernel twice in a row), and the idle time before each launch (from the
+/// rows' own start times `ts_ns` and the previous run's host clock) at
+/// least the planned gap and exponential with the configured mean: a loop
+/// that skipped or shortened its wait, or ran back to back, fails here.
 #[test]
 fn poisson_arrivals_mark_every_run_and_alternate_kernels() {
-    let rate = 200.0;
-    let (rows, summary) = rows_of(ArrivalPlan::Poisson { rate_hz: rate }, 2.0);
+    let rate = 100.0;
+    let secs = 2.0;
+    let (rows, summary) = rows_of(ArrivalPlan::Poisson { rate_hz: rate }, secs);
+    // At most one arrival per mean gap on average (each gap starts after
+    // the previous run); 7 standard deviations above the Poisson mean.
+    let (expected, sd) = (rate * secs, (rate * secs).sqrt());
     assert!(
-        rows.len() >= 150,
-        "only {} arrivals in 2 s at {rate} Hz",
-        rows.len()
+        (100..=(expected + 7.0 * sd) as usize).contains(&rows.len()),
+        "{} arrivals in {secs} s at {rate} Hz (at most {:.0} expected)",
+        rows.len(),
+        expected + 7.0 * sd
     );
     assert!(rows
         .iter()
-        .all(|r| r.arrival == Some(true) && r.burst_seq == 0));
+        .enumerate()
+        .all(|(i, r)| r.cycle == i as u64 && r.burst_seq == 0));
     let fft = rows.iter().filter(|r| r.kernel == Kernel::Fft).count();
     assert!(
         fft.abs_diff(rows.len() - fft) <= 1,
@@ -153,11 +163,26 @@ fn poisson_arrivals_mark_every_run_and_alternate_kernels() {
     assert!(rows.windows(2).all(|w| w[0].kernel != w[1].kernel));
     let traces: std::collections::HashSet<_> = rows.iter().map(|r| r.trace_id).collect();
     assert_eq!(traces.len(), rows.len(), "one trace per arrival");
-    // KS on the recorded gaps against Exp(rate) at alpha = 1e-6.
-    let mut gaps: Vec<f64> = rows
-        .iter()
-        .map(|r| r.arrival_gap_ms.expect("gap") / 1e3)
+    // The idle time before each launch, from what the rows record: this
+    // launch minus the end of the previous run on the host clock.
+    let idle: Vec<(f64, f64)> = rows
+        .windows(2)
+        .map(|w| {
+            let end_ns = w[0].ts_ns as f64 + w[0].host_wall_ms.expect("host clock") * 1e6;
+            let idle_s = (w[1].ts_ns as f64 - end_ns) / 1e9;
+            (idle_s, w[1].arrival_gap_ms.expect("planned gap") / 1e3)
+        })
         .collect();
+    // Never sooner than planned (0.1 ms for the two clocks' reading order).
+    for (i, (idle_s, gap_s)) in idle.iter().enumerate() {
+        assert!(
+            idle_s + 1e-4 >= *gap_s,
+            "arrival {}: launched {idle_s} s after the previous run, planned gap {gap_s} s",
+            i + 1
+        );
+    }
+    // KS of the idle times against Exp(rate) at alpha = 1e-6.
+    let mut gaps: Vec<f64> = idle.iter().map(|(idle_s, _)| *idle_s).collect();
     gaps.sort_by(f64::total_cmp);
     let n = gaps.len() as f64;
     let d = gaps
@@ -170,7 +195,7 @@ fn poisson_arrivals_mark_every_run_and_alternate_kernels() {
         .fold(0.0f64, f64::max);
     assert!(
         d < 2.7 / n.sqrt(),
-        "KS D = {d} over {n} gaps (alpha = 1e-6)"
+        "KS D = {d} over {n} launch gaps (alpha = 1e-6)"
     );
     let total: u64 = summary.iter().map(|s| s.runs).sum();
     assert_eq!(total as usize, rows.len());

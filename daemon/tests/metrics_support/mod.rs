@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use slicetrace_agent::agent::{self, AgentParts, RunReport};
+use slicetrace_agent::agent::{Agent, RunReport};
 use slicetrace_agent::config::Config;
 use slicetrace_agent::health::LiveState;
 use slicetrace_agent::internal_events::Counters;
@@ -195,18 +195,9 @@ impl RunningAgent {
         telemetry: Arc<dyn slicetrace_agent::telemetry::TelemetrySource>,
     ) -> Self {
         config.validate().expect("test config is valid");
-        let counters = Arc::new(Counters::default());
-        let live = Arc::new(LiveState::default());
-        let parts = AgentParts {
-            node: config.resolved_node_name(),
-            config,
-            backends,
-            factory: None,
-            telemetry,
-            occupancy,
-            counters: counters.clone(),
-            live: live.clone(),
-        };
+        let mut agent = Agent::new(config, backends, telemetry);
+        agent.occupancy = occupancy;
+        let (counters, live) = (agent.counters.clone(), agent.live.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -217,8 +208,7 @@ impl RunningAgent {
                     .enable_all()
                     .build()
                     .expect("agent runtime");
-                let r = rt.block_on(agent::run(
-                    parts,
+                let r = rt.block_on(agent.run(
                     async move {
                         let _ = stop_rx.await;
                     },

@@ -239,7 +239,9 @@ impl Sink for OtlpSink {
             let by = Instant::now() + self.timeout;
             match self.input.request(Msg::Flush, Some(by)).await {
                 Ok(r) => r,
-                Err(QueueError::Deadline) => Err(OtlpError::Deadline(self.timeout).into()),
+                Err(QueueError::Full | QueueError::NoAnswer) => {
+                    Err(OtlpError::Deadline(self.timeout).into())
+                }
                 Err(QueueError::Closed) => Err(OtlpError::TaskGone.into()),
             }
         })

@@ -215,7 +215,7 @@ mod tests {
         }
         let (ack, answer) = tokio::sync::oneshot::channel();
         input.try_send(Msg::Flush(ack)).expect("room");
-        assert_eq!(input.try_send(two_runs()), Err(QueueError::Deadline));
+        assert_eq!(input.try_send(two_runs()), Err(QueueError::Full));
         // The flush is handled right behind the records (in one wake-up, no
         // export in between): 24 spans into a span queue of 10, so 14
         // overflow and the 10 queued fail to export; all of it is counted
