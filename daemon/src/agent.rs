@@ -7,7 +7,7 @@
 //!    the telemetry source that matches them (NVML or none).
 //! 2. [`Agent::run`]: occupancy (started in the background), then the
 //!    consumers of the probe rows, each with one bounded queue and one loop,
-//!    fed by one fan-out ([`crate::fanout`]):
+//!    fed by one fan-out ([`crate::topology`]):
 //!    the Parquet writer thread (`sinks/parquet/`), if enabled; the OTLP
 //!    export task (`sinks/otlp/`), if an endpoint is set; the health
 //!    evaluator (`health/task.rs`), whose verdicts go out to those two
@@ -16,7 +16,7 @@
 //!    evaluator writes; then one probe thread per GPU (`pipeline.rs`).
 //! 3. The stop order (Vector's `shutdown_all(deadline)`): the probe threads
 //!    first, then each consumer in turn, upstream before downstream, each
-//!    with a [`crate::fanout::Msg::Shutdown`] queued behind what it still
+//!    with a [`crate::topology::Msg::Shutdown`] queued behind what it still
 //!    holds, so it drains, flushes and closes within the one deadline
 //!    (every Parquet file gets its footer and is renamed into place; OTLP
 //!    sends its queue).
@@ -29,17 +29,17 @@ use slicetrace_probe::{ProbeBackend, ProbeError};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::fanout::{Fanout, Outlet};
-use crate::health::{Evaluator, LiveState};
+use crate::consumers::health::Evaluator;
+use crate::consumers::otlp::{OtlpSink, TraceShape};
+use crate::consumers::parquet::ParquetSink;
+use crate::consumers::summary::{RunSummary, SummaryRow};
+use crate::consumers::Sink;
 use crate::internal_events::{Counters, QueueOwner};
-use crate::occupancy::OccupancySource;
-use crate::pipeline::{ArrivalPlan, ProbeLoop, Reopen, StopSignal, SummaryRow};
-use crate::shutdown::Consumer;
-use crate::sinks::otlp::{OtlpSink, TraceShape};
-use crate::sinks::parquet::ParquetSink;
-use crate::sinks::Sink;
-use crate::summary::RunSummary;
-use crate::telemetry::TelemetrySource;
+use crate::probe::occupancy::OccupancySource;
+use crate::probe::telemetry::TelemetrySource;
+use crate::probe::{ArrivalPlan, ProbeLoop, Reopen, StopSignal};
+use crate::serve::live::LiveState;
+use crate::topology::{Consumer, Fanout, Outlet};
 
 mod open;
 
@@ -156,7 +156,7 @@ impl Agent {
             let d = g.backend.device();
             live.register_gpu(
                 &d.uuid,
-                crate::health::GpuEntry {
+                crate::serve::live::GpuEntry {
                     index: d.index,
                     name: d.name.clone(),
                     backend: d.backend.to_string(),
@@ -165,7 +165,8 @@ impl Agent {
                 },
             );
         }
-        let telemetry = crate::telemetry::with_process_names(telemetry, config.process_names);
+        let telemetry =
+            crate::probe::telemetry::with_process_names(telemetry, config.process_names);
         let deadline = Duration::from_millis(config.shutdown_deadline_ms);
         let (stop_tx, stop_rx) = watch::channel(false);
         std::fs::create_dir_all(&config.data_dir)
@@ -173,7 +174,7 @@ impl Agent {
 
         let occupancy: Arc<dyn OccupancySource> = match occupancy {
             Some(o) => o,
-            None => match crate::occupancy::start(
+            None => match crate::probe::occupancy::start(
                 &config.occupancy,
                 &node,
                 counters.clone(),
@@ -186,14 +187,17 @@ impl Agent {
                     let _ = live.occupancy.set(c.clone());
                     c
                 }
-                None => Arc::new(crate::occupancy::NoOccupancy),
+                None => Arc::new(crate::probe::occupancy::NoOccupancy),
             },
         };
 
         // ---- the consumers: one bounded queue and one loop each ----
         // The sampling design is the same for every GPU; only burst sizes may
         // differ by backend. The largest message sizes the queues.
-        let plans: Vec<ArrivalPlan> = gpus.iter().map(|g| config.arrival_plan(&g.spec)).collect();
+        let plans: Vec<ArrivalPlan> = gpus
+            .iter()
+            .map(|g| ArrivalPlan::new(&config.probe, &g.spec))
+            .collect();
         let consumers = Consumers::start(&config, &node, &counters, &live, &plans)?;
         let fanout = Arc::new(consumers.probe_fanout(&counters));
         tracing::info!(consumers = ?fanout.names(), "fan-out ready");
@@ -205,7 +209,7 @@ impl Agent {
             let addr = config.metrics.listen.parse().context("metrics.listen")?;
             let mut rx = stop_rx.clone();
             let (bound, h) =
-                crate::metrics::serve(addr, live.clone(), counters.clone(), async move {
+                crate::serve::metrics::serve(addr, live.clone(), counters.clone(), async move {
                     let _ = rx.changed().await;
                 })
                 .await
@@ -240,7 +244,7 @@ impl Agent {
                 node: node.clone(),
                 arrivals,
                 self_test: config.probe.self_test,
-                process_list_max_age: config.process_list_max_age(),
+                process_list_max_age: config.probe.process_list_max_age(),
                 stop: stop.clone(),
             };
             let h = std::thread::Builder::new()
@@ -265,7 +269,7 @@ impl Agent {
             }
         });
         let _ = tokio::time::timeout_at(by.into(), joined).await;
-        let summary_dropped = fanout.dropped(crate::summary::NAME).unwrap_or(0);
+        let summary_dropped = fanout.dropped(crate::consumers::summary::NAME).unwrap_or(0);
         drop(fanout);
         // 2. Each consumer, in order, drains its queue and stops.
         let (summary, clean) = consumers.stop(by, deadline, summary_dropped).await;
@@ -329,8 +333,8 @@ impl Consumers {
         };
         let otlp = if config.otlp.is_enabled() {
             let shape = match config.probe.arrivals.unwrap_or_default() {
-                crate::config::Arrivals::Poisson => TraceShape::PerRun,
-                crate::config::Arrivals::Burst => TraceShape::PerCycle,
+                crate::probe::config::Arrivals::Poisson => TraceShape::PerRun,
+                crate::probe::config::Arrivals::Burst => TraceShape::PerCycle,
             };
             let k8s_node = (!config.node_name.is_empty()).then_some(node);
             let sink = OtlpSink::new(
@@ -355,8 +359,8 @@ impl Consumers {
             Some(&config.data_dir),
         );
         let every = Duration::from_millis(config.health.evaluate_interval_ms);
-        let health = crate::health::spawn(evaluator, queue_msgs, verdicts, every);
-        let summary = crate::summary::spawn(queue_msgs);
+        let health = crate::consumers::health::spawn(evaluator, queue_msgs, verdicts, every);
+        let summary = crate::consumers::summary::spawn(queue_msgs);
         Ok(Self {
             parquet,
             otlp,
@@ -370,7 +374,11 @@ impl Consumers {
         let (h, s) = (&self.health, &self.summary);
         sink_fanout(self.parquet.as_ref(), self.otlp.as_ref(), counters)
             .with(Outlet::new(h.name(), h.input().clone(), QueueOwner::Health).with_events())
-            .with(Outlet::new(s.name(), s.input().clone(), QueueOwner::Summary))
+            .with(Outlet::new(
+                s.name(),
+                s.input().clone(),
+                QueueOwner::Summary,
+            ))
     }
 
     /// Stops every consumer in order, upstream first, within `by` (the end
@@ -421,7 +429,11 @@ fn sink_fanout(
 ) -> Fanout {
     let mut f = Fanout::new(counters.clone());
     if let Some(s) = parquet {
-        f = f.with(Outlet::new(s.name(), s.input().clone(), QueueOwner::Parquet));
+        f = f.with(Outlet::new(
+            s.name(),
+            s.input().clone(),
+            QueueOwner::Parquet,
+        ));
     }
     if let Some(s) = otlp {
         f = f.with(Outlet::new(s.name(), s.input().clone(), QueueOwner::Otlp));
@@ -437,7 +449,7 @@ async fn start_node_condition(
     stop: watch::Receiver<bool>,
 ) {
     let o = &config.occupancy;
-    match crate::occupancy::kube_api::client_config(
+    match crate::probe::occupancy::kube_api::client_config(
         o.kube_api,
         o.kubeconfig.as_deref(),
         o.kube_server_url.as_deref(),
@@ -446,7 +458,7 @@ async fn start_node_condition(
     {
         Ok(Some(cfg)) => match kube::Client::try_from(cfg) {
             Ok(client) => {
-                tokio::spawn(crate::node_condition::run(
+                tokio::spawn(crate::serve::node_condition::run(
                     client,
                     node.to_string(),
                     live.clone(),

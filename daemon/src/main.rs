@@ -232,7 +232,7 @@ fn run(
     Ok(())
 }
 
-fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow]) {
+fn print_tail_table(node: &str, rows: &[slicetrace_agent::consumers::summary::SummaryRow]) {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     t.set_header(vec![

@@ -18,7 +18,7 @@ use occupancy_support::{
     pod_resources_fixture, python, FakeApi, KubeletServer, GPU_EXCLUSIVE, GPU_SHARED,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use slicetrace_agent::occupancy::KubeApiMode;
+use slicetrace_agent::probe::occupancy::KubeApiMode;
 use slicetrace_schema::{probes_from_batch, ProbeRecord};
 
 const SHARED_PODS: [&str; 4] = [

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use occupancy_support::{capture_logs, python, wait_until, FakeApi, LogBuf};
 use slicetrace_agent::agent::{Agent, BackendFactory, RunReport};
 use slicetrace_agent::config::Config;
-use slicetrace_agent::health::{LiveState, Verdict};
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::{NoOccupancy, OccupancySource};
-use slicetrace_agent::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
+use slicetrace_agent::probe::occupancy::{NoOccupancy, OccupancySource};
+use slicetrace_agent::probe::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
+use slicetrace_agent::serve::live::LiveState;
 use slicetrace_probe::cpu::CpuBackend;
 use slicetrace_probe::{Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
 use slicetrace_schema::ProbeRecord;
+use slicetrace_schema::Verdict;
 
 /// The tests share one log capture, so they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -300,7 +301,7 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
         cfg,
         backends,
         Some(factory),
-        Arc::new(slicetrace_agent::telemetry::NoTelemetry),
+        Arc::new(slicetrace_agent::probe::telemetry::NoTelemetry),
         Some(Arc::new(NoOccupancy)),
     );
     let (good, bad) = (faults[0].clone(), faults[1].clone());
@@ -436,7 +437,7 @@ async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist()
         cfg,
         backends,
         None,
-        Arc::new(slicetrace_agent::telemetry::NoTelemetry),
+        Arc::new(slicetrace_agent::probe::telemetry::NoTelemetry),
         None,
     );
     let data = a.data.clone();

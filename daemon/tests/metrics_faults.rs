@@ -19,9 +19,10 @@ mod metrics_support;
 use std::sync::Arc;
 
 use metrics_support::*;
-use slicetrace_agent::config::{Arrivals, Config};
-use slicetrace_agent::occupancy::GpuProcess;
-use slicetrace_agent::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
+use slicetrace_agent::config::Config;
+use slicetrace_agent::probe::config::Arrivals;
+use slicetrace_agent::probe::occupancy::GpuProcess;
+use slicetrace_agent::probe::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
 use slicetrace_probe::{Fault, Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
 
 /// What a [`Faulty`] backend does wrong.

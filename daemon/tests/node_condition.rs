@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use metrics_support::{cpu_backends, gated, small_config, wait_for, RunningAgent};
 use occupancy_support::{python, FakeApi};
-use slicetrace_agent::health::Verdict;
-use slicetrace_agent::node_condition::CONDITION_TYPE;
-use slicetrace_agent::occupancy::KubeApiMode;
+use slicetrace_agent::probe::occupancy::KubeApiMode;
+use slicetrace_agent::serve::node_condition::CONDITION_TYPE;
 use slicetrace_probe::{Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
+use slicetrace_schema::Verdict;
 
 const MIN_INTERVAL: Duration = Duration::from_millis(4000);
 

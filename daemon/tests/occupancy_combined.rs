@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use occupancy_support::*;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::{
+use slicetrace_agent::probe::occupancy::{
     start, start_combined, GpuProcess, KubeApiMode, OccupancyConfig, OccupancySource,
 };
 

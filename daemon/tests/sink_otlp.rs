@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slicetrace_agent::config::Config;
-use slicetrace_agent::ids::{new_span_id, new_trace_id};
+use slicetrace_agent::consumers::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, TraceShape};
+use slicetrace_agent::consumers::Sink;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::sinks::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, TraceShape};
-use slicetrace_agent::sinks::Sink;
+use slicetrace_agent::probe::ids::{new_span_id, new_trace_id};
 use slicetrace_schema::{Backend, Kernel, ProbeRecord};
 
 /// rotel from the project venv or `$SLICETRACE_ROTEL` (the shared rule of

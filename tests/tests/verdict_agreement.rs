@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;
-use slicetrace_agent::health::{Evaluator, HealthConfig, LiveState};
+use slicetrace_agent::consumers::health::{Evaluator, HealthConfig};
+use slicetrace_agent::serve::live::LiveState;
 use slicetrace_e2e::{bin, root, run_with_timeout};
 use slicetrace_schema::{probes_batch, Backend, HealthRecord, Kernel, ProbeRecord};
 

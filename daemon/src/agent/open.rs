@@ -13,11 +13,11 @@ use slicetrace_probe::{BackendKind, ProbeBackend, ProbeError, ProbeSpec};
 use slicetrace_schema::Backend;
 
 use crate::config::Config;
-use crate::health::{GpuEntry, LiveState};
 use crate::internal_events::error_chain;
-use crate::pipeline::Reopen;
-use crate::telemetry::nvml::NvmlTelemetry;
-use crate::telemetry::{NoTelemetry, TelemetrySource};
+use crate::probe::telemetry::nvml::NvmlTelemetry;
+use crate::probe::telemetry::{NoTelemetry, TelemetrySource};
+use crate::probe::Reopen;
+use crate::serve::live::{GpuEntry, LiveState};
 
 /// One probed device: its backend, the spec it was opened with (computed
 /// once per backend kind), and how to open it again after repeated

@@ -1,6 +1,8 @@
 use slicetrace_probe::FftDims;
 
 use super::*;
+use crate::probe::config::WaitMode;
+use slicetrace_probe::Precision;
 
 #[test]
 fn defaults_validate_and_roundtrip() {
@@ -177,13 +179,13 @@ fn the_cuda_stack_limit_defaults_to_the_presets_and_is_bounded() {
 #[test]
 fn the_process_list_age_defaults_to_five_seconds_and_is_bounded() {
     let c = Config::default();
-    assert_eq!(c.process_list_max_age(), Duration::from_secs(5));
+    assert_eq!(c.probe.process_list_max_age(), Duration::from_secs(5));
     assert_eq!(
-        c.process_list_max_age(),
-        crate::pipeline::PROCESS_LIST_MAX_AGE
+        c.probe.process_list_max_age(),
+        crate::probe::PROCESS_LIST_MAX_AGE
     );
     let mut c = Config::from_toml("[probe]\nprocess_list_max_age_ms = 1000\n").expect("parse");
-    assert_eq!(c.process_list_max_age(), Duration::from_secs(1));
+    assert_eq!(c.probe.process_list_max_age(), Duration::from_secs(1));
     c.data_dir = std::env::temp_dir();
     c.validate().expect("1 s is valid");
     for bad in [999, 300_001] {

@@ -23,7 +23,7 @@ mod sinks;
 pub use occupancy::{OccupancyRefreshFailed, OccupancyRelisted};
 pub use probe::{
     CorrectnessCheckFailed, ProbeCycleCompleted, ProbeRunFailed, ProbeRunsCompleted,
-    ProbeThreadCpuUsed, TelemetrySampleFailed,
+    ProbeThreadCpuUsed, Stage, TelemetrySampleFailed,
 };
 pub use sinks::{
     OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, ParquetFileRotated,
@@ -99,7 +99,7 @@ pub struct GpuCounters {
     /// Runs whose correctness check failed on this GPU.
     pub correctness_failures: AtomicU64,
     /// CPU time of this GPU's probe thread by stage (indexed by
-    /// [`crate::cpu_time::Stage::index`]), nanoseconds.
+    /// [`crate::internal_events::Stage::index`]), nanoseconds.
     pub probe_thread_cpu_ns: [AtomicU64; 4],
     /// Limits [`TelemetrySampleFailed`] lines of this GPU.
     telemetry_log: RateLimit,

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use slicetrace_agent::agent::{Agent, RunReport};
 use slicetrace_agent::config::Config;
-use slicetrace_agent::health::LiveState;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::{KubeApiMode, OccupancySource};
-use slicetrace_agent::telemetry::NoTelemetry;
+use slicetrace_agent::probe::occupancy::{KubeApiMode, OccupancySource};
+use slicetrace_agent::probe::telemetry::NoTelemetry;
+use slicetrace_agent::serve::live::LiveState;
 use slicetrace_probe::cpu::CpuBackend;
 use slicetrace_probe::{BackendKind, Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
 
@@ -68,7 +68,7 @@ pub fn small_config(data_dir: &Path) -> Config {
     c.probe.gemm_n = Some(64);
     c.probe.burst_runs = Some(5);
     // Rows at the old steady rate (these tests are about metrics/occupancy).
-    c.probe.arrivals = Some(slicetrace_agent::config::Arrivals::Burst);
+    c.probe.arrivals = Some(slicetrace_agent::probe::config::Arrivals::Burst);
     c.metrics.listen = "127.0.0.1:0".into();
     c.otlp.endpoint = None;
     c.health.window_ms = 2000;
@@ -192,7 +192,7 @@ impl RunningAgent {
         backends: Vec<Box<dyn ProbeBackend>>,
         occupancy: Option<Arc<dyn OccupancySource>>,
         gate: Option<Gate>,
-        telemetry: Arc<dyn slicetrace_agent::telemetry::TelemetrySource>,
+        telemetry: Arc<dyn slicetrace_agent::probe::telemetry::TelemetrySource>,
     ) -> Self {
         config.validate().expect("test config is valid");
         let mut agent = Agent::new(config, backends, telemetry);
