@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use slicetrace_agent::agent;
 use slicetrace_agent::config::{CliFlags, Config, Deprecated, LogFormat};
+use slicetrace_agent::consumers::summary::{summary_json_rows, tail_table};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -206,69 +207,17 @@ fn run(
         agent.run(shutdown, |_| {}).await
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
-    print_tail_table(&node, &report.summary);
+    println!("{}", tail_table(&node, &report.summary));
     if let Some(p) = summary_json {
-        let rows: Vec<serde_json::Value> = report
-            .summary
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "gpu_index": r.gpu_index, "gpu_uuid": r.gpu_uuid, "kernel": r.kernel,
-                    "tenants": r.tenants, "runs": r.runs,
-                    "gpu_ms_p50": r.quantiles[0].0, "gpu_ms_p99": r.quantiles[0].1,
-                    "wall_ms_p50": r.quantiles[1].0, "wall_ms_p99": r.quantiles[1].1,
-                    "queue_ms_p50": r.quantiles[2].0, "queue_ms_p99": r.quantiles[2].1,
-                    "gpu_ms_sum": r.gpu_ms_sum, "first_ns": r.span_ns.0, "last_ns": r.span_ns.1,
-                })
-            })
-            .collect();
-        std::fs::write(p, serde_json::to_vec_pretty(&rows)?)
-            .with_context(|| format!("failed to write {}", p.display()))?;
+        std::fs::write(
+            p,
+            serde_json::to_vec_pretty(&summary_json_rows(&report.summary))?,
+        )
+        .with_context(|| format!("failed to write {}", p.display()))?;
     }
     anyhow::ensure!(
         report.clean_shutdown,
         "shutdown deadline exceeded: some output may not have been flushed"
     );
     Ok(())
-}
-
-fn print_tail_table(node: &str, rows: &[slicetrace_agent::consumers::summary::SummaryRow]) {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        "gpu",
-        "uuid",
-        "kernel",
-        "tenants",
-        "runs",
-        "gpu_ms p50",
-        "gpu_ms p99",
-        "wall_ms p50",
-        "wall_ms p99",
-        "queue_ms p50",
-        "queue_ms p99",
-    ]);
-    for r in rows {
-        let [g, w, q] = r.quantiles;
-        let f = |x: f64| format!("{x:.4}");
-        t.add_row(vec![
-            r.gpu_index.to_string(),
-            r.gpu_uuid.clone(),
-            r.kernel.to_string(),
-            r.tenants.map_or("-".into(), |t| t.to_string()),
-            if r.runs == r.all_runs {
-                r.runs.to_string()
-            } else {
-                format!("{} of {}", r.runs, r.all_runs)
-            },
-            f(g.0),
-            f(g.1),
-            f(w.0),
-            f(w.1),
-            f(q.0),
-            f(q.1),
-        ]);
-    }
-    println!("slicetrace tail table, node {node} (arrival runs only: burst runs after the first are left out; gpu = CUDA events / CPU compute; wall = host clock; queue = wall - gpu; tenants = other compute processes on the GPU)");
-    println!("{t}");
 }

@@ -16,6 +16,7 @@
 
 mod metrics_support;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use metrics_support::*;
@@ -23,9 +24,9 @@ use slicetrace_agent::config::Config;
 use slicetrace_agent::probe::config::Arrivals;
 use slicetrace_agent::probe::occupancy::GpuProcess;
 use slicetrace_agent::probe::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
-use slicetrace_probe::{Fault, Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
+use slicetrace_e2e::testkit::{Faults, FaultyBackend};
 
-/// What a [`Faulty`] backend does wrong.
+/// What a GPU's backend does wrong.
 #[derive(Clone, Copy, PartialEq)]
 enum Plant {
     /// Ignores planted faults: the self-test's corruption is never caught.
@@ -38,32 +39,14 @@ enum Plant {
     None,
 }
 
-struct Faulty {
-    inner: Box<dyn ProbeBackend>,
-    plant: Plant,
-}
-
-impl ProbeBackend for Faulty {
-    fn device(&self) -> &slicetrace_probe::DeviceInfo {
-        self.inner.device()
-    }
-    fn shape(&self, kernel: Kernel) -> KernelShape {
-        self.inner.shape(kernel)
-    }
-    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        match self.plant {
-            Plant::Fails => Err(ProbeError::Injected("GPU lost".into())),
-            Plant::Wrong => self.inner.run(kernel).map(|s| RunSample {
-                correct: Some(false),
-                ..s
-            }),
-            _ => self.inner.run(kernel),
-        }
-    }
-    fn plant_fault(&mut self, kernel: Kernel, fault: Fault) {
-        if self.plant != Plant::DeafToPlants {
-            self.inner.plant_fault(kernel, fault);
-        }
+impl Plant {
+    fn faults(self) -> Arc<Faults> {
+        Faults::with(|f| match self {
+            Plant::DeafToPlants => f.deaf_to_plants.store(true, Ordering::SeqCst),
+            Plant::Fails => f.fail.store(true, Ordering::SeqCst),
+            Plant::Wrong => f.wrong.store(true, Ordering::SeqCst),
+            Plant::None => {}
+        })
     }
 }
 
@@ -108,7 +91,7 @@ fn agent(plants: &[Plant], tenants: u32, dir: &std::path::Path) -> RunningAgent 
     let backends = cpu_backends(&cfg, &idx)
         .into_iter()
         .zip(plants)
-        .map(|(inner, &plant)| Box::new(Faulty { inner, plant }) as Box<dyn ProbeBackend>)
+        .map(|(inner, &plant)| FaultyBackend::wrap(inner, plant.faults()))
         .collect();
     RunningAgent::start_with_telemetry(cfg, backends, None, None, Arc::new(Nvml { tenants }))
 }

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use slicetrace_agent::consumers::parquet::{
     enforce_retention, recover, ParquetConfig, ParquetSink,
@@ -134,13 +134,9 @@ fn rows_in(files: &[PathBuf]) -> usize {
 /// Messages the writer's queue holds.
 const QUEUE_MSGS: usize = 64;
 
-/// Waits up to 10 s for `cond` (the writer thread works behind its queue).
+/// Waits for `cond` (the writer thread works behind its queue).
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    slicetrace_e2e::testkit::wait_until(what, Duration::from_secs(10), || cond().then_some(()));
 }
 
 fn sink(dir: &Path, cfg: ParquetConfig) -> (ParquetSink, Arc<Counters>) {

@@ -9,8 +9,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use slicetrace_agent::agent::{Agent, RunReport};
 use slicetrace_agent::config::Config;
@@ -18,25 +18,17 @@ use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::probe::occupancy::{KubeApiMode, OccupancySource};
 use slicetrace_agent::probe::telemetry::NoTelemetry;
 use slicetrace_agent::serve::live::LiveState;
+pub use slicetrace_e2e::testkit::Gate;
+use slicetrace_e2e::testkit::{Faults, FaultyBackend};
 use slicetrace_probe::cpu::CpuBackend;
-use slicetrace_probe::{BackendKind, Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
+use slicetrace_probe::{BackendKind, ProbeBackend};
 
 /// Generous: the test box has 2 shared, loaded cores.
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Polls `f` every 50 ms until it returns `Some` or `WAIT` passes.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    slicetrace_e2e::testkit::wait_until(what, WAIT, f)
 }
 
 // ---------------------------------------------------------------- tools ----
@@ -99,61 +91,12 @@ pub fn cpu_backends(cfg: &Config, indices: &[u32]) -> Vec<Box<dyn ProbeBackend>>
 
 // ------------------------------------------------------------------ gate ----
 
-/// Holds every probe run back until opened, so a test can observe the agent
-/// before its first probe cycle (`/readyz` 503, an empty verdict map).
-#[derive(Clone, Default)]
-pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    /// Lets every waiting and later run through.
-    pub fn open(&self) {
-        let (m, c) = &*self.0;
-        *m.lock().unwrap() = true;
-        c.notify_all();
-    }
-
-    fn wait(&self) {
-        let (m, c) = &*self.0;
-        let mut open = m.lock().unwrap();
-        while !*open {
-            open = c.wait(open).unwrap();
-        }
-    }
-}
-
-/// A backend whose runs wait for a [`Gate`].
-pub struct GatedBackend {
-    pub inner: Box<dyn ProbeBackend>,
-    pub gate: Gate,
-}
-
-impl ProbeBackend for GatedBackend {
-    fn device(&self) -> &slicetrace_probe::DeviceInfo {
-        self.inner.device()
-    }
-    fn shape(&self, kernel: Kernel) -> KernelShape {
-        self.inner.shape(kernel)
-    }
-    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        self.gate.wait();
-        self.inner.run(kernel)
-    }
-    fn plant_fault(&mut self, kernel: Kernel, fault: slicetrace_probe::Fault) {
-        self.inner.plant_fault(kernel, fault);
-    }
-}
-
 /// Wraps every backend in `backends` behind one new gate (closed).
 pub fn gated(backends: Vec<Box<dyn ProbeBackend>>) -> (Vec<Box<dyn ProbeBackend>>, Gate) {
-    let gate = Gate::default();
+    let gate = Gate::closed();
     let b = backends
         .into_iter()
-        .map(|inner| {
-            Box::new(GatedBackend {
-                inner,
-                gate: gate.clone(),
-            }) as Box<dyn ProbeBackend>
-        })
+        .map(|inner| FaultyBackend::wrap(inner, Faults::gated(gate.clone())))
         .collect();
     (b, gate)
 }
