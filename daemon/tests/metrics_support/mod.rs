@@ -283,15 +283,6 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// A free loopback TCP port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 // ---------------------------------------------------------- exposition ----
 
 /// One sample line of a text exposition: name, labels, value.
