@@ -8,12 +8,12 @@
 //! 2. [`Agent::run`]: occupancy (started in the background), then the
 //!    consumers of the probe rows, each with one bounded queue and one loop,
 //!    fed by one fan-out ([`crate::topology`]):
-//!    the Parquet writer thread (`sinks/parquet/`), if enabled; the OTLP
-//!    export task (`sinks/otlp/`), if an endpoint is set; the health
-//!    evaluator (`health/task.rs`), whose verdicts go out to those two
-//!    sinks through their own fan-out; the exit summary (`summary.rs`);
+//!    the Parquet writer thread (`consumers/parquet/`), if enabled; the OTLP
+//!    export task (`consumers/otlp/`), if an endpoint is set; the health
+//!    evaluator (`consumers/health/task.rs`), whose verdicts go out to those two
+//!    sinks through their own fan-out; the exit summary (`consumers/summary.rs`);
 //!    then `/metrics` and the node condition, which read the live state the
-//!    evaluator writes; then one probe thread per GPU (`pipeline.rs`).
+//!    evaluator writes; then one probe thread per GPU (`probe/mod.rs`).
 //! 3. The stop order (Vector's `shutdown_all(deadline)`): the probe threads
 //!    first, then each consumer in turn, upstream before downstream, each
 //!    with a [`crate::topology::Msg::Shutdown`] queued behind what it still

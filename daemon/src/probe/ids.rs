@@ -1,7 +1,7 @@
 //! New trace and span ids. The probe loop ([`crate::probe`]) stamps every
 //! record with them before the record reaches any consumer, so the Parquet
 //! row and the OTLP run span agree; the OTLP sink only converts the bytes
-//! (`sinks/otlp/ids.rs`). The newtypes themselves, their hex form and their
+//! (`consumers/otlp/otel_ids.rs`). The newtypes themselves, their hex form and their
 //! parsing live in the schema crate ([`slicetrace_schema::TraceId`]).
 
 use slicetrace_schema::{SpanId, TraceId};

@@ -46,7 +46,7 @@
 //!
 //! Where each job lives, in the order a record meets them:
 //!
-//! - `ids.rs`: ids as opentelemetry's, and root span ids ([`root_span_id`]);
+//! - `otel_ids.rs`: ids as opentelemetry's, and root span ids ([`root_span_id`]);
 //! - `config.rs`: the `[otlp]` table, the `OTEL_*` environment and the one
 //!   endpoint rule ([`OtlpConfig`], [`endpoint_url`]);
 //! - `attributes.rs`: what each span says, and the resource;
@@ -59,7 +59,7 @@
 mod attributes;
 mod config;
 mod exporter;
-mod ids;
+mod otel_ids;
 mod queue;
 mod spans;
 mod task;
@@ -74,7 +74,7 @@ use opentelemetry::InstrumentationScope;
 
 pub use attributes::{build_resource, extra_attr, run_attributes, DEFAULT_SERVICE_NAME};
 pub use config::{endpoint_url, OtlpConfig, OtlpProtocol};
-pub use ids::root_span_id;
+pub use otel_ids::root_span_id;
 
 use super::{log_shutdown, request_shutdown, Sink, SinkError};
 use crate::internal_events::{Counters, InternalEvent, OtlpSpansDropped};

@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::SpanData;
 use slicetrace_schema::{HealthRecord, ProbeRecord};
 
 use super::attributes::root_attributes;
-use super::ids::{otel_span_id, otel_trace_id, random_span_id, random_trace_id, root_span_id};
-use super::spans::{end_ns, health_span, root_span, run_spans};
+use super::otel_ids::{otel_span_id, otel_trace_id, random_span_id, random_trace_id, root_span_id};
+use super::spans::{end_ns, health_span, root_span, run_spans, OpenRoot};
 use super::TraceShape;
 use crate::internal_events::{Counters, InternalEvent, OtlpSpansDropped};
 
@@ -32,20 +32,6 @@ use crate::internal_events::{Counters, InternalEvent, OtlpSpansDropped};
 const MAX_OPEN_ROOTS: usize = 1024;
 /// How many emitted roots are remembered, so a late run creates no second root.
 const MAX_CLOSED_ROOTS: usize = 4096;
-
-/// A cycle whose root span has not been emitted yet.
-#[derive(Debug)]
-pub(super) struct OpenRoot {
-    pub(super) trace: TraceId,
-    pub(super) gpu_uuid: String,
-    pub(super) cycle: u64,
-    pub(super) start_ns: i64,
-    pub(super) end_ns: i64,
-    pub(super) attrs: Vec<KeyValue>,
-    pub(super) runs: u64,
-    pub(super) failed_checks: u64,
-    pub(super) last_update: Instant,
-}
 
 /// The spans waiting to be sent and the cycles whose root is pending.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! span queue (`queue.rs`) decides which parent a run gets and when a root is
 //! complete, and calls these to build the spans it queues.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -14,8 +14,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use slicetrace_schema::{attr, HealthRecord, Kernel, ProbeRecord, Verdict};
 
 use super::attributes::{extra_attr, health_attributes, run_attributes};
-use super::ids::{random_span_id, random_trace_id, root_span_id};
-use super::queue::OpenRoot;
+use super::otel_ids::{random_span_id, random_trace_id, root_span_id};
 
 /// One finished, sampled, internal span; an `end` before `start` is clamped
 /// to `start`.
@@ -125,6 +124,20 @@ pub(super) fn run_spans(
         ));
     }
     spans
+}
+
+/// A cycle whose root span has not been emitted yet.
+#[derive(Debug)]
+pub(super) struct OpenRoot {
+    pub(super) trace: TraceId,
+    pub(super) gpu_uuid: String,
+    pub(super) cycle: u64,
+    pub(super) start_ns: i64,
+    pub(super) end_ns: i64,
+    pub(super) attrs: Vec<KeyValue>,
+    pub(super) runs: u64,
+    pub(super) failed_checks: u64,
+    pub(super) last_update: Instant,
 }
 
 /// The `probe_cycle` root of a finished (or given-up-on) cycle: the extent
