@@ -4,7 +4,8 @@
 # fonts, python3-venv; pip, in a git-ignored venv: rotel, duckdb, pyarrow,
 # polars, moto, kubernetes-validate, and a newer kubectl where Debian's is too
 # old for kustomize Components), builds the workspace in debug mode and runs
-# `cargo test --workspace`.
+# the test tiers (unit, integration, end to end: everything
+# `cargo test --workspace` runs).
 #
 # It changes nothing it did not start or install: no service on the host is
 # stopped, killed or reconfigured (the tests start their own Prometheus,
@@ -144,9 +145,22 @@ cargo build --workspace --bins
 # skipped tool-dependent test here.
 SKIPS="${CARGO_TARGET_DIR:-$ROOT/target}/slicetrace-test-skips.log"
 rm -f "$SKIPS"
-log "running cargo test --workspace"
+# The tiers (README, "The two commands"), each run even when one before it
+# failed, so one run reports them all.
+threads="--test-threads=${SLICETRACE_TEST_THREADS:-2}"
 status=0
-cargo test --workspace -- --test-threads="${SLICETRACE_TEST_THREADS:-2}" || status=$?
+tier() {
+  local name=$1
+  shift
+  log "tier $name: cargo test $*"
+  local t0=$SECONDS
+  cargo test "$@" -- "$threads" || { status=$?; log "tier $name FAILED"; }
+  log "tier $name: $((SECONDS - t0)) s"
+}
+tier unit --workspace --lib --bins
+tier doc --workspace --doc
+tier integration --workspace --exclude slicetrace-e2e --test '*'
+tier end-to-end -p slicetrace-e2e
 skipped=0
 [ -f "$SKIPS" ] && skipped=$(wc -l <"$SKIPS")
 if [ "$skipped" -gt 0 ]; then

@@ -1,21 +1,25 @@
-//! Wires the pieces together: backends, telemetry, occupancy, the consumers
-//! of the probe rows, `/metrics`, and the root shutdown signal.
+//! The agent: [`build`] opens everything from the config, [`Agent::run`]
+//! runs it until the root shutdown signal and stops it in order. Read top to
+//! bottom, this file is the whole road of a record:
 //!
-//! [`run`] reads as the list of consumers it starts, each with one bounded
-//! queue and one loop, fed by one fan-out ([`crate::fanout`]):
-//!
-//! 1. the Parquet writer thread (`sinks/parquet/`), if enabled;
-//! 2. the OTLP export task (`sinks/otlp/`), if an endpoint is set;
-//! 3. the health evaluator (`health/task.rs`), whose verdicts go out to
-//!    (1) and (2) through their own fan-out;
-//! 4. the exit summary (`summary.rs`).
-//!
-//! and the order in which it stops them (Vector's `shutdown_all(deadline)`):
-//! the probe threads first, then each consumer in turn, upstream before
-//! downstream, each with a [`crate::fanout::Msg::Shutdown`] queued behind
-//! what it still holds, so it drains, flushes and closes within the one
-//! deadline (every Parquet file gets its footer and is renamed into place;
-//! OTLP sends its queue).
+//! 1. [`build`]: one backend per GPU, each with the probe spec of its kind,
+//!    computed once ([`open::open_gpus`]; `auto` falls back to the CPU);
+//!    the telemetry source that matches them (NVML or none).
+//! 2. [`Agent::run`]: occupancy (started in the background), then the
+//!    consumers of the probe rows, each with one bounded queue and one loop,
+//!    fed by one fan-out ([`crate::topology`]):
+//!    the Parquet writer thread (`consumers/parquet/`), if enabled; the OTLP
+//!    export task (`consumers/otlp/`), if an endpoint is set; the health
+//!    evaluator (`consumers/health/task.rs`), whose verdicts go out to those two
+//!    sinks through their own fan-out; the exit summary (`consumers/summary.rs`);
+//!    then `/metrics` and the node condition, which read the live state the
+//!    evaluator writes; then one probe thread per GPU (`probe/mod.rs`).
+//! 3. The stop order (Vector's `shutdown_all(deadline)`): the probe threads
+//!    first, then each consumer in turn, upstream before downstream, each
+//!    with a [`crate::topology::Msg::Shutdown`] queued behind what it still
+//!    holds, so it drains, flushes and closes within the one deadline
+//!    (every Parquet file gets its footer and is renamed into place; OTLP
+//!    sends its queue).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,33 +29,37 @@ use slicetrace_probe::{ProbeBackend, ProbeError};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::fanout::{health_drops, otlp_drops, parquet_drops, summary_drops, Fanout, Outlet};
-use crate::health::{Evaluator, LiveState};
-use crate::internal_events::Counters;
-use crate::occupancy::OccupancySource;
-use crate::pipeline::{ArrivalPlan, ProbeLoop, Reopen, StopSignal, SummaryRow};
-use crate::shutdown::Consumer;
-use crate::sinks::otlp::{OtlpSink, TraceShape};
-use crate::sinks::parquet::ParquetSink;
-use crate::sinks::Sink;
-use crate::summary::RunSummary;
-use crate::telemetry::TelemetrySource;
+use crate::consumers::health::Evaluator;
+use crate::consumers::otlp::{OtlpSink, TraceShape};
+use crate::consumers::parquet::ParquetSink;
+use crate::consumers::summary::{RunSummary, SummaryRow};
+use crate::consumers::Sink;
+use crate::internal_events::{Counters, QueueOwner};
+use crate::probe::occupancy::OccupancySource;
+use crate::probe::telemetry::TelemetrySource;
+use crate::probe::{ArrivalPlan, ProbeLoop, Reopen, StopSignal};
+use crate::serve::live::LiveState;
+use crate::topology::{Consumer, Fanout, Outlet};
 
-/// A function that re-opens the backend for a device index.
+mod open;
+
+pub use open::{open_gpu, Gpu};
+
+/// A function that re-opens the backend for a device index (tests wrap
+/// their backends with one, see [`Agent::reopen_with`]).
 pub type BackendFactory =
     Arc<dyn Fn(u32) -> Result<Box<dyn ProbeBackend>, ProbeError> + Send + Sync>;
 
-/// Everything the agent runs with. Built by `main` from the config, or by
-/// tests with injected (faulty) backends and telemetry.
-pub struct AgentParts {
+/// Everything the agent runs with: built from the config by [`build`], or
+/// by tests with injected (faulty) backends and telemetry
+/// ([`Agent::new`]).
+pub struct Agent {
     /// Final configuration.
     pub config: Config,
     /// Resolved node name.
     pub node: String,
-    /// One backend per probed device.
-    pub backends: Vec<Box<dyn ProbeBackend>>,
-    /// How to re-create a backend after repeated failures.
-    pub factory: Option<BackendFactory>,
+    /// One entry per probed device.
+    pub gpus: Vec<Gpu>,
     /// NVML or none.
     pub telemetry: Arc<dyn TelemetrySource>,
     /// Occupancy; `None` starts the configured sources.
@@ -60,6 +68,57 @@ pub struct AgentParts {
     pub counters: Arc<Counters>,
     /// Live state (shared with the caller for inspection).
     pub live: Arc<LiveState>,
+}
+
+/// Builds the agent from a validated config: every GPU's backend (with the
+/// CPU fallback of `backend = "auto"`) and the telemetry that matches them.
+/// Nothing runs until [`Agent::run`].
+pub fn build(config: Config) -> Result<Agent> {
+    let live = Arc::new(LiveState::default());
+    let gpus = open::open_gpus(&config, &live)?;
+    let telemetry = open::telemetry_for(&config, &gpus);
+    Ok(Agent {
+        node: config.resolved_node_name(),
+        gpus,
+        telemetry,
+        occupancy: None,
+        counters: Arc::new(Counters::default()),
+        live,
+        config,
+    })
+}
+
+impl Agent {
+    /// An agent over backends opened by the caller (tests, tools), with the
+    /// configured occupancy sources, fresh counters and live state.
+    pub fn new(
+        config: Config,
+        backends: Vec<Box<dyn ProbeBackend>>,
+        telemetry: Arc<dyn TelemetrySource>,
+    ) -> Self {
+        let gpus = backends
+            .into_iter()
+            .map(|b| Gpu::opened(b, &config))
+            .collect();
+        Self {
+            node: config.resolved_node_name(),
+            gpus,
+            telemetry,
+            occupancy: None,
+            counters: Arc::new(Counters::default()),
+            live: Arc::new(LiveState::default()),
+            config,
+        }
+    }
+
+    /// Every GPU reopens through `factory` (called with its index).
+    pub fn reopen_with(mut self, factory: BackendFactory) -> Self {
+        for g in &mut self.gpus {
+            let (f, i) = (factory.clone(), g.backend.device().index);
+            g.reopen = Some(Box::new(move || f(i)) as Reopen);
+        }
+        self
+    }
 }
 
 /// What a finished run reports.
@@ -73,150 +132,159 @@ pub struct RunReport {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// Runs the agent until `shutdown` resolves, then shuts down within the
-/// configured deadline. `on_metrics` receives the bound metrics address.
-pub async fn run(
-    parts: AgentParts,
-    shutdown: impl std::future::Future<Output = ()>,
-    on_metrics: impl FnOnce(std::net::SocketAddr),
-) -> Result<RunReport> {
-    let AgentParts {
-        config,
-        node,
-        backends,
-        factory,
-        telemetry,
-        occupancy,
-        counters,
-        live,
-    } = parts;
-    // Every series carries this node; every GPU is known before its first
-    // probe run (slicetrace_gpu_info, slicetrace_backend_up, /readyz).
-    live.set_node(&node);
-    for b in &backends {
-        let d = b.device();
-        live.register_gpu(
-            &d.uuid,
-            crate::health::GpuEntry {
-                index: d.index,
-                name: d.name.clone(),
-                backend: d.backend.to_string(),
-                down: None,
-                probe_failing: None,
-            },
-        );
-    }
-    let telemetry = crate::telemetry::with_process_names(telemetry, config.process_names);
-    let deadline = Duration::from_millis(config.shutdown_deadline_ms);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("failed to create data_dir {}", config.data_dir.display()))?;
-
-    let occupancy: Arc<dyn OccupancySource> = match occupancy {
-        Some(o) => o,
-        None => match crate::occupancy::start(
-            &config.occupancy,
-            &node,
-            counters.clone(),
-            stop_rx.clone(),
-        )
-        .await
-        {
-            Some(c) => {
-                // Kept for /metrics (`slicetrace_occupancy_source_up`).
-                let _ = live.occupancy.set(c.clone());
-                c
-            }
-            None => Arc::new(crate::occupancy::NoOccupancy),
-        },
-    };
-
-    // ---- the consumers: one bounded queue and one loop each ----
-    let consumers = Consumers::start(&config, &node, &counters, &live)?;
-    let fanout = Arc::new(consumers.probe_fanout(&counters));
-    tracing::info!(consumers = ?fanout.names(), "fan-out ready");
-
-    // ---- /metrics ----
-    let mut metrics_addr = None;
-    let mut metrics_task = None;
-    if config.metrics.is_enabled() {
-        let addr = config.metrics.listen.parse().context("metrics.listen")?;
-        let mut rx = stop_rx.clone();
-        let (bound, h) = crate::metrics::serve(addr, live.clone(), counters.clone(), async move {
-            let _ = rx.changed().await;
-        })
-        .await
-        .with_context(|| format!("failed to listen on {}", config.metrics.listen))?;
-        tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
-        on_metrics(bound);
-        metrics_addr = Some(bound);
-        metrics_task = Some(h);
-    }
-
-    // ---- node condition ----
-    if config.health.node_condition {
-        start_node_condition(&config, &node, &live, stop_rx.clone()).await;
-    }
-
-    // ---- probe threads ----
-    let stop = Arc::new(StopSignal::default());
-    let mut threads = Vec::new();
-    for backend in backends {
-        let idx = backend.device().index;
-        let backend_name = backend.device().backend;
-        let spec = config.probe_spec(backend_name.as_str());
-        let reopen: Option<Reopen> = factory.clone().map(|f| Box::new(move || f(idx)) as Reopen);
-        let lp = ProbeLoop {
-            backend,
-            reopen,
-            telemetry: telemetry.clone(),
-            occupancy: occupancy.clone(),
-            fanout: fanout.clone(),
-            live: live.clone(),
-            counters: counters.clone(),
-            node: node.clone(),
-            arrivals: config.arrival_plan(&spec),
-            self_test: config.probe.self_test,
-            process_list_max_age: config.process_list_max_age(),
-            stop: stop.clone(),
-        };
-        let h = std::thread::Builder::new()
-            .name(format!("probe-gpu{idx}"))
-            .spawn(move || lp.run())
-            .context("failed to start a probe thread")?;
-        threads.push(h);
-    }
-
-    shutdown.await;
-    let by = Instant::now() + deadline;
-    tracing::info!(
-        deadline_ms = deadline.as_millis() as u64,
-        "shutting down: stopping probes, then draining each consumer"
-    );
-    // 1. The probe threads and the background watchers.
-    stop.stop();
-    let _ = stop_tx.send(true);
-    let joined = tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
+impl Agent {
+    /// Runs the agent until `shutdown` resolves, then shuts down within the
+    /// configured deadline. `on_metrics` receives the bound metrics address.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+        on_metrics: impl FnOnce(std::net::SocketAddr),
+    ) -> Result<RunReport> {
+        let Agent {
+            config,
+            node,
+            gpus,
+            telemetry,
+            occupancy,
+            counters,
+            live,
+        } = self;
+        // Every series carries this node; every GPU is known before its first
+        // probe run (slicetrace_gpu_info, slicetrace_backend_up, /readyz).
+        live.set_node(&node);
+        for g in &gpus {
+            let d = g.backend.device();
+            live.register_gpu(
+                &d.uuid,
+                crate::serve::live::GpuEntry {
+                    index: d.index,
+                    name: d.name.clone(),
+                    backend: d.backend.to_string(),
+                    down: None,
+                    probe_failing: None,
+                },
+            );
         }
-    });
-    let _ = tokio::time::timeout_at(by.into(), joined).await;
-    let summary_dropped = fanout.dropped(crate::summary::NAME).unwrap_or(0);
-    drop(fanout);
-    // 2. Each consumer, in order, drains its queue and stops.
-    let (summary, clean) = consumers.stop(by, deadline, summary_dropped).await;
-    if let Some(h) = metrics_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
+        let telemetry =
+            crate::probe::telemetry::with_process_names(telemetry, config.process_names);
+        let deadline = Duration::from_millis(config.shutdown_deadline_ms);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("failed to create data_dir {}", config.data_dir.display()))?;
+
+        let occupancy: Arc<dyn OccupancySource> = match occupancy {
+            Some(o) => o,
+            None => match crate::probe::occupancy::start(
+                &config.occupancy,
+                &node,
+                counters.clone(),
+                stop_rx.clone(),
+            )
+            .await
+            {
+                Some(c) => {
+                    // Kept for /metrics (`slicetrace_occupancy_source_up`).
+                    let _ = live.occupancy.set(c.clone());
+                    c
+                }
+                None => Arc::new(crate::probe::occupancy::NoOccupancy),
+            },
+        };
+
+        // ---- the consumers: one bounded queue and one loop each ----
+        // The sampling design is the same for every GPU; only burst sizes may
+        // differ by backend. The largest message sizes the queues.
+        let plans: Vec<ArrivalPlan> = gpus
+            .iter()
+            .map(|g| ArrivalPlan::new(&config.probe, &g.spec))
+            .collect();
+        let consumers = Consumers::start(&config, &node, &counters, &live, &plans)?;
+        let fanout = Arc::new(consumers.probe_fanout(&counters));
+        tracing::info!(consumers = ?fanout.names(), "fan-out ready");
+
+        // ---- /metrics ----
+        let mut metrics_addr = None;
+        let mut metrics_task = None;
+        if config.metrics.is_enabled() {
+            let addr = config.metrics.listen.parse().context("metrics.listen")?;
+            let mut rx = stop_rx.clone();
+            let (bound, h) =
+                crate::serve::metrics::serve(addr, live.clone(), counters.clone(), async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+                .with_context(|| format!("failed to listen on {}", config.metrics.listen))?;
+            tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+            on_metrics(bound);
+            metrics_addr = Some(bound);
+            metrics_task = Some(h);
+        }
+
+        // ---- node condition ----
+        if config.health.node_condition {
+            start_node_condition(&config, &node, &live, stop_rx.clone()).await;
+        }
+
+        // ---- probe threads ----
+        let stop = Arc::new(StopSignal::default());
+        let mut threads = Vec::new();
+        for (gpu, arrivals) in gpus.into_iter().zip(plans) {
+            let Gpu {
+                backend, reopen, ..
+            } = gpu;
+            let idx = backend.device().index;
+            let lp = ProbeLoop {
+                backend,
+                reopen,
+                telemetry: telemetry.clone(),
+                occupancy: occupancy.clone(),
+                fanout: fanout.clone(),
+                live: live.clone(),
+                counters: counters.clone(),
+                node: node.clone(),
+                arrivals,
+                self_test: config.probe.self_test,
+                process_list_max_age: config.probe.process_list_max_age(),
+                stop: stop.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("probe-gpu{idx}"))
+                .spawn(move || lp.run())
+                .context("failed to start a probe thread")?;
+            threads.push(h);
+        }
+
+        shutdown.await;
+        let by = Instant::now() + deadline;
+        tracing::info!(
+            deadline_ms = deadline.as_millis() as u64,
+            "shutting down: stopping probes, then draining each consumer"
+        );
+        // 1. The probe threads and the background watchers.
+        stop.stop();
+        let _ = stop_tx.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let _ = tokio::time::timeout_at(by.into(), joined).await;
+        let summary_dropped = fanout.dropped(crate::consumers::summary::NAME).unwrap_or(0);
+        drop(fanout);
+        // 2. Each consumer, in order, drains its queue and stops.
+        let (summary, clean) = consumers.stop(by, deadline, summary_dropped).await;
+        if let Some(h) = metrics_task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
+        }
+        if !clean {
+            tracing::error!("a consumer did not close within the shutdown deadline");
+        }
+        Ok(RunReport {
+            summary,
+            clean_shutdown: clean,
+            metrics_addr,
+        })
     }
-    if !clean {
-        tracing::error!("a consumer did not close within the shutdown deadline");
-    }
-    Ok(RunReport {
-        summary,
-        clean_shutdown: clean,
-        metrics_addr,
-    })
 }
 
 /// The consumers of the probe rows, each with one bounded queue and one
@@ -240,11 +308,16 @@ impl Consumers {
         node: &str,
         counters: &Arc<Counters>,
         live: &Arc<LiveState>,
+        plans: &[ArrivalPlan],
     ) -> Result<Self> {
-        // The sampling design is the same for every GPU (only the kernel
-        // sizes differ by backend): it sizes the queues and shapes the traces.
-        let plan = config.arrival_plan(&config.probe_spec("cuda"));
-        let queue_msgs = (config.sink_queue_records / plan.rows_per_send()).max(4);
+        // The arrival plans size the queues (rows per message) and shape the
+        // traces (one per run, or one per burst cycle).
+        let rows_per_send = plans
+            .iter()
+            .map(ArrivalPlan::rows_per_send)
+            .max()
+            .unwrap_or(1);
+        let queue_msgs = (config.sink_queue_records / rows_per_send.max(1)).max(4);
         let parquet = if config.parquet.enabled {
             let sink = ParquetSink::new(
                 config.parquet.clone(),
@@ -259,9 +332,9 @@ impl Consumers {
             None
         };
         let otlp = if config.otlp.is_enabled() {
-            let shape = match plan {
-                ArrivalPlan::Poisson { .. } => TraceShape::PerRun,
-                ArrivalPlan::Burst { .. } => TraceShape::PerCycle,
+            let shape = match config.probe.arrivals.unwrap_or_default() {
+                crate::probe::config::Arrivals::Poisson => TraceShape::PerRun,
+                crate::probe::config::Arrivals::Burst => TraceShape::PerCycle,
             };
             let k8s_node = (!config.node_name.is_empty()).then_some(node);
             let sink = OtlpSink::new(
@@ -286,8 +359,8 @@ impl Consumers {
             Some(&config.data_dir),
         );
         let every = Duration::from_millis(config.health.evaluate_interval_ms);
-        let health = crate::health::spawn(evaluator, queue_msgs, verdicts, every);
-        let summary = crate::summary::spawn(queue_msgs);
+        let health = crate::consumers::health::spawn(evaluator, queue_msgs, verdicts, every);
+        let summary = crate::consumers::summary::spawn(queue_msgs);
         Ok(Self {
             parquet,
             otlp,
@@ -300,8 +373,12 @@ impl Consumers {
     fn probe_fanout(&self, counters: &Arc<Counters>) -> Fanout {
         let (h, s) = (&self.health, &self.summary);
         sink_fanout(self.parquet.as_ref(), self.otlp.as_ref(), counters)
-            .with(Outlet::new(h.name(), h.input().clone(), health_drops).with_events())
-            .with(Outlet::new(s.name(), s.input().clone(), summary_drops))
+            .with(Outlet::new(h.name(), h.input().clone(), QueueOwner::Health).with_events())
+            .with(Outlet::new(
+                s.name(),
+                s.input().clone(),
+                QueueOwner::Summary,
+            ))
     }
 
     /// Stops every consumer in order, upstream first, within `by` (the end
@@ -352,10 +429,14 @@ fn sink_fanout(
 ) -> Fanout {
     let mut f = Fanout::new(counters.clone());
     if let Some(s) = parquet {
-        f = f.with(Outlet::new(s.name(), s.input().clone(), parquet_drops));
+        f = f.with(Outlet::new(
+            s.name(),
+            s.input().clone(),
+            QueueOwner::Parquet,
+        ));
     }
     if let Some(s) = otlp {
-        f = f.with(Outlet::new(s.name(), s.input().clone(), otlp_drops));
+        f = f.with(Outlet::new(s.name(), s.input().clone(), QueueOwner::Otlp));
     }
     f
 }
@@ -368,7 +449,7 @@ async fn start_node_condition(
     stop: watch::Receiver<bool>,
 ) {
     let o = &config.occupancy;
-    match crate::occupancy::kube_api::client_config(
+    match crate::probe::occupancy::kube_api::client_config(
         o.kube_api,
         o.kubeconfig.as_deref(),
         o.kube_server_url.as_deref(),
@@ -377,7 +458,7 @@ async fn start_node_condition(
     {
         Ok(Some(cfg)) => match kube::Client::try_from(cfg) {
             Ok(client) => {
-                tokio::spawn(crate::node_condition::run(
+                tokio::spawn(crate::serve::node_condition::run(
                     client,
                     node.to_string(),
                     live.clone(),

@@ -1,39 +1,43 @@
 //! `slicetrace-agent`: the per-node DaemonSet that probes every GPU.
 //!
-//! One arrival, per GPU, on that GPU's own probe thread ([`pipeline`]):
-//! exponential gap → NVML sample ([`telemetry`]) → one `ProbeBackend` run
-//! (CUDA events + host clock) → NVML clock sample → occupancy snapshot
-//! ([`occupancy`], from a cache filled in the background) → one
-//! [`slicetrace_schema::ProbeRecord`] stamped with its ids ([`ids`]) and the
-//! live verdict ([`live`]).
+//! The modules follow the road of a record ([`agent`] wires them, top to
+//! bottom):
 //!
-//! Then one road for every record: the [`fanout`] shares the rows (one
-//! `Arc<[ProbeRecord]>`) with every consumer's outlet. Each consumer owns
-//! exactly one bounded queue and one loop: the Parquet writer thread and
-//! the OTLP export task ([`sinks`]), the [`health`] evaluator (which
-//! publishes to [`live`], read by [`metrics`] and the optional
-//! [`node_condition`], and sends its verdicts to the sinks through a fan-out
-//! of its own), and the exit [`summary`]. A consumer that is slow or down
-//! never blocks a probe: what does not fit its queue is dropped and counted
-//! under its outlet's name ([`internal_events::Counters`]). [`agent`] starts
-//! the consumers and stops them in order ([`shutdown`]): probe threads
-//! first, then each consumer drains its queue and closes within the
-//! deadline.
+//! * [`config`]: the file, the environment and the flags, validated. A leaf:
+//!   it reads each component's own config type (`*/config.rs`) and runs no
+//!   component.
+//! * [`probe`]: one thread per GPU. An exponential gap ([`probe::arrivals`])
+//!   → NVML sample ([`probe::telemetry`]) → one `ProbeBackend` run (CUDA
+//!   events + host clock) → occupancy snapshot ([`probe::occupancy`], from a
+//!   cache filled in the background) → one [`slicetrace_schema::ProbeRecord`]
+//!   with its ids ([`probe::ids`]) and the verdict last published in
+//!   [`serve::live`] (so a row's verdict lags by up to one evaluation).
+//! * [`topology`]: how records travel. One message type, bounded queues,
+//!   the fan-out that shares each record (`Arc<[ProbeRecord]>`) with every
+//!   consumer's queue, and the handle that stops a consumer. A leaf: it
+//!   knows no consumer.
+//! * [`consumers`]: each owns one bounded queue and one loop: the Parquet
+//!   writer thread and the OTLP export task (both [`consumers::Sink`]s), the
+//!   health evaluator ([`consumers::health`], whose verdicts leave through a
+//!   fan-out of their own to the two sinks, and which publishes to
+//!   [`serve::live`]), and the exit summary. A consumer that is slow or down
+//!   never blocks a probe: what does not fit its queue is dropped and
+//!   counted ([`internal_events`]).
+//! * [`serve`]: what the agent shows while it runs: the live state,
+//!   `/metrics`, `/healthz`, `/readyz` and the node condition.
+//!
+//! [`internal_events`] (counters and their log lines), [`field_error`] and
+//! [`memory`] are used by all of them and use none of them.
 
 pub mod agent;
 pub mod config;
-pub mod cpu_time;
-pub mod fanout;
-pub mod health;
-pub mod ids;
+pub mod consumers;
+pub mod field_error;
 pub mod internal_events;
-pub mod live;
 pub mod memory;
-pub mod metrics;
-pub mod node_condition;
-pub mod occupancy;
-pub mod pipeline;
-pub mod shutdown;
-pub mod sinks;
-pub mod summary;
-pub mod telemetry;
+pub mod probe;
+pub mod serve;
+pub mod topology;
+
+#[cfg(test)]
+mod layering;

@@ -5,18 +5,13 @@
 //! errors exit with code 2 and a one-line reason; runtime failures with 1.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use slicetrace_agent::agent::{self, AgentParts, BackendFactory};
-use slicetrace_agent::config::{Config, Deprecated, LogFormat, Overrides};
-use slicetrace_agent::health::{GpuEntry, LiveState};
-use slicetrace_agent::internal_events::{error_chain, Counters};
-use slicetrace_agent::telemetry::nvml::NvmlTelemetry;
-use slicetrace_agent::telemetry::{NoTelemetry, TelemetrySource};
-use slicetrace_probe::{open_backends, BackendKind};
+use slicetrace_agent::agent;
+use slicetrace_agent::config::{CliFlags, Config, Deprecated, LogFormat};
+use slicetrace_agent::consumers::summary::{summary_json_rows, tail_table};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,7 +42,7 @@ struct RunArgs {
     config: Option<PathBuf>,
     /// The flags that override the file and the environment.
     #[command(flatten)]
-    overrides: Overrides,
+    flags: CliFlags,
     /// Stop cleanly after this long (e.g. 30s, 10m); default: until SIGTERM/SIGINT.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -101,7 +96,7 @@ struct Usage(anyhow::Error);
 
 /// Loads the config (file < env < flags) and validates it. Deprecated keys
 /// come back to be logged once logging is set up (its format is in the file).
-fn load_config(file: Option<&PathBuf>, o: &Overrides) -> Result<(Config, Vec<Deprecated>), Usage> {
+fn load_config(file: Option<&PathBuf>, o: &CliFlags) -> Result<(Config, Vec<Deprecated>), Usage> {
     let (mut cfg, deprecated) = match file {
         Some(p) => {
             Config::from_file_reporting(p).map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?
@@ -110,7 +105,7 @@ fn load_config(file: Option<&PathBuf>, o: &Overrides) -> Result<(Config, Vec<Dep
     };
     cfg.apply_env(&|k| std::env::var(k).ok())
         .map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?;
-    cfg.apply_overrides(o);
+    cfg.apply_flags(o);
     cfg.validate()
         .map_err(|e| Usage(anyhow::anyhow!("config: {e}")))?;
     Ok((cfg, deprecated))
@@ -128,7 +123,7 @@ fn main() {
         }
     };
     let code = match cli.cmd {
-        Cmd::CheckConfig { file } => match load_config(Some(&file), &Overrides::default()) {
+        Cmd::CheckConfig { file } => match load_config(Some(&file), &CliFlags::default()) {
             Ok((cfg, deprecated)) => {
                 if !deprecated.is_empty() {
                     init_logs(log_format(None, Some(&cfg)).unwrap_or_default());
@@ -145,12 +140,10 @@ fn main() {
             }
         },
         Cmd::Run(args) => {
-            match load_config(args.config.as_ref(), &args.overrides).and_then(
-                |(cfg, deprecated)| {
-                    let f = log_format(args.log_format, Some(&cfg))?;
-                    Ok((cfg, deprecated, f))
-                },
-            ) {
+            match load_config(args.config.as_ref(), &args.flags).and_then(|(cfg, deprecated)| {
+                let f = log_format(args.log_format, Some(&cfg))?;
+                Ok((cfg, deprecated, f))
+            }) {
                 Err(Usage(e)) => {
                     // Logging is not set up yet: the format may be the error.
                     eprintln!("error: {e:#}");
@@ -180,100 +173,8 @@ fn run(
     duration: Option<Duration>,
     summary_json: Option<&std::path::Path>,
 ) -> Result<()> {
-    let node = cfg.resolved_node_name();
-    let cfg_for_spec = cfg.clone();
-    let spec_for = move |b: &'static str| cfg_for_spec.probe_spec(b);
-    let live = Arc::new(LiveState::default());
-    let (mut backends, fallback) = match open_backends(cfg.backend, &spec_for, cfg.cpu_devices) {
-        Ok(b) => b,
-        // `backend = "cuda"` (the DaemonSet): a GPU node whose CUDA does not
-        // start keeps serving /metrics with slicetrace_backend_up 0 and a
-        // failing /readyz, instead of probing the CPU or crash-looping
-        // without saying why on /metrics.
-        Err(e) if cfg.backend == BackendKind::Cuda => {
-            let why = error_chain(&e);
-            let uuids = NvmlTelemetry::new(cfg.occupancy.proc_root.clone())
-                .map(|t| t.device_uuids())
-                .unwrap_or_default();
-            let uuids = if uuids.is_empty() {
-                vec!["GPU-unknown".to_string()]
-            } else {
-                uuids
-            };
-            for (i, uuid) in uuids.iter().enumerate() {
-                tracing::error!(gpu = %uuid, backend = "cuda", reason = %why, "CUDA backend failed to open: GPU not probed, /readyz fails until the agent restarts with working CUDA");
-                live.register_gpu(
-                    uuid,
-                    GpuEntry {
-                        index: u32::try_from(i).unwrap_or(u32::MAX),
-                        name: None,
-                        backend: "cuda".into(),
-                        down: Some(why.clone()),
-                        probe_failing: None,
-                    },
-                );
-            }
-            (Vec::new(), None)
-        }
-        Err(e) => {
-            return Err(anyhow::anyhow!(error_chain(&e)))
-                .context("no probe backend could be opened");
-        }
-    };
-    if let Some(reason) = &fallback {
-        let why = error_chain(reason);
-        tracing::warn!(reason = %why, "CUDA unavailable: falling back to the CPU backend (backend = \"auto\"; set backend = \"cuda\" on GPU nodes)");
-        if let Ok(mut f) = live.backend_fallback.write() {
-            *f = Some(why);
-        }
-    }
-    let opened_any = !backends.is_empty();
-    if !cfg.devices.is_empty() {
-        backends.retain(|b| cfg.devices.contains(&b.device().index));
-    }
-    anyhow::ensure!(
-        !backends.is_empty() || !opened_any && cfg.backend == BackendKind::Cuda,
-        "no device left to probe (devices = {:?})",
-        cfg.devices
-    );
-    let on_cuda = backends
-        .iter()
-        .all(|b| b.device().backend == slicetrace_schema::Backend::Cuda);
-    let telemetry: Arc<dyn TelemetrySource> = if on_cuda {
-        match NvmlTelemetry::new(cfg.occupancy.proc_root.clone()) {
-            Ok(t) => Arc::new(t),
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "NVML unavailable: NVML columns will be null");
-                Arc::new(NoTelemetry)
-            }
-        }
-    } else {
-        tracing::info!("CPU backend: no NVML, so NVML columns are null");
-        Arc::new(NoTelemetry)
-    };
-    for b in &backends {
-        let d = b.device();
-        tracing::info!(index = d.index, uuid = %d.uuid, name = d.name.as_deref().unwrap_or(""), backend = %d.backend, "probing device");
-    }
-    let factory: Option<BackendFactory> = if on_cuda {
-        let spec = cfg.probe_spec("cuda");
-        Some(Arc::new(move |i| {
-            slicetrace_probe::cuda::CudaBackend::new(i, &spec)
-                .map(|b| Box::new(b) as Box<dyn slicetrace_probe::ProbeBackend>)
-        }))
-    } else {
-        None
-    };
-    let parts = AgentParts {
-        node: node.clone(),
-        backends,
-        factory,
-        telemetry,
-        occupancy: None,
-        counters: Arc::new(Counters::default()),
-        live,
-        config: cfg,
-    };
+    let agent = agent::build(cfg)?;
+    let node = agent.node.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -303,72 +204,20 @@ fn run(
                 _ = timer => tracing::info!("duration elapsed"),
             }
         };
-        agent::run(parts, shutdown, |_| {}).await
+        agent.run(shutdown, |_| {}).await
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
-    print_tail_table(&node, &report.summary);
+    println!("{}", tail_table(&node, &report.summary));
     if let Some(p) = summary_json {
-        let rows: Vec<serde_json::Value> = report
-            .summary
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "gpu_index": r.gpu_index, "gpu_uuid": r.gpu_uuid, "kernel": r.kernel,
-                    "tenants": r.tenants, "runs": r.runs,
-                    "gpu_ms_p50": r.quantiles[0].0, "gpu_ms_p99": r.quantiles[0].1,
-                    "wall_ms_p50": r.quantiles[1].0, "wall_ms_p99": r.quantiles[1].1,
-                    "queue_ms_p50": r.quantiles[2].0, "queue_ms_p99": r.quantiles[2].1,
-                    "gpu_ms_sum": r.gpu_ms_sum, "first_ns": r.span_ns.0, "last_ns": r.span_ns.1,
-                })
-            })
-            .collect();
-        std::fs::write(p, serde_json::to_vec_pretty(&rows)?)
-            .with_context(|| format!("failed to write {}", p.display()))?;
+        std::fs::write(
+            p,
+            serde_json::to_vec_pretty(&summary_json_rows(&report.summary))?,
+        )
+        .with_context(|| format!("failed to write {}", p.display()))?;
     }
     anyhow::ensure!(
         report.clean_shutdown,
         "shutdown deadline exceeded: some output may not have been flushed"
     );
     Ok(())
-}
-
-fn print_tail_table(node: &str, rows: &[slicetrace_agent::pipeline::SummaryRow]) {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        "gpu",
-        "uuid",
-        "kernel",
-        "tenants",
-        "runs",
-        "gpu_ms p50",
-        "gpu_ms p99",
-        "wall_ms p50",
-        "wall_ms p99",
-        "queue_ms p50",
-        "queue_ms p99",
-    ]);
-    for r in rows {
-        let [g, w, q] = r.quantiles;
-        let f = |x: f64| format!("{x:.4}");
-        t.add_row(vec![
-            r.gpu_index.to_string(),
-            r.gpu_uuid.clone(),
-            r.kernel.to_string(),
-            r.tenants.map_or("-".into(), |t| t.to_string()),
-            if r.runs == r.all_runs {
-                r.runs.to_string()
-            } else {
-                format!("{} of {}", r.runs, r.all_runs)
-            },
-            f(g.0),
-            f(g.1),
-            f(w.0),
-            f(w.1),
-            f(q.0),
-            f(q.1),
-        ]);
-    }
-    println!("slicetrace tail table, node {node} (arrival runs only: burst runs after the first are left out; gpu = CUDA events / CPU compute; wall = host clock; queue = wall - gpu; tenants = other compute processes on the GPU)");
-    println!("{t}");
 }

@@ -11,14 +11,14 @@ use metrics_support::occupancy_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use metrics_support::{cpu_backends, small_config, wait_for, RunningAgent};
 use occupancy_support::{
     pod_resources_fixture, python, FakeApi, KubeletServer, GPU_EXCLUSIVE, GPU_SHARED,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use slicetrace_agent::occupancy::KubeApiMode;
+use slicetrace_agent::internal_events::Counters;
+use slicetrace_agent::probe::occupancy::KubeApiMode;
 use slicetrace_schema::{probes_from_batch, ProbeRecord};
 
 const SHARED_PODS: [&str; 4] = [
@@ -112,7 +112,10 @@ async fn agent_rows_show_the_pods_of_each_gpu_from_both_test_servers() {
             .then_some(())
         });
         // ... then a few more cycles, so the last rows carry the node labels.
-        std::thread::sleep(Duration::from_millis(1000));
+        let up_at = Counters::get(&agent.counters.probe_cycles);
+        wait_for("five more probe cycles", || {
+            (Counters::get(&agent.counters.probe_cycles) >= up_at + 5).then_some(())
+        });
         assert!(agent.shutdown().clean_shutdown, "every Parquet file closed");
     })
     .await

@@ -8,20 +8,22 @@
 mod occupancy_support;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use occupancy_support::{capture_logs, python, wait_until, FakeApi, LogBuf};
-use slicetrace_agent::agent::{self, AgentParts, BackendFactory, RunReport};
+use slicetrace_agent::agent::{Agent, BackendFactory, RunReport};
 use slicetrace_agent::config::Config;
-use slicetrace_agent::health::{LiveState, Verdict};
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::{NoOccupancy, OccupancySource};
-use slicetrace_agent::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
+use slicetrace_agent::probe::occupancy::{NoOccupancy, OccupancySource};
+use slicetrace_agent::probe::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
+use slicetrace_agent::serve::live::LiveState;
+use slicetrace_e2e::testkit::{Faults, FaultyBackend};
 use slicetrace_probe::cpu::CpuBackend;
-use slicetrace_probe::{Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
+use slicetrace_probe::{Kernel, ProbeBackend};
 use slicetrace_schema::ProbeRecord;
+use slicetrace_schema::Verdict;
 
 /// The tests share one log capture, so they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -61,22 +63,15 @@ fn start(
     telemetry: Arc<dyn TelemetrySource>,
     occupancy: Option<Arc<dyn OccupancySource>>,
 ) -> Running {
-    let counters = Arc::new(Counters::default());
-    let live = Arc::new(LiveState::default());
     let data = cfg.data_dir.clone();
-    let parts = AgentParts {
-        node: cfg.resolved_node_name(),
-        config: cfg,
-        backends,
-        factory,
-        telemetry,
-        occupancy,
-        counters: counters.clone(),
-        live: live.clone(),
-    };
+    let mut agent = Agent::new(cfg, backends, telemetry);
+    if let Some(f) = factory {
+        agent = agent.reopen_with(f);
+    }
+    agent.occupancy = occupancy;
+    let (counters, live) = (agent.counters.clone(), agent.live.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(agent::run(
-        parts,
+    let task = tokio::spawn(agent.run(
         async move {
             let _ = rx.await;
         },
@@ -238,41 +233,6 @@ async fn nvml_failing_mid_run_turns_later_rows_null_and_probing_goes_on() {
 
 // -------------------------------------------------------------- backend ----
 
-/// Shared switch and record of one simulated GPU.
-#[derive(Default)]
-struct Fault {
-    fail: AtomicBool,
-    ok_runs: AtomicU64,
-    failed_at: Mutex<Vec<Instant>>,
-    reopened: AtomicU64,
-}
-
-/// A CPU backend whose runs fail with "GPU lost" while its switch is on.
-struct Flaky {
-    inner: CpuBackend,
-    fault: Arc<Fault>,
-}
-
-impl ProbeBackend for Flaky {
-    fn device(&self) -> &slicetrace_probe::DeviceInfo {
-        self.inner.device()
-    }
-    fn shape(&self, kernel: Kernel) -> KernelShape {
-        self.inner.shape(kernel)
-    }
-    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        if self.fault.fail.load(Ordering::SeqCst) {
-            self.fault.failed_at.lock().unwrap().push(Instant::now());
-            return Err(ProbeError::Injected("GPU lost".into()));
-        }
-        self.fault.ok_runs.fetch_add(1, Ordering::SeqCst);
-        self.inner.run(kernel)
-    }
-    fn plant_fault(&mut self, kernel: Kernel, fault: slicetrace_probe::Fault) {
-        self.inner.plant_fault(kernel, fault);
-    }
-}
-
 fn verdict(live: &LiveState, uuid: &str) -> Option<(Verdict, String)> {
     live.read_kernel(uuid, Kernel::Fft, |h| (h.verdict, h.reason.clone()))
 }
@@ -286,28 +246,22 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = config(dir.path(), "backend", "");
     let interval = Duration::from_millis(cfg.probe.interval_ms);
-    let faults: Vec<Arc<Fault>> = (0..2).map(|_| Arc::new(Fault::default())).collect();
+    let faults: Vec<Arc<Faults>> = (0..2).map(|_| Arc::new(Faults::default())).collect();
     let backends: Vec<Box<dyn ProbeBackend>> = (0..2)
-        .map(|i| {
-            Box::new(Flaky {
-                inner: cpu(i, &cfg),
-                fault: faults[i as usize].clone(),
-            }) as Box<dyn ProbeBackend>
-        })
+        .map(|i| FaultyBackend::wrap(Box::new(cpu(i, &cfg)), faults[i as usize].clone()))
         .collect();
     let spec = cfg.probe_spec("cpu");
     let fs = faults.clone();
     let factory: BackendFactory = Arc::new(move |i| {
         let fault = fs[i as usize].clone();
         fault.reopened.fetch_add(1, Ordering::SeqCst);
-        CpuBackend::new(i, &spec)
-            .map(|b| Box::new(Flaky { inner: b, fault }) as Box<dyn ProbeBackend>)
+        CpuBackend::new(i, &spec).map(|b| FaultyBackend::wrap(Box::new(b), fault))
     });
     let a = start(
         cfg,
         backends,
         Some(factory),
-        Arc::new(slicetrace_agent::telemetry::NoTelemetry),
+        Arc::new(slicetrace_agent::probe::telemetry::NoTelemetry),
         Some(Arc::new(NoOccupancy)),
     );
     let (good, bad) = (faults[0].clone(), faults[1].clone());
@@ -443,7 +397,7 @@ async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist()
         cfg,
         backends,
         None,
-        Arc::new(slicetrace_agent::telemetry::NoTelemetry),
+        Arc::new(slicetrace_agent::probe::telemetry::NoTelemetry),
         None,
     );
     let data = a.data.clone();

@@ -9,10 +9,10 @@
 
 mod metrics_support;
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use metrics_support::{free_port, http_get, samples, wait_for};
+use metrics_support::{http_get, samples, wait_for};
 
 struct Agent(Child);
 
@@ -23,14 +23,17 @@ impl Drop for Agent {
     }
 }
 
-fn start(dir: &std::path::Path, port: u16, backend: &str, json: bool) -> Agent {
+/// Starts the agent binary on `127.0.0.1:0` and returns it with the
+/// address it bound, read from its log (no port is picked for it: nothing
+/// can take it in between).
+fn start(dir: &std::path::Path, backend: &str, json: bool) -> (Agent, SocketAddr) {
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
             "backend = \"{backend}\"\nnode_name = \"n1\"\ndata_dir = {:?}\n\
              [probe]\nself_test = false\narrivals = \"poisson\"\nrate_hz = 20.0\nfft_n = 1024\nfft_batch = 1\ngemm_n = 64\n\
-             [metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\
              [health]\nwindow_ms = 2000\nevaluate_interval_ms = 100\nmin_samples = 5\n\
              [occupancy]\nkube_api = \"off\"\npod_resources_socket = {:?}\n",
             dir.join("data"),
@@ -51,15 +54,24 @@ fn start(dir: &std::path::Path, port: u16, backend: &str, json: bool) -> Agent {
     } else {
         c.env_remove("SLICETRACE_LOG_FORMAT");
     }
-    Agent(c.spawn().expect("start slicetrace-agent"))
+    let agent = Agent(c.spawn().expect("start slicetrace-agent"));
+    let log = dir.join("stderr");
+    let addr = wait_for("the agent to log its /metrics address", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let line = text.lines().find(|l| l.contains("serving /metrics"))?;
+        let at = line.find("127.0.0.1:")?;
+        let end = line[at..]
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+            .map_or(line.len(), |e| at + e);
+        line[at..end].parse().ok()
+    });
+    (agent, addr)
 }
 
 #[test]
 fn a_cuda_backend_that_does_not_start_fails_readyz_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _agent = start(dir.path(), port, "cuda", true);
-    let addr = ([127, 0, 0, 1], port).into();
+    let (_agent, addr) = start(dir.path(), "cuda", true);
     let m = wait_for("/metrics with a cuda backend_up", || {
         std::net::TcpStream::connect(addr).ok()?;
         let m = http_get(addr, "/metrics", "*/*");
@@ -119,17 +131,11 @@ fn a_cuda_backend_that_does_not_start_fails_readyz_and_says_why() {
 #[test]
 fn text_logs_have_no_colour_codes_or_debug_options_off_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let agent = start(dir.path(), port, "cpu", false);
-    let addr = ([127, 0, 0, 1], port).into();
+    let (agent, addr) = start(dir.path(), "cpu", false);
     wait_for("/readyz 200", || {
         std::net::TcpStream::connect(addr).ok()?;
         (http_get(addr, "/readyz", "*/*").status == 200).then_some(())
     });
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(500) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     drop(agent);
     let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(log.contains("probing device"), "{log}");

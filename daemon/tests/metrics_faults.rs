@@ -16,15 +16,17 @@
 
 mod metrics_support;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use metrics_support::*;
-use slicetrace_agent::config::{Arrivals, Config};
-use slicetrace_agent::occupancy::GpuProcess;
-use slicetrace_agent::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
-use slicetrace_probe::{Fault, Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
+use slicetrace_agent::config::Config;
+use slicetrace_agent::probe::config::Arrivals;
+use slicetrace_agent::probe::occupancy::GpuProcess;
+use slicetrace_agent::probe::telemetry::{DeviceSample, TelemetryError, TelemetrySource};
+use slicetrace_e2e::testkit::{Faults, FaultyBackend};
 
-/// What a [`Faulty`] backend does wrong.
+/// What a GPU's backend does wrong.
 #[derive(Clone, Copy, PartialEq)]
 enum Plant {
     /// Ignores planted faults: the self-test's corruption is never caught.
@@ -37,32 +39,14 @@ enum Plant {
     None,
 }
 
-struct Faulty {
-    inner: Box<dyn ProbeBackend>,
-    plant: Plant,
-}
-
-impl ProbeBackend for Faulty {
-    fn device(&self) -> &slicetrace_probe::DeviceInfo {
-        self.inner.device()
-    }
-    fn shape(&self, kernel: Kernel) -> KernelShape {
-        self.inner.shape(kernel)
-    }
-    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        match self.plant {
-            Plant::Fails => Err(ProbeError::Injected("GPU lost".into())),
-            Plant::Wrong => self.inner.run(kernel).map(|s| RunSample {
-                correct: Some(false),
-                ..s
-            }),
-            _ => self.inner.run(kernel),
-        }
-    }
-    fn plant_fault(&mut self, kernel: Kernel, fault: Fault) {
-        if self.plant != Plant::DeafToPlants {
-            self.inner.plant_fault(kernel, fault);
-        }
+impl Plant {
+    fn faults(self) -> Arc<Faults> {
+        Faults::with(|f| match self {
+            Plant::DeafToPlants => f.deaf_to_plants.store(true, Ordering::SeqCst),
+            Plant::Fails => f.fail.store(true, Ordering::SeqCst),
+            Plant::Wrong => f.wrong.store(true, Ordering::SeqCst),
+            Plant::None => {}
+        })
     }
 }
 
@@ -107,7 +91,7 @@ fn agent(plants: &[Plant], tenants: u32, dir: &std::path::Path) -> RunningAgent 
     let backends = cpu_backends(&cfg, &idx)
         .into_iter()
         .zip(plants)
-        .map(|(inner, &plant)| Box::new(Faulty { inner, plant }) as Box<dyn ProbeBackend>)
+        .map(|(inner, &plant)| FaultyBackend::wrap(inner, plant.faults()))
         .collect();
     RunningAgent::start_with_telemetry(cfg, backends, None, None, Arc::new(Nvml { tenants }))
 }
@@ -201,11 +185,42 @@ fn shared_gpus_are_healthy_contention_is_its_own_dimension_and_names_stay_privat
         (n == 4).then_some(m)
     });
     let s = samples(&m.body);
-    for x in s
+    // Every GPU and kernel has a verdict gauge, and none is unhealthy.
+    let verdicts: Vec<_> = s
         .iter()
         .filter(|x| x.name == "slicetrace_gpu_verdict" && x.value == 1.0)
-    {
+        .collect();
+    assert_eq!(
+        verdicts.len(),
+        4,
+        "one verdict per GPU and kernel\n{}",
+        m.body
+    );
+    for x in &verdicts {
         assert_ne!(x.label("verdict"), Some("unhealthy"), "{x:?}");
+    }
+    // Contention is its own dimension: two tenants on a CPU device (no
+    // slice rotation, so no wait for a slice) is `ok` there, with its
+    // reason on the contention dimension, never on health.
+    for uuid in ["CPU-0", "CPU-1"] {
+        for kernel in ["fft", "gemm"] {
+            let states: Vec<_> = s
+                .iter()
+                .filter(|x| {
+                    x.name == "slicetrace_gpu_contention"
+                        && x.label("gpu_uuid") == Some(uuid)
+                        && x.label("kernel") == Some(kernel)
+                        && x.value == 1.0
+                })
+                .filter_map(|x| x.label("state"))
+                .collect();
+            assert_eq!(states, ["ok"], "{uuid} {kernel}\n{}", m.body);
+        }
+        assert!(
+            !reason(&s, uuid, "contention").is_empty(),
+            "{uuid}: no contention reason\n{}",
+            m.body
+        );
     }
     for uuid in ["CPU-0", "CPU-1"] {
         assert_eq!(

@@ -31,7 +31,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = free_port();
+        let port = slicetrace_e2e::free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
@@ -91,7 +91,7 @@ fn prometheus_scrapes_the_agent_and_answers_a_gauge_query() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small_config(dir.path());
     // Poisson arrivals: both kernels have arrival runs (a burst's GEMM has none).
-    cfg.probe.arrivals = Some(slicetrace_agent::config::Arrivals::Poisson);
+    cfg.probe.arrivals = Some(slicetrace_agent::probe::config::Arrivals::Poisson);
     cfg.probe.rate_hz = Some(40.0);
     let backends = cpu_backends(&cfg, &[0]);
     let agent = RunningAgent::start(cfg, backends, None, None);

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use metrics_support::*;
-use slicetrace_agent::occupancy::{GpuProcess, Occupancy, OccupancySource};
+use slicetrace_agent::probe::occupancy::{GpuProcess, Occupancy, OccupancySource};
 
 /// Every GPU is shared by two pods.
 struct TwoPods;
@@ -35,7 +35,7 @@ fn agent_with_metrics() -> (RunningAgent, HttpResponse, tempfile::TempDir) {
     let mut cfg = small_config(dir.path());
     // Poisson arrivals, both kernels: the live verdict counts arrival runs
     // only, and a burst's GEMM runs are none.
-    cfg.probe.arrivals = Some(slicetrace_agent::config::Arrivals::Poisson);
+    cfg.probe.arrivals = Some(slicetrace_agent::probe::config::Arrivals::Poisson);
     cfg.probe.rate_hz = Some(40.0);
     let (backends, gate) = gated(cpu_backends(&cfg, &[0, 1]));
     let agent = RunningAgent::start(cfg, backends, Some(Arc::new(TwoPods)), Some(gate.clone()));

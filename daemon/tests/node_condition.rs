@@ -12,35 +12,13 @@ use std::time::{Duration, Instant};
 
 use metrics_support::{cpu_backends, gated, small_config, wait_for, RunningAgent};
 use occupancy_support::{python, FakeApi};
-use slicetrace_agent::health::Verdict;
-use slicetrace_agent::node_condition::CONDITION_TYPE;
-use slicetrace_agent::occupancy::KubeApiMode;
-use slicetrace_probe::{Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
+use slicetrace_agent::probe::occupancy::KubeApiMode;
+use slicetrace_agent::serve::node_condition::CONDITION_TYPE;
+use slicetrace_e2e::testkit::{Faults, FaultyBackend};
+use slicetrace_schema::Verdict;
+use std::sync::atomic::Ordering;
 
 const MIN_INTERVAL: Duration = Duration::from_millis(4000);
-
-/// A GPU whose every answer is wrong (a planted correctness fault).
-struct Wrong {
-    inner: Box<dyn ProbeBackend>,
-}
-
-impl ProbeBackend for Wrong {
-    fn device(&self) -> &slicetrace_probe::DeviceInfo {
-        self.inner.device()
-    }
-    fn shape(&self, kernel: Kernel) -> KernelShape {
-        self.inner.shape(kernel)
-    }
-    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        self.inner.run(kernel).map(|s| RunSample {
-            correct: Some(false),
-            ..s
-        })
-    }
-    fn plant_fault(&mut self, kernel: Kernel, fault: slicetrace_probe::Fault) {
-        self.inner.plant_fault(kernel, fault);
-    }
-}
 
 fn patches(api: &FakeApi) -> Vec<serde_json::Value> {
     api.control("GET", "/_test/patches", "")["items"]
@@ -99,7 +77,12 @@ fn node_condition_is_patched_on_change_only_and_rate_limited() {
     cfg.occupancy.kube_server_url = Some(api.url());
     let wrong = cpu_backends(&cfg, &[0])
         .into_iter()
-        .map(|inner| Box::new(Wrong { inner }) as Box<dyn ProbeBackend>)
+        .map(|inner| {
+            FaultyBackend::wrap(
+                inner,
+                Faults::with(|f| f.wrong.store(true, Ordering::SeqCst)),
+            )
+        })
         .collect();
     let (backends, gate) = gated(wrong);
     let agent = RunningAgent::start(cfg, backends, None, Some(gate.clone()));

@@ -5,11 +5,10 @@
 mod occupancy_support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use occupancy_support::*;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::{
+use slicetrace_agent::probe::occupancy::{
     start, start_combined, GpuProcess, KubeApiMode, OccupancyConfig, OccupancySource,
 };
 
@@ -81,16 +80,12 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
     };
     let counters = Arc::new(Counters::default());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let t0 = std::time::Instant::now();
     let occ = start_combined(&cfg, "n1", Arc::clone(&counters), rx.clone())
         .await
         .expect("start");
-    assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "start returns at once"
-    );
-    // Before the kubelet is up pod-resources cannot have answered: who
-    // holds the GPU is unknown, not zero.
+    // Start returned before the kubelet is up (it does not wait for its
+    // sources), so pod-resources cannot have answered: who holds the GPU
+    // is unknown, not zero.
     let early = occ.snapshot(GPU_SHARED, &[]);
     assert_eq!((early.pods, early.pod_count), (None, None));
     let _kubelet = KubeletServer::start(&socket, pod_resources_fixture());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use occupancy_support::*;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::kube_api::{self, KubeCache, KubeSettings};
+use slicetrace_agent::probe::occupancy::kube_api::{self, KubeCache, KubeSettings};
 
 const ON_N1: [&str; 7] = [
     "batch/exclusive-e",

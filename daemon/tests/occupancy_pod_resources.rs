@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use occupancy_support::*;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::pod_resources::{self, PodResourcesCache, PodResourcesSettings};
-use slicetrace_agent::occupancy::{CombinedOccupancy, OccupancySource};
+use slicetrace_agent::probe::occupancy::pod_resources::{
+    self, PodResourcesCache, PodResourcesSettings,
+};
+use slicetrace_agent::probe::occupancy::{CombinedOccupancy, OccupancySource};
 
 fn settings(socket: &std::path::Path, names: &[&str]) -> PodResourcesSettings {
     PodResourcesSettings {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use occupancy_support::cid;
-use slicetrace_agent::occupancy::kube_api::{KubeCache, NodeInfo, PodInfo};
-use slicetrace_agent::occupancy::proc_cgroup::{read_comm, ProcResolver, Runtime};
-use slicetrace_agent::occupancy::{CombinedOccupancy, GpuProcess, OccupancySource};
+use slicetrace_agent::probe::occupancy::kube_api::{KubeCache, NodeInfo, PodInfo};
+use slicetrace_agent::probe::occupancy::proc_cgroup::{read_comm, ProcResolver, Runtime};
+use slicetrace_agent::probe::occupancy::{CombinedOccupancy, GpuProcess, OccupancySource};
 
 const UID_A: &str = "11111111-1111-4111-8111-111111111111";
 const UID_B: &str = "22222222-2222-4222-8222-222222222222";

@@ -12,11 +12,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use slicetrace_agent::consumers::parquet::{
+    enforce_retention, recover, ParquetConfig, ParquetSink,
+};
+use slicetrace_agent::consumers::Sink;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::sinks::parquet::{enforce_retention, recover, ParquetConfig, ParquetSink};
-use slicetrace_agent::sinks::Sink;
 use slicetrace_schema::{Backend, HealthRecord, Kernel, ProbeRecord, SpanId, TraceId};
 
 /// A Python with pyarrow, duckdb and polars.
@@ -132,13 +134,9 @@ fn rows_in(files: &[PathBuf]) -> usize {
 /// Messages the writer's queue holds.
 const QUEUE_MSGS: usize = 64;
 
-/// Waits up to 10 s for `cond` (the writer thread works behind its queue).
+/// Waits for `cond` (the writer thread works behind its queue).
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    slicetrace_e2e::testkit::wait_until(what, Duration::from_secs(10), || cond().then_some(()));
 }
 
 fn sink(dir: &Path, cfg: ParquetConfig) -> (ParquetSink, Arc<Counters>) {
@@ -516,7 +514,7 @@ async fn disk_full_counts_errors_hides_partial_files_and_resumes() {
 /// gone the thread still closes its files.
 #[tokio::test]
 async fn writer_flushes_in_queue_order_and_closes_files_when_its_queue_closes() {
-    use slicetrace_agent::fanout::Msg;
+    use slicetrace_agent::topology::Msg;
     let dir = tempfile::tempdir().expect("tempdir");
     let (s, counters) = sink(dir.path(), ParquetConfig::default());
     let tx = s.input().clone();
@@ -535,8 +533,10 @@ async fn writer_flushes_in_queue_order_and_closes_files_when_its_queue_closes() 
     wait_until("the rows after the flush", || tmps(dir.path()).len() == 1);
     drop(tx);
     drop(s);
-    wait_until("the files to close", || {
-        tmps(dir.path()).is_empty() && rows_in(&visible(dir.path())) == 50
+    // The count is added once the file is in place: wait for both.
+    wait_until("the files to close and their rows counted", || {
+        tmps(dir.path()).is_empty()
+            && rows_in(&visible(dir.path())) == 50
+            && Counters::get(&counters.parquet_rows_written) == 50
     });
-    assert_eq!(Counters::get(&counters.parquet_rows_written), 50);
 }

@@ -336,7 +336,7 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// The metric families the agent serves, by the name their samples carry,
-/// with their label names (from `slicetrace_agent::metrics::METRICS`, which
+/// with their label names (from `slicetrace_agent::serve::metrics::METRICS`, which
 /// this crate cannot depend on: each test builds it).
 pub type Served = BTreeMap<String, &'static [&'static str]>;
 

@@ -13,12 +13,12 @@
 //! it as a dev-dependency.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod deploy;
+pub mod testkit;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -226,26 +226,22 @@ pub fn rotel() -> Option<PathBuf> {
     }
 }
 
-/// A free TCP port on loopback.
+/// A loopback port that was free a moment ago, for an external program
+/// that binds it itself (see [`testkit::start_on_free_ports`] to retry when
+/// another process took it in between; in-process servers take a
+/// [`testkit::Listener`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    testkit::Listener::bind().port()
 }
 
-/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+/// Polls `f` until it returns `Some` or `timeout` passes (then `None`).
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The kit's deadline only backs up this one.
+    testkit::wait_until("", timeout + Duration::from_secs(5), || match f() {
+        Some(v) => Some(Some(v)),
+        None => (Instant::now() > end).then_some(None),
+    })
 }
 
 /// A child process killed (SIGKILL) when dropped.

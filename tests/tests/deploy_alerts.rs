@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use slicetrace_agent::metrics::METRICS;
+use slicetrace_agent::serve::metrics::METRICS;
 use slicetrace_e2e::deploy::*;
 use slicetrace_e2e::root as repo_root;
 

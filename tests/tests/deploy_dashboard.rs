@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_json::{json, Value};
-use slicetrace_agent::metrics::METRICS;
+use slicetrace_agent::serve::metrics::METRICS;
 use slicetrace_e2e::deploy::*;
 
 /// The metric families the agent serves (`METRICS`, the table `/metrics` is

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;
-use slicetrace_agent::health::{Evaluator, HealthConfig, LiveState};
+use slicetrace_agent::consumers::health::{Evaluator, HealthConfig};
+use slicetrace_agent::serve::live::LiveState;
 use slicetrace_e2e::{bin, root, run_with_timeout};
 use slicetrace_schema::{probes_batch, Backend, HealthRecord, Kernel, ProbeRecord};
 
@@ -275,15 +276,17 @@ fn a_gpu_with_no_runs_in_the_window_is_unknown_and_counted() {
 fn the_h100_tenant_phases_read_healthy_and_contended_in_both() {
     let data = root().join("docs/gpu-results/h100-run/agent-light");
     let v = fleet(&data, &[]);
-    for g in v["gpus"].as_array().unwrap() {
+    let gpus = v["gpus"].as_array().expect("fleet's gpus array");
+    assert!(!gpus.is_empty(), "fleet judged no GPU: {v}");
+    for g in gpus {
         assert_eq!(g["verdict"], "healthy", "{g}");
         assert_eq!(g["contention"], "contended", "{g}");
     }
     // The same Parquet rows through the live evaluator.
     let rows = slicetrace_e2e::probe_rows(&data);
-    let h = live(&rows);
-    assert!(!h.is_empty());
-    for r in h.iter().filter(|r| r.samples > 0) {
+    let h: Vec<HealthRecord> = live(&rows).into_iter().filter(|r| r.samples > 0).collect();
+    assert!(!h.is_empty(), "no live verdict has samples");
+    for r in &h {
         assert_eq!(r.verdict, "healthy", "{r:?}");
         assert_eq!(r.contention.as_deref(), Some("contended"), "{r:?}");
         assert!(
@@ -293,8 +296,7 @@ fn the_h100_tenant_phases_read_healthy_and_contended_in_both() {
             "{r:?}"
         );
     }
-    assert_eq!(
-        from_fleet(&v),
-        from_live(&h.into_iter().filter(|r| r.samples > 0).collect::<Vec<_>>())
-    );
+    let judged = from_fleet(&v);
+    assert!(!judged.is_empty(), "fleet judged no kernel: {v}");
+    assert_eq!(judged, from_live(&h));
 }

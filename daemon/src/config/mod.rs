@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use slicetrace_probe::{BackendKind, Precision, Preset};
+use slicetrace_probe::{BackendKind, Preset};
 
-use crate::health::HealthConfig;
-use crate::occupancy::OccupancyConfig;
-use crate::sinks::otlp::OtlpConfig;
-use crate::sinks::parquet::ParquetConfig;
+use crate::consumers::health::HealthConfig;
+use crate::consumers::otlp::OtlpConfig;
+use crate::consumers::parquet::ParquetConfig;
+use crate::field_error::FieldError;
+use crate::probe::config::ProbeConfig;
+use crate::probe::occupancy::OccupancyConfig;
 
 mod parse;
 mod resolve;
@@ -52,31 +54,9 @@ pub enum ConfigError {
     },
 }
 
-/// The first unusable value of one component's table: the one shape every
-/// component's `validate()` returns, so [`Config::validate`] only prefixes
-/// the table name (`otlp.timeout_ms: must be greater than 0`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    /// The key inside its table, e.g. `timeout_ms`.
-    pub field: &'static str,
-    /// Why the value is unusable, lowercase, one line.
-    pub message: String,
-}
-
-impl FieldError {
-    /// A field and its reason.
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-
-    /// The `ConfigError` for this field inside `[table]`.
-    fn in_table(self, table: &str) -> ConfigError {
-        invalid(&format!("{table}.{}", self.field), self.message)
-    }
+/// The `ConfigError` for `e` inside `[table]`.
+fn in_table(e: FieldError, table: &str) -> ConfigError {
+    invalid(&format!("{table}.{}", e.field), e.message)
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
@@ -85,130 +65,6 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
         message: message.into(),
     }
 }
-
-/// How the probe runs (the `[probe]` table): when runs start, the start-up
-/// self-test, and per-kernel overrides of the preset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProbeOverrides {
-    /// Mean time between probe cycles per GPU, ms (`arrivals = "burst"`
-    /// only; Poisson arrivals use `rate_hz`). Formerly the top-level
-    /// `interval_ms`, still read with a deprecation warning.
-    pub interval_ms: u64,
-    /// Random jitter of each burst interval, ± percent (0–90). Formerly the
-    /// top-level `jitter_pct`, still read with a deprecation warning.
-    pub jitter_pct: u32,
-    /// At start, plant one corrupted output per kernel and require the
-    /// checker to catch it. Formerly the top-level `self_test`, still read
-    /// with a deprecation warning.
-    pub self_test: bool,
-    /// FFT length (1-D) or side (2-D), a power of two.
-    pub fft_n: Option<usize>,
-    /// FFT batch (1-D only).
-    pub fft_batch: Option<usize>,
-    /// Use a 2-D `fft_n × fft_n` transform instead of a 1-D batch.
-    pub fft_2d: Option<bool>,
-    /// GEMM matrix size n.
-    pub gemm_n: Option<usize>,
-    /// GEMM precision: `fp32`, `fp16` or `bf16`.
-    pub gemm_precision: Option<Precision>,
-    /// Runs per burst (`arrivals = "burst"` only).
-    pub burst_runs: Option<u32>,
-    /// CUDA submission of a timed run: `graph` (default), `stream` or
-    /// `legacy`; only `graph` keeps slice waits out of `gpu_ms`.
-    pub timing: Option<slicetrace_probe::Timing>,
-    /// When runs start: `poisson` (default: one run per arrival, exponential
-    /// gaps, FFT and GEMM alternating, so the latencies are what a caller
-    /// arriving at random sees) or `burst` (the first version's FFT burst
-    /// then GEMM burst every `interval_ms`; only the first run of a burst
-    /// counts as an arrival).
-    pub arrivals: Option<Arrivals>,
-    /// Mean arrivals per second per GPU, both kernels together (`poisson`);
-    /// default 5 (about 750 runs per kernel in a 5-minute health window).
-    pub rate_hz: Option<f64>,
-    /// CUDA: how the host waits for a run: `spin-then-block` (default: poll
-    /// the end event for `spin_us`, then sleep in the driver) or `spin` (the
-    /// CUDA default: a core spins while a run waits for its time slice).
-    pub wait: Option<WaitMode>,
-    /// Polling budget of `spin-then-block`, µs (default 200: a light run on
-    /// an idle GPU completes inside it, so the timing floor is unchanged).
-    pub spin_us: Option<u32>,
-    /// CUDA: math mode of an fp32 GEMM, `strict` (default) or `tf32`; the
-    /// check's tolerance follows it (and `NVIDIA_TF32_OVERRIDE`).
-    pub fp32_math: Option<slicetrace_probe::Fp32Math>,
-    /// CUDA: cuBLAS workspace, KiB (default 1024 for `light`, cuBLAS's own
-    /// 32 MiB for `article`).
-    pub cublas_workspace_kib: Option<u32>,
-    /// CUDA: per-thread stack limit of the probe context, bytes (default 0
-    /// for `light`, the driver's 1024 for `article`). The driver reserves it
-    /// for every thread the GPU can hold (about 264 MiB of GPU memory per KiB
-    /// on an H100) and raises it for a kernel that needs more.
-    pub cuda_stack_bytes: Option<u32>,
-    /// CUDA: stamp each run's start and end with the GPU's own timer and
-    /// take `wall_ms` (launch → end stamp) and `queue_ms` (launch → start
-    /// stamp) from them, calibrated to the host clock per GPU (default
-    /// true). `false` takes `wall_ms` from the host clock until the wait
-    /// returned, which includes how late the probe thread woke up; that
-    /// time is in `host_wall_ms` either way.
-    pub gpu_stamps: Option<bool>,
-    /// Oldest the GPU's process list (a row's `gpu_processes`, `processes`
-    /// and tenant count) may be, ms (default 5000, 1000–300000). NVML's
-    /// process query is its dearest call on a busy GPU; the other device
-    /// fields are refreshed every second regardless.
-    pub process_list_max_age_ms: Option<u64>,
-}
-
-impl Default for ProbeOverrides {
-    fn default() -> Self {
-        Self {
-            interval_ms: 1000,
-            jitter_pct: 20,
-            self_test: true,
-            fft_n: None,
-            fft_batch: None,
-            fft_2d: None,
-            gemm_n: None,
-            gemm_precision: None,
-            burst_runs: None,
-            timing: None,
-            arrivals: None,
-            rate_hz: None,
-            wait: None,
-            spin_us: None,
-            fp32_math: None,
-            cublas_workspace_kib: None,
-            cuda_stack_bytes: None,
-            gpu_stamps: None,
-            process_list_max_age_ms: None,
-        }
-    }
-}
-
-/// When probe runs start (`probe.arrivals`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arrivals {
-    /// A Poisson process per GPU: one run per arrival.
-    #[default]
-    Poisson,
-    /// Bursts of each kernel per jittered interval.
-    Burst,
-}
-
-/// How the host waits for a CUDA run (`probe.wait`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WaitMode {
-    /// Poll for `spin_us`, then block.
-    #[default]
-    SpinThenBlock,
-    /// Spin until done.
-    Spin,
-}
-
-/// Default mean arrival rate per GPU, Hz: a 5-minute health window then holds
-/// about 750 arrivals per kernel (at least 600 with overwhelming probability).
-pub const DEFAULT_RATE_HZ: f64 = 5.0;
 
 /// Prometheus endpoint (the `[metrics]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,7 +111,7 @@ pub struct Config {
     /// `light` (default) or `article`.
     pub preset: Preset,
     /// How the probe runs, and overrides of the preset's kernels.
-    pub probe: ProbeOverrides,
+    pub probe: ProbeConfig,
     /// Number of CPU pseudo-devices on the CPU backend (tests of multi-GPU
     /// behaviour without GPUs).
     pub cpu_devices: u32,
@@ -317,7 +173,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./slicetrace-data"),
             backend: BackendKind::Auto,
             preset: Preset::Light,
-            probe: ProbeOverrides::default(),
+            probe: ProbeConfig::default(),
             cpu_devices: 1,
             devices: Vec::new(),
             shutdown_deadline_ms: 10_000,
@@ -339,7 +195,7 @@ impl Default for Config {
 /// this package anyway (the binary shares its `Cargo.toml`); deriving here
 /// keeps one list of flags instead of a hand copy in `main.rs`.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct Overrides {
+pub struct CliFlags {
     /// auto, cuda or cpu.
     #[arg(long)]
     pub backend: Option<BackendKind>,

@@ -3,11 +3,10 @@
 //! describe, and the validation of values that parsed but are not usable.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use slicetrace_probe::{FftDims, ProbeSpec};
+use slicetrace_probe::ProbeSpec;
 
-use super::{invalid, Arrivals, Config, ConfigError, Overrides, WaitMode, DEFAULT_RATE_HZ};
+use super::{in_table, invalid, CliFlags, Config, ConfigError};
 
 impl Config {
     /// Applies `SLICETRACE_*` and `NODE_NAME` environment variables. The OTLP
@@ -54,7 +53,7 @@ impl Config {
     }
 
     /// Applies command-line flags (highest precedence).
-    pub fn apply_overrides(&mut self, o: &Overrides) {
+    pub fn apply_flags(&mut self, o: &CliFlags) {
         if let Some(b) = o.backend {
             self.backend = b;
         }
@@ -92,77 +91,10 @@ impl Config {
         host_name()
     }
 
-    /// The probe spec for a backend, after the overrides.
+    /// The probe spec for a backend (`cuda` or `cpu`): the preset, then
+    /// the `[probe]` table.
     pub fn probe_spec(&self, backend: &str) -> ProbeSpec {
-        let mut s = ProbeSpec::preset_for(self.preset, backend);
-        let p = &self.probe;
-        if p.fft_n.is_some() || p.fft_batch.is_some() || p.fft_2d.is_some() {
-            let (n0, b0) = match s.fft.dims {
-                FftDims::D1 { n, batch } => (n, batch),
-                FftDims::D2 { nx, .. } => (nx, 1),
-            };
-            let n = p.fft_n.unwrap_or(n0);
-            s.fft.dims = if p.fft_2d.unwrap_or(matches!(s.fft.dims, FftDims::D2 { .. })) {
-                FftDims::D2 { nx: n, ny: n }
-            } else {
-                FftDims::D1 {
-                    n,
-                    batch: p.fft_batch.unwrap_or(b0),
-                }
-            };
-        }
-        if let Some(n) = p.gemm_n {
-            s.gemm.n = n;
-        }
-        if let Some(pr) = p.gemm_precision {
-            s.gemm.precision = pr;
-        }
-        if let Some(b) = p.burst_runs {
-            s.burst_runs = b;
-        }
-        if let Some(t) = p.timing {
-            s.timing = t;
-        }
-        s.wait = match p.wait.unwrap_or_default() {
-            WaitMode::Spin => slicetrace_probe::Wait::Spin,
-            WaitMode::SpinThenBlock => slicetrace_probe::Wait::SpinThenBlock {
-                spin_us: p.spin_us.unwrap_or(200),
-            },
-        };
-        if let Some(m) = p.fp32_math {
-            s.fp32_math = m;
-        }
-        if let Some(k) = p.cublas_workspace_kib {
-            s.cublas_workspace_kib = Some(k);
-        }
-        if let Some(b) = p.cuda_stack_bytes {
-            s.cuda_stack_bytes = Some(b);
-        }
-        if let Some(g) = p.gpu_stamps {
-            s.gpu_stamps = g;
-        }
-        s
-    }
-
-    /// Oldest a probe thread's GPU process list may be.
-    pub fn process_list_max_age(&self) -> Duration {
-        self.probe
-            .process_list_max_age_ms
-            .map_or(crate::pipeline::PROCESS_LIST_MAX_AGE, Duration::from_millis)
-    }
-
-    /// The arrival plan of the probe threads.
-    pub fn arrival_plan(&self, spec: &ProbeSpec) -> crate::pipeline::ArrivalPlan {
-        match self.probe.arrivals.unwrap_or_default() {
-            Arrivals::Poisson => crate::pipeline::ArrivalPlan::Poisson {
-                rate_hz: self.probe.rate_hz.unwrap_or(DEFAULT_RATE_HZ),
-            },
-            Arrivals::Burst => crate::pipeline::ArrivalPlan::Burst {
-                interval: Duration::from_millis(self.probe.interval_ms),
-                jitter_pct: self.probe.jitter_pct,
-                burst_runs: spec.burst_runs,
-            },
-        }
+        self.probe.spec(self.preset, backend)
     }
 
     /// Checks every value that parsed but is not usable. Writes nothing.
@@ -235,16 +167,14 @@ impl Config {
                 format!("{:?} is not an address:port", self.metrics.listen),
             ));
         }
-        if let Some(ep) = &self.otlp.endpoint {
-            crate::sinks::otlp::endpoint_url(ep, self.otlp.insecure)
-                .map_err(|m| invalid("otlp.endpoint", m))?;
-        }
-        self.otlp.validate().map_err(|e| e.in_table("otlp"))?;
-        self.health.validate().map_err(|e| e.in_table("health"))?;
-        self.parquet.validate().map_err(|e| e.in_table("parquet"))?;
+        self.otlp.validate().map_err(|e| in_table(e, "otlp"))?;
+        self.health.validate().map_err(|e| in_table(e, "health"))?;
+        self.parquet
+            .validate()
+            .map_err(|e| in_table(e, "parquet"))?;
         self.occupancy
             .validate()
-            .map_err(|e| e.in_table("occupancy"))?;
+            .map_err(|e| in_table(e, "occupancy"))?;
         Ok(())
     }
 }

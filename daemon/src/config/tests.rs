@@ -1,6 +1,8 @@
 use slicetrace_probe::FftDims;
 
 use super::*;
+use crate::probe::config::WaitMode;
+use slicetrace_probe::Precision;
 
 #[test]
 fn defaults_validate_and_roundtrip() {
@@ -67,7 +69,7 @@ fn precedence_is_file_then_env_then_flags() {
     };
     c.apply_env(&env).expect("env");
     assert_eq!((c.backend, c.probe.interval_ms), (BackendKind::Cpu, 2000));
-    c.apply_overrides(&Overrides {
+    c.apply_flags(&CliFlags {
         interval: Some(Duration::from_millis(250)),
         ..Default::default()
     });
@@ -177,13 +179,13 @@ fn the_cuda_stack_limit_defaults_to_the_presets_and_is_bounded() {
 #[test]
 fn the_process_list_age_defaults_to_five_seconds_and_is_bounded() {
     let c = Config::default();
-    assert_eq!(c.process_list_max_age(), Duration::from_secs(5));
+    assert_eq!(c.probe.process_list_max_age(), Duration::from_secs(5));
     assert_eq!(
-        c.process_list_max_age(),
-        crate::pipeline::PROCESS_LIST_MAX_AGE
+        c.probe.process_list_max_age(),
+        crate::probe::PROCESS_LIST_MAX_AGE
     );
     let mut c = Config::from_toml("[probe]\nprocess_list_max_age_ms = 1000\n").expect("parse");
-    assert_eq!(c.process_list_max_age(), Duration::from_secs(1));
+    assert_eq!(c.probe.process_list_max_age(), Duration::from_secs(1));
     c.data_dir = std::env::temp_dir();
     c.validate().expect("1 s is valid");
     for bad in [999, 300_001] {
@@ -194,4 +196,23 @@ fn the_process_list_age_defaults_to_five_seconds_and_is_bounded() {
             "{e}"
         );
     }
+}
+
+/// The wait's default lives in the probe crate only: an unset `[probe]`
+/// table, and `wait = "spin-then-block"` without a budget, both run the
+/// probe's `Wait::default()`.
+#[test]
+fn the_default_wait_is_the_probes_own() {
+    use slicetrace_probe::Wait;
+    let mut c = Config::default();
+    assert_eq!(c.probe_spec("cuda").wait, Wait::default());
+    c.probe.wait = Some(WaitMode::SpinThenBlock);
+    assert_eq!(c.probe_spec("cuda").wait, Wait::default());
+    c.probe.spin_us = Some(7);
+    assert_eq!(
+        c.probe_spec("cuda").wait,
+        Wait::SpinThenBlock { spin_us: 7 }
+    );
+    c.probe.wait = Some(WaitMode::Spin);
+    assert_eq!(c.probe_spec("cuda").wait, Wait::Spin);
 }

@@ -23,12 +23,12 @@ mod sinks;
 pub use occupancy::{OccupancyRefreshFailed, OccupancyRelisted};
 pub use probe::{
     CorrectnessCheckFailed, ProbeCycleCompleted, ProbeRunFailed, ProbeRunsCompleted,
-    ProbeThreadCpuUsed, TelemetrySampleFailed,
+    ProbeThreadCpuUsed, Stage, TelemetrySampleFailed,
 };
 pub use sinks::{
-    OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, Outlet, ParquetFileRotated,
+    OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, ParquetFileRotated,
     ParquetRetentionDeleted, ParquetTmpRecovered, ParquetTmpRemoved, ParquetWriteFailed,
-    SinkQueueFull,
+    QueueOwner, SinkQueueFull,
 };
 
 /// Process-wide counters, shared as `Arc<Counters>`. Relaxed ordering: these
@@ -99,7 +99,7 @@ pub struct GpuCounters {
     /// Runs whose correctness check failed on this GPU.
     pub correctness_failures: AtomicU64,
     /// CPU time of this GPU's probe thread by stage (indexed by
-    /// [`crate::cpu_time::Stage::index`]), nanoseconds.
+    /// [`crate::internal_events::Stage::index`]), nanoseconds.
     pub probe_thread_cpu_ns: [AtomicU64; 4],
     /// Limits [`TelemetrySampleFailed`] lines of this GPU.
     telemetry_log: RateLimit,

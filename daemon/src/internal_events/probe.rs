@@ -102,7 +102,7 @@ pub struct ProbeThreadCpuUsed<'a> {
     /// The GPU whose probe thread it is.
     pub gpu_uuid: &'a str,
     /// The stage the time is charged to.
-    pub stage: crate::cpu_time::Stage,
+    pub stage: Stage,
     /// CPU time used.
     pub cpu: std::time::Duration,
 }
@@ -115,5 +115,39 @@ impl InternalEvent for ProbeThreadCpuUsed<'_> {
             &c.gpu(self.gpu_uuid).probe_thread_cpu_ns[self.stage.index()],
             ns,
         );
+    }
+}
+
+/// The stages of one arrival, in the order they run (and of
+/// [`Stage::ALL`], whose index is the discriminant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Sleeping for the gap and the loop's own bookkeeping.
+    Wait,
+    /// NVML readings before and after the run.
+    Telemetry,
+    /// The run: graph launch, waiting for completion, the check.
+    Run,
+    /// Occupancy snapshot, the join into a row, ids, the fan-out.
+    Publish,
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 4] = [Stage::Wait, Stage::Telemetry, Stage::Run, Stage::Publish];
+
+    /// Position in [`Stage::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Wait => "wait",
+            Stage::Telemetry => "telemetry",
+            Stage::Run => "run",
+            Stage::Publish => "publish",
+        }
     }
 }

@@ -5,7 +5,7 @@ use super::{error_chain, Counters, InternalEvent};
 
 /// A consumer of probe records whose queue the fan-out feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outlet {
+pub enum QueueOwner {
     /// The Parquet sink.
     Parquet,
     /// The OTLP sink (its records' spans are lost too).
@@ -21,7 +21,7 @@ pub enum Outlet {
 #[derive(Debug)]
 pub struct SinkQueueFull {
     /// Whose queue.
-    pub sink: Outlet,
+    pub sink: QueueOwner,
     /// Records (or probe events) dropped.
     pub records: u64,
 }
@@ -35,13 +35,13 @@ impl InternalEvent for SinkQueueFull {
     ];
     fn emit(self, c: &Counters) {
         match self.sink {
-            Outlet::Parquet => Counters::add(&c.sink_queue_drops_parquet, self.records),
-            Outlet::Otlp => {
+            QueueOwner::Parquet => Counters::add(&c.sink_queue_drops_parquet, self.records),
+            QueueOwner::Otlp => {
                 Counters::add(&c.sink_queue_drops_otlp, self.records);
                 Counters::add(&c.otlp_spans_dropped, self.records);
             }
-            Outlet::Health => Counters::add(&c.sink_queue_drops_health, self.records),
-            Outlet::Summary => Counters::add(&c.sink_queue_drops_summary, self.records),
+            QueueOwner::Health => Counters::add(&c.sink_queue_drops_health, self.records),
+            QueueOwner::Summary => Counters::add(&c.sink_queue_drops_summary, self.records),
         }
     }
 }

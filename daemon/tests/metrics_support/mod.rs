@@ -9,34 +9,26 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use slicetrace_agent::agent::{self, AgentParts, RunReport};
+use slicetrace_agent::agent::{Agent, RunReport};
 use slicetrace_agent::config::Config;
-use slicetrace_agent::health::LiveState;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::occupancy::{KubeApiMode, OccupancySource};
-use slicetrace_agent::telemetry::NoTelemetry;
+use slicetrace_agent::probe::occupancy::{KubeApiMode, OccupancySource};
+use slicetrace_agent::probe::telemetry::NoTelemetry;
+use slicetrace_agent::serve::live::LiveState;
+pub use slicetrace_e2e::testkit::Gate;
+use slicetrace_e2e::testkit::{Faults, FaultyBackend};
 use slicetrace_probe::cpu::CpuBackend;
-use slicetrace_probe::{BackendKind, Kernel, KernelShape, ProbeBackend, ProbeError, RunSample};
+use slicetrace_probe::{BackendKind, ProbeBackend};
 
 /// Generous: the test box has 2 shared, loaded cores.
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Polls `f` every 50 ms until it returns `Some` or `WAIT` passes.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    slicetrace_e2e::testkit::wait_until(what, WAIT, f)
 }
 
 // ---------------------------------------------------------------- tools ----
@@ -68,7 +60,7 @@ pub fn small_config(data_dir: &Path) -> Config {
     c.probe.gemm_n = Some(64);
     c.probe.burst_runs = Some(5);
     // Rows at the old steady rate (these tests are about metrics/occupancy).
-    c.probe.arrivals = Some(slicetrace_agent::config::Arrivals::Burst);
+    c.probe.arrivals = Some(slicetrace_agent::probe::config::Arrivals::Burst);
     c.metrics.listen = "127.0.0.1:0".into();
     c.otlp.endpoint = None;
     c.health.window_ms = 2000;
@@ -99,61 +91,12 @@ pub fn cpu_backends(cfg: &Config, indices: &[u32]) -> Vec<Box<dyn ProbeBackend>>
 
 // ------------------------------------------------------------------ gate ----
 
-/// Holds every probe run back until opened, so a test can observe the agent
-/// before its first probe cycle (`/readyz` 503, an empty verdict map).
-#[derive(Clone, Default)]
-pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    /// Lets every waiting and later run through.
-    pub fn open(&self) {
-        let (m, c) = &*self.0;
-        *m.lock().unwrap() = true;
-        c.notify_all();
-    }
-
-    fn wait(&self) {
-        let (m, c) = &*self.0;
-        let mut open = m.lock().unwrap();
-        while !*open {
-            open = c.wait(open).unwrap();
-        }
-    }
-}
-
-/// A backend whose runs wait for a [`Gate`].
-pub struct GatedBackend {
-    pub inner: Box<dyn ProbeBackend>,
-    pub gate: Gate,
-}
-
-impl ProbeBackend for GatedBackend {
-    fn device(&self) -> &slicetrace_probe::DeviceInfo {
-        self.inner.device()
-    }
-    fn shape(&self, kernel: Kernel) -> KernelShape {
-        self.inner.shape(kernel)
-    }
-    fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
-        self.gate.wait();
-        self.inner.run(kernel)
-    }
-    fn plant_fault(&mut self, kernel: Kernel, fault: slicetrace_probe::Fault) {
-        self.inner.plant_fault(kernel, fault);
-    }
-}
-
 /// Wraps every backend in `backends` behind one new gate (closed).
 pub fn gated(backends: Vec<Box<dyn ProbeBackend>>) -> (Vec<Box<dyn ProbeBackend>>, Gate) {
-    let gate = Gate::default();
+    let gate = Gate::closed();
     let b = backends
         .into_iter()
-        .map(|inner| {
-            Box::new(GatedBackend {
-                inner,
-                gate: gate.clone(),
-            }) as Box<dyn ProbeBackend>
-        })
+        .map(|inner| FaultyBackend::wrap(inner, Faults::gated(gate.clone())))
         .collect();
     (b, gate)
 }
@@ -192,21 +135,12 @@ impl RunningAgent {
         backends: Vec<Box<dyn ProbeBackend>>,
         occupancy: Option<Arc<dyn OccupancySource>>,
         gate: Option<Gate>,
-        telemetry: Arc<dyn slicetrace_agent::telemetry::TelemetrySource>,
+        telemetry: Arc<dyn slicetrace_agent::probe::telemetry::TelemetrySource>,
     ) -> Self {
         config.validate().expect("test config is valid");
-        let counters = Arc::new(Counters::default());
-        let live = Arc::new(LiveState::default());
-        let parts = AgentParts {
-            node: config.resolved_node_name(),
-            config,
-            backends,
-            factory: None,
-            telemetry,
-            occupancy,
-            counters: counters.clone(),
-            live: live.clone(),
-        };
+        let mut agent = Agent::new(config, backends, telemetry);
+        agent.occupancy = occupancy;
+        let (counters, live) = (agent.counters.clone(), agent.live.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -217,8 +151,7 @@ impl RunningAgent {
                     .enable_all()
                     .build()
                     .expect("agent runtime");
-                let r = rt.block_on(agent::run(
-                    parts,
+                let r = rt.block_on(agent.run(
                     async move {
                         let _ = stop_rx.await;
                     },
@@ -348,15 +281,6 @@ pub fn url_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// A free loopback TCP port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 // ---------------------------------------------------------- exposition ----

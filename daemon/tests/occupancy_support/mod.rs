@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use slicetrace_agent::occupancy::pod_resources::proto::{
+use slicetrace_agent::probe::occupancy::pod_resources::proto::{
     pod_resources_lister_server::PodResourcesLister,
     pod_resources_lister_server::PodResourcesListerServer, AllocatableResourcesRequest,
     AllocatableResourcesResponse, ContainerDevices, ContainerMemory, ContainerResources,

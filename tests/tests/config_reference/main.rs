@@ -30,13 +30,14 @@ mod parse;
 use generate::{env_vars_in_sources, generate};
 
 /// Sources that hold config structs, and the enums their fields use.
-const SOURCES: [&str; 8] = [
+const SOURCES: [&str; 9] = [
     "daemon/src/config/mod.rs",
-    "daemon/src/health/config.rs",
-    "daemon/src/sinks/otlp/config.rs",
-    "daemon/src/sinks/parquet/config.rs",
-    "daemon/src/occupancy/mod.rs",
-    "daemon/src/occupancy/kube_api/mod.rs",
+    "daemon/src/probe/config.rs",
+    "daemon/src/consumers/health/config.rs",
+    "daemon/src/consumers/otlp/config.rs",
+    "daemon/src/consumers/parquet/config.rs",
+    "daemon/src/probe/occupancy/mod.rs",
+    "daemon/src/probe/occupancy/kube_api/mod.rs",
     "probe-workloads/src/lib.rs",
     "probe-workloads/src/spec.rs",
 ];
@@ -45,10 +46,10 @@ const SOURCES: [&str; 8] = [
 const ENV_SOURCES: [&str; 6] = [
     "daemon/src/config/resolve.rs",
     "daemon/src/main.rs",
-    "daemon/src/sinks/otlp/config.rs",
-    "daemon/src/sinks/otlp/exporter.rs",
-    "daemon/src/sinks/otlp/attributes.rs",
-    "daemon/src/occupancy/kube_api/mod.rs",
+    "daemon/src/consumers/otlp/config.rs",
+    "daemon/src/consumers/otlp/exporter.rs",
+    "daemon/src/consumers/otlp/attributes.rs",
+    "daemon/src/probe/occupancy/kube_api/mod.rs",
 ];
 
 /// One line per environment variable the agent reads.
@@ -56,7 +57,7 @@ const ENV_DOCS: &[(&str, &str)] = &[
     ("SLICETRACE_CONFIG", "The config file, instead of `--config`."),
     (
         "SLICETRACE_LOG",
-        "Log filter, in `tracing` EnvFilter syntax: a level (`info`, `debug`) or per-target directives such as `info,slicetrace_agent=debug` or `slicetrace_agent::occupancy=trace`. Default: `info`, with hyper, h2, tonic, tower, kube, OpenTelemetry, reqwest and rustls at `warn`.",
+        "Log filter, in `tracing` EnvFilter syntax: a level (`info`, `debug`) or per-target directives such as `info,slicetrace_agent=debug` or `slicetrace_agent::probe::occupancy=trace`. Default: `info`, with hyper, h2, tonic, tower, kube, OpenTelemetry, reqwest and rustls at `warn`.",
     ),
     (
         "SLICETRACE_LOG_FORMAT",

@@ -1,0 +1,193 @@
+//! Opening what the probe threads run on: one backend per GPU (or CPU
+//! pseudo-device), each with its own probe spec and its own way to reopen,
+//! and the telemetry source that matches them.
+//!
+//! One GPU is one [`open_gpu`] call that returns a `Result`, so a GPU whose
+//! backend does not open is that GPU's state (registered down in
+//! [`LiveState`]), not the whole node's.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use slicetrace_probe::{BackendKind, ProbeBackend, ProbeError, ProbeSpec};
+use slicetrace_schema::Backend;
+
+use crate::config::Config;
+use crate::internal_events::error_chain;
+use crate::probe::telemetry::nvml::NvmlTelemetry;
+use crate::probe::telemetry::{NoTelemetry, TelemetrySource};
+use crate::probe::Reopen;
+use crate::serve::live::{GpuEntry, LiveState};
+
+/// One probed device: its backend, the spec it was opened with (computed
+/// once per backend kind), and how to open it again after repeated
+/// failures.
+pub struct Gpu {
+    /// The open backend.
+    pub backend: Box<dyn ProbeBackend>,
+    /// The probe spec this backend runs (kernel sizes, wait, burst runs).
+    pub spec: ProbeSpec,
+    /// Re-creates the backend after repeated failures; `None` never reopens.
+    pub reopen: Option<Reopen>,
+}
+
+impl Gpu {
+    /// A backend that was opened elsewhere (tests, tools): its spec is the
+    /// config's spec for the backend's kind, and it never reopens.
+    pub fn opened(backend: Box<dyn ProbeBackend>, config: &Config) -> Self {
+        let spec = config.probe_spec(backend.device().backend.as_str());
+        Self {
+            backend,
+            spec,
+            reopen: None,
+        }
+    }
+}
+
+/// Opens one device's backend of `kind` (`Cuda` or `Cpu`) with `spec`. A
+/// CUDA backend gets a reopen function with the same spec.
+pub fn open_gpu(kind: Backend, index: u32, spec: &ProbeSpec) -> Result<Gpu, ProbeError> {
+    let backend: Box<dyn ProbeBackend> = match kind {
+        Backend::Cuda => Box::new(slicetrace_probe::cuda::CudaBackend::new(index, spec)?),
+        _ => Box::new(slicetrace_probe::cpu::CpuBackend::new(index, spec)?),
+    };
+    let reopen: Option<Reopen> = (kind == Backend::Cuda).then(|| {
+        let spec = *spec;
+        Box::new(move || {
+            slicetrace_probe::cuda::CudaBackend::new(index, &spec)
+                .map(|b| Box::new(b) as Box<dyn ProbeBackend>)
+        }) as Reopen
+    });
+    Ok(Gpu {
+        backend,
+        spec: *spec,
+        reopen,
+    })
+}
+
+/// Opens every configured device: CUDA GPUs (`auto` falls back to the CPU
+/// backend when CUDA does not start), or CPU pseudo-devices. With
+/// `backend = "cuda"` a GPU that does not open is registered down in `live`
+/// (`slicetrace_backend_up 0`, failing `/readyz`) and the others run.
+pub fn open_gpus(config: &Config, live: &LiveState) -> Result<Vec<Gpu>> {
+    let wanted = |i: &u32| config.devices.is_empty() || config.devices.contains(i);
+    let open_cpu = || -> Result<Vec<Gpu>> {
+        let spec = config.probe_spec(Backend::Cpu.as_str());
+        (0..config.cpu_devices.max(1))
+            .filter(wanted)
+            .map(|i| open_gpu(Backend::Cpu, i, &spec).map_err(|e| anyhow::anyhow!(error_chain(&e))))
+            .collect::<Result<_>>()
+            .context("no probe backend could be opened")
+    };
+    let gpus = match config.backend {
+        BackendKind::Cpu => open_cpu()?,
+        kind => {
+            let spec = config.probe_spec(Backend::Cuda.as_str());
+            let opened = slicetrace_probe::cuda_device_count().and_then(|n| {
+                if n == 0 {
+                    return Err(ProbeError::NoDevice);
+                }
+                Ok((0..n)
+                    .filter(wanted)
+                    .map(|i| (i, open_gpu(Backend::Cuda, i, &spec)))
+                    .collect::<Vec<_>>())
+            });
+            match (kind, opened) {
+                (BackendKind::Auto, Err(e)) => fall_back(&e, live, open_cpu)?,
+                (BackendKind::Auto, Ok(tries)) if tries.iter().all(|(_, r)| r.is_err()) => {
+                    match tries.into_iter().find_map(|(_, r)| r.err()) {
+                        Some(e) => fall_back(&e, live, open_cpu)?,
+                        None => Vec::new(),
+                    }
+                }
+                (_, Ok(tries)) => {
+                    let mut gpus = Vec::new();
+                    for (i, r) in tries {
+                        match r {
+                            Ok(g) => gpus.push(g),
+                            Err(e) => register_down(live, &[(i, format!("GPU-index-{i}"))], &e),
+                        }
+                    }
+                    gpus
+                }
+                // `backend = "cuda"` (the DaemonSet): a GPU node whose CUDA
+                // does not start keeps serving /metrics with
+                // slicetrace_backend_up 0 and a failing /readyz, instead of
+                // probing the CPU or crash-looping without saying why.
+                (_, Err(e)) => {
+                    let uuids = NvmlTelemetry::new(config.occupancy.proc_root.clone())
+                        .map(|t| t.device_uuids())
+                        .unwrap_or_default();
+                    let uuids: Vec<(u32, String)> = if uuids.is_empty() {
+                        vec![(0, "GPU-unknown".to_string())]
+                    } else {
+                        (0u32..).zip(uuids).collect()
+                    };
+                    register_down(live, &uuids, &e);
+                    return Ok(Vec::new());
+                }
+            }
+        }
+    };
+    anyhow::ensure!(
+        !gpus.is_empty() || config.backend == BackendKind::Cuda,
+        "no device left to probe (devices = {:?})",
+        config.devices
+    );
+    for g in &gpus {
+        let d = g.backend.device();
+        tracing::info!(index = d.index, uuid = %d.uuid, name = d.name.as_deref().unwrap_or(""), backend = %d.backend, "probing device");
+    }
+    Ok(gpus)
+}
+
+/// `backend = "auto"` without CUDA: the CPU backend, and the reason kept
+/// for `/metrics`.
+fn fall_back(
+    reason: &ProbeError,
+    live: &LiveState,
+    open_cpu: impl FnOnce() -> Result<Vec<Gpu>>,
+) -> Result<Vec<Gpu>> {
+    let why = error_chain(reason);
+    tracing::warn!(reason = %why, "CUDA unavailable: falling back to the CPU backend (backend = \"auto\"; set backend = \"cuda\" on GPU nodes)");
+    if let Ok(mut f) = live.backend_fallback.write() {
+        *f = Some(why);
+    }
+    open_cpu()
+}
+
+/// Registers GPUs whose CUDA backend did not open as down.
+fn register_down(live: &LiveState, gpus: &[(u32, String)], reason: &ProbeError) {
+    let why = error_chain(reason);
+    for (index, uuid) in gpus {
+        tracing::error!(gpu = %uuid, backend = "cuda", reason = %why, "CUDA backend failed to open: GPU not probed, /readyz fails until the agent restarts with working CUDA");
+        live.register_gpu(
+            uuid,
+            GpuEntry {
+                index: *index,
+                name: None,
+                backend: "cuda".into(),
+                down: Some(why.clone()),
+                probe_failing: None,
+            },
+        );
+    }
+}
+
+/// NVML on CUDA devices; none on the CPU backend (its columns are null).
+pub fn telemetry_for(config: &Config, gpus: &[Gpu]) -> Arc<dyn TelemetrySource> {
+    let on_cuda = gpus
+        .iter()
+        .all(|g| g.backend.device().backend == Backend::Cuda);
+    if !on_cuda {
+        tracing::info!("CPU backend: no NVML, so NVML columns are null");
+        return Arc::new(NoTelemetry);
+    }
+    match NvmlTelemetry::new(config.occupancy.proc_root.clone()) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "NVML unavailable: NVML columns will be null");
+            Arc::new(NoTelemetry)
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The rolling window of one GPU and kernel: `BUCKETS` sub-buckets of
+//! histograms that [`super::Evaluator::observe`] fills from arrival runs and
+//! [`super::Evaluator::evaluate`] expires and merges into one [`Window`],
+//! whose [`WindowStats`] the schema's judge reads. The histogram bounds are
+//! shared with the learned baselines (`baseline.rs`) and the exit summary.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use slicetrace_schema::WindowStats;
+
+use crate::serve::live::Quantiles;
+
+/// Sub-buckets per window: the window slides by a tenth of its length.
+pub(super) const BUCKETS: u32 = 10;
+
+/// Largest recordable value (µs for latencies, SM cycles for the event
+/// clock): 60 s, or 60 M cycles; larger values are clamped.
+const MAX_US: u64 = 60_000_000;
+
+/// 1 µs .. 60 s at 2 significant digits (1 % resolution) with u32 counts:
+/// about 20 KiB per histogram. (3 digits over 1 h with u64 counts took
+/// ~360 KiB each, and a window holds 3 per sub-bucket per GPU and kernel.)
+pub(super) fn hist() -> Histogram<u32> {
+    // The bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, MAX_US, 2)
+        .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))
+}
+
+/// Milliseconds → microseconds, clamped to what [`hist`] records.
+pub(crate) fn us(ms: f64) -> u64 {
+    (ms * 1000.0).round().clamp(1.0, MAX_US as f64) as u64
+}
+
+/// Millions of SM cycles → cycles, for a histogram.
+pub(super) fn cycles(mcycles: f64) -> u64 {
+    (mcycles * 1e6).round().clamp(1.0, MAX_US as f64) as u64
+}
+
+/// One sub-bucket of a window.
+pub(super) struct Bucket {
+    pub(super) start: Instant,
+    pub(super) wall: Histogram<u32>,
+    pub(super) gpu: Histogram<u32>,
+    pub(super) queue: Histogram<u32>,
+    /// Event time per SM cycle of the runs whose event clock is judged.
+    pub(super) event: Histogram<u32>,
+    pub(super) failures: u64,
+    pub(super) throttle: u64,
+    pub(super) max_tenants: Option<u32>,
+}
+
+impl Bucket {
+    pub(super) fn new(start: Instant) -> Self {
+        Self {
+            start,
+            wall: hist(),
+            gpu: hist(),
+            queue: hist(),
+            event: hist(),
+            failures: 0,
+            throttle: 0,
+            max_tenants: None,
+        }
+    }
+}
+
+/// What one window of a track looked like.
+pub(super) struct Window {
+    pub(super) stats: WindowStats,
+    pub(super) wall: Quantiles,
+    pub(super) gpu: Quantiles,
+    pub(super) queue: Quantiles,
+}
+
+/// Merges the sub-buckets still in the window.
+pub(super) fn window_of(buckets: &VecDeque<Bucket>) -> Window {
+    let (mut wall, mut gpu, mut queue, mut event) = (hist(), hist(), hist(), hist());
+    let (mut failures, mut throttle, mut tenants) = (0u64, 0u64, None::<u32>);
+    for b in buckets {
+        let _ = wall.add(&b.wall);
+        let _ = gpu.add(&b.gpu);
+        let _ = queue.add(&b.queue);
+        let _ = event.add(&b.event);
+        failures += b.failures;
+        throttle |= b.throttle;
+        tenants = tenants.max(b.max_tenants);
+    }
+    let q = |h: &Histogram<u32>, p: f64| {
+        (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0)
+    };
+    let qs = |h: &Histogram<u32>| Quantiles {
+        p50: q(h, 0.5),
+        p99: q(h, 0.99),
+    };
+    Window {
+        stats: WindowStats {
+            samples: wall.len(),
+            wall_p99_ms: q(&wall, 0.99),
+            event_samples: event.len(),
+            event_mcycles_p50: (!event.is_empty())
+                .then(|| event.value_at_quantile(0.5) as f64 / 1e6),
+            correctness_failures: failures,
+            throttle_reasons: throttle,
+            max_tenants: tenants,
+        },
+        wall: qs(&wall),
+        gpu: qs(&gpu),
+        queue: qs(&queue),
+    }
+}

@@ -1,0 +1,510 @@
+//! The probe loop: one OS thread per GPU, never an async worker, because CUDA
+//! synchronisation blocks.
+//!
+//! Each arrival (the default [`ArrivalPlan::Poisson`]): wait an exponential
+//! gap → NVML sample (the SM clock just before the run) → one run of one
+//! kernel (FFT and GEMM alternate) → NVML clock sample → occupancy snapshot
+//! (cache read) → one row joined with all of it, stamped with its own trace
+//! id and span id → the fan-out ([`crate::topology`]), which shares the rows
+//! with every consumer's queue with one `try_send` each. A full queue drops
+//! that consumer's copy and counts it; nothing here waits on a consumer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use slicetrace_probe::{record_for, Fault, Kernel, ProbeBackend, ProbeError};
+use slicetrace_schema::ProbeRecord;
+
+pub mod arrivals;
+pub mod config;
+pub mod cpu_time;
+pub mod ids;
+pub mod occupancy;
+mod stop;
+pub mod telemetry;
+
+pub use arrivals::{exponential_gap, ArrivalPlan};
+pub use stop::StopSignal;
+
+use crate::internal_events::Stage;
+use crate::internal_events::{
+    CorrectnessCheckFailed, Counters, InternalEvent, ProbeCycleCompleted, ProbeRunFailed,
+    ProbeRunsCompleted, ProbeThreadCpuUsed, TelemetrySampleFailed,
+};
+use crate::serve::live::LiveState;
+use crate::topology::{Fanout, ProbeEvent};
+use cpu_time::CpuLaps;
+use ids::{new_span_id, new_trace_id};
+use occupancy::OccupancySource;
+use telemetry::{BurstTelemetry, DeviceSample, TelemetrySource};
+
+/// Re-creates a backend after repeated failures (a GPU reset, a lost context).
+pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn ProbeBackend>, ProbeError> + Send>;
+
+/// Everything one GPU's probe thread needs.
+pub struct ProbeLoop {
+    /// The backend (owned by the thread).
+    pub backend: Box<dyn ProbeBackend>,
+    /// How to re-create it after repeated failures.
+    pub reopen: Option<Reopen>,
+    /// NVML or none.
+    pub telemetry: Arc<dyn TelemetrySource>,
+    /// Occupancy cache.
+    pub occupancy: Arc<dyn OccupancySource>,
+    /// Where rows go: every consumer's queue.
+    pub fanout: Arc<Fanout>,
+    /// Live verdicts (read to stamp rows).
+    pub live: Arc<LiveState>,
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Node name.
+    pub node: String,
+    /// When runs start.
+    pub arrivals: ArrivalPlan,
+    /// Plant faults per kernel at start and require them to be caught.
+    pub self_test: bool,
+    /// Oldest the process list joined to a run may be
+    /// (`probe.process_list_max_age_ms`, default [`PROCESS_LIST_MAX_AGE`]).
+    pub process_list_max_age: Duration,
+    /// Shutdown.
+    pub stop: Arc<StopSignal>,
+}
+
+/// Longest wait between retries of a failing GPU.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Consecutive failed cycles after which the backend is re-created.
+pub const REOPEN_AFTER: u32 = 3;
+
+/// The event clock of a kernel longer than a time slice rises beside
+/// tenants because it is preempted mid-kernel: flagged above this multiple
+/// of the quiet baseline's event p99.
+pub const EVENT_INFLATED_FACTOR: f64 = 1.5;
+
+/// Per-thread state of the loop that is not configuration.
+struct LoopState {
+    uuid: String,
+    gpu_index: u32,
+    failures: u32,
+    /// The last full NVML sample and when it was taken.
+    full: Option<(Instant, DeviceSample)>,
+    /// When the process list in `full` was read.
+    processes_at: Option<Instant>,
+    /// This thread's CPU time per stage of an arrival.
+    cpu: CpuLaps,
+}
+
+/// Oldest a full NVML sample (utilisation, power, temperature, memory,
+/// processes) may be when it is joined to a run. The SM clock and throttle
+/// reasons are read fresh right before and right after every run; the rest
+/// changes slowly and costs far more to read (on a busy H100 a full sample
+/// costs milliseconds of CPU), so it is refreshed at most this often.
+pub const FULL_SAMPLE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Default of the oldest the GPU's process list (and so a row's
+/// `gpu_processes`, `processes` and tenant count) may be
+/// (`probe.process_list_max_age_ms`). NVML's process query is by far the
+/// dearest reading on a busy GPU (about 230 µs of CPU per call on a busy
+/// H200, where every other field costs 1–7 µs), and tenants come and go on
+/// the scale of pod starts, so it is refreshed at most this often.
+pub const PROCESS_LIST_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// What one NVML reading covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// SM clock and throttle reasons only.
+    Clocks,
+    /// Every device field, not the process list.
+    Device,
+    /// Every device field and the process list.
+    Full,
+}
+
+impl ProbeLoop {
+    /// Plants a wrong answer and a skipped kernel into each kernel through
+    /// the backend's real submission path, and requires both to be caught
+    /// and a clean run to pass. The outcome goes to [`LiveState`] (a failed
+    /// self-test means correctness is unverified: the GPU is `unhealthy`).
+    fn self_test(&mut self) {
+        let uuid = self.backend.device().uuid.clone();
+        for k in [Kernel::Fft, Kernel::Gemm] {
+            let mut caught = [false; 2];
+            for (i, fault) in [Fault::Corrupt, Fault::Skip].into_iter().enumerate() {
+                self.backend.plant_fault(k, fault);
+                caught[i] = matches!(self.backend.run(k), Ok(s) if s.correct == Some(false));
+            }
+            let clean = matches!(self.backend.run(k), Ok(s) if s.correct == Some(true));
+            let passed = caught[0] && caught[1] && clean;
+            self.live.record_self_test(&uuid, k, passed);
+            if passed {
+                tracing::info!(gpu = %uuid, kernel = k.as_str(), "self-test passed: planted corruption and skipped kernel caught");
+            } else {
+                tracing::error!(gpu = %uuid, kernel = k.as_str(), corruption_caught = caught[0], skip_caught = caught[1], clean, "self-test failed: correctness of this GPU is unverified");
+            }
+        }
+    }
+
+    fn jittered(interval: Duration, jitter_pct: u32) -> Duration {
+        let j = jitter_pct.min(90) as f64 / 100.0;
+        let f = if j > 0.0 {
+            rand::rng().random_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
+        interval.mul_f64(f)
+    }
+
+    /// The reading just before a run: a fresh SM clock and throttle mask on
+    /// top of the last full sample (refreshed when older than
+    /// [`FULL_SAMPLE_MAX_AGE`], its process list when older than
+    /// `process_list_max_age`).
+    fn sample_before(&self, st: &mut LoopState) -> Option<DeviceSample> {
+        let stale = st
+            .full
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() >= FULL_SAMPLE_MAX_AGE);
+        if stale {
+            let processes_stale = st
+                .processes_at
+                .is_none_or(|t| t.elapsed() >= self.process_list_max_age);
+            let s = if processes_stale {
+                let s = self.sample(st, Reading::Full);
+                st.processes_at = s.as_ref().map(|_| Instant::now());
+                s
+            } else {
+                let kept = st.full.as_ref().and_then(|(_, f)| f.processes.clone());
+                self.sample(st, Reading::Device).map(|s| DeviceSample {
+                    processes: kept,
+                    ..s
+                })
+            };
+            st.full = s.clone().map(|s| (Instant::now(), s));
+            return s;
+        }
+        let clocks = self.sample(st, Reading::Clocks);
+        st.full.as_ref().map(|(_, full)| DeviceSample {
+            sm_clock_mhz: clocks.as_ref().and_then(|c| c.sm_clock_mhz),
+            throttle_reasons: clocks.as_ref().and_then(|c| c.throttle_reasons),
+            ..full.clone()
+        })
+    }
+
+    /// Charges the probe thread's CPU since the last lap to `stage`, in the
+    /// thread's totals (logged when it stops) and on `/metrics`.
+    fn lap(&self, st: &mut LoopState, stage: Stage) {
+        if let Some(cpu) = st.cpu.lap(stage) {
+            ProbeThreadCpuUsed {
+                gpu_uuid: &st.uuid,
+                stage,
+                cpu,
+            }
+            .emit(&self.counters);
+        }
+    }
+
+    fn sample(&self, st: &LoopState, what: Reading) -> Option<DeviceSample> {
+        let r = match what {
+            Reading::Clocks => self.telemetry.sample_after(&st.uuid),
+            Reading::Device => self.telemetry.sample_device(&st.uuid),
+            Reading::Full => self.telemetry.sample(&st.uuid),
+        };
+        match r {
+            Ok(s) => Some(s),
+            Err(e) => {
+                TelemetrySampleFailed {
+                    gpu_uuid: &st.uuid,
+                    error: &e,
+                }
+                .emit(&self.counters);
+                None
+            }
+        }
+    }
+
+    /// Joins telemetry, occupancy, live state and ids into `rows` (one
+    /// arrival's or one cycle's), counts them and hands them to the fan-out.
+    fn publish(&self, st: &LoopState, mut rows: Vec<ProbeRecord>, tel: BurstTelemetry) {
+        let procs = tel.processes.clone().unwrap_or_default();
+        let mut occ = self.occupancy.snapshot(&st.uuid, &procs);
+        if tel.processes.is_none() {
+            // Without NVML's process list nobody knows which pods run on
+            // the GPU: absent, not an empty list.
+            occ.active_pods = None;
+        }
+        let proc_strings = tel.process_strings();
+        let trace_id = new_trace_id();
+        for r in &mut rows {
+            let b = &tel.before;
+            r.sm_clock_mhz = b.sm_clock_mhz;
+            r.mem_clock_mhz = b.mem_clock_mhz;
+            r.gpu_util_pct = b.gpu_util_pct;
+            r.mem_util_pct = b.mem_util_pct;
+            r.power_w = b.power_w;
+            r.temp_c = b.temp_c;
+            r.fb_used_mib = b.fb_used_mib;
+            r.throttle_reasons = tel.throttle_reasons;
+            r.sm_clock_mhz_after = tel.sm_clock_mhz_after;
+            r.gpu_processes = tel.processes.as_ref().map(|p| p.len() as u32);
+            r.processes = proc_strings.clone();
+            r.pods = occ.pods.clone();
+            r.pod_count = occ.pod_count;
+            r.active_pods = occ.active_pods.clone();
+            r.replicas = occ.replicas;
+            r.sharing_strategy = occ.sharing_strategy.clone();
+            r.occupancy_stale = occ.stale;
+            let (verdict, contention, event_baseline) = self
+                .live
+                .read_kernel(&st.uuid, r.kernel, |k| {
+                    (Some(k.verdict), k.contention, k.event_baseline_p99_ms)
+                })
+                .unwrap_or_default();
+            r.verdict = verdict;
+            r.contention = contention;
+            r.event_inflated = event_inflated(r.gpu_ms, r.tenants(), event_baseline);
+            r.trace_id = Some(trace_id);
+            r.span_id = Some(new_span_id());
+            if r.correct == Some(false) {
+                CorrectnessCheckFailed { gpu_uuid: &st.uuid }.emit(&self.counters);
+            }
+        }
+        ProbeRunsCompleted {
+            gpu_uuid: &st.uuid,
+            runs: rows.len() as u64,
+        }
+        .emit(&self.counters);
+        self.fanout.send_probes(rows);
+    }
+
+    /// Bookkeeping after an arrival or cycle: readiness, recovery, errors,
+    /// re-creating the backend. Returns the back-off to add before the next
+    /// attempt (zero when it succeeded).
+    fn settle(
+        &mut self,
+        st: &mut LoopState,
+        error: Option<ProbeError>,
+        base: Duration,
+    ) -> Duration {
+        match error {
+            None => {
+                ProbeCycleCompleted.emit(&self.counters);
+                self.live.ready.store(true, Ordering::Relaxed);
+                if st.failures > 0 {
+                    tracing::info!(gpu = %st.uuid, after_failures = st.failures, "probing recovered");
+                    self.fanout.event(ProbeEvent::ProbeRecovered {
+                        gpu_uuid: st.uuid.clone(),
+                    });
+                }
+                st.failures = 0;
+                Duration::ZERO
+            }
+            Some(e) => {
+                st.failures += 1;
+                let msg = crate::internal_events::error_chain(&e);
+                ProbeRunFailed {
+                    gpu_uuid: &st.uuid,
+                    failures: st.failures,
+                    error: &msg,
+                }
+                .emit(&self.counters);
+                self.fanout.event(ProbeEvent::ProbeError {
+                    gpu_uuid: st.uuid.clone(),
+                    gpu_index: st.gpu_index,
+                    error: msg,
+                });
+                if st.failures >= REOPEN_AFTER {
+                    if let Some(reopen) = self.reopen.as_mut() {
+                        match reopen() {
+                            Ok(b) => {
+                                tracing::warn!(gpu = %st.uuid, "re-created the probe backend after repeated failures");
+                                self.backend = b;
+                            }
+                            Err(e) => {
+                                tracing::debug!(gpu = %st.uuid, error = %e, "re-creating the backend failed");
+                            }
+                        }
+                    }
+                }
+                base.saturating_mul(1u32 << st.failures.min(6))
+                    .min(MAX_BACKOFF)
+            }
+        }
+    }
+
+    /// Runs until the stop signal. Never panics on a probe or telemetry error.
+    pub fn run(mut self) {
+        let uuid = self.backend.device().uuid.clone();
+        // Registers the GPU, so its per-GPU series exist from start (0).
+        self.counters.gpu(&uuid);
+        let mut st = LoopState {
+            gpu_index: self.backend.device().index,
+            uuid,
+            failures: 0,
+            full: None,
+            processes_at: None,
+            cpu: CpuLaps::start(),
+        };
+        if self.self_test {
+            self.self_test();
+        }
+        crate::memory::trim();
+        let n = match self.arrivals {
+            ArrivalPlan::Poisson { rate_hz } => self.run_poisson(&mut st, rate_hz),
+            ArrivalPlan::Burst {
+                interval,
+                jitter_pct,
+                burst_runs,
+            } => self.run_bursts(&mut st, interval, jitter_pct, burst_runs),
+        };
+        self.lap(&mut st, Stage::Wait);
+        let clock = self.backend.clock_report();
+        tracing::info!(
+            gpu = %st.uuid,
+            arrivals = n,
+            clock_drift_ppm = clock.map(|c| c.drift_ppm),
+            clock_error_us = clock.map(|c| c.err_us),
+            clock_resets = clock.map(|c| c.resets),
+            cpu_ms = st.cpu.sum().as_secs_f64() * 1e3,
+            cpu_ms_per_arrival = st.cpu.sum().as_secs_f64() * 1e3 / n.max(1) as f64,
+            cpu_ms_by_stage = %st.cpu.summary_ms(),
+            "probe thread stopped"
+        );
+    }
+
+    /// One run per Poisson arrival, FFT and GEMM alternating.
+    fn run_poisson(&mut self, st: &mut LoopState, rate_hz: f64) -> u64 {
+        let mut rng = rand::rng();
+        let mut kernel = if rng.random::<bool>() {
+            Kernel::Fft
+        } else {
+            Kernel::Gemm
+        };
+        let mean = Duration::from_secs_f64(1.0 / rate_hz.max(1e-9));
+        let mut backoff = Duration::ZERO;
+        let mut arrival: u64 = 0;
+        loop {
+            let gap = exponential_gap(rate_hz, &mut rng);
+            // The gap runs from the end of the previous run: never back to
+            // back, and memoryless, so the arrival moment is independent of
+            // the slice rotation.
+            if self.stop.wait(gap.max(backoff)) || self.stop.is_stopped() {
+                break;
+            }
+            self.lap(st, Stage::Wait);
+            let before = self.sample_before(st);
+            self.lap(st, Stage::Telemetry);
+            let shape = self.backend.shape(kernel);
+            let result = self.backend.run(kernel);
+            self.lap(st, Stage::Run);
+            let after = self.sample(st, Reading::Clocks);
+            self.lap(st, Stage::Telemetry);
+            let (rows, error) = match result {
+                Ok(s) => {
+                    let mut r =
+                        record_for(&self.node, self.backend.device(), &shape, &s, arrival, 0);
+                    r.arrival = Some(true);
+                    r.arrival_gap_ms = Some(gap.as_secs_f64() * 1e3);
+                    (vec![r], None)
+                }
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            self.publish(st, rows, BurstTelemetry::merge(before, after));
+            self.lap(st, Stage::Publish);
+            backoff = self.settle(st, error, mean);
+            kernel = match kernel {
+                Kernel::Fft => Kernel::Gemm,
+                Kernel::Gemm => Kernel::Fft,
+            };
+            arrival += 1;
+        }
+        arrival
+    }
+
+    /// The first version's cycles: bursts of each kernel, back to back.
+    fn run_bursts(
+        &mut self,
+        st: &mut LoopState,
+        interval: Duration,
+        jitter_pct: u32,
+        burst_runs: u32,
+    ) -> u64 {
+        let mut cycle: u64 = 0;
+        let mut next = Instant::now();
+        let mut gap = Duration::ZERO;
+        loop {
+            let now = Instant::now();
+            if next > now && self.stop.wait(next - now) {
+                break;
+            }
+            if self.stop.is_stopped() {
+                break;
+            }
+            let started = Instant::now();
+            self.lap(st, Stage::Wait);
+            let before = self.sample(st, Reading::Full);
+            self.lap(st, Stage::Telemetry);
+            let mut rows = Vec::with_capacity(2 * burst_runs as usize);
+            let mut error: Option<ProbeError> = None;
+            'bursts: for kernel in [Kernel::Fft, Kernel::Gemm] {
+                let shape = self.backend.shape(kernel);
+                for seq in 0..burst_runs {
+                    match self.backend.run(kernel) {
+                        Ok(s) => {
+                            let mut r = record_for(
+                                &self.node,
+                                self.backend.device(),
+                                &shape,
+                                &s,
+                                cycle,
+                                seq,
+                            );
+                            // Only the cycle's first run starts at a moment
+                            // the probe's own rhythm did not choose.
+                            let first = rows.is_empty();
+                            r.arrival = Some(first);
+                            r.arrival_gap_ms = first.then_some(gap.as_secs_f64() * 1e3);
+                            rows.push(r);
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            break 'bursts;
+                        }
+                    }
+                }
+            }
+            self.lap(st, Stage::Run);
+            let after = self.sample(st, Reading::Clocks);
+            self.lap(st, Stage::Telemetry);
+            self.publish(st, rows, BurstTelemetry::merge(before, after));
+            self.lap(st, Stage::Publish);
+            gap = Self::jittered(interval, jitter_pct);
+            let backoff = self.settle(st, error, gap);
+            next = if backoff.is_zero() {
+                started + gap
+            } else {
+                Instant::now() + backoff
+            };
+            cycle += 1;
+        }
+        cycle
+    }
+}
+
+/// Whether a run's event time is inflated against the quiet baseline while
+/// other processes share the GPU (the kernel was preempted mid-run, longer
+/// than a time slice), so nobody reads it as a slower GPU. `None` without a
+/// baseline or an event time; `false` on a quiet GPU.
+pub fn event_inflated(
+    gpu_ms: Option<f64>,
+    tenants: Option<u32>,
+    baseline_p99_ms: Option<f64>,
+) -> Option<bool> {
+    let (g, base) = (gpu_ms?, baseline_p99_ms?);
+    match tenants {
+        Some(0) => Some(false),
+        _ => Some(g > EVENT_INFLATED_FACTOR * base),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,269 @@
+//! Device telemetry, sampled on the probe thread just before and just after
+//! each arrival (or burst) and joined into its rows: a row's NVML columns are
+//! at most a few milliseconds older than its run, except utilisation, which
+//! NVML itself averages over its own sample period (1/6 s to 1 s).
+//!
+//! A reading the driver does not support is `None` (a null column), never 0.
+//! With no NVML (no driver, or the CPU backend) every reading is `None` and
+//! the agent says so once, at start.
+
+pub mod nvml;
+
+use crate::probe::occupancy::GpuProcess;
+
+/// Throttle ("clocks event") reason bit meaning only "the GPU is idle";
+/// removed from the recorded mask because it is not a slowdown.
+pub const THROTTLE_GPU_IDLE: u64 = 0x1;
+
+/// One NVML sample of one GPU.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceSample {
+    /// SM clock, MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock, MHz.
+    pub mem_clock_mhz: Option<u32>,
+    /// GPU utilisation, %.
+    pub gpu_util_pct: Option<u32>,
+    /// Memory utilisation, %.
+    pub mem_util_pct: Option<u32>,
+    /// Power, W.
+    pub power_w: Option<f64>,
+    /// Temperature, °C.
+    pub temp_c: Option<u32>,
+    /// Throttle reasons bit mask.
+    pub throttle_reasons: Option<u64>,
+    /// Framebuffer used, MiB.
+    pub fb_used_mib: Option<u64>,
+    /// Compute processes, the agent's own removed. `None` when unknown.
+    pub processes: Option<Vec<GpuProcess>>,
+}
+
+/// Telemetry errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// NVML could not be initialised.
+    #[error("nvml unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The device could not be found or read at all (fallen off the bus?).
+    #[error("device {uuid} unreadable")]
+    Device {
+        /// GPU UUID.
+        uuid: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The telemetry seam.
+///
+/// Contract: `sample` is called on a probe thread, blocking, about twice per
+/// probe cycle; it should return within a few milliseconds. A field the
+/// device does not support is `None`. An `Err` means nothing could be read;
+/// the caller counts it, logs it (rate-limited) and writes nulls.
+pub trait TelemetrySource: Send + Sync {
+    /// Name for logs (`nvml`, `none`).
+    fn name(&self) -> &'static str;
+    /// Samples the GPU with this UUID.
+    fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError>;
+    /// The reading right after a run: the SM clock and throttle reasons are
+    /// what matter there, so sources may read only those (cheaper than a
+    /// full sample on every arrival). Defaults to a full sample.
+    fn sample_after(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        self.sample(gpu_uuid)
+    }
+    /// A full sample without the process list, which is by far the dearest
+    /// reading on a busy GPU (NVML's process query: about 230 µs of CPU on
+    /// a busy H200 against 1–7 µs for each other field), so the probe loop
+    /// refreshes it less often. `processes` is then `None` (not read).
+    /// Defaults to a full sample.
+    fn sample_device(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        self.sample(gpu_uuid)
+    }
+}
+
+/// No telemetry: every reading is `None`.
+#[derive(Debug, Default)]
+pub struct NoTelemetry;
+
+impl TelemetrySource for NoTelemetry {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn sample(&self, _gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        Ok(DeviceSample::default())
+    }
+}
+
+/// Drops the command names of the GPU's processes (other tenants' command
+/// lines are theirs): what the agent keeps unless `process_names = true`.
+/// The `processes` column then reads `pid::used_mib`, the same three fields.
+pub struct WithoutProcessNames(pub std::sync::Arc<dyn TelemetrySource>);
+
+impl TelemetrySource for WithoutProcessNames {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        Ok(Self::strip(self.0.sample(gpu_uuid)?))
+    }
+    fn sample_after(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        Ok(Self::strip(self.0.sample_after(gpu_uuid)?))
+    }
+    fn sample_device(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        Ok(Self::strip(self.0.sample_device(gpu_uuid)?))
+    }
+}
+
+impl WithoutProcessNames {
+    fn strip(mut s: DeviceSample) -> DeviceSample {
+        for p in s.processes.iter_mut().flatten() {
+            p.name = None;
+        }
+        s
+    }
+}
+
+/// The telemetry the agent runs with: names dropped unless `process_names`.
+pub fn with_process_names(
+    t: std::sync::Arc<dyn TelemetrySource>,
+    process_names: bool,
+) -> std::sync::Arc<dyn TelemetrySource> {
+    if process_names {
+        t
+    } else {
+        std::sync::Arc::new(WithoutProcessNames(t))
+    }
+}
+
+/// Before/after samples of a burst merged into the values a row carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BurstTelemetry {
+    /// Sample before the burst (the row's main NVML columns).
+    pub before: DeviceSample,
+    /// SM clock after the burst.
+    pub sm_clock_mhz_after: Option<u32>,
+    /// OR of both samples' throttle reasons, idle bit removed.
+    pub throttle_reasons: Option<u64>,
+    /// Union of both samples' processes (by PID); `None` if neither knew.
+    pub processes: Option<Vec<GpuProcess>>,
+}
+
+impl BurstTelemetry {
+    /// Merges the two samples (either may be missing after an error).
+    pub fn merge(before: Option<DeviceSample>, after: Option<DeviceSample>) -> Self {
+        let throttle = match (
+            before.as_ref().and_then(|s| s.throttle_reasons),
+            after.as_ref().and_then(|s| s.throttle_reasons),
+        ) {
+            (None, None) => None,
+            (a, b) => Some((a.unwrap_or(0) | b.unwrap_or(0)) & !THROTTLE_GPU_IDLE),
+        };
+        let processes = match (
+            before.as_ref().and_then(|s| s.processes.clone()),
+            after.as_ref().and_then(|s| s.processes.clone()),
+        ) {
+            (None, None) => None,
+            (a, b) => {
+                let mut all = a.unwrap_or_default();
+                for p in b.unwrap_or_default() {
+                    if !all.iter().any(|q| q.pid == p.pid) {
+                        all.push(p);
+                    }
+                }
+                all.sort_by_key(|p| p.pid);
+                Some(all)
+            }
+        };
+        BurstTelemetry {
+            sm_clock_mhz_after: after.as_ref().and_then(|s| s.sm_clock_mhz),
+            before: before.unwrap_or_default(),
+            throttle_reasons: throttle,
+            processes,
+        }
+    }
+
+    /// `pid:name:used_mib` strings for the `processes` column (name empty
+    /// when unknown or not kept, see [`with_process_names`]).
+    pub fn process_strings(&self) -> Option<Vec<String>> {
+        self.processes.as_ref().map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    format!(
+                        "{}:{}:{}",
+                        p.pid,
+                        p.name.as_deref().unwrap_or(""),
+                        p.used_mib.map(|m| m.to_string()).unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc_(pid: u32) -> GpuProcess {
+        GpuProcess {
+            pid,
+            used_mib: Some(10),
+            name: Some("x".into()),
+        }
+    }
+
+    #[test]
+    fn merge_ors_throttle_without_idle_and_unions_processes() {
+        let b = DeviceSample {
+            throttle_reasons: Some(0x1 | 0x4),
+            processes: Some(vec![proc_(2)]),
+            sm_clock_mhz: Some(1000),
+            ..Default::default()
+        };
+        let a = DeviceSample {
+            throttle_reasons: Some(0x20),
+            processes: Some(vec![proc_(2), proc_(1)]),
+            sm_clock_mhz: Some(1980),
+            ..Default::default()
+        };
+        let m = BurstTelemetry::merge(Some(b), Some(a));
+        assert_eq!(m.throttle_reasons, Some(0x24));
+        assert_eq!(m.processes.as_ref().map(Vec::len), Some(2));
+        assert_eq!(m.before.sm_clock_mhz, Some(1000));
+        assert_eq!(m.sm_clock_mhz_after, Some(1980));
+        assert_eq!(m.process_strings().expect("some")[0], "1:x:10");
+    }
+
+    #[test]
+    fn process_names_are_dropped_unless_asked_for() {
+        struct One;
+        impl TelemetrySource for One {
+            fn name(&self) -> &'static str {
+                "one"
+            }
+            fn sample(&self, _: &str) -> Result<DeviceSample, TelemetryError> {
+                Ok(DeviceSample {
+                    processes: Some(vec![proc_(7)]),
+                    ..Default::default()
+                })
+            }
+        }
+        let strings = |names: bool| {
+            let t = with_process_names(std::sync::Arc::new(One), names);
+            BurstTelemetry::merge(t.sample("GPU-a").ok(), None)
+                .process_strings()
+                .expect("some")
+        };
+        assert_eq!(strings(false), ["7::10"]);
+        assert_eq!(strings(true), ["7:x:10"]);
+    }
+
+    #[test]
+    fn absent_stays_absent() {
+        let m = BurstTelemetry::merge(Some(DeviceSample::default()), None);
+        assert_eq!(m.throttle_reasons, None);
+        assert_eq!(m.processes, None);
+        assert_eq!(m.process_strings(), None);
+    }
+}
