@@ -187,9 +187,7 @@ impl GpuClock {
             .map_or(i64::MAX, |t| host_ns.saturating_sub(t));
         // While the bound is wide (just started, or a drift not yet pinned
         // down), refit sooner: new bounds narrow it most then.
-        let wide = self
-            .at(host_ns)
-            .is_none_or(|e| e.err_ns > TARGET_ERROR_NS);
+        let wide = self.at(host_ns).is_none_or(|e| e.err_ns > TARGET_ERROR_NS);
         let due = self.fit.is_none() || age >= REFIT_NS || (wide && age >= REFIT_WIDE_NS);
         if self.dirty && due {
             self.refit();

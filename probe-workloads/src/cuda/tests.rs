@@ -227,7 +227,7 @@ fn the_calibration_bound_is_under_ten_microseconds_on_an_idle_gpu() {
     // 12 s of arrivals at ~5 Hz on the idle GPU, as the agent makes them.
     let mut i = 0u32;
     while t0.elapsed() < std::time::Duration::from_secs(12) {
-        let k = if i % 2 == 0 {
+        let k = if i.is_multiple_of(2) {
             Kernel::Fft
         } else {
             Kernel::Gemm
