@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{sys as drv_sys, DevicePtr};
 
 use super::CudaBackend;
-use crate::clock::MAX_ERROR_NS;
+use crate::clock::{MAX_ERROR_NS, TARGET_ERROR_NS};
 use crate::ProbeError;
 
 /// The stamp kernels: `slicetrace_stamp(u64* out)` writes the timer once;
@@ -78,10 +78,8 @@ pub(super) const SLOTS: usize = 3;
 pub const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
 /// Calibration launches at start-up.
 pub const CALIBRATE_AT_START: u32 = 16;
-/// The error bound the calibration aims at on an idle GPU, µs.
-pub const TARGET_ERROR_US: f64 = 10.0;
 /// Lone launches after a run that found the GPU idle, while the bound is
-/// above [`TARGET_ERROR_US`].
+/// above [`TARGET_ERROR_NS`].
 pub const CALIBRATE_WHEN_IDLE: u32 = 2;
 /// A run this quick (launch → wait returned, inside the spin budget) found
 /// the GPU idle and this context resident.
@@ -312,7 +310,7 @@ impl CudaBackend {
     /// older than [`CALIBRATE_EVERY`], or with [`CALIBRATE_WHEN_IDLE`] lone
     /// launches when the run just made looks like an idle GPU (it completed
     /// inside the spin budget, within [`IDLE_RUN`]) while the error bound is
-    /// above [`TARGET_ERROR_US`]: a launch then runs at once, so its bounds
+    /// above [`TARGET_ERROR_NS`]: a launch then runs at once, so its bounds
     /// are tight, and it costs a tenant nothing because there is none.
     pub(super) fn calibrate_if_due(
         &mut self,
@@ -324,7 +322,7 @@ impl CudaBackend {
             return Ok(());
         }
         let idle = waited == "spin" && host_wall <= IDLE_RUN;
-        if idle && err_us.is_none_or(|e| e > TARGET_ERROR_US) {
+        if idle && err_us.is_none_or(|e| e * 1e3 > TARGET_ERROR_NS) {
             self.calibrate(CALIBRATE_WHEN_IDLE)?;
         } else if self
             .last_calibration
