@@ -99,7 +99,7 @@ PY
     tail -n1 "$R/cpu.jsonl" | tee -a "$R/timeline.log"
     wait $pn $ps $pb
     stop_tenants
-    grep -h "probe thread stopped" "$R/new-t$phase.log" | tail -n1 | cut -c1-600 | tee -a "$R/timeline.log"
+    grep -h "probe thread stopped" "$R/new-t$phase.log" | tail -n1 | cut -c1-1400 | tee -a "$R/timeline.log"
     pack
   done
   python3 "$HERE/summarise_stamps.py" "$R" | tee "$R/summary.txt"

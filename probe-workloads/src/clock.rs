@@ -12,8 +12,8 @@
 //!   returned) gives `offset ≥ gpu − host` (a *lower* bound).
 //!
 //! Every run gives one of each (launch → start stamp, end stamp → wait
-//! returned), and dedicated calibration launches (a lone stamp kernel,
-//! polled) give both around one stamp. A bound is loose when the run waited
+//! returned), and a two-way exchange with a one-thread kernel through mapped
+//! host memory gives both, one PCIe round trip apart (`cuda::stamp`). A bound is loose when the run waited
 //! for its time slice or the host woke late, but it is never wrong: so the
 //! estimator keeps the tightest bound of each side per bucket of host time
 //! and finds the lines `offset(t) = a + d·t` that satisfy all of them, over a
@@ -164,10 +164,17 @@ impl GpuClock {
         } else {
             &mut bucket.lower
         };
+        // Tighter means nearer the line, so compare after removing the
+        // drift of the last fit: across one bucket a drift of 20 ppm moves
+        // the offset by 20 µs, ten times a two-way exchange's width, and a
+        // raw comparison would keep the bound at the bucket's edge that the
+        // drift favours rather than the one closest to the truth.
+        let d = self.fit.map_or(0.0, |f| f.drift);
+        let rel = |x: &Bound| x.v as f64 - d * (x.t - b.t) as f64;
         let tighter = match slot {
             None => true,
-            Some(old) if upper => b.v < old.v,
-            Some(old) => b.v > old.v,
+            Some(old) if upper => (b.v as f64) < rel(old),
+            Some(old) => (b.v as f64) > rel(old),
         };
         if tighter {
             *slot = Some(b);

@@ -187,6 +187,13 @@ pub struct ClockReport {
     pub err_us: f64,
     /// Times the calibration restarted after a stepped timer.
     pub resets: u64,
+    /// Two-way calibration exchanges the host answered.
+    pub exchanges_answered: u64,
+    /// Exchanges that got no answer (the kernel did not start within the
+    /// host's spin budget).
+    pub exchanges_missed: u64,
+    /// Host CPU spent spinning for exchange kernels to start, ms in total.
+    pub exchange_spin_ms: f64,
 }
 
 /// A fault planted into the next run of a kernel, to prove the correctness

@@ -75,7 +75,7 @@ mod stamp;
 mod tests;
 mod wait;
 
-pub use stamp::{host_ns, CALIBRATE_AT_START, CALIBRATE_EVERY};
+pub use stamp::{host_ns, ExchangeStats, CALIBRATE_AT_START, CALIBRATE_EVERY, CALIBRATE_START_GAP};
 
 pub use device::{device_count, device_used_mib, effective_fp32_math, format_uuid};
 use device::{set_blocking_sync, set_stack_limit};
@@ -121,6 +121,8 @@ pub struct CudaBackend {
     /// The GPU timer's calibration against the host clock.
     clock: crate::clock::GpuClock,
     last_calibration: Option<Instant>,
+    /// The two-way calibration exchanges so far.
+    exchanges: stamp::ExchangeStats,
     /// One captured graph per kernel in [`Timing::Graph`] mode, with the
     /// nodes used to plant faults through it.
     graphs: [Option<(CudaGraph, Option<FaultNodes>)>; 2],
@@ -341,6 +343,7 @@ impl CudaBackend {
             last_end_stamp: i64::MIN,
             clock: crate::clock::GpuClock::new(),
             last_calibration: None,
+            exchanges: stamp::ExchangeStats::default(),
             graphs: [None, None],
             fault_next: [None; 2],
             _blas_workspace: blas_workspace,
@@ -364,7 +367,7 @@ impl CudaBackend {
             }
         }
         stage("graphs");
-        me.calibrate(CALIBRATE_AT_START)?;
+        me.calibrate(CALIBRATE_AT_START, true)?;
         stage("calibration");
         Ok(me)
     }
@@ -457,7 +460,7 @@ impl ProbeBackend for CudaBackend {
             Some(st) => self.stamped(t0, t_done, st),
             None => (None, None),
         };
-        self.calibrate_if_due(t_done - t0, wait, clock_error_us)?;
+        self.calibrate_if_due(clock_error_us)?;
         let (wall_ms, queue_ms, wall_clock) = match stamped {
             Some(s) => (
                 s.wall_ms,
@@ -493,6 +496,9 @@ impl ProbeBackend for CudaBackend {
             drift_ppm: f.drift * 1e6,
             err_us: e.err_ns / 1e3,
             resets: self.clock.resets(),
+            exchanges_answered: self.exchanges.answered,
+            exchanges_missed: self.exchanges.missed,
+            exchange_spin_ms: self.exchanges.spin.as_secs_f64() * 1e3,
         })
     }
 }

@@ -8,9 +8,12 @@
 //! → end stamp on the host's time line, which does not depend on how late
 //! the probe thread wakes up from its blocking wait. Every run also bounds
 //! the offset between the two clocks (the launch precedes the start stamp,
-//! the end stamp precedes the wait's return), and a lone stamp kernel, polled
-//! for a short budget, calibrates at start-up and every
-//! [`CALIBRATE_EVERY`]; [`crate::clock::GpuClock`] fits the lot.
+//! the end stamp precedes the wait's return), but beside tenants both are as
+//! wide as a context switch. A two-way exchange between the host and a
+//! one-thread kernel through mapped host memory
+//! ([`CudaBackend::calibrate`]) bounds it to one PCIe round trip instead, at
+//! start-up and every [`CALIBRATE_EVERY`]; [`crate::clock::GpuClock`] fits
+//! the lot.
 //!
 //! The kernels are PTX written here and JIT-compiled by the driver when the
 //! backend is created (`cuModuleLoadData`), so nothing needs NVRTC or nvcc.
@@ -27,8 +30,15 @@ use crate::clock::{MAX_ERROR_NS, TARGET_ERROR_NS};
 use crate::ProbeError;
 
 /// The stamp kernels: `slicetrace_stamp(u64* out)` writes the timer once;
-/// `slicetrace_timer_trace(u64* out, u32 n)` reads it `n` times in a row
-/// (resolution and monotonicity checks). PTX ISA 7.0 for sm_70 and newer.
+/// `slicetrace_exchange(u64* box, u64 patience_ns)` is the two-way
+/// calibration (see [`CudaBackend::calibrate`]): it writes the timer to
+/// `box[0]` in host memory, waits up to `patience_ns` of GPU time for the
+/// host to write its own clock into `box[1]`, and on seeing it writes the
+/// timer again to `box[2]`; `slicetrace_timer_trace(u64* out, u32 n)` reads
+/// the timer `n` times in a row (resolution and monotonicity checks). PTX
+/// ISA 7.0 for sm_70 and newer (`.relaxed.sys` loads and stores, so the
+/// host's write is seen and the GPU's writes reach the host while the
+/// kernel runs).
 const PTX: &str = r#"
 .version 7.0
 .target sm_70
@@ -41,6 +51,33 @@ const PTX: &str = r#"
     cvta.to.global.u64 %rd2, %rd1;
     mov.u64 %rd3, %globaltimer;
     st.global.u64 [%rd2], %rd3;
+    ret;
+}
+
+.visible .entry slicetrace_exchange(.param .u64 box, .param .u64 patience)
+{
+    .reg .pred %p<3>;
+    .reg .b64 %rd<10>;
+    ld.param.u64 %rd1, [box];
+    cvta.to.global.u64 %rd2, %rd1;
+    ld.param.u64 %rd3, [patience];
+    mov.u64 %rd4, %globaltimer;
+    st.relaxed.sys.global.u64 [%rd2], %rd4;
+    fence.sc.sys;
+WAIT:
+    ld.relaxed.sys.global.u64 %rd5, [%rd2+8];
+    setp.ne.u64 %p1, %rd5, 0;
+    @%p1 bra GOT;
+    mov.u64 %rd6, %globaltimer;
+    sub.u64 %rd7, %rd6, %rd4;
+    setp.lt.u64 %p2, %rd7, %rd3;
+    @%p2 bra WAIT;
+    bra DONE;
+GOT:
+    mov.u64 %rd8, %globaltimer;
+    st.relaxed.sys.global.u64 [%rd2+16], %rd8;
+DONE:
+    fence.sc.sys;
     ret;
 }
 
@@ -70,24 +107,50 @@ DONE:
 /// Slots of the stamp buffer.
 pub(super) const SLOT_START: usize = 0;
 pub(super) const SLOT_END: usize = 1;
-const SLOT_CAL: usize = 2;
-/// Stamp slots, then room for a timer trace.
-pub(super) const SLOTS: usize = 3;
+/// Stamp slots.
+pub(super) const SLOTS: usize = 2;
 
-/// How often a lone stamp kernel recalibrates, besides the runs' own bounds.
+/// How often a two-way exchange recalibrates, besides the runs' own bounds.
 pub const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
-/// Calibration launches at start-up.
+/// How often while the error bound is above [`TARGET_ERROR_NS`].
+pub const CALIBRATE_WIDE_EVERY: Duration = Duration::from_secs(1);
+/// Exchanges at start-up, [`CALIBRATE_START_GAP`] apart: they span three
+/// buckets of [`crate::clock::BUCKET_NS`], so the drift is bounded to a few
+/// ppm before the first run.
 pub const CALIBRATE_AT_START: u32 = 16;
-/// Lone launches after a run that found the GPU idle, while the bound is
-/// above [`TARGET_ERROR_NS`].
-pub const CALIBRATE_WHEN_IDLE: u32 = 2;
-/// A run this quick (launch → wait returned, inside the spin budget) found
-/// the GPU idle and this context resident.
-const IDLE_RUN: Duration = Duration::from_micros(300);
-/// How long a calibration launch is polled before the host blocks (a
-/// launch that waited for a slice gives a wide bound, so spinning longer
-/// buys nothing).
-const CALIBRATE_SPIN: Duration = Duration::from_micros(50);
+/// The gap between start-up exchanges.
+pub const CALIBRATE_START_GAP: Duration = Duration::from_millis(150);
+/// How long the host spins for the exchange kernel to start: the launch
+/// waits for this context's time slice (about 2 ms per tenant on an H100),
+/// so this covers a dozen tenants; past it the host blocks and keeps only
+/// the one-way bounds.
+const EXCHANGE_HOST_SPIN: Duration = Duration::from_millis(30);
+/// How long the exchange kernel waits for the host's answer, GPU ns (it
+/// holds this context's own slice, never a tenant's).
+const EXCHANGE_PATIENCE_NS: u64 = 200_000;
+
+/// What the two-way exchanges cost and how many were answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExchangeStats {
+    /// Exchanges the host answered in time.
+    pub answered: u64,
+    /// Exchanges the host gave up on (the kernel did not start within the
+    /// host's spin budget) or the kernel stopped waiting for.
+    pub missed: u64,
+    /// Host time spent spinning for the kernel to start, in total.
+    pub spin: Duration,
+}
+
+impl ExchangeStats {
+    fn record(&mut self, answered: bool, spin: Duration) {
+        if answered {
+            self.answered += 1;
+        } else {
+            self.missed += 1;
+        }
+        self.spin += spin;
+    }
+}
 
 /// Host monotonic time in ns since a process-wide origin (the scale the
 /// calibration uses).
@@ -100,15 +163,17 @@ pub fn host_ns(t: Instant) -> i64 {
     }
 }
 
-/// The loaded stamp module and its two functions.
+/// The loaded stamp module, its functions, and the calibration mailbox.
 pub(super) struct StampKernels {
     module: drv_sys::CUmodule,
     stamp: drv_sys::CUfunction,
+    exchange: drv_sys::CUfunction,
     trace: drv_sys::CUfunction,
+    mailbox: Mailbox,
 }
 
 impl StampKernels {
-    /// JIT-compiles the PTX into the current context.
+    /// JIT-compiles the PTX into the current context and maps the mailbox.
     pub(super) fn load() -> Result<Self, ProbeError> {
         let src = CString::new(PTX).map_err(|e| ProbeError::Cuda {
             what: "stamp ptx",
@@ -131,13 +196,21 @@ impl StampKernels {
             })?;
             Ok(f)
         };
-        let loaded =
-            (|| Ok::<_, ProbeError>((get("slicetrace_stamp")?, get("slicetrace_timer_trace")?)))();
+        let loaded = (|| {
+            Ok::<_, ProbeError>((
+                get("slicetrace_stamp")?,
+                get("slicetrace_exchange")?,
+                get("slicetrace_timer_trace")?,
+                Mailbox::map()?,
+            ))
+        })();
         match loaded {
-            Ok((stamp, trace)) => Ok(Self {
+            Ok((stamp, exchange, trace, mailbox)) => Ok(Self {
                 module,
                 stamp,
+                exchange,
                 trace,
+                mailbox,
             }),
             Err(e) => {
                 // SAFETY: module was loaded above and is not used again.
@@ -153,6 +226,74 @@ impl Drop for StampKernels {
         // SAFETY: loaded once in `load`, unloaded once here (after the graphs
         // that reference its functions: field order in the backend).
         let _ = unsafe { drv_sys::cuModuleUnload(self.module) };
+    }
+}
+
+/// Mailbox slots: the GPU's first stamp, the host's clock, the GPU's second
+/// stamp (0 while unwritten).
+const BOX_GPU_SEEN: usize = 0;
+const BOX_HOST: usize = 1;
+const BOX_GPU_REPLY: usize = 2;
+const BOX_SLOTS: usize = 3;
+
+/// A few words of page-locked host memory that the GPU reads and writes
+/// directly through its mapping, for the two-way calibration.
+struct Mailbox {
+    host: *mut u64,
+    dev: u64,
+}
+
+impl Mailbox {
+    /// Allocates and maps the mailbox in the current context.
+    fn map() -> Result<Self, ProbeError> {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: the context is current; p receives BOX_SLOTS u64.
+        ck!("cuMemHostAlloc", unsafe {
+            drv_sys::cuMemHostAlloc(&mut p, BOX_SLOTS * 8, drv_sys::CU_MEMHOSTALLOC_DEVICEMAP)
+                .result()
+        })?;
+        let mut dev: drv_sys::CUdeviceptr = 0;
+        // SAFETY: p was allocated above with DEVICEMAP.
+        let mapped = unsafe { drv_sys::cuMemHostGetDevicePointer_v2(&mut dev, p, 0).result() };
+        if let Err(e) = mapped {
+            // SAFETY: p was allocated above and is not used again.
+            let _ = unsafe { drv_sys::cuMemFreeHost(p) };
+            return Err(super::cuda_err("cuMemHostGetDevicePointer")(&e));
+        }
+        let me = Self {
+            host: p as *mut u64,
+            dev,
+        };
+        me.clear();
+        Ok(me)
+    }
+
+    fn get(&self, slot: usize) -> u64 {
+        debug_assert!(slot < BOX_SLOTS);
+        // SAFETY: host points at BOX_SLOTS u64 for the mailbox's life; the
+        // GPU writes them concurrently, hence the volatile read.
+        unsafe { std::ptr::read_volatile(self.host.add(slot)) }
+    }
+
+    fn set(&self, slot: usize, v: u64) {
+        debug_assert!(slot < BOX_SLOTS);
+        // SAFETY: as in `get`; the GPU polls this word.
+        unsafe { std::ptr::write_volatile(self.host.add(slot), v) }
+    }
+
+    fn clear(&self) {
+        for i in 0..BOX_SLOTS {
+            self.set(i, 0);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // SAFETY: allocated once in `map`, freed once here; no kernel that
+        // uses it is in flight (the backend synchronises after each use).
+        let _ = unsafe { drv_sys::cuMemFreeHost(self.host as *mut c_void) };
     }
 }
 
@@ -258,77 +399,105 @@ impl CudaBackend {
         (Some(s), Some(err_us))
     }
 
-    /// Calibrates with `n` lone stamp launches, each polled for a short
-    /// budget; returns how many completed inside it.
-    pub fn calibrate(&mut self, n: u32) -> Result<u32, ProbeError> {
-        let Some(k) = &self.stamps else {
-            return Ok(0);
-        };
-        let stamp = k.stamp;
-        let mut quick = 0;
-        for _ in 0..n {
-            let (base, _g) = self.stamp_buf.device_ptr(&self.stream);
-            let mut ptr: u64 = base + (SLOT_CAL * 8) as u64;
-            let mut params = [&mut ptr as *mut u64 as *mut c_void];
-            drop(_g);
-            let t0 = Instant::now();
-            // SAFETY: as in enqueue_stamp.
-            unsafe { launch(stamp, self.stream.cu_stream(), &mut params) }?;
-            ck!("cuEventRecord", self.ev_cal.record(&self.stream))?;
-            let mut done = false;
-            while t0.elapsed() < CALIBRATE_SPIN {
-                // SAFETY: the event belongs to this context.
-                match unsafe { drv_sys::cuEventQuery(self.ev_cal.cu_event()) } {
-                    drv_sys::CUresult::CUDA_SUCCESS => {
-                        done = true;
-                        break;
-                    }
-                    drv_sys::CUresult::CUDA_ERROR_NOT_READY => std::hint::spin_loop(),
-                    e => return Err(super::cuda_err("cuEventQuery")(&e)),
-                }
+    /// Calibrates with `n` two-way exchanges ([`Self::exchange`]); at
+    /// start-up (`spread`) they are [`CALIBRATE_START_GAP`] apart, so that
+    /// they span more than one bucket and pin the drift down before the
+    /// first run. Returns how many exchanges got the host's reply.
+    pub fn calibrate(&mut self, n: u32, spread: bool) -> Result<u32, ProbeError> {
+        let mut done = 0;
+        for i in 0..n {
+            if spread && i > 0 {
+                std::thread::sleep(CALIBRATE_START_GAP);
             }
-            if !done {
-                ck!("cuEventSynchronize", self.ev_cal.synchronize())?;
-            }
-            let t1 = Instant::now();
-            quick += u32::from(done);
-            let mut g = [0u64; SLOTS];
-            ck!(
-                "copy stamps",
-                self.stream.memcpy_dtoh(&self.stamp_buf, &mut g)
-            )?;
-            ck!("cuStreamSynchronize", self.stream.synchronize())?;
-            let g = g[SLOT_CAL] as i64;
-            self.clock.upper(host_ns(t0), g);
-            self.clock.lower(host_ns(t1), g);
+            done += u32::from(self.exchange()?.is_some());
         }
         self.last_calibration = Some(Instant::now());
-        Ok(quick)
+        Ok(done)
     }
 
-    /// Recalibrates (outside the measured path) when the last calibration is
-    /// older than [`CALIBRATE_EVERY`], or with [`CALIBRATE_WHEN_IDLE`] lone
-    /// launches when the run just made looks like an idle GPU (it completed
-    /// inside the spin budget, within [`IDLE_RUN`]) while the error bound is
-    /// above [`TARGET_ERROR_NS`]: a launch then runs at once, so its bounds
-    /// are tight, and it costs a tenant nothing because there is none.
-    pub(super) fn calibrate_if_due(
-        &mut self,
-        host_wall: Duration,
-        waited: &str,
-        err_us: Option<f64>,
-    ) -> Result<(), ProbeError> {
+    /// One two-way exchange between the host and a one-thread kernel.
+    ///
+    /// The kernel writes the GPU timer `g0` into mapped host memory as soon
+    /// as it runs, and waits (at most [`EXCHANGE_PATIENCE_NS`] of GPU time)
+    /// for the host's answer; the host spins on the mailbox, reads its clock
+    /// `h` the moment it sees `g0`, and answers; the kernel then writes the
+    /// timer again, `g1`. `g0` happened before `h`, and `h` before `g1`, so
+    /// `g0 − h ≤ offset ≤ g1 − h`: a bound as wide as one PCIe round trip,
+    /// however long the launch waited for this context's time slice (the
+    /// host is already spinning when it comes). That is what keeps the
+    /// calibration tight beside tenants, where every other bound is as wide
+    /// as a context switch. The launch and the completion add the one-way
+    /// bounds of a lone stamp. Returns the round trip `g1 − g0` (GPU ns)
+    /// when the host's answer arrived.
+    pub(super) fn exchange(&mut self) -> Result<Option<i64>, ProbeError> {
+        let Some(k) = &self.stamps else {
+            return Ok(None);
+        };
+        let mb = &k.mailbox;
+        mb.clear();
+        let mut boxp: u64 = mb.dev;
+        let mut patience: u64 = EXCHANGE_PATIENCE_NS;
+        let mut params = [
+            &mut boxp as *mut u64 as *mut c_void,
+            &mut patience as *mut u64 as *mut c_void,
+        ];
+        let t0 = Instant::now();
+        // SAFETY: the exchange function takes (u64*, u64); boxp is the
+        // device address of the mapped mailbox of this context.
+        unsafe { launch(k.exchange, self.stream.cu_stream(), &mut params) }?;
+        ck!("cuEventRecord", self.ev_cal.record(&self.stream))?;
+        let mut host_read = None;
+        loop {
+            if mb.get(BOX_GPU_SEEN) != 0 {
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                let h = Instant::now();
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                mb.set(BOX_HOST, 1);
+                host_read = Some(h);
+                break;
+            }
+            if t0.elapsed() >= EXCHANGE_HOST_SPIN {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let spun = t0.elapsed();
+        ck!("cuEventSynchronize", self.ev_cal.synchronize())?;
+        let t1 = Instant::now();
+        let (g0, g1) = (mb.get(BOX_GPU_SEEN) as i64, mb.get(BOX_GPU_REPLY) as i64);
+        if g0 != 0 {
+            self.clock.upper(host_ns(t0), g0);
+            self.clock.lower(host_ns(t1), if g1 != 0 { g1 } else { g0 });
+        }
+        let answered = match host_read {
+            Some(h) if g0 != 0 && g1 != 0 => {
+                self.clock.lower(host_ns(h), g0);
+                self.clock.upper(host_ns(h), g1);
+                Some(g1 - g0)
+            }
+            _ => None,
+        };
+        self.exchanges.record(answered.is_some(), spun);
+        // Refit (when due) so the next bounds are compared along the drift.
+        self.clock.estimate(host_ns(t1));
+        Ok(answered)
+    }
+
+    /// Recalibrates (outside the measured path) with one exchange when the
+    /// last one is older than [`CALIBRATE_EVERY`], or older than
+    /// [`CALIBRATE_WIDE_EVERY`] while the error bound is above half of
+    /// [`TARGET_ERROR_NS`] (the drift not yet pinned down, or a reset).
+    pub(super) fn calibrate_if_due(&mut self, err_us: Option<f64>) -> Result<(), ProbeError> {
         if self.stamps.is_none() {
             return Ok(());
         }
-        let idle = waited == "spin" && host_wall <= IDLE_RUN;
-        if idle && err_us.is_none_or(|e| e * 1e3 > TARGET_ERROR_NS) {
-            self.calibrate(CALIBRATE_WHEN_IDLE)?;
-        } else if self
-            .last_calibration
-            .is_none_or(|t| t.elapsed() >= CALIBRATE_EVERY)
-        {
-            self.calibrate(1)?;
+        let wide = err_us.is_none_or(|e| e * 1e3 > TARGET_ERROR_NS / 2.0);
+        let due = self.last_calibration.is_none_or(|t| {
+            let age = t.elapsed();
+            age >= CALIBRATE_EVERY || (wide && age >= CALIBRATE_WIDE_EVERY)
+        });
+        if due {
+            self.calibrate(1, false)?;
         }
         Ok(())
     }
@@ -363,6 +532,11 @@ impl CudaBackend {
     /// The GPU clock's calibration (drift, error bound, resets).
     pub fn clock(&self) -> &crate::clock::GpuClock {
         &self.clock
+    }
+
+    /// The two-way exchanges so far.
+    pub fn exchange_stats(&self) -> ExchangeStats {
+        self.exchanges
     }
 
     /// The start and end stamps of the last run, GPU ns.

@@ -260,6 +260,53 @@ fn the_calibration_bound_is_under_ten_microseconds_on_an_idle_gpu() {
 }
 
 #[test]
+fn the_two_way_exchange_bounds_the_offset_to_a_round_trip() {
+    let Some(mut b) = gpu_or_skip("exchange", light()) else {
+        return;
+    };
+    // Start-up: every exchange answered, and the bound already tight.
+    let start = b.exchange_stats();
+    assert_eq!(start.answered, u64::from(super::CALIBRATE_AT_START));
+    let now = super::host_ns(std::time::Instant::now());
+    let err0 = b
+        .clock
+        .estimate(now)
+        .expect("estimate after start-up")
+        .err_ns;
+    let mut rt = Vec::new();
+    for _ in 0..200 {
+        if let Some(w) = b.exchange().expect("exchange") {
+            rt.push(w as f64 / 1e3);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let s = b.exchange_stats();
+    rt.sort_by(f64::total_cmp);
+    let q = |p: f64| rt[((rt.len() - 1) as f64 * p) as usize];
+    gpu_result(
+        "exchange",
+        format!(
+            "\"start_err_us\":{:.3},\"answered\":{},\"missed\":{},\"round_trip_us_p50\":{:.3},\"round_trip_us_p99\":{:.3},\"round_trip_us_max\":{:.3},\"host_spin_us_mean\":{:.3}",
+            err0 / 1e3,
+            s.answered,
+            s.missed,
+            q(0.5),
+            q(0.99),
+            q(1.0),
+            s.spin.as_secs_f64() * 1e6 / (s.answered + s.missed) as f64
+        ),
+    );
+    assert!(
+        rt.len() >= 190,
+        "only {} of 200 exchanges answered",
+        rt.len()
+    );
+    // A PCIe round trip, not a context switch.
+    assert!(q(0.5) < 10.0, "median round trip {} µs", q(0.5));
+    assert!(err0 < 10_000.0, "error bound {err0} ns after start-up");
+}
+
+#[test]
 fn planted_faults_are_caught_through_the_real_graph() {
     let Some(mut b) = gpu_or_skip("faults", light()) else {
         return;
