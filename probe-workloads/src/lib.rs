@@ -199,7 +199,19 @@ pub enum Fault {
     /// The kernel does not run at all (a launch that silently did nothing);
     /// the output keeps the poison written before the run.
     Skip,
+    /// The run hangs for [`PLANTED_HANG`] before the kernel (a wedged
+    /// context, bounded so that a test or a demo ends by itself): on CUDA a
+    /// one-thread kernel node that spins on the GPU timer, disabled in every
+    /// other launch of the captured graph; on the CPU the worker sleeps. The
+    /// host waits as for any run (blocking sync), so a hang costs no CPU.
+    /// The agent's watchdog must give up on the run long before it ends.
+    Hang,
 }
+
+/// How long a planted [`Fault::Hang`] holds its run: far beyond any run
+/// deadline the agent's watchdog derives, and short enough that a test or
+/// demo ends by itself.
+pub const PLANTED_HANG: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The probe-backend seam.
 ///

@@ -28,7 +28,9 @@ use crate::ProbeError;
 
 /// The stamp kernels: `slicetrace_stamp(u64* out)` writes the timer once;
 /// `slicetrace_timer_trace(u64* out, u32 n)` reads it `n` times in a row
-/// (resolution and monotonicity checks). PTX ISA 7.0 for sm_70 and newer.
+/// (resolution and monotonicity checks); `slicetrace_spin(u64 ns)` spins
+/// one thread on the timer for `ns` (the planted hang, [`crate::Fault::Hang`]).
+/// PTX ISA 7.0 for sm_70 and newer.
 const PTX: &str = r#"
 .version 7.0
 .target sm_70
@@ -63,6 +65,20 @@ LOOP:
     add.u32 %r2, %r2, 1;
     bra LOOP;
 DONE:
+    ret;
+}
+
+.visible .entry slicetrace_spin(.param .u64 ns)
+{
+    .reg .pred %p<2>;
+    .reg .b64 %rd<5>;
+    ld.param.u64 %rd1, [ns];
+    mov.u64 %rd2, %globaltimer;
+SPIN:
+    mov.u64 %rd3, %globaltimer;
+    sub.s64 %rd4, %rd3, %rd2;
+    setp.lt.u64 %p1, %rd4, %rd1;
+    @%p1 bra SPIN;
     ret;
 }
 "#;
@@ -105,6 +121,7 @@ pub(super) struct StampKernels {
     module: drv_sys::CUmodule,
     stamp: drv_sys::CUfunction,
     trace: drv_sys::CUfunction,
+    spin: drv_sys::CUfunction,
 }
 
 impl StampKernels {
@@ -132,12 +149,19 @@ impl StampKernels {
             Ok(f)
         };
         let loaded =
-            (|| Ok::<_, ProbeError>((get("slicetrace_stamp")?, get("slicetrace_timer_trace")?)))();
+            (|| {
+                Ok::<_, ProbeError>((
+                    get("slicetrace_stamp")?,
+                    get("slicetrace_timer_trace")?,
+                    get("slicetrace_spin")?,
+                ))
+            })();
         match loaded {
-            Ok((stamp, trace)) => Ok(Self {
+            Ok((stamp, trace, spin)) => Ok(Self {
                 module,
                 stamp,
                 trace,
+                spin,
             }),
             Err(e) => {
                 // SAFETY: module was loaded above and is not used again.
@@ -206,6 +230,20 @@ impl CudaBackend {
         // SAFETY: the stamp function takes one u64* and the buffer holds
         // SLOTS u64 on this context.
         unsafe { launch(k.stamp, self.stream.cu_stream(), &mut params) }
+    }
+
+    /// Enqueues the planted hang: one thread spinning on the GPU timer for
+    /// [`crate::PLANTED_HANG`]. Returns false without the stamp kernels (no
+    /// hang can be planted then).
+    pub(super) fn enqueue_spin(&mut self) -> Result<bool, ProbeError> {
+        let Some(k) = &self.stamps else {
+            return Ok(false);
+        };
+        let mut ns: u64 = crate::PLANTED_HANG.as_nanos() as u64;
+        let mut params = [&mut ns as *mut u64 as *mut c_void];
+        // SAFETY: the spin function takes one u64 by value.
+        unsafe { launch(k.spin, self.stream.cu_stream(), &mut params) }?;
+        Ok(true)
     }
 
     /// Reads the start and end stamps of the run that just completed (the

@@ -67,6 +67,10 @@ pub struct LearnedBaseline {
 pub struct Faults {
     /// The backend could not be opened (with why).
     pub backend_down: Option<String>,
+    /// Why the backend is down, bounded ([`Reason::OpenFailed`],
+    /// [`Reason::Lost`], [`Reason::Hung`], a critical Xid);
+    /// [`Reason::BackendDown`] when `None`.
+    pub down_reason: Option<Reason>,
     /// The start-up self-test failed.
     pub self_test_failed: bool,
     /// Probe runs are failing now (with the last error).
@@ -142,11 +146,12 @@ pub fn judge(
     let hw = w.throttle_reasons & th.throttle_unhealthy_mask;
     let sw = w.throttle_reasons & th.throttle_degraded_mask;
     let (verdict, health_reason, health_detail) = if let Some(e) = &faults.backend_down {
-        (
-            Verdict::Unhealthy,
-            Reason::BackendDown,
-            format!("backend down: {e}"),
-        )
+        let r = faults.down_reason.unwrap_or(Reason::BackendDown);
+        let text = match r {
+            Reason::BackendDown => format!("backend down: {e}"),
+            r => format!("{}: {e}", r.as_str()),
+        };
+        (Verdict::Unhealthy, r, text)
     } else if let Some(e) = &faults.probe_failing {
         (
             Verdict::Unhealthy,

@@ -243,7 +243,27 @@ impl Evaluator {
             .read()
             .map(|m| m.clone())
             .unwrap_or_default();
-        let down = |uuid: &str| gpus.get(uuid).and_then(|g| g.down.clone());
+        // Down with a bounded reason: a recent critical Xid explains it
+        // (or stands alone while runs still answer), then open_failed, lost,
+        // hung or backend_down.
+        let down = |uuid: &str| -> Option<(Reason, String)> {
+            let g = gpus.get(uuid)?;
+            let xid = g
+                .critical_xid
+                .filter(|(_, at)| now.saturating_duration_since(*at) <= window)
+                .and_then(|(code, _)| Reason::for_xid(code).map(|r| (code, r)));
+            match (xid, g.down_reason(), &g.down) {
+                (Some((code, r)), _, d) => Some((
+                    r,
+                    match d {
+                        Some(d) => format!("Xid {code} reported by NVML; {d}"),
+                        None => format!("Xid {code} reported by NVML"),
+                    },
+                )),
+                (None, Some(r), Some(d)) => Some((r, d.clone())),
+                _ => None,
+            }
+        };
         let mut out = Vec::new();
         let mut published = BTreeMap::new();
         for ((uuid, kernel), t) in self.tracks.iter_mut() {
@@ -274,8 +294,10 @@ impl Evaluator {
             } else {
                 None
             };
+            let d = down(uuid);
             let faults = Faults {
-                backend_down: down(uuid),
+                down_reason: d.as_ref().map(|d| d.0),
+                backend_down: d.map(|d| d.1),
                 self_test_failed: self_tests.get(&(uuid.clone(), *kernel)) == Some(&false),
                 probe_failing: self.errors.get(uuid).map(|e| e.1.clone()),
             };
@@ -382,23 +404,21 @@ impl Evaluator {
             }
         }
         for (uuid, g) in &gpus {
-            if let Some(d) = &g.down {
+            if let Some((reason, d)) = down(uuid) {
+                let text = match reason {
+                    Reason::BackendDown => format!("backend {} down: {d}", g.backend),
+                    r => format!("{}: {d}", r.as_str()),
+                };
                 for kernel in Kernel::ALL {
-                    lost.push((
-                        uuid.clone(),
-                        kernel,
-                        g.index,
-                        Reason::BackendDown,
-                        format!("backend {} down: {d}", g.backend),
-                    ));
+                    lost.push((uuid.clone(), kernel, g.index, reason, text.clone()));
                 }
             }
         }
         // Worst first, so the first entry per key wins.
         lost.sort_by_key(|l| match l.3 {
-            Reason::BackendDown => 0,
             Reason::ProbeFailing => 1,
-            _ => 2,
+            Reason::SelfTestFailed => 2,
+            _ => 0,
         });
         for (uuid, kernel, idx, reason, text) in lost {
             let key = (uuid.clone(), kernel);
