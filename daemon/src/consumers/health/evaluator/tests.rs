@@ -162,6 +162,8 @@ fn probe_errors_throttling_and_the_slo() {
             backend: "cuda".into(),
             down: None,
             probe_failing: None,
+            down_reason: None,
+            critical_xid: None,
         },
     );
     e.event(
@@ -216,6 +218,8 @@ fn failed_self_test_and_backend_down_are_unhealthy_without_rows() {
             backend: "cuda".into(),
             down: Some("libcufft.so.12 not found".into()),
             probe_failing: None,
+            down_reason: None,
+            critical_xid: None,
         },
     );
     let t0 = Instant::now();
