@@ -119,14 +119,18 @@ impl ProbeLoop {
                     self.live.rename_gpu(&st.uuid, &real);
                     st.uuid = real;
                 }
-                tracing::info!(gpu = %st.uuid, index = st.gpu_index, after_attempts = st.open_failures, "GPU backend opened: probing");
+                if st.ever_opened {
+                    tracing::warn!(gpu = %st.uuid, index = st.gpu_index, "re-created the probe backend after repeated failures or a hang");
+                } else {
+                    tracing::info!(gpu = %st.uuid, index = st.gpu_index, after_attempts = st.open_failures, "GPU backend opened: probing");
+                }
                 st.driver = Some(d);
                 st.open_failures = 0;
                 st.ever_opened = true;
+                // Runs that fail on it stay `probe_failing` until one passes.
                 self.live.update_gpu(&st.uuid, |e| {
                     e.down = None;
                     e.down_reason = None;
-                    e.probe_failing = None;
                 });
                 if self.self_test {
                     self.self_test(st);
