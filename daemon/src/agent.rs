@@ -291,6 +291,16 @@ impl Agent {
             threads.push(h);
         }
 
+        // ---- the GPUs' own fault reports (NVML events) ----
+        if let Some(h) = crate::probe::telemetry::spawn_fault_watch(
+            telemetry.clone(),
+            live.clone(),
+            counters.clone(),
+            stop.clone(),
+        ) {
+            threads.push(h);
+        }
+
         shutdown.await;
         let by = Instant::now() + deadline;
         tracing::info!(

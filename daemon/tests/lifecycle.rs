@@ -19,7 +19,9 @@ use slicetrace_agent::agent::{Agent, BackendFactory, Gpu, RunReport};
 use slicetrace_agent::config::Config;
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::probe::occupancy::NoOccupancy;
-use slicetrace_agent::probe::telemetry::NoTelemetry;
+use slicetrace_agent::probe::telemetry::{
+    DeviceSample, GpuFault, NoTelemetry, TelemetryError, TelemetrySource,
+};
 use slicetrace_agent::serve::live::LiveState;
 use slicetrace_e2e::testkit::{Faults, FaultyBackend};
 use slicetrace_probe::cpu::CpuBackend;
@@ -62,6 +64,14 @@ struct Running {
 /// Starts the agent; GPUs in `unopened` fail to open at start (and keep
 /// failing while their `fail_open` is set).
 async fn start(cfg: Config, unopened: &[u32]) -> Running {
+    start_with(cfg, unopened, Arc::new(NoTelemetry)).await
+}
+
+async fn start_with(
+    cfg: Config,
+    unopened: &[u32],
+    telemetry: Arc<dyn TelemetrySource>,
+) -> Running {
     let data = cfg.data_dir.clone();
     let faults: Vec<Arc<Faults>> = (0..GPUS).map(|_| Arc::new(Faults::default())).collect();
     let spec = cfg.probe_spec("cpu");
@@ -89,7 +99,7 @@ async fn start(cfg: Config, unopened: &[u32]) -> Running {
             Ok(Box::new(CpuBackend::new(i, &spec)?) as Box<dyn ProbeBackend>)
         })
     });
-    let mut agent = Agent::with_gpus(cfg, gpus, Arc::new(NoTelemetry)).reopen_with(factory);
+    let mut agent = Agent::with_gpus(cfg, gpus, telemetry).reopen_with(factory);
     agent.occupancy = Some(Arc::new(NoOccupancy));
     let (counters, live) = (agent.counters.clone(), agent.live.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -366,4 +376,86 @@ async fn a_hang_on_one_of_four_gpus_fires_the_watchdog_within_an_evaluation_and_
     let counters = a.counters.clone();
     let (_, faults, data) = a.stop().await;
     assert_no_row_lost(&data, &faults, &counters, &[0, 1, 2]);
+}
+
+/// NVML events scripted by the test: what `send` queues comes out of
+/// `watch_faults` as the GPU's own reports; samples are empty.
+struct ScriptedFaults(std::sync::Mutex<std::sync::mpsc::Receiver<GpuFault>>);
+
+impl TelemetrySource for ScriptedFaults {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn sample(&self, _: &str) -> Result<DeviceSample, TelemetryError> {
+        Ok(DeviceSample::default())
+    }
+    fn watch_faults(
+        &self,
+        stopped: &dyn Fn() -> bool,
+        on_fault: &mut dyn FnMut(GpuFault),
+    ) -> Result<(), TelemetryError> {
+        let rx = self.0.lock().unwrap();
+        while !stopped() {
+            if let Ok(f) = rx.recv_timeout(Duration::from_millis(50)) {
+                on_fault(f);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_xid_makes_only_its_gpu_unhealthy_and_every_xid_is_counted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = start_with(
+        config(dir.path(), ""),
+        &[],
+        Arc::new(ScriptedFaults(std::sync::Mutex::new(rx))),
+    )
+    .await;
+    a.runs_go_on(&[0, 1, 2, 3], 20).await;
+    let live = a.live.clone();
+    wait_until("every GPU judged", || {
+        (0..GPUS).all(|i| not_unhealthy(&live, &format!("CPU-{i}")))
+    })
+    .await;
+    // Xid 13 (a graphics engine exception, an application's fault) is
+    // counted only; Xid 79 (fallen off the bus) and a double-bit ECC
+    // error (Xid 48) make their GPU unhealthy.
+    for f in [
+        GpuFault::Xid { gpu_uuid: "CPU-0".into(), code: 13 },
+        GpuFault::Xid { gpu_uuid: "CPU-2".into(), code: 79 },
+        GpuFault::DoubleBitEcc { gpu_uuid: "CPU-3".into() },
+        GpuFault::Xid { gpu_uuid: "CPU-0".into(), code: 13 },
+    ] {
+        tx.send(f).unwrap();
+    }
+    wait_until("GPU 2 unhealthy (xid_79)", || down_for(&live, "CPU-2", Reason::Xid79)).await;
+    wait_until("GPU 3 unhealthy (xid_48)", || down_for(&live, "CPU-3", Reason::Xid48)).await;
+    let reason = live
+        .read_kernel("CPU-2", Kernel::Fft, |h| h.reason.clone())
+        .unwrap();
+    assert!(reason.contains("Xid 79"), "{reason}");
+    a.runs_go_on(&[0, 1], 20).await;
+    assert!(not_unhealthy(&live, "CPU-0") && not_unhealthy(&live, "CPU-1"));
+    let m = a.get("/metrics").await;
+    let xid = |gpu: &str, code: &str| {
+        samples(&m.body)
+            .into_iter()
+            .find(|s| {
+                s.name == "slicetrace_xid_errors_total"
+                    && s.label("gpu_uuid") == Some(gpu)
+                    && s.label("xid") == Some(code)
+            })
+            .map(|s| s.value)
+    };
+    assert_eq!(xid("CPU-0", "13"), Some(2.0), "{}", m.body);
+    assert_eq!(xid("CPU-2", "79"), Some(1.0));
+    assert_eq!(xid("CPU-3", "48"), Some(1.0));
+    assert_eq!(xid("CPU-1", "13"), None);
+    a.assert_alive().await;
+    let counters = a.counters.clone();
+    let (_, faults, data) = a.stop().await;
+    assert_no_row_lost(&data, &faults, &counters, &[0, 1, 2, 3]);
 }

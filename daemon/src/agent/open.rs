@@ -237,7 +237,7 @@ fn fall_back(
 fn register_down(live: &LiveState, gpus: &[(u32, String)], reason: &ProbeError) {
     let why = error_chain(reason);
     for (index, uuid) in gpus {
-        tracing::error!(gpu = %uuid, backend = "cuda", reason = %why, "CUDA does not start on this node: no GPU probed, /readyz fails until the agent restarts with working CUDA");
+        tracing::error!(gpu = %uuid, backend = "cuda", reason = %why, "CUDA backend failed to open: CUDA does not start on this node, no GPU probed; /readyz fails until the agent restarts with working CUDA");
         let mut e = GpuEntry::new(*index, None, "cuda");
         e.down = Some(why.clone());
         live.register_gpu(uuid, e);

@@ -511,4 +511,52 @@ mod tests {
             Some((Verdict::Degraded, "GPU-a fft: slow".into()))
         );
     }
+
+    /// `/healthz` fails only when every probe thread is silent or a
+    /// consumer loop is gone: one silent thread (a GPU in trouble) is not the
+    /// agent being stuck.
+    #[test]
+    fn healthz_is_stuck_only_when_every_probe_thread_is_silent_or_a_consumer_is_gone() {
+        let l = Liveness::default();
+        let a = l.register("GPU-a");
+        let b = l.register("GPU-b");
+        assert!(l.stuck().is_empty(), "no stall threshold yet");
+        l.set_stall_after(std::time::Duration::from_millis(1));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        a.store(0, std::sync::atomic::Ordering::Relaxed);
+        b.store(Liveness::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        assert!(l.stuck().is_empty(), "GPU-b still beats: {:?}", l.stuck());
+        b.store(0, std::sync::atomic::Ordering::Relaxed);
+        let why = l.stuck();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("GPU-a, GPU-b"), "{why:?}");
+        b.store(Liveness::now_ms() + 60_000, std::sync::atomic::Ordering::Relaxed);
+        assert!(l.stuck().is_empty());
+        l.set_consumer_check(Box::new(|| vec!["parquet"]));
+        assert_eq!(l.stuck(), ["consumer parquet: its loop is gone"]);
+    }
+
+    /// `/readyz` lists every GPU as probing or not, with the bounded reason.
+    #[test]
+    fn readyz_lines_name_each_gpu_and_why_it_is_not_probing() {
+        let st = LiveState::default();
+        st.register_gpu("GPU-a", GpuEntry::new(0, None, "cuda"));
+        let mut down = GpuEntry::new(1, None, "cuda");
+        down.down = Some("a gemm run did not finish within 2s".into());
+        down.down_reason = Some(Reason::Hung);
+        st.register_gpu("GPU-b", down);
+        assert_eq!(
+            st.gpu_states(),
+            [
+                "gpu 0 GPU-a: probing",
+                "gpu 1 GPU-b: not probing (hung): a gemm run did not finish within 2s"
+            ]
+        );
+        st.rename_gpu("GPU-b", "GPU-c");
+        st.update_gpu("GPU-c", |e| {
+            e.down = None;
+            e.down_reason = None;
+        });
+        assert_eq!(st.gpu_states()[1], "gpu 1 GPU-c: probing");
+    }
 }
