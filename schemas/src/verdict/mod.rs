@@ -189,12 +189,16 @@ pub enum Reason {
     /// abandoned it and its context).
     Hung,
     /// Health: NVML reported Xid 48 (double-bit ECC error).
+    #[serde(rename = "xid_48")]
     Xid48,
     /// Health: NVML reported Xid 79 (the GPU fell off the bus).
+    #[serde(rename = "xid_79")]
     Xid79,
     /// Health: NVML reported Xid 94 (contained ECC error).
+    #[serde(rename = "xid_94")]
     Xid94,
     /// Health: NVML reported Xid 95 (uncontained ECC error).
+    #[serde(rename = "xid_95")]
     Xid95,
     /// Contention: wall p99 above the quiet baseline.
     WaitOverBaseline,

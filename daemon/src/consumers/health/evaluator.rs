@@ -170,6 +170,9 @@ impl Evaluator {
                 continue;
             }
             b.max_tenants = b.max_tenants.max(r.tenants());
+            if r.throttle_reasons.unwrap_or(0) & th.throttle_unhealthy_mask != 0 {
+                b.hw_throttled += 1;
+            }
             let _ = b.wall.record(us(r.wall_ms));
             if let Some(g) = r.gpu_ms {
                 let _ = b.gpu.record(us(g));
