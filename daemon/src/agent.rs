@@ -113,11 +113,7 @@ impl Agent {
 
     /// An agent over GPUs prepared by the caller, some of which may not
     /// have opened ([`Gpu::unopened`]: tests of a GPU that fails to open).
-    pub fn with_gpus(
-        config: Config,
-        gpus: Vec<Gpu>,
-        telemetry: Arc<dyn TelemetrySource>,
-    ) -> Self {
+    pub fn with_gpus(config: Config, gpus: Vec<Gpu>, telemetry: Arc<dyn TelemetrySource>) -> Self {
         Self {
             node: config.resolved_node_name(),
             gpus,
@@ -247,9 +243,11 @@ impl Agent {
         }
 
         // ---- node condition ----
-        if config.health.node_condition {
-            start_node_condition(&config, &node, &live, stop_rx.clone()).await;
-        }
+        let node_condition = if config.health.node_condition {
+            start_node_condition(&config, &node, &live, stop_rx.clone()).await
+        } else {
+            None
+        };
 
         // ---- probe threads ----
         let stop = Arc::new(StopSignal::default());
@@ -316,6 +314,10 @@ impl Agent {
             }
         });
         let _ = tokio::time::timeout_at(by.into(), joined).await;
+        // The node condition's last patch (`Unknown`: not observed).
+        if let Some(h) = node_condition {
+            let _ = tokio::time::timeout_at(by.into(), h).await;
+        }
         let summary_dropped = fanout.dropped(crate::consumers::summary::NAME).unwrap_or(0);
         drop(fanout);
         // 2. Each consumer, in order, drains its queue and stops.
@@ -494,7 +496,7 @@ async fn start_node_condition(
     node: &str,
     live: &Arc<LiveState>,
     stop: watch::Receiver<bool>,
-) {
+) -> Option<tokio::task::JoinHandle<()>> {
     let o = &config.occupancy;
     match crate::probe::occupancy::kube_api::client_config(
         o.kube_api,
@@ -505,14 +507,14 @@ async fn start_node_condition(
     {
         Ok(Some(cfg)) => match kube::Client::try_from(cfg) {
             Ok(client) => {
-                tokio::spawn(crate::serve::node_condition::run(
+                return Some(tokio::spawn(crate::serve::node_condition::run(
                     client,
                     node.to_string(),
                     live.clone(),
                     Duration::from_millis(config.health.evaluate_interval_ms),
                     Duration::from_millis(config.health.node_condition_min_interval_ms),
                     stop,
-                ));
+                )));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "node conditions disabled: cannot build a Kubernetes client")
@@ -525,4 +527,5 @@ async fn start_node_condition(
             tracing::warn!(error = %crate::internal_events::error_chain(&e), "node conditions disabled")
         }
     }
+    None
 }

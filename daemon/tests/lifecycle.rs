@@ -67,11 +67,7 @@ async fn start(cfg: Config, unopened: &[u32]) -> Running {
     start_with(cfg, unopened, Arc::new(NoTelemetry)).await
 }
 
-async fn start_with(
-    cfg: Config,
-    unopened: &[u32],
-    telemetry: Arc<dyn TelemetrySource>,
-) -> Running {
+async fn start_with(cfg: Config, unopened: &[u32], telemetry: Arc<dyn TelemetrySource>) -> Running {
     let data = cfg.data_dir.clone();
     let faults: Vec<Arc<Faults>> = (0..GPUS).map(|_| Arc::new(Faults::default())).collect();
     let spec = cfg.probe_spec("cpu");
@@ -194,9 +190,9 @@ fn down_for(live: &LiveState, uuid: &str, reason: Reason) -> bool {
 /// No kernel of `uuid` unhealthy (CPU GPUs have no speed reference:
 /// `unknown` is their normal verdict).
 fn not_unhealthy(live: &LiveState, uuid: &str) -> bool {
-    Kernel::ALL.iter().all(|&k| {
-        health(live, uuid, k).is_some_and(|(v, _)| v != Verdict::Unhealthy)
-    })
+    Kernel::ALL
+        .iter()
+        .all(|&k| health(live, uuid, k).is_some_and(|(v, _)| v != Verdict::Unhealthy))
 }
 
 /// Every run a GPU completed is a row: rows on disk = runs the backend
@@ -210,7 +206,10 @@ fn assert_no_row_lost(data: &Path, faults: &[Arc<Faults>], counters: &Counters, 
             .count() as u64;
         let ran = faults[i as usize].ok_runs.load(Ordering::SeqCst);
         assert!(ran >= 20, "GPU {i} ran only {ran} times");
-        assert_eq!(on_disk, ran, "GPU {i}: {ran} runs completed, {on_disk} rows");
+        assert_eq!(
+            on_disk, ran,
+            "GPU {i}: {ran} runs completed, {on_disk} rows"
+        );
     }
     assert_eq!(Counters::get(&counters.sink_queue_drops_parquet), 0);
     assert_eq!(Counters::get(&counters.sink_queue_drops_health), 0);
@@ -253,7 +252,10 @@ async fn a_gpu_that_fails_to_open_at_start_is_open_failed_alone_and_picked_up_wh
         .into_iter()
         .find(|s| s.name == "slicetrace_gpu_probing" && s.label("gpu_uuid") == Some("CPU-1"))
         .expect("slicetrace_gpu_probing of GPU 1");
-    assert_eq!((probing.value, probing.label("reason")), (0.0, Some("open_failed")));
+    assert_eq!(
+        (probing.value, probing.label("reason")),
+        (0.0, Some("open_failed"))
+    );
     // Retried with backoff, on its own.
     wait_until("a second open attempt", || {
         a.faults[1].reopened.load(Ordering::SeqCst) >= 2
@@ -264,7 +266,10 @@ async fn a_gpu_that_fails_to_open_at_start_is_open_failed_alone_and_picked_up_wh
     // The GPU opens: picked up without a restart.
     a.faults[1].fail_open.store(false, Ordering::SeqCst);
     a.runs_go_on(&[1], 20).await;
-    wait_until("GPU 1 no longer unhealthy", || not_unhealthy(&live, "CPU-1")).await;
+    wait_until("GPU 1 no longer unhealthy", || {
+        not_unhealthy(&live, "CPU-1")
+    })
+    .await;
     wait_until("/readyz 200 with every GPU probing", || {
         live.not_ready().is_empty()
     })
@@ -313,7 +318,10 @@ async fn a_gpu_lost_mid_run_is_lost_alone_and_comes_back_while_the_others_probe_
     a.faults[2].fail.store(false, Ordering::SeqCst);
     a.faults[2].fail_open.store(false, Ordering::SeqCst);
     a.runs_go_on(&[2], 20).await;
-    wait_until("GPU 2 no longer unhealthy", || not_unhealthy(&live, "CPU-2")).await;
+    wait_until("GPU 2 no longer unhealthy", || {
+        not_unhealthy(&live, "CPU-2")
+    })
+    .await;
     wait_until("every GPU ready", || live.not_ready().is_empty()).await;
     a.assert_alive().await;
     let counters = a.counters.clone();
@@ -343,7 +351,10 @@ async fn a_hang_on_one_of_four_gpus_fires_the_watchdog_within_an_evaluation_and_
         fired - planted < slicetrace_probe::PLANTED_HANG / 2,
         "the watchdog waited for the hang to end"
     );
-    wait_until("GPU 3 unhealthy (hung)", || down_for(&live, "CPU-3", Reason::Hung)).await;
+    wait_until("GPU 3 unhealthy (hung)", || {
+        down_for(&live, "CPU-3", Reason::Hung)
+    })
+    .await;
     let marked = Instant::now();
     // One evaluation interval is 100 ms; the polls add up to 20 ms each,
     // and the loaded test box gets a wide margin.
@@ -367,10 +378,16 @@ async fn a_hang_on_one_of_four_gpus_fires_the_watchdog_within_an_evaluation_and_
         planted.elapsed() < slicetrace_probe::PLANTED_HANG,
         "recovery waited for the hang to end"
     );
-    wait_until("GPU 3 no longer unhealthy", || not_unhealthy(&live, "CPU-3")).await;
+    wait_until("GPU 3 no longer unhealthy", || {
+        not_unhealthy(&live, "CPU-3")
+    })
+    .await;
     for i in 0..3 {
         assert!(not_unhealthy(&live, &format!("CPU-{i}")), "GPU {i}");
-        assert_eq!(Counters::get(&a.counters.gpu(&format!("CPU-{i}")).probe_hangs), 0);
+        assert_eq!(
+            Counters::get(&a.counters.gpu(&format!("CPU-{i}")).probe_hangs),
+            0
+        );
     }
     a.assert_alive().await;
     let counters = a.counters.clone();
@@ -424,15 +441,32 @@ async fn a_critical_xid_makes_only_its_gpu_unhealthy_and_every_xid_is_counted() 
     // counted only; Xid 79 (fallen off the bus) and a double-bit ECC
     // error (Xid 48) make their GPU unhealthy.
     for f in [
-        GpuFault::Xid { gpu_uuid: "CPU-0".into(), code: 13 },
-        GpuFault::Xid { gpu_uuid: "CPU-2".into(), code: 79 },
-        GpuFault::DoubleBitEcc { gpu_uuid: "CPU-3".into() },
-        GpuFault::Xid { gpu_uuid: "CPU-0".into(), code: 13 },
+        GpuFault::Xid {
+            gpu_uuid: "CPU-0".into(),
+            code: 13,
+        },
+        GpuFault::Xid {
+            gpu_uuid: "CPU-2".into(),
+            code: 79,
+        },
+        GpuFault::DoubleBitEcc {
+            gpu_uuid: "CPU-3".into(),
+        },
+        GpuFault::Xid {
+            gpu_uuid: "CPU-0".into(),
+            code: 13,
+        },
     ] {
         tx.send(f).unwrap();
     }
-    wait_until("GPU 2 unhealthy (xid_79)", || down_for(&live, "CPU-2", Reason::Xid79)).await;
-    wait_until("GPU 3 unhealthy (xid_48)", || down_for(&live, "CPU-3", Reason::Xid48)).await;
+    wait_until("GPU 2 unhealthy (xid_79)", || {
+        down_for(&live, "CPU-2", Reason::Xid79)
+    })
+    .await;
+    wait_until("GPU 3 unhealthy (xid_48)", || {
+        down_for(&live, "CPU-3", Reason::Xid48)
+    })
+    .await;
     let reason = live
         .read_kernel("CPU-2", Kernel::Fft, |h| h.reason.clone())
         .unwrap();

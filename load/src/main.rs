@@ -324,7 +324,10 @@ fn run(args: Args) -> Result<()> {
         if !hang_planted && args.plant_hang_after.is_some_and(|d| start.elapsed() >= d) {
             // One hang through the real graph: this tenant's run holds its
             // context for PLANTED_HANG, the wedged tenant a watchdog sees.
-            tracing::warn!(hang_s = slicetrace_probe::PLANTED_HANG.as_secs(), "planting a hang into the next run");
+            tracing::warn!(
+                hang_s = slicetrace_probe::PLANTED_HANG.as_secs(),
+                "planting a hang into the next run"
+            );
             backend.plant_fault(kernel, slicetrace_probe::Fault::Hang);
             hang_planted = true;
         }

@@ -75,8 +75,10 @@ impl Driver {
     /// Moves an opened backend onto a runner thread.
     pub fn start(backend: Box<dyn ProbeBackend>, thread_name: &str) -> Result<Self, DriverError> {
         let mut backend = Some(backend);
-        Self::spawn(thread_name, move || backend.take().ok_or(ProbeError::WorkerGone))
-            .and_then(|(d, rx)| d.wait_open(rx, None))
+        Self::spawn(thread_name, move || {
+            backend.take().ok_or(ProbeError::WorkerGone)
+        })
+        .and_then(|(d, rx)| d.wait_open(rx, None))
     }
 
     /// Opens a backend through `open` on a new runner thread, waiting up to
@@ -114,9 +116,7 @@ impl Driver {
                         Cmd::Run(k) => {
                             let before = thread_cpu();
                             let r = b.run(k);
-                            let cpu = thread_cpu()
-                                .zip(before)
-                                .map(|(a, b)| a.saturating_sub(b));
+                            let cpu = thread_cpu().zip(before).map(|(a, b)| a.saturating_sub(b));
                             Reply::Ran(r, cpu)
                         }
                         Cmd::Plant(k, f) => {
@@ -217,10 +217,7 @@ mod tests {
     fn cpu(i: u32) -> Box<dyn ProbeBackend> {
         let spec = ProbeSpec::preset(Preset::Light);
         let spec = ProbeSpec {
-            gemm: slicetrace_probe::GemmSpec {
-                n: 32,
-                ..spec.gemm
-            },
+            gemm: slicetrace_probe::GemmSpec { n: 32, ..spec.gemm },
             fft: slicetrace_probe::FftSpec {
                 dims: slicetrace_probe::FftDims::D1 { n: 64, batch: 1 },
             },

@@ -242,7 +242,9 @@ impl ProbeLoop {
             Err(DriverError::Gone) => {
                 st.driver = None;
                 st.next_open = Instant::now();
-                Err(RunFailure::Probe("the backend's runner thread is gone".into()))
+                Err(RunFailure::Probe(
+                    "the backend's runner thread is gone".into(),
+                ))
             }
         }
     }

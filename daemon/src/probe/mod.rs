@@ -397,7 +397,12 @@ impl ProbeLoop {
             cpu: CpuLaps::start(),
         };
         let name = format!("gpu{}-runner", st.gpu_index);
-        match self.slot.backend.take().map(|b| driver::Driver::start(b, &name)) {
+        match self
+            .slot
+            .backend
+            .take()
+            .map(|b| driver::Driver::start(b, &name))
+        {
             Some(Ok(d)) => {
                 st.driver = Some(d);
                 st.ever_opened = true;
@@ -414,7 +419,11 @@ impl ProbeLoop {
                 // attempt here succeeds, the first one after a back-off.
                 st.open_failures = 1;
                 st.next_open = now + lifecycle::open_backoff(1);
-                let why = self.slot.open_error.clone().unwrap_or_else(|| "not opened".into());
+                let why = self
+                    .slot
+                    .open_error
+                    .clone()
+                    .unwrap_or_else(|| "not opened".into());
                 self.mark_down(&st, slicetrace_schema::Reason::OpenFailed, why);
             }
         }

@@ -387,15 +387,15 @@ impl LiveState {
             return Vec::new();
         };
         g.iter()
-            .map(|(uuid, e)| match (e.down_reason(), &e.down, &e.probe_failing) {
-                (Some(r), Some(d), _) => format!(
-                    "gpu {} {uuid}: not probing ({}): {d}",
-                    e.index,
-                    r.as_str()
-                ),
-                (_, _, Some(p)) => format!("gpu {} {uuid}: failing: {p}", e.index),
-                _ => format!("gpu {} {uuid}: probing", e.index),
-            })
+            .map(
+                |(uuid, e)| match (e.down_reason(), &e.down, &e.probe_failing) {
+                    (Some(r), Some(d), _) => {
+                        format!("gpu {} {uuid}: not probing ({}): {d}", e.index, r.as_str())
+                    }
+                    (_, _, Some(p)) => format!("gpu {} {uuid}: failing: {p}", e.index),
+                    _ => format!("gpu {} {uuid}: probing", e.index),
+                },
+            )
             .collect()
     }
     /// Sets the node name rendered on every series.
@@ -530,7 +530,10 @@ mod tests {
         let why = l.stuck();
         assert_eq!(why.len(), 1, "{why:?}");
         assert!(why[0].contains("GPU-a, GPU-b"), "{why:?}");
-        b.store(Liveness::now_ms() + 60_000, std::sync::atomic::Ordering::Relaxed);
+        b.store(
+            Liveness::now_ms() + 60_000,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         assert!(l.stuck().is_empty());
         l.set_consumer_check(Box::new(|| vec!["parquet"]));
         assert_eq!(l.stuck(), ["consumer parquet: its loop is gone"]);

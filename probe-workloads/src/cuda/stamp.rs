@@ -148,14 +148,13 @@ impl StampKernels {
             })?;
             Ok(f)
         };
-        let loaded =
-            (|| {
-                Ok::<_, ProbeError>((
-                    get("slicetrace_stamp")?,
-                    get("slicetrace_timer_trace")?,
-                    get("slicetrace_spin")?,
-                ))
-            })();
+        let loaded = (|| {
+            Ok::<_, ProbeError>((
+                get("slicetrace_stamp")?,
+                get("slicetrace_timer_trace")?,
+                get("slicetrace_spin")?,
+            ))
+        })();
         match loaded {
             Ok((stamp, trace, spin)) => Ok(Self {
                 module,

@@ -366,7 +366,10 @@ fn a_planted_hang_holds_its_run_costs_no_cpu_and_a_second_backend_runs_beside_it
     );
     let t2 = Instant::now();
     assert_eq!(b.run(Kernel::Gemm).expect("run").correct, Some(true));
-    assert!(t2.elapsed() < std::time::Duration::from_secs(1), "the hang stayed planted");
+    assert!(
+        t2.elapsed() < std::time::Duration::from_secs(1),
+        "the hang stayed planted"
+    );
     gpu_result(
         "hang",
         format!(

@@ -54,7 +54,10 @@ pub struct HealthConfig {
     pub sku_reference: bool,
     /// Patch this node's status with a `GPUTailLatencyDegraded` condition.
     pub node_condition: bool,
-    /// Minimum time between two node-condition patches, ms.
+    /// Minimum time between two changes of the node condition's status
+    /// (against flapping), ms. Its heartbeat (`lastHeartbeatTime`) is
+    /// written on every evaluation regardless, and a clean stop sets it to
+    /// `Unknown`.
     pub node_condition_min_interval_ms: u64,
 }
 

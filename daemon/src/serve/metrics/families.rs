@@ -51,7 +51,10 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
         push(
             &mut out,
             "slicetrace_gpu_probing",
-            vec![uuid.clone(), g.down_reason().map_or("none", |r| r.as_str()).into()],
+            vec![
+                uuid.clone(),
+                g.down_reason().map_or("none", |r| r.as_str()).into(),
+            ],
             one(g.down.is_none()),
         );
     }
