@@ -14,11 +14,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metrics_support::occupancy_support::{kubectl, python, FakeApi};
 use metrics_support::{http_get, samples, HttpResponse};
 use slicetrace_agent::agent::{Agent, BackendFactory, Gpu, RunReport};
 use slicetrace_agent::config::Config;
 use slicetrace_agent::internal_events::Counters;
-use slicetrace_agent::probe::occupancy::NoOccupancy;
+use slicetrace_agent::probe::occupancy::{KubeApiMode, NoOccupancy};
 use slicetrace_agent::probe::telemetry::{
     DeviceSample, GpuFault, NoTelemetry, TelemetryError, TelemetrySource,
 };
@@ -64,10 +65,17 @@ struct Running {
 /// Starts the agent; GPUs in `unopened` fail to open at start (and keep
 /// failing while their `fail_open` is set).
 async fn start(cfg: Config, unopened: &[u32]) -> Running {
-    start_with(cfg, unopened, Arc::new(NoTelemetry)).await
+    start_with(cfg, unopened, Arc::new(NoTelemetry), true).await
 }
 
-async fn start_with(cfg: Config, unopened: &[u32], telemetry: Arc<dyn TelemetrySource>) -> Running {
+/// [`start`] with `telemetry`; `no_occupancy` injects none, else the agent
+/// starts the configured sources (the Kubernetes API).
+async fn start_with(
+    cfg: Config,
+    unopened: &[u32],
+    telemetry: Arc<dyn TelemetrySource>,
+    no_occupancy: bool,
+) -> Running {
     let data = cfg.data_dir.clone();
     let faults: Vec<Arc<Faults>> = (0..GPUS).map(|_| Arc::new(Faults::default())).collect();
     let spec = cfg.probe_spec("cpu");
@@ -96,7 +104,9 @@ async fn start_with(cfg: Config, unopened: &[u32], telemetry: Arc<dyn TelemetryS
         })
     });
     let mut agent = Agent::with_gpus(cfg, gpus, telemetry).reopen_with(factory);
-    agent.occupancy = Some(Arc::new(NoOccupancy));
+    if no_occupancy {
+        agent.occupancy = Some(Arc::new(NoOccupancy));
+    }
     let (counters, live) = (agent.counters.clone(), agent.live.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (atx, arx) = tokio::sync::oneshot::channel::<SocketAddr>();
@@ -429,6 +439,7 @@ async fn a_critical_xid_makes_only_its_gpu_unhealthy_and_every_xid_is_counted() 
         config(dir.path(), ""),
         &[],
         Arc::new(ScriptedFaults(std::sync::Mutex::new(rx))),
+        true,
     )
     .await;
     a.runs_go_on(&[0, 1, 2, 3], 20).await;
@@ -489,6 +500,113 @@ async fn a_critical_xid_makes_only_its_gpu_unhealthy_and_every_xid_is_counted() 
     assert_eq!(xid("CPU-3", "48"), Some(1.0));
     assert_eq!(xid("CPU-1", "13"), None);
     a.assert_alive().await;
+    let counters = a.counters.clone();
+    let (_, faults, data) = a.stop().await;
+    assert_no_row_lost(&data, &faults, &counters, &[0, 1, 2, 3]);
+}
+
+/// `kubectl label node n1 KEY=VALUE --overwrite` against the fake API.
+async fn label_node(kubectl: &str, api: &FakeApi, kv: &str) {
+    let (kubectl, url, kv) = (kubectl.to_string(), api.url(), kv.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(kubectl)
+            .env("KUBECONFIG", "/dev/null")
+            .args([
+                &format!("--server={url}"),
+                "label",
+                "node",
+                "n1",
+                &kv,
+                "--overwrite",
+            ])
+            .output()
+            .expect("run kubectl")
+    })
+    .await
+    .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl label: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_after_upgrade_done() {
+    let (Some(py), Some(kubectl)) = (python("this test"), kubectl("this test")) else {
+        return;
+    };
+    let api = FakeApi::start(&py);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path(), "");
+    cfg.node_name = "n1".into();
+    cfg.occupancy.kube_api = KubeApiMode::Server;
+    cfg.occupancy.kube_server_url = Some(api.url());
+    cfg.occupancy.node_labels_interval_ms = 200;
+    cfg.validate().expect("valid config");
+    let a = start_with(cfg, &[], Arc::new(NoTelemetry), false).await;
+    a.runs_go_on(&[0, 1, 2, 3], 20).await;
+    let live = a.live.clone();
+
+    // The GPU Operator starts upgrading this node's driver.
+    label_node(
+        &kubectl,
+        &api,
+        "nvidia.com/gpu-driver-upgrade-state=upgrade-required",
+    )
+    .await;
+    wait_until("every GPU released and unknown (driver_upgrade)", || {
+        (0..GPUS).all(|i| {
+            a.faults[i as usize].released.load(Ordering::SeqCst) >= 1
+                && Kernel::ALL.iter().all(|&k| {
+                    health(&live, &format!("CPU-{i}"), k)
+                        == Some((Verdict::Unknown, Reason::DriverUpgrade))
+                })
+        })
+    })
+    .await;
+    // Nothing probes while it lasts, and nothing looks broken.
+    let runs: Vec<u64> = (0..GPUS).map(|i| a.ok_runs(i)).collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(runs, (0..GPUS).map(|i| a.ok_runs(i)).collect::<Vec<_>>());
+    let m = a.get("/metrics").await;
+    let paused = samples(&m.body)
+        .into_iter()
+        .filter(|s| {
+            s.name == "slicetrace_gpu_probing"
+                && s.label("reason") == Some("driver_upgrade")
+                && s.value == 0.0
+        })
+        .count();
+    assert_eq!(paused, GPUS as usize, "{}", m.body);
+    a.assert_alive().await;
+    let r = a.get("/readyz").await;
+    assert!(
+        probing_line(&r.body, "CPU-2").is_some_and(|l| l.contains("(driver_upgrade)")),
+        "{}",
+        r.body
+    );
+
+    // The upgrade is done: every GPU is opened again and probes.
+    label_node(
+        &kubectl,
+        &api,
+        "nvidia.com/gpu-driver-upgrade-state=upgrade-done",
+    )
+    .await;
+    a.runs_go_on(&[0, 1, 2, 3], 20).await;
+    wait_until("every GPU judged again", || {
+        (0..GPUS).all(|i| not_unhealthy(&live, &format!("CPU-{i}")))
+            && (0..GPUS).all(|i| {
+                health(&live, &format!("CPU-{i}"), Kernel::Fft)
+                    .is_some_and(|(_, r)| r != Reason::DriverUpgrade)
+            })
+    })
+    .await;
+    for f in &a.faults {
+        assert!(f.reopened.load(Ordering::SeqCst) >= 1);
+    }
+    wait_until("every GPU ready", || live.not_ready().is_empty()).await;
     let counters = a.counters.clone();
     let (_, faults, data) = a.stop().await;
     assert_no_row_lost(&data, &faults, &counters, &[0, 1, 2, 3]);

@@ -83,6 +83,9 @@ pub struct Faults {
     pub failed_at: Mutex<Vec<Instant>>,
     /// Times the backend was reopened (counted by the test's factory).
     pub reopened: AtomicU64,
+    /// Backends under these faults that were dropped (their device
+    /// released).
+    pub released: AtomicU64,
 }
 
 impl Faults {
@@ -163,6 +166,12 @@ impl ProbeBackend for FaultyBackend {
         if !self.faults.deaf_to_plants.load(Ordering::SeqCst) {
             self.inner.plant_fault(kernel, fault);
         }
+    }
+}
+
+impl Drop for FaultyBackend {
+    fn drop(&mut self) {
+        self.faults.released.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -165,11 +165,49 @@ impl ProbeLoop {
         }
     }
 
-    /// Marks the GPU down with `reason` (kept while a hung GPU fails to
-    /// reopen: the hang is what the operator must see).
+    /// Pauses the GPU while the node's driver is upgraded (the GPU
+    /// Operator's `nvidia.com/gpu-driver-upgrade-state` label, read through
+    /// the occupancy source's Kubernetes API cache): the backend and its
+    /// CUDA context are released so the kernel module can unload, and the
+    /// GPU is down with reason `driver_upgrade` (`unknown`, paging nobody)
+    /// until the label returns to `upgrade-done`, when it is opened again.
+    /// True while paused.
+    pub(super) fn driver_upgrade_pause(&mut self, st: &mut LoopState) -> bool {
+        let state = self
+            .occupancy
+            .node_label(crate::probe::occupancy::LABEL_DRIVER_UPGRADE_STATE);
+        if crate::probe::occupancy::driver_upgrade_in_progress(state.as_deref()) {
+            if !st.upgrading {
+                st.upgrading = true;
+                let released = st.driver.take().is_some();
+                tracing::warn!(gpu = %st.uuid, state = state.as_deref().unwrap_or(""), released, "driver upgrade in progress on this node: CUDA context released, GPU not probed until upgrade-done");
+                self.mark_down(
+                    st,
+                    Reason::DriverUpgrade,
+                    format!(
+                        "driver upgrade in progress ({})",
+                        state.as_deref().unwrap_or("")
+                    ),
+                );
+            }
+            return true;
+        }
+        if st.upgrading {
+            st.upgrading = false;
+            st.open_failures = 0;
+            st.next_open = Instant::now();
+            tracing::info!(gpu = %st.uuid, "driver upgrade done: reopening the GPU");
+        }
+        false
+    }
+
+    /// Marks the GPU down with `reason` (a hang stays the reason while the
+    /// hung GPU fails to reopen: the hang is what the operator must see).
     pub(super) fn mark_down(&self, st: &LoopState, reason: Reason, detail: String) {
         self.live.update_gpu(&st.uuid, |e| {
-            if e.down_reason == Some(Reason::Hung) && reason != Reason::Hung {
+            if e.down_reason == Some(Reason::Hung)
+                && matches!(reason, Reason::OpenFailed | Reason::Lost)
+            {
                 e.down = Some(format!("{}; {detail}", e.down.clone().unwrap_or_default()));
                 return;
             }

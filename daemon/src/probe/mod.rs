@@ -113,6 +113,8 @@ struct LoopState {
     started: Instant,
     /// Whether `watchdog.plant_hang_after_ms` planted its hang yet.
     hang_planted: bool,
+    /// Paused for a driver upgrade (contexts released).
+    upgrading: bool,
     /// Other processes on the GPU at the last full sample (the run
     /// deadline grows with them).
     tenants: u32,
@@ -391,6 +393,7 @@ impl ProbeLoop {
             ever_opened: false,
             started: now,
             hang_planted: false,
+            upgrading: false,
             tenants: 0,
             full: None,
             processes_at: None,
@@ -473,6 +476,10 @@ impl ProbeLoop {
             if self.pause(st, gap.max(backoff)) || self.stop.is_stopped() {
                 break;
             }
+            if self.driver_upgrade_pause(st) {
+                backoff = Duration::from_secs(1);
+                continue;
+            }
             if !self.ensure_open(st) {
                 backoff = self.until_open(st);
                 continue;
@@ -530,6 +537,10 @@ impl ProbeLoop {
             }
             if self.stop.is_stopped() {
                 break;
+            }
+            if self.driver_upgrade_pause(st) {
+                next = Instant::now() + Duration::from_secs(1);
+                continue;
             }
             if !self.ensure_open(st) {
                 next = Instant::now() + self.until_open(st);

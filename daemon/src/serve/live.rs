@@ -153,6 +153,9 @@ impl GpuEntry {
     }
 }
 
+/// Names the consumer loops that are gone (set by the agent).
+pub type ConsumerCheck = Box<dyn Fn() -> Vec<&'static str> + Send + Sync>;
+
 /// Progress of the probe threads and liveness of the consumer loops, for
 /// `/healthz`: it fails only when the agent itself is stuck (every probe
 /// thread silent for longer than any run, open or back-off may take, or a
@@ -166,7 +169,7 @@ pub struct Liveness {
     /// Silence after which a probe thread counts as stuck, ms (0: never).
     stall_after_ms: std::sync::atomic::AtomicU64,
     /// Names the consumer loops found gone.
-    consumers_gone: RwLock<Option<Box<dyn Fn() -> Vec<&'static str> + Send + Sync>>>,
+    consumers_gone: RwLock<Option<ConsumerCheck>>,
 }
 
 impl std::fmt::Debug for Liveness {
@@ -204,7 +207,7 @@ impl Liveness {
     }
 
     /// How `/healthz` learns of consumer loops that are gone.
-    pub fn set_consumer_check(&self, f: Box<dyn Fn() -> Vec<&'static str> + Send + Sync>) {
+    pub fn set_consumer_check(&self, f: ConsumerCheck) {
         if let Ok(mut c) = self.consumers_gone.write() {
             *c = Some(f);
         }

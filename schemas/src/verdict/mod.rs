@@ -188,6 +188,9 @@ pub enum Reason {
     /// Health: a run did not finish within its deadline (the watchdog
     /// abandoned it and its context).
     Hung,
+    /// Health (`unknown`): the node's driver is being upgraded; the agent
+    /// released its CUDA contexts on it and pages nobody.
+    DriverUpgrade,
     /// Health: NVML reported Xid 48 (double-bit ECC error).
     #[serde(rename = "xid_48")]
     Xid48,
@@ -224,7 +227,7 @@ impl Reason {
     }
 
     /// Every reason (for documentation and tests).
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::None,
         Reason::WarmingUp,
         Reason::NoData,
@@ -238,6 +241,7 @@ impl Reason {
         Reason::OpenFailed,
         Reason::Lost,
         Reason::Hung,
+        Reason::DriverUpgrade,
         Reason::Xid48,
         Reason::Xid79,
         Reason::Xid94,
@@ -264,6 +268,7 @@ impl Reason {
             Reason::OpenFailed => "open_failed",
             Reason::Lost => "lost",
             Reason::Hung => "hung",
+            Reason::DriverUpgrade => "driver_upgrade",
             Reason::Xid48 => "xid_48",
             Reason::Xid79 => "xid_79",
             Reason::Xid94 => "xid_94",

@@ -298,6 +298,10 @@ impl Evaluator {
                 None
             };
             let d = down(uuid);
+            if d.as_ref().is_some_and(|d| d.0 == Reason::DriverUpgrade) {
+                // Judged below, without its window: unknown, not a fault.
+                continue;
+            }
             let faults = Faults {
                 down_reason: d.as_ref().map(|d| d.0),
                 backend_down: d.map(|d| d.1),
@@ -417,8 +421,10 @@ impl Evaluator {
                 }
             }
         }
-        // Worst first, so the first entry per key wins.
+        // Worst first, so the first entry per key wins (a driver upgrade
+        // explains everything else).
         lost.sort_by_key(|l| match l.3 {
+            Reason::DriverUpgrade => -1,
             Reason::ProbeFailing => 1,
             Reason::SelfTestFailed => 2,
             _ => 0,
@@ -434,7 +440,7 @@ impl Evaluator {
                 gpu_uuid: uuid,
                 gpu_index: idx,
                 kernel: kernel.as_str().into(),
-                verdict: Verdict::Unhealthy.as_str().into(),
+                verdict: verdict_for(reason).as_str().into(),
                 reason: text.clone(),
                 window_secs: self.cfg.window_ms / 1000,
                 health_reason: Some(reason.as_str().into()),
@@ -443,11 +449,20 @@ impl Evaluator {
             });
             published.insert(
                 key,
-                KernelHealth::without_runs(idx, Verdict::Unhealthy, reason, text),
+                KernelHealth::without_runs(idx, verdict_for(reason), reason, text),
             );
         }
         self.state.publish(published);
         out
+    }
+}
+
+/// The verdict of a GPU that failed without rows: `unhealthy`, except
+/// while its node's driver is upgraded (`unknown`: nothing is wrong with it).
+fn verdict_for(reason: Reason) -> Verdict {
+    match reason {
+        Reason::DriverUpgrade => Verdict::Unknown,
+        _ => Verdict::Unhealthy,
     }
 }
 
