@@ -148,7 +148,7 @@ impl Running {
     /// Waits until every GPU in `gpus` completed `n` more runs.
     async fn runs_go_on(&self, gpus: &[u32], n: u64) {
         let from: Vec<u64> = gpus.iter().map(|&i| self.ok_runs(i)).collect();
-        let me = &*self;
+        let me = self;
         wait_until(&format!("GPUs {gpus:?} completing {n} more runs"), || {
             gpus.iter()
                 .zip(&from)

@@ -46,16 +46,30 @@ cfg() { # name port extra-lines -> config path
   echo "$R/$1.toml"
 }
 
+# fetch URL -> body; code URL -> HTTP status (curl, else python3).
+if command -v curl >/dev/null; then
+  fetch() { curl -s -m 1 "$1"; }
+  code() { curl -s -o /dev/null -w '%{http_code}' -m 1 "$1"; }
+else
+  fetch() { python3 -c 'import sys,urllib.request as u
+try: sys.stdout.write(u.urlopen(sys.argv[1], timeout=1).read().decode())
+except Exception: pass' "$1"; }
+  code() { python3 -c 'import sys,urllib.request as u,urllib.error as e
+try: print(u.urlopen(sys.argv[1], timeout=1).status)
+except e.HTTPError as x: print(x.code)
+except Exception: print(0)' "$1"; }
+fi
+
 # watch NAME PID PORT: samples /metrics, /readyz, /healthz every 0.5 s and
 # the process's and its threads' CPU ticks every 1 s until PID exits.
 watch() {
   local name=$1 pid=$2 port=$3 i=0
   while kill -0 "$pid" 2>/dev/null; do
     local t; t=$(date +%s.%N)
-    curl -s -m 1 "http://127.0.0.1:$port/metrics" \
+    fetch "http://127.0.0.1:$port/metrics" \
       | grep -E '^slicetrace_(probe_runs_total|probe_hangs_total|gpu_probing|xid_errors_total|gpu_verdict_reason\{.*dimension="health")' \
       | sed "s/^/$t /" >>"$R/$name-metrics.txt"
-    echo "$t readyz=$(curl -s -o /dev/null -w '%{http_code}' -m 1 "http://127.0.0.1:$port/readyz") healthz=$(curl -s -o /dev/null -w '%{http_code}' -m 1 "http://127.0.0.1:$port/healthz")" >>"$R/$name-probes.txt"
+    echo "$t readyz=$(code "http://127.0.0.1:$port/readyz") healthz=$(code "http://127.0.0.1:$port/healthz")" >>"$R/$name-probes.txt"
     if [ $((i % 2)) -eq 0 ]; then
       echo "$t $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null)" >>"$R/$name-cpu.txt"
       for task in /proc/"$pid"/task/*; do

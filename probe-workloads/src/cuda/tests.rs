@@ -350,7 +350,12 @@ fn a_planted_hang_holds_its_run_costs_no_cpu_and_a_second_backend_runs_beside_it
         (t0.elapsed(), thread_cpu_ns() - cpu0, s, b)
     });
     std::thread::sleep(std::time::Duration::from_secs(2));
+    // How long opening takes beside the hang says whether the agent's
+    // recovery comes during the hang (seconds) or only after it (the open
+    // waited for the spin: ~28 s).
+    let t_open = Instant::now();
     let mut other = CudaBackend::new(0, &light()).expect("a second backend beside the hang");
+    let open_beside_ms = t_open.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
     for _ in 0..20 {
         assert_eq!(other.run(Kernel::Fft).expect("run").correct, Some(true));
@@ -373,7 +378,7 @@ fn a_planted_hang_holds_its_run_costs_no_cpu_and_a_second_backend_runs_beside_it
     gpu_result(
         "hang",
         format!(
-            "\"held_s\":{:.1},\"cpu_ms\":{},\"beside_20_runs_ms\":{beside_ms:.1}",
+            "\"held_s\":{:.1},\"cpu_ms\":{},\"open_beside_ms\":{open_beside_ms:.0},\"beside_20_runs_ms\":{beside_ms:.1}",
             held.as_secs_f64(),
             cpu_ns / 1_000_000
         ),
