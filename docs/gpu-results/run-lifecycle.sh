@@ -73,7 +73,7 @@ watch() {
     if [ $((i % 2)) -eq 0 ]; then
       echo "$t $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null)" >>"$R/$name-cpu.txt"
       for task in /proc/"$pid"/task/*; do
-        echo "$t $(cat "$task/comm" 2>/dev/null | tr ' ' '_') $(awk '{print $14+$15}' "$task/stat" 2>/dev/null)"
+        echo "$t $(cat "$task/comm" 2>/dev/null | tr ' ' '_'):${task##*/} $(awk '{print $14+$15}' "$task/stat" 2>/dev/null)"
       done >>"$R/$name-threads.txt"
     fi
     i=$((i + 1))
@@ -159,8 +159,14 @@ for line in open(f"{R}/{name}-metrics.txt"):
         hung_at = t
     if fam == "slicetrace_probe_hangs_total":
         hangs_total = max(hangs_total, v)
-probes = [l.split() for l in open(f"{R}/{name}-probes.txt")]
+# Samples before the server answered at all (code 0/000) are not counted.
+probes = [p for p in (l.split() for l in open(f"{R}/{name}-probes.txt"))
+          if len(p) == 3 and p[2] not in ("healthz=000", "healthz=0")]
 bad_healthz = sum(1 for p in probes if p[2] != "healthz=200")
+try:
+    out_load = [l for l in open(f"{R}/{name}-load.log") if "planting a hang" in l]
+except FileNotFoundError:
+    out_load = []
 cpu = [(float(t), float(v)) for t, v in (l.split() for l in open(f"{R}/{name}-cpu.txt")) if v]
 def cpu_pct(a, b):
     w = [(t, v) for t, v in cpu if a <= t <= b]
@@ -177,7 +183,7 @@ for l in open(f"{R}/{name}-threads.txt"):
 out = {"name": name, "events": events, "hung_verdict_at": hung_at,
        "hangs_total": hangs_total, "healthz_not_200_samples": bad_healthz,
        "readyz_not_200_samples": sum(1 for p in probes if p[1] != "readyz=200"),
-       "samples": len(probes)}
+       "samples": len(probes), "tenant_planted_hang": bool(out_load)}
 p = events.get("planted")
 if p and events.get("fired"):
     out["watchdog_fired_after_plant_s"] = round(events["fired"] - p, 2)
