@@ -64,6 +64,33 @@ pub fn open_backoff(failures: u32) -> Duration {
 }
 
 impl ProbeLoop {
+    /// Plants a wrong answer and a skipped kernel into each kernel through
+    /// the backend's real submission path, and requires both to be caught
+    /// and a clean run to pass. The outcome goes to the live state (a failed
+    /// self-test means correctness is unverified: the GPU is `unhealthy`).
+    pub(super) fn self_test(&mut self, st: &mut LoopState) {
+        let uuid = st.uuid.clone();
+        for k in [Kernel::Fft, Kernel::Gemm] {
+            let mut caught = [false; 2];
+            for (i, fault) in [Fault::Corrupt, Fault::Skip].into_iter().enumerate() {
+                self.plant(st, k, fault);
+                caught[i] = matches!(self.run_kernel(st, k), Ok(s) if s.correct == Some(false));
+            }
+            let clean = matches!(self.run_kernel(st, k), Ok(s) if s.correct == Some(true));
+            if st.driver.is_none() {
+                // It hung or went away mid-test: judged again on reopen.
+                return;
+            }
+            let passed = caught[0] && caught[1] && clean;
+            self.live.record_self_test(&uuid, k, passed);
+            if passed {
+                tracing::info!(gpu = %uuid, kernel = k.as_str(), "self-test passed: planted corruption and skipped kernel caught");
+            } else {
+                tracing::error!(gpu = %uuid, kernel = k.as_str(), corruption_caught = caught[0], skip_caught = caught[1], clean, "self-test failed: correctness of this GPU is unverified");
+            }
+        }
+    }
+
     /// Beats this thread's progress (for `/healthz`).
     pub(super) fn beat(&self, st: &LoopState) {
         st.beat.store(Liveness::now_ms(), Ordering::Relaxed);

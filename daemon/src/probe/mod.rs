@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use slicetrace_probe::{record_for, Fault, Kernel};
+use slicetrace_probe::{record_for, Kernel};
 use slicetrace_schema::ProbeRecord;
 
 pub mod arrivals;
@@ -153,33 +153,6 @@ enum Reading {
 }
 
 impl ProbeLoop {
-    /// Plants a wrong answer and a skipped kernel into each kernel through
-    /// the backend's real submission path, and requires both to be caught
-    /// and a clean run to pass. The outcome goes to [`LiveState`] (a failed
-    /// self-test means correctness is unverified: the GPU is `unhealthy`).
-    fn self_test(&mut self, st: &mut LoopState) {
-        let uuid = st.uuid.clone();
-        for k in [Kernel::Fft, Kernel::Gemm] {
-            let mut caught = [false; 2];
-            for (i, fault) in [Fault::Corrupt, Fault::Skip].into_iter().enumerate() {
-                self.plant(st, k, fault);
-                caught[i] = matches!(self.run_kernel(st, k), Ok(s) if s.correct == Some(false));
-            }
-            let clean = matches!(self.run_kernel(st, k), Ok(s) if s.correct == Some(true));
-            if st.driver.is_none() {
-                // It hung or went away mid-test: judged again on reopen.
-                return;
-            }
-            let passed = caught[0] && caught[1] && clean;
-            self.live.record_self_test(&uuid, k, passed);
-            if passed {
-                tracing::info!(gpu = %uuid, kernel = k.as_str(), "self-test passed: planted corruption and skipped kernel caught");
-            } else {
-                tracing::error!(gpu = %uuid, kernel = k.as_str(), corruption_caught = caught[0], skip_caught = caught[1], clean, "self-test failed: correctness of this GPU is unverified");
-            }
-        }
-    }
-
     fn jittered(interval: Duration, jitter_pct: u32) -> Duration {
         let j = jitter_pct.min(90) as f64 / 100.0;
         let f = if j > 0.0 {
