@@ -215,9 +215,11 @@ pub const PLANTED_HANG: std::time::Duration = std::time::Duration::from_secs(30)
 
 /// The probe-backend seam.
 ///
-/// Contract: a backend is owned by one probe thread; `run` blocks that thread
-/// until the run has completed (CUDA: until `synchronize` returns) and must
-/// never be called on an async runtime worker. Buffers, plans, handles and
+/// Contract: a backend is owned by one thread (in the agent, its GPU's runner
+/// thread, which the probe thread waits on with a deadline); `run` blocks
+/// that thread until the run has completed (CUDA: until `synchronize`
+/// returns), however long that takes (a hung GPU), and must never be called
+/// on an async runtime worker. Dropping the backend releases its device. Buffers, plans, handles and
 /// events are created in the constructor and warmed up; `run` allocates
 /// nothing on the device. A failed run returns an error and leaves the backend
 /// usable if the device still is.
