@@ -19,6 +19,7 @@ use, so both can be pointed at it with ``--server=http://127.0.0.1:PORT``:
   (ADDED), like the real watch cache;
 * ``Accept: application/json;as=Table;...`` answers ``meta.k8s.io/v1`` Tables
   (what ``kubectl get`` asks for), in lists and in watch events;
+* ``PATCH /api/v1/nodes/NAME``: labels only (``kubectl label node``);
 * ``PATCH /api/v1/nodes/NAME/status``: merge / strategic-merge (conditions
   merged by ``type``) and JSON patch; each patch is recorded.
 
@@ -552,6 +553,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, obj)
             if len(rest) == 3 and rest[2] == "status" and method == "PATCH" and kind == "Node":
                 return self.patch_node_status(name)
+            if len(rest) == 2 and method == "PATCH" and kind == "Node":
+                return self.patch_node(name)
         return self.send_status(404, "NotFound", "the server could not find the requested resource")
 
     def selectors(self, q):
@@ -710,6 +713,27 @@ class Handler(BaseHTTPRequestHandler):
         err = status_obj(410, "Expired", "too old resource version: %s (%d)" % (rv, compacted))
         self.write_chunk(json.dumps({"type": "ERROR", "object": err}).encode() + b"\n")
         self.write_chunk(b"")
+
+    def patch_node(self, name):
+        """PATCH /api/v1/nodes/NAME (what `kubectl label node` sends): only
+        metadata.labels may change here (a null value removes the label)."""
+        st = self.state
+        try:
+            body = json.loads(self.read_body() or b"null") or {}
+        except ValueError:
+            return self.send_status(400, "BadRequest", "patch body is not JSON")
+        with st.cond:
+            node = st.objects["Node"].get((None, name))
+        if node is None:
+            return self.send_status(404, "NotFound", 'nodes "%s" not found' % name)
+        merged = copy.deepcopy(node)
+        labels = merged["metadata"].setdefault("labels", {})
+        for k, v in ((body.get("metadata") or {}).get("labels") or {}).items():
+            if v is None:
+                labels.pop(k, None)
+            else:
+                labels[k] = v
+        return self.send_json(200, st.upsert("Node", merged))
 
     def patch_node_status(self, name):
         st = self.state

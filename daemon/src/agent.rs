@@ -43,7 +43,7 @@ use crate::topology::{Consumer, Fanout, Outlet};
 
 mod open;
 
-pub use open::{open_gpu, Gpu};
+pub use open::{open_gpu, opener, Gpu};
 
 /// A function that re-opens the backend for a device index (tests wrap
 /// their backends with one, see [`Agent::reopen_with`]).
@@ -111,11 +111,25 @@ impl Agent {
         }
     }
 
+    /// An agent over GPUs prepared by the caller, some of which may not
+    /// have opened ([`Gpu::unopened`]: tests of a GPU that fails to open).
+    pub fn with_gpus(config: Config, gpus: Vec<Gpu>, telemetry: Arc<dyn TelemetrySource>) -> Self {
+        Self {
+            node: config.resolved_node_name(),
+            gpus,
+            telemetry,
+            occupancy: None,
+            counters: Arc::new(Counters::default()),
+            live: Arc::new(LiveState::default()),
+            config,
+        }
+    }
+
     /// Every GPU reopens through `factory` (called with its index).
     pub fn reopen_with(mut self, factory: BackendFactory) -> Self {
         for g in &mut self.gpus {
-            let (f, i) = (factory.clone(), g.backend.device().index);
-            g.reopen = Some(Box::new(move || f(i)) as Reopen);
+            let (f, i) = (factory.clone(), g.index);
+            g.reopen = Some(Arc::new(move || f(i)) as Reopen);
         }
         self
     }
@@ -153,17 +167,12 @@ impl Agent {
         // probe run (slicetrace_gpu_info, slicetrace_backend_up, /readyz).
         live.set_node(&node);
         for g in &gpus {
-            let d = g.backend.device();
-            live.register_gpu(
-                &d.uuid,
-                crate::serve::live::GpuEntry {
-                    index: d.index,
-                    name: d.name.clone(),
-                    backend: d.backend.to_string(),
-                    down: None,
-                    probe_failing: None,
-                },
-            );
+            let mut e = crate::serve::live::GpuEntry::new(g.index, g.name.clone(), g.kind.as_str());
+            if let Some(why) = &g.open_error {
+                e.down = Some(why.clone());
+                e.down_reason = Some(slicetrace_schema::Reason::OpenFailed);
+            }
+            live.register_gpu(&g.uuid, e);
         }
         let telemetry =
             crate::probe::telemetry::with_process_names(telemetry, config.process_names);
@@ -201,6 +210,19 @@ impl Agent {
         let consumers = Consumers::start(&config, &node, &counters, &live, &plans)?;
         let fanout = Arc::new(consumers.probe_fanout(&counters));
         tracing::info!(consumers = ?fanout.names(), "fan-out ready");
+        // /healthz: a consumer loop found gone, or every probe thread silent
+        // for longer than a run, an open or a back-off may take.
+        let weak = Arc::downgrade(&fanout);
+        live.liveness.set_consumer_check(Box::new(move || {
+            weak.upgrade().map(|f| f.closed()).unwrap_or_default()
+        }));
+        let watchdogs: Vec<_> = gpus
+            .iter()
+            .map(|g| config.watchdog.resolve(config.preset, g.index))
+            .collect();
+        if let Some(w) = watchdogs.first() {
+            live.liveness.set_stall_after(w.stall_after(16));
+        }
 
         // ---- /metrics ----
         let mut metrics_addr = None;
@@ -221,21 +243,34 @@ impl Agent {
         }
 
         // ---- node condition ----
-        if config.health.node_condition {
-            start_node_condition(&config, &node, &live, stop_rx.clone()).await;
-        }
+        let node_condition = if config.health.node_condition {
+            start_node_condition(&config, &node, &live, stop_rx.clone()).await
+        } else {
+            None
+        };
 
         // ---- probe threads ----
         let stop = Arc::new(StopSignal::default());
         let mut threads = Vec::new();
-        for (gpu, arrivals) in gpus.into_iter().zip(plans) {
+        for ((gpu, arrivals), watchdog) in gpus.into_iter().zip(plans).zip(watchdogs) {
             let Gpu {
-                backend, reopen, ..
-            } = gpu;
-            let idx = backend.device().index;
-            let lp = ProbeLoop {
+                index,
+                uuid,
                 backend,
+                open_error,
                 reopen,
+                ..
+            } = gpu;
+            let idx = index;
+            let lp = ProbeLoop {
+                slot: crate::probe::GpuSlot {
+                    index,
+                    uuid,
+                    backend,
+                    open_error,
+                },
+                opener: reopen,
+                watchdog,
                 telemetry: telemetry.clone(),
                 occupancy: occupancy.clone(),
                 fanout: fanout.clone(),
@@ -254,6 +289,16 @@ impl Agent {
             threads.push(h);
         }
 
+        // ---- the GPUs' own fault reports (NVML events) ----
+        if let Some(h) = crate::probe::telemetry::spawn_fault_watch(
+            telemetry.clone(),
+            live.clone(),
+            counters.clone(),
+            stop.clone(),
+        ) {
+            threads.push(h);
+        }
+
         shutdown.await;
         let by = Instant::now() + deadline;
         tracing::info!(
@@ -269,6 +314,10 @@ impl Agent {
             }
         });
         let _ = tokio::time::timeout_at(by.into(), joined).await;
+        // The node condition's last patch (`Unknown`: not observed).
+        if let Some(h) = node_condition {
+            let _ = tokio::time::timeout_at(by.into(), h).await;
+        }
         let summary_dropped = fanout.dropped(crate::consumers::summary::NAME).unwrap_or(0);
         drop(fanout);
         // 2. Each consumer, in order, drains its queue and stops.
@@ -447,7 +496,7 @@ async fn start_node_condition(
     node: &str,
     live: &Arc<LiveState>,
     stop: watch::Receiver<bool>,
-) {
+) -> Option<tokio::task::JoinHandle<()>> {
     let o = &config.occupancy;
     match crate::probe::occupancy::kube_api::client_config(
         o.kube_api,
@@ -458,14 +507,14 @@ async fn start_node_condition(
     {
         Ok(Some(cfg)) => match kube::Client::try_from(cfg) {
             Ok(client) => {
-                tokio::spawn(crate::serve::node_condition::run(
+                return Some(tokio::spawn(crate::serve::node_condition::run(
                     client,
                     node.to_string(),
                     live.clone(),
                     Duration::from_millis(config.health.evaluate_interval_ms),
                     Duration::from_millis(config.health.node_condition_min_interval_ms),
                     stop,
-                ));
+                )));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "node conditions disabled: cannot build a Kubernetes client")
@@ -478,4 +527,5 @@ async fn start_node_condition(
             tracing::warn!(error = %crate::internal_events::error_chain(&e), "node conditions disabled")
         }
     }
+    None
 }

@@ -96,6 +96,10 @@ struct Args {
     /// other runs (a verification run, not a tenant).
     #[arg(long)]
     plant_every: Option<u64>,
+    /// Plant one hang (`Fault::Hang`: the run holds its context for 30 s,
+    /// spinning on the GPU timer) once this long has passed (e.g. 20s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    plant_hang_after: Option<Duration>,
     /// CUDA: leave cuBLAS its own default workspace (32 MiB on Hopper)
     /// instead of the preset's.
     #[arg(long)]
@@ -296,6 +300,7 @@ fn run(args: Args) -> Result<()> {
     let mut runs: u64 = 0;
     let mut incorrect: u64 = 0;
     let (mut planted, mut caught) = (0u64, 0u64);
+    let mut hang_planted = false;
     let mut rng = rand::rng();
     const CAP: usize = 1 << 20;
     while !STOP.load(Ordering::Relaxed)
@@ -315,6 +320,16 @@ fn run(args: Args) -> Result<()> {
         if let Some(f) = plant {
             backend.plant_fault(kernel, f);
             planted += 1;
+        }
+        if !hang_planted && args.plant_hang_after.is_some_and(|d| start.elapsed() >= d) {
+            // One hang through the real graph: this tenant's run holds its
+            // context for PLANTED_HANG, the wedged tenant a watchdog sees.
+            tracing::warn!(
+                hang_s = slicetrace_probe::PLANTED_HANG.as_secs(),
+                "planting a hang into the next run"
+            );
+            backend.plant_fault(kernel, slicetrace_probe::Fault::Hang);
+            hang_planted = true;
         }
         let s = backend.run(kernel)?;
         match (plant.is_some(), s.correct == Some(false)) {

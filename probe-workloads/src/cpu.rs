@@ -141,6 +141,11 @@ impl Worker {
 
     fn run(&mut self, kernel: Kernel, fault: Option<Fault>) -> Done {
         self.poison(kernel);
+        if fault == Some(Fault::Hang) {
+            // The CPU's wedged context: the worker does not answer for the
+            // planted hang's length, and sleeps (no CPU) meanwhile.
+            std::thread::sleep(crate::PLANTED_HANG);
+        }
         let t0 = Instant::now();
         if fault != Some(Fault::Skip) {
             match kernel {

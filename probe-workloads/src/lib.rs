@@ -206,13 +206,27 @@ pub enum Fault {
     /// The kernel does not run at all (a launch that silently did nothing);
     /// the output keeps the poison written before the run.
     Skip,
+    /// The run hangs for [`PLANTED_HANG`] before the kernel (a wedged
+    /// context, bounded so that a test or a demo ends by itself): on CUDA a
+    /// one-thread kernel node that spins on the GPU timer, disabled in every
+    /// other launch of the captured graph; on the CPU the worker sleeps. The
+    /// host waits as for any run (blocking sync), so a hang costs no CPU.
+    /// The agent's watchdog must give up on the run long before it ends.
+    Hang,
 }
+
+/// How long a planted [`Fault::Hang`] holds its run: far beyond any run
+/// deadline the agent's watchdog derives, and short enough that a test or
+/// demo ends by itself.
+pub const PLANTED_HANG: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The probe-backend seam.
 ///
-/// Contract: a backend is owned by one probe thread; `run` blocks that thread
-/// until the run has completed (CUDA: until `synchronize` returns) and must
-/// never be called on an async runtime worker. Buffers, plans, handles and
+/// Contract: a backend is owned by one thread (in the agent, its GPU's runner
+/// thread, which the probe thread waits on with a deadline); `run` blocks
+/// that thread until the run has completed (CUDA: until `synchronize`
+/// returns), however long that takes (a hung GPU), and must never be called
+/// on an async runtime worker. Dropping the backend releases its device. Buffers, plans, handles and
 /// events are created in the constructor and warmed up; `run` allocates
 /// nothing on the device. A failed run returns an error and leaves the backend
 /// usable if the device still is.

@@ -3,7 +3,8 @@
 //!
 //! * [`FaultyBackend`]: the one fault-injecting `ProbeBackend`, switched
 //!   through its [`Faults`] while the agent runs (runs that fail, wrong
-//!   answers, planted faults ignored, runs held back by a [`Gate`]);
+//!   answers, planted faults ignored, a planted hang, opens refused, runs
+//!   held back by a [`Gate`]);
 //! * [`Listener`]: a loopback listener that keeps its port from the moment
 //!   it is bound, for in-process servers (no bind, drop and rebind race);
 //!   [`start_on_free_ports`] for external programs that must be told a port;
@@ -67,6 +68,13 @@ pub struct Faults {
     /// Planted faults are ignored, so the self-test's corruption is never
     /// caught.
     pub deaf_to_plants: AtomicBool,
+    /// The next run hangs: a [`Fault::Hang`] is planted into the real
+    /// backend under it (the CPU worker does not answer for
+    /// `slicetrace_probe::PLANTED_HANG`), once per `true` stored here.
+    pub hang: AtomicBool,
+    /// A test's backend factory refuses to open while this is set (a GPU
+    /// that does not open, at start or on a reopen); see [`Faults::open`].
+    pub fail_open: AtomicBool,
     /// Runs wait for this gate.
     pub gate: Gate,
     /// Runs that completed (right or wrong).
@@ -75,6 +83,9 @@ pub struct Faults {
     pub failed_at: Mutex<Vec<Instant>>,
     /// Times the backend was reopened (counted by the test's factory).
     pub reopened: AtomicU64,
+    /// Backends under these faults that were dropped (their device
+    /// released).
+    pub released: AtomicU64,
 }
 
 impl Faults {
@@ -91,6 +102,20 @@ impl Faults {
         let f = Self::default();
         set(&f);
         Arc::new(f)
+    }
+
+    /// What a test's factory calls to open a backend: refuses while
+    /// `fail_open` is set, else opens `open()` faulted by `faults`, and
+    /// counts the reopen.
+    pub fn open(
+        faults: &Arc<Faults>,
+        open: impl FnOnce() -> Result<Box<dyn ProbeBackend>, ProbeError>,
+    ) -> Result<Box<dyn ProbeBackend>, ProbeError> {
+        faults.reopened.fetch_add(1, Ordering::SeqCst);
+        if faults.fail_open.load(Ordering::SeqCst) {
+            return Err(ProbeError::Injected("device does not open".into()));
+        }
+        Ok(FaultyBackend::wrap(open()?, faults.clone()))
     }
 
     /// Runs that failed so far.
@@ -127,6 +152,9 @@ impl ProbeBackend for FaultyBackend {
             }
             return Err(ProbeError::Injected("GPU lost".into()));
         }
+        if self.faults.hang.swap(false, Ordering::SeqCst) {
+            self.inner.plant_fault(kernel, Fault::Hang);
+        }
         let mut s = self.inner.run(kernel)?;
         self.faults.ok_runs.fetch_add(1, Ordering::SeqCst);
         if self.faults.wrong.load(Ordering::SeqCst) {
@@ -138,6 +166,12 @@ impl ProbeBackend for FaultyBackend {
         if !self.faults.deaf_to_plants.load(Ordering::SeqCst) {
             self.inner.plant_fault(kernel, fault);
         }
+    }
+}
+
+impl Drop for FaultyBackend {
+    fn drop(&mut self) {
+        self.faults.released.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -78,7 +78,12 @@ fn scenarios() -> Vec<ProbeRecord> {
         let mut w = row("GPU-wrong", i, 0.06, 0.0098, 0);
         w.correct = Some(i % 100 != 7);
         rows.push(w);
+        // HW throttling in a third of the runs (sustained: unhealthy) and
+        // in 2 % of them (brief: degraded).
         let mut h = row("GPU-hw-throttled", i, 0.06, 0.0098, 0);
+        h.throttle_reasons = Some(if i % 3 == 0 { 0x40 } else { 0 });
+        rows.push(h);
+        let mut h = row("GPU-hw-brief", i, 0.06, 0.0098, 0);
         h.throttle_reasons = Some(if i % 50 == 3 { 0x40 } else { 0 });
         rows.push(h);
         let mut s = row("GPU-sw-throttled", i, 0.06, 0.0098, 0);
@@ -225,6 +230,10 @@ fn live_evaluator_and_fleet_give_the_same_verdicts_on_the_same_rows() {
     assert_eq!(
         short(get("GPU-hw-throttled")),
         j("unhealthy", "throttled", "ok", "none")
+    );
+    assert_eq!(
+        short(get("GPU-hw-brief")),
+        j("degraded", "throttled", "ok", "none")
     );
     assert_eq!(short(get("GPU-sw-throttled")).0, "degraded");
     assert_eq!(

@@ -85,6 +85,10 @@ pub(super) fn judge_unit(
         event_mcycles_p50: p(&mut event, 0.5),
         correctness_failures: fails as u64,
         throttle_reasons: idx.iter().fold(0u64, |acc, &i| acc | u.throttle[i]),
+        hw_throttled_runs: idx
+            .iter()
+            .filter(|&&i| u.throttle[i] & th.throttle_unhealthy_mask != 0)
+            .count() as u64,
         max_tenants: idx.iter().filter_map(|&i| u.tenants[i]).max(),
     };
     // The GPU's own quiet baseline, over all its runs in the data.

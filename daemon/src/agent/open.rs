@@ -3,8 +3,9 @@
 //! and the telemetry source that matches them.
 //!
 //! One GPU is one [`open_gpu`] call that returns a `Result`, so a GPU whose
-//! backend does not open is that GPU's state (registered down in
-//! [`LiveState`]), not the whole node's.
+//! backend does not open is that GPU's state, not the whole node's: it
+//! still gets its probe thread, which registers it down (`open_failed`) and
+//! keeps trying to open it with backoff ([`crate::probe::lifecycle`]).
 
 use std::sync::Arc;
 
@@ -19,15 +20,26 @@ use crate::probe::telemetry::{NoTelemetry, TelemetrySource};
 use crate::probe::Reopen;
 use crate::serve::live::{GpuEntry, LiveState};
 
-/// One probed device: its backend, the spec it was opened with (computed
-/// once per backend kind), and how to open it again after repeated
-/// failures.
+/// One probed device: its identity, its backend if it opened, the spec it
+/// runs (computed once per backend kind), and how to open it (again).
 pub struct Gpu {
-    /// The open backend.
-    pub backend: Box<dyn ProbeBackend>,
+    /// Device index.
+    pub index: u32,
+    /// Its UUID (a placeholder such as `GPU-index-1` for a GPU that did
+    /// not open and whose UUID NVML did not give).
+    pub uuid: String,
+    /// Product name, when known.
+    pub name: Option<String>,
+    /// The backend kind probing it (or that failed to open).
+    pub kind: Backend,
+    /// The open backend; `None` when it failed to open at start.
+    pub backend: Option<Box<dyn ProbeBackend>>,
+    /// Why it failed to open at start.
+    pub open_error: Option<String>,
     /// The probe spec this backend runs (kernel sizes, wait, burst runs).
     pub spec: ProbeSpec,
-    /// Re-creates the backend after repeated failures; `None` never reopens.
+    /// Opens the backend (again): after repeated failures, a hang, or a
+    /// failed open at start; `None` never reopens.
     pub reopen: Option<Reopen>,
 }
 
@@ -35,33 +47,70 @@ impl Gpu {
     /// A backend that was opened elsewhere (tests, tools): its spec is the
     /// config's spec for the backend's kind, and it never reopens.
     pub fn opened(backend: Box<dyn ProbeBackend>, config: &Config) -> Self {
-        let spec = config.probe_spec(backend.device().backend.as_str());
+        let d = backend.device().clone();
+        let spec = config.probe_spec(d.backend.as_str());
         Self {
-            backend,
+            index: d.index,
+            uuid: d.uuid,
+            name: d.name,
+            kind: d.backend,
+            backend: Some(backend),
+            open_error: None,
             spec,
             reopen: None,
         }
     }
+
+    /// A device whose backend did not open (yet): its thread registers it
+    /// down (`open_failed`) and opens it through `reopen` with backoff.
+    pub fn unopened(
+        index: u32,
+        uuid: &str,
+        kind: Backend,
+        spec: ProbeSpec,
+        error: String,
+        reopen: Option<Reopen>,
+    ) -> Self {
+        Self {
+            index,
+            uuid: uuid.to_string(),
+            name: None,
+            kind,
+            backend: None,
+            open_error: Some(error),
+            spec,
+            reopen,
+        }
+    }
+}
+
+/// How to open device `index` of `kind` with `spec` (on the probe thread's
+/// runner, with the watchdog's open deadline).
+pub fn opener(kind: Backend, index: u32, spec: &ProbeSpec) -> Reopen {
+    let spec = *spec;
+    std::sync::Arc::new(move || -> Result<Box<dyn ProbeBackend>, ProbeError> {
+        Ok(match kind {
+            Backend::Cuda => Box::new(slicetrace_probe::cuda::CudaBackend::new(index, &spec)?),
+            _ => Box::new(slicetrace_probe::cpu::CpuBackend::new(index, &spec)?),
+        })
+    })
 }
 
 /// Opens one device's backend of `kind` (`Cuda` or `Cpu`) with `spec`. A
 /// CUDA backend gets a reopen function with the same spec.
 pub fn open_gpu(kind: Backend, index: u32, spec: &ProbeSpec) -> Result<Gpu, ProbeError> {
-    let backend: Box<dyn ProbeBackend> = match kind {
-        Backend::Cuda => Box::new(slicetrace_probe::cuda::CudaBackend::new(index, spec)?),
-        _ => Box::new(slicetrace_probe::cpu::CpuBackend::new(index, spec)?),
-    };
-    let reopen: Option<Reopen> = (kind == Backend::Cuda).then(|| {
-        let spec = *spec;
-        Box::new(move || {
-            slicetrace_probe::cuda::CudaBackend::new(index, &spec)
-                .map(|b| Box::new(b) as Box<dyn ProbeBackend>)
-        }) as Reopen
-    });
+    let open = opener(kind, index, spec);
+    let backend = open()?;
+    let d = backend.device().clone();
     Ok(Gpu {
-        backend,
+        index,
+        uuid: d.uuid,
+        name: d.name,
+        kind,
+        backend: Some(backend),
+        open_error: None,
         spec: *spec,
-        reopen,
+        reopen: Some(open),
     })
 }
 
@@ -101,11 +150,33 @@ pub fn open_gpus(config: &Config, live: &LiveState) -> Result<Vec<Gpu>> {
                     }
                 }
                 (_, Ok(tries)) => {
+                    // A GPU that did not open keeps its thread, which
+                    // retries it; NVML names it meanwhile where it can.
+                    let uuids = if tries.iter().any(|(_, r)| r.is_err()) {
+                        NvmlTelemetry::new(config.occupancy.proc_root.clone())
+                            .map(|t| t.device_uuids())
+                            .unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
                     let mut gpus = Vec::new();
                     for (i, r) in tries {
                         match r {
                             Ok(g) => gpus.push(g),
-                            Err(e) => register_down(live, &[(i, format!("GPU-index-{i}"))], &e),
+                            Err(e) => {
+                                let uuid = uuids
+                                    .get(i as usize)
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("GPU-index-{i}"));
+                                gpus.push(Gpu::unopened(
+                                    i,
+                                    &uuid,
+                                    Backend::Cuda,
+                                    spec,
+                                    error_chain(&e),
+                                    Some(opener(Backend::Cuda, i, &spec)),
+                                ));
+                            }
                         }
                     }
                     gpus
@@ -135,8 +206,14 @@ pub fn open_gpus(config: &Config, live: &LiveState) -> Result<Vec<Gpu>> {
         config.devices
     );
     for g in &gpus {
-        let d = g.backend.device();
-        tracing::info!(index = d.index, uuid = %d.uuid, name = d.name.as_deref().unwrap_or(""), backend = %d.backend, "probing device");
+        match &g.open_error {
+            None => {
+                tracing::info!(index = g.index, uuid = %g.uuid, name = g.name.as_deref().unwrap_or(""), backend = %g.kind, "probing device")
+            }
+            Some(e) => {
+                tracing::error!(index = g.index, uuid = %g.uuid, backend = %g.kind, reason = %e, "GPU backend failed to open: this GPU is unhealthy (open_failed) and retried with backoff; the others probe on")
+            }
+        }
     }
     Ok(gpus)
 }
@@ -160,25 +237,16 @@ fn fall_back(
 fn register_down(live: &LiveState, gpus: &[(u32, String)], reason: &ProbeError) {
     let why = error_chain(reason);
     for (index, uuid) in gpus {
-        tracing::error!(gpu = %uuid, backend = "cuda", reason = %why, "CUDA backend failed to open: GPU not probed, /readyz fails until the agent restarts with working CUDA");
-        live.register_gpu(
-            uuid,
-            GpuEntry {
-                index: *index,
-                name: None,
-                backend: "cuda".into(),
-                down: Some(why.clone()),
-                probe_failing: None,
-            },
-        );
+        tracing::error!(gpu = %uuid, backend = "cuda", reason = %why, "CUDA backend failed to open: CUDA does not start on this node, no GPU probed; /readyz fails until the agent restarts with working CUDA");
+        let mut e = GpuEntry::new(*index, None, "cuda");
+        e.down = Some(why.clone());
+        live.register_gpu(uuid, e);
     }
 }
 
 /// NVML on CUDA devices; none on the CPU backend (its columns are null).
 pub fn telemetry_for(config: &Config, gpus: &[Gpu]) -> Arc<dyn TelemetrySource> {
-    let on_cuda = gpus
-        .iter()
-        .all(|g| g.backend.device().backend == Backend::Cuda);
+    let on_cuda = gpus.iter().all(|g| g.kind == Backend::Cuda);
     if !on_cuda {
         tracing::info!("CPU backend: no NVML, so NVML columns are null");
         return Arc::new(NoTelemetry);

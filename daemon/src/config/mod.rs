@@ -1,5 +1,5 @@
 //! Agent configuration: one TOML file (the `[parquet]`, `[otlp]`, `[metrics]`,
-//! `[health]` and `[occupancy]` tables belong to those components), then
+//! `[health]`, `[watchdog]` and `[occupancy]` tables belong to those components), then
 //! environment variables, then command-line flags — later wins.
 //!
 //! Every struct rejects unknown keys, so a typo is a usage error (exit 2)
@@ -17,6 +17,7 @@ use crate::consumers::parquet::ParquetConfig;
 use crate::field_error::FieldError;
 use crate::probe::config::ProbeConfig;
 use crate::probe::occupancy::OccupancyConfig;
+use crate::probe::watchdog::WatchdogConfig;
 
 mod parse;
 mod resolve;
@@ -130,6 +131,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Live health.
     pub health: HealthConfig,
+    /// The watchdog for hung runs (per-run deadlines).
+    pub watchdog: WatchdogConfig,
     /// Pod occupancy.
     pub occupancy: OccupancyConfig,
     /// Record tenants' command names in the `processes` column and span
@@ -182,6 +185,7 @@ impl Default for Config {
             otlp: OtlpConfig::default(),
             metrics: MetricsConfig::default(),
             health: HealthConfig::default(),
+            watchdog: WatchdogConfig::default(),
             occupancy: OccupancyConfig::default(),
             process_names: false,
             log_format: LogFormat::Text,

@@ -169,6 +169,9 @@ impl Config {
         }
         self.otlp.validate().map_err(|e| in_table(e, "otlp"))?;
         self.health.validate().map_err(|e| in_table(e, "health"))?;
+        self.watchdog
+            .validate()
+            .map_err(|e| in_table(e, "watchdog"))?;
         self.parquet
             .validate()
             .map_err(|e| in_table(e, "parquet"))?;

@@ -22,8 +22,8 @@ mod sinks;
 
 pub use occupancy::{OccupancyRefreshFailed, OccupancyRelisted};
 pub use probe::{
-    CorrectnessCheckFailed, ProbeCycleCompleted, ProbeRunFailed, ProbeRunsCompleted,
-    ProbeThreadCpuUsed, Stage, TelemetrySampleFailed,
+    CorrectnessCheckFailed, GpuOpenFailed, ProbeCycleCompleted, ProbeRunFailed, ProbeRunHung,
+    ProbeRunsCompleted, ProbeThreadCpuUsed, Stage, TelemetrySampleFailed, XidReported,
 };
 pub use sinks::{
     OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, ParquetFileRotated,
@@ -101,8 +101,16 @@ pub struct GpuCounters {
     /// CPU time of this GPU's probe thread by stage (indexed by
     /// [`crate::internal_events::Stage::index`]), nanoseconds.
     pub probe_thread_cpu_ns: [AtomicU64; 4],
+    /// Runs the watchdog gave up on (past their deadline) on this GPU.
+    pub probe_hangs: AtomicU64,
+    /// Failed attempts to open this GPU's backend.
+    pub open_failures: AtomicU64,
+    /// Xid errors NVML reported for this GPU, by code.
+    pub xids: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Limits [`TelemetrySampleFailed`] lines of this GPU.
     telemetry_log: RateLimit,
+    /// Limits [`GpuOpenFailed`] lines of this GPU.
+    open_error_log: RateLimit,
     /// Limits [`ProbeRunFailed`] lines of this GPU.
     probe_error_log: RateLimit,
 }
@@ -238,6 +246,9 @@ pub const EVENTS: &[(&str, &[&str])] = &[
     ("CorrectnessCheckFailed", CorrectnessCheckFailed::METRICS),
     ("TelemetrySampleFailed", TelemetrySampleFailed::METRICS),
     ("ProbeThreadCpuUsed", ProbeThreadCpuUsed::METRICS),
+    ("ProbeRunHung", ProbeRunHung::METRICS),
+    ("GpuOpenFailed", GpuOpenFailed::METRICS),
+    ("XidReported", XidReported::METRICS),
     ("SinkQueueFull", SinkQueueFull::METRICS),
     ("OtlpSpansExported", OtlpSpansExported::METRICS),
     ("OtlpExportFailed", OtlpExportFailed::METRICS),

@@ -55,6 +55,76 @@ impl InternalEvent for ProbeRunFailed<'_> {
     }
 }
 
+/// The watchdog gave up on a run past its deadline: the GPU is `hung`, its
+/// backend and context are abandoned and a new one is opened. Always
+/// logged (an operator must look at the GPU).
+#[derive(Debug)]
+pub struct ProbeRunHung<'a> {
+    /// The GPU probed.
+    pub gpu_uuid: &'a str,
+    /// The deadline the run missed.
+    pub deadline: std::time::Duration,
+}
+
+impl InternalEvent for ProbeRunHung<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_hangs"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.gpu(self.gpu_uuid).probe_hangs);
+        tracing::error!(gpu = %self.gpu_uuid, deadline_ms = self.deadline.as_millis() as u64, "probe run past its deadline: GPU marked unhealthy (hung), its context abandoned; reopening without a reset");
+    }
+}
+
+/// Opening a GPU's backend failed (at start or on a retry). Logged on the
+/// first failure of a streak and then at most once a minute per GPU.
+#[derive(Debug)]
+pub struct GpuOpenFailed<'a> {
+    /// The GPU (as registered).
+    pub gpu_uuid: &'a str,
+    /// Consecutive failed attempts, this one included.
+    pub attempts: u32,
+    /// Why.
+    pub error: &'a str,
+    /// When the next attempt is.
+    pub retry_in: std::time::Duration,
+}
+
+impl InternalEvent for GpuOpenFailed<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_gpu_open_failures"];
+    fn emit(self, c: &Counters) {
+        let gpu = c.gpu(self.gpu_uuid);
+        Counters::inc(&gpu.open_failures);
+        if gpu.open_error_log.allow() || self.attempts == 1 {
+            tracing::error!(gpu = %self.gpu_uuid, attempts = self.attempts, retry_in_ms = self.retry_in.as_millis() as u64, error = %self.error, "GPU backend failed to open: this GPU is not probed (the others are), retrying with backoff");
+        }
+    }
+}
+
+/// NVML reported an Xid error for a GPU; every one is counted and logged.
+#[derive(Debug)]
+pub struct XidReported<'a> {
+    /// The GPU.
+    pub gpu_uuid: &'a str,
+    /// The Xid code.
+    pub code: u64,
+    /// Whether it means a lost or wedged GPU (48, 79, 94, 95).
+    pub critical: bool,
+}
+
+impl InternalEvent for XidReported<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_xid_errors"];
+    fn emit(self, c: &Counters) {
+        let gpu = c.gpu(self.gpu_uuid);
+        if let Ok(mut m) = gpu.xids.lock() {
+            *m.entry(self.code).or_default() += 1;
+        }
+        if self.critical {
+            tracing::error!(gpu = %self.gpu_uuid, xid = self.code, "critical Xid: GPU marked unhealthy");
+        } else {
+            tracing::warn!(gpu = %self.gpu_uuid, xid = self.code, "Xid reported by NVML");
+        }
+    }
+}
+
 /// A probe run's output failed its correctness check. Not logged here: the
 /// health evaluator reports it in the verdict.
 #[derive(Debug)]

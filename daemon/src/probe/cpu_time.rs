@@ -58,6 +58,12 @@ impl CpuLaps {
         used
     }
 
+    /// Charges `d` spent on another thread on this one's behalf (the run
+    /// on the backend's runner thread) to `stage`.
+    pub fn add(&mut self, stage: Stage, d: Duration) {
+        self.totals[stage.index()] += d;
+    }
+
     /// CPU charged to `stage` so far.
     pub fn total(&self, stage: Stage) -> Duration {
         self.totals[stage.index()]

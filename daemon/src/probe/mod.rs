@@ -8,24 +8,33 @@
 //! id and span id → the fan-out ([`crate::topology`]), which shares the rows
 //! with every consumer's queue with one `try_send` each. A full queue drops
 //! that consumer's copy and counts it; nothing here waits on a consumer.
+//!
+//! The backend itself runs on a runner thread of its own (`driver.rs`), so
+//! every run has a deadline (`watchdog.rs`), and the GPU's lifecycle (open,
+//! probing, down with a reason, back) is this thread's alone
+//! (`lifecycle.rs`): one GPU's failure never stops another GPU's thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use slicetrace_probe::{record_for, Fault, Kernel, ProbeBackend, ProbeError};
+use slicetrace_probe::{record_for, Kernel};
 use slicetrace_schema::ProbeRecord;
 
 pub mod arrivals;
 pub mod config;
 pub mod cpu_time;
+pub mod driver;
 pub mod ids;
+pub mod lifecycle;
 pub mod occupancy;
 mod stop;
 pub mod telemetry;
+pub mod watchdog;
 
 pub use arrivals::{exponential_gap, ArrivalPlan};
+pub use lifecycle::GpuSlot;
 pub use stop::StopSignal;
 
 use crate::internal_events::Stage;
@@ -40,15 +49,18 @@ use ids::{new_span_id, new_trace_id};
 use occupancy::OccupancySource;
 use telemetry::{BurstTelemetry, DeviceSample, TelemetrySource};
 
-/// Re-creates a backend after repeated failures (a GPU reset, a lost context).
-pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn ProbeBackend>, ProbeError> + Send>;
+/// Opens a backend (again): after repeated failures, a hang, or a GPU that
+/// did not open at start.
+pub type Reopen = driver::Opener;
 
 /// Everything one GPU's probe thread needs.
 pub struct ProbeLoop {
-    /// The backend (owned by the thread).
-    pub backend: Box<dyn ProbeBackend>,
-    /// How to re-create it after repeated failures.
-    pub reopen: Option<Reopen>,
+    /// The GPU: its identity, the backend if it opened at start.
+    pub slot: GpuSlot,
+    /// How to open it (again); `None` never reopens.
+    pub opener: Option<Reopen>,
+    /// Run and open deadlines.
+    pub watchdog: watchdog::Watchdog,
     /// NVML or none.
     pub telemetry: Arc<dyn TelemetrySource>,
     /// Occupancy cache.
@@ -87,6 +99,25 @@ struct LoopState {
     uuid: String,
     gpu_index: u32,
     failures: u32,
+    /// The open backend on its runner thread; `None` while down.
+    driver: Option<driver::Driver>,
+    /// This thread's progress (for `/healthz`).
+    beat: Arc<std::sync::atomic::AtomicU64>,
+    /// When the next open attempt is due (while `driver` is `None`).
+    next_open: Instant,
+    /// Consecutive failed opens.
+    open_failures: u32,
+    /// Whether a backend ever opened (a GPU that stops opening is `lost`).
+    ever_opened: bool,
+    /// When the thread started.
+    started: Instant,
+    /// Whether `watchdog.plant_hang_after_ms` planted its hang yet.
+    hang_planted: bool,
+    /// Paused for a driver upgrade (contexts released).
+    upgrading: bool,
+    /// Other processes on the GPU at the last full sample (the run
+    /// deadline grows with them).
+    tenants: u32,
     /// The last full NVML sample and when it was taken.
     full: Option<(Instant, DeviceSample)>,
     /// When the process list in `full` was read.
@@ -122,29 +153,6 @@ enum Reading {
 }
 
 impl ProbeLoop {
-    /// Plants a wrong answer and a skipped kernel into each kernel through
-    /// the backend's real submission path, and requires both to be caught
-    /// and a clean run to pass. The outcome goes to [`LiveState`] (a failed
-    /// self-test means correctness is unverified: the GPU is `unhealthy`).
-    fn self_test(&mut self) {
-        let uuid = self.backend.device().uuid.clone();
-        for k in [Kernel::Fft, Kernel::Gemm] {
-            let mut caught = [false; 2];
-            for (i, fault) in [Fault::Corrupt, Fault::Skip].into_iter().enumerate() {
-                self.backend.plant_fault(k, fault);
-                caught[i] = matches!(self.backend.run(k), Ok(s) if s.correct == Some(false));
-            }
-            let clean = matches!(self.backend.run(k), Ok(s) if s.correct == Some(true));
-            let passed = caught[0] && caught[1] && clean;
-            self.live.record_self_test(&uuid, k, passed);
-            if passed {
-                tracing::info!(gpu = %uuid, kernel = k.as_str(), "self-test passed: planted corruption and skipped kernel caught");
-            } else {
-                tracing::error!(gpu = %uuid, kernel = k.as_str(), corruption_caught = caught[0], skip_caught = caught[1], clean, "self-test failed: correctness of this GPU is unverified");
-            }
-        }
-    }
-
     fn jittered(interval: Duration, jitter_pct: u32) -> Duration {
         let j = jitter_pct.min(90) as f64 / 100.0;
         let f = if j > 0.0 {
@@ -180,6 +188,9 @@ impl ProbeLoop {
                 })
             };
             st.full = s.clone().map(|s| (Instant::now(), s));
+            if let Some(p) = s.as_ref().and_then(|s| s.processes.as_ref()) {
+                st.tenants = p.len() as u32;
+            }
             return s;
         }
         let clocks = self.sample(st, Reading::Clocks);
@@ -194,13 +205,23 @@ impl ProbeLoop {
     /// thread's totals (logged when it stops) and on `/metrics`.
     fn lap(&self, st: &mut LoopState, stage: Stage) {
         if let Some(cpu) = st.cpu.lap(stage) {
-            ProbeThreadCpuUsed {
-                gpu_uuid: &st.uuid,
-                stage,
-                cpu,
-            }
-            .emit(&self.counters);
+            self.emit_cpu(st, stage, cpu);
         }
+    }
+
+    /// Charges CPU spent on the runner thread (the run itself) to `stage`.
+    fn charge(&self, st: &mut LoopState, stage: Stage, cpu: Duration) {
+        st.cpu.add(stage, cpu);
+        self.emit_cpu(st, stage, cpu);
+    }
+
+    fn emit_cpu(&self, st: &LoopState, stage: Stage, cpu: Duration) {
+        ProbeThreadCpuUsed {
+            gpu_uuid: &st.uuid,
+            stage,
+            cpu,
+        }
+        .emit(&self.counters);
     }
 
     fn sample(&self, st: &LoopState, what: Reading) -> Option<DeviceSample> {
@@ -282,10 +303,13 @@ impl ProbeLoop {
     fn settle(
         &mut self,
         st: &mut LoopState,
-        error: Option<ProbeError>,
+        error: Option<lifecycle::RunFailure>,
         base: Duration,
     ) -> Duration {
+        use lifecycle::RunFailure;
         match error {
+            // Down (hung, or not open): its lifecycle owns the back-off.
+            Some(RunFailure::Hung) | Some(RunFailure::Closed) => self.until_open(st),
             None => {
                 ProbeCycleCompleted.emit(&self.counters);
                 self.live.ready.store(true, Ordering::Relaxed);
@@ -298,9 +322,8 @@ impl ProbeLoop {
                 st.failures = 0;
                 Duration::ZERO
             }
-            Some(e) => {
+            Some(RunFailure::Probe(msg)) => {
                 st.failures += 1;
-                let msg = crate::internal_events::error_chain(&e);
                 ProbeRunFailed {
                     gpu_uuid: &st.uuid,
                     failures: st.failures,
@@ -312,18 +335,12 @@ impl ProbeLoop {
                     gpu_index: st.gpu_index,
                     error: msg,
                 });
-                if st.failures >= REOPEN_AFTER {
-                    if let Some(reopen) = self.reopen.as_mut() {
-                        match reopen() {
-                            Ok(b) => {
-                                tracing::warn!(gpu = %st.uuid, "re-created the probe backend after repeated failures");
-                                self.backend = b;
-                            }
-                            Err(e) => {
-                                tracing::debug!(gpu = %st.uuid, error = %e, "re-creating the backend failed");
-                            }
-                        }
-                    }
+                if st.failures >= REOPEN_AFTER && self.opener.is_some() {
+                    // Re-created on the next arrival; if it does not open,
+                    // the GPU is lost (reason `lost`) and retried with
+                    // backoff.
+                    tracing::warn!(gpu = %st.uuid, failures = st.failures, "re-creating the probe backend after repeated failures");
+                    self.close(st);
                 }
                 base.saturating_mul(1u32 << st.failures.min(6))
                     .min(MAX_BACKOFF)
@@ -333,19 +350,58 @@ impl ProbeLoop {
 
     /// Runs until the stop signal. Never panics on a probe or telemetry error.
     pub fn run(mut self) {
-        let uuid = self.backend.device().uuid.clone();
+        let uuid = self.slot.uuid.clone();
         // Registers the GPU, so its per-GPU series exist from start (0).
         self.counters.gpu(&uuid);
+        let beat = self.live.liveness.register(&uuid);
+        let now = Instant::now();
         let mut st = LoopState {
-            gpu_index: self.backend.device().index,
+            gpu_index: self.slot.index,
             uuid,
             failures: 0,
+            driver: None,
+            beat,
+            next_open: now,
+            open_failures: 0,
+            ever_opened: false,
+            started: now,
+            hang_planted: false,
+            upgrading: false,
+            tenants: 0,
             full: None,
             processes_at: None,
             cpu: CpuLaps::start(),
         };
-        if self.self_test {
-            self.self_test();
+        let name = format!("gpu{}-runner", st.gpu_index);
+        match self
+            .slot
+            .backend
+            .take()
+            .map(|b| driver::Driver::start(b, &name))
+        {
+            Some(Ok(d)) => {
+                st.driver = Some(d);
+                st.ever_opened = true;
+                if self.self_test {
+                    self.self_test(&mut st);
+                }
+            }
+            Some(Err(e)) => {
+                let msg = crate::internal_events::error_chain(&e);
+                self.mark_down(&st, slicetrace_schema::Reason::Lost, msg);
+            }
+            None => {
+                // Did not open at start: down (open_failed) until an
+                // attempt here succeeds, the first one after a back-off.
+                st.open_failures = 1;
+                st.next_open = now + lifecycle::open_backoff(1);
+                let why = self
+                    .slot
+                    .open_error
+                    .clone()
+                    .unwrap_or_else(|| "not opened".into());
+                self.mark_down(&st, slicetrace_schema::Reason::OpenFailed, why);
+            }
         }
         crate::memory::trim();
         let n = match self.arrivals {
@@ -357,7 +413,10 @@ impl ProbeLoop {
             } => self.run_bursts(&mut st, interval, jitter_pct, burst_runs),
         };
         self.lap(&mut st, Stage::Wait);
-        let clock = self.backend.clock_report();
+        let clock = st
+            .driver
+            .as_ref()
+            .and_then(|d| d.clock_report(Duration::from_secs(5)));
         tracing::info!(
             gpu = %st.uuid,
             arrivals = n,
@@ -390,21 +449,34 @@ impl ProbeLoop {
             // The gap runs from the end of the previous run: never back to
             // back, and memoryless, so the arrival moment is independent of
             // the slice rotation.
-            if self.stop.wait(gap.max(backoff)) || self.stop.is_stopped() {
+            if self.pause(st, gap.max(backoff)) || self.stop.is_stopped() {
                 break;
+            }
+            if self.driver_upgrade_pause(st) {
+                backoff = Duration::from_secs(1);
+                continue;
+            }
+            if !self.ensure_open(st) {
+                backoff = self.until_open(st);
+                continue;
             }
             self.lap(st, Stage::Wait);
             let before = self.sample_before(st);
             self.lap(st, Stage::Telemetry);
-            let shape = self.backend.shape(kernel);
-            let result = self.backend.run(kernel);
+            let Some((device, shape)) = st
+                .driver
+                .as_ref()
+                .map(|d| (d.device().clone(), d.shape(kernel)))
+            else {
+                continue;
+            };
+            let result = self.run_kernel(st, kernel);
             self.lap(st, Stage::Run);
             let after = self.sample(st, Reading::Clocks);
             self.lap(st, Stage::Telemetry);
             let (rows, error) = match result {
                 Ok(s) => {
-                    let mut r =
-                        record_for(&self.node, self.backend.device(), &shape, &s, arrival, 0);
+                    let mut r = record_for(&self.node, &device, &shape, &s, arrival, 0);
                     r.arrival = Some(true);
                     r.arrival_gap_ms = Some(gap.as_secs_f64() * 1e3);
                     (vec![r], None)
@@ -436,31 +508,38 @@ impl ProbeLoop {
         let mut gap = Duration::ZERO;
         loop {
             let now = Instant::now();
-            if next > now && self.stop.wait(next - now) {
+            if next > now && self.pause(st, next - now) {
                 break;
             }
             if self.stop.is_stopped() {
                 break;
             }
+            if self.driver_upgrade_pause(st) {
+                next = Instant::now() + Duration::from_secs(1);
+                continue;
+            }
+            if !self.ensure_open(st) {
+                next = Instant::now() + self.until_open(st);
+                continue;
+            }
+            let Some(device) = st.driver.as_ref().map(|d| d.device().clone()) else {
+                continue;
+            };
             let started = Instant::now();
             self.lap(st, Stage::Wait);
             let before = self.sample(st, Reading::Full);
             self.lap(st, Stage::Telemetry);
             let mut rows = Vec::with_capacity(2 * burst_runs as usize);
-            let mut error: Option<ProbeError> = None;
+            let mut error: Option<lifecycle::RunFailure> = None;
             'bursts: for kernel in [Kernel::Fft, Kernel::Gemm] {
-                let shape = self.backend.shape(kernel);
+                let Some(shape) = st.driver.as_ref().map(|d| d.shape(kernel)) else {
+                    error = Some(lifecycle::RunFailure::Closed);
+                    break 'bursts;
+                };
                 for seq in 0..burst_runs {
-                    match self.backend.run(kernel) {
+                    match self.run_kernel(st, kernel) {
                         Ok(s) => {
-                            let mut r = record_for(
-                                &self.node,
-                                self.backend.device(),
-                                &shape,
-                                &s,
-                                cycle,
-                                seq,
-                            );
+                            let mut r = record_for(&self.node, &device, &shape, &s, cycle, seq);
                             // Only the cycle's first run starts at a moment
                             // the probe's own rhythm did not choose.
                             let first = rows.is_empty();

@@ -98,8 +98,15 @@ fn rows_with_process_age(
     );
     let stop = Arc::new(StopSignal::default());
     let lp = ProbeLoop {
-        backend: Box::new(backend),
-        reopen: None,
+        slot: crate::probe::GpuSlot {
+            index: 0,
+            uuid: "CPU-0".into(),
+            backend: Some(Box::new(backend)),
+            open_error: None,
+        },
+        opener: None,
+        watchdog: crate::probe::watchdog::WatchdogConfig::default()
+            .resolve(slicetrace_probe::Preset::Light, 0),
         telemetry,
         occupancy: Arc::new(crate::probe::occupancy::NoOccupancy),
         fanout: fanout.clone(),

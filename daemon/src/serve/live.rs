@@ -114,16 +114,138 @@ pub struct GpuEntry {
     pub name: Option<String>,
     /// Backend probing it (`cuda`, `cpu`), or the one that failed to open.
     pub backend: String,
-    /// Why the backend is not up: it failed to open (`None` while up).
+    /// Why the backend is not up: it failed to open, was lost or hung
+    /// (`None` while up).
     pub down: Option<String>,
+    /// Why, bounded: [`Reason::OpenFailed`], [`Reason::Lost`],
+    /// [`Reason::Hung`]; `None` (with `down` set) is [`Reason::BackendDown`].
+    pub down_reason: Option<Reason>,
     /// The last probe error while probes fail (cleared on recovery).
     pub probe_failing: Option<String>,
+    /// The last critical Xid NVML reported for this GPU, and when.
+    pub critical_xid: Option<(u64, std::time::Instant)>,
 }
 
 impl GpuEntry {
+    /// A GPU as registered before its probe thread starts.
+    pub fn new(index: u32, name: Option<String>, backend: &str) -> Self {
+        Self {
+            index,
+            name,
+            backend: backend.to_string(),
+            down: None,
+            down_reason: None,
+            probe_failing: None,
+            critical_xid: None,
+        }
+    }
+
     /// Whether the backend is up: opened and not failing.
     pub fn up(&self) -> bool {
         self.down.is_none() && self.probe_failing.is_none()
+    }
+
+    /// The bounded reason it is down, if it is.
+    pub fn down_reason(&self) -> Option<Reason> {
+        self.down
+            .as_ref()
+            .map(|_| self.down_reason.unwrap_or(Reason::BackendDown))
+    }
+}
+
+/// Names the consumer loops that are gone (set by the agent).
+pub type ConsumerCheck = Box<dyn Fn() -> Vec<&'static str> + Send + Sync>;
+
+/// Progress of the probe threads and liveness of the consumer loops, for
+/// `/healthz`: it fails only when the agent itself is stuck (every probe
+/// thread silent for longer than any run, open or back-off may take, or a
+/// consumer loop gone), which a restart would fix. A GPU that fails is not
+/// the agent being stuck: the thread that probes it keeps beating.
+#[derive(Default)]
+pub struct Liveness {
+    /// gpu_uuid (as registered) → the thread's last beat, ms since
+    /// [`Liveness::now_ms`]'s origin.
+    beats: RwLock<BTreeMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+    /// Silence after which a probe thread counts as stuck, ms (0: never).
+    stall_after_ms: std::sync::atomic::AtomicU64,
+    /// Names the consumer loops found gone.
+    consumers_gone: RwLock<Option<ConsumerCheck>>,
+}
+
+impl std::fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Liveness")
+            .field("beats", &self.beats)
+            .field("stall_after_ms", &self.stall_after_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Liveness {
+    /// Milliseconds on a process-wide monotonic clock.
+    pub fn now_ms() -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    }
+
+    /// A probe thread's beat, registered under `gpu_uuid` (beating now).
+    pub fn register(&self, gpu_uuid: &str) -> Arc<std::sync::atomic::AtomicU64> {
+        let b = Arc::new(std::sync::atomic::AtomicU64::new(Self::now_ms()));
+        if let Ok(mut m) = self.beats.write() {
+            m.insert(gpu_uuid.to_string(), b.clone());
+        }
+        b
+    }
+
+    /// Silence after which a probe thread is stuck.
+    pub fn set_stall_after(&self, d: std::time::Duration) {
+        self.stall_after_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How `/healthz` learns of consumer loops that are gone.
+    pub fn set_consumer_check(&self, f: ConsumerCheck) {
+        if let Ok(mut c) = self.consumers_gone.write() {
+            *c = Some(f);
+        }
+    }
+
+    /// Why the agent is stuck, one entry per cause; empty while it is not.
+    /// Probe threads count as stuck only when every one is silent.
+    pub fn stuck(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        let after = self
+            .stall_after_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if after > 0 {
+            if let Ok(m) = self.beats.read() {
+                let now = Self::now_ms();
+                let silent: Vec<String> = m
+                    .iter()
+                    .filter(|(_, b)| {
+                        now.saturating_sub(b.load(std::sync::atomic::Ordering::Relaxed)) > after
+                    })
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                if !m.is_empty() && silent.len() == m.len() {
+                    why.push(format!(
+                        "no probe thread made progress for {after} ms: {}",
+                        silent.join(", ")
+                    ));
+                }
+            }
+        }
+        if let Ok(c) = self.consumers_gone.read() {
+            if let Some(f) = c.as_ref() {
+                for name in f() {
+                    why.push(format!("consumer {name}: its loop is gone"));
+                }
+            }
+        }
+        why
     }
 }
 
@@ -149,6 +271,8 @@ pub struct LiveState {
     pub node: RwLock<String>,
     /// `auto` fell back to the CPU backend, with why.
     pub backend_fallback: RwLock<Option<String>>,
+    /// Probe-thread progress and consumer liveness (`/healthz`).
+    pub liveness: Liveness,
 }
 
 impl LiveState {
@@ -230,6 +354,53 @@ impl LiveState {
             g.insert(uuid.to_string(), entry);
         }
     }
+    /// Changes a registered GPU's entry (a probe thread's lifecycle: down
+    /// with a reason, up again, renamed once its backend opened).
+    pub fn update_gpu(&self, uuid: &str, f: impl FnOnce(&mut GpuEntry)) {
+        if let Ok(mut g) = self.gpus.write() {
+            if let Some(e) = g.get_mut(uuid) {
+                f(e);
+            }
+        }
+    }
+    /// Moves a GPU registered under a placeholder (`GPU-index-1`, before
+    /// its backend opened) to the UUID its backend reports.
+    pub fn rename_gpu(&self, from: &str, to: &str) {
+        if from == to {
+            return;
+        }
+        if let Ok(mut g) = self.gpus.write() {
+            if let Some(e) = g.remove(from) {
+                g.insert(to.to_string(), e);
+            }
+        }
+    }
+    /// Records a critical Xid for a GPU (found by index when its UUID was
+    /// registered under a placeholder).
+    pub fn record_critical_xid(&self, uuid: &str, code: u64) {
+        if let Ok(mut g) = self.gpus.write() {
+            if let Some(e) = g.get_mut(uuid) {
+                e.critical_xid = Some((code, std::time::Instant::now()));
+            }
+        }
+    }
+    /// One line per GPU: `probing`, or why not (for `/readyz`).
+    pub fn gpu_states(&self) -> Vec<String> {
+        let Ok(g) = self.gpus.read() else {
+            return Vec::new();
+        };
+        g.iter()
+            .map(
+                |(uuid, e)| match (e.down_reason(), &e.down, &e.probe_failing) {
+                    (Some(r), Some(d), _) => {
+                        format!("gpu {} {uuid}: not probing ({}): {d}", e.index, r.as_str())
+                    }
+                    (_, _, Some(p)) => format!("gpu {} {uuid}: failing: {p}", e.index),
+                    _ => format!("gpu {} {uuid}: probing", e.index),
+                },
+            )
+            .collect()
+    }
     /// Sets the node name rendered on every series.
     pub fn set_node(&self, node: &str) {
         if let Ok(mut n) = self.node.write() {
@@ -253,8 +424,12 @@ impl LiveState {
         let mut why = Vec::new();
         if let Ok(g) = self.gpus.read() {
             for (uuid, e) in g.iter() {
-                if let Some(d) = &e.down {
-                    why.push(format!("{uuid}: backend {} down: {d}", e.backend));
+                if let (Some(r), Some(d)) = (e.down_reason(), &e.down) {
+                    why.push(format!(
+                        "{uuid}: backend {} down ({}): {d}",
+                        e.backend,
+                        r.as_str()
+                    ));
                 } else if let Some(p) = &e.probe_failing {
                     why.push(format!("{uuid}: backend {} failing: {p}", e.backend));
                 }
@@ -338,5 +513,56 @@ mod tests {
             st.worst(),
             Some((Verdict::Degraded, "GPU-a fft: slow".into()))
         );
+    }
+
+    /// `/healthz` fails only when every probe thread is silent or a
+    /// consumer loop is gone: one silent thread (a GPU in trouble) is not the
+    /// agent being stuck.
+    #[test]
+    fn healthz_is_stuck_only_when_every_probe_thread_is_silent_or_a_consumer_is_gone() {
+        let l = Liveness::default();
+        let a = l.register("GPU-a");
+        let b = l.register("GPU-b");
+        assert!(l.stuck().is_empty(), "no stall threshold yet");
+        l.set_stall_after(std::time::Duration::from_millis(1));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        a.store(0, std::sync::atomic::Ordering::Relaxed);
+        b.store(Liveness::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        assert!(l.stuck().is_empty(), "GPU-b still beats: {:?}", l.stuck());
+        b.store(0, std::sync::atomic::Ordering::Relaxed);
+        let why = l.stuck();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("GPU-a, GPU-b"), "{why:?}");
+        b.store(
+            Liveness::now_ms() + 60_000,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        assert!(l.stuck().is_empty());
+        l.set_consumer_check(Box::new(|| vec!["parquet"]));
+        assert_eq!(l.stuck(), ["consumer parquet: its loop is gone"]);
+    }
+
+    /// `/readyz` lists every GPU as probing or not, with the bounded reason.
+    #[test]
+    fn readyz_lines_name_each_gpu_and_why_it_is_not_probing() {
+        let st = LiveState::default();
+        st.register_gpu("GPU-a", GpuEntry::new(0, None, "cuda"));
+        let mut down = GpuEntry::new(1, None, "cuda");
+        down.down = Some("a gemm run did not finish within 2s".into());
+        down.down_reason = Some(Reason::Hung);
+        st.register_gpu("GPU-b", down);
+        assert_eq!(
+            st.gpu_states(),
+            [
+                "gpu 0 GPU-a: probing",
+                "gpu 1 GPU-b: not probing (hung): a gemm run did not finish within 2s"
+            ]
+        );
+        st.rename_gpu("GPU-b", "GPU-c");
+        st.update_gpu("GPU-c", |e| {
+            e.down = None;
+            e.down_reason = None;
+        });
+        assert_eq!(st.gpu_states()[1], "gpu 1 GPU-c: probing");
     }
 }

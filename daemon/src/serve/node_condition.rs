@@ -6,10 +6,14 @@
 //! `Unknown`.
 //!
 //! Off by default (it needs `nodes/status` patch RBAC). The condition is
-//! patched only when its status or reason changes, and at most once per
-//! `node_condition_min_interval_ms`, with a strategic-merge patch to
-//! `nodes/NAME/status` (conditions merge by `type`, so other conditions are
-//! untouched).
+//! patched on every evaluation with a fresh `lastHeartbeatTime` (so a stale
+//! condition shows: remediation tooling can tell an agent that stopped
+//! writing from a GPU that is still bad); its status and reason change at
+//! most once per `node_condition_min_interval_ms` (no flapping), and
+//! `lastTransitionTime` moves only when they do. On a clean stop it is set
+//! to `Unknown` (`AgentStopped`), so an uninstalled agent leaves no stale
+//! `True` behind. Each patch is a strategic merge to `nodes/NAME/status`
+//! (conditions merge by `type`, so other conditions are untouched).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,45 +70,85 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let api: Api<Node> = Api::all(client);
-    let mut last: Option<(&'static str, &'static str)> = None;
-    let mut last_patch: Option<Instant> = None;
+    // What the node shows: status, reason, message, and when status and
+    // reason last changed (RFC 3339) and on this clock.
+    let mut shown: Option<(&'static str, &'static str, String, String, Instant)> = None;
     let mut tick = tokio::time::interval(check_every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
         let (status, reason, message) = condition_of(&live);
-        if last == Some((status, reason)) {
-            continue;
-        }
-        if last_patch.is_some_and(|t| t.elapsed() < min_interval) {
-            continue;
-        }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let patch = json!({
-            "status": { "conditions": [{
-                "type": CONDITION_TYPE,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastHeartbeatTime": now,
-                "lastTransitionTime": now,
-            }]}
-        });
-        match api
-            .patch_status(&node, &PatchParams::default(), &Patch::Strategic(patch))
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(node = %node, status, reason, "patched node condition {CONDITION_TYPE}");
-                last = Some((status, reason));
-                last_patch = Some(Instant::now());
+        let next = match &shown {
+            // Unchanged: a heartbeat with the new message.
+            Some((s, r, _, since, at)) if (*s, *r) == (status, reason) => {
+                (status, reason, message, since.clone(), *at)
             }
-            Err(e) => {
-                tracing::warn!(node = %node, error = %e, "failed to patch node condition; will retry");
-                last_patch = Some(Instant::now());
+            // Changed too soon after the last change: keep showing the old
+            // status (a heartbeat), so it cannot flap.
+            Some((s, r, m, since, at)) if at.elapsed() < min_interval => {
+                (*s, *r, m.clone(), since.clone(), *at)
             }
+            _ => (status, reason, message, now.clone(), Instant::now()),
+        };
+        let changed = shown
+            .as_ref()
+            .is_none_or(|(s, r, ..)| (*s, *r) != (next.0, next.1));
+        if patch(&api, &node, next.0, next.1, &next.2, &now, &next.3).await && changed {
+            tracing::info!(node = %node, status = next.0, reason = next.1, "patched node condition {CONDITION_TYPE}");
+        }
+        shown = Some(next);
+    }
+    // A clean stop: nobody watches these GPUs any more.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(3),
+        patch(
+            &api,
+            &node,
+            "Unknown",
+            "AgentStopped",
+            "the slicetrace agent stopped: GPU health on this node is not observed",
+            &now,
+            &now,
+        ),
+    )
+    .await;
+    if stopped == Ok(true) {
+        tracing::info!(node = %node, "node condition {CONDITION_TYPE} set to Unknown on stop");
+    }
+}
+
+/// One strategic-merge patch of the condition; true when it was written.
+async fn patch(
+    api: &Api<Node>,
+    node: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    heartbeat: &str,
+    transition: &str,
+) -> bool {
+    let body = json!({
+        "status": { "conditions": [{
+            "type": CONDITION_TYPE,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": heartbeat,
+            "lastTransitionTime": transition,
+        }]}
+    });
+    match api
+        .patch_status(node, &PatchParams::default(), &Patch::Strategic(body))
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(node = %node, error = %e, "failed to patch node condition; will retry at the next evaluation");
+            false
         }
     }
 }

@@ -11,7 +11,7 @@
 //! fan-out of their own (outlets: Parquet and OTLP), so no consumer writes
 //! into another consumer's queue behind the fan-out's back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use slicetrace_schema::{HealthRecord, ProbeRecord};
@@ -32,6 +32,8 @@ pub struct Outlet {
     dropped: AtomicU64,
     /// Whose queue this is, for the agent's drop counters.
     owner: QueueOwner,
+    /// Its loop was found gone (its queue closed) on a send.
+    closed: AtomicBool,
 }
 
 impl Outlet {
@@ -44,6 +46,7 @@ impl Outlet {
             events: false,
             dropped: AtomicU64::new(0),
             owner,
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -93,7 +96,10 @@ impl Fanout {
     /// outlet `n`, counted under its name.
     fn offer(&self, n: u64, takes: impl Fn(&Outlet) -> bool, make: impl Fn() -> Msg) {
         for o in self.outlets.iter().filter(|o| takes(o)) {
-            if o.tx.try_send(make()).is_err() {
+            if let Err(e) = o.tx.try_send(make()) {
+                if e == super::QueueError::Closed {
+                    o.closed.store(true, Ordering::Relaxed);
+                }
                 o.dropped.fetch_add(n, Ordering::Relaxed);
                 SinkQueueFull {
                     sink: o.owner,
@@ -102,6 +108,16 @@ impl Fanout {
                 .emit(&self.counters);
             }
         }
+    }
+
+    /// The consumers whose loop was found gone (their queue closed) while
+    /// the agent runs: `/healthz` fails on any (a restart would help).
+    pub fn closed(&self) -> Vec<&'static str> {
+        self.outlets
+            .iter()
+            .filter(|o| o.closed.load(Ordering::Relaxed))
+            .map(|o| o.name)
+            .collect()
     }
 
     /// Shares `rows` (one arrival's or cycle's) with every outlet.

@@ -1,11 +1,13 @@
 //! Graph mode: one captured graph per kernel (start stamp → poison → fence →
-//! start event → kernel → end event → end stamp → done event → plant node →
+//! (hang node) → start event → kernel → end event → end stamp → done event → plant node →
 //! checks), and the nodes in it that plant faults through the real graph.
 //!
 //! The plant node (a one-element memset after the end event) is disabled
 //! except for the one launch that carries a [`Fault::Corrupt`]; a
 //! [`Fault::Skip`] disables the kernel's own nodes for one launch instead
-//! (`cuGraphNodeSetEnabled`). A graph whose shape is not recognised is
+//! (`cuGraphNodeSetEnabled`). A [`Fault::Hang`] enables the hang node (a
+//! one-thread kernel spinning on the GPU timer, captured only where the
+//! stamp kernels loaded) for one launch. A graph whose shape is not recognised is
 //! captured again without a plant node, and faults then go through separate
 //! stream calls.
 #![allow(unsafe_code)]
@@ -22,6 +24,9 @@ pub(super) struct FaultNodes {
     probe: Vec<drv_sys::CUgraphNode>,
     /// The one-element memset after the end event, disabled normally.
     plant: drv_sys::CUgraphNode,
+    /// The spin kernel before the start event, disabled normally; `None`
+    /// without the stamp kernels.
+    hang: Option<drv_sys::CUgraphNode>,
 }
 
 impl CudaBackend {
@@ -29,7 +34,8 @@ impl CudaBackend {
     /// capture fails is logged and left to separate stream calls.
     pub(super) fn capture_graphs(&mut self) {
         for k in [Kernel::Fft, Kernel::Gemm] {
-            let captured = self.capture(k, true).and_then(|g| match fault_nodes(&g) {
+            let with_hang = self.stamps.is_some();
+            let captured = self.capture(k, true).and_then(|g| match fault_nodes(&g, with_hang) {
                 Some(nodes) => Ok((g, Some(nodes))),
                 None => {
                     // Without a disabled plant node the graph would
@@ -77,6 +83,9 @@ impl CudaBackend {
         self.enqueue_stamp(super::stamp::SLOT_START)?;
         self.enqueue_poison(kernel)?;
         self.enqueue_fence()?;
+        if with_plant {
+            self.enqueue_spin()?;
+        }
         self.record_external(&self.ev_start)?;
         self.enqueue(kernel)?;
         self.record_external(&self.ev_end)?;
@@ -143,7 +152,7 @@ impl CudaBackend {
 /// poison memsets, fence kernel, start event, the kernel's nodes, end event,
 /// end stamp, done event, plant memset, check kernels. Returns `None` (and the caller plants through stream
 /// calls) when the graph does not have that shape.
-fn fault_nodes(g: &CudaGraph) -> Option<FaultNodes> {
+fn fault_nodes(g: &CudaGraph, with_hang: bool) -> Option<FaultNodes> {
     use drv_sys::CUgraphNodeType as T;
     let graph = g.cu_graph();
     let mut n: usize = 0;
@@ -191,11 +200,23 @@ fn fault_nodes(g: &CudaGraph) -> Option<FaultNodes> {
         return None;
     }
     let plant = nodes[plant_i];
-    // SAFETY: plant is a memset node of the graph this exec was made from.
-    unsafe { drv_sys::cuGraphNodeSetEnabled(g.cu_graph_exec(), plant, 0) }
-        .result()
-        .ok()?;
-    Some(FaultNodes { probe, plant })
+    // The hang node is the spin kernel captured right before the start event.
+    let hang = if with_hang {
+        let i = start.checked_sub(1)?;
+        if types[i] != T::CU_GRAPH_NODE_TYPE_KERNEL {
+            return None;
+        }
+        Some(nodes[i])
+    } else {
+        None
+    };
+    for n in std::iter::once(plant).chain(hang) {
+        // SAFETY: n is a node of the graph this exec was made from.
+        unsafe { drv_sys::cuGraphNodeSetEnabled(g.cu_graph_exec(), n, 0) }
+            .result()
+            .ok()?;
+    }
+    Some(FaultNodes { probe, plant, hang })
 }
 
 /// Arms (`on`) or disarms a fault in the graph exec for later launches.
@@ -213,6 +234,13 @@ pub(super) fn set_fault_nodes(
                 "cuGraphNodeSetEnabled",
                 drv_sys::cuGraphNodeSetEnabled(exec, nodes.plant, u32::from(on)).result()
             ),
+            Fault::Hang => match nodes.hang {
+                Some(n) => ck!(
+                    "cuGraphNodeSetEnabled",
+                    drv_sys::cuGraphNodeSetEnabled(exec, n, u32::from(on)).result()
+                ),
+                None => Ok(()),
+            },
             Fault::Skip => {
                 for &n in &nodes.probe {
                     ck!(

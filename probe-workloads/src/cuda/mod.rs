@@ -430,6 +430,9 @@ impl ProbeBackend for CudaBackend {
             if self.spec.timing == Timing::Graph {
                 self.enqueue_fence()?;
             }
+            if fault == Some(Fault::Hang) && !self.enqueue_spin()? {
+                tracing::warn!(gpu = %self.info.uuid, "cannot plant a hang without the stamp kernels");
+            }
             ck!("cuEventRecord", self.ev_start.record(&self.stream))?;
             if fault != Some(Fault::Skip) {
                 self.enqueue(kernel)?;

@@ -34,7 +34,9 @@ use crate::ProbeError;
 /// calibration (see [`CudaBackend::calibrate`]): it writes the timer to
 /// `box[0]` in host memory, waits up to `patience_ns` of GPU time for the
 /// host to write its own clock into `box[1]`, and on seeing it writes the
-/// timer again to `box[2]`; `slicetrace_timer_trace(u64* out, u32 n)` reads
+/// timer again to `box[2]`; `slicetrace_spin(u64 ns)` spins one thread
+/// on the timer for `ns` (the planted hang, [`crate::Fault::Hang`]);
+/// `slicetrace_timer_trace(u64* out, u32 n)` reads
 /// the timer `n` times in a row (resolution and monotonicity checks). PTX
 /// ISA 7.0 for sm_70 and newer (`.relaxed.sys` loads and stores, so the
 /// host's write is seen and the GPU's writes reach the host while the
@@ -100,6 +102,20 @@ LOOP:
     add.u32 %r2, %r2, 1;
     bra LOOP;
 DONE:
+    ret;
+}
+
+.visible .entry slicetrace_spin(.param .u64 ns)
+{
+    .reg .pred %p<2>;
+    .reg .b64 %rd<5>;
+    ld.param.u64 %rd1, [ns];
+    mov.u64 %rd2, %globaltimer;
+SPIN:
+    mov.u64 %rd3, %globaltimer;
+    sub.s64 %rd4, %rd3, %rd2;
+    setp.lt.u64 %p1, %rd4, %rd1;
+    @%p1 bra SPIN;
     ret;
 }
 "#;
@@ -170,6 +186,7 @@ pub(super) struct StampKernels {
     exchange: drv_sys::CUfunction,
     trace: drv_sys::CUfunction,
     mailbox: Mailbox,
+    spin: drv_sys::CUfunction,
 }
 
 impl StampKernels {
@@ -201,16 +218,18 @@ impl StampKernels {
                 get("slicetrace_stamp")?,
                 get("slicetrace_exchange")?,
                 get("slicetrace_timer_trace")?,
+                get("slicetrace_spin")?,
                 Mailbox::map()?,
             ))
         })();
         match loaded {
-            Ok((stamp, exchange, trace, mailbox)) => Ok(Self {
+            Ok((stamp, exchange, trace, spin, mailbox)) => Ok(Self {
                 module,
                 stamp,
                 exchange,
                 trace,
                 mailbox,
+                spin,
             }),
             Err(e) => {
                 // SAFETY: module was loaded above and is not used again.
@@ -347,6 +366,20 @@ impl CudaBackend {
         // SAFETY: the stamp function takes one u64* and the buffer holds
         // SLOTS u64 on this context.
         unsafe { launch(k.stamp, self.stream.cu_stream(), &mut params) }
+    }
+
+    /// Enqueues the planted hang: one thread spinning on the GPU timer for
+    /// [`crate::PLANTED_HANG`]. Returns false without the stamp kernels (no
+    /// hang can be planted then).
+    pub(super) fn enqueue_spin(&mut self) -> Result<bool, ProbeError> {
+        let Some(k) = &self.stamps else {
+            return Ok(false);
+        };
+        let mut ns: u64 = crate::PLANTED_HANG.as_nanos() as u64;
+        let mut params = [&mut ns as *mut u64 as *mut c_void];
+        // SAFETY: the spin function takes one u64 by value.
+        unsafe { launch(k.spin, self.stream.cu_stream(), &mut params) }?;
+        Ok(true)
     }
 
     /// Reads the start and end stamps of the run that just completed (the

@@ -381,3 +381,69 @@ fn without_stamps_wall_ms_is_the_host_clock() {
     assert_eq!(s.clock_error_us, None);
     assert!(b.last_stamps().is_none());
 }
+
+/// The planted hang goes through the real graph: its run holds the GPU for
+/// `PLANTED_HANG` (the spin node was enabled for one launch), the host
+/// sleeps in the driver meanwhile (CPU stays flat), the run after it is
+/// clean and quick (the node is disabled again), and a second backend on
+/// the same GPU runs while the first one hangs (what the agent's watchdog
+/// relies on to recover without a reset).
+#[test]
+fn a_planted_hang_holds_its_run_costs_no_cpu_and_a_second_backend_runs_beside_it() {
+    let Some(mut b) = gpu_or_skip("hang", light()) else {
+        return;
+    };
+    assert_eq!(b.shape(Kernel::Gemm).submit, Some("graph"));
+    b.plant_fault(Kernel::Gemm, Fault::Hang);
+    let hung = std::thread::spawn(move || {
+        let cpu0 = thread_cpu_ns();
+        let t0 = Instant::now();
+        let s = b.run(Kernel::Gemm).map(|s| s.correct);
+        (t0.elapsed(), thread_cpu_ns() - cpu0, s, b)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // How long opening takes beside the hang says whether the agent's
+    // recovery comes during the hang (seconds) or only after it (the open
+    // waited for the spin: ~28 s).
+    let t_open = Instant::now();
+    let mut other = CudaBackend::new(0, &light()).expect("a second backend beside the hang");
+    let open_beside_ms = t_open.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(other.run(Kernel::Fft).expect("run").correct, Some(true));
+    }
+    let beside_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let (held, cpu_ns, s, mut b) = hung.join().expect("hung run");
+    assert!(held >= crate::PLANTED_HANG, "the hang lasted {held:?}");
+    assert_eq!(s.expect("the hung run completes"), Some(true));
+    assert!(
+        cpu_ns < 1_000_000_000,
+        "{} ms of CPU waiting {held:?}",
+        cpu_ns / 1_000_000
+    );
+    let t2 = Instant::now();
+    assert_eq!(b.run(Kernel::Gemm).expect("run").correct, Some(true));
+    assert!(
+        t2.elapsed() < std::time::Duration::from_secs(1),
+        "the hang stayed planted"
+    );
+    gpu_result(
+        "hang",
+        format!(
+            "\"held_s\":{:.1},\"cpu_ms\":{},\"open_beside_ms\":{open_beside_ms:.0},\"beside_20_runs_ms\":{beside_ms:.1}",
+            held.as_secs_f64(),
+            cpu_ns / 1_000_000
+        ),
+    );
+}
+
+/// This thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a plain clock read into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -47,6 +47,9 @@ pub struct WindowStats {
     pub correctness_failures: u64,
     /// OR of the throttle reasons.
     pub throttle_reasons: u64,
+    /// Arrival runs whose throttle reasons had a bit of
+    /// [`Thresholds::throttle_unhealthy_mask`] (hardware throttling).
+    pub hw_throttled_runs: u64,
     /// Largest tenant count seen (`None`: never known).
     pub max_tenants: Option<u32>,
 }
@@ -67,6 +70,10 @@ pub struct LearnedBaseline {
 pub struct Faults {
     /// The backend could not be opened (with why).
     pub backend_down: Option<String>,
+    /// Why the backend is down, bounded ([`Reason::OpenFailed`],
+    /// [`Reason::Lost`], [`Reason::Hung`], a critical Xid);
+    /// [`Reason::BackendDown`] when `None`.
+    pub down_reason: Option<Reason>,
     /// The start-up self-test failed.
     pub self_test_failed: bool,
     /// Probe runs are failing now (with the last error).
@@ -141,12 +148,20 @@ pub fn judge(
     };
     let hw = w.throttle_reasons & th.throttle_unhealthy_mask;
     let sw = w.throttle_reasons & th.throttle_degraded_mask;
+    // Hardware throttling pages only when sustained; with no arrival runs
+    // in the window there is no share, and a bit seen counts as sustained.
+    let hw_share = if w.samples == 0 {
+        1.0
+    } else {
+        w.hw_throttled_runs as f64 / w.samples as f64
+    };
     let (verdict, health_reason, health_detail) = if let Some(e) = &faults.backend_down {
-        (
-            Verdict::Unhealthy,
-            Reason::BackendDown,
-            format!("backend down: {e}"),
-        )
+        let r = faults.down_reason.unwrap_or(Reason::BackendDown);
+        let text = match r {
+            Reason::BackendDown => format!("backend down: {e}"),
+            r => format!("{}: {e}", r.as_str()),
+        };
+        (Verdict::Unhealthy, r, text)
     } else if let Some(e) = &faults.probe_failing {
         (
             Verdict::Unhealthy,
@@ -168,16 +183,28 @@ pub fn judge(
             Reason::SelfTestFailed,
             "self-test failed: correctness unverified".to_string(),
         )
-    } else if hw != 0 {
+    } else if hw != 0 && hw_share >= th.throttle_unhealthy_share {
         (
             Verdict::Unhealthy,
             Reason::Throttled,
-            format!("hardware throttling: reasons {hw:#x}"),
+            format!(
+                "hardware throttling: reasons {hw:#x} in {:.0} % of the window's runs",
+                hw_share * 100.0
+            ),
         )
     } else if let Some(r) = event_ratio.filter(|r| *r >= th.unhealthy_factor) {
         (Verdict::Unhealthy, Reason::EventSlow, slow(r))
     } else if let Some(r) = event_ratio.filter(|r| *r >= th.degraded_factor) {
         (Verdict::Degraded, Reason::EventSlow, slow(r))
+    } else if hw != 0 {
+        (
+            Verdict::Degraded,
+            Reason::Throttled,
+            format!(
+                "brief hardware throttling: reasons {hw:#x} in {:.0} % of the window's runs",
+                hw_share * 100.0
+            ),
+        )
     } else if sw != 0 {
         (
             Verdict::Degraded,

@@ -179,6 +179,30 @@ pub enum Reason {
     SelfTestFailed,
     /// Health: the configured backend could not be opened.
     BackendDown,
+    /// Health: this GPU's backend failed to open (the agent keeps retrying
+    /// it with backoff; the other GPUs probe on).
+    OpenFailed,
+    /// Health: this GPU's runs failed repeatedly and reopening it failed
+    /// (the context or the device is gone).
+    Lost,
+    /// Health: a run did not finish within its deadline (the watchdog
+    /// abandoned it and its context).
+    Hung,
+    /// Health (`unknown`): the node's driver is being upgraded; the agent
+    /// released its CUDA contexts on it and pages nobody.
+    DriverUpgrade,
+    /// Health: NVML reported Xid 48 (double-bit ECC error).
+    #[serde(rename = "xid_48")]
+    Xid48,
+    /// Health: NVML reported Xid 79 (the GPU fell off the bus).
+    #[serde(rename = "xid_79")]
+    Xid79,
+    /// Health: NVML reported Xid 94 (contained ECC error).
+    #[serde(rename = "xid_94")]
+    Xid94,
+    /// Health: NVML reported Xid 95 (uncontained ECC error).
+    #[serde(rename = "xid_95")]
+    Xid95,
     /// Contention: wall p99 above the quiet baseline.
     WaitOverBaseline,
     /// Contention: wall p99 above the SLO.
@@ -190,8 +214,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason for a critical Xid (one that means a lost or wedged GPU),
+    /// `None` for any other code.
+    pub fn for_xid(code: u64) -> Option<Reason> {
+        match code {
+            48 => Some(Reason::Xid48),
+            79 => Some(Reason::Xid79),
+            94 => Some(Reason::Xid94),
+            95 => Some(Reason::Xid95),
+            _ => None,
+        }
+    }
+
     /// Every reason (for documentation and tests).
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 22] = [
         Reason::None,
         Reason::WarmingUp,
         Reason::NoData,
@@ -202,6 +238,14 @@ impl Reason {
         Reason::ProbeFailing,
         Reason::SelfTestFailed,
         Reason::BackendDown,
+        Reason::OpenFailed,
+        Reason::Lost,
+        Reason::Hung,
+        Reason::DriverUpgrade,
+        Reason::Xid48,
+        Reason::Xid79,
+        Reason::Xid94,
+        Reason::Xid95,
         Reason::WaitOverBaseline,
         Reason::WaitOverSlo,
         Reason::WaitOverPredicted,
@@ -221,6 +265,14 @@ impl Reason {
             Reason::ProbeFailing => "probe_failing",
             Reason::SelfTestFailed => "self_test_failed",
             Reason::BackendDown => "backend_down",
+            Reason::OpenFailed => "open_failed",
+            Reason::Lost => "lost",
+            Reason::Hung => "hung",
+            Reason::DriverUpgrade => "driver_upgrade",
+            Reason::Xid48 => "xid_48",
+            Reason::Xid79 => "xid_79",
+            Reason::Xid94 => "xid_94",
+            Reason::Xid95 => "xid_95",
             Reason::WaitOverBaseline => "wait_over_baseline",
             Reason::WaitOverSlo => "wait_over_slo",
             Reason::WaitOverPredicted => "wait_over_predicted",

@@ -9,6 +9,7 @@ fn w(wall_p99: f64, cycles: f64, tenants: u32) -> WindowStats {
         event_mcycles_p50: Some(cycles),
         correctness_failures: 0,
         throttle_reasons: 0,
+        hw_throttled_runs: 0,
         max_tenants: Some(tenants),
     }
 }
@@ -110,11 +111,23 @@ fn faults_throttling_and_no_data() {
     );
     let mut x = w(1.0, 0.01, 0);
     x.throttle_reasons = 0x40;
+    x.hw_throttled_runs = x.samples / 2;
     let j = judge(&x, &b, None, None, &Faults::default(), &th);
     assert_eq!(
         (j.verdict, j.health_reason),
         (Verdict::Unhealthy, Reason::Throttled)
     );
+    // Regression (issue 21): one hardware-slowdown sample in the window made
+    // the GPU unhealthy; below the share it is degraded.
+    x.hw_throttled_runs = 1;
+    let j = judge(&x, &b, None, None, &Faults::default(), &th);
+    assert_eq!(
+        (j.verdict, j.health_reason),
+        (Verdict::Degraded, Reason::Throttled),
+        "{}",
+        j.health_detail
+    );
+    x.hw_throttled_runs = 0;
     x.throttle_reasons = 0x4;
     let j = judge(&x, &b, None, None, &Faults::default(), &th);
     assert_eq!(
@@ -174,7 +187,11 @@ fn reason_names_are_unique_snake_case() {
     let mut seen = std::collections::HashSet::new();
     for r in Reason::ALL {
         let s = r.as_str();
-        assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s}");
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{s}"
+        );
         assert!(seen.insert(s), "{s}");
         assert_eq!(serde_json::to_string(&r).expect("json"), format!("\"{s}\""));
     }

@@ -28,6 +28,11 @@ pub struct Thresholds {
     /// Throttle-reason bits that make a GPU `unhealthy`: HW slowdown 0x8, HW
     /// thermal 0x40, HW power brake 0x80.
     pub throttle_unhealthy_mask: u64,
+    /// Share of the window's arrival runs that must see one of those bits
+    /// before the GPU is `unhealthy`: a hardware slowdown sustained over a
+    /// quarter of the window, not one sample. Below it, hardware throttling
+    /// makes the GPU `degraded`.
+    pub throttle_unhealthy_share: f64,
 }
 
 impl Thresholds {
@@ -40,6 +45,7 @@ impl Thresholds {
         slice_ms: 2.0,
         throttle_degraded_mask: 0x4 | 0x20,
         throttle_unhealthy_mask: 0x8 | 0x40 | 0x80,
+        throttle_unhealthy_share: 0.25,
     };
 }
 

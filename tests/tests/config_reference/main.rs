@@ -30,9 +30,10 @@ mod parse;
 use generate::{env_vars_in_sources, generate};
 
 /// Sources that hold config structs, and the enums their fields use.
-const SOURCES: [&str; 9] = [
+const SOURCES: [&str; 10] = [
     "daemon/src/config/mod.rs",
     "daemon/src/probe/config.rs",
+    "daemon/src/probe/watchdog.rs",
     "daemon/src/consumers/health/config.rs",
     "daemon/src/consumers/otlp/config.rs",
     "daemon/src/consumers/parquet/config.rs",

@@ -45,12 +45,19 @@ pub struct HealthConfig {
     /// NVML throttle-reason bits that make a GPU `unhealthy` (default: HW
     /// slowdown 0x8, HW thermal 0x40, HW power brake 0x80).
     pub throttle_unhealthy_mask: u64,
+    /// Share of the window's arrival runs (0–1) that must see a bit of
+    /// `throttle_unhealthy_mask` before the GPU is `unhealthy`; below it the
+    /// GPU is `degraded`. Default 0.25.
+    pub throttle_unhealthy_share: f64,
     /// Judge the event clock against the shipped per-SKU reference while the
     /// GPU has no learned quiet baseline (a GPU that is never idle).
     pub sku_reference: bool,
     /// Patch this node's status with a `GPUTailLatencyDegraded` condition.
     pub node_condition: bool,
-    /// Minimum time between two node-condition patches, ms.
+    /// Minimum time between two changes of the node condition's status
+    /// (against flapping), ms. Its heartbeat (`lastHeartbeatTime`) is
+    /// written on every evaluation regardless, and a clean stop sets it to
+    /// `Unknown`.
     pub node_condition_min_interval_ms: u64,
 }
 
@@ -68,6 +75,7 @@ impl Default for HealthConfig {
             slice_ms: t.slice_ms,
             throttle_mask: t.throttle_degraded_mask,
             throttle_unhealthy_mask: t.throttle_unhealthy_mask,
+            throttle_unhealthy_share: t.throttle_unhealthy_share,
             sku_reference: true,
             node_condition: false,
             node_condition_min_interval_ms: 60_000,
@@ -81,6 +89,12 @@ impl HealthConfig {
         let bad = |field, message: String| Err(FieldError::new(field, message));
         if self.window_ms < 1000 {
             return bad("window_ms", format!("{} is below 1000", self.window_ms));
+        }
+        if !(0.0..=1.0).contains(&self.throttle_unhealthy_share) {
+            return bad(
+                "throttle_unhealthy_share",
+                format!("{} is not between 0 and 1", self.throttle_unhealthy_share),
+            );
         }
         if self.evaluate_interval_ms == 0 || self.evaluate_interval_ms > self.window_ms {
             return bad(
@@ -121,6 +135,7 @@ impl HealthConfig {
             slice_ms: self.slice_ms,
             throttle_degraded_mask: self.throttle_mask,
             throttle_unhealthy_mask: self.throttle_unhealthy_mask,
+            throttle_unhealthy_share: self.throttle_unhealthy_share,
         }
     }
 }

@@ -170,6 +170,9 @@ impl Evaluator {
                 continue;
             }
             b.max_tenants = b.max_tenants.max(r.tenants());
+            if r.throttle_reasons.unwrap_or(0) & th.throttle_unhealthy_mask != 0 {
+                b.hw_throttled += 1;
+            }
             let _ = b.wall.record(us(r.wall_ms));
             if let Some(g) = r.gpu_ms {
                 let _ = b.gpu.record(us(g));
@@ -243,7 +246,27 @@ impl Evaluator {
             .read()
             .map(|m| m.clone())
             .unwrap_or_default();
-        let down = |uuid: &str| gpus.get(uuid).and_then(|g| g.down.clone());
+        // Down with a bounded reason: a recent critical Xid explains it
+        // (or stands alone while runs still answer), then open_failed, lost,
+        // hung or backend_down.
+        let down = |uuid: &str| -> Option<(Reason, String)> {
+            let g = gpus.get(uuid)?;
+            let xid = g
+                .critical_xid
+                .filter(|(_, at)| now.saturating_duration_since(*at) <= window)
+                .and_then(|(code, _)| Reason::for_xid(code).map(|r| (code, r)));
+            match (xid, g.down_reason(), &g.down) {
+                (Some((code, r)), _, d) => Some((
+                    r,
+                    match d {
+                        Some(d) => format!("Xid {code} reported by NVML; {d}"),
+                        None => format!("Xid {code} reported by NVML"),
+                    },
+                )),
+                (None, Some(r), Some(d)) => Some((r, d.clone())),
+                _ => None,
+            }
+        };
         let mut out = Vec::new();
         let mut published = BTreeMap::new();
         for ((uuid, kernel), t) in self.tracks.iter_mut() {
@@ -274,8 +297,14 @@ impl Evaluator {
             } else {
                 None
             };
+            let d = down(uuid);
+            if d.as_ref().is_some_and(|d| d.0 == Reason::DriverUpgrade) {
+                // Judged below, without its window: unknown, not a fault.
+                continue;
+            }
             let faults = Faults {
-                backend_down: down(uuid),
+                down_reason: d.as_ref().map(|d| d.0),
+                backend_down: d.map(|d| d.1),
                 self_test_failed: self_tests.get(&(uuid.clone(), *kernel)) == Some(&false),
                 probe_failing: self.errors.get(uuid).map(|e| e.1.clone()),
             };
@@ -382,23 +411,23 @@ impl Evaluator {
             }
         }
         for (uuid, g) in &gpus {
-            if let Some(d) = &g.down {
+            if let Some((reason, d)) = down(uuid) {
+                let text = match reason {
+                    Reason::BackendDown => format!("backend {} down: {d}", g.backend),
+                    r => format!("{}: {d}", r.as_str()),
+                };
                 for kernel in Kernel::ALL {
-                    lost.push((
-                        uuid.clone(),
-                        kernel,
-                        g.index,
-                        Reason::BackendDown,
-                        format!("backend {} down: {d}", g.backend),
-                    ));
+                    lost.push((uuid.clone(), kernel, g.index, reason, text.clone()));
                 }
             }
         }
-        // Worst first, so the first entry per key wins.
+        // Worst first, so the first entry per key wins (a driver upgrade
+        // explains everything else).
         lost.sort_by_key(|l| match l.3 {
-            Reason::BackendDown => 0,
+            Reason::DriverUpgrade => -1,
             Reason::ProbeFailing => 1,
-            _ => 2,
+            Reason::SelfTestFailed => 2,
+            _ => 0,
         });
         for (uuid, kernel, idx, reason, text) in lost {
             let key = (uuid.clone(), kernel);
@@ -411,7 +440,7 @@ impl Evaluator {
                 gpu_uuid: uuid,
                 gpu_index: idx,
                 kernel: kernel.as_str().into(),
-                verdict: Verdict::Unhealthy.as_str().into(),
+                verdict: verdict_for(reason).as_str().into(),
                 reason: text.clone(),
                 window_secs: self.cfg.window_ms / 1000,
                 health_reason: Some(reason.as_str().into()),
@@ -420,11 +449,20 @@ impl Evaluator {
             });
             published.insert(
                 key,
-                KernelHealth::without_runs(idx, Verdict::Unhealthy, reason, text),
+                KernelHealth::without_runs(idx, verdict_for(reason), reason, text),
             );
         }
         self.state.publish(published);
         out
+    }
+}
+
+/// The verdict of a GPU that failed without rows: `unhealthy`, except
+/// while its node's driver is upgraded (`unknown`: nothing is wrong with it).
+fn verdict_for(reason: Reason) -> Verdict {
+    match reason {
+        Reason::DriverUpgrade => Verdict::Unknown,
+        _ => Verdict::Unhealthy,
     }
 }
 

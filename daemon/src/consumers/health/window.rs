@@ -48,6 +48,8 @@ pub(super) struct Bucket {
     pub(super) event: Histogram<u32>,
     pub(super) failures: u64,
     pub(super) throttle: u64,
+    /// Arrival runs with a hardware throttle bit.
+    pub(super) hw_throttled: u64,
     pub(super) max_tenants: Option<u32>,
 }
 
@@ -61,6 +63,7 @@ impl Bucket {
             event: hist(),
             failures: 0,
             throttle: 0,
+            hw_throttled: 0,
             max_tenants: None,
         }
     }
@@ -78,6 +81,7 @@ pub(super) struct Window {
 pub(super) fn window_of(buckets: &VecDeque<Bucket>) -> Window {
     let (mut wall, mut gpu, mut queue, mut event) = (hist(), hist(), hist(), hist());
     let (mut failures, mut throttle, mut tenants) = (0u64, 0u64, None::<u32>);
+    let mut hw_throttled = 0u64;
     for b in buckets {
         let _ = wall.add(&b.wall);
         let _ = gpu.add(&b.gpu);
@@ -85,6 +89,7 @@ pub(super) fn window_of(buckets: &VecDeque<Bucket>) -> Window {
         let _ = event.add(&b.event);
         failures += b.failures;
         throttle |= b.throttle;
+        hw_throttled += b.hw_throttled;
         tenants = tenants.max(b.max_tenants);
     }
     let q = |h: &Histogram<u32>, p: f64| {
@@ -103,6 +108,7 @@ pub(super) fn window_of(buckets: &VecDeque<Bucket>) -> Window {
                 .then(|| event.value_at_quantile(0.5) as f64 / 1e6),
             correctness_failures: failures,
             throttle_reasons: throttle,
+            hw_throttled_runs: hw_throttled,
             max_tenants: tenants,
         },
         wall: qs(&wall),

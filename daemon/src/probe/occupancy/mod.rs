@@ -56,6 +56,23 @@ pub struct Occupancy {
 pub trait OccupancySource: Send + Sync {
     /// Occupancy of the physical GPU `gpu_uuid` now.
     fn snapshot(&self, gpu_uuid: &str, processes: &[GpuProcess]) -> Occupancy;
+    /// The value of one of this node's labels, from the same cache (`None`
+    /// without the Kubernetes API, before the node was read, or when the
+    /// label is absent). Read on every arrival: a cache read.
+    fn node_label(&self, _key: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The label the GPU Operator's upgrade controller sets on a node while it
+/// upgrades the driver in place (`upgrade-required`, `cordon-required`, …,
+/// `upgrade-done`, `upgrade-failed`).
+pub const LABEL_DRIVER_UPGRADE_STATE: &str = "nvidia.com/gpu-driver-upgrade-state";
+
+/// Whether a value of [`LABEL_DRIVER_UPGRADE_STATE`] means an upgrade is
+/// under way: any state but `upgrade-done` (or none).
+pub fn driver_upgrade_in_progress(state: Option<&str>) -> bool {
+    state.is_some_and(|s| !s.is_empty() && s != "upgrade-done")
 }
 
 /// No occupancy source configured: every field stays `None`.
@@ -253,6 +270,9 @@ impl CombinedOccupancy {
 }
 
 impl OccupancySource for CombinedOccupancy {
+    fn node_label(&self, key: &str) -> Option<String> {
+        self.kube.as_ref()?.node()?.labels.get(key).cloned()
+    }
     fn snapshot(&self, gpu_uuid: &str, processes: &[GpuProcess]) -> Occupancy {
         let mut occ = Occupancy::default();
         let mut stale: Option<bool> = None;

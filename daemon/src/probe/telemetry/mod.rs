@@ -38,6 +38,34 @@ pub struct DeviceSample {
     pub processes: Option<Vec<GpuProcess>>,
 }
 
+/// A fault the GPU reported itself (NVML events), for health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuFault {
+    /// An Xid error and its code.
+    Xid {
+        /// GPU UUID.
+        gpu_uuid: String,
+        /// The Xid code (NVML's `eventData`).
+        code: u64,
+    },
+    /// A double-bit ECC error: counted and judged as Xid 48, the Xid the
+    /// driver logs for one.
+    DoubleBitEcc {
+        /// GPU UUID.
+        gpu_uuid: String,
+    },
+}
+
+impl GpuFault {
+    /// The GPU and the Xid code this fault counts as.
+    pub fn xid(&self) -> (&str, u64) {
+        match self {
+            GpuFault::Xid { gpu_uuid, code } => (gpu_uuid, *code),
+            GpuFault::DoubleBitEcc { gpu_uuid } => (gpu_uuid, 48),
+        }
+    }
+}
+
 /// Telemetry errors.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -80,6 +108,55 @@ pub trait TelemetrySource: Send + Sync {
     fn sample_device(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         self.sample(gpu_uuid)
     }
+    /// Blocks on a thread of its own (never a probe thread or the async
+    /// runtime), handing the GPUs' own fault reports (NVML events: critical
+    /// Xid errors, double-bit ECC errors) to `on_fault` as they come, until
+    /// `stopped()` is true; it checks `stopped` at least once a second. An
+    /// `Err` means no events can be had (logged once by the caller).
+    /// Defaults to no events: returns at once.
+    fn watch_faults(
+        &self,
+        _stopped: &dyn Fn() -> bool,
+        _on_fault: &mut dyn FnMut(GpuFault),
+    ) -> Result<(), TelemetryError> {
+        Ok(())
+    }
+}
+
+/// Watches the GPUs' fault reports on a thread of its own until `stop`:
+/// every Xid is counted per GPU (`slicetrace_xid_errors_total`), and a
+/// critical one (48, 79, 94, 95; a double-bit ECC error counts as 48)
+/// makes that GPU `unhealthy` with reason `xid_<code>` for one health
+/// window.
+pub fn spawn_fault_watch(
+    telemetry: std::sync::Arc<dyn TelemetrySource>,
+    live: std::sync::Arc<crate::serve::live::LiveState>,
+    counters: std::sync::Arc<crate::internal_events::Counters>,
+    stop: std::sync::Arc<super::StopSignal>,
+) -> Option<std::thread::JoinHandle<()>> {
+    use crate::internal_events::{InternalEvent, XidReported};
+    std::thread::Builder::new()
+        .name("gpu-faults".into())
+        .spawn(move || {
+            let stopped = || stop.is_stopped();
+            let mut on_fault = |f: GpuFault| {
+                let (uuid, code) = f.xid();
+                let critical = slicetrace_schema::Reason::for_xid(code).is_some();
+                XidReported {
+                    gpu_uuid: uuid,
+                    code,
+                    critical,
+                }
+                .emit(&counters);
+                if critical {
+                    live.record_critical_xid(uuid, code);
+                }
+            };
+            if let Err(e) = telemetry.watch_faults(&stopped, &mut on_fault) {
+                tracing::warn!(source = telemetry.name(), error = %crate::internal_events::error_chain(&e), "GPU fault events (Xid, ECC) unavailable: health learns of a lost GPU from its probes only");
+            }
+        })
+        .ok()
 }
 
 /// No telemetry: every reading is `None`.
@@ -112,6 +189,13 @@ impl TelemetrySource for WithoutProcessNames {
     }
     fn sample_device(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         Ok(Self::strip(self.0.sample_device(gpu_uuid)?))
+    }
+    fn watch_faults(
+        &self,
+        stopped: &dyn Fn() -> bool,
+        on_fault: &mut dyn FnMut(GpuFault),
+    ) -> Result<(), TelemetryError> {
+        self.0.watch_faults(stopped, on_fault)
     }
 }
 

@@ -118,6 +118,71 @@ impl NvmlTelemetry {
 }
 
 impl TelemetrySource for NvmlTelemetry {
+    fn watch_faults(
+        &self,
+        stopped: &dyn Fn() -> bool,
+        on_fault: &mut dyn FnMut(super::GpuFault),
+    ) -> Result<(), TelemetryError> {
+        use nvml_wrapper::bitmasks::event::EventTypes;
+        use nvml_wrapper::enums::event::XidError;
+        use nvml_wrapper::error::NvmlError;
+        let wanted = EventTypes::CRITICAL_XID_ERROR | EventTypes::DOUBLE_BIT_ECC_ERROR;
+        let n = self
+            .nvml
+            .device_count()
+            .map_err(|e| TelemetryError::Unavailable(Box::new(e)))?;
+        // One event set per GPU: a registration that fails frees its set,
+        // so one GPU that cannot report leaves the others' sets alone.
+        let mut sets = Vec::new();
+        for i in 0..n {
+            let Ok(d) = self.nvml.device_by_index(i) else {
+                continue;
+            };
+            let Ok(uuid) = d.uuid() else { continue };
+            let types = d.supported_event_types().map_or(wanted, |t| t & wanted);
+            if types.is_empty() {
+                tracing::info!(gpu = %uuid, "this GPU reports no Xid or ECC events");
+                continue;
+            }
+            let set = match self.nvml.create_event_set() {
+                Ok(s) => s,
+                Err(e) => return Err(TelemetryError::Unavailable(Box::new(e))),
+            };
+            match d.register_events(types, set) {
+                Ok(set) => sets.push((uuid, set)),
+                Err(e) => {
+                    tracing::warn!(gpu = %uuid, error = %e.error, "could not register for this GPU's Xid and ECC events")
+                }
+            }
+        }
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let slice_ms = (1000 / sets.len() as u32).max(50);
+        while !stopped() {
+            for (uuid, set) in &sets {
+                match set.wait(slice_ms) {
+                    Ok(ev) => {
+                        let gpu_uuid = ev.device.uuid().unwrap_or_else(|_| uuid.clone());
+                        if ev.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
+                            if let Some(XidError::Value(code)) = ev.event_data {
+                                on_fault(super::GpuFault::Xid { gpu_uuid, code });
+                            }
+                        } else if ev.event_type.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) {
+                            on_fault(super::GpuFault::DoubleBitEcc { gpu_uuid });
+                        }
+                    }
+                    Err(NvmlError::Timeout) => {}
+                    Err(e) => {
+                        tracing::debug!(gpu = %uuid, error = %e, "waiting for NVML events failed");
+                        std::thread::sleep(std::time::Duration::from_millis(slice_ms.into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn name(&self) -> &'static str {
         "nvml"
     }

@@ -48,6 +48,15 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
             vec![uuid.clone(), g.backend.clone()],
             one(g.up()),
         );
+        push(
+            &mut out,
+            "slicetrace_gpu_probing",
+            vec![
+                uuid.clone(),
+                g.down_reason().map_or("none", |r| r.as_str()).into(),
+            ],
+            one(g.down.is_none()),
+        );
     }
     let fallback = live
         .backend_fallback
@@ -212,6 +221,29 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
             vec![uuid.clone()],
             v(|c| &c.telemetry_errors),
         );
+        push(
+            &mut out,
+            "slicetrace_probe_hangs",
+            vec![uuid.clone()],
+            v(|c| &c.probe_hangs),
+        );
+        push(
+            &mut out,
+            "slicetrace_gpu_open_failures",
+            vec![uuid.clone()],
+            v(|c| &c.open_failures),
+        );
+        let xids = c
+            .and_then(|c| c.xids.lock().ok().map(|m| m.clone()))
+            .unwrap_or_default();
+        for (code, n) in xids {
+            push(
+                &mut out,
+                "slicetrace_xid_errors",
+                vec![uuid.clone(), code.to_string()],
+                n as f64,
+            );
+        }
         for stage in crate::internal_events::Stage::ALL {
             let ns = c.map_or(0, |c| g(&c.probe_thread_cpu_ns[stage.index()]));
             push(

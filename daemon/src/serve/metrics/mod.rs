@@ -11,7 +11,9 @@
 //!
 //! `/readyz` answers 503, one cause per line, until the first probe cycle
 //! completed, and again while any GPU's backend is not up or any start-up
-//! self-test failed.
+//! self-test failed; its body then lists every GPU as `probing` or not,
+//! with why. `/healthz` fails only when the agent itself is stuck (every
+//! probe thread silent, or a consumer loop gone), never for a failing GPU.
 //!
 //! The exposition is negotiated like client_golang does it: OpenMetrics 1.0
 //! when the scraper's `Accept` asks for it (Prometheus does), else the
@@ -153,15 +155,32 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResp
 }
 
 /// 200 once the first probe cycle completed while every GPU's backend is
-/// up and every self-test passed; else 503 with one cause per line.
+/// up and every self-test passed; else 503 with one cause per line. Either
+/// way, one line per GPU follows: `probing`, or why not.
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let why = s.live.not_ready();
+    let gpus = s.live.gpu_states().join("\n");
     if why.is_empty() {
-        (StatusCode::OK, "ready\n".to_string())
+        (StatusCode::OK, format!("ready\n{gpus}\n"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", why.join("\n")),
+            format!("not ready: {}\n{gpus}\n", why.join("\n")),
+        )
+    }
+}
+
+/// 200 while the agent makes progress; 503 with why when it is stuck
+/// (every probe thread silent, or a consumer loop gone): the one case a
+/// kubelet restart helps. A failing GPU is not the agent being stuck.
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    let why = s.live.liveness.stuck();
+    if why.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stuck: {}\n", why.join("\n")),
         )
     }
 }
@@ -176,7 +195,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { live, counters });
     let listener = tokio::net::TcpListener::bind(addr).await?;

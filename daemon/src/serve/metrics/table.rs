@@ -79,6 +79,7 @@ const KERNEL_IDX: &[&str] = &["node", "gpu_uuid", "gpu_index", "kernel"];
 pub const METRICS: &[MetricDoc] = &[
     m("slicetrace_agent_info", Kind::Gauge, &["node", "version"], "Always 1: this agent's node and version."),
     m("slicetrace_gpu_info", Kind::Gauge, &["node", "gpu_uuid", "gpu_index", "gpu_name", "backend"], "Always 1 for every GPU the agent probes (or failed to open), from start."),
+    m("slicetrace_gpu_probing", Kind::Gauge, &["node", "gpu_uuid", "reason"], "1 while this GPU's backend is open and probing; 0 while it is not (reason: open_failed, lost, hung or backend_down; the agent keeps retrying it with backoff while the other GPUs probe on)."),
     m("slicetrace_backend_up", Kind::Gauge, &["node", "gpu_uuid", "backend"], "1 while this GPU's probe backend is open and its probes succeed; 0 when it failed to open or probes fail (reason in slicetrace_gpu_verdict_reason and the log). /readyz fails while any is 0."),
     m("slicetrace_backend_fallback", Kind::Gauge, NODE, "1 when backend = \"auto\" found no usable CUDA and fell back to the CPU backend (laptops and CI only)."),
     m("slicetrace_ready", Kind::Gauge, NODE, "1 once the first probe cycle completed and every backend is up and every self-test passed (what /readyz answers)."),
@@ -94,6 +95,9 @@ pub const METRICS: &[MetricDoc] = &[
     m("slicetrace_gpu_pods", Kind::Gauge, GPU, "Pods holding a replica of this physical GPU (absent while unknown)."),
     m("slicetrace_probe_runs", Kind::Counter, GPU, "Probe runs completed on this GPU."),
     m("slicetrace_probe_errors", Kind::Counter, GPU, "Probe runs that failed on this GPU."),
+    m("slicetrace_probe_hangs", Kind::Counter, GPU, "Runs on this GPU that the watchdog gave up on (past their deadline, watchdog.*): each made the GPU unhealthy (hung) and abandoned its context."),
+    m("slicetrace_gpu_open_failures", Kind::Counter, GPU, "Failed attempts to open this GPU's probe backend (at start or on a retry with backoff)."),
+    m("slicetrace_xid_errors", Kind::Counter, &["node", "gpu_uuid", "xid"], "Xid errors NVML reported for this GPU, by code (48, 79, 94 and 95 make it unhealthy with reason xid_<code>)."),
     m("slicetrace_telemetry_errors", Kind::Counter, GPU, "NVML samples of this GPU that failed."),
     MetricDoc { unit: Some("seconds"), ..m("slicetrace_probe_thread_cpu_seconds", Kind::Counter, &["node", "gpu_uuid", "stage"], "CPU time of this GPU's probe thread by stage of an arrival (wait = sleeping until it and the loop's bookkeeping, telemetry = NVML, run = launch, wait for completion and check, publish = the join and hand-off), seconds: the sum's rate is the probe thread's share of one core.") },
     m("slicetrace_probe_cycles", Kind::Counter, NODE, "Probe cycles completed, all GPUs."),

@@ -18,6 +18,8 @@ fn live() -> LiveState {
             backend: "cuda".into(),
             down: None,
             probe_failing: None,
+            down_reason: None,
+            critical_xid: None,
         },
     );
     st.kernels.write().expect("lock").insert(
@@ -187,6 +189,39 @@ fn every_internal_event_counts_into_a_metrics_row() {
                     gpu_uuid: "GPU-1",
                     stage: crate::internal_events::Stage::Telemetry,
                     cpu: std::time::Duration::from_micros(250),
+                }
+                .emit(c)
+            }),
+        ),
+        (
+            "ProbeRunHung",
+            Box::new(|c| {
+                crate::internal_events::ProbeRunHung {
+                    gpu_uuid: "GPU-1",
+                    deadline: std::time::Duration::from_secs(2),
+                }
+                .emit(c)
+            }),
+        ),
+        (
+            "GpuOpenFailed",
+            Box::new(|c| {
+                crate::internal_events::GpuOpenFailed {
+                    gpu_uuid: "GPU-1",
+                    attempts: 1,
+                    error: "no device",
+                    retry_in: std::time::Duration::from_secs(1),
+                }
+                .emit(c)
+            }),
+        ),
+        (
+            "XidReported",
+            Box::new(|c| {
+                crate::internal_events::XidReported {
+                    gpu_uuid: "GPU-1",
+                    code: 79,
+                    critical: true,
                 }
                 .emit(c)
             }),

@@ -162,6 +162,8 @@ fn probe_errors_throttling_and_the_slo() {
             backend: "cuda".into(),
             down: None,
             probe_failing: None,
+            down_reason: None,
+            critical_xid: None,
         },
     );
     e.event(
@@ -186,13 +188,20 @@ fn probe_errors_throttling_and_the_slo() {
     // An SLO breach is contention: 5x the SLO is over-shared.
     assert_eq!(a.contention.as_deref(), Some("over-shared"));
     assert_eq!(a.contention_baseline_source.as_deref(), Some("slo"));
-    // Hardware throttling is a broken GPU.
+    // One hardware-slowdown sample is brief: degraded, not unhealthy
+    // (regression, issue 21: it used to page).
     let mut hw = row(0.5, 0.01, 0);
     hw.throttle_reasons = Some(0x40);
-    e.observe(&[hw], t0);
+    e.observe(std::slice::from_ref(&hw), t0);
+    let h = e.evaluate(t0, 1);
+    let a = h.iter().find(|r| r.gpu_uuid == "GPU-a").expect("a");
+    assert_eq!(a.verdict, "degraded", "{}", a.reason);
+    // Sustained over a quarter of the window's runs, it is a broken GPU.
+    e.observe(&vec![hw; 20], t0);
     let h = e.evaluate(t0, 1);
     let a = h.iter().find(|r| r.gpu_uuid == "GPU-a").expect("a");
     assert_eq!(a.verdict, "unhealthy", "{}", a.reason);
+    assert!(a.reason.contains("hardware throttling"), "{}", a.reason);
     e.event(
         ProbeEvent::ProbeRecovered {
             gpu_uuid: "GPU-b".into(),
@@ -216,6 +225,8 @@ fn failed_self_test_and_backend_down_are_unhealthy_without_rows() {
             backend: "cuda".into(),
             down: Some("libcufft.so.12 not found".into()),
             probe_failing: None,
+            down_reason: None,
+            critical_xid: None,
         },
     );
     let t0 = Instant::now();
