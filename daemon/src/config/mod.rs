@@ -1,5 +1,5 @@
 //! Agent configuration: one TOML file (the `[parquet]`, `[otlp]`, `[metrics]`,
-//! `[health]` and `[occupancy]` tables belong to those components), then
+//! `[health]`, `[occupancy]` and `[ship]` tables belong to those components), then
 //! environment variables, then command-line flags — later wins.
 //!
 //! Every struct rejects unknown keys, so a typo is a usage error (exit 2)
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use slicetrace_probe::{BackendKind, Preset};
+use slicetrace_ship::ShipConfig;
 
 use crate::consumers::health::HealthConfig;
 use crate::consumers::otlp::OtlpConfig;
@@ -132,6 +133,9 @@ pub struct Config {
     pub health: HealthConfig,
     /// Pod occupancy.
     pub occupancy: OccupancyConfig,
+    /// Shipping closed Parquet files to S3-compatible storage (off by
+    /// default; `slicetrace fleet s3://…` reads the bucket).
+    pub ship: ShipConfig,
     /// Record tenants' command names in the `processes` column and span
     /// attribute (`pid:name:used_mib`). Off by default: other tenants'
     /// command lines are theirs, so only PIDs and memory are kept
@@ -183,6 +187,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             health: HealthConfig::default(),
             occupancy: OccupancyConfig::default(),
+            ship: ShipConfig::default(),
             process_names: false,
             log_format: LogFormat::Text,
         }
@@ -224,6 +229,10 @@ pub struct CliFlags {
     /// CPU pseudo-devices to probe on the CPU backend.
     #[arg(long)]
     pub cpu_devices: Option<u32>,
+    /// Ship closed files to s3://BUCKET/PREFIX/ (`ship.destination`; turns
+    /// shipping on, empty turns it off).
+    #[arg(long)]
+    pub ship_destination: Option<String>,
 }
 
 #[cfg(test)]
