@@ -13,13 +13,15 @@
 //!    evaluator (`consumers/health/task.rs`), whose verdicts go out to those two
 //!    sinks through their own fan-out; the exit summary (`consumers/summary.rs`);
 //!    then `/metrics` and the node condition, which read the live state the
-//!    evaluator writes; then one probe thread per GPU (`probe/mod.rs`).
+//!    evaluator writes; the shipper of the closed files (`consumers/ship.rs`),
+//!    if `[ship]` is on; then one probe thread per GPU (`probe/mod.rs`).
 //! 3. The stop order (Vector's `shutdown_all(deadline)`): the probe threads
 //!    first, then each consumer in turn, upstream before downstream, each
 //!    with a [`crate::topology::Msg::Shutdown`] queued behind what it still
 //!    holds, so it drains, flushes and closes within the one deadline
 //!    (every Parquet file gets its footer and is renamed into place; OTLP
-//!    sends its queue).
+//!    sends its queue); last the shipper, whose last pass within the same
+//!    deadline takes the files the writer just closed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +70,8 @@ pub struct Agent {
     pub counters: Arc<Counters>,
     /// Live state (shared with the caller for inspection).
     pub live: Arc<LiveState>,
+    /// Ships closed files to S3 (`[ship]`); `None` when off.
+    pub shipper: Option<slicetrace_ship::Shipper>,
 }
 
 /// Builds the agent from a validated config: every GPU's backend (with the
@@ -77,6 +81,8 @@ pub fn build(config: Config) -> Result<Agent> {
     let live = Arc::new(LiveState::default());
     let gpus = open::open_gpus(&config, &live)?;
     let telemetry = open::telemetry_for(&config, &gpus);
+    let shipper = crate::consumers::ship::build(&config.ship, &config.data_dir)
+        .context("failed to set up shipping ([ship])")?;
     Ok(Agent {
         node: config.resolved_node_name(),
         gpus,
@@ -84,13 +90,15 @@ pub fn build(config: Config) -> Result<Agent> {
         occupancy: None,
         counters: Arc::new(Counters::default()),
         live,
+        shipper,
         config,
     })
 }
 
 impl Agent {
     /// An agent over backends opened by the caller (tests, tools), with the
-    /// configured occupancy sources, fresh counters and live state.
+    /// configured occupancy sources, fresh counters and live state, and no
+    /// shipper (set [`Agent::shipper`] to ship).
     pub fn new(
         config: Config,
         backends: Vec<Box<dyn ProbeBackend>>,
@@ -107,6 +115,7 @@ impl Agent {
             occupancy: None,
             counters: Arc::new(Counters::default()),
             live: Arc::new(LiveState::default()),
+            shipper: None,
             config,
         }
     }
@@ -121,6 +130,7 @@ impl Agent {
             occupancy: None,
             counters: Arc::new(Counters::default()),
             live: Arc::new(LiveState::default()),
+            shipper: None,
             config,
         }
     }
@@ -162,6 +172,7 @@ impl Agent {
             occupancy,
             counters,
             live,
+            shipper,
         } = self;
         // Every series carries this node; every GPU is known before its first
         // probe run (slicetrace_gpu_info, slicetrace_backend_up, /readyz).
@@ -241,6 +252,9 @@ impl Agent {
             metrics_addr = Some(bound);
             metrics_task = Some(h);
         }
+
+        // ---- shipping the closed files (no queue: it reads the disk) ----
+        let ship = shipper.map(|s| crate::consumers::ship::ShipTask::start(s, &live));
 
         // ---- node condition ----
         let node_condition = if config.health.node_condition {
@@ -322,6 +336,12 @@ impl Agent {
         drop(fanout);
         // 2. Each consumer, in order, drains its queue and stops.
         let (summary, clean) = consumers.stop(by, deadline, summary_dropped).await;
+        // 3. The shipper, after the writer closed its files: a last pass.
+        if let Some(t) = ship {
+            if t.stop(by).await.is_none() {
+                tracing::warn!("shipping did not stop within the shutdown deadline");
+            }
+        }
         if let Some(h) = metrics_task {
             let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
         }
@@ -347,6 +367,8 @@ struct Consumers {
     health: Consumer<()>,
     /// The exit summary.
     summary: Consumer<RunSummary>,
+    /// Which span trees are exported (with the OTLP exporter only).
+    sampler: Option<Arc<dyn crate::topology::SpanSampling>>,
 }
 
 impl Consumers {
@@ -400,7 +422,16 @@ impl Consumers {
             tracing::info!("no OTLP endpoint configured: spans are not exported");
             None
         };
-        let verdicts = sink_fanout(parquet.as_ref(), otlp.as_ref(), counters);
+        let sampler = otlp.as_ref().map(|_| {
+            let trees_per_sec = plans.iter().map(trees_per_sec).fold(0.0, f64::max);
+            Arc::new(crate::consumers::otlp::SpanSampler::new(
+                &config.otlp,
+                trees_per_sec,
+                live.clone(),
+                counters.clone(),
+            )) as Arc<dyn crate::topology::SpanSampling>
+        });
+        let verdicts = sink_fanout(parquet.as_ref(), otlp.as_ref(), counters, &sampler);
         let evaluator = Evaluator::new(
             config.health.clone(),
             node.to_string(),
@@ -415,19 +446,25 @@ impl Consumers {
             otlp,
             health,
             summary,
+            sampler,
         })
     }
 
     /// The probe rows' fan-out: every consumer's queue.
     fn probe_fanout(&self, counters: &Arc<Counters>) -> Fanout {
         let (h, s) = (&self.health, &self.summary);
-        sink_fanout(self.parquet.as_ref(), self.otlp.as_ref(), counters)
-            .with(Outlet::new(h.name(), h.input().clone(), QueueOwner::Health).with_events())
-            .with(Outlet::new(
-                s.name(),
-                s.input().clone(),
-                QueueOwner::Summary,
-            ))
+        sink_fanout(
+            self.parquet.as_ref(),
+            self.otlp.as_ref(),
+            counters,
+            &self.sampler,
+        )
+        .with(Outlet::new(h.name(), h.input().clone(), QueueOwner::Health).with_events())
+        .with(Outlet::new(
+            s.name(),
+            s.input().clone(),
+            QueueOwner::Summary,
+        ))
     }
 
     /// Stops every consumer in order, upstream first, within `by` (the end
@@ -475,8 +512,12 @@ fn sink_fanout(
     parquet: Option<&ParquetSink>,
     otlp: Option<&OtlpSink>,
     counters: &Arc<Counters>,
+    sampler: &Option<Arc<dyn crate::topology::SpanSampling>>,
 ) -> Fanout {
     let mut f = Fanout::new(counters.clone());
+    if let Some(s) = sampler {
+        f = f.with_sampler(s.clone());
+    }
     if let Some(s) = parquet {
         f = f.with(Outlet::new(
             s.name(),
@@ -488,6 +529,15 @@ fn sink_fanout(
         f = f.with(Outlet::new(s.name(), s.input().clone(), QueueOwner::Otlp));
     }
     f
+}
+
+/// Span trees one GPU makes per second under `plan`: one per arrival, or
+/// one per burst cycle (for the sampler's default ratio).
+fn trees_per_sec(plan: &ArrivalPlan) -> f64 {
+    match plan {
+        ArrivalPlan::Poisson { rate_hz } => *rate_hz,
+        ArrivalPlan::Burst { interval, .. } => 1.0 / interval.as_secs_f64().max(1e-3),
+    }
 }
 
 /// Starts the node-condition task, if a Kubernetes client can be built.

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the agent.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a config file and exit (0 valid, 2 invalid). Writes nothing.
     CheckConfig {
         /// The TOML file.

@@ -71,7 +71,7 @@ pub const COLUMNS: &[ColumnDoc] = &[
     c("sharing_strategy", "utf8", true, "-", "Node label `nvidia.com/gpu.sharing-strategy` (`time-slicing`, `mps`, `none`)."),
     c("occupancy_stale", "bool", true, "-", "The occupancy came from a cache older than the configured staleness age."),
     c("verdict", "utf8", true, "-", "Live health verdict for this GPU and kernel when the row was made."),
-    c("trace_id", "utf8", true, "32 hex", "OTLP trace id of the probe cycle."),
+    c("trace_id", "utf8", true, "32 hex", "OTLP trace id of the probe cycle (or arrival). Since schema version 3 the span tree may have been sampled out: `span_sampled` says whether it was exported."),
     c("span_id", "utf8", true, "16 hex", "OTLP span id of this run."),
     c("arrival", "bool", true, "-", "The run began at a moment chosen independently of the probe's own previous run (a Poisson arrival, or the first run of a burst), so its latency is what a caller arriving at random would see. Runs with `arrival = false` (later runs of a burst) follow the probe's own previous run and are left out of tails unless asked for. Null in files written before this column existed (then `burst_seq = 0 AND kernel = 'fft'` stands in)."),
     c("arrival_gap_ms", "float64", true, "ms", "Planned gap between the previous arrival on this GPU and this one (exponential in `poisson` mode); null for runs that are not arrivals."),
@@ -80,6 +80,7 @@ pub const COLUMNS: &[ColumnDoc] = &[
     c("host_wall_ms", "float64", true, "ms", "Host monotonic clock from launch until the probe's wait returned: what a caller that sleeps on completion sees (it includes the thread's wake-up). Null in files written before this column."),
     c("wall_clock", "utf8", true, "-", "Which clock `wall_ms` and `queue_ms` came from: `gpu` (GPU stamps, calibrated) or `host` (CPU backend, `probe.gpu_stamps = false`, stamps unavailable, or a calibration error bound above 100 µs). Null in files written before this column (then `host`)."),
     c("clock_error_us", "float64", true, "µs", "Error bound of the GPU clock's calibration for this run: `wall_ms` and `queue_ms` are within this of the truth if both clocks are linear over the calibration window (64 s). Null without GPU stamps."),
+    c("span_sampled", "bool", true, "-", "Whether the span sampler chose this run's span tree for export to the OTLP collector: by `OTEL_TRACES_SAMPLER` (default: a trace-id ratio of about one tree per second per GPU), or forced because its wait (`queue_ms`) was above its GPU's p99 in the health window (under a per-GPU cap). `false`: sampled out (counted in `slicetrace_otlp_unsampled_total`), the trace id is in no collector. A chosen span may still be lost on its way (`slicetrace_otlp_spans_dropped_total`). Null when no OTLP exporter ran, and in files written before schema version 3."),
 ];
 
 /// The `health` table (one row per GPU, kernel and evaluation), in column order.

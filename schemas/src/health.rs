@@ -68,6 +68,11 @@ pub struct HealthRecord {
     pub event_p50_mcycles: Option<f64>,
     /// The baseline it was judged against, millions of cycles.
     pub event_baseline_mcycles: Option<f64>,
+    /// The span sampler's decision for this evaluation's span (`false`:
+    /// not exported). Not a column: it travels from the verdicts' fan-out
+    /// to the OTLP exporter only. `None`: no decision (exported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_sampled: Option<bool>,
 }
 
 /// Arrow schema of the `health` table.
@@ -200,6 +205,7 @@ mod tests {
             tenants: Some(3),
             event_p50_mcycles: Some(7.5),
             event_baseline_mcycles: Some(8.5),
+            span_sampled: None,
         };
         let want: &[(&str, &str)] = &[
             ("node", "node-a"),

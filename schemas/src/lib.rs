@@ -42,7 +42,10 @@ pub use writer::{writer_properties, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL};
 /// Version of the `probes` and `health` table layouts. Bump on any change that
 /// an older reader would misinterpret (a renamed, retyped or re-meant column).
 /// Adding a nullable column does not need a bump.
-pub const SCHEMA_VERSION: u32 = 2;
+///
+/// Version 3: `trace_id` no longer implies a span in the collector (spans
+/// are sampled); `span_sampled` says which were exported.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// SQL predicate that selects arrival runs (see the `arrival` column): the
 /// one rule every command of the CLI and the live verdict use. Old files

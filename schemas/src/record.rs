@@ -123,6 +123,10 @@ pub struct ProbeRecord {
     /// Error bound of the GPU clock's calibration at this run, µs; `None`
     /// without GPU stamps.
     pub clock_error_us: Option<f64>,
+    /// The span sampler chose this run's span tree for export (`false`: it
+    /// was sampled out; the row keeps its `trace_id` either way). `None`
+    /// when no OTLP exporter runs, and in old files.
+    pub span_sampled: Option<bool>,
 }
 
 impl ProbeRecord {
@@ -281,6 +285,7 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         col!(rows, Float64Builder, |r| r.host_wall_ms),
         str_col(rows.iter().map(|r| r.wall_clock.map(WallClock::as_str))),
         col!(rows, Float64Builder, |r| r.clock_error_us),
+        col!(rows, BooleanBuilder, |r| r.span_sampled),
     ];
     RecordBatch::try_new(probes_schema(), columns).map_err(SchemaError::Arrow)
 }
@@ -391,6 +396,7 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
     let host_wall = f64c("host_wall_ms").ok();
     let wall_clock = s("wall_clock").ok();
     let clock_err = f64c("clock_error_us").ok();
+    let sampled = bc("span_sampled").ok();
     let ob = |a: Option<&BooleanArray>, i: usize| a.and_then(|a| opt(a.is_valid(i), a.value(i)));
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -441,6 +447,7 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             host_wall_ms: host_wall.and_then(|a| opt(a.is_valid(i), a.value(i))),
             wall_clock: oword("wall_clock", wall_clock, i)?,
             clock_error_us: clock_err.and_then(|a| opt(a.is_valid(i), a.value(i))),
+            span_sampled: ob(sampled, i),
         });
     }
     Ok(out)

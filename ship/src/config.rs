@@ -261,6 +261,14 @@ impl ShipConfig {
         b
     }
 
+    /// Sets the destination from an environment variable or a flag: a
+    /// value turns shipping on, an empty one turns it off (as an empty OTLP
+    /// endpoint does).
+    pub fn set_destination(&mut self, destination: String) {
+        self.enabled = !destination.is_empty();
+        self.destination = Some(destination).filter(|d| !d.is_empty());
+    }
+
     pub(crate) fn scan_interval(&self) -> Duration {
         Duration::from_millis(self.scan_interval_ms)
     }

@@ -187,7 +187,26 @@ impl Shipper {
     /// backoff instead. Returns as soon as `stop` completes, abandoning an
     /// upload in flight (safe: see the crate doc), so the caller's deadline
     /// is never spent here.
-    pub async fn run(mut self, stop: impl Future<Output = ()>) -> ShipSnapshot {
+    pub async fn run(self, stop: impl Future<Output = ()>) -> ShipSnapshot {
+        self.run_then_flush(async move {
+            stop.await;
+            None
+        })
+        .await
+    }
+
+    /// [`Shipper::run`], with one last pass at the end: when `stop` yields
+    /// `Some(by)`, the files waiting then (e.g. the ones the Parquet writer
+    /// closed at shutdown) are tried once more, oldest first, until `by`;
+    /// `None` stops at once. What the last pass does not ship stays waiting
+    /// for the next start (an upload cut off by `by` is abandoned, which is
+    /// safe for the same reasons as a stop). The agent calls this after its
+    /// Parquet writer closed its files, with what is left of its shutdown
+    /// deadline.
+    pub async fn run_then_flush(
+        mut self,
+        stop: impl Future<Output = Option<tokio::time::Instant>>,
+    ) -> ShipSnapshot {
         tokio::pin!(stop);
         tracing::info!(
             destination = %self.dest,
@@ -195,10 +214,10 @@ impl Shipper {
             scan_interval_ms = self.config.scan_interval_ms,
             "shipping closed files"
         );
-        loop {
+        let last_pass_by = loop {
             let pass = tokio::select! {
                 biased;
-                () = &mut stop => break,
+                by = &mut stop => break by,
                 p = self.ship_waiting() => p,
             };
             let wait = match pass {
@@ -207,8 +226,16 @@ impl Shipper {
             };
             tokio::select! {
                 biased;
-                () = &mut stop => break,
+                by = &mut stop => break by,
                 () = tokio::time::sleep(wait) => {}
+            }
+        };
+        if let Some(by) = last_pass_by {
+            if tokio::time::timeout_at(by, self.ship_waiting())
+                .await
+                .is_err()
+            {
+                tracing::info!("last shipping pass cut off by the shutdown deadline: the rest waits for the next start");
             }
         }
         let s = self.stats.snapshot();

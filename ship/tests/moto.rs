@@ -499,6 +499,91 @@ async fn restart_with_files_waiting_ships_them() {
     .await;
 }
 
+/// The agent's stop: files closed after the last scan (the Parquet writer
+/// closes its open files at shutdown) ship in the last pass, with no wait
+/// for the next scan, and the shipper returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_closed_at_shutdown_ship_in_the_last_pass() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("lastpass");
+    let data = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    files.write(data.path(), "probes", "n1", 0, 30);
+    let cfg = ShipConfig {
+        // No second scan within the test: only the last pass can ship the
+        // files written below.
+        scan_interval_ms: 3_600_000,
+        ..config("lastpass", &moto.endpoint())
+    };
+    let s = shipper(cfg, data.path());
+    let stats = s.stats();
+    let (tx, by) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+    let h = tokio::spawn(s.run_then_flush(async move { by.await.ok() }));
+    eventually("the first file shipped", DEADLINE, || {
+        uploaded_at_least(&stats, 1)
+    })
+    .await;
+    files.write(data.path(), "probes", "n1", 1, 0);
+    files.write(data.path(), "health", "n1", 2, 0);
+    tx.send(tokio::time::Instant::now() + Duration::from_secs(30))
+        .unwrap();
+    let snap = tokio::time::timeout(DEADLINE, h).await.unwrap().unwrap();
+    assert_eq!(snap.files_uploaded, 3, "{snap:?}");
+    assert_eq!(snap.files_waiting, 0, "{snap:?}");
+    let store = moto.client("lastpass");
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        true,
+    )
+    .await;
+}
+
+/// A last pass that cannot finish by its deadline (S3 hangs) returns at the
+/// deadline and leaves the files waiting, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_pass_against_a_hung_store_ends_at_its_deadline() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("lasthung");
+    let proxy = Proxy::start(moto.port, false).await;
+    proxy.set_delay_ms(60_000);
+    let data = tempfile::tempdir().unwrap();
+    let mut files = Files::default();
+    files.write(data.path(), "probes", "n1", 0, 30);
+    let cfg = ShipConfig {
+        scan_interval_ms: 3_600_000,
+        request_timeout_ms: 120_000,
+        ..config("lasthung", &proxy.endpoint())
+    };
+    let s = shipper(cfg, data.path());
+    let stats = s.stats();
+    let (tx, by) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+    let h = tokio::spawn(s.run_then_flush(async move { by.await.ok() }));
+    tx.send(tokio::time::Instant::now() + Duration::from_millis(500))
+        .unwrap();
+    // Generous bound: the deadline is 0.5 s; the request would hang 60 s.
+    let snap = tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .expect("the last pass outlived its deadline")
+        .unwrap();
+    assert_eq!(snap.files_uploaded, 0, "{snap:?}");
+    assert_eq!(local_files(data.path()).len(), 1, "the file still waits");
+    proxy.set_delay_ms(0);
+    let store = moto.client("lasthung");
+    assert_accounted(
+        store.as_ref(),
+        data.path(),
+        &files,
+        &BTreeSet::new(),
+        &stats,
+        false,
+    )
+    .await;
+}
+
 /// A config without a destination fails at construction, in one line.
 #[test]
 fn shipper_new_validates_before_anything_runs() {

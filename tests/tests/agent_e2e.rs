@@ -25,7 +25,10 @@ fn agent(data: &Path) -> Command {
         .arg("--data-dir")
         .arg(data)
         .env("NODE_NAME", "e2e-node")
-        .env("SLICETRACE_LOG", "info");
+        .env("SLICETRACE_LOG", "info")
+        // Transport tests: every span tree goes (sampling_e2e.rs samples).
+        .env("OTEL_TRACES_SAMPLER", "always_on")
+        .env_remove("OTEL_TRACES_SAMPLER_ARG");
     c
 }
 

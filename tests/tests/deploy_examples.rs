@@ -1,6 +1,6 @@
 //! The examples under `deploy/examples` and the Dockerfile: time-slicing
 //! replicas, the collector's Jaeger and Tempo exports, the reproduction kit's
-//! pods, and the image that carries both binaries.
+//! pods, the fleet check CronJob, and the image that carries the binaries.
 //!
 //! YAML is parsed by the Python `yaml` module that kubernetes-validate brings
 //! (tests/requirements.txt); the manifest, tool and PromQL helpers are
@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use slicetrace_e2e::deploy::*;
 use slicetrace_e2e::root as repo_root;
 
@@ -175,7 +175,7 @@ fn reproduce_article_kit_puts_one_fft_and_three_gemm_pods_on_one_gpu() {
 }
 
 #[test]
-fn dockerfile_builds_both_binaries_onto_a_cuda_runtime_image() {
+fn dockerfile_builds_the_agent_the_cli_and_the_load_tool_onto_a_cuda_runtime_image() {
     let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).expect("deploy/Dockerfile");
     let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
     assert_eq!(
@@ -205,6 +205,8 @@ fn dockerfile_builds_both_binaries_onto_a_cuda_runtime_image() {
     for (manifest, package, bin) in [
         ("daemon/Cargo.toml", "slicetrace-agent", "slicetrace-agent"),
         ("load/Cargo.toml", "slicetrace-load", "slicetrace-load"),
+        // The fleet check CronJob runs the CLI from the same image.
+        ("analysis/Cargo.toml", "slicetrace-analysis", "slicetrace"),
     ] {
         let cargo: toml::Table = toml::from_str(
             &std::fs::read_to_string(repo_root().join(manifest)).expect("member manifest"),
@@ -227,5 +229,91 @@ fn dockerfile_builds_both_binaries_onto_a_cuda_runtime_image() {
             text.contains(&format!("-p {package} --bin {bin}")),
             "Dockerfile must build {package}/{bin}"
         );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("COPY --from=build") && l.contains(&format!("/out/{bin} "))),
+            "Dockerfile must copy {bin} into the runtime image"
+        );
     }
+}
+
+/// deploy/examples/fleet-check: a CronJob runs `slicetrace fleet` on the
+/// bucket the agents ship to, over the last hour, writing JSON, as a
+/// ServiceAccount fit for IRSA, with the S3 settings from a generated
+/// ConfigMap. (kubernetes-validate checks it with every other manifest in
+/// deploy_kubernetes.rs; this checks what it runs.)
+#[test]
+fn fleet_check_cronjob_runs_fleet_on_the_bucket_with_its_identity() {
+    let Some(python) = yaml_python("fleet-check example") else {
+        return;
+    };
+    let Some(docs) = kustomized_docs(&python, "fleet-check example") else {
+        return;
+    };
+    let ours: Vec<&Value> = docs
+        .iter()
+        .filter(|(src, _)| src.ends_with("examples/fleet-check"))
+        .map(|(_, d)| d)
+        .collect();
+    let find = |k: &str| {
+        ours.iter()
+            .find(|d| kind(d) == k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in deploy/examples/fleet-check"))
+    };
+    let cron = find("CronJob");
+    let sa = find("ServiceAccount");
+    let cm = find("ConfigMap");
+    for d in [cron, sa, cm] {
+        assert_eq!(d["metadata"]["namespace"], "slicetrace", "{d}");
+    }
+    assert!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("arn:aws:iam::")),
+        "IRSA annotation example: {sa}"
+    );
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+    assert_eq!(pod["restartPolicy"], "Never");
+    let c = &containers(pod)[0];
+    assert_eq!(str_list(&c["command"]), ["slicetrace"]);
+    let args = str_list(&c["args"]);
+    assert_eq!(args[0], "fleet");
+    let flag = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .map(|i| args[i + 1].as_str())
+    };
+    assert_eq!(flag("--window"), Some("1h"));
+    assert_eq!(flag("--format"), Some("json"));
+    assert!(flag("--max-stale").is_some(), "{args:?}");
+    // Only the flags the fleet command is known to keep.
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            ["--window", "--max-stale", "--format"].contains(&a.as_str()),
+            "unexpected flag {a}"
+        );
+    }
+    // The data location comes from the ConfigMap the container reads.
+    assert_eq!(args[1], "$(FLEET_DATA)");
+    let data = cm["data"]["FLEET_DATA"].as_str().expect("FLEET_DATA");
+    assert!(data.starts_with("s3://"), "{data}");
+    assert!(cm["data"]["AWS_REGION"].is_string());
+    let env_from: Vec<&str> = c["envFrom"]
+        .as_array()
+        .expect("envFrom")
+        .iter()
+        .filter_map(|e| e["configMapRef"]["name"].as_str())
+        .collect();
+    assert!(
+        env_from.contains(&cm["metadata"]["name"].as_str().unwrap_or("")),
+        "the container reads the generated ConfigMap: {env_from:?}"
+    );
+    // The MinIO settings are documented where they are set.
+    let env_file =
+        std::fs::read_to_string(deploy_dir().join("examples/fleet-check/s3.env")).expect("s3.env");
+    assert!(env_file.contains("AWS_ENDPOINT_URL=") && env_file.contains("AWS_ALLOW_HTTP=true"));
 }

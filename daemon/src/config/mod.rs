@@ -1,5 +1,6 @@
 //! Agent configuration: one TOML file (the `[parquet]`, `[otlp]`, `[metrics]`,
-//! `[health]`, `[watchdog]` and `[occupancy]` tables belong to those components), then
+//! `[health]`, `[watchdog]`, `[occupancy]` and `[ship]` tables belong to those
+//! components), then
 //! environment variables, then command-line flags — later wins.
 //!
 //! Every struct rejects unknown keys, so a typo is a usage error (exit 2)
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use slicetrace_probe::{BackendKind, Preset};
+use slicetrace_ship::ShipConfig;
 
 use crate::consumers::health::HealthConfig;
 use crate::consumers::otlp::OtlpConfig;
@@ -135,6 +137,9 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     /// Pod occupancy.
     pub occupancy: OccupancyConfig,
+    /// Shipping closed Parquet files to S3-compatible storage (off by
+    /// default; `slicetrace fleet s3://…` reads the bucket).
+    pub ship: ShipConfig,
     /// Record tenants' command names in the `processes` column and span
     /// attribute (`pid:name:used_mib`). Off by default: other tenants'
     /// command lines are theirs, so only PIDs and memory are kept
@@ -187,6 +192,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             watchdog: WatchdogConfig::default(),
             occupancy: OccupancyConfig::default(),
+            ship: ShipConfig::default(),
             process_names: false,
             log_format: LogFormat::Text,
         }
@@ -228,6 +234,10 @@ pub struct CliFlags {
     /// CPU pseudo-devices to probe on the CPU backend.
     #[arg(long)]
     pub cpu_devices: Option<u32>,
+    /// Ship closed files to s3://BUCKET/PREFIX/ (`ship.destination`; turns
+    /// shipping on, empty turns it off).
+    #[arg(long)]
+    pub ship_destination: Option<String>,
 }
 
 #[cfg(test)]

@@ -40,6 +40,12 @@ impl Config {
         if let Some(v) = env("SLICETRACE_METRICS_LISTEN") {
             self.metrics.listen = v;
         }
+        if let Some(v) = env("SLICETRACE_SHIP_DESTINATION") {
+            self.ship.set_destination(v);
+        }
+        if let Some(v) = env("SLICETRACE_SHIP_ENDPOINT") {
+            self.ship.endpoint = Some(v).filter(|v| !v.is_empty());
+        }
 
         self.otlp
             .apply_env_from(env)
@@ -80,6 +86,9 @@ impl Config {
         }
         if let Some(n) = o.cpu_devices {
             self.cpu_devices = n;
+        }
+        if let Some(d) = &o.ship_destination {
+            self.ship.set_destination(d.clone());
         }
     }
 
@@ -178,6 +187,9 @@ impl Config {
         self.occupancy
             .validate()
             .map_err(|e| in_table(e, "occupancy"))?;
+        self.ship
+            .validate()
+            .map_err(|e| invalid(&format!("ship.{}", e.field), e.reason))?;
         Ok(())
     }
 }

@@ -114,7 +114,7 @@ fn errors_after_a_deprecated_key_keep_their_line() {
 #[test]
 fn component_errors_are_prefixed_with_their_table() {
     type Case = (fn(&mut Config), &'static str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         (
             |c| c.otlp.timeout_ms = 0,
             "otlp.timeout_ms: must be greater than 0",
@@ -130,6 +130,14 @@ fn component_errors_are_prefixed_with_their_table() {
         (
             |c| c.occupancy.stale_after_ms = 0,
             "occupancy.stale_after_ms: must be greater than zero",
+        ),
+        (
+            |c| c.ship.enabled = true,
+            "ship.destination: is required when enabled (s3://BUCKET/PREFIX/)",
+        ),
+        (
+            |c| c.ship.set_destination("bucket/prefix".into()),
+            "ship.destination: \"bucket/prefix\" does not start with s3://",
         ),
     ];
     for (f, want) in cases {
@@ -215,4 +223,42 @@ fn the_default_wait_is_the_probes_own() {
     );
     c.probe.wait = Some(WaitMode::Spin);
     assert_eq!(c.probe_spec("cuda").wait, Wait::Spin);
+}
+
+#[test]
+fn ship_destination_comes_from_file_then_env_then_flags() {
+    let mut c = Config::from_toml(
+        "[ship]\nenabled = true\ndestination = \"s3://from-file/p/\"\nscan_interval_ms = 1000\n",
+    )
+    .expect("parse");
+    assert!(c.ship.enabled);
+    let e = Config::from_toml("[ship]\nbucket = \"b\"\n").expect_err("unknown key");
+    assert!(e.to_string().starts_with("ship.bucket (line 2)"), "{e}");
+    let env = |k: &str| match k {
+        "SLICETRACE_SHIP_DESTINATION" => Some("s3://from-env/p/".to_string()),
+        "SLICETRACE_SHIP_ENDPOINT" => Some("http://minio:9000".to_string()),
+        _ => None,
+    };
+    c.apply_env(&env).expect("env");
+    assert_eq!(c.ship.destination.as_deref(), Some("s3://from-env/p/"));
+    assert_eq!(c.ship.endpoint.as_deref(), Some("http://minio:9000"));
+    c.apply_flags(&CliFlags {
+        ship_destination: Some("s3://from-flag/".into()),
+        ..Default::default()
+    });
+    assert_eq!(c.ship.destination.as_deref(), Some("s3://from-flag/"));
+    assert!(c.ship.enabled);
+    assert_eq!(c.ship.scan_interval_ms, 1000, "the file's other keys stay");
+    // A plain-http endpoint needs allow_http: one line naming the field.
+    c.data_dir = std::env::temp_dir();
+    let e = c.validate().expect_err("http without allow_http");
+    assert!(e.to_string().starts_with("ship.endpoint: "), "{e}");
+    assert!(!e.to_string().contains('\n'));
+    // An empty flag turns shipping off again.
+    c.apply_flags(&CliFlags {
+        ship_destination: Some(String::new()),
+        ..Default::default()
+    });
+    assert!(!c.ship.enabled);
+    assert_eq!(c.ship.destination, None);
 }

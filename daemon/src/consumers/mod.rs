@@ -13,6 +13,7 @@
 pub mod health;
 pub mod otlp;
 pub mod parquet;
+pub mod ship;
 pub mod summary;
 
 use std::time::{Duration, Instant};

@@ -26,9 +26,9 @@ pub use probe::{
     ProbeRunsCompleted, ProbeThreadCpuUsed, Stage, TelemetrySampleFailed, XidReported,
 };
 pub use sinks::{
-    OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported, ParquetFileRotated,
-    ParquetRetentionDeleted, ParquetTmpRecovered, ParquetTmpRemoved, ParquetWriteFailed,
-    QueueOwner, SinkQueueFull,
+    ForcedReason, ForcedSpanCapped, OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported,
+    ParquetFileRotated, ParquetRetentionDeleted, ParquetTmpRecovered, ParquetTmpRemoved,
+    ParquetWriteFailed, QueueOwner, SinkQueueFull, SpanForced, SpansSampledOut,
 };
 
 /// Process-wide counters, shared as `Arc<Counters>`. Relaxed ordering: these
@@ -59,6 +59,16 @@ pub struct Counters {
     pub otlp_spans_dropped: AtomicU64,
     /// Failed OTLP export calls.
     pub otlp_export_errors: AtomicU64,
+    /// Probe runs whose span tree the sampler did not export.
+    pub otlp_unsampled_runs: AtomicU64,
+    /// Health evaluations whose span the sampler did not export.
+    pub otlp_unsampled_health: AtomicU64,
+    /// Span trees exported because the arrival's wait was above its GPU's p99.
+    pub otlp_forced_wait: AtomicU64,
+    /// Health spans exported because the verdict or contention changed.
+    pub otlp_forced_state: AtomicU64,
+    /// Forced exports refused because the GPU's cap was spent.
+    pub otlp_forced_capped: AtomicU64,
     /// Rows written to Parquet (in files that were closed and made visible).
     pub parquet_rows_written: AtomicU64,
     /// Parquet files closed and renamed into place.
@@ -253,6 +263,9 @@ pub const EVENTS: &[(&str, &[&str])] = &[
     ("OtlpSpansExported", OtlpSpansExported::METRICS),
     ("OtlpExportFailed", OtlpExportFailed::METRICS),
     ("OtlpSpansDropped", OtlpSpansDropped::METRICS),
+    ("SpansSampledOut", SpansSampledOut::METRICS),
+    ("SpanForced", SpanForced::METRICS),
+    ("ForcedSpanCapped", ForcedSpanCapped::METRICS),
     ("ParquetFileRotated", ParquetFileRotated::METRICS),
     ("ParquetWriteFailed", ParquetWriteFailed::METRICS),
     ("ParquetTmpRecovered", ParquetTmpRecovered::METRICS),

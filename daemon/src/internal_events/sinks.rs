@@ -123,6 +123,73 @@ impl InternalEvent for OtlpSpansDropped {
     }
 }
 
+/// Span trees the sampler chose not to export (counted, never logged: it
+/// is the sampler doing its job).
+#[derive(Debug)]
+pub struct SpansSampledOut {
+    /// Probe runs whose span tree was not exported.
+    pub runs: u64,
+    /// Health evaluations whose span was not exported.
+    pub health: u64,
+}
+
+impl InternalEvent for SpansSampledOut {
+    const METRICS: &'static [&'static str] = &["slicetrace_otlp_unsampled"];
+    fn emit(self, c: &Counters) {
+        Counters::add(&c.otlp_unsampled_runs, self.runs);
+        Counters::add(&c.otlp_unsampled_health, self.health);
+    }
+}
+
+/// Why a span tree was exported whatever the ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForcedReason {
+    /// The arrival's wait was above its GPU's p99 in the health window.
+    WaitOverP99,
+    /// The health verdict or contention state changed.
+    StateChanged,
+}
+
+impl ForcedReason {
+    /// Both, in the order of the `reason` label's series.
+    pub const ALL: [ForcedReason; 2] = [Self::WaitOverP99, Self::StateChanged];
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WaitOverP99 => "wait_over_p99",
+            Self::StateChanged => "state_changed",
+        }
+    }
+}
+
+/// A span tree exported whatever the ratio.
+#[derive(Debug)]
+pub struct SpanForced {
+    /// Why.
+    pub reason: ForcedReason,
+}
+
+impl InternalEvent for SpanForced {
+    const METRICS: &'static [&'static str] = &["slicetrace_otlp_forced"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(match self.reason {
+            ForcedReason::WaitOverP99 => &c.otlp_forced_wait,
+            ForcedReason::StateChanged => &c.otlp_forced_state,
+        });
+    }
+}
+
+/// A span tree that would have been forced, refused by its GPU's cap.
+#[derive(Debug)]
+pub struct ForcedSpanCapped;
+
+impl InternalEvent for ForcedSpanCapped {
+    const METRICS: &'static [&'static str] = &["slicetrace_otlp_forced_capped"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.otlp_forced_capped);
+    }
+}
+
 /// A Parquet file was closed and renamed into place.
 #[derive(Debug)]
 pub struct ParquetFileRotated {

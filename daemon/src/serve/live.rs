@@ -262,6 +262,9 @@ pub struct LiveState {
     /// `/metrics` can report their health at scrape time; unset when the
     /// occupancy was injected.
     pub occupancy: std::sync::OnceLock<Arc<dyn OccupancyHealth>>,
+    /// The shipper's counters, when shipping is on (`/metrics` reads them
+    /// at scrape time).
+    pub ship: std::sync::OnceLock<slicetrace_ship::ShipStats>,
     /// `(gpu_uuid, kernel)` → start-up self-test outcome (`true` = the
     /// planted corruption was caught and a clean run passed).
     pub self_tests: RwLock<BTreeMap<(String, Kernel), bool>>,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use slicetrace_schema::{HealthRecord, ProbeRecord};
 
-use super::{Msg, ProbeEvent, Tx};
+use super::{Msg, ProbeEvent, SpanSampling, Tx};
 use crate::internal_events::{Counters, InternalEvent, QueueOwner, SinkQueueFull};
 
 /// One consumer's queue as the fan-out sees it: its name, its bounded
@@ -62,6 +62,8 @@ impl Outlet {
 pub struct Fanout {
     outlets: Vec<Outlet>,
     counters: Arc<Counters>,
+    /// Decides which span trees are exported, before the rows are shared.
+    sampler: Option<Arc<dyn SpanSampling>>,
 }
 
 impl Fanout {
@@ -70,7 +72,14 @@ impl Fanout {
         Self {
             outlets: Vec::new(),
             counters,
+            sampler: None,
         }
+    }
+
+    /// Stamps every row's span decision with `sampler` before sharing it.
+    pub fn with_sampler(mut self, sampler: Arc<dyn SpanSampling>) -> Self {
+        self.sampler = Some(sampler);
+        self
     }
 
     /// Adds an outlet.
@@ -122,18 +131,39 @@ impl Fanout {
 
     /// Shares `rows` (one arrival's or cycle's) with every outlet.
     pub fn send_probes(&self, rows: impl Into<Arc<[ProbeRecord]>>) {
-        let rows: Arc<[ProbeRecord]> = rows.into();
+        let mut rows: Arc<[ProbeRecord]> = rows.into();
         if rows.is_empty() {
             return;
+        }
+        if let Some(s) = &self.sampler {
+            // Fresh from the caller's Vec, so not shared yet.
+            match Arc::get_mut(&mut rows) {
+                Some(r) => s.probes(r),
+                None => {
+                    let mut r = rows.to_vec();
+                    s.probes(&mut r);
+                    rows = r.into();
+                }
+            }
         }
         self.offer(rows.len() as u64, |_| true, || Msg::Probes(rows.clone()));
     }
 
     /// Shares the verdicts of one evaluation with every outlet.
     pub fn send_health(&self, rows: impl Into<Arc<[HealthRecord]>>) {
-        let rows: Arc<[HealthRecord]> = rows.into();
+        let mut rows: Arc<[HealthRecord]> = rows.into();
         if rows.is_empty() {
             return;
+        }
+        if let Some(s) = &self.sampler {
+            match Arc::get_mut(&mut rows) {
+                Some(r) => s.health(r),
+                None => {
+                    let mut r = rows.to_vec();
+                    s.health(&mut r);
+                    rows = r.into();
+                }
+            }
         }
         self.offer(rows.len() as u64, |_| true, || Msg::Health(rows.clone()));
     }

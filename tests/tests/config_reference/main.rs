@@ -39,6 +39,7 @@ const SOURCES: [&str; 10] = [
     "daemon/src/consumers/parquet/config.rs",
     "daemon/src/probe/occupancy/mod.rs",
     "daemon/src/probe/occupancy/kube_api/mod.rs",
+    "ship/src/config.rs",
     "probe-workloads/src/lib.rs",
     "probe-workloads/src/spec.rs",
 ];
@@ -76,6 +77,11 @@ const ENV_DOCS: &[(&str, &str)] = &[
         "Overrides `probe.rate_hz` (mean Poisson arrivals per second per GPU).",
     ),
     ("SLICETRACE_METRICS_LISTEN", "Overrides `metrics.listen`."),
+    (
+        "SLICETRACE_SHIP_DESTINATION",
+        "Overrides `ship.destination` and turns shipping on (`ship.enabled`); an empty value turns it off.",
+    ),
+    ("SLICETRACE_SHIP_ENDPOINT", "Overrides `ship.endpoint`."),
     (
         "NODE_NAME",
         "The node name when `node_name` is empty (the DaemonSet sets it from `spec.nodeName`).",
@@ -131,6 +137,14 @@ const ENV_DOCS: &[(&str, &str)] = &[
     (
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
         "As `OTEL_EXPORTER_OTLP_HEADERS`, for traces only.",
+    ),
+    (
+        "OTEL_TRACES_SAMPLER",
+        "Overrides `otlp.sampler` (`always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio`).",
+    ),
+    (
+        "OTEL_TRACES_SAMPLER_ARG",
+        "Overrides `otlp.sampler_arg` (the ratio of the `traceidratio` samplers, 0 to 1).",
     ),
     ("OTEL_SERVICE_NAME", "`service.name` of the spans' resource."),
     (

@@ -52,6 +52,9 @@ pub fn agent(config: &Path, data: &Path, metrics_port: u16) -> Command {
         .env("NODE_NAME", "faults-node")
         .env("SLICETRACE_LOG", "info")
         .env("NO_COLOR", "1")
+        // These tests are about sinks, not sampling: every span tree goes.
+        .env("OTEL_TRACES_SAMPLER", "always_on")
+        .env_remove("OTEL_TRACES_SAMPLER_ARG")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("SLICETRACE_CONFIG");

@@ -358,6 +358,7 @@ impl Evaluator {
                 tenants: w.stats.max_tenants,
                 event_p50_mcycles: w.stats.event_mcycles_p50,
                 event_baseline_mcycles: j.event_baseline_mcycles,
+                span_sampled: None,
             });
             published.insert(
                 (uuid.clone(), *kernel),

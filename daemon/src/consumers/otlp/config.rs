@@ -53,7 +53,7 @@ impl FromStr for OtlpProtocol {
 /// itself also reads `OTEL_EXPORTER_OTLP_HEADERS` /
 /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, and for a key set in both places the
 /// environment wins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
     /// Export spans at all. Default `true`; the sink runs only when an
@@ -91,6 +91,63 @@ pub struct OtlpConfig {
     /// Use plain text (`http://`) for an endpoint written without a scheme,
     /// as `OTEL_EXPORTER_OTLP_INSECURE` does. An explicit scheme always wins.
     pub insecure: bool,
+    /// Which span trees are exported (`OTEL_TRACES_SAMPLER` overrides it):
+    /// `always_on`, `always_off`, `traceidratio` (a share `sampler_arg` of
+    /// the trace ids), or `parentbased_always_on`, `parentbased_always_off`,
+    /// `parentbased_traceidratio` (the agent's traces all start at the
+    /// agent, so these act as the sampler they name). `None`: the fleet
+    /// default, a trace-id ratio of 0.9 span trees per second per GPU over
+    /// the trees each GPU makes (one per arrival, or per cycle with
+    /// `probe.arrivals = "burst"`), which with the forced exports below
+    /// averages at most one tree per second per GPU.
+    pub sampler: Option<SamplerName>,
+    /// The ratio of the `traceidratio` samplers, 0 to 1
+    /// (`OTEL_TRACES_SAMPLER_ARG` overrides it). `None`: 1.
+    pub sampler_arg: Option<f64>,
+    /// Most forced exports per GPU per minute: arrivals whose wait
+    /// (`queue_ms`) is above the GPU's p99 in the health window, and health
+    /// evaluations whose verdict or contention state changed, are exported
+    /// whatever the ratio, up to this many (a token bucket of one minute).
+    /// Default 6. 0: nothing is forced. Never with `always_off`.
+    pub forced_spans_per_gpu_per_min: u32,
+}
+
+/// The standard `OTEL_TRACES_SAMPLER` values this agent supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerName {
+    /// Every span tree.
+    AlwaysOn,
+    /// None: not even the forced ones.
+    AlwaysOff,
+    /// A share `sampler_arg` of the trace ids.
+    Traceidratio,
+    /// As `always_on` (the agent's traces have no parent).
+    ParentbasedAlwaysOn,
+    /// As `always_off` (the agent's traces have no parent).
+    ParentbasedAlwaysOff,
+    /// As `traceidratio` (the agent's traces have no parent).
+    ParentbasedTraceidratio,
+}
+
+impl std::str::FromStr for SamplerName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "always_on" => Self::AlwaysOn,
+            "always_off" => Self::AlwaysOff,
+            "traceidratio" => Self::Traceidratio,
+            "parentbased_always_on" => Self::ParentbasedAlwaysOn,
+            "parentbased_always_off" => Self::ParentbasedAlwaysOff,
+            "parentbased_traceidratio" => Self::ParentbasedTraceidratio,
+            other => {
+                return Err(format!(
+                    "unsupported sampler {other:?} (expected always_on, always_off, traceidratio \
+                     or parentbased_ of one of them)"
+                ))
+            }
+        })
+    }
 }
 
 impl Default for OtlpConfig {
@@ -108,6 +165,9 @@ impl Default for OtlpConfig {
             client_cert_file: None,
             client_key_file: None,
             insecure: false,
+            sampler: None,
+            sampler_arg: None,
+            forced_spans_per_gpu_per_min: 6,
         }
     }
 }
@@ -190,6 +250,23 @@ impl OtlpConfig {
         ) {
             self.ca_file = Some(PathBuf::from(v.trim()));
         }
+        if let Some(v) = get("OTEL_TRACES_SAMPLER").filter(|v| !v.trim().is_empty()) {
+            self.sampler = Some(v.parse().map_err(|reason| OtlpError::Env {
+                var: "OTEL_TRACES_SAMPLER".into(),
+                reason,
+            })?);
+        }
+        if let Some(v) = get("OTEL_TRACES_SAMPLER_ARG").filter(|v| !v.trim().is_empty()) {
+            let ratio = v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r));
+            self.sampler_arg = Some(ratio.ok_or_else(|| OtlpError::Env {
+                var: "OTEL_TRACES_SAMPLER_ARG".into(),
+                reason: format!("{v:?} is not a ratio from 0 to 1"),
+            })?);
+        }
         Ok(())
     }
 
@@ -210,6 +287,11 @@ impl OtlpConfig {
         }
         if self.export_interval_ms == 0 {
             return bad("export_interval_ms", "must be greater than 0");
+        }
+        if let Some(r) = self.sampler_arg {
+            if !(0.0..=1.0).contains(&r) {
+                return bad("sampler_arg", &format!("{r} is not a ratio from 0 to 1"));
+            }
         }
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
             return bad(

@@ -49,6 +49,9 @@
 //! - `otel_ids.rs`: ids as opentelemetry's, and root span ids ([`root_span_id`]);
 //! - `config.rs`: the `[otlp]` table, the `OTEL_*` environment and the one
 //!   endpoint rule ([`OtlpConfig`], [`endpoint_url`]);
+//! - `sampler.rs`: which span trees are exported ([`SpanSampler`]; it runs
+//!   in the fan-outs, before any consumer sees a row, so the Parquet row
+//!   says what the collector got);
 //! - `attributes.rs`: what each span says, and the resource;
 //! - `spans.rs`: records to spans;
 //! - `queue.rs`: the bounded span queue and the root-span state machine;
@@ -61,6 +64,7 @@ mod config;
 mod exporter;
 mod otel_ids;
 mod queue;
+mod sampler;
 mod spans;
 mod task;
 
@@ -73,8 +77,9 @@ use futures::future::BoxFuture;
 use opentelemetry::InstrumentationScope;
 
 pub use attributes::{build_resource, extra_attr, run_attributes, DEFAULT_SERVICE_NAME};
-pub use config::{endpoint_url, OtlpConfig, OtlpProtocol};
+pub use config::{endpoint_url, OtlpConfig, OtlpProtocol, SamplerName};
 pub use otel_ids::root_span_id;
+pub use sampler::SpanSampler;
 
 use super::{log_shutdown, request_shutdown, Sink, SinkError};
 use crate::internal_events::{Counters, InternalEvent, OtlpSpansDropped};

@@ -187,8 +187,11 @@ impl SpanQueue {
 
     /// Queues one `health_evaluation` span per record (its own trace).
     pub(super) fn enqueue_health(&mut self, records: &[HealthRecord]) {
+        // The sampler (in the verdicts' fan-out) decided; unsampled ones are
+        // counted there.
         let spans: Vec<SpanData> = records
             .iter()
+            .filter(|h| h.span_sampled != Some(false))
             .map(|h| health_span(&self.scope, h))
             .collect();
         let dropped = self.push(spans);
@@ -199,7 +202,9 @@ impl SpanQueue {
     /// in `open_roots` unless every record is its own trace.
     pub(super) fn enqueue(&mut self, records: &[ProbeRecord]) {
         let mut dropped = 0;
-        for r in records {
+        // The sampler (in the probe fan-out) decided; unsampled rows are
+        // counted there, and their cycle gets no root span either.
+        for r in records.iter().filter(|r| r.span_sampled != Some(false)) {
             if self.shape == TraceShape::PerRun {
                 let trace = otel_trace_id(r.trace_id).unwrap_or_else(random_trace_id);
                 let run_id = otel_span_id(r.span_id).unwrap_or_else(random_span_id);

@@ -281,8 +281,36 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
             );
         }
     }
+    let g = Counters::get;
+    for (kind, v) in [
+        ("run", g(&counters.otlp_unsampled_runs)),
+        ("health", g(&counters.otlp_unsampled_health)),
+    ] {
+        push(
+            &mut out,
+            "slicetrace_otlp_unsampled",
+            vec![kind.into()],
+            v as f64,
+        );
+    }
+    for r in crate::internal_events::ForcedReason::ALL {
+        let v = match r {
+            crate::internal_events::ForcedReason::WaitOverP99 => &counters.otlp_forced_wait,
+            crate::internal_events::ForcedReason::StateChanged => &counters.otlp_forced_state,
+        };
+        push(
+            &mut out,
+            "slicetrace_otlp_forced",
+            vec![r.as_str().into()],
+            g(v) as f64,
+        );
+    }
+    if let Some(stats) = live.ship.get() {
+        ship_families(&mut out, &stats.snapshot());
+    }
     let c = counters;
-    let node_wide: [(&'static str, u64); 15] = [
+    let node_wide: [(&'static str, u64); 16] = [
+        ("slicetrace_otlp_forced_capped", g(&c.otlp_forced_capped)),
         ("slicetrace_probe_cycles", g(&c.probe_cycles)),
         ("slicetrace_otlp_spans_exported", g(&c.otlp_spans_exported)),
         ("slicetrace_otlp_spans_dropped", g(&c.otlp_spans_dropped)),
@@ -327,4 +355,38 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
         push(&mut out, name, vec![], v as f64);
     }
     out
+}
+
+/// The shipper's counters (only when shipping is on: an agent that does not
+/// ship serves no `slicetrace_ship_*` series, so the stall alert cannot
+/// fire on it).
+fn ship_families(out: &mut Samples, s: &slicetrace_ship::ShipSnapshot) {
+    use slicetrace_ship::DropReason;
+    for (name, v) in [
+        ("slicetrace_ship_files_waiting", s.files_waiting),
+        ("slicetrace_ship_waiting_bytes", s.bytes_waiting),
+        ("slicetrace_ship_files_uploaded", s.files_uploaded),
+        ("slicetrace_ship_uploaded_bytes", s.bytes_uploaded),
+        ("slicetrace_ship_failed_attempts", s.failed_attempts),
+        ("slicetrace_ship_verify_mismatches", s.verify_mismatches),
+        ("slicetrace_ship_scans", s.scans),
+    ] {
+        push(out, name, vec![], v as f64);
+    }
+    if let Some(age) = s.oldest_waiting_age_secs {
+        push(
+            out,
+            "slicetrace_ship_oldest_waiting_age_seconds",
+            vec![],
+            age,
+        );
+    }
+    for r in DropReason::ALL {
+        push(
+            out,
+            "slicetrace_ship_files_dropped",
+            vec![r.as_str().to_string()],
+            s.dropped.get(r) as f64,
+        );
+    }
 }

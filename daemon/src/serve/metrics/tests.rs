@@ -265,6 +265,20 @@ fn every_internal_event_counts_into_a_metrics_row() {
             }),
         ),
         (
+            "SpansSampledOut",
+            Box::new(|c| SpansSampledOut { runs: 2, health: 1 }.emit(c)),
+        ),
+        (
+            "SpanForced",
+            Box::new(|c| {
+                SpanForced {
+                    reason: ForcedReason::WaitOverP99,
+                }
+                .emit(c)
+            }),
+        ),
+        ("ForcedSpanCapped", Box::new(|c| ForcedSpanCapped.emit(c))),
+        (
             "ParquetFileRotated",
             Box::new(|c| ParquetFileRotated { rows: 2 }.emit(c)),
         ),
@@ -334,8 +348,9 @@ fn every_internal_event_counts_into_a_metrics_row() {
         }
     }
     for d in METRICS.iter().filter(|d| d.kind == Kind::Counter) {
-        // Rendered from the health window, per kernel.
-        if d.name == "slicetrace_correctness_failures" {
+        // Rendered from the health window, per kernel; the shipper's are
+        // its own counters (slicetrace_ship::ShipStats), read at scrape time.
+        if d.name == "slicetrace_correctness_failures" || d.name.starts_with("slicetrace_ship_") {
             continue;
         }
         assert!(
@@ -406,4 +421,64 @@ fn the_table_has_unique_names_node_first_and_help() {
             );
         }
     }
+}
+
+/// The shipper's counters reach `/metrics` from its live stats: a real
+/// shipper (over object_store's in-memory store) ships one file and is
+/// stopped; an agent that does not ship serves no `slicetrace_ship_*`.
+#[test]
+fn shipping_counters_are_served_only_when_shipping() {
+    let c = Counters::default();
+    let st = live();
+    let text = render_format(&st, &c, Format::Text);
+    assert!(!text.contains("slicetrace_ship_"), "{text}");
+
+    let data = tempfile::tempdir().expect("tmp");
+    let rel = "probes/date=2026-01-01/node=n1/part-20260101T000000Z-a.parquet";
+    let path = data.path().join(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, vec![7u8; 1000]).expect("write");
+    let cfg = slicetrace_ship::ShipConfig {
+        enabled: true,
+        destination: Some("s3://bkt/fleet/".into()),
+        // The in-memory store's ETags are not MD5s.
+        verify_etag_md5: false,
+        scan_interval_ms: 3_600_000,
+        ..Default::default()
+    };
+    let shipper = slicetrace_ship::Shipper::with_store(
+        cfg,
+        data.path(),
+        std::sync::Arc::new(object_store::memory::InMemory::new()),
+    )
+    .expect("shipper");
+    st.ship.set(shipper.stats()).expect("set once");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // One pass, then the last pass at stop, then it returns.
+    let snap = rt.block_on(shipper.run_then_flush(async {
+        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(10))
+    }));
+    assert_eq!(snap.files_uploaded, 1, "{snap:?}");
+    let text = render_format(&st, &c, Format::Text);
+    for want in [
+        "# TYPE slicetrace_ship_files_uploaded_total counter\n\
+         slicetrace_ship_files_uploaded_total{node=\"n1\"} 1\n",
+        "slicetrace_ship_uploaded_bytes_total{node=\"n1\"} 1000\n",
+        "slicetrace_ship_files_waiting{node=\"n1\"} 0\n",
+        "slicetrace_ship_waiting_bytes{node=\"n1\"} 0\n",
+        "slicetrace_ship_failed_attempts_total{node=\"n1\"} 0\n",
+        "slicetrace_ship_files_dropped_total{node=\"n1\",reason=\"backlog_full\"} 0\n",
+        "slicetrace_ship_files_dropped_total{node=\"n1\",reason=\"max_age\"} 0\n",
+        "slicetrace_ship_files_dropped_total{node=\"n1\",reason=\"vanished\"} 0\n",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    // Nothing waits: the age is absent, not 0.
+    assert!(
+        !text.contains("slicetrace_ship_oldest_waiting_age_seconds{"),
+        "{text}"
+    );
 }
