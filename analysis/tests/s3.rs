@@ -130,3 +130,96 @@ fn s3_report_from_moto_equals_local_report() {
     );
     assert_error(&o, &["s3://no-such-bucket"]);
 }
+
+/// `fleet` over S3 lists and prunes as it does on a local directory: the
+/// same partitions, files listed, pruned by name, opened and scanned, and the
+/// same states.
+#[test]
+fn s3_fleet_prunes_like_local() {
+    let Some(py) = python_with(&["boto3", "moto.server"]) else {
+        return;
+    };
+    let port = free_port();
+    let child = Command::new(&py)
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _moto = Moto(child);
+    let up = wait_for(Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(up.is_some(), "moto_server did not start");
+    // 6 nodes, a file every 10 minutes, 2026-01-02T23:00Z..2026-01-03T02:00Z.
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = slicetrace_analysis::synth::FleetLayout {
+        nodes: 6,
+        gpus_per_node: 1,
+        end_ns: 1_767_398_400_000_000_000 + 2 * 3_600_000_000_000,
+        span_secs: 3 * 3600,
+        dense_secs: 7200,
+        file_secs: 600,
+        rate_per_gpu: 0.2,
+        sparse_rows_per_gpu: 2,
+        seed: 3,
+        threads: 2,
+        slow: None,
+    };
+    slicetrace_analysis::synth::generate_fleet(tmp.path(), &layout).unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    run_python(
+        &py,
+        UPLOAD,
+        &[
+            &endpoint,
+            "fleet-bucket",
+            tmp.path().to_str().unwrap(),
+            "agents",
+        ],
+    );
+    let args = |data: &str| -> Vec<String> {
+        [
+            "fleet",
+            data,
+            "--until",
+            "2026-01-03T02:00:00Z",
+            "--window",
+            "30m",
+            "--baseline-window",
+            "30m",
+            "--format",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = slicetrace_env(
+            &a,
+            &[
+                S3_CREDS[0],
+                S3_CREDS[1],
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ENDPOINT_URL", &endpoint),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let local = run(args(tmp.path().to_str().unwrap()));
+    let remote = run(args("s3://fleet-bucket/agents"));
+    assert_eq!(remote["scan"], local["scan"]);
+    assert_eq!(remote["summary"], local["summary"]);
+    assert_eq!(local["scan"]["partitions_listed"], 1, "{}", local["scan"]);
+    assert_eq!(local["scan"]["partitions_pruned"], 1, "{}", local["scan"]);
+    assert_eq!(local["summary"]["healthy"], 6, "{local}");
+}
