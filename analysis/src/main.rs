@@ -467,6 +467,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 all_runs: runs.all_runs,
                 with_tenants: 0,
             };
+            // Only burst runs (no --all-runs) is bad input, as in every
+            // other command. A range with no file at all is a red check
+            // ("no GPU has a run"): the agents or the shipping stopped.
+            if res.runs.rows > 0 {
+                c.check(&data.data, None)?;
+            }
             emit_with_runs(&fleet::render(&res, format), format, &c)?;
             return Ok(ExitCode::from(res.exit_code()));
         }
