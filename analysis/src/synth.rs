@@ -139,16 +139,8 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
         let seq = i % burst;
         let arrival = seq == 0;
         let gemm = (i / burst) % 2 == 1;
-        let (kernel, shape, base_ms, flops) = if gemm {
-            (Kernel::Gemm, "n=1024", 0.40, 2.0 * 1024f64.powi(3))
-        } else {
-            (
-                Kernel::Fft,
-                "c2c 1d n=4096 batch=8",
-                0.05,
-                8.0 * 5.0 * 4096.0 * 12.0,
-            )
-        };
+        let (base, base_ms) = run_base(&node, &uuid, gemm);
+        let flops = base.flops;
         let tenants: u32 = if spec.tenant_phases {
             let phase = ((i as i64 * step) * 6 / span_ns.max(1)) as usize % 3;
             [0, 1, 3][phase]
@@ -175,15 +167,7 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
         let correct = !(faulty && i % 50 == 7);
         out.push(ProbeRecord {
             ts_ns,
-            node: node.clone(),
-            gpu_uuid: uuid.clone(),
             gpu_index: 0,
-            gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
-            backend: Backend::Cuda,
-            kernel,
-            shape: shape.into(),
-            precision: "fp32".into(),
-            flops,
             cycle: i / (2 * burst),
             burst_seq: seq as u32,
             arrival: Some(arrival),
@@ -192,22 +176,52 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
             queue_ms: Some(queue_ms),
             tflops: Some(flops / gpu_ms / 1e9),
             correct: Some(correct),
-            rel_error: Some(1e-7),
             sm_clock_mhz: Some(clock),
-            mem_clock_mhz: Some(2619),
             gpu_util_pct: Some(if tenants > 0 { 100 } else { 3 }),
-            temp_c: Some(40),
             power_w: Some(120.0 + 100.0 * f64::from(tenants)),
             throttle_reasons: Some(if throttled { 0x20 } else { 0 }),
             gpu_processes: Some(tenants),
             pod_count: Some(tenants),
             sm_clock_mhz_after: Some(clock),
-            replicas: Some(4),
-            sharing_strategy: Some("time-slicing".into()),
-            ..Default::default()
+            ..base
         });
     }
     out
+}
+
+/// What a synthetic run of `node`'s GPU `uuid` shares with every other
+/// before its timings: the kernel (GEMM or FFT, as `gemm` says) with its
+/// shape and flops, an H100 on CUDA, fp32, four time-sliced replicas, the
+/// memory clock and the temperature. Returned with the kernel's fast run
+/// time (ms, before noise).
+fn run_base(node: &str, uuid: &str, gemm: bool) -> (ProbeRecord, f64) {
+    let (kernel, shape, base_ms, flops) = if gemm {
+        (Kernel::Gemm, "n=1024", 0.40, 2.0 * 1024f64.powi(3))
+    } else {
+        (
+            Kernel::Fft,
+            "c2c 1d n=4096 batch=8",
+            0.05,
+            8.0 * 5.0 * 4096.0 * 12.0,
+        )
+    };
+    let base = ProbeRecord {
+        node: node.into(),
+        gpu_uuid: uuid.into(),
+        gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
+        backend: Backend::Cuda,
+        kernel,
+        shape: shape.into(),
+        precision: "fp32".into(),
+        flops,
+        rel_error: Some(1e-7),
+        mem_clock_mhz: Some(2619),
+        temp_c: Some(40),
+        replicas: Some(4),
+        sharing_strategy: Some("time-slicing".into()),
+        ..Default::default()
+    };
+    (base, base_ms)
 }
 
 /// Writer properties of a generated `probes` file: the agent's
@@ -386,16 +400,8 @@ fn fleet_file_rows(
         for i in 0..per_gpu {
             let ts_ns = t0 + i as i64 * step + rng.random_range(0..step.max(1));
             let gemm = i % 2 == 1;
-            let (kernel, shape, base_ms, flops) = if gemm {
-                (Kernel::Gemm, "n=1024", 0.40, 2.0 * 1024f64.powi(3))
-            } else {
-                (
-                    Kernel::Fft,
-                    "c2c 1d n=4096 batch=8",
-                    0.05,
-                    8.0 * 5.0 * 4096.0 * 12.0,
-                )
-            };
+            let (base, base_ms) = run_base(&node, &uuid, gemm);
+            let flops = base.flops;
             let mut gpu_ms = base_ms * (0.05 * normal(rng)).exp();
             if let Some((n, from, factor)) = l.slow {
                 if n == node_idx && ts_ns >= from {
@@ -405,15 +411,7 @@ fn fleet_file_rows(
             let queue_ms = 0.01 * (0.3 * normal(rng)).exp();
             out.push(ProbeRecord {
                 ts_ns,
-                node: node.clone(),
-                gpu_uuid: uuid.clone(),
                 gpu_index: g as u32,
-                gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
-                backend: Backend::Cuda,
-                kernel,
-                shape: shape.into(),
-                precision: "fp32".into(),
-                flops,
                 cycle: i as u64 / 2,
                 burst_seq: 0,
                 arrival: Some(true),
@@ -422,19 +420,14 @@ fn fleet_file_rows(
                 queue_ms: Some(queue_ms),
                 tflops: Some(flops / gpu_ms / 1e9),
                 correct: Some(true),
-                rel_error: Some(1e-7),
                 sm_clock_mhz: Some(NOMINAL_CLOCK_MHZ),
-                mem_clock_mhz: Some(2619),
                 gpu_util_pct: Some(3),
-                temp_c: Some(40),
                 power_w: Some(120.0),
                 throttle_reasons: Some(0),
                 gpu_processes: Some(0),
                 pod_count: Some(0),
                 sm_clock_mhz_after: Some(NOMINAL_CLOCK_MHZ),
-                replicas: Some(4),
-                sharing_strategy: Some("time-slicing".into()),
-                ..Default::default()
+                ..base
             });
         }
     }

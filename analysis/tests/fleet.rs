@@ -40,14 +40,7 @@ fn fleet_json(data: &Path, args: &[&str], code: i32) -> Value {
         ]
         .concat(),
     );
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{}\n{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", stdout(&o)))
+    json_exit(&o, code)
 }
 
 fn fleet_dir(spec: SynthSpec) -> tempfile::TempDir {

@@ -12,6 +12,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use serde_json::Value;
 use slicetrace_analysis::synth::{self, FleetLayout};
@@ -69,27 +70,21 @@ fn files_from(data: &Path, node: &str, minute: i64) -> Vec<PathBuf> {
 /// `slicetrace fleet DATA --until UNTIL --window 30m --baseline-window 30m
 /// --format json ARGS`, which must exit with `code`, parsed.
 fn check(data: &Path, args: &[&str], code: i32) -> Value {
-    let base = [
-        "fleet",
-        data.to_str().unwrap(),
-        "--until",
-        UNTIL,
-        "--window",
-        "30m",
-        "--baseline-window",
-        "30m",
-        "--format",
-        "json",
-    ];
-    let o = slicetrace(&[&base[..], args].concat());
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{}\n{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", stdout(&o)))
+    let o = fleet(data, &[&["--format", "json"], args].concat());
+    json_exit(&o, code)
+}
+
+/// `slicetrace fleet DATA --until UNTIL --window 30m --baseline-window 30m
+/// ARGS` (a table unless ARGS ask for JSON), for [`check`] and the tables.
+fn fleet(data: &Path, args: &[&str]) -> Output {
+    slicetrace(
+        &[
+            &["fleet", data.to_str().unwrap()][..],
+            &half_hours_until(UNTIL),
+            args,
+        ]
+        .concat(),
+    )
 }
 
 fn gpu<'a>(v: &'a Value, node: &str) -> &'a Value {
@@ -182,16 +177,7 @@ fn fleet_gpu_without_runs_in_the_window_is_stale_with_its_age() {
     let v = check(tmp.path(), &["--max-stale", "2"], 0);
     assert_eq!(v["gate"]["green"], true);
     // The table says it per state, and the stale GPU's age.
-    let o = slicetrace(&[
-        "fleet",
-        tmp.path().to_str().unwrap(),
-        "--until",
-        UNTIL,
-        "--window",
-        "30m",
-        "--baseline-window",
-        "30m",
-    ]);
+    let o = fleet(tmp.path(), &[]);
     let out = stdout(&o);
     assert!(out.contains("stale      2"), "{out}");
     assert!(out.contains("stale (4"), "{out}");
@@ -212,16 +198,7 @@ fn fleet_skips_and_names_a_truncated_file_and_strict_makes_it_fatal() {
     assert_eq!(v["gate"]["green"], true);
     assert_eq!(v["summary"]["healthy"], NODES, "{v}");
     // The table names it too.
-    let o = slicetrace(&[
-        "fleet",
-        tmp.path().to_str().unwrap(),
-        "--until",
-        UNTIL,
-        "--window",
-        "30m",
-        "--baseline-window",
-        "30m",
-    ]);
+    let o = fleet(tmp.path(), &[]);
     assert_eq!(o.status.code(), Some(4));
     assert!(stdout(&o).contains("skipped unreadable file"));
     assert!(stdout(&o).contains(&name));

@@ -36,7 +36,6 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 use slicetrace_schema::{health_schema, layout, probes_schema, ARRIVAL_SQL, TENANTS_SQL};
 
 mod check;
@@ -44,7 +43,7 @@ mod locate;
 mod prune;
 
 use check::{check_file, check_footer, table_schema};
-use locate::{display_name, hive_layout, is_data_file, locate};
+use locate::{display_name, hive_layout, list_files, locate};
 
 pub use prune::{open_range, RangeDataset, RangeOptions, ScanStats, SkippedFile, TimeRange};
 
@@ -214,30 +213,10 @@ pub struct OpenOptions {
 pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError> {
     let table = opts.table;
     let loc = locate(data, opts).await?;
-    let listed: Vec<object_store::ObjectMeta> = loc
-        .store
-        .list(Some(&loc.prefix))
-        .try_collect()
-        .await
-        .map_err(|source| SourceError::Store {
-            location: loc.display.clone(),
-            source,
-        })?;
-    let prefix_parts = loc.prefix.parts().count();
     let mut candidates = Vec::new();
     let mut hive = true;
-    for m in listed {
-        let rel: Vec<String> = m
-            .location
-            .parts()
-            .skip(prefix_parts)
-            .map(|p| p.as_ref().to_string())
-            .collect();
+    for (rel, m) in list_files(&loc, &loc.prefix, table).await? {
         let rel = rel.join("/");
-        if !is_data_file(&rel, table) {
-            tracing::debug!(file = %m.location, "skipping non-data file");
-            continue;
-        }
         let dirs = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         hive &= hive_layout(dirs);
         candidates.push(m);

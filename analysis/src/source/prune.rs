@@ -34,7 +34,7 @@ use parquet::file::statistics::Statistics;
 use serde::Serialize;
 use slicetrace_schema::layout;
 
-use super::locate::{display_name, is_data_file, locate, Located};
+use super::locate::{display_name, list_files, locate, Listed};
 use super::{check_footer, register, Dataset, FileInfo, OpenOptions, SourceError, Target};
 
 /// How far out of order (ns) a row may reach the agent's writer: a file's
@@ -45,8 +45,6 @@ const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
 /// A listed file with its name's start time.
 type Named = (Option<i64>, ObjectMeta);
-/// A listed file with its path below the table's directory.
-type Listed = (Vec<String>, ObjectMeta);
 /// One listing: the end of its day (partitioned tables) and its files.
 type Listing = (Option<i64>, Vec<Listed>);
 /// What reading one footer gave: rows, row groups, row groups outside.
@@ -204,37 +202,6 @@ fn row_groups_outside(md: &ParquetMetaData, range: TimeRange) -> (usize, usize) 
         }
     }
     (md.num_row_groups(), outside)
-}
-
-/// Lists `prefix` recursively and keeps the data files of `table`, with
-/// their path below `prefix`.
-async fn list_files(
-    loc: &Located,
-    prefix: &ObjPath,
-    table: super::TableKind,
-) -> Result<Vec<Listed>, SourceError> {
-    let listed: Vec<ObjectMeta> =
-        loc.store
-            .list(Some(prefix))
-            .try_collect()
-            .await
-            .map_err(|source| SourceError::Store {
-                location: loc.display.clone(),
-                source,
-            })?;
-    let skip = loc.prefix.parts().count();
-    Ok(listed
-        .into_iter()
-        .filter_map(|m| {
-            let rel: Vec<String> = m
-                .location
-                .parts()
-                .skip(skip)
-                .map(|p| p.as_ref().to_string())
-                .collect();
-            is_data_file(&rel.join("/"), table).then_some((rel, m))
-        })
-        .collect())
 }
 
 /// Opens the probes (or health) table of `data` for the rows of
