@@ -457,6 +457,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 parallel,
                 strict: opts.strict,
                 name_pruning: !opts.no_name_pruning,
+                memory_limit: opts.memory_limit,
             };
             let rd = source::open_range(&data.data, &ropts).await?;
             let res = fleet::evaluate(&rd.ds.ctx, &opts, &plan, rd.stats, &rd.newest_file_by_node)

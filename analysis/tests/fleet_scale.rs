@@ -262,3 +262,115 @@ fn fleet_baseline_comes_from_its_own_period_not_the_window() {
     // The other GPUs are healthy against their own baselines.
     assert_eq!(v["summary"]["healthy"], NODES - 1, "{v}");
 }
+
+/// A fleet of 4 nodes × 2 GPUs with an hour at 10 arrivals/s per GPU
+/// (288,000 rows) ending at [`UNTIL`].
+fn dense_fleet() -> tempfile::TempDir {
+    fleet_dir(&FleetLayout {
+        nodes: 4,
+        gpus_per_node: 2,
+        span_secs: 3_600,
+        dense_secs: 3_600,
+        file_secs: 300,
+        rate_per_gpu: 10.0,
+        ..layout()
+    })
+}
+
+/// The memory limit used below: far less than the rows' values (288,000
+/// rows × 8 bytes is 2.3 MB per column), far more than one t-digest per
+/// GPU, kernel and shape.
+const LIMIT: usize = 2 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_aggregates_in_bounded_memory_where_holding_the_rows_does_not_fit() {
+    use slicetrace_analysis::fleet::{self, FleetArgs, Plan};
+    use slicetrace_analysis::source::{self, OpenOptions, RangeOptions};
+
+    let tmp = dense_fleet();
+    // As [`check`]: window 01:30..02:00, baseline period 01:00..01:30.
+    let half_hour = std::time::Duration::from_secs(1_800);
+    let args = FleetArgs {
+        until: Some(UNTIL.into()),
+        window: half_hour,
+        baseline_window: half_hour,
+        ..FleetArgs::default()
+    };
+    let plan = Plan::from_args(&args, 0).unwrap();
+    let opts = RangeOptions {
+        open: OpenOptions::default(),
+        range: plan.scan_range(),
+        parallel: 2,
+        strict: true,
+        name_pruning: true,
+        memory_limit: Some(LIMIT),
+    };
+    let data = tmp.path().to_str().unwrap();
+    let rd = source::open_range(data, &opts).await.unwrap();
+    assert_eq!(rd.stats.rows_in_scanned_files, 288_000, "{:?}", rd.stats);
+    // An aggregate that holds the values (exact percentiles, as `report`
+    // computes them) does not fit in the limit...
+    let exact = "SELECT node, gpu_uuid, kernel, \
+                 percentile_cont(0.99) WITHIN GROUP (ORDER BY wall_ms) AS a, \
+                 percentile_cont(0.5) WITHIN GROUP (ORDER BY gpu_ms) AS b, \
+                 percentile_cont(0.5) WITHIN GROUP (ORDER BY queue_ms) AS c \
+                 FROM probes GROUP BY node, gpu_uuid, kernel";
+    let err = match rd.ds.ctx.sql(exact).await {
+        Ok(df) => df.collect().await.err(),
+        Err(e) => Some(e),
+    };
+    let err = err.expect("exact percentiles over 288,000 rows fit in 2 MiB");
+    assert!(err.to_string().contains("Resources exhausted"), "{err}");
+    // ...while fleet's streaming aggregation judges every GPU within it.
+    let rd = source::open_range(data, &opts).await.unwrap();
+    let res = fleet::evaluate(&rd.ds.ctx, &args, &plan, rd.stats, &rd.newest_file_by_node)
+        .await
+        .unwrap();
+    assert_eq!(res.runs.rows, 288_000, "{:?}", res.runs);
+    // Half the hour's arrival runs lie in the window.
+    assert_eq!(
+        res.runs.window_runs * 2,
+        res.runs.arrivals,
+        "{:?}",
+        res.runs
+    );
+    assert_eq!(res.gpus.len(), 8);
+    assert_eq!(res.count(fleet::State::Healthy), 8, "{:?}", res.summary);
+}
+
+#[test]
+fn fleet_memory_limit_flag_bounds_the_query() {
+    let tmp = dense_fleet();
+    // The CLI flag reaches the query: enough memory for the t-digests is
+    // green, too little for even those is a clean error (exit 2).
+    check(tmp.path(), &["--memory-limit", "2MiB"], 0);
+    let o = fleet(tmp.path(), &["--memory-limit", "1KiB"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("Resources exhausted"), "{}", stderr(&o));
+    let o = fleet(tmp.path(), &["--memory-limit", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("512MiB"), "{}", stderr(&o));
+}
+
+#[test]
+fn fleet_counts_gpus_never_seen_as_stale_under_expect_gpus() {
+    let tmp = fleet_dir(&layout());
+    // node-04 stopped yesterday: no file today, so nothing fleet lists
+    // names it, and without --expect-gpus the check is green without it.
+    std::fs::remove_dir_all(node_dir(tmp.path(), "node-04")).unwrap();
+    let v = check(tmp.path(), &[], 0);
+    assert_eq!(items(&v["gpus"]).len(), NODES - 1, "{v}");
+    assert_eq!(v["summary"]["missing"], 0, "{v}");
+    // Told that the fleet has 6 GPUs, the missing one is stale: red.
+    let v = check(tmp.path(), &["--expect-gpus", "6"], 1);
+    assert_eq!(v["summary"]["missing"], 1, "{v}");
+    assert_eq!(v["gate"]["missing_gpus"], 1, "{v}");
+    let reasons = v["gate"]["reasons"].to_string();
+    assert!(
+        reasons.contains("1 stale > 0 allowed (--max-stale 1% of 6; 1 of them missing"),
+        "{reasons}"
+    );
+    check(tmp.path(), &["--expect-gpus", "6", "--max-stale", "1"], 0);
+    let out = stdout(&fleet(tmp.path(), &["--expect-gpus", "6"]));
+    assert!(out.contains("missing    1"), "{out}");
+}

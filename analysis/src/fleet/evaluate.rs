@@ -449,8 +449,11 @@ pub async fn evaluate(
             gpus.iter().filter(|g| g.contention == c).count(),
         );
     }
+    let missing = a.expect_gpus.map_or(0, |n| n.saturating_sub(gpus.len()));
+    summary.insert("missing".to_string(), missing);
     let gate = Gate::decide(
         &gpus,
+        missing,
         a.max_unknown,
         a.max_stale,
         a.max_degraded,

@@ -5,7 +5,8 @@
 //! Exit codes (also in `--help` and `analysis/README.md`):
 //! * `0` green: no GPU unhealthy, and degraded, unknown and stale GPUs each
 //!   at or below `--max-degraded`, `--max-unknown`, `--max-stale`;
-//! * `1` red: any of those crossed;
+//! * `1` red: any of those crossed (GPUs missing under `--expect-gpus`
+//!   count as stale);
 //! * `4` green, but some files were unreadable and skipped (named in the
 //!   output); `5` red with skipped files (bit 4 = files skipped);
 //! * `2` an error (bad flags, no data; with `--strict`, an unreadable file).
@@ -81,6 +82,9 @@ pub struct Gate {
     pub max_stale: Limit,
     /// See [`Gate::max_unknown`].
     pub max_degraded: Limit,
+    /// GPUs missing: `--expect-gpus` minus the GPUs seen (counted as
+    /// stale; 0 without `--expect-gpus`).
+    pub missing_gpus: usize,
     /// Files skipped as unreadable.
     pub files_skipped: usize,
     /// The process exit code: 0, 1, 4 or 5 (see the module doc).
@@ -88,18 +92,23 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// Decides on `gpus` with the limits and the count of skipped files.
+    /// Decides on `gpus` and the `missing` GPUs (expected, never seen:
+    /// stale, unnamed) with the limits and the count of skipped files.
     pub fn decide(
         gpus: &[GpuVerdict],
+        missing: usize,
         max_unknown: Limit,
         max_stale: Limit,
         max_degraded: Limit,
         files_skipped: usize,
     ) -> Gate {
-        let total = gpus.len();
-        let count = |s: State| gpus.iter().filter(|g| g.state == s).count();
+        let total = gpus.len() + missing;
+        let count = |s: State| {
+            gpus.iter().filter(|g| g.state == s).count()
+                + if s == State::Stale { missing } else { 0 }
+        };
         let mut reasons = Vec::new();
-        if total == 0 {
+        if gpus.is_empty() {
             reasons.push("no GPU has a run in the window or the baseline period".to_string());
         }
         let unhealthy = count(State::Unhealthy);
@@ -114,8 +123,13 @@ impl Gate {
             let n = count(state);
             let allowed = limit.allowed(total);
             if n > allowed {
+                let of_them = if state == State::Stale && missing > 0 {
+                    format!("; {missing} of them missing, never seen")
+                } else {
+                    String::new()
+                };
                 reasons.push(format!(
-                    "{n} {} > {allowed} allowed ({flag} {limit} of {total})",
+                    "{n} {} > {allowed} allowed ({flag} {limit} of {total}{of_them})",
                     state.as_str()
                 ));
             }
@@ -128,6 +142,7 @@ impl Gate {
             max_unknown,
             max_stale,
             max_degraded,
+            missing_gpus: missing,
             files_skipped,
             exit_code,
         }
@@ -174,10 +189,10 @@ mod tests {
     #[test]
     fn a_few_unknown_or_stale_gpus_in_a_big_fleet_stay_green() {
         let pct = Limit::Percent(1.0);
-        let g = Gate::decide(&fleet(990, 5, 5), pct, pct, Limit::Count(0), 0);
+        let g = Gate::decide(&fleet(990, 5, 5), 0, pct, pct, Limit::Count(0), 0);
         assert!(g.green, "{:?}", g.reasons);
         assert_eq!(g.exit_code, 0);
-        let g = Gate::decide(&fleet(980, 5, 15), pct, pct, Limit::Count(0), 0);
+        let g = Gate::decide(&fleet(980, 5, 15), 0, pct, pct, Limit::Count(0), 0);
         assert_eq!(g.exit_code, 1, "{:?}", g.reasons);
         assert!(
             g.reasons[0].contains("15 stale > 10 allowed"),
@@ -191,17 +206,52 @@ mod tests {
         let mut gpus = fleet(999, 0, 0);
         let pct = Limit::Percent(1.0);
         assert_eq!(
-            Gate::decide(&gpus, pct, pct, Limit::Count(0), 2).exit_code,
+            Gate::decide(&gpus, 0, pct, pct, Limit::Count(0), 2).exit_code,
             4
         );
         gpus.push(gpu(State::Unhealthy));
         assert_eq!(
-            Gate::decide(&gpus, pct, pct, Limit::Count(0), 0).exit_code,
+            Gate::decide(&gpus, 0, pct, pct, Limit::Count(0), 0).exit_code,
             1
         );
         assert_eq!(
-            Gate::decide(&gpus, pct, pct, Limit::Count(0), 1).exit_code,
+            Gate::decide(&gpus, 0, pct, pct, Limit::Count(0), 1).exit_code,
             5
         );
+    }
+
+    #[test]
+    fn gpus_missing_under_expect_gpus_count_as_stale() {
+        let pct = Limit::Percent(1.0);
+        // 995 seen, all healthy, of 1000 expected: 5 stale > 0 allowed.
+        let g = Gate::decide(
+            &fleet(995, 0, 0),
+            5,
+            pct,
+            Limit::Count(5),
+            Limit::Count(0),
+            0,
+        );
+        assert!(g.green, "{:?}", g.reasons);
+        let g = Gate::decide(
+            &fleet(995, 0, 0),
+            5,
+            pct,
+            Limit::Count(4),
+            Limit::Count(0),
+            0,
+        );
+        assert_eq!(g.exit_code, 1);
+        assert!(
+            g.reasons[0].contains("5 stale > 4 allowed (--max-stale 4 of 1000; 5 of them missing"),
+            "{:?}",
+            g.reasons
+        );
+        assert_eq!(g.missing_gpus, 5);
+        // Percentages are of the GPUs expected: 1% of 1000 is 10.
+        let g = Gate::decide(&fleet(985, 0, 5), 10, pct, pct, Limit::Count(0), 0);
+        assert_eq!(g.exit_code, 1, "{:?}", g.reasons);
+        let g = Gate::decide(&fleet(985, 0, 0), 5, pct, pct, Limit::Count(0), 0);
+        assert!(g.green, "{:?}", g.reasons);
     }
 }

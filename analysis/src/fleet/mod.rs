@@ -90,6 +90,12 @@ pub struct FleetArgs {
     /// still green: a count or a share (`1%`).
     #[arg(long, default_value = "1%")]
     pub max_stale: Limit,
+    /// GPUs the fleet has. Those never seen (no row in the window or the
+    /// baseline period, no node directory in the listed date= partitions)
+    /// count as stale, so a node that stopped long ago cannot drop out of
+    /// the check unnoticed; percentages are then of this number.
+    #[arg(long)]
+    pub expect_gpus: Option<usize>,
     /// Most GPUs that may be degraded with the check still green: a count
     /// or a share. Any unhealthy GPU makes the check red.
     #[arg(long, default_value = "0")]
@@ -101,6 +107,12 @@ pub struct FleetArgs {
     /// Files read at once and DataFusion's partitions [default: the cores].
     #[arg(long)]
     pub parallel: Option<usize>,
+    /// Most memory the query's operators may reserve (e.g. 512MiB, 2GiB;
+    /// default: unbounded). Above it the check fails (exit 2, "Resources
+    /// exhausted") instead of being killed by the pod's memory limit. Set
+    /// it below the CronJob's limit: the files' read buffers come on top.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
     /// Open every file of the listed date= partitions, instead of skipping
     /// those that their names (first row's time) place outside the range.
     #[arg(long)]
@@ -160,9 +172,11 @@ impl Default for FleetArgs {
             baseline: None,
             max_unknown: Limit::Percent(1.0),
             max_stale: Limit::Percent(1.0),
+            expect_gpus: None,
             max_degraded: Limit::Count(0),
             strict: false,
             parallel: None,
+            memory_limit: None,
             no_name_pruning: false,
             slo_p99_ms: None,
             degraded_factor: t.degraded_factor,
@@ -192,6 +206,30 @@ impl FleetArgs {
             ..Thresholds::DEFAULT
         }
     }
+}
+
+/// Bytes from `1048576`, `512KiB`, `512MiB`, `2GiB` (also `K`, `M`, `G`,
+/// `KB`, `MB`, `GB`, all powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{s:?}: expected bytes such as 512MiB or 2GiB");
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = n * mult;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as usize)
 }
 
 pub use slicetrace_schema::Verdict;
@@ -321,8 +359,9 @@ pub struct FleetResult {
     pub baseline_end: Option<String>,
     /// One entry per node and GPU.
     pub gpus: Vec<GpuVerdict>,
-    /// GPUs per state (healthy, unknown, stale, degraded, unhealthy) and per
-    /// contention state.
+    /// GPUs per state (healthy, unknown, stale, degraded, unhealthy), per
+    /// contention state, and `missing` (expected by `--expect-gpus`, never
+    /// seen; counted as stale by the gate, not in `stale`).
     pub summary: BTreeMap<String, usize>,
     /// What was listed, pruned, opened, skipped and scanned.
     pub scan: ScanStats,
@@ -358,5 +397,21 @@ impl FleetResult {
     /// skipped files, 5 red with skipped files.
     pub fn exit_code(&self) -> u8 {
         self.gate.exit_code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn memory_limits_read_with_binary_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5k"), Ok(1536));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("5TB").is_err());
     }
 }

@@ -73,6 +73,12 @@ pub fn render(r: &FleetResult, format: Format) -> String {
     for s in State::ALL {
         out.push_str(&format!("{:<10} {}\n", s.as_str(), r.count(s)));
     }
+    if r.gate.missing_gpus > 0 {
+        out.push_str(&format!(
+            "{:<10} {} (--expect-gpus, never seen: counted as stale)\n",
+            "missing", r.gate.missing_gpus
+        ));
+    }
     let sc = &r.scan;
     out.push_str(&format!(
         "files: {} listed in {} date partitions ({} partitions pruned), {} pruned by name, {} opened, \

@@ -34,6 +34,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::MemTable;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use slicetrace_schema::{health_schema, layout, probes_schema, ARRIVAL_SQL, TENANTS_SQL};
@@ -247,10 +248,10 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
     }
 
     let (ctx, columns) = if hive {
-        register(&loc, table, Target::Dir, None).await?
+        register(&loc, table, Target::Dir, Tuning::default()).await?
     } else {
         let names: Vec<String> = checked.iter().map(|f| f.name.clone()).collect();
-        register(&loc, table, Target::Files(&names), None).await?
+        register(&loc, table, Target::Files(&names), Tuning::default()).await?
     };
     tracing::debug!(
         %table,
@@ -281,16 +282,28 @@ enum Target<'a> {
     Files(&'a [String]),
 }
 
+/// How a session may use the machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tuning {
+    /// DataFusion's partitions and metadata fetches at once (default: the
+    /// machine's cores).
+    parallel: Option<usize>,
+    /// Bytes DataFusion's operators may reserve (default: unbounded). A
+    /// query that needs more fails with "Resources exhausted" instead of
+    /// growing until the kernel kills the process.
+    memory_limit: Option<usize>,
+}
+
 /// A session with `table` registered over `target` (and, for probes, the
-/// `probes` and `arrivals` views). `parallel` caps DataFusion's partitions
-/// (default: the machine's cores). Returns the session and every column a
-/// query can use.
+/// `probes` and `arrivals` views), tuned by `tuning`. Returns the session
+/// and every column a query can use.
 async fn register(
     loc: &locate::Located,
     table: TableKind,
     target: Target<'_>,
-    parallel: Option<usize>,
+    tuning: Tuning,
 ) -> Result<(SessionContext, Vec<String>), SourceError> {
+    let parallel = tuning.parallel;
     // A partitioned table may hold files below `date=/node=` (all checked
     // above); DataFusion skips subdirectories unless told not to.
     let mut cfg = SessionConfig::new().with_information_schema(true).set_bool(
@@ -304,13 +317,22 @@ async fn register(
             .set_bool("datafusion.execution.collect_statistics", false)
             .set_usize("datafusion.execution.meta_fetch_concurrency", n.max(1));
     }
-    let ctx = SessionContext::new_with_config(cfg);
-    ctx.register_object_store(&loc.store_url, loc.store.clone());
     let register_err = |source| SourceError::Register {
         table,
         location: loc.display.clone(),
         source,
     };
+    let ctx = match tuning.memory_limit {
+        None => SessionContext::new_with_config(cfg),
+        Some(bytes) => {
+            let rt = RuntimeEnvBuilder::new()
+                .with_memory_limit(bytes, 1.0)
+                .build_arc()
+                .map_err(register_err)?;
+            SessionContext::new_with_config_rt(cfg, rt)
+        }
+    };
+    ctx.register_object_store(&loc.store_url, loc.store.clone());
     let hive = matches!(target, Target::Dir);
     let urls = match target {
         Target::Dir => vec![ListingTableUrl::parse(&loc.table_url).map_err(register_err)?],

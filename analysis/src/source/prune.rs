@@ -34,8 +34,8 @@ use parquet::file::statistics::Statistics;
 use serde::Serialize;
 use slicetrace_schema::layout;
 
-use super::locate::{display_name, list_files, locate, Listed};
-use super::{check_footer, register, Dataset, FileInfo, OpenOptions, SourceError, Target};
+use super::locate::{display_name, list_files, locate, Listed, Located};
+use super::{check_footer, register, Dataset, FileInfo, OpenOptions, SourceError, Target, Tuning};
 
 /// How far out of order (ns) a row may reach the agent's writer: a file's
 /// rows are taken to lie in `[own start − slack, next file's start + slack)`.
@@ -79,6 +79,9 @@ pub struct RangeOptions {
     pub strict: bool,
     /// Skip files by their names' start times (see the module doc).
     pub name_pruning: bool,
+    /// Bytes the query's operators may reserve (`None`: unbounded); see
+    /// `fleet --memory-limit`.
+    pub memory_limit: Option<usize>,
 }
 
 /// A file that was skipped because it could not be read.
@@ -207,9 +210,14 @@ fn row_groups_outside(md: &ParquetMetaData, range: TimeRange) -> (usize, usize) 
 /// Opens the probes (or health) table of `data` for the rows of
 /// `opts.range` only: see the module doc.
 pub async fn open_range(data: &str, opts: &RangeOptions) -> Result<RangeDataset, SourceError> {
+    let loc = locate(data, &opts.open).await?;
+    open_located(loc, opts).await
+}
+
+/// [`open_range`] on a located store (tests wrap its store).
+async fn open_located(loc: Located, opts: &RangeOptions) -> Result<RangeDataset, SourceError> {
     let table = opts.open.table;
     let range = opts.range;
-    let loc = locate(data, &opts.open).await?;
     let mut stats = ScanStats::default();
     let store_err = |source| SourceError::Store {
         location: loc.display.clone(),
@@ -340,7 +348,11 @@ pub async fn open_range(data: &str, opts: &RangeOptions) -> Result<RangeDataset,
     stats.files_skipped = stats.skipped.len();
     stats.files_scanned = scanned.len();
     let names: Vec<String> = scanned.iter().map(|f| f.name.clone()).collect();
-    let (ctx, columns) = register(&loc, table, Target::Files(&names), Some(opts.parallel)).await?;
+    let tuning = Tuning {
+        parallel: Some(opts.parallel),
+        memory_limit: opts.memory_limit,
+    };
+    let (ctx, columns) = register(&loc, table, Target::Files(&names), tuning).await?;
     tracing::debug!(?stats, "registered range");
     Ok(RangeDataset {
         ds: Dataset {
@@ -361,6 +373,157 @@ pub async fn open_range(data: &str, opts: &RangeOptions) -> Result<RangeDataset,
 mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures::stream::BoxStream;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, PutMultipartOptions,
+        PutOptions, PutPayload, PutResult,
+    };
+
+    /// A store that counts the reads in flight at once (each read held for
+    /// a few ms so that concurrent ones overlap).
+    #[derive(Debug)]
+    struct InFlight {
+        inner: Arc<dyn ObjectStore>,
+        now: AtomicUsize,
+        max: AtomicUsize,
+        reads: AtomicUsize,
+    }
+
+    impl std::fmt::Display for InFlight {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "InFlight({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for InFlight {
+        async fn put_opts(
+            &self,
+            location: &ObjPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let r = self.inner.get_opts(location, options).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            r
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjPath>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &ObjPath,
+            to: &ObjPath,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// Opens a 4-node synthetic fleet (a file per node every 5 minutes
+    /// over an hour) through [`InFlight`] with `parallel`; returns the most
+    /// reads in flight at once, the reads, and the footers opened.
+    async fn open_counting(dir: &std::path::Path, parallel: usize) -> (usize, usize, usize) {
+        let open = OpenOptions::default();
+        let mut loc = locate(dir.to_str().unwrap(), &open).await.unwrap();
+        let counting = Arc::new(InFlight {
+            inner: loc.store.clone(),
+            now: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        loc.store = counting.clone();
+        let day = 1_767_225_600_000_000_000;
+        let opts = RangeOptions {
+            open,
+            range: TimeRange {
+                start_ns: day,
+                end_ns: day + 60 * MIN,
+            },
+            parallel,
+            strict: true,
+            name_pruning: true,
+            memory_limit: None,
+        };
+        let rd = open_located(loc, &opts).await.unwrap();
+        (
+            counting.max.load(Ordering::SeqCst),
+            counting.reads.load(Ordering::SeqCst),
+            rd.stats.files_opened,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn footer_reads_in_flight_never_exceed_parallel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = crate::synth::FleetLayout {
+            nodes: 4,
+            gpus_per_node: 1,
+            end_ns: 1_767_225_600_000_000_000 + 60 * MIN,
+            span_secs: 3600,
+            dense_secs: 0,
+            file_secs: 300,
+            rate_per_gpu: 0.0,
+            sparse_rows_per_gpu: 2,
+            seed: 3,
+            threads: 1,
+            slow: None,
+        };
+        crate::synth::generate_fleet(tmp.path(), &l).unwrap();
+        // 4 nodes × 12 files, every one in the hour: 48 footers, 3 reads each.
+        let (max1, reads1, opened1) = open_counting(tmp.path(), 1).await;
+        assert_eq!(opened1, 48);
+        assert!(reads1 >= 2 * opened1, "{reads1} reads");
+        assert_eq!(max1, 1, "--parallel 1 read {max1} at once");
+        let (max3, _, opened3) = open_counting(tmp.path(), 3).await;
+        assert_eq!(opened3, 48);
+        assert!(max3 <= 3, "--parallel 3 read {max3} at once");
+        // The bound is what holds it back: with room, reads overlap.
+        let (max16, _, _) = open_counting(tmp.path(), 16).await;
+        assert!(max16 > 3, "--parallel 16 read at most {max16} at once");
+    }
 
     fn meta(name: &str) -> ObjectMeta {
         ObjectMeta {
