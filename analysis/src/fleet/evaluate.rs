@@ -372,6 +372,15 @@ pub async fn evaluate(
         }
     }
 
+    // A GPU probed in the window is judged on the kernels and shapes it ran
+    // there: one with no counted run in the window (a kernel run only in
+    // bursts, a shape from before a config change) has nothing to say
+    // about it and must not make it `unknown`.
+    let probed: std::collections::HashSet<(String, String)> = ms
+        .iter()
+        .filter(|(_, m)| m.finding.window_runs > 0)
+        .map(|(k, _)| (k.0.clone(), k.1.clone()))
+        .collect();
     let mut gpus: BTreeMap<(String, String), GpuVerdict> = BTreeMap::new();
     let mut newest: BTreeMap<(String, String), Option<i64>> = BTreeMap::new();
     let mut seen_in_window: BTreeMap<(String, String), bool> = BTreeMap::new();
@@ -381,6 +390,9 @@ pub async fn evaluate(
         let n = newest.entry(gk.clone()).or_insert(None);
         *n = (*n).max(m.newest);
         *seen_in_window.entry(gk.clone()).or_insert(false) |= m.finding.window_runs > 0;
+        if m.finding.window_runs == 0 && probed.contains(&gk) {
+            continue;
+        }
         let g = gpus.entry(gk).or_insert_with(|| GpuVerdict {
             node: key.0.clone(),
             gpu_uuid: key.1.clone(),
