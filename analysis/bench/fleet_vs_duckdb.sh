@@ -3,12 +3,15 @@
 # synthetic fleet in the agent's file layout (a file per node every 5
 # minutes), and the same question asked of DuckDB over the same files.
 #
-# The data: NODES nodes × GPUS GPUs; the last DENSE_SECS before END at RATE
-# arrivals/s per GPU (the window and the default 1-hour baseline period
-# before it); the rest of the DAYS days as small files (SPARSE rows per GPU
-# per file), so that listing and pruning are measured. Runs alternate
-# slicetrace and DuckDB; each prints wall time and peak RSS (/usr/bin/time
-# -v). Raw numbers go to OUT (JSON lines).
+# The data: NODES nodes × GPUS GPUs. END's day (midnight to END) has a file
+# per node every 5 minutes, the last DENSE_SECS before END at RATE arrivals/s
+# per GPU (the window and the default 1-hour baseline period before it), the
+# rest small (SPARSE rows per GPU per file). The DAYS-1 days before it are
+# small files too, one per node every OLD_FILE_SECS (default 300, the agent's
+# rotation; larger values save generation time, and `fleet` never lists those
+# partitions anyway). Runs alternate slicetrace and DuckDB; each prints wall
+# time and peak RSS (/usr/bin/time -v). Raw numbers go to OUT (JSON lines).
+# A DATA_DIR that already has probes/ is used as it is (no generation).
 #
 # Usage: NODES=200 RUNS=3 analysis/bench/fleet_vs_duckdb.sh [DATA_DIR]
 #   SLICETRACE_BIN     default target/release/slicetrace
@@ -24,10 +27,11 @@ RATE=${RATE:-5}
 DAYS=${DAYS:-7}
 DENSE_SECS=${DENSE_SECS:-7200}
 SPARSE=${SPARSE:-1}
+OLD_FILE_SECS=${OLD_FILE_SECS:-300}
 END=${END:-2026-01-07T13:00:00Z}
 RUNS=${RUNS:-3}
 DIR=${1:-/tmp/slicetrace-fleet-bench-$NODES}
-OUT=${OUT:-$ROOT/analysis/bench/results/fleet-$NODES-nodes.jsonl}
+OUT=${OUT:-$ROOT/docs/bench/fleet-$NODES-nodes.jsonl}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; [ "${KEEP:-0}" = 1 ] || rm -rf "$DIR"' EXIT
 
@@ -37,14 +41,24 @@ mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 
 if [ ! -d "$DIR/probes" ]; then
+  end_s=$(date -u -d "$END" +%s)
+  midnight=$(date -u -d "$(date -u -d "$END" +%Y-%m-%d)" +%s)
+  midnight_rfc=$(date -u -d "@$midnight" +%Y-%m-%dT%H:%M:%SZ)
   echo "generating $NODES nodes x $GPUS GPUs into $DIR" >&2
-  /usr/bin/time -f '%e %M' -o "$WORK/gen.time" "$BIN" gen-synthetic --fleet-layout \
+  # The older days, then END's day (seeds differ, names never collide).
+  /usr/bin/time -f '%e %M' -o "$WORK/old.time" "$BIN" gen-synthetic --fleet-layout \
+    --nodes "$NODES" --gpus-per-node "$GPUS" --span-secs $(((DAYS - 1) * 86400)) \
+    --dense-secs 0 --file-secs "$OLD_FILE_SECS" --sparse-rows-per-gpu "$SPARSE" \
+    --end "$midnight_rfc" --seed 2 --threads "$(nproc)" --out "$DIR" 2> "$WORK/old.log"
+  /usr/bin/time -f '%e %M' -o "$WORK/day.time" "$BIN" gen-synthetic --fleet-layout \
     --nodes "$NODES" --gpus-per-node "$GPUS" --rate-per-gpu "$RATE" \
-    --span-secs $((DAYS * 86400)) --dense-secs "$DENSE_SECS" --file-secs 300 \
-    --sparse-rows-per-gpu "$SPARSE" --end "$END" --threads "$(nproc)" --out "$DIR" 2> "$WORK/gen.log"
-  cat "$WORK/gen.log" >&2
-  read -r gs gk < "$WORK/gen.time"
-  echo "{\"step\":\"generate\",\"nodes\":$NODES,\"gpus\":$GPUS,\"wall_s\":$gs,\"max_rss_kib\":$gk,\"log\":\"$(tail -1 "$WORK/gen.log")\"}" >> "$OUT"
+    --span-secs $((end_s - midnight)) --dense-secs "$DENSE_SECS" --file-secs 300 \
+    --sparse-rows-per-gpu "$SPARSE" --end "$END" --seed 7 --threads "$(nproc)" --out "$DIR" 2> "$WORK/day.log"
+  for part in old day; do
+    cat "$WORK/$part.log" >&2
+    read -r gs gk < "$WORK/$part.time"
+    echo "{\"step\":\"generate $part\",\"nodes\":$NODES,\"gpus\":$GPUS,\"wall_s\":$gs,\"max_rss_kib\":$gk,\"log\":\"$(tail -1 "$WORK/$part.log")\"}" >> "$OUT"
+  done
 fi
 files=$(find "$DIR/probes" -name '*.parquet' | wc -l)
 bytes=$(du -sb "$DIR/probes" | cut -f1)
