@@ -370,6 +370,7 @@ async fn open_located(loc: Located, opts: &RangeOptions) -> Result<RangeDataset,
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
