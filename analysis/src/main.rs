@@ -6,8 +6,10 @@
 //! which runs it counted: a last line on stdout for tables, a line on stderr
 //! for JSON, CSV and plots.
 //!
-//! Exit codes: 0 success; 1 only from `fleet` when any GPU is degraded or
-//! unhealthy; 2 for every error (bad flags, bad SQL, missing or bad data).
+//! Exit codes: 0 success; 2 for every error (bad flags, bad SQL, missing or
+//! bad data). `fleet` adds 1 (red: a GPU unhealthy, or more degraded,
+//! unknown or stale GPUs than allowed), 4 (green, but unreadable files were
+//! skipped) and 5 (red, files skipped); see `slicetrace fleet --help`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -129,8 +131,18 @@ enum Cmd {
         #[command(flatten)]
         runs: RunsArgs,
     },
-    /// Fleet health check: a verdict per node and GPU (arrival runs unless
-    /// --all-runs); exit 1 when any GPU is degraded or unhealthy.
+    /// Fleet health check: a state per node and GPU over the window that
+    /// ends now (or --until), arrival runs unless --all-runs.
+    ///
+    /// Only the date= partitions and files of the window and the baseline
+    /// period are listed and opened. States: healthy, unknown (too few runs),
+    /// stale (no run in the window), degraded, unhealthy.
+    ///
+    /// Exit codes: 0 green; 1 red: any GPU unhealthy, or more GPUs degraded,
+    /// unknown or stale than --max-degraded, --max-unknown, --max-stale
+    /// allow; 4 green but unreadable files were skipped (named in the
+    /// output); 5 red and files skipped; 2 error (bad flags, no data; with
+    /// --strict, any unreadable file).
     Fleet {
         #[command(flatten)]
         data: DataArgs,
@@ -229,6 +241,34 @@ struct GenSyntheticArgs {
     /// beside tenants, wait about a full slice round.
     #[arg(long, default_value_t = 1)]
     burst_runs: u32,
+    /// Write the agent's file layout instead (for the fleet benchmark): a
+    /// file per node every --file-secs holding its --gpus-per-node GPUs,
+    /// over --span-secs ending at --end; the last --dense-secs at
+    /// --rate-per-gpu arrivals/s, older files small (--sparse-rows-per-gpu).
+    /// --rows, --rows-per-file and the fault flags do not apply.
+    #[arg(long)]
+    fleet_layout: bool,
+    /// GPUs per node (--fleet-layout).
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: usize,
+    /// Seconds per file (--fleet-layout; the agent rotates every 300).
+    #[arg(long, default_value_t = 300)]
+    file_secs: u64,
+    /// Arrivals per second per GPU in the dense part (--fleet-layout).
+    #[arg(long, default_value_t = 5.0)]
+    rate_per_gpu: f64,
+    /// Seconds before --end written at full density (--fleet-layout).
+    #[arg(long, default_value_t = 3600)]
+    dense_secs: u64,
+    /// Rows per GPU in each older file (--fleet-layout).
+    #[arg(long, default_value_t = 2)]
+    sparse_rows_per_gpu: usize,
+    /// End of the data, RFC 3339 (--fleet-layout) [default: now].
+    #[arg(long)]
+    end: Option<String>,
+    /// Writer threads (--fleet-layout).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 impl GenSyntheticArgs {
@@ -397,14 +437,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if format == Format::Csv {
                 bail!("fleet supports --format table or json");
             }
-            let ds = open(&data, TableKind::Probes).await?;
-            let c = counts(&ds, opts.filter.as_deref(), runs.all_runs).await?;
             opts.all_runs = runs.all_runs;
-            let res = fleet::evaluate(&ds.ctx, &opts, ds.hive).await?;
-            emit_with_runs(&fleet::render(&res, format), format, &c)?;
-            if res.any_not_healthy() {
-                return Ok(ExitCode::from(1));
+            let now = chrono::Utc::now()
+                .timestamp_nanos_opt()
+                .context("the clock is outside the timestamp range")?;
+            let plan = fleet::Plan::from_args(&opts, now)?;
+            let parallel = opts.parallel.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(4, std::num::NonZeroUsize::get)
+            });
+            if parallel == 0 {
+                bail!("--parallel must be at least 1");
             }
+            let ropts = source::RangeOptions {
+                open: OpenOptions {
+                    s3_endpoint: data.s3_endpoint.clone(),
+                    table: TableKind::Probes,
+                },
+                range: plan.scan_range(),
+                parallel,
+                strict: opts.strict,
+                name_pruning: !opts.no_name_pruning,
+                memory_limit: opts.memory_limit,
+            };
+            let rd = source::open_range(&data.data, &ropts).await?;
+            let res = fleet::evaluate(&rd.ds.ctx, &opts, &plan, rd.stats, &rd.newest_file_by_node)
+                .await?;
+            let c = RunCounts {
+                rows: res.runs.rows,
+                arrivals: res.runs.arrivals,
+                all_runs: runs.all_runs,
+                with_tenants: 0,
+            };
+            // Only burst runs (no --all-runs) is bad input, as in every
+            // other command. A range with no file at all is a red check
+            // ("no GPU has a run"): the agents or the shipping stopped.
+            if res.runs.rows > 0 {
+                c.check(&data.data, None)?;
+            }
+            emit_with_runs(&fleet::render(&res, format), format, &c)?;
+            return Ok(ExitCode::from(res.exit_code()));
         }
         Cmd::Sql {
             data,
@@ -442,6 +513,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::GenSynthetic(g) => {
             if g.nodes == 0 {
                 bail!("--nodes must be at least 1");
+            }
+            if g.fleet_layout {
+                let end = match g.end.as_deref() {
+                    None => chrono::Utc::now(),
+                    Some(e) => chrono::DateTime::parse_from_rfc3339(e)
+                        .with_context(|| format!("bad --end {e:?}: expected RFC 3339"))?
+                        .with_timezone(&chrono::Utc),
+                };
+                let l = synth::FleetLayout {
+                    nodes: g.nodes,
+                    gpus_per_node: g.gpus_per_node.max(1),
+                    end_ns: end
+                        .timestamp_nanos_opt()
+                        .context("--end is outside the timestamp range")?,
+                    span_secs: g.span_secs,
+                    dense_secs: g.dense_secs,
+                    file_secs: g.file_secs.max(1),
+                    rate_per_gpu: g.rate_per_gpu,
+                    sparse_rows_per_gpu: g.sparse_rows_per_gpu,
+                    seed: g.seed,
+                    threads: g.threads.max(1),
+                    slow: None,
+                };
+                let (files, rows) =
+                    tokio::task::spawn_blocking(move || synth::generate_fleet(&g.out, &l))
+                        .await
+                        .context("generator thread failed")??;
+                eprintln!("wrote {files} files, {rows} rows");
+                return Ok(ExitCode::SUCCESS);
             }
             let spec = g.spec();
             let files = tokio::task::spawn_blocking(move || synth::generate(&g.out, &spec))

@@ -139,16 +139,8 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
         let seq = i % burst;
         let arrival = seq == 0;
         let gemm = (i / burst) % 2 == 1;
-        let (kernel, shape, base_ms, flops) = if gemm {
-            (Kernel::Gemm, "n=1024", 0.40, 2.0 * 1024f64.powi(3))
-        } else {
-            (
-                Kernel::Fft,
-                "c2c 1d n=4096 batch=8",
-                0.05,
-                8.0 * 5.0 * 4096.0 * 12.0,
-            )
-        };
+        let (base, base_ms) = run_base(&node, &uuid, gemm);
+        let flops = base.flops;
         let tenants: u32 = if spec.tenant_phases {
             let phase = ((i as i64 * step) * 6 / span_ns.max(1)) as usize % 3;
             [0, 1, 3][phase]
@@ -175,15 +167,7 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
         let correct = !(faulty && i % 50 == 7);
         out.push(ProbeRecord {
             ts_ns,
-            node: node.clone(),
-            gpu_uuid: uuid.clone(),
             gpu_index: 0,
-            gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
-            backend: Backend::Cuda,
-            kernel,
-            shape: shape.into(),
-            precision: "fp32".into(),
-            flops,
             cycle: i / (2 * burst),
             burst_seq: seq as u32,
             arrival: Some(arrival),
@@ -192,22 +176,52 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
             queue_ms: Some(queue_ms),
             tflops: Some(flops / gpu_ms / 1e9),
             correct: Some(correct),
-            rel_error: Some(1e-7),
             sm_clock_mhz: Some(clock),
-            mem_clock_mhz: Some(2619),
             gpu_util_pct: Some(if tenants > 0 { 100 } else { 3 }),
-            temp_c: Some(40),
             power_w: Some(120.0 + 100.0 * f64::from(tenants)),
             throttle_reasons: Some(if throttled { 0x20 } else { 0 }),
             gpu_processes: Some(tenants),
             pod_count: Some(tenants),
             sm_clock_mhz_after: Some(clock),
-            replicas: Some(4),
-            sharing_strategy: Some("time-slicing".into()),
-            ..Default::default()
+            ..base
         });
     }
     out
+}
+
+/// What a synthetic run of `node`'s GPU `uuid` shares with every other
+/// before its timings: the kernel (GEMM or FFT, as `gemm` says) with its
+/// shape and flops, an H100 on CUDA, fp32, four time-sliced replicas, the
+/// memory clock and the temperature. Returned with the kernel's fast run
+/// time (ms, before noise).
+fn run_base(node: &str, uuid: &str, gemm: bool) -> (ProbeRecord, f64) {
+    let (kernel, shape, base_ms, flops) = if gemm {
+        (Kernel::Gemm, "n=1024", 0.40, 2.0 * 1024f64.powi(3))
+    } else {
+        (
+            Kernel::Fft,
+            "c2c 1d n=4096 batch=8",
+            0.05,
+            8.0 * 5.0 * 4096.0 * 12.0,
+        )
+    };
+    let base = ProbeRecord {
+        node: node.into(),
+        gpu_uuid: uuid.into(),
+        gpu_name: Some("NVIDIA H100 80GB HBM3".into()),
+        backend: Backend::Cuda,
+        kernel,
+        shape: shape.into(),
+        precision: "fp32".into(),
+        flops,
+        rel_error: Some(1e-7),
+        mem_clock_mhz: Some(2619),
+        temp_c: Some(40),
+        replicas: Some(4),
+        sharing_strategy: Some("time-slicing".into()),
+        ..Default::default()
+    };
+    (base, base_ms)
 }
 
 /// Writer properties of a generated `probes` file: the agent's
@@ -314,4 +328,178 @@ pub fn generate(dir: &Path, spec: &SynthSpec) -> Result<usize, SynthError> {
         files += write_rows(dir, &rows, spec.rows_per_file, spec.seed ^ (n as u64) << 32)?.len();
     }
     Ok(files)
+}
+
+/// A fleet in the agent's own file layout, for the fleet benchmark: every
+/// node writes one file per `file_secs` (the agent's default rotation is 5
+/// minutes) holding all its GPUs' runs. The last `dense_secs` before
+/// `end_ns` are at `rate_per_gpu` arrivals per second per GPU; the older
+/// days are present as small files (`sparse_rows_per_gpu` rows per GPU per
+/// file) so that listing and pruning are measured without writing them at
+/// full density. Every GPU is quiet (0 tenants) and healthy.
+#[derive(Debug, Clone)]
+pub struct FleetLayout {
+    /// Nodes, named `node-00`, `node-01`, ...
+    pub nodes: usize,
+    /// GPUs per node.
+    pub gpus_per_node: usize,
+    /// End of the data (exclusive), ns.
+    pub end_ns: i64,
+    /// Time covered, seconds before `end_ns`.
+    pub span_secs: u64,
+    /// The last seconds written at full density.
+    pub dense_secs: u64,
+    /// Seconds per file.
+    pub file_secs: u64,
+    /// Arrivals per second per GPU in the dense part.
+    pub rate_per_gpu: f64,
+    /// Rows per GPU per file in the older part.
+    pub sparse_rows_per_gpu: usize,
+    /// RNG seed.
+    pub seed: u64,
+    /// Writer threads.
+    pub threads: usize,
+    /// `(node index, from ns, factor)`: that node's kernels run `factor`
+    /// times slower from that instant on (slow silicon, same clocks).
+    pub slow: Option<(usize, i64, f64)>,
+}
+
+/// The UUID of GPU `g` of node `node_idx` in a [`FleetLayout`].
+pub fn fleet_gpu_uuid(node_idx: usize, g: usize, seed: u64) -> String {
+    format!("GPU-{node_idx:08x}-{g:04x}-4000-8000-{seed:012x}")
+}
+
+/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in time
+/// order, as [`generate_fleet`] writes them (for tests that replace a file).
+pub fn fleet_rows(
+    l: &FleetLayout,
+    node_idx: usize,
+    t0: i64,
+    t1: i64,
+    per_gpu: usize,
+    seed: u64,
+) -> Vec<ProbeRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    fleet_file_rows(l, node_idx, t0, t1, per_gpu, &mut rng)
+}
+
+/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in time order.
+fn fleet_file_rows(
+    l: &FleetLayout,
+    node_idx: usize,
+    t0: i64,
+    t1: i64,
+    per_gpu: usize,
+    rng: &mut StdRng,
+) -> Vec<ProbeRecord> {
+    let node = node_name(node_idx);
+    let step = (t1 - t0) / per_gpu.max(1) as i64;
+    let mut out = Vec::with_capacity(per_gpu * l.gpus_per_node);
+    for g in 0..l.gpus_per_node {
+        let uuid = fleet_gpu_uuid(node_idx, g, l.seed);
+        for i in 0..per_gpu {
+            let ts_ns = t0 + i as i64 * step + rng.random_range(0..step.max(1));
+            let gemm = i % 2 == 1;
+            let (base, base_ms) = run_base(&node, &uuid, gemm);
+            let flops = base.flops;
+            let mut gpu_ms = base_ms * (0.05 * normal(rng)).exp();
+            if let Some((n, from, factor)) = l.slow {
+                if n == node_idx && ts_ns >= from {
+                    gpu_ms *= factor;
+                }
+            }
+            let queue_ms = 0.01 * (0.3 * normal(rng)).exp();
+            out.push(ProbeRecord {
+                ts_ns,
+                gpu_index: g as u32,
+                cycle: i as u64 / 2,
+                burst_seq: 0,
+                arrival: Some(true),
+                gpu_ms: Some(gpu_ms),
+                wall_ms: gpu_ms + queue_ms,
+                queue_ms: Some(queue_ms),
+                tflops: Some(flops / gpu_ms / 1e9),
+                correct: Some(true),
+                sm_clock_mhz: Some(NOMINAL_CLOCK_MHZ),
+                gpu_util_pct: Some(3),
+                power_w: Some(120.0),
+                throttle_reasons: Some(0),
+                gpu_processes: Some(0),
+                pod_count: Some(0),
+                sm_clock_mhz_after: Some(NOMINAL_CLOCK_MHZ),
+                ..base
+            });
+        }
+    }
+    out.sort_by_key(|r| r.ts_ns);
+    out
+}
+
+/// Writes one node's files of a [`FleetLayout`]. Returns (files, rows).
+fn write_fleet_node(
+    dir: &Path,
+    l: &FleetLayout,
+    node_idx: usize,
+) -> Result<(usize, u64), SynthError> {
+    let mut rng =
+        StdRng::seed_from_u64(l.seed.wrapping_mul(1_000_003).wrapping_add(node_idx as u64));
+    let file_ns = l.file_secs.max(1) as i64 * 1_000_000_000;
+    let start = l.end_ns - l.span_secs as i64 * 1_000_000_000;
+    let dense_from = l.end_ns - l.dense_secs as i64 * 1_000_000_000;
+    let (mut files, mut rows) = (0, 0u64);
+    let mut t0 = start;
+    while t0 < l.end_ns {
+        let t1 = (t0 + file_ns).min(l.end_ns);
+        let per_gpu = if t0 >= dense_from {
+            (l.rate_per_gpu * (t1 - t0) as f64 / 1e9).round() as usize
+        } else {
+            l.sparse_rows_per_gpu
+        };
+        if per_gpu > 0 {
+            let batch = fleet_file_rows(l, node_idx, t0, t1, per_gpu, &mut rng);
+            rows += batch.len() as u64;
+            files += write_rows(dir, &batch, usize::MAX, rng.random())?.len();
+        }
+        t0 = t1;
+    }
+    Ok((files, rows))
+}
+
+/// Generates a [`FleetLayout`] into `dir` (which gets a `probes/` child),
+/// nodes spread over `threads` threads. Returns (files, rows).
+pub fn generate_fleet(dir: &Path, l: &FleetLayout) -> Result<(usize, u64), SynthError> {
+    let threads = l.threads.max(1);
+    let results: Vec<Result<(usize, u64), SynthError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let (mut files, mut rows) = (0, 0);
+                    for n in (t..l.nodes).step_by(threads) {
+                        let (f, r) = write_fleet_node(dir, l, n)?;
+                        files += f;
+                        rows += r;
+                    }
+                    Ok((files, rows))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SynthError::Io {
+                        path: dir.display().to_string(),
+                        source: std::io::Error::other("generator thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    let (mut files, mut rows) = (0, 0);
+    for r in results {
+        let (f, n) = r?;
+        files += f;
+        rows += n;
+    }
+    Ok((files, rows))
 }

@@ -1,5 +1,9 @@
 //! `slicetrace fleet` over synthetic fleets: a clean fleet exits 0; a slow
 //! node, throttling, contention and faults are each told apart, and exit 1.
+//! At fleet scale: only the files of the window and the baseline period are
+//! opened, a GPU with no run in the window is stale, an unreadable file is
+//! skipped and named (exit bit 4, or exit 2 with --strict), a few unknown
+//! GPUs stay under --max-unknown, and the baseline comes from its own period.
 //!
 //! Shared harness (the golden data, running the binary, the DuckDB
 //! reference): `support/mod.rs`. Missing tools skip with a note unless
@@ -16,18 +20,27 @@ use slicetrace_analysis::synth::{self, SynthSpec};
 
 use support::*;
 
-/// `slicetrace fleet DATA --format json ARGS`, which must exit with `code`
-/// (0: every GPU healthy, 1: some GPU not), parsed.
+/// The end of the data of [`fleet_spec`]: 2 hours after 2026-01-01T00:00Z.
+const UNTIL: &str = "2026-01-01T02:00:00Z";
+
+/// `slicetrace fleet DATA --format json --until UNTIL ARGS`, which must exit
+/// with `code` (0: green, 1: red), parsed.
 fn fleet_json(data: &Path, args: &[&str], code: i32) -> Value {
-    let o = slicetrace(&[&["fleet", data.to_str().unwrap(), "--format", "json"], args].concat());
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{}\n{}",
-        stdout(&o),
-        stderr(&o)
+    let o = slicetrace(
+        &[
+            &[
+                "fleet",
+                data.to_str().unwrap(),
+                "--format",
+                "json",
+                "--until",
+                UNTIL,
+            ],
+            args,
+        ]
+        .concat(),
     );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", stdout(&o)))
+    json_exit(&o, code)
 }
 
 fn fleet_dir(spec: SynthSpec) -> tempfile::TempDir {
@@ -93,7 +106,7 @@ fn fleet_flags_planted_slow_node_and_exits_1() {
         bad[0].2
     );
     // The table form says the same.
-    let t = slicetrace(&["fleet", tmp.path().to_str().unwrap()]);
+    let t = slicetrace(&["fleet", tmp.path().to_str().unwrap(), "--until", UNTIL]);
     assert_eq!(t.status.code(), Some(1));
     assert!(
         stdout(&t).contains("1 of 20 GPUs not healthy"),

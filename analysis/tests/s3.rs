@@ -10,29 +10,11 @@
 mod support;
 
 use std::io::Write;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 // The tool-or-skip rule and the venv's Python, shared by every test crate.
-use slicetrace_e2e::{free_port, python_with, run_python, wait_for};
+use slicetrace_e2e::{python_with, run_python};
 
 use support::*;
-
-/// Test credentials for moto's S3.
-const S3_CREDS: [(&str, &str); 2] = [
-    ("AWS_ACCESS_KEY_ID", "test"),
-    ("AWS_SECRET_ACCESS_KEY", "test"),
-];
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const UPLOAD: &str = r#"
 import boto3, os, sys
@@ -54,25 +36,7 @@ fn s3_report_from_moto_equals_local_report() {
     let Some(py) = python_with(&["duckdb", "boto3", "moto.server"]) else {
         return;
     };
-    let port = free_port();
-    let child = Command::new(&py)
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _moto = Moto(child);
-    let up = wait_for(Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    assert!(up.is_some(), "moto_server did not start");
+    let moto = Moto::start(&py);
     let tmp = golden_dir();
     // A half-written file in the bucket must be ignored, as locally.
     std::fs::File::create(
@@ -82,12 +46,12 @@ fn s3_report_from_moto_equals_local_report() {
     .unwrap()
     .write_all(b"partial")
     .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = &moto.endpoint;
     let n = run_python(
         &py,
         UPLOAD,
         &[
-            &endpoint,
+            endpoint,
             "probes-bucket",
             tmp.path().to_str().unwrap(),
             "fleet/a",
@@ -97,12 +61,7 @@ fn s3_report_from_moto_equals_local_report() {
     let local = report_json(tmp.path().to_str().unwrap(), &[]);
     let remote = slicetrace_env(
         &["report", "s3://probes-bucket/fleet/a", "--format", "json"],
-        &[
-            S3_CREDS[0],
-            S3_CREDS[1],
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ENDPOINT_URL", &endpoint),
-        ],
+        &moto.env(),
     );
     assert_eq!(json(&remote), local);
     // --s3-endpoint works too, and a wrong bucket is a clear error.
@@ -114,19 +73,68 @@ fn s3_report_from_moto_equals_local_report() {
             "--format",
             "json",
             "--s3-endpoint",
-            &endpoint,
+            endpoint,
         ],
         &S3_CREDS,
     );
     assert_eq!(json(&o), serde_json::json!([{"n": 3000}]));
     let o = slicetrace_env(
-        &[
-            "report",
-            "s3://no-such-bucket/x",
-            "--s3-endpoint",
-            &endpoint,
-        ],
+        &["report", "s3://no-such-bucket/x", "--s3-endpoint", endpoint],
         &S3_CREDS,
     );
     assert_error(&o, &["s3://no-such-bucket"]);
+}
+
+/// `fleet` over S3 lists and prunes as it does on a local directory: the
+/// same partitions, files listed, pruned by name, opened and scanned, and the
+/// same states.
+#[test]
+fn s3_fleet_prunes_like_local() {
+    let Some(py) = python_with(&["boto3", "moto.server"]) else {
+        return;
+    };
+    let moto = Moto::start(&py);
+    // 6 nodes, a file every 10 minutes, 2026-01-02T23:00Z..2026-01-03T02:00Z.
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = slicetrace_analysis::synth::FleetLayout {
+        nodes: 6,
+        gpus_per_node: 1,
+        end_ns: 1_767_398_400_000_000_000 + 2 * 3_600_000_000_000,
+        span_secs: 3 * 3600,
+        dense_secs: 7200,
+        file_secs: 600,
+        rate_per_gpu: 0.2,
+        sparse_rows_per_gpu: 2,
+        seed: 3,
+        threads: 2,
+        slow: None,
+    };
+    slicetrace_analysis::synth::generate_fleet(tmp.path(), &layout).unwrap();
+    let endpoint = &moto.endpoint;
+    run_python(
+        &py,
+        UPLOAD,
+        &[
+            endpoint,
+            "fleet-bucket",
+            tmp.path().to_str().unwrap(),
+            "agents",
+        ],
+    );
+    let fleet = |data: &str| {
+        let args = [
+            &["fleet", data][..],
+            &half_hours_until("2026-01-03T02:00:00Z"),
+            &["--format", "json"],
+        ]
+        .concat();
+        json(&slicetrace_env(&args, &moto.env()))
+    };
+    let local = fleet(tmp.path().to_str().unwrap());
+    let remote = fleet("s3://fleet-bucket/agents");
+    assert_eq!(remote["scan"], local["scan"]);
+    assert_eq!(remote["summary"], local["summary"]);
+    assert_eq!(local["scan"]["partitions_listed"], 1, "{}", local["scan"]);
+    assert_eq!(local["scan"]["partitions_pruned"], 1, "{}", local["scan"]);
+    assert_eq!(local["summary"]["healthy"], 6, "{local}");
 }

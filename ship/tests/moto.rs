@@ -19,155 +19,79 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slicetrace_e2e::Proc;
-use slicetrace_ship::{DropReason, ShipConfig, ShipSnapshot, ShipStats, Shipper, Stage};
+use slicetrace_ship::{DropReason, ShipConfig, Shipper, Stage};
 use support::*;
-
-/// Generous: these bound a wait for an event, never a duration asserted.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Runs `shipper` on the test's runtime until the returned sender fires.
-fn spawn(
-    shipper: Shipper,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<ShipSnapshot>,
-) {
-    let (tx, stop) = stop_signal();
-    (tx, tokio::spawn(shipper.run(stop)))
-}
-
-/// Stops a running shipper and waits (with a deadline) for `run` to return.
-async fn stop(tx: tokio::sync::oneshot::Sender<()>, h: tokio::task::JoinHandle<ShipSnapshot>) {
-    let _ = tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), h)
-        .await
-        .expect("run did not end within 10 s of the stop signal")
-        .unwrap();
-}
-
-async fn uploaded_at_least(stats: &ShipStats, n: u64) -> bool {
-    stats.snapshot().files_uploaded >= n
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_down_at_start_files_wait_then_ship() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("down-at-start");
-    let proxy = Proxy::start(moto.port, true).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
+    let Some(mut b) = Bench::start("down-at-start") else {
+        return;
+    };
+    let proxy = b.proxy(true).await;
     for n in 0..3 {
-        files.write(data.path(), "probes", "n1", n, 30 - u64::from(n));
+        b.write("probes", n, 30 - u64::from(n));
     }
-    files.write(data.path(), "health", "n1", 3, 5);
-    let tmp = Files::write_tmp(data.path(), "probes");
+    b.write("health", 3, 5);
+    let tmp = Files::write_tmp(b.data(), "probes");
 
-    let s = shipper(config("down-at-start", &proxy.endpoint()), data.path());
-    let stats = s.stats();
-    let (tx, h) = spawn(s);
+    let run = Running::start(b.shipper(b.config(&proxy.endpoint())));
     eventually("failed attempts while S3 is down", DEADLINE, || async {
-        let s = stats.snapshot();
+        let s = run.stats.snapshot();
         s.failed_attempts >= 3 && s.scans >= 2
     })
     .await;
-    let s = stats.snapshot();
+    let s = run.stats.snapshot();
     assert_eq!(s.files_uploaded, 0);
     assert_eq!(s.files_waiting, 4);
     assert!(
         s.oldest_waiting_age_secs.is_some_and(|a| a >= 29.0),
         "{s:?}"
     );
-    let store = moto.client("down-at-start");
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        false,
-    )
-    .await;
+    b.assert_accounted(&run.stats, false).await;
 
     proxy.set_down(false);
-    eventually("all files shipped once S3 is up", DEADLINE, || {
-        uploaded_at_least(&stats, 4)
-    })
-    .await;
-    stop(tx, h).await;
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        true,
-    )
-    .await;
+    let stats = run
+        .ship_then_stop("all files shipped once S3 is up", 4)
+        .await;
+    b.assert_accounted(&stats, true).await;
     let s = stats.snapshot();
     assert_eq!((s.files_waiting, s.bytes_waiting), (0, 0));
     assert_eq!(s.oldest_waiting_age_secs, None);
     assert_eq!(
         s.bytes_uploaded,
-        files.0.values().map(|b| b.len() as u64).sum::<u64>()
+        b.files.0.values().map(|f| f.len() as u64).sum::<u64>()
     );
     assert!(tmp.exists(), "a file being written was touched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_down_then_back_ships_what_waited() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("down-then-back");
-    let proxy = Proxy::start(moto.port, false).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
+    let Some(mut b) = Bench::start("down-then-back") else {
+        return;
+    };
+    let proxy = b.proxy(false).await;
     for n in 0..3 {
-        files.write(data.path(), "probes", "n1", n, 60);
+        b.write("probes", n, 60);
     }
-    let s = shipper(config("down-then-back", &proxy.endpoint()), data.path());
-    let stats = s.stats();
-    let (tx, h) = spawn(s);
-    eventually("the first files shipped", DEADLINE, || {
-        uploaded_at_least(&stats, 3)
-    })
-    .await;
+    let run = Running::start(b.shipper(b.config(&proxy.endpoint())));
+    run.until_uploaded("the first files shipped", 3).await;
 
     proxy.set_down(true);
-    let failed_before = stats.snapshot().failed_attempts;
+    let failed_before = run.stats.snapshot().failed_attempts;
     for n in 3..6 {
-        files.write(data.path(), "health", "n1", n, 10);
+        b.write("health", n, 10);
     }
     eventually("failures while S3 is down", DEADLINE, || async {
-        stats.snapshot().failed_attempts >= failed_before + 2
+        run.stats.snapshot().failed_attempts >= failed_before + 2
     })
     .await;
-    assert_eq!(stats.snapshot().files_uploaded, 3);
-    assert_eq!(stats.snapshot().files_waiting, 3);
-    let store = moto.client("down-then-back");
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        false,
-    )
-    .await;
+    assert_eq!(run.stats.snapshot().files_uploaded, 3);
+    assert_eq!(run.stats.snapshot().files_waiting, 3);
+    b.assert_accounted(&run.stats, false).await;
 
     proxy.set_down(false);
-    eventually("the waiting files shipped", DEADLINE, || {
-        uploaded_at_least(&stats, 6)
-    })
-    .await;
-    stop(tx, h).await;
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        true,
-    )
-    .await;
+    let stats = run.ship_then_stop("the waiting files shipped", 6).await;
+    b.assert_accounted(&stats, true).await;
 }
 
 /// A store slower than the request timeout: attempts time out (though
@@ -177,131 +101,86 @@ async fn s3_down_then_back_ships_what_waited() {
 /// abandoned file without a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_s3_times_out_retries_then_ships_without_duplicates() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("slow");
-    let proxy = Proxy::start(moto.port, false).await;
+    let Some(mut b) = Bench::start("slow") else {
+        return;
+    };
+    let proxy = b.proxy(false).await;
     proxy.set_delay_ms(3_000);
-    let data = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
     for n in 0..3 {
-        files.write(data.path(), "probes", "n1", n, 60 - u64::from(n));
+        b.write("probes", n, 60 - u64::from(n));
     }
     let cfg = ShipConfig {
         request_timeout_ms: 1_000,
-        ..config("slow", &proxy.endpoint())
+        ..b.config(&proxy.endpoint())
     };
-    let s = shipper(cfg.clone(), data.path());
-    let stats = s.stats();
-    let (tx, h) = spawn(s);
+    let run = Running::start(b.shipper(cfg.clone()));
     eventually("timeouts counted as failed attempts", DEADLINE, || async {
-        stats.snapshot().failed_attempts >= 2
+        run.stats.snapshot().failed_attempts >= 2
     })
     .await;
-    let store = moto.client("slow");
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        false,
-    )
-    .await;
+    b.assert_accounted(&run.stats, false).await;
 
     // Slow, but within the timeout.
     proxy.set_delay_ms(100);
-    eventually(
-        "everything shipped through the slow store",
-        DEADLINE,
-        || uploaded_at_least(&stats, 3),
-    )
-    .await;
-    stop(tx, h).await;
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        true,
-    )
-    .await;
+    let stats = run
+        .ship_then_stop("everything shipped through the slow store", 3)
+        .await;
+    b.assert_accounted(&stats, true).await;
 
     // A request that hangs (the object is stored, the answer never comes):
     // stop must not wait for it.
     proxy.set_delay_ms(600_000);
-    let rel = files.write(data.path(), "probes", "n1", 9, 1);
-    let s = shipper(
-        ShipConfig {
-            request_timeout_ms: 600_000,
-            ..cfg.clone()
-        },
-        data.path(),
-    );
-    let stats2 = s.stats();
-    let (tx, h) = spawn(s);
+    let rel = b.write("probes", 9, 1);
+    let run = Running::start(b.shipper(ShipConfig {
+        request_timeout_ms: 600_000,
+        ..cfg.clone()
+    }));
     eventually("the hanging upload reached the store", DEADLINE, || async {
-        bucket_objects(store.as_ref()).await.contains_key(&rel)
+        bucket_objects(b.store.as_ref()).await.contains_key(&rel)
     })
     .await;
-    stop(tx, h).await;
+    let stats2 = run.stop().await;
     assert!(
-        data.path().join(&rel).exists(),
+        b.data().join(&rel).exists(),
         "deleted before it was verified"
     );
 
     proxy.set_delay_ms(0);
-    let s = shipper(cfg, data.path());
-    let stats3 = s.stats();
-    let (tx, h) = spawn(s);
-    eventually("the abandoned file shipped on restart", DEADLINE, || {
-        uploaded_at_least(&stats3, 1)
-    })
-    .await;
-    stop(tx, h).await;
+    let stats3 = Running::start(b.shipper(cfg))
+        .ship_then_stop("the abandoned file shipped on restart", 1)
+        .await;
     assert_eq!(stats2.snapshot().files_uploaded, 0);
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats3,
-        true,
-    )
-    .await;
+    b.assert_accounted(&stats3, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_backlog_drops_the_oldest_and_counts_them() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("full");
-    let proxy = Proxy::start(moto.port, true).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
+    let Some(mut b) = Bench::start("full") else {
+        return;
+    };
+    let proxy = b.proxy(true).await;
     // Eight files, oldest first (n = 0 is 80 s old), plus one past max_age.
     let mut by_age = Vec::new();
     for n in 0..8 {
-        by_age.push(files.write(data.path(), "probes", "n1", n, 80 - 10 * u64::from(n)));
+        by_age.push(b.write("probes", n, 80 - 10 * u64::from(n)));
     }
-    let too_old = files.write(data.path(), "health", "n1", 8, 3 * 24 * 3600);
+    let too_old = b.write("health", 8, 3 * 24 * 3600);
     let cfg = ShipConfig {
         max_backlog_files: 5,
         max_age_ms: 24 * 3600 * 1000,
-        ..config("full", &proxy.endpoint())
+        ..b.config(&proxy.endpoint())
     };
     let seen: Arc<Mutex<Vec<(Stage, String)>>> = Arc::default();
     let seen2 = seen.clone();
-    let s = shipper(cfg, data.path()).with_stage_hook(Arc::new(move |stage, key| {
+    let run = Running::start(b.shipper(cfg).with_stage_hook(Arc::new(move |stage, key| {
         seen2.lock().unwrap().push((stage, key.to_string()));
-    }));
-    let stats = s.stats();
-    let (tx, h) = spawn(s);
+    })));
     eventually("the backlog trimmed to its limit", DEADLINE, || async {
-        let s = stats.snapshot();
+        let s = run.stats.snapshot();
         s.scans >= 2 && s.failed_attempts >= 1
     })
     .await;
-    let s = stats.snapshot();
+    let s = run.stats.snapshot();
     assert_eq!(s.dropped.get(DropReason::BacklogFull), 3, "{s:?}");
     assert_eq!(s.dropped.get(DropReason::MaxAge), 1, "{s:?}");
     assert_eq!(s.files_waiting, 5);
@@ -311,7 +190,7 @@ async fn full_backlog_drops_the_oldest_and_counts_them() {
         .chain(std::iter::once(too_old.clone()))
         .collect();
     let kept: BTreeSet<String> = by_age[3..].iter().cloned().collect();
-    assert_eq!(local_files(data.path()), kept, "the newest five stay");
+    assert_eq!(local_files(b.data()), kept, "the newest five stay");
     let hooked: BTreeSet<String> = seen
         .lock()
         .unwrap()
@@ -322,13 +201,8 @@ async fn full_backlog_drops_the_oldest_and_counts_them() {
     assert_eq!(hooked, dropped);
 
     proxy.set_down(false);
-    eventually("the kept files shipped", DEADLINE, || {
-        uploaded_at_least(&stats, 5)
-    })
-    .await;
-    stop(tx, h).await;
-    let store = moto.client("full");
-    assert_accounted(store.as_ref(), data.path(), &files, &dropped, &stats, true).await;
+    let stats = run.ship_then_stop("the kept files shipped", 5).await;
+    b.assert_accounted_dropped(&dropped, &stats, true).await;
 }
 
 /// Environment of the child shipper process (see [`child_shipper_process`]).
@@ -395,18 +269,17 @@ fn start_child(data: &Path, cfg: &ShipConfig, stall_marker: Option<&Path>, log: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_upload_and_delete_leaves_no_duplicate_and_no_loss() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("killed");
-    let data = tempfile::tempdir().unwrap();
+    let Some(mut b) = Bench::start("killed") else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
     for n in 0..3 {
-        files.write(data.path(), "probes", "n1", n, 30 - u64::from(n));
+        b.write("probes", n, 30 - u64::from(n));
     }
-    let cfg = config("killed", &moto.endpoint());
+    let cfg = b.config(&b.moto.endpoint());
     let marker = work.path().join("verified");
     let mut child = start_child(
-        data.path(),
+        b.data(),
         &cfg,
         Some(&marker),
         &work.path().join("child.log"),
@@ -420,83 +293,46 @@ async fn sigkill_between_upload_and_delete_leaves_no_duplicate_and_no_loss() {
     child.signal(libc::SIGKILL);
     let _ = child.wait_timeout(Duration::from_secs(10));
     let key = std::fs::read_to_string(&marker).unwrap();
-    let first = files.0.keys().next().unwrap().clone();
+    let first = b.files.0.keys().next().unwrap().clone();
     assert_eq!(key, format!("{PREFIX}/{first}"));
     // The crash window: in the bucket and still here.
-    let store = moto.client("killed");
-    assert!(bucket_objects(store.as_ref()).await.contains_key(&first));
-    assert!(data.path().join(&first).exists());
+    assert!(bucket_objects(b.store.as_ref()).await.contains_key(&first));
+    assert!(b.data().join(&first).exists());
 
     // Restart: the same key is uploaded again (same bytes), then deleted.
-    let s = shipper(cfg, data.path());
-    let stats = s.stats();
-    let (tx, h) = spawn(s);
-    eventually("all files shipped after the restart", DEADLINE, || {
-        uploaded_at_least(&stats, 3)
-    })
-    .await;
-    stop(tx, h).await;
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        true,
-    )
-    .await;
-    assert_eq!(bucket_objects(store.as_ref()).await.len(), 3);
+    let stats = Running::start(b.shipper(cfg))
+        .ship_then_stop("all files shipped after the restart", 3)
+        .await;
+    b.assert_accounted(&stats, true).await;
+    assert_eq!(bucket_objects(b.store.as_ref()).await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_files_waiting_ships_them() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("restart");
-    let proxy = Proxy::start(moto.port, true).await;
-    let data = tempfile::tempdir().unwrap();
+    let Some(mut b) = Bench::start("restart") else {
+        return;
+    };
+    let proxy = b.proxy(true).await;
     let work = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
     for n in 0..4 {
-        files.write(
-            data.path(),
-            if n % 2 == 0 { "probes" } else { "health" },
-            "n1",
-            n,
-            20,
-        );
+        b.write(if n % 2 == 0 { "probes" } else { "health" }, n, 20);
     }
-    let cfg = config("restart", &proxy.endpoint());
-    let mut child = start_child(data.path(), &cfg, None, &work.path().join("child.log"));
+    let cfg = b.config(&proxy.endpoint());
+    let mut child = start_child(b.data(), &cfg, None, &work.path().join("child.log"));
     eventually("the child tried the store", DEADLINE, || async {
         proxy.accepted() >= 3
     })
     .await;
     child.signal(libc::SIGKILL);
     let _ = child.wait_timeout(Duration::from_secs(10));
-    let store = moto.client("restart");
-    assert!(bucket_objects(store.as_ref()).await.is_empty());
-    assert_eq!(local_files(data.path()).len(), 4);
+    assert!(bucket_objects(b.store.as_ref()).await.is_empty());
+    assert_eq!(local_files(b.data()).len(), 4);
 
     proxy.set_down(false);
-    let s = shipper(cfg, data.path());
-    let stats = s.stats();
-    let (tx, h) = spawn(s);
-    eventually(
-        "the waiting files shipped after the restart",
-        DEADLINE,
-        || uploaded_at_least(&stats, 4),
-    )
-    .await;
-    stop(tx, h).await;
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        true,
-    )
-    .await;
+    let stats = Running::start(b.shipper(cfg))
+        .ship_then_stop("the waiting files shipped after the restart", 4)
+        .await;
+    b.assert_accounted(&stats, true).await;
 }
 
 /// The agent's stop: files closed after the last scan (the Parquet writer

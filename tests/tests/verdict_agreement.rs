@@ -3,7 +3,12 @@
 //! bounded reason and baseline source), with the same default thresholds.
 //! Also: the H100 data in `docs/gpu-results/` reads `healthy` + `contended`
 //! for its tenant phases in both, and a GPU with no runs in fleet's window is
-//! `unknown`, never `healthy`.
+//! `stale` (with its age), never `healthy`.
+//!
+//! The live evaluator learns its quiet baseline from every row it observed;
+//! fleet learns it from a stated baseline period only. So each comparison
+//! gives fleet `--until` just after the rows and `--baseline` over them: the
+//! same rows in the window and in the baseline on both sides.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -19,6 +24,15 @@ use slicetrace_e2e::{bin, root, run_with_timeout};
 use slicetrace_schema::{probes_batch, Backend, HealthRecord, Kernel, ProbeRecord};
 
 const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+
+/// The scenarios' rows lie in 00:00..00:05 of 2026-01-01: a window ending
+/// at 00:05 holds them all, and so does this baseline period.
+const SCENARIO_RANGE: [&str; 4] = [
+    "--until",
+    "2026-01-01T00:05:00Z",
+    "--baseline",
+    "2026-01-01T00:00:00Z..2026-01-01T00:05:00Z",
+];
 
 /// An arrival run of the light FFT on an H100 at 1980 MHz, `i` seconds in.
 fn row(uuid: &str, i: usize, wall: f64, gpu: f64, tenants: u32) -> ProbeRecord {
@@ -193,7 +207,7 @@ fn live_evaluator_and_fleet_give_the_same_verdicts_on_the_same_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = scenarios();
     write_probes(tmp.path(), &rows);
-    let f = from_fleet(&fleet(tmp.path(), &[]));
+    let f = from_fleet(&fleet(tmp.path(), &SCENARIO_RANGE));
     let l = from_live(&live(&rows));
     assert_eq!(f, l, "fleet (left) and the live evaluator (right) disagree");
     let get = |uuid: &str| {
@@ -242,7 +256,10 @@ fn live_evaluator_and_fleet_give_the_same_verdicts_on_the_same_rows() {
     );
 
     // With an SLO, both judge the wait against it; still the same.
-    let f = from_fleet(&fleet(tmp.path(), &["--slo-p99-ms", "3"]));
+    let f = from_fleet(&fleet(
+        tmp.path(),
+        &[&SCENARIO_RANGE[..], &["--slo-p99-ms", "3"]].concat(),
+    ));
     let cfg = HealthConfig {
         window_ms: 3_600_000,
         evaluate_interval_ms: 10_000,
@@ -256,35 +273,64 @@ fn live_evaluator_and_fleet_give_the_same_verdicts_on_the_same_rows() {
 }
 
 #[test]
-fn a_gpu_with_no_runs_in_the_window_is_unknown_and_counted() {
+fn a_gpu_with_no_runs_in_the_window_is_stale_with_its_age_and_counted() {
     let tmp = tempfile::tempdir().unwrap();
+    // GPU-fresh runs at 02:00..02:03:20, GPU-stale stopped at 00:03:19.
     let mut rows: Vec<ProbeRecord> = (0..200)
         .map(|i| row("GPU-fresh", 7200 + i, 0.06, 0.0098, 0))
         .collect();
     rows.extend((0..200).map(|i| row("GPU-stale", i, 0.06, 0.0098, 0)));
     write_probes(tmp.path(), &rows);
-    let v = fleet(tmp.path(), &[]);
+    // Window 01:05..02:05; the baseline period (3h before it) holds
+    // GPU-stale's rows, so fleet knows the GPU and how old its newest row is.
+    let range = ["--until", "2026-01-01T02:05:00Z", "--baseline-window", "3h"];
+    let v = fleet(tmp.path(), &range);
     let g: Vec<_> = v["gpus"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| (g["gpu_uuid"].clone(), g["verdict"].clone()))
+        .map(|g| (g["gpu_uuid"].clone(), g["state"].clone()))
         .collect();
-    assert!(g.contains(&("GPU-stale".into(), "unknown".into())), "{g:?}");
+    assert!(g.contains(&("GPU-stale".into(), "stale".into())), "{g:?}");
     assert!(g.contains(&("GPU-fresh".into(), "healthy".into())), "{g:?}");
-    assert_eq!(v["summary"]["unknown"], 1, "{}", v["summary"]);
+    assert_eq!(v["summary"]["stale"], 1, "{}", v["summary"]);
+    assert_eq!(v["summary"]["unknown"], 0, "{}", v["summary"]);
+    let stale = v["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gpu_uuid"] == "GPU-stale")
+        .unwrap();
+    assert_eq!(stale["newest"], "2026-01-01T00:03:19Z", "{stale}");
+    // 02:05:00 − 00:03:19 = 7301 s.
+    assert_eq!(stale["age_secs"].as_f64(), Some(7301.0), "{stale}");
+    // One stale GPU of two is over the default --max-stale (1%): red, and
+    // the table says so per state.
     let mut c = Command::new(bin("slicetrace"));
-    c.arg("fleet").arg(tmp.path());
+    c.arg("fleet").arg(tmp.path()).args(range);
     let o = run_with_timeout(c, Duration::from_secs(120));
     assert_eq!(o.status.code(), Some(1), "no data is not healthy");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("1 of 2 GPUs not healthy (1 unknown"), "{out}");
+    assert!(out.contains("1 of 2 GPUs not healthy"), "{out}");
+    assert!(out.contains("1 stale: no run in the window"), "{out}");
+    assert!(out.contains("stale (2h"), "{out}");
+    assert!(out.contains("1 stale > 0 allowed (--max-stale 1%"), "{out}");
 }
 
 #[test]
 fn the_h100_tenant_phases_read_healthy_and_contended_in_both() {
     let data = root().join("docs/gpu-results/h100-run/agent-light");
-    let v = fleet(&data, &[]);
+    // The rows lie in 12:04:12..12:07:23 of 2026-11-25: the window ends
+    // after the newest, and the baseline period holds them all.
+    let v = fleet(
+        &data,
+        &[
+            "--until",
+            "2026-11-25T12:08:00Z",
+            "--baseline",
+            "2026-11-25T12:00:00Z..2026-11-25T12:08:00Z",
+        ],
+    );
     let gpus = v["gpus"].as_array().expect("fleet's gpus array");
     assert!(!gpus.is_empty(), "fleet judged no GPU: {v}");
     for g in gpus {

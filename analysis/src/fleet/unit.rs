@@ -1,49 +1,50 @@
-//! One unit (a GPU, kernel and shape): its rows in column vectors, and its
-//! judgement by the schema's [`judge`] on exact quantiles.
+//! One unit (a GPU, kernel and shape): the summary of its runs that the
+//! fleet query computes (window and baseline period apart), and its
+//! judgement by the schema's [`judge`].
 
 use slicetrace_schema::{
-    event_eligible, event_mcycles, judge, sku_reference, Contention, Faults, LearnedBaseline,
-    ProbeRecord, Reason, WindowStats,
+    judge, sku_reference, Contention, Faults, LearnedBaseline, Reason, WindowStats,
 };
 
-use crate::stats::{median_mad, quantile_sorted, sort_values};
+use crate::stats::median_mad;
 
 use super::{FleetArgs, KernelFinding};
 
-#[derive(Default)]
+/// What the fleet query returns for one unit (`w_`: the window's counted
+/// runs; `b_`: the baseline period's quiet counted runs). Quantiles are
+/// t-digest estimates (`approx_percentile_cont`).
+#[derive(Debug, Clone, Default)]
 pub(super) struct Unit {
     pub(super) gpu_name: String,
     pub(super) precision: String,
-    pub(super) ts: Vec<i64>,
-    pub(super) wall: Vec<f64>,
-    pub(super) gpu: Vec<f64>,
-    pub(super) clk: Vec<f64>,
-    pub(super) correct: Vec<Option<bool>>,
-    pub(super) tenants: Vec<Option<u32>>,
-    pub(super) inflated: Vec<Option<bool>>,
-    pub(super) throttle: Vec<u64>,
-}
-
-impl Unit {
-    /// Row `i` as a record, with the fields the schema's row rules read.
-    fn record(&self, i: usize) -> ProbeRecord {
-        let opt = |x: f64| (!x.is_nan()).then_some(x);
-        ProbeRecord {
-            gpu_ms: opt(self.gpu[i]),
-            wall_ms: self.wall[i],
-            sm_clock_mhz: opt(self.clk[i]).map(|c| c as u32),
-            gpu_processes: self.tenants[i],
-            event_inflated: self.inflated[i],
-            ..Default::default()
-        }
-    }
+    /// Newest `ts` of any row in the scanned range, ns.
+    pub(super) newest_ns: Option<i64>,
+    /// Rows in the range, and of them arrival runs.
+    pub(super) rows: u64,
+    pub(super) arrivals: u64,
+    pub(super) w_runs: u64,
+    pub(super) w_wall_p99: Option<f64>,
+    pub(super) w_gpu_p50: Option<f64>,
+    pub(super) w_clock_p50: Option<f64>,
+    /// p50 of `gpu_ms × sm_clock_mhz / 1000` over every window run.
+    pub(super) w_norm_p50: Option<f64>,
+    /// Runs whose event clock may be judged, and the p50 of their Mcycles.
+    pub(super) w_event_runs: u64,
+    pub(super) w_event_p50: Option<f64>,
+    pub(super) w_fails: u64,
+    pub(super) w_throttle: u64,
+    /// Window runs with a hardware throttle reason
+    /// (`Thresholds::throttle_unhealthy_mask`).
+    pub(super) w_hw_throttled: u64,
+    pub(super) w_max_tenants: Option<u32>,
+    pub(super) b_quiet_runs: u64,
+    pub(super) b_wall_p50: Option<f64>,
+    pub(super) b_wall_p99: Option<f64>,
+    pub(super) b_event_runs: u64,
+    pub(super) b_event_p50: Option<f64>,
 }
 
 pub(super) type UnitKey = (String, String, String, String);
-
-pub(super) fn p(v: &mut Vec<f64>, q: f64) -> Option<f64> {
-    quantile_sorted(sort_values(v), q)
-}
 
 pub(super) fn robust_z(x: Option<f64>, peers: &[f64], floor_frac: f64) -> Option<f64> {
     let x = x?;
@@ -57,56 +58,28 @@ pub(super) fn ts_rfc3339(ns: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Judges one unit (GPU, kernel, shape) over `[start, ..]`: the schema's
-/// [`judge`] on exact quantiles.
-pub(super) fn judge_unit(
-    kernel: &str,
-    shape: &str,
-    u: &Unit,
-    start: i64,
-    a: &FleetArgs,
-) -> KernelFinding {
+/// Judges one unit (GPU, kernel, shape): the schema's [`judge`] on the
+/// window's summary, against the baseline period's quiet runs.
+pub(super) fn judge_unit(kernel: &str, shape: &str, u: &Unit, a: &FleetArgs) -> KernelFinding {
     let th = a.thresholds();
-    let idx: Vec<usize> = (0..u.ts.len()).filter(|&i| u.ts[i] >= start).collect();
-    let mut wall: Vec<f64> = idx.iter().map(|&i| u.wall[i]).collect();
-    let mut gpu: Vec<f64> = idx.iter().map(|&i| u.gpu[i]).collect();
-    let mut clk: Vec<f64> = idx.iter().map(|&i| u.clk[i]).collect();
-    let mut event: Vec<f64> = idx
-        .iter()
-        .map(|&i| u.record(i))
-        .filter(|r| event_eligible(r, &th))
-        .filter_map(|r| event_mcycles(&r))
-        .collect();
-    let fails = idx.iter().filter(|&&i| u.correct[i] == Some(false)).count();
     let stats = WindowStats {
-        samples: idx.len() as u64,
-        wall_p99_ms: p(&mut wall, 0.99),
-        event_samples: event.len() as u64,
-        event_mcycles_p50: p(&mut event, 0.5),
-        correctness_failures: fails as u64,
-        throttle_reasons: idx.iter().fold(0u64, |acc, &i| acc | u.throttle[i]),
-        hw_throttled_runs: idx
-            .iter()
-            .filter(|&&i| u.throttle[i] & th.throttle_unhealthy_mask != 0)
-            .count() as u64,
-        max_tenants: idx.iter().filter_map(|&i| u.tenants[i]).max(),
+        samples: u.w_runs,
+        wall_p99_ms: u.w_wall_p99,
+        event_samples: u.w_event_runs,
+        event_mcycles_p50: u.w_event_p50,
+        correctness_failures: u.w_fails,
+        throttle_reasons: u.w_throttle,
+        hw_throttled_runs: u.w_hw_throttled,
+        max_tenants: u.w_max_tenants,
     };
-    // The GPU's own quiet baseline, over all its runs in the data.
-    let quiet: Vec<usize> = (0..u.ts.len())
-        .filter(|&i| u.tenants[i] == Some(0))
-        .collect();
+    // The GPU's own quiet baseline, from the baseline period only.
+    let min = a.baseline_min_samples as u64;
     let mut learned = LearnedBaseline::default();
-    let min = a.baseline_min_samples;
-    if quiet.len() >= min {
-        let mut qw: Vec<f64> = quiet.iter().map(|&i| u.wall[i]).collect();
-        learned.wall_p50_ms = p(&mut qw, 0.5);
-        learned.wall_p99_ms = p(&mut qw, 0.99);
-        let mut qe: Vec<f64> = quiet
-            .iter()
-            .filter_map(|&i| event_mcycles(&u.record(i)))
-            .collect();
-        if qe.len() >= min {
-            learned.event_mcycles_p50 = p(&mut qe, 0.5);
+    if u.b_quiet_runs >= min {
+        learned.wall_p50_ms = u.b_wall_p50;
+        learned.wall_p99_ms = u.b_wall_p99;
+        if u.b_event_runs >= min {
+            learned.event_mcycles_p50 = u.b_event_p50;
         }
     }
     let sku = if a.no_sku_reference {
@@ -122,6 +95,7 @@ pub(super) fn judge_unit(
     if j.contention != Contention::Ok {
         reasons.push(j.contention_detail.clone());
     }
+    let enough = u.w_runs >= a.min_samples as u64;
     KernelFinding {
         kernel: kernel.to_string(),
         shape: shape.to_string(),
@@ -131,10 +105,10 @@ pub(super) fn judge_unit(
         contention: j.contention,
         contention_reason: j.contention_reason,
         contention_baseline_source: j.contention_source,
-        window_runs: idx.len(),
+        window_runs: u.w_runs as usize,
         max_tenants: stats.max_tenants,
-        wall_p99_ms: stats.wall_p99_ms.filter(|_| idx.len() >= a.min_samples),
-        gpu_p50_ms: p(&mut gpu, 0.5).filter(|_| idx.len() >= a.min_samples),
+        wall_p99_ms: stats.wall_p99_ms.filter(|_| enough),
+        gpu_p50_ms: u.w_gpu_p50.filter(|_| enough),
         event_p50_mcycles: stats.event_mcycles_p50,
         event_baseline_mcycles: j.event_baseline_mcycles,
         baseline_p99_ms: j.wall_reference_p99_ms,
@@ -142,8 +116,8 @@ pub(super) fn judge_unit(
         peer_z_wall: None,
         peer_z_gpu: None,
         peer_z_norm: None,
-        sm_clock_mhz: p(&mut clk, 0.5),
-        correctness_failures: fails,
+        sm_clock_mhz: u.w_clock_p50,
+        correctness_failures: u.w_fails as usize,
         reasons,
     }
 }
@@ -155,35 +129,40 @@ mod tests {
 
     use crate::fleet::Verdict;
 
-    fn unit(n: usize, wall: f64, gpu: f64, tenants: u32, t0: i64) -> Unit {
-        let mut u = Unit {
+    fn unit(n: u64, wall: f64, gpu: f64, tenants: u32) -> Unit {
+        Unit {
             gpu_name: "NVIDIA H100 80GB HBM3".into(),
             precision: "fp32".into(),
+            rows: n,
+            arrivals: n,
+            w_runs: n,
+            w_wall_p99: Some(wall),
+            w_gpu_p50: Some(gpu),
+            w_clock_p50: Some(1980.0),
+            w_norm_p50: Some(gpu * 1.98),
+            w_event_runs: n,
+            w_event_p50: Some(gpu * 1.98),
+            w_max_tenants: Some(tenants),
             ..Default::default()
-        };
-        for i in 0..n {
-            u.ts.push(t0 + i as i64);
-            u.wall.push(wall);
-            u.gpu.push(gpu);
-            u.clk.push(1980.0);
-            u.correct.push(Some(true));
-            u.tenants.push(Some(tenants));
-            u.inflated.push(None);
-            u.throttle.push(0);
         }
-        u
     }
 
     #[test]
     fn a_gpu_with_no_runs_in_the_window_is_unknown_never_healthy() {
-        let u = unit(200, 0.1, 0.01, 0, 0);
-        let f = judge_unit(
-            "fft",
-            "c2c 1d n=4096 batch=16",
-            &u,
-            1_000,
-            &FleetArgs::default(),
-        );
+        let u = Unit {
+            b_quiet_runs: 200,
+            b_wall_p50: Some(0.1),
+            b_wall_p99: Some(0.1),
+            ..unit(0, 0.1, 0.01, 0)
+        };
+        let u = Unit {
+            w_wall_p99: None,
+            w_gpu_p50: None,
+            w_event_p50: None,
+            w_event_runs: 0,
+            ..u
+        };
+        let f = judge_unit("fft", "c2c 1d n=4096 batch=16", &u, &FleetArgs::default());
         assert_eq!(f.window_runs, 0);
         assert_eq!(
             (f.verdict, f.health_reason),
@@ -193,14 +172,8 @@ mod tests {
 
     #[test]
     fn a_shared_gpu_is_healthy_and_contended_against_the_sku_reference() {
-        let u = unit(200, 6.0, 0.007, 3, 0);
-        let f = judge_unit(
-            "fft",
-            "c2c 1d n=4096 batch=16",
-            &u,
-            0,
-            &FleetArgs::default(),
-        );
+        let u = unit(200, 6.0, 0.007, 3);
+        let f = judge_unit("fft", "c2c 1d n=4096 batch=16", &u, &FleetArgs::default());
         assert_eq!(f.verdict, Verdict::Healthy, "{:?}", f.reasons);
         assert_eq!(f.health_baseline_source, Some(BaselineSource::Sku));
         assert_eq!(f.contention, Contention::Contended, "{:?}", f.reasons);
@@ -209,5 +182,22 @@ mod tests {
             "{:?}",
             f.reasons
         );
+    }
+
+    #[test]
+    fn the_baseline_comes_from_the_baseline_period_only() {
+        // Slow in the window, fast quiet runs in the baseline period: the
+        // learned baseline (not the window) is the reference.
+        let u = Unit {
+            b_quiet_runs: 500,
+            b_wall_p50: Some(0.05),
+            b_wall_p99: Some(0.06),
+            b_event_runs: 500,
+            b_event_p50: Some(0.05 * 1.98),
+            ..unit(500, 0.2, 0.2, 0)
+        };
+        let f = judge_unit("fft", "c2c 1d n=4096 batch=16", &u, &FleetArgs::default());
+        assert_eq!(f.health_baseline_source, Some(BaselineSource::Learned));
+        assert_eq!(f.verdict, Verdict::Unhealthy, "{:?}", f.reasons);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use slicetrace_schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
 
 use super::{SourceError, TableKind};
@@ -20,6 +20,19 @@ pub(super) async fn check_file(
     name: &str,
     want: TableKind,
 ) -> Result<u64, SourceError> {
+    let md = check_footer(store, path, size, name, want).await?;
+    Ok(md.file_metadata().num_rows().max(0) as u64)
+}
+
+/// [`check_file`], returning the decoded footer (row-group statistics
+/// included) for pruning.
+pub(super) async fn check_footer(
+    store: &dyn ObjectStore,
+    path: &ObjPath,
+    size: u64,
+    name: &str,
+    want: TableKind,
+) -> Result<ParquetMetaData, SourceError> {
     let store_err = |source| SourceError::Store {
         location: name.to_string(),
         source,
@@ -105,7 +118,7 @@ pub(super) async fn check_file(
         file: name.to_string(),
         reason,
     })?;
-    Ok(md.file_metadata().num_rows().max(0) as u64)
+    Ok(md)
 }
 
 /// Every non-nullable column of the table must be present, and every column

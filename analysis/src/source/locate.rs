@@ -4,11 +4,11 @@
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::ObjectStore;
+use object_store::{ObjectMeta, ObjectStore};
 use slicetrace_schema::layout;
 use url::Url;
 
@@ -141,6 +141,44 @@ pub(super) fn is_data_file(rel: &str, table: TableKind) -> bool {
     let other = table.other().name();
     !rel.split('/')
         .any(|seg| seg.starts_with('.') || seg.starts_with('_') || seg == other)
+}
+
+/// A listed file with its path below the table's directory.
+pub(super) type Listed = (Vec<String>, ObjectMeta);
+
+/// Lists `prefix` recursively and keeps the data files of `table`, with
+/// their path below `loc`'s prefix.
+pub(super) async fn list_files(
+    loc: &Located,
+    prefix: &ObjPath,
+    table: TableKind,
+) -> Result<Vec<Listed>, SourceError> {
+    let listed: Vec<ObjectMeta> =
+        loc.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|source| SourceError::Store {
+                location: loc.display.clone(),
+                source,
+            })?;
+    let skip = loc.prefix.parts().count();
+    Ok(listed
+        .into_iter()
+        .filter_map(|m| {
+            let rel: Vec<String> = m
+                .location
+                .parts()
+                .skip(skip)
+                .map(|p| p.as_ref().to_string())
+                .collect();
+            if !is_data_file(&rel.join("/"), table) {
+                tracing::debug!(file = %m.location, "skipping non-data file");
+                return None;
+            }
+            Some((rel, m))
+        })
+        .collect())
 }
 
 pub(super) fn display_name(loc: &Located, path: &ObjPath) -> String {

@@ -33,16 +33,20 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::MemTable;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 use slicetrace_schema::{health_schema, layout, probes_schema, ARRIVAL_SQL, TENANTS_SQL};
 
 mod check;
 mod locate;
+mod prune;
 
-use check::{check_file, table_schema};
-use locate::{display_name, hive_layout, is_data_file, locate};
+use check::{check_file, check_footer, table_schema};
+use locate::{display_name, hive_layout, list_files, locate};
+
+pub use prune::{open_range, RangeDataset, RangeOptions, ScanStats, SkippedFile, TimeRange};
 
 /// Errors raised while locating, checking and registering the data.
 #[derive(Debug, thiserror::Error)]
@@ -210,30 +214,10 @@ pub struct OpenOptions {
 pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError> {
     let table = opts.table;
     let loc = locate(data, opts).await?;
-    let listed: Vec<object_store::ObjectMeta> = loc
-        .store
-        .list(Some(&loc.prefix))
-        .try_collect()
-        .await
-        .map_err(|source| SourceError::Store {
-            location: loc.display.clone(),
-            source,
-        })?;
-    let prefix_parts = loc.prefix.parts().count();
     let mut candidates = Vec::new();
     let mut hive = true;
-    for m in listed {
-        let rel: Vec<String> = m
-            .location
-            .parts()
-            .skip(prefix_parts)
-            .map(|p| p.as_ref().to_string())
-            .collect();
+    for (rel, m) in list_files(&loc, &loc.prefix, table).await? {
         let rel = rel.join("/");
-        if !is_data_file(&rel, table) {
-            tracing::debug!(file = %m.location, "skipping non-data file");
-            continue;
-        }
         let dirs = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         hive &= hive_layout(dirs);
         candidates.push(m);
@@ -263,68 +247,12 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
         return Err(empty());
     }
 
-    // A partitioned table may hold files below `date=/node=` (all checked
-    // above); DataFusion skips subdirectories unless told not to.
-    let cfg = SessionConfig::new().with_information_schema(true).set_bool(
-        "datafusion.execution.listing_table_ignore_subdirectory",
-        false,
-    );
-    let ctx = SessionContext::new_with_config(cfg);
-    ctx.register_object_store(&loc.store_url, loc.store.clone());
-    let register_err = |source| SourceError::Register {
-        table,
-        location: loc.display.clone(),
-        source,
-    };
-    // In the `date=/node=` layout the directory is the table (partition
-    // columns, pruning); otherwise the table is exactly the checked files, so
-    // that nothing the checks skipped (a `health/` beside the data, hidden
-    // files) is read.
-    let urls = if hive {
-        vec![ListingTableUrl::parse(&loc.table_url).map_err(register_err)?]
+    let (ctx, columns) = if hive {
+        register(&loc, table, Target::Dir, Tuning::default()).await?
     } else {
-        checked
-            .iter()
-            .map(|f| ListingTableUrl::parse(&f.name))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(register_err)?
+        let names: Vec<String> = checked.iter().map(|f| f.name.clone()).collect();
+        register(&loc, table, Target::Files(&names), Tuning::default()).await?
     };
-    let partition_cols = if hive {
-        vec![
-            (layout::DATE_KEY.to_string(), DataType::Utf8),
-            (layout::NODE_KEY.to_string(), DataType::Utf8),
-        ]
-    } else {
-        Vec::new()
-    };
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(layout::FILE_SUFFIX)
-        .with_table_partition_cols(partition_cols);
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(table_schema(table, hive));
-    let listing = ListingTable::try_new(config).map_err(register_err)?;
-    let schema = listing.schema();
-    let mut columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    match table {
-        TableKind::Probes => {
-            ctx.register_table(PROBE_FILES, Arc::new(listing))
-                .map_err(register_err)?;
-            for view in [
-                format!(
-                    "CREATE VIEW probes AS SELECT *, {TENANTS_SQL} AS tenants FROM {PROBE_FILES}"
-                ),
-                format!("CREATE VIEW arrivals AS SELECT * FROM probes WHERE {ARRIVAL_SQL}"),
-            ] {
-                ctx.sql(&view).await.map_err(register_err)?;
-            }
-            columns.push("tenants".into());
-        }
-        TableKind::Health => {
-            ctx.register_table("health", Arc::new(listing))
-                .map_err(register_err)?;
-        }
-    }
     tracing::debug!(
         %table,
         files = checked.len(),
@@ -341,4 +269,124 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
         ctx,
         columns,
     })
+}
+
+/// What a table is registered over.
+enum Target<'a> {
+    /// The table's directory in the `date=/node=` layout (partition
+    /// columns, pruning by DataFusion).
+    Dir,
+    /// Exactly these files (display names), without partition columns, so
+    /// that nothing the checks skipped (a `health/` beside the data, hidden
+    /// files, a truncated file) is read.
+    Files(&'a [String]),
+}
+
+/// How a session may use the machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tuning {
+    /// DataFusion's partitions and metadata fetches at once (default: the
+    /// machine's cores).
+    parallel: Option<usize>,
+    /// Bytes DataFusion's operators may reserve (default: unbounded). A
+    /// query that needs more fails with "Resources exhausted" instead of
+    /// growing until the kernel kills the process.
+    memory_limit: Option<usize>,
+}
+
+/// A session with `table` registered over `target` (and, for probes, the
+/// `probes` and `arrivals` views), tuned by `tuning`. Returns the session
+/// and every column a query can use.
+async fn register(
+    loc: &locate::Located,
+    table: TableKind,
+    target: Target<'_>,
+    tuning: Tuning,
+) -> Result<(SessionContext, Vec<String>), SourceError> {
+    let parallel = tuning.parallel;
+    // A partitioned table may hold files below `date=/node=` (all checked
+    // above); DataFusion skips subdirectories unless told not to.
+    let mut cfg = SessionConfig::new().with_information_schema(true).set_bool(
+        "datafusion.execution.listing_table_ignore_subdirectory",
+        false,
+    );
+    if let Some(n) = parallel {
+        cfg = cfg
+            .with_target_partitions(n.max(1))
+            // The footers were just read; statistics would read them again.
+            .set_bool("datafusion.execution.collect_statistics", false)
+            .set_usize("datafusion.execution.meta_fetch_concurrency", n.max(1));
+    }
+    let register_err = |source| SourceError::Register {
+        table,
+        location: loc.display.clone(),
+        source,
+    };
+    let ctx = match tuning.memory_limit {
+        None => SessionContext::new_with_config(cfg),
+        Some(bytes) => {
+            let rt = RuntimeEnvBuilder::new()
+                .with_memory_limit(bytes, 1.0)
+                .build_arc()
+                .map_err(register_err)?;
+            SessionContext::new_with_config_rt(cfg, rt)
+        }
+    };
+    ctx.register_object_store(&loc.store_url, loc.store.clone());
+    let hive = matches!(target, Target::Dir);
+    let urls = match target {
+        Target::Dir => vec![ListingTableUrl::parse(&loc.table_url).map_err(register_err)?],
+        Target::Files(names) => names
+            .iter()
+            .map(ListingTableUrl::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(register_err)?,
+    };
+    let schema = table_schema(table, hive);
+    let provider: Arc<dyn TableProvider> = if urls.is_empty() {
+        // Everything was pruned: an empty table with the same columns.
+        Arc::new(MemTable::try_new(schema.clone(), vec![vec![]]).map_err(register_err)?)
+    } else {
+        let partition_cols = if hive {
+            vec![
+                (layout::DATE_KEY.to_string(), DataType::Utf8),
+                (layout::NODE_KEY.to_string(), DataType::Utf8),
+            ]
+        } else {
+            Vec::new()
+        };
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(layout::FILE_SUFFIX)
+            .with_table_partition_cols(partition_cols);
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema);
+        Arc::new(ListingTable::try_new(config).map_err(register_err)?)
+    };
+    let mut columns: Vec<String> = provider
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    match table {
+        TableKind::Probes => {
+            ctx.register_table(PROBE_FILES, provider)
+                .map_err(register_err)?;
+            for view in [
+                format!(
+                    "CREATE VIEW probes AS SELECT *, {TENANTS_SQL} AS tenants FROM {PROBE_FILES}"
+                ),
+                format!("CREATE VIEW arrivals AS SELECT * FROM probes WHERE {ARRIVAL_SQL}"),
+            ] {
+                ctx.sql(&view).await.map_err(register_err)?;
+            }
+            columns.push("tenants".into());
+        }
+        TableKind::Health => {
+            ctx.register_table("health", provider)
+                .map_err(register_err)?;
+        }
+    }
+    Ok((ctx, columns))
 }

@@ -9,13 +9,15 @@
 //! (the shared rule of `slicetrace_e2e`).
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use slicetrace_analysis::synth::{self, SynthSpec};
 // The tool-or-skip rule and the venv's Python, shared by every test crate.
-use slicetrace_e2e::run_python;
+use slicetrace_e2e::{free_port, run_python, wait_for};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_slicetrace");
 
@@ -43,8 +45,88 @@ pub fn stderr(o: &Output) -> String {
 }
 
 pub fn json(o: &Output) -> Value {
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
+    json_exit(o, 0)
+}
+
+/// The JSON a run printed, which must have exited with `code`, parsed.
+pub fn json_exit(o: &Output, code: i32) -> Value {
+    assert_eq!(o.status.code(), Some(code), "{}\n{}", stdout(o), stderr(o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", stdout(o)))
+}
+
+/// `--until UNTIL --window 30m --baseline-window 30m`: `fleet` judges the
+/// last half hour before `until` against the half hour before that.
+pub fn half_hours_until(until: &str) -> [&str; 6] {
+    [
+        "--until",
+        until,
+        "--window",
+        "30m",
+        "--baseline-window",
+        "30m",
+    ]
+}
+
+/// Test credentials for moto's S3.
+pub const S3_CREDS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+];
+
+/// A `moto_server` this test started on loopback; killed (only it) when
+/// dropped.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    /// Starts moto with `py` (a Python with `moto.server`) on a free port
+    /// and waits until it answers.
+    pub fn start(py: &Path) -> Moto {
+        let port = free_port();
+        let child = Command::new(py)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let up = wait_for(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "moto_server did not start");
+        moto
+    }
+
+    /// The environment that sends `slicetrace` to this moto: the test
+    /// credentials, the region and `AWS_ENDPOINT_URL`.
+    pub fn env(&self) -> [(&str, &str); 4] {
+        [
+            S3_CREDS[0],
+            S3_CREDS[1],
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+        ]
+    }
 }
 
 /// `slicetrace ARGS --format json`, which must succeed, parsed.

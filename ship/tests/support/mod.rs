@@ -22,9 +22,12 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use slicetrace_e2e::{free_port, python_with, run_python, wait_for};
-use slicetrace_ship::{ShipConfig, ShipStats, Shipper};
+use slicetrace_ship::{ShipConfig, ShipSnapshot, ShipStats, Shipper};
+use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream as TokioStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// moto's test credentials.
 pub const KEY_ID: &str = "test";
@@ -34,6 +37,8 @@ pub const SECRET: &str = "test";
 pub const REGION: &str = "us-east-1";
 /// The prefix every test ships under.
 pub const PREFIX: &str = "fleet/a";
+/// Generous: these bound a wait for an event, never a duration asserted.
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A `moto_server` this test started; killed (only it) when dropped.
 pub struct Moto {
@@ -111,6 +116,133 @@ impl Moto {
                 .build()
                 .unwrap(),
         )
+    }
+}
+
+/// What every shipping test starts from: moto with an empty bucket, a
+/// client to read the bucket back, and an empty data directory with the
+/// files written into it so far.
+pub struct Bench {
+    /// The store, reached straight or through a [`Proxy`].
+    pub moto: Moto,
+    /// The bucket this test ships to.
+    pub bucket: String,
+    /// A client straight to moto (see [`Moto::client`]).
+    pub store: Arc<dyn ObjectStore>,
+    /// The shipper's data directory.
+    pub data: TempDir,
+    /// Every closed file written under `data`.
+    pub files: Files,
+}
+
+impl Bench {
+    /// Starts moto and creates `bucket`, or `None` (SKIP) without moto.
+    pub fn start(bucket: &str) -> Option<Bench> {
+        let moto = Moto::start()?;
+        moto.create_bucket(bucket);
+        Some(Bench {
+            store: moto.client(bucket),
+            moto,
+            bucket: bucket.into(),
+            data: tempfile::tempdir().unwrap(),
+            files: Files::default(),
+        })
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// A proxy in front of moto, starting up or down.
+    pub async fn proxy(&self, down: bool) -> Proxy {
+        Proxy::start(self.moto.port, down).await
+    }
+
+    /// [`config`] for this bench's bucket, shipping to `endpoint`.
+    pub fn config(&self, endpoint: &str) -> ShipConfig {
+        config(&self.bucket, endpoint)
+    }
+
+    /// [`shipper`] of this bench's data directory.
+    pub fn shipper(&self, config: ShipConfig) -> Shipper {
+        shipper(config, self.data())
+    }
+
+    /// Writes a closed file of `table` on node `n1` (see [`Files::write`]).
+    pub fn write(&mut self, table: &str, n: u32, age_secs: u64) -> String {
+        self.files.write(self.data.path(), table, "n1", n, age_secs)
+    }
+
+    /// [`assert_accounted`] for a test that expects nothing dropped.
+    pub async fn assert_accounted(&self, stats: &ShipStats, settled: bool) {
+        self.assert_accounted_dropped(&BTreeSet::new(), stats, settled)
+            .await;
+    }
+
+    /// [`assert_accounted`] with the files expected to be `dropped`.
+    pub async fn assert_accounted_dropped(
+        &self,
+        dropped: &BTreeSet<String>,
+        stats: &ShipStats,
+        settled: bool,
+    ) {
+        assert_accounted(
+            self.store.as_ref(),
+            self.data(),
+            &self.files,
+            dropped,
+            stats,
+            settled,
+        )
+        .await;
+    }
+}
+
+/// A shipper running on the test's runtime until [`Running::stop`].
+pub struct Running {
+    /// Its counters, readable while it runs and after it stopped.
+    pub stats: ShipStats,
+    tx: oneshot::Sender<()>,
+    handle: JoinHandle<ShipSnapshot>,
+}
+
+impl Running {
+    /// Spawns `shipper.run` on the test's runtime.
+    pub fn start(shipper: Shipper) -> Running {
+        let stats = shipper.stats();
+        let (tx, stop) = stop_signal();
+        Running {
+            stats,
+            tx,
+            handle: tokio::spawn(shipper.run(stop)),
+        }
+    }
+
+    /// Waits (up to [`DEADLINE`]) until at least `n` files are uploaded.
+    pub async fn until_uploaded(&self, what: &str, n: u64) {
+        let stats = &self.stats;
+        eventually(what, DEADLINE, || async move {
+            stats.snapshot().files_uploaded >= n
+        })
+        .await;
+    }
+
+    /// Stops it and waits (10 s at most) for `run` to return; returns its
+    /// counters.
+    pub async fn stop(self) -> ShipStats {
+        let _ = self.tx.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("run did not end within 10 s of the stop signal")
+            .unwrap();
+        self.stats
+    }
+
+    /// [`Running::until_uploaded`], then [`Running::stop`].
+    pub async fn ship_then_stop(self, what: &str, n: u64) -> ShipStats {
+        self.until_uploaded(what, n).await;
+        self.stop().await
     }
 }
 
@@ -375,8 +507,8 @@ where
 }
 
 /// A stop signal for [`Shipper::run`] and the sender that fires it.
-pub fn stop_signal() -> (tokio::sync::oneshot::Sender<()>, impl Future<Output = ()>) {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+pub fn stop_signal() -> (oneshot::Sender<()>, impl Future<Output = ()>) {
+    let (tx, rx) = oneshot::channel::<()>();
     (tx, async move {
         let _ = rx.await;
     })
