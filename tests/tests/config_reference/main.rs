@@ -17,7 +17,8 @@
 //!
 //! ```sh
 //! SLICETRACE_BLESS=1 cargo test -p slicetrace-e2e --test config_reference
-//! ```//!
+//! ```
+//!
 //! One job per file: `parse.rs` reads the structs and enums from the
 //! sources, `generate.rs` writes the reference; this file lists the sources
 //! and the environment variables, and holds the tests.
@@ -30,7 +31,7 @@ mod parse;
 use generate::{env_vars_in_sources, generate};
 
 /// Sources that hold config structs, and the enums their fields use.
-const SOURCES: [&str; 10] = [
+const SOURCES: [&str; 11] = [
     "daemon/src/config/mod.rs",
     "daemon/src/probe/config.rs",
     "daemon/src/probe/watchdog.rs",
