@@ -108,16 +108,7 @@ impl Agent {
             .into_iter()
             .map(|b| Gpu::opened(b, &config))
             .collect();
-        Self {
-            node: config.resolved_node_name(),
-            gpus,
-            telemetry,
-            occupancy: None,
-            counters: Arc::new(Counters::default()),
-            live: Arc::new(LiveState::default()),
-            shipper: None,
-            config,
-        }
+        Self::with_gpus(config, gpus, telemetry)
     }
 
     /// An agent over GPUs prepared by the caller, some of which may not
