@@ -30,17 +30,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fast, small CPU probe; Parquet files every 300 ms; verdicts every 100 ms.
 fn config(data: &Path, node: &str, extra: &str) -> Config {
-    let mut c = Config::from_toml(&format!(
-        "node_name = {node:?}\nshutdown_deadline_ms = 5000\n\
-         [probe]\ninterval_ms = 20\njitter_pct = 0\nself_test = false\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n\
-         [parquet]\nrotate_interval_ms = 300\nflush_interval_ms = 100\n\
-         [health]\nwindow_ms = 1000\nevaluate_interval_ms = 100\nmin_samples = 5\n\
-         [metrics]\nlisten = \"\"\n{extra}"
-    ))
-    .expect("config");
-    c.data_dir = data.to_path_buf();
-    c.validate().expect("valid config");
-    c
+    occupancy_support::fast_agent_config(data, node, "", extra)
 }
 
 fn cpu(index: u32, cfg: &Config) -> CpuBackend {

@@ -34,17 +34,7 @@ const GPUS: u32 = 4;
 /// A fast, small CPU probe; Parquet files every 300 ms; verdicts every
 /// 100 ms; /metrics on a free port.
 fn config(data: &Path, extra: &str) -> Config {
-    let mut c = Config::from_toml(&format!(
-        "node_name = \"lifecycle\"\nshutdown_deadline_ms = 5000\n\
-         [probe]\ninterval_ms = 20\njitter_pct = 0\nself_test = false\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n\
-         [parquet]\nrotate_interval_ms = 300\nflush_interval_ms = 100\n\
-         [health]\nwindow_ms = 1000\nevaluate_interval_ms = 100\nmin_samples = 5\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n{extra}"
-    ))
-    .expect("config");
-    c.data_dir = data.to_path_buf();
-    c.validate().expect("valid config");
-    c
+    metrics_support::occupancy_support::fast_agent_config(data, "lifecycle", "127.0.0.1:0", extra)
 }
 
 fn cpu(index: u32, cfg: &Config) -> Box<dyn ProbeBackend> {

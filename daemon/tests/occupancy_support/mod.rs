@@ -368,3 +368,26 @@ impl LogBuf {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// A fast, small CPU probe for the agent-level tests: bursts of one run
+/// every 20 ms, Parquet files every 300 ms, verdicts every 100 ms, over
+/// `data`; `listen` is the /metrics address ("" for none), `extra` more
+/// TOML tables.
+pub fn fast_agent_config(
+    data: &Path,
+    node: &str,
+    listen: &str,
+    extra: &str,
+) -> slicetrace_agent::config::Config {
+    let mut c = slicetrace_agent::config::Config::from_toml(&format!(
+        "node_name = {node:?}\nshutdown_deadline_ms = 5000\n\
+         [probe]\ninterval_ms = 20\njitter_pct = 0\nself_test = false\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n\
+         [parquet]\nrotate_interval_ms = 300\nflush_interval_ms = 100\n\
+         [health]\nwindow_ms = 1000\nevaluate_interval_ms = 100\nmin_samples = 5\n\
+         [metrics]\nlisten = {listen:?}\n{extra}"
+    ))
+    .expect("config");
+    c.data_dir = data.to_path_buf();
+    c.validate().expect("valid config");
+    c
+}
