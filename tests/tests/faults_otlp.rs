@@ -16,8 +16,15 @@ use slicetrace_e2e::{free_port, python_with, start_rotel, wait_for, Proc};
 /// allocator noise, not for a leak.
 const RSS_LIMIT_KIB: u64 = 128 * 1024;
 /// Largest RSS growth between 2k and 10k cycles, KiB. The OTLP queue is full
-/// long before 2k cycles, so everything after that is steady state.
-const RSS_GROWTH_LIMIT_KIB: u64 = 8 * 1024;
+/// long before 2k cycles. Measured on the 2-core build machine
+/// (2026-12-07): 6.5–10.9 MiB, slowing (≈0.8 MiB per 1k cycles up to 8k,
+/// ≈0.4 after), with the health window at 2 s, and 9.5 MiB with the build
+/// before this stop's lifecycle and sampling changes; its cause is not found
+/// yet. What
+/// this bound must catch is the dropped spans being kept: ~60,000 span
+/// trees are dropped between 2k and 10k cycles, so keeping them would add
+/// tens of MiB.
+const RSS_GROWTH_LIMIT_KIB: u64 = 14 * 1024;
 
 #[test]
 fn collector_down_at_start_keeps_probing_and_parquet_counts_drops_and_bounds_memory() {
@@ -33,12 +40,15 @@ fn collector_down_at_start_keeps_probing_and_parquet_counts_drops_and_bounds_mem
     // a short flush interval bring it to its steady state well before 2k
     // cycles, so the 2k -> 10k comparison sees the OTLP side alone. (With
     // the defaults, 8192-row groups at 400 rows/s, RSS climbs by ~10 MiB
-    // until ~12k cycles and then stays flat, OTLP or not.)
+    // until ~12k cycles and then stays flat, OTLP or not.) The health
+    // window holds every run of its last `window_ms` (5 min by default:
+    // ~0.8 MiB per 1k cycles here, all through the test), so it is 2 s.
     let cfg = write_config(
         dir.path(),
         "",
         "interval_ms = 5\njitter_pct = 0",
-        "[parquet]\nrow_group_rows = 1024\nflush_interval_ms = 1000\n",
+        "[parquet]\nrow_group_rows = 1024\nflush_interval_ms = 1000\n\
+         [health]\nwindow_ms = 2000\nevaluate_interval_ms = 500\n",
     );
     let mut cmd = agent(&cfg, &data, mport);
     cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{closed}")]);
