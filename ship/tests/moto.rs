@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slicetrace_e2e::Proc;
-use slicetrace_ship::{DropReason, ShipConfig, Shipper, Stage};
+use slicetrace_ship::{DropReason, ShipConfig, ShipSnapshot, ShipStats, Shipper, Stage};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,69 +335,68 @@ async fn restart_with_files_waiting_ships_them() {
     b.assert_accounted(&stats, true).await;
 }
 
+/// Runs `s` until the deadline sent on the returned channel, then its last
+/// pass (the agent's stop): its counters, the deadline's sender, and the
+/// task that returns the final snapshot.
+fn run_then_flush(
+    s: Shipper,
+) -> (
+    ShipStats,
+    tokio::sync::oneshot::Sender<tokio::time::Instant>,
+    tokio::task::JoinHandle<ShipSnapshot>,
+) {
+    let stats = s.stats();
+    let (tx, by) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+    let h = tokio::spawn(s.run_then_flush(async move { by.await.ok() }));
+    (stats, tx, h)
+}
+
 /// The agent's stop: files closed after the last scan (the Parquet writer
 /// closes its open files at shutdown) ship in the last pass, with no wait
 /// for the next scan, and the shipper returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_closed_at_shutdown_ship_in_the_last_pass() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("lastpass");
-    let data = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
-    files.write(data.path(), "probes", "n1", 0, 30);
+    let Some(mut b) = Bench::start("lastpass") else {
+        return;
+    };
+    b.write("probes", 0, 30);
     let cfg = ShipConfig {
         // No second scan within the test: only the last pass can ship the
         // files written below.
         scan_interval_ms: 3_600_000,
-        ..config("lastpass", &moto.endpoint())
+        ..b.config(&b.moto.endpoint())
     };
-    let s = shipper(cfg, data.path());
-    let stats = s.stats();
-    let (tx, by) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
-    let h = tokio::spawn(s.run_then_flush(async move { by.await.ok() }));
+    let (stats, tx, h) = run_then_flush(b.shipper(cfg));
     eventually("the first file shipped", DEADLINE, || async {
         stats.snapshot().files_uploaded >= 1
     })
     .await;
-    files.write(data.path(), "probes", "n1", 1, 0);
-    files.write(data.path(), "health", "n1", 2, 0);
+    b.write("probes", 1, 0);
+    b.write("health", 2, 0);
     tx.send(tokio::time::Instant::now() + Duration::from_secs(30))
         .unwrap();
     let snap = tokio::time::timeout(DEADLINE, h).await.unwrap().unwrap();
     assert_eq!(snap.files_uploaded, 3, "{snap:?}");
     assert_eq!(snap.files_waiting, 0, "{snap:?}");
-    let store = moto.client("lastpass");
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        true,
-    )
-    .await;
+    b.assert_accounted(&stats, true).await;
 }
 
 /// A last pass that cannot finish by its deadline (S3 hangs) returns at the
 /// deadline and leaves the files waiting, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_pass_against_a_hung_store_ends_at_its_deadline() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("lasthung");
-    let proxy = Proxy::start(moto.port, false).await;
+    let Some(mut b) = Bench::start("lasthung") else {
+        return;
+    };
+    let proxy = b.proxy(false).await;
     proxy.set_delay_ms(60_000);
-    let data = tempfile::tempdir().unwrap();
-    let mut files = Files::default();
-    files.write(data.path(), "probes", "n1", 0, 30);
+    b.write("probes", 0, 30);
     let cfg = ShipConfig {
         scan_interval_ms: 3_600_000,
         request_timeout_ms: 120_000,
-        ..config("lasthung", &proxy.endpoint())
+        ..b.config(&proxy.endpoint())
     };
-    let s = shipper(cfg, data.path());
-    let stats = s.stats();
-    let (tx, by) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
-    let h = tokio::spawn(s.run_then_flush(async move { by.await.ok() }));
+    let (stats, tx, h) = run_then_flush(b.shipper(cfg));
     tx.send(tokio::time::Instant::now() + Duration::from_millis(500))
         .unwrap();
     // Generous bound: the deadline is 0.5 s; the request would hang 60 s.
@@ -406,18 +405,9 @@ async fn a_last_pass_against_a_hung_store_ends_at_its_deadline() {
         .expect("the last pass outlived its deadline")
         .unwrap();
     assert_eq!(snap.files_uploaded, 0, "{snap:?}");
-    assert_eq!(local_files(data.path()).len(), 1, "the file still waits");
+    assert_eq!(local_files(b.data()).len(), 1, "the file still waits");
     proxy.set_delay_ms(0);
-    let store = moto.client("lasthung");
-    assert_accounted(
-        store.as_ref(),
-        data.path(),
-        &files,
-        &BTreeSet::new(),
-        &stats,
-        false,
-    )
-    .await;
+    b.assert_accounted(&stats, false).await;
 }
 
 /// A config without a destination fails at construction, in one line.
