@@ -13,8 +13,9 @@
 //!
 //! Every run gives one of each (launch → start stamp, end stamp → wait
 //! returned), and a two-way exchange with a one-thread kernel through mapped
-//! host memory gives both, one PCIe round trip apart (`cuda::stamp`). A bound is loose when the run waited
-//! for its time slice or the host woke late, but it is never wrong: so the
+//! host memory gives both, one PCIe round trip apart (`cuda::stamp`). A
+//! bound is loose when the run waited for its time slice or the host woke
+//! late, but it is never wrong: so the
 //! estimator keeps the tightest bound of each side per bucket of host time
 //! and finds the lines `offset(t) = a + d·t` that satisfy all of them, over a
 //! sliding window. It reports the centre of the offsets those lines allow at
@@ -194,12 +195,14 @@ impl GpuClock {
             .map_or(i64::MAX, |t| host_ns.saturating_sub(t));
         // While the bound is wide (just started, or a drift not yet pinned
         // down), refit sooner: new bounds narrow it most then.
-        let wide = self.at(host_ns).is_none_or(|e| e.err_ns > TARGET_ERROR_NS);
+        let now = self.at(host_ns);
+        let wide = now.is_none_or(|e| e.err_ns > TARGET_ERROR_NS);
         let due = self.fit.is_none() || age >= REFIT_NS || (wide && age >= REFIT_WIDE_NS);
-        if self.dirty && due {
-            self.refit();
-            self.last_fit_at = Some(host_ns);
+        if !(self.dirty && due) {
+            return now;
         }
+        self.refit();
+        self.last_fit_at = Some(host_ns);
         self.at(host_ns)
     }
 

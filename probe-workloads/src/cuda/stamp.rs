@@ -33,8 +33,9 @@ use crate::ProbeError;
 /// `slicetrace_exchange(u64* box, u64 patience_ns)` is the two-way
 /// calibration (see [`CudaBackend::calibrate`]): it writes the timer to
 /// `box[0]` in host memory, waits up to `patience_ns` of GPU time for the
-/// host to write its own clock into `box[1]`, and on seeing it writes the
-/// timer again to `box[2]`; `slicetrace_spin(u64 ns)` spins one thread
+/// host's answer in `box[1]` (any non-zero word, written right after the
+/// host read its clock), and on seeing it writes the timer again to
+/// `box[2]`; `slicetrace_spin(u64 ns)` spins one thread
 /// on the timer for `ns` (the planted hang, [`crate::Fault::Hang`]);
 /// `slicetrace_timer_trace(u64* out, u32 n)` reads
 /// the timer `n` times in a row (resolution and monotonicity checks). PTX
@@ -128,7 +129,7 @@ pub(super) const SLOTS: usize = 2;
 
 /// How often a two-way exchange recalibrates, besides the runs' own bounds.
 pub const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
-/// How often while the error bound is above [`TARGET_ERROR_NS`].
+/// How often while the error bound is above half of [`TARGET_ERROR_NS`].
 pub const CALIBRATE_WIDE_EVERY: Duration = Duration::from_secs(1);
 /// Exchanges at start-up, [`CALIBRATE_START_GAP`] apart: they span three
 /// buckets of [`crate::clock::BUCKET_NS`], so the drift is bounded to a few
@@ -248,8 +249,8 @@ impl Drop for StampKernels {
     }
 }
 
-/// Mailbox slots: the GPU's first stamp, the host's clock, the GPU's second
-/// stamp (0 while unwritten).
+/// Mailbox slots: the GPU's first stamp, the host's answer (1 once it read
+/// its clock), the GPU's second stamp (0 while unwritten).
 const BOX_GPU_SEEN: usize = 0;
 const BOX_HOST: usize = 1;
 const BOX_GPU_REPLY: usize = 2;
@@ -435,17 +436,16 @@ impl CudaBackend {
     /// Calibrates with `n` two-way exchanges ([`Self::exchange`]); at
     /// start-up (`spread`) they are [`CALIBRATE_START_GAP`] apart, so that
     /// they span more than one bucket and pin the drift down before the
-    /// first run. Returns how many exchanges got the host's reply.
-    pub fn calibrate(&mut self, n: u32, spread: bool) -> Result<u32, ProbeError> {
-        let mut done = 0;
+    /// first run. How many were answered is in [`Self::exchange_stats`].
+    pub fn calibrate(&mut self, n: u32, spread: bool) -> Result<(), ProbeError> {
         for i in 0..n {
             if spread && i > 0 {
                 std::thread::sleep(CALIBRATE_START_GAP);
             }
-            done += u32::from(self.exchange()?.is_some());
+            self.exchange()?;
         }
         self.last_calibration = Some(Instant::now());
-        Ok(done)
+        Ok(())
     }
 
     /// One two-way exchange between the host and a one-thread kernel.
