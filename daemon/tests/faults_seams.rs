@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use occupancy_support::{capture_logs, python, wait_until, FakeApi, LogBuf};
+use occupancy_support::{capture_logs, python, wait_until, AgentTask, FakeApi, LogBuf};
 use slicetrace_agent::agent::{Agent, BackendFactory, RunReport};
 use slicetrace_agent::config::Config;
 use slicetrace_agent::internal_events::Counters;
@@ -39,8 +39,7 @@ fn cpu(index: u32, cfg: &Config) -> CpuBackend {
 
 /// A running agent and what the test inspects.
 struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<RunReport>>,
+    agent: AgentTask,
     counters: Arc<Counters>,
     live: Arc<LiveState>,
     data: PathBuf,
@@ -60,16 +59,8 @@ fn start(
     }
     agent.occupancy = occupancy;
     let (counters, live) = (agent.counters.clone(), agent.live.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(agent.run(
-        async move {
-            let _ = rx.await;
-        },
-        |_| {},
-    ));
     Running {
-        stop: Some(tx),
-        task,
+        agent: AgentTask::spawn(agent, |_| {}),
         counters,
         live,
         data,
@@ -77,20 +68,8 @@ fn start(
 }
 
 impl Running {
-    async fn stop(mut self) -> RunReport {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let report = tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("agent stopped within 30 s")
-            .expect("agent task did not panic")
-            .expect("agent run succeeded");
-        assert!(
-            report.clean_shutdown,
-            "every sink closed within the deadline"
-        );
-        report
+    async fn stop(self) -> RunReport {
+        self.agent.stop().await
     }
 }
 
@@ -286,7 +265,7 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
         Verdict::Unhealthy,
         "the healthy GPU was marked too: {r0}"
     );
-    assert!(!a.task.is_finished(), "the agent stopped");
+    assert!(!a.agent.is_finished(), "the agent stopped");
     let good_during = good.ok_runs.load(Ordering::SeqCst) - good_before;
     assert!(
         good_during >= 30,

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics_support::occupancy_support::{kubectl, python, FakeApi};
+use metrics_support::occupancy_support::{kubectl, python, AgentTask, FakeApi};
 use metrics_support::{http_get, samples, HttpResponse};
 use slicetrace_agent::agent::{Agent, BackendFactory, Gpu, RunReport};
 use slicetrace_agent::config::Config;
@@ -43,8 +43,7 @@ fn cpu(index: u32, cfg: &Config) -> Box<dyn ProbeBackend> {
 
 /// A running agent over four faulted CPU GPUs.
 struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<RunReport>>,
+    agent: AgentTask,
     counters: Arc<Counters>,
     live: Arc<LiveState>,
     data: PathBuf,
@@ -98,23 +97,16 @@ async fn start_with(
         agent.occupancy = Some(Arc::new(NoOccupancy));
     }
     let (counters, live) = (agent.counters.clone(), agent.live.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (atx, arx) = tokio::sync::oneshot::channel::<SocketAddr>();
-    let task = tokio::spawn(agent.run(
-        async move {
-            let _ = rx.await;
-        },
-        move |a| {
-            let _ = atx.send(a);
-        },
-    ));
+    let task = AgentTask::spawn(agent, move |a| {
+        let _ = atx.send(a);
+    });
     let addr = tokio::time::timeout(Duration::from_secs(30), arx)
         .await
         .expect("metrics address within 30 s")
         .expect("metrics served");
     Running {
-        stop: Some(tx),
-        task,
+        agent: task,
         counters,
         live,
         data,
@@ -153,17 +145,8 @@ impl Running {
         assert_eq!(h.status, 200, "healthz: {}", h.body);
     }
 
-    async fn stop(mut self) -> (RunReport, Vec<Arc<Faults>>, PathBuf) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let report = tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("agent stopped within 30 s")
-            .expect("agent task did not panic")
-            .expect("agent run succeeded");
-        assert!(report.clean_shutdown, "every sink closed in time");
-        (report, self.faults, self.data)
+    async fn stop(self) -> (RunReport, Vec<Arc<Faults>>, PathBuf) {
+        (self.agent.stop().await, self.faults, self.data)
     }
 }
 

@@ -391,3 +391,53 @@ pub fn fast_agent_config(
     c.validate().expect("valid config");
     c
 }
+
+/// An agent running on a tokio task, and the signal that stops it.
+pub struct AgentTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<slicetrace_agent::agent::RunReport>>,
+}
+
+impl AgentTask {
+    /// Runs `agent` until [`AgentTask::stop`]; `on_metrics` gets the
+    /// /metrics address once it is served.
+    pub fn spawn(
+        agent: slicetrace_agent::agent::Agent,
+        on_metrics: impl FnOnce(std::net::SocketAddr) + Send + 'static,
+    ) -> AgentTask {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(
+            async move {
+                let _ = rx.await;
+            },
+            on_metrics,
+        ));
+        AgentTask {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Whether the agent's run has ended (on its own: nothing stopped it).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the agent and returns its report, after checking that it
+    /// stopped within 30 s and closed every sink in time.
+    pub async fn stop(mut self) -> slicetrace_agent::agent::RunReport {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let report = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("agent stopped within 30 s")
+            .expect("agent task did not panic")
+            .expect("agent run succeeded");
+        assert!(
+            report.clean_shutdown,
+            "every sink closed within the deadline"
+        );
+        report
+    }
+}
