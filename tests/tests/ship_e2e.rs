@@ -45,7 +45,12 @@ impl Moto {
 }
 
 /// Runs `code` with boto3 against moto on `port` (argv[1] = endpoint,
-/// argv[2] = bucket, argv[3] = prefix, argv[4..] = `args`).
+/// argv[2] = bucket, argv[3] = prefix, argv[4..] = `args`). The snippets
+/// only print; once one has run to its end, the process leaves with
+/// `os._exit(0)`, because pyarrow's thread pool can abort the interpreter's
+/// teardown after a correct run ("terminate called without an active
+/// exception", apache/arrow#34314; seen once here). An exception in the
+/// snippet still fails the call.
 fn boto(py: &Path, port: u16, code: &str, args: &[&str]) -> String {
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut all = vec![endpoint.as_str(), BUCKET, PREFIX];
@@ -53,7 +58,8 @@ fn boto(py: &Path, port: u16, code: &str, args: &[&str]) -> String {
     let prelude = "import sys, boto3\n\
         s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
         aws_access_key_id='test', aws_secret_access_key='test')\n";
-    run_python(py, &format!("{prelude}{code}"), &all)
+    let epilogue = "\nimport os\nsys.stdout.flush()\nos._exit(0)\n";
+    run_python(py, &format!("{prelude}{code}{epilogue}"), &all)
 }
 
 /// Every object under the prefix: key relative to it → (size, sha256), and
