@@ -198,6 +198,35 @@ async fn rows_name_the_busy_tenants_by_pod_and_never_an_idle_context() {
         wait_for("40 more arrivals on CPU-0", || {
             (source.calls.load(Ordering::SeqCst) >= at + 40).then_some(())
         });
+        // Live: the attributed wait shares over the health window, by
+        // tenant, on /metrics; the context that runs nothing has no series.
+        let share = |body: &str, who: &str| {
+            let key = format!(
+                "slicetrace_tenant_wait_share{{node=\"n1\",gpu_uuid=\"CPU-0\",tenant=\"{who}\"}} "
+            );
+            body.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let (a, p) = wait_for("both busy tenants' wait shares on /metrics", || {
+            let m = agent.get("/metrics").body;
+            Some((share(&m, "ml/train-a")?, share(&m, "pid:4242")?))
+        });
+        let m = agent.get("/metrics").body;
+        assert!(
+            !m.contains("notebook-c"),
+            "an idle context is never blamed:\n{m}"
+        );
+        assert!(
+            !m.contains("tenant_wait_share{node=\"n1\",gpu_uuid=\"CPU-1\""),
+            "{m}"
+        );
+        // train-a is busy on every arrival, pid 4242 on about half, and
+        // shares them when both are: about 3/4 and 1/4 of the blamed wait.
+        assert!(
+            a > p && p > 0.0 && a + p <= 1.0 + 1e-9,
+            "train-a {a}, pid:4242 {p}"
+        );
         assert!(agent.shutdown().clean_shutdown);
     })
     .await

@@ -185,4 +185,6 @@ pub const HEALTH_COLUMNS: &[ColumnDoc] = &[
     c("tenants", "uint32", true, "-", "Largest tenant count (other compute processes on the GPU) among the window's runs."),
     c("event_p50_mcycles", "float64", true, "Mcycles", "p50 of `gpu_ms × sm_clock_mhz / 1000` over the runs whose event clock is judged (quiet, or not preempted)."),
     c("event_baseline_mcycles", "float64", true, "Mcycles", "The event baseline those are judged against (see `health_baseline_source`)."),
+    c("top_tenant", "utf8", true, "-", "The tenant (`namespace/pod`, else `pid:<pid>`) with the largest attributed share of this GPU's wait over the window, all kernels together: each arrival's `queue_ms` is split equally among its `busy_tenants` (docs/blame-whatif.md). Null when no arrival in the window had a busy tenant, or busy tenants are unknown (no NVML)."),
+    c("top_tenant_wait_share", "float64", true, "ratio", "Its share of the window's total wait (sum of `queue_ms` over the arrivals whose busy tenants are known), 0-1; the rest is other tenants' share and the wait with nobody busy."),
 ];
