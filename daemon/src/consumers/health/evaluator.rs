@@ -184,6 +184,9 @@ impl Evaluator {
             let mc = event_mcycles(r);
             if let Some(mc) = mc.filter(|_| event_eligible(r, &th)) {
                 let _ = b.event.record(cycles(mc));
+                if r.tenants().is_some_and(|n| n > 0) {
+                    t.learner.record_busy_event(mc, baseline_min);
+                }
             }
             if is_quiet(r) {
                 t.learner.record(r.wall_ms, r.gpu_ms, mc, baseline_min);
@@ -288,15 +291,6 @@ impl Evaluator {
                     *g.1.entry(who.clone()).or_insert(0.0) += ms;
                 }
             }
-            let learned = LearnedBaseline {
-                wall_p50_ms: t.learner.baseline.as_ref().map(|b| b.p50_ms),
-                wall_p99_ms: t.learner.baseline.as_ref().map(|b| b.p99_ms),
-                event_mcycles_p50: t
-                    .learner
-                    .baseline
-                    .as_ref()
-                    .and_then(|b| b.event_mcycles_p50),
-            };
             let sku = if self.cfg.sku_reference {
                 sku_reference(
                     t.gpu_name.as_deref(),
@@ -306,6 +300,23 @@ impl Evaluator {
                 )
             } else {
                 None
+            };
+            // The event baseline: quiet runs first; on a GPU never idle, the
+            // shipped per-SKU reference where there is one, else the shared
+            // runs that were not preempted (every other model).
+            let quiet_event = t
+                .learner
+                .baseline
+                .as_ref()
+                .and_then(|b| b.event_mcycles_p50);
+            let learned = LearnedBaseline {
+                wall_p50_ms: t.learner.baseline.as_ref().map(|b| b.p50_ms),
+                wall_p99_ms: t.learner.baseline.as_ref().map(|b| b.p99_ms),
+                event_mcycles_p50: match (quiet_event, sku) {
+                    (Some(q), _) => Some(q),
+                    (None, Some(_)) => None,
+                    (None, None) => t.learner.event_mcycles_p50(self.cfg.baseline_min_samples),
+                },
             };
             let d = down(uuid);
             if d.as_ref().is_some_and(|d| d.0 == Reason::DriverUpgrade) {
