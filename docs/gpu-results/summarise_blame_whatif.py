@@ -75,8 +75,9 @@ def ci(x, q, n=1000):
             round(float(np.quantile(b, 0.975)), 4)]
 
 
-def cut(t, spans, prefix):
-    """Rows of t inside each phase, labelled; also written per phase."""
+def cut(t, spans, prefix, write_phases=True):
+    """Rows of t inside each phase, labelled; also written per phase, every
+    column (the CLI needs the whole schema)."""
     ts = t.column("ts").cast(pa.int64()).to_numpy() / 1e9
     label = np.array([None] * len(ts), dtype=object)
     for name, a, b in spans:
@@ -85,7 +86,7 @@ def cut(t, spans, prefix):
         label[(ts >= a) & (ts <= b)] = name
     keep = np.array([l is not None for l in label])
     sub = t.filter(pa.array(keep)).append_column("phase", pa.array(label[keep].tolist()))
-    for name in sorted(set(label[keep])):
+    for name in sorted(set(label[keep])) if write_phases else []:
         part = sub.filter(pc.equal(sub["phase"], name)).drop_columns(["phase"])
         slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
         d = os.path.join(OUT, "phases", slug, "probes", "date=2026-12-07", "node=gpu-node")
@@ -169,8 +170,9 @@ for name, data_dir, prefix in [("whatif", "whatif-data", "whatif"), ("blame", "b
     t = agent_rows(data_dir)
     if t is None:
         continue
+    cut(t, spans, prefix)
     t = t.select([c for c in KEEP if c in t.column_names])
-    sub = cut(t, spans, prefix)
+    sub = cut(t, spans, prefix, write_phases=False)
     pq.write_table(sub, os.path.join(OUT, f"rows-{name}.parquet"), compression="zstd")
     summary[name] = phase_summary(sub)
     summary[f"{name}_nvml"] = nvml_period(f"{name}-agent.log")
@@ -179,7 +181,7 @@ for name, data_dir, prefix in [("whatif", "whatif-data", "whatif"), ("blame", "b
 caller = os.path.join(RAW, "whatif-caller.parquet")
 if os.path.exists(caller):
     c = pq.read_table(caller).select(["ts", "kernel", "shape", "wall_ms", "gpu_ms", "queue_ms", "correct"])
-    sub = cut(c.append_column("arrival", pa.array([True] * c.num_rows)), spans, "whatif")
+    sub = cut(c.append_column("arrival", pa.array([True] * c.num_rows)), spans, "whatif", write_phases=False)
     pq.write_table(sub, os.path.join(OUT, "rows-caller.parquet"), compression="zstd")
     by = {}
     for name in sorted(set(sub.column("phase").to_pylist())):
