@@ -112,14 +112,14 @@ con.execute(f"""
 CREATE TABLE r AS SELECT kernel, queue_ms AS w, busy_tenants AS bt, processes
 FROM read_parquet('{root}/probes/**/*.parquet', hive_partitioning=false, union_by_name=true)
 WHERE arrival AND busy_tenants IS NOT NULL AND queue_ms IS NOT NULL AND gpu_uuid = '{gpu}'
-  AND ts >= TIMESTAMPTZ '{since}' AND ts < TIMESTAMPTZ '{until}'""")
+  AND epoch_ns(ts) >= epoch_ns(TIMESTAMPTZ '{since}') AND epoch_ns(ts) < epoch_ns(TIMESTAMPTZ '{until}')""")
 con.execute("""
 CREATE TABLE q AS SELECT kernel,
   coalesce(quantile_cont(w, 0.5) FILTER (WHERE len(bt) = 0), quantile_cont(w, 0.01)) AS q0
 FROM r GROUP BY kernel""")
 con.execute("""
 CREATE TABLE x AS SELECT r.*, greatest(w - q.q0, 0) AS x, len(bt) AS k,
-  list_transform(bt, e -> regexp_replace(e, '=[0-9]+$', '')) AS names
+  list_transform(bt, lambda e: regexp_replace(e, '=[0-9]+$', '')) AS names
 FROM r JOIN q USING (kernel)""")
 tenants = [t for (t,) in con.execute("""
 SELECT DISTINCT t FROM (SELECT unnest(names) AS t FROM x
@@ -127,13 +127,13 @@ SELECT DISTINCT t FROM (SELECT unnest(names) AS t FROM x
 out = {}
 for t in tenants:
     r = con.execute("""
-    WITH c AS (SELECT *, len(list_filter(names, n -> n = $t)) AS c FROM x)
+    WITH c AS (SELECT *, len(list_filter(names, lambda n: n = $t)) AS c FROM x)
     SELECT count(*) FILTER (WHERE c > 0) / count(*),
       sum(CASE WHEN k > 0 THEN x * c / k ELSE 0 END) / sum(x),
       quantile_cont(w, 0.5) FILTER (WHERE c > 0), quantile_cont(w, 0.99) FILTER (WHERE c > 0),
       quantile_cont(w, 0.5) FILTER (WHERE c = 0), quantile_cont(w, 0.99) FILTER (WHERE c = 0),
       quantile_cont(w - CASE WHEN k > 0 THEN x * c / k ELSE 0 END, 0.99),
-      quantile_cont(w, 0.99), sum(x) FILTER (WHERE k = 0) / sum(x)
+      quantile_cont(w, 0.99), coalesce(sum(x) FILTER (WHERE k = 0), 0) / sum(x)
     FROM c""", {'t': t}).fetchone()
     keys = ['busy_share', 'attributed_share', 'wait_p50_busy_ms', 'wait_p99_busy_ms',
             'wait_p50_not_busy_ms', 'wait_p99_not_busy_ms', 'cf_wait_p99_ms', 'wait_p99_ms',
