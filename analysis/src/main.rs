@@ -216,7 +216,7 @@ enum Cmd {
     /// the arrivals (200 resamples, fixed seed). q0 is the p50 of the waits
     /// with no busy tenant, per kernel. A tenant holding a context but never
     /// busy (from `pods`, else `processes`) gets busy share and attributed
-    /// share 0. NVML samples cover a sample period (about 1/6 s), far longer
+    /// share 0. NVML samples cover the driver's sample period, far longer
     /// than a wait: a tenant with short bursts counts as busy for the whole
     /// period. See docs/blame-whatif.md.
     Blame {

@@ -24,8 +24,8 @@
 //!
 //! A tenant that holds a context but never runs work is resident, not busy:
 //! it appears (from `pods`, else `processes`) with busy share 0 and
-//! attributed share 0. NVML's per-process samples cover one sample period
-//! (about 1/6 s on recent drivers), much longer than a wait of a few ms, so
+//! attributed share 0. NVML's per-process samples cover one driver sample
+//! period, much longer than a wait of a few ms, so
 //! "busy around the run" means busy somewhere in that period: a tenant with
 //! short bursts is over-counted as busy, and its share is shared out with
 //! the others in the arrivals where it was in fact idle.
