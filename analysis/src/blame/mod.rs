@@ -462,6 +462,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_with_two_busy_processes_is_charged_twice() {
+        // q0 = 1; the excess 3 of the last arrival has 3 busy contexts, two
+        // of them ns/p's.
+        let rows = vec![
+            row(1.0, &[], &["ns/p", "ns/q"]),
+            row(4.0, &["ns/p=10", "ns/p=20", "ns/q=30"], &["ns/p", "ns/q"]),
+        ];
+        let g = &blame(&rows, "x", &BlameOptions::default()).expect("blame")[0];
+        let p = g.tenants.iter().find(|t| t.tenant == "ns/p").expect("p");
+        assert!((p.attributed_share - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(p.sm_pct_when_busy, Some(20.0));
+        // Without ns/p: 4 − 3·2/3 = 2.
+        assert_eq!(p.cf_wait_p99_ms, quantile(&[1.0, 2.0], 0.99));
+    }
+
+    #[test]
     fn no_busy_column_is_no_tenant_data() {
         let mut r = row(1.0, &[], &[]);
         r.busy = None;
