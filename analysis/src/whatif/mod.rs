@@ -517,19 +517,29 @@ fn one(
         "gpu_processes"
     };
     let mut groups: BTreeMap<u32, Group> = BTreeMap::new();
+    let mut unknown = 0usize;
     for r in rows {
         let k = if by_busy {
             r.busy_contexts()
         } else {
             r.gpu_processes
         };
-        let Some(k) = k else { continue };
+        let Some(k) = k else {
+            unknown += 1;
+            continue;
+        };
         let gr = groups.entry(k).or_default();
         gr.waits.push(r.wait_ms);
         gr.walls.push(r.wall_ms);
         if !r.gpu_ms.is_nan() {
             gr.exec.push(r.gpu_ms);
         }
+    }
+    if unknown > 0 && !groups.is_empty() {
+        notes.push(format!(
+            "{unknown} of {} arrival rows have no {tenant_column} and are left out",
+            rows.len()
+        ));
     }
     if groups.is_empty() {
         return Err(TenancyError::NoTenantData {
