@@ -639,7 +639,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let opts = blame::BlameOptions {
                 gpu: scope.gpu.clone(),
             };
-            let res = blame::blame(&rows, &location, &opts)?;
+            // The bootstrap is CPU work: off the async runtime.
+            let res = tokio::task::spawn_blocking(move || blame::blame(&rows, &location, &opts))
+                .await
+                .context("blame thread failed")??;
             emit(&blame::render(&res, format))?;
         }
         Cmd::Whatif {
