@@ -7,9 +7,13 @@
 //! [`pred`] builds each command's `WHERE` clause (arrival runs unless
 //! `--all-runs`, counted by [`runs`]), [`scan`] streams query results, and the
 //! command modules ([`report`], [`compare`], [`fleet`], [`query`], [`plot`])
-//! turn them into tables, verdicts and charts. [`synth`] generates synthetic data for tests and benchmarks.
+//! turn them into tables, verdicts and charts. [`blame`] and [`whatif`] model
+//! the time-slice rotation over the arrival rows [`tenancy`] reads: who made
+//! the probe wait, and what the tail would be beside N busy tenants.
+//! [`synth`] generates synthetic data for tests and benchmarks.
 //! The `slicetrace` binary (`main.rs`) is a thin clap layer over these.
 
+pub mod blame;
 pub mod compare;
 pub mod fleet;
 pub mod output;
@@ -22,3 +26,5 @@ pub mod scan;
 pub mod source;
 pub mod stats;
 pub mod synth;
+pub mod tenancy;
+pub mod whatif;
