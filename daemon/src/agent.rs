@@ -285,6 +285,8 @@ impl Agent {
                 arrivals,
                 self_test: config.probe.self_test,
                 process_list_max_age: config.probe.process_list_max_age(),
+                busy_tenants_interval: config.probe.busy_tenants_interval(),
+                busy_window: config.probe.busy_window(),
                 stop: stop.clone(),
             };
             let h = std::thread::Builder::new()

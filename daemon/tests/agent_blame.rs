@@ -28,7 +28,8 @@ use slicetrace_schema::{probes_from_batch, ProbeRecord};
 const BUSY_POD_PID: u32 = 2001;
 /// research/notebook-c: holds a context, never busy.
 const RESIDENT_PID: u32 = 2003;
-/// No /proc entry, so no pod: busy on every other answer (SM 40 %).
+/// No /proc entry, so no pod: busy on 20 answers, idle on the next 20, …
+/// (SM 40 %).
 const NO_POD_PID: u32 = 4242;
 
 /// NVML stand-in for the time-sliced CPU-0: three resident processes, two
@@ -90,7 +91,7 @@ impl TelemetrySource for Scripted {
                 sm_pct: 0,
             },
         ];
-        if n % 2 == 0 {
+        if (n / 20) % 2 == 0 {
             self.busy_no_pod.fetch_add(1, Ordering::SeqCst);
             v.push(ProcessActivity {
                 pid: NO_POD_PID,
@@ -177,6 +178,12 @@ async fn rows_name_the_busy_tenants_by_pod_and_never_an_idle_context() {
     let mut cfg = small_config(&data);
     cfg.probe.arrivals = Some(slicetrace_agent::probe::config::Arrivals::Poisson);
     cfg.probe.rate_hz = Some(40.0);
+    // Every arrival reads NVML's per-process utilisation (the default reads
+    // it at most every 2 s: see the config test).
+    cfg.probe.busy_tenants_interval_ms = Some(0);
+    // "Busy" looks back 100 ms (four arrivals at 40/s), so the idle blocks
+    // of pid 4242 leave rows without it.
+    cfg.probe.busy_window_ms = Some(100);
     cfg.occupancy.pod_resources_socket = socket;
     cfg.occupancy.kube_api = KubeApiMode::Server;
     cfg.occupancy.kube_server_url = Some(api.url());
@@ -279,10 +286,10 @@ async fn rows_name_the_busy_tenants_by_pod_and_never_an_idle_context() {
             without += 1;
         }
     }
-    // NVML's samples stamp "now", so a busy answer covers exactly its own
-    // arrival (the window is one period back from launch, never forward).
+    // Busy in blocks of 20 answers: rows with it and rows 100 ms into an
+    // idle block without it.
     assert!(
         with_no_pod > 0 && without > 0,
-        "pid 4242 busy on every other answer: {with_no_pod} with, {without} without"
+        "pid 4242 busy in alternate blocks: {with_no_pod} with, {without} without"
     );
 }

@@ -157,6 +157,22 @@ impl Config {
                 ));
             }
         }
+        if let Some(ms) = self.probe.busy_window_ms {
+            if !(100..=60_000).contains(&ms) {
+                return Err(invalid(
+                    "probe.busy_window_ms",
+                    format!("{ms} is out of range 100..=60000"),
+                ));
+            }
+        }
+        if let Some(ms) = self.probe.busy_tenants_interval_ms {
+            if ms > 3_600_000 {
+                return Err(invalid(
+                    "probe.busy_tenants_interval_ms",
+                    format!("{ms} is above 3600000"),
+                ));
+            }
+        }
         if let Some(us) = self.probe.spin_us {
             if us > 1_000_000 {
                 return Err(invalid("probe.spin_us", format!("{us} is above 1000000")));

@@ -192,6 +192,28 @@ fn the_process_list_age_defaults_to_five_seconds_and_is_bounded() {
         c.probe.process_list_max_age(),
         crate::probe::PROCESS_LIST_MAX_AGE
     );
+    let b = Config::from_toml("[probe]\nbusy_tenants_interval_ms = 0\n").expect("parse");
+    assert!(b.validate().is_ok());
+    assert_eq!(b.probe.busy_tenants_interval(), Duration::ZERO);
+    assert_eq!(
+        Config::default().probe.busy_tenants_interval(),
+        Duration::from_millis(2000)
+    );
+    assert_eq!(b.probe.busy_window(), Duration::from_millis(3000));
+    let mut w = b.clone();
+    w.probe.busy_window_ms = Some(50);
+    assert!(w
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("probe.busy_window_ms"));
+    let mut b = b;
+    b.probe.busy_tenants_interval_ms = Some(3_600_001);
+    assert!(b
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("probe.busy_tenants_interval_ms"));
     let mut c = Config::from_toml("[probe]\nprocess_list_max_age_ms = 1000\n").expect("parse");
     assert_eq!(c.probe.process_list_max_age(), Duration::from_secs(1));
     c.data_dir = std::env::temp_dir();

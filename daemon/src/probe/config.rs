@@ -77,6 +77,18 @@ pub struct ProbeConfig {
     /// process query is its dearest call on a busy GPU; the other device
     /// fields are refreshed every second regardless.
     pub process_list_max_age_ms: Option<u64>,
+    /// Least time between two reads of NVML's per-process utilisation (the
+    /// `busy_tenants` join), ms (default 2000; 0 reads it after every
+    /// arrival; at most 3600000). It costs 1.5–2.7 ms of CPU per read on a
+    /// busy H100 (docs/gpu-results/ §B), so by default one arrival in every
+    /// 2 s carries `busy_tenants`; the others leave it null (unknown).
+    pub busy_tenants_interval_ms: Option<u64>,
+    /// Look-back window of `busy_tenants`, ms (default 3000, 100–60000): a
+    /// tenant is busy around an arrival when NVML gave it a non-zero SM
+    /// sample within this long before launch. Under time-slicing NVML marks
+    /// a busy process non-zero only in some of its ~200 ms samples (every
+    /// 0.75 s for one of three tenants, 1.7 s for one of six, on an H100).
+    pub busy_window_ms: Option<u64>,
 }
 
 impl Default for ProbeConfig {
@@ -101,6 +113,8 @@ impl Default for ProbeConfig {
             cuda_stack_bytes: None,
             gpu_stamps: None,
             process_list_max_age_ms: None,
+            busy_tenants_interval_ms: None,
+            busy_window_ms: None,
         }
     }
 }
@@ -212,6 +226,22 @@ impl ProbeConfig {
             s.gpu_stamps = g;
         }
         s
+    }
+
+    /// Look-back window of `busy_tenants`.
+    pub fn busy_window(&self) -> Duration {
+        self.busy_window_ms.map_or(
+            Duration::from_micros(super::busy::DEFAULT_WINDOW_US),
+            Duration::from_millis,
+        )
+    }
+
+    /// Least time between two reads of per-process utilisation.
+    pub fn busy_tenants_interval(&self) -> Duration {
+        Duration::from_millis(
+            self.busy_tenants_interval_ms
+                .unwrap_or(super::BUSY_TENANTS_INTERVAL_MS),
+        )
     }
 
     /// Oldest a probe thread's GPU process list may be.

@@ -81,6 +81,13 @@ pub struct ProbeLoop {
     /// Oldest the process list joined to a run may be
     /// (`probe.process_list_max_age_ms`, default [`PROCESS_LIST_MAX_AGE`]).
     pub process_list_max_age: Duration,
+    /// Least time between two reads of NVML's per-process utilisation
+    /// (`probe.busy_tenants_interval_ms`, default
+    /// [`BUSY_TENANTS_INTERVAL_MS`]); arrivals in between leave
+    /// `busy_tenants` null.
+    pub busy_tenants_interval: Duration,
+    /// Look-back window of `busy_tenants` (`probe.busy_window_ms`).
+    pub busy_window: Duration,
     /// Shutdown.
     pub stop: Arc<StopSignal>,
 }
@@ -127,6 +134,8 @@ struct LoopState {
     cpu: CpuLaps,
     /// NVML's per-process utilisation samples: who was busy (blame).
     busy: busy::BusyTracker,
+    /// When they were last read.
+    busy_read_at: Option<Instant>,
 }
 
 /// Oldest a full NVML sample (utilisation, power, temperature, memory,
@@ -143,6 +152,12 @@ pub const FULL_SAMPLE_MAX_AGE: Duration = Duration::from_secs(1);
 /// H200, where every other field costs 1–7 µs), and tenants come and go on
 /// the scale of pod starts, so it is refreshed at most this often.
 pub const PROCESS_LIST_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Default least time between two reads of NVML's per-process utilisation,
+/// ms: a read costs 1.5–2.7 ms of CPU on a busy H100 (measured,
+/// docs/gpu-results/ §B), against well under 1 ms for the rest of an
+/// arrival, so by default one arrival every 2 s carries `busy_tenants`.
+pub const BUSY_TENANTS_INTERVAL_MS: u64 = 2000;
 
 /// What one NVML reading covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +325,13 @@ impl ProbeLoop {
         if st.busy.unsupported || rows.is_empty() {
             return None;
         }
+        if st
+            .busy_read_at
+            .is_some_and(|t| t.elapsed() < self.busy_tenants_interval)
+        {
+            return None;
+        }
+        st.busy_read_at = Some(Instant::now());
         let launch_ns = rows.iter().map(|r| r.ts_ns).min()?;
         let samples = match self
             .telemetry
@@ -423,7 +445,10 @@ impl ProbeLoop {
             full: None,
             processes_at: None,
             cpu: CpuLaps::start(),
-            busy: busy::BusyTracker::default(),
+            busy: busy::BusyTracker::new(
+                u64::try_from(self.busy_window.as_micros()).unwrap_or(u64::MAX),
+            ),
+            busy_read_at: None,
         };
         let name = format!("gpu{}-runner", st.gpu_index);
         match self

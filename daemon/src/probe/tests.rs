@@ -116,6 +116,8 @@ fn rows_with_process_age(
         arrivals: plan,
         self_test: true,
         process_list_max_age,
+        busy_tenants_interval: Duration::ZERO,
+        busy_window: Duration::from_secs(3),
         stop: stop.clone(),
     };
     let h = std::thread::spawn(move || lp.run());
