@@ -133,6 +133,8 @@ enum Cmd {
         format: Format,
         #[command(flatten)]
         runs: RunsArgs,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Fleet health check: a state per node and GPU over the window that
     /// ends now (or --until), arrival runs unless --all-runs.
@@ -264,6 +266,8 @@ enum Cmd {
         /// TTF/OTF font for PNG text (default: DejaVu Sans or Liberation Sans, found at run time).
         #[arg(long)]
         font: Option<PathBuf>,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Writes a synthetic probes dataset (Hive layout) for tests and benchmarks.
     GenSynthetic(GenSyntheticArgs),
@@ -569,7 +573,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             filter,
             format,
             runs,
+            source,
         } => {
+            let ranges = match (&baseline, &against) {
+                (Some(b), Some(a)) => time_range(b).zip(time_range(a)),
+                _ => None,
+            };
+            let raw_only = if runs.all_runs {
+                Some("--all-runs needs raw rows")
+            } else if filter.is_some() {
+                Some("a --where needs raw rows")
+            } else if !split_by_occupancy && ranges.is_none() {
+                Some("SQL sides need raw rows")
+            } else {
+                None
+            };
+            let span = ranges.map(|(b, a)| source::TimeRange {
+                start_ns: b.start_ns.min(a.start_ns),
+                end_ns: b.end_ns.max(a.end_ns),
+            });
+            let src = rollup::choose(&data.data, span, &source, raw_only);
+            if src.kind == "rollups" {
+                let root = rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let sides = match ranges {
+                    Some((b, a)) => rollup::compare::Sides::Ranges(b, a),
+                    None => rollup::compare::Sides::Occupancy,
+                };
+                let (blocks, stats) = rollup::compare::compare(&root, sides, parallelism())?;
+                let src = DataSource::rollups(src.why, &stats);
+                emit_with_source(&compare::render(&blocks, format), format, &src)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let (ds, c, common) = open_probes(&data, filter.as_deref(), runs.all_runs).await?;
             let blocks = if split_by_occupancy {
                 compare::split_by_occupancy(&ds.ctx, &common).await?
@@ -592,7 +626,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .await?,
                 ]
             };
-            emit_with_runs(&compare::render(&blocks, format), format, &c)?;
+            let out = compare::render(&blocks, format);
+            if format == Format::Table {
+                emit(&format!("{out}\n{}\n{}", c.describe(), src.line()))?;
+            } else {
+                eprintln!("{}", c.describe());
+                emit_with_source(&out, format, &src)?;
+            }
         }
         Cmd::Fleet {
             data,
@@ -679,7 +719,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             rolling_runs,
             font,
+            source,
         } => {
+            let range = filter.as_deref().and_then(time_range);
+            let raw_only = if kind != plot::Kind::Timeline {
+                Some("only the timeline is drawn from rollups")
+            } else if runs.all_runs {
+                Some("--all-runs needs raw rows")
+            } else if filter.is_some() && range.is_none() {
+                Some("a SQL --where needs raw rows")
+            } else {
+                None
+            };
+            let src = rollup::choose(&data.data, range, &source, raw_only);
+            if src.kind == "rollups" {
+                let root = rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let by = match by.as_deref() {
+                    Some(b) => pred::columns(b)?,
+                    None => ["node", "gpu_uuid", "kernel"].map(String::from).to_vec(),
+                };
+                let (series, stats) = rollup::timeline::series(&root, &by, range, parallelism())?;
+                let src = DataSource::rollups(src.why, &stats);
+                let opts = plot::PlotOptions {
+                    out: out.clone(),
+                    kind,
+                    rolling_runs,
+                    font,
+                    by: Some(by),
+                    runs_note: "rollups".into(),
+                };
+                plot::draw_timeline(&series, &opts, "arrival runs, from rollups")?;
+                eprintln!("wrote {}; {}", out.display(), src.line());
+                return Ok(ExitCode::SUCCESS);
+            }
             let (ds, c, f) = open_probes(&data, filter.as_deref(), runs.all_runs).await?;
             let by = by.as_deref().map(pred::columns).transpose()?;
             let opts = plot::PlotOptions {
@@ -691,7 +763,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 runs_note: c.short(),
             };
             plot::draw(&ds.ctx, &f, &opts).await?;
-            eprintln!("wrote {}; {}", out.display(), c.describe());
+            eprintln!("wrote {}; {}; {}", out.display(), c.describe(), src.line());
         }
         Cmd::Rollup {
             data,

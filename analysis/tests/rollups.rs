@@ -275,4 +275,22 @@ fn outputs_name_their_source_and_exact_forces_raw_rows() {
         "fleet", d, "--window", "36500d", "--baseline-window", "0s", "--until", until, "--exact",
     ]);
     assert!(stdout(&out).contains("source: raw rows (--exact)"), "{}", stdout(&out));
+    // With the raw rows gone, compare and the timeline answer from rollups.
+    hide_raw(tmp.path());
+    let v = json(&slicetrace(&["compare", d, "--split-by-occupancy", "--format", "json"]));
+    let rows = items(&v);
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r["source"]["kind"] == "rollups"), "{v}");
+    let table = stdout(&slicetrace(&["compare", d, "--split-by-occupancy"]));
+    assert!(table.contains("source: rollups"), "{table}");
+    let svg = tmp.path().join("t.svg");
+    let out = slicetrace(&[
+        "plot", d, "--kind", "timeline", "--out", svg.to_str().unwrap(), "--by", "node",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("source: rollups"), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    // The cdf needs every run's value: without raw rows it fails clearly.
+    let out = slicetrace(&["plot", d, "--kind", "cdf", "--out", svg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

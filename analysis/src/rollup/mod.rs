@@ -26,10 +26,12 @@
 //! `s3://` location the raw path runs.
 
 pub mod compact;
+pub mod compare;
 pub mod fleet;
 pub mod read;
 pub mod report;
 pub mod synth;
+pub mod timeline;
 pub mod udaf;
 
 use std::path::{Path, PathBuf};

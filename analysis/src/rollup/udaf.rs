@@ -166,3 +166,53 @@ impl ScalarUDFImpl for SketchQuantile {
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use arrow::array::BinaryBuilder;
+    use arrow::datatypes::Schema;
+    use arrow::record_batch::RecordBatch;
+    use datafusion::datasource::MemTable;
+
+    #[tokio::test]
+    async fn sql_merges_sketches_in_partitions_and_reads_a_quantile_within_alpha() {
+        // 1..=3000 split over 30 sketches, in three partitions (so the
+        // partial states are merged too).
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Binary, true)]));
+        let mut parts = Vec::new();
+        for p in 0..3 {
+            let mut b = BinaryBuilder::new();
+            for k in 0..10 {
+                let mut s = Sketch::new();
+                for v in 1..=100 {
+                    s.add(f64::from((p * 10 + k) * 100 + v));
+                }
+                b.append_value(s.encode());
+            }
+            b.append_null();
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(b.finish())]).unwrap();
+            parts.push(vec![batch]);
+        }
+        let ctx = SessionContext::new();
+        register(&ctx);
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, parts).unwrap()))
+            .unwrap();
+        let out = ctx
+            .sql("SELECT sketch_quantile(sketch_merge(s), 0.99) AS p99 FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let p99 = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .value(0);
+        // Rank ⌊0.99 · 2999⌋ = 2969 holds the value 2970.
+        assert!((p99 - 2970.0).abs() <= 0.01 * 2970.0, "{p99}");
+    }
+}
