@@ -18,9 +18,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use slicetrace_analysis::output::Format;
+use slicetrace_analysis::rollup::{self, DataSource, SourceArgs};
 use slicetrace_analysis::runs::{self, RunCounts};
 use slicetrace_analysis::source::{self, OpenOptions, TableKind};
-use slicetrace_analysis::rollup::{self, DataSource, SourceArgs};
 use slicetrace_analysis::{compare, fleet, plot, pred, query, report, synth};
 
 /// Arguments shared by every command that reads data.
@@ -529,9 +529,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if src.kind == "rollups" {
                     let by = match by {
                         Some(b) => pred::columns(&b)?,
-                        None => rollup::report::DEFAULT_BY.iter().map(|s| s.to_string()).collect(),
+                        None => rollup::report::DEFAULT_BY
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
                     };
-                    let root = rollup::data_root(&data.data).context("rollups need a local directory")?;
+                    let root =
+                        rollup::data_root(&data.data).context("rollups need a local directory")?;
                     let (t, stats) = rollup::report::report(&root, &by, range, parallelism())?;
                     if t.rows.is_empty() {
                         bail!("no arrival runs in the rollups under {}", root.display());
@@ -594,7 +598,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             });
             let src = rollup::choose(&data.data, span, &source, raw_only);
             if src.kind == "rollups" {
-                let root = rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let root =
+                    rollup::data_root(&data.data).context("rollups need a local directory")?;
                 let sides = match ranges {
                     Some((b, a)) => rollup::compare::Sides::Ranges(b, a),
                     None => rollup::compare::Sides::Occupancy,
@@ -664,7 +669,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let src = rollup::choose(&data.data, Some(plan.scan_range()), &source, raw_only);
             if src.kind == "rollups" {
-                let root = rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let root =
+                    rollup::data_root(&data.data).context("rollups need a local directory")?;
                 let (res, _) = rollup::fleet::evaluate(&root, &opts, &plan, parallel, &src.why)?;
                 emit(&fleet::render(&res, format))?;
                 return Ok(ExitCode::from(res.exit_code()));
@@ -733,7 +739,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let src = rollup::choose(&data.data, range, &source, raw_only);
             if src.kind == "rollups" {
-                let root = rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let root =
+                    rollup::data_root(&data.data).context("rollups need a local directory")?;
                 let by = match by.as_deref() {
                     Some(b) => pred::columns(b)?,
                     None => ["node", "gpu_uuid", "kernel"].map(String::from).to_vec(),
@@ -772,8 +779,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             now,
             filter,
         } => {
-            let root = rollup::data_root(&data)
-                .context("slicetrace rollup works on a local directory")?;
+            let root =
+                rollup::data_root(&data).context("slicetrace rollup works on a local directory")?;
             if from_raw {
                 let ds = open(
                     &DataArgs {

@@ -138,13 +138,22 @@ fn compaction_is_lossless_idempotent_and_safe_when_cut_off() {
     let now = "2100-01-01T00:00:00Z";
     let r = rollup(&[d, "--to", "hour", "--now", now]);
     assert!(r["hour_files_written"].as_u64().unwrap() > 0, "{r}");
-    assert_eq!(r["minute_files_compacted"].as_u64().unwrap() as usize, files_before);
+    assert_eq!(
+        r["minute_files_compacted"].as_u64().unwrap() as usize,
+        files_before
+    );
     let after = report_rollups(d);
     assert_eq!(total_runs(&before), total_runs(&after));
     // Merging is exact: the same bins, the same quantiles.
     for (k, b) in by_kernel(&before) {
         let a = &by_kernel(&after)[&k];
-        for f in ["wall_p50_ms", "wall_p99_ms", "gpu_p50_ms", "queue_p99_ms", "runs"] {
+        for f in [
+            "wall_p50_ms",
+            "wall_p99_ms",
+            "gpu_p50_ms",
+            "queue_p99_ms",
+            "runs",
+        ] {
             assert_eq!(a[f], b[f], "{k} {f}");
         }
     }
@@ -202,7 +211,12 @@ fn read_sources(p: &Path) -> Vec<String> {
     let f = std::fs::File::open(p).unwrap();
     let r = parquet::file::reader::SerializedFileReader::new(f).unwrap();
     use parquet::file::reader::FileReader;
-    let kv = r.metadata().file_metadata().key_value_metadata().cloned().unwrap();
+    let kv = r
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap();
     kv.iter()
         .find(|k| k.key == slicetrace_schema::rollup::ROLLUP_SOURCES_KEY)
         .and_then(|k| k.value.clone())
@@ -248,7 +262,12 @@ fn outputs_name_their_source_and_exact_forces_raw_rows() {
     // Raw rows present and a short range: raw; a range over --rollups-after: rollups.
     let long = report_json(
         d,
-        &["--by", "kernel", "--where", "2020-01-01T00:00:00Z..2100-01-01T00:00:00Z"],
+        &[
+            "--by",
+            "kernel",
+            "--where",
+            "2020-01-01T00:00:00Z..2100-01-01T00:00:00Z",
+        ],
     );
     assert_eq!(items(&long)[0]["source"]["kind"], "rollups", "{long}");
     let exact = report_json(
@@ -265,19 +284,46 @@ fn outputs_name_their_source_and_exact_forces_raw_rows() {
     // fleet over a long range answers from rollups and says so, in JSON and tables.
     let until = "2100-01-01T00:00:00Z";
     let out = slicetrace(&[
-        "fleet", d, "--window", "36500d", "--baseline-window", "0s", "--until", until, "--format",
+        "fleet",
+        d,
+        "--window",
+        "36500d",
+        "--baseline-window",
+        "0s",
+        "--until",
+        until,
+        "--format",
         "json",
     ]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
     assert_eq!(v["source"]["kind"], "rollups", "{}", v["source"]);
     assert!(v["runs"]["window_runs"].as_u64().unwrap() > 0);
     let out = slicetrace(&[
-        "fleet", d, "--window", "36500d", "--baseline-window", "0s", "--until", until, "--exact",
+        "fleet",
+        d,
+        "--window",
+        "36500d",
+        "--baseline-window",
+        "0s",
+        "--until",
+        until,
+        "--exact",
     ]);
-    assert!(stdout(&out).contains("source: raw rows (--exact)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("source: raw rows (--exact)"),
+        "{}",
+        stdout(&out)
+    );
     // With the raw rows gone, compare and the timeline answer from rollups.
     hide_raw(tmp.path());
-    let v = json(&slicetrace(&["compare", d, "--split-by-occupancy", "--format", "json"]));
+    let v = json(&slicetrace(&[
+        "compare",
+        d,
+        "--split-by-occupancy",
+        "--format",
+        "json",
+    ]));
     let rows = items(&v);
     assert!(!rows.is_empty());
     assert!(rows.iter().all(|r| r["source"]["kind"] == "rollups"), "{v}");
@@ -285,7 +331,14 @@ fn outputs_name_their_source_and_exact_forces_raw_rows() {
     assert!(table.contains("source: rollups"), "{table}");
     let svg = tmp.path().join("t.svg");
     let out = slicetrace(&[
-        "plot", d, "--kind", "timeline", "--out", svg.to_str().unwrap(), "--by", "node",
+        "plot",
+        d,
+        "--kind",
+        "timeline",
+        "--out",
+        svg.to_str().unwrap(),
+        "--by",
+        "node",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("source: rollups"), "{}", stderr(&out));

@@ -397,8 +397,12 @@ impl Consumers {
         };
         let rollups = if config.parquet.enabled {
             Some(
-                crate::consumers::rollups::RollupSink::new(config.data_dir.clone(), node, queue_msgs)
-                    .context("failed to start the rollups writer")?,
+                crate::consumers::rollups::RollupSink::new(
+                    config.data_dir.clone(),
+                    node,
+                    queue_msgs,
+                )
+                .context("failed to start the rollups writer")?,
             )
         } else {
             None

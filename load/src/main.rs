@@ -107,6 +107,18 @@ struct Args {
     /// Stop after this many runs (in addition to --duration).
     #[arg(long)]
     max_runs: Option<u64>,
+    /// Hold the device's context (and the preset's handles and buffers)
+    /// and run nothing until --duration ends: a tenant that is resident on
+    /// the GPU but never busy.
+    #[arg(long, conflicts_with_all = ["period_ms", "arrivals_hz", "duty_pct", "max_runs"])]
+    idle: bool,
+    /// Busy for this percent of every --duty-period-ms (runs back to back),
+    /// idle for the rest: a tenant with a known duty cycle (1-99).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99), conflicts_with_all = ["period_ms", "arrivals_hz"])]
+    duty_pct: Option<u32>,
+    /// The period of --duty-pct, ms.
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u64).range(10..))]
+    duty_period_ms: u64,
     /// CUDA: print host and GPU memory after each set-up stage (JSON lines),
     /// then run as usual (footprint breakdown).
     #[arg(long)]
@@ -293,6 +305,32 @@ fn run(args: Args) -> Result<()> {
         args.node.clone()
     };
     let shape = backend.shape(kernel);
+    if args.idle {
+        let start = Instant::now();
+        tracing::info!("holding the context, running nothing");
+        while !STOP.load(Ordering::Relaxed)
+            && (args.duration.is_zero() || start.elapsed() < args.duration)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!(
+            "{}",
+            serde_json_line(&[
+                ("kernel", format!("\"{}\"", kernel.as_str())),
+                ("backend", format!("\"{}\"", backend.device().backend)),
+                ("gpu_uuid", format!("\"{}\"", backend.device().uuid)),
+                ("pid", std::process::id().to_string()),
+                ("idle", "true".into()),
+                ("runs", "0".into()),
+                ("elapsed_s", format!("{:.3}", start.elapsed().as_secs_f64())),
+            ])
+        );
+        return Ok(());
+    }
+    let duty = args.duty_pct.map(|p| {
+        let period = Duration::from_millis(args.duty_period_ms);
+        (period, period.mul_f64(f64::from(p) / 100.0))
+    });
     let mut sink = args.out.clone().map(Sink::open).transpose()?;
     let start = Instant::now();
     let cpu_start = process_cpu_s();
@@ -307,6 +345,16 @@ fn run(args: Args) -> Result<()> {
         && (args.duration.is_zero() || start.elapsed() < args.duration)
         && args.max_runs.is_none_or(|m| runs < m)
     {
+        if let Some((period, busy)) = duty {
+            // Busy for the first `busy` of every period, idle for the rest.
+            let phase = Duration::from_nanos(
+                (start.elapsed().as_nanos() % period.as_nanos().max(1)) as u64,
+            );
+            if phase >= busy {
+                std::thread::sleep((period - phase).min(Duration::from_millis(50)));
+                continue;
+            }
+        }
         let plant = args
             .plant_every
             .filter(|&n| n > 0 && runs % n == n - 1)

@@ -68,6 +68,12 @@ pub struct HealthRecord {
     pub event_p50_mcycles: Option<f64>,
     /// The baseline it was judged against, millions of cycles.
     pub event_baseline_mcycles: Option<f64>,
+    /// The tenant with the largest attributed share of this GPU's wait in
+    /// the window (`namespace/pod`, else `pid:<pid>`); `None` when no
+    /// arrival in the window had a busy tenant, or busy tenants are unknown.
+    pub top_tenant: Option<String>,
+    /// Its attributed share of the window's total wait (0–1).
+    pub top_tenant_wait_share: Option<f64>,
     /// The span sampler's decision for this evaluation's span (`false`:
     /// not exported). Not a column: it travels from the verdicts' fan-out
     /// to the OTLP exporter only. `None`: no decision (exported).
@@ -143,6 +149,8 @@ pub fn health_batch(rows: &[HealthRecord]) -> Result<RecordBatch, SchemaError> {
         u32s(it().map(|r| r.tenants)),
         f64s(it().map(|r| r.event_p50_mcycles)),
         f64s(it().map(|r| r.event_baseline_mcycles)),
+        strs(it().map(|r| r.top_tenant.as_deref())),
+        f64s(it().map(|r| r.top_tenant_wait_share)),
     ];
     RecordBatch::try_new(health_schema(), cols).map_err(SchemaError::Arrow)
 }
@@ -205,6 +213,8 @@ mod tests {
             tenants: Some(3),
             event_p50_mcycles: Some(7.5),
             event_baseline_mcycles: Some(8.5),
+            top_tenant: Some("ml/train-a".into()),
+            top_tenant_wait_share: Some(0.25),
             span_sampled: None,
         };
         let want: &[(&str, &str)] = &[
@@ -233,6 +243,8 @@ mod tests {
             ("tenants", "3"),
             ("event_p50_mcycles", "7.5"),
             ("event_baseline_mcycles", "8.5"),
+            ("top_tenant", "ml/train-a"),
+            ("top_tenant_wait_share", "0.25"),
         ];
         assert_eq!(want.len() + 1, HEALTH_COLUMNS.len(), "every column but ts");
         // Second row: every optional field absent, so it must read back null.

@@ -127,6 +127,13 @@ pub struct ProbeRecord {
     /// was sampled out; the row keeps its `trace_id` either way). `None`
     /// when no OTLP exporter runs, and in old files.
     pub span_sampled: Option<bool>,
+    /// Tenant processes NVML's per-process utilisation samples showed busy
+    /// (SM share > 0) from one NVML sample period before launch to the
+    /// row's completion, as `<tenant>=<sm_pct>` (`namespace/pod`, else
+    /// `pid:<pid>`). `None` when unknown; empty when nobody was busy.
+    pub busy_tenants: Option<Vec<String>>,
+    /// `busy_tenants.len()`: busy tenant contexts around this run.
+    pub busy_count: Option<u32>,
 }
 
 impl ProbeRecord {
@@ -287,6 +294,8 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         str_col(rows.iter().map(|r| r.wall_clock.map(WallClock::as_str))),
         col!(rows, Float64Builder, |r| r.clock_error_us),
         col!(rows, BooleanBuilder, |r| r.span_sampled),
+        list_array(rows.iter().map(|r| r.busy_tenants.clone())),
+        col!(rows, UInt32Builder, |r| r.busy_count),
     ];
     RecordBatch::try_new(probes_schema(), columns).map_err(SchemaError::Arrow)
 }
@@ -398,6 +407,8 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
     let wall_clock = s("wall_clock").ok();
     let clock_err = f64c("clock_error_us").ok();
     let sampled = bc("span_sampled").ok();
+    let busy = lc("busy_tenants").ok();
+    let busy_n = u32c("busy_count").ok();
     let ob = |a: Option<&BooleanArray>, i: usize| a.and_then(|a| opt(a.is_valid(i), a.value(i)));
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -449,6 +460,8 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             wall_clock: oword("wall_clock", wall_clock, i)?,
             clock_error_us: clock_err.and_then(|a| opt(a.is_valid(i), a.value(i))),
             span_sampled: ob(sampled, i),
+            busy_tenants: busy.and_then(|a| list_at(a, i)),
+            busy_count: busy_n.and_then(|a| opt(a.is_valid(i), a.value(i))),
         });
     }
     Ok(out)

@@ -1,5 +1,5 @@
 //! The `rollups` table: per minute (or, once compacted, per hour), per
-//! node, GPU, kernel, shape and tenant count, the run counts and a
+//! node, GPU, kernel, shape, tenant count and busy count, the run counts and a
 //! mergeable quantile sketch of each clock, so that a fleet-wide question
 //! over hours reads thousands of times fewer rows than the raw `probes`.
 //!
@@ -200,6 +200,9 @@ pub struct RollupKey {
     pub shape: String,
     /// Tenant count (`gpu_processes`), `None` when unknown.
     pub tenants: Option<u32>,
+    /// Busy tenant contexts around the run (`busy_count`), `None` when
+    /// unknown.
+    pub busy_count: Option<u32>,
 }
 
 /// One row of the `rollups` table (see [`ROLLUP_COLUMNS`]).
@@ -384,6 +387,7 @@ impl Rollup {
             kernel: r.kernel.as_str().to_string(),
             shape: r.shape.clone(),
             tenants: r.tenants(),
+            busy_count: r.busy_count,
         }
     }
 
@@ -465,6 +469,7 @@ pub const ROLLUP_COLUMNS: &[ColumnDoc] = &[
     c("shape", "utf8", false, "-", "Problem shape."),
     c("precision", "utf8", false, "-", "Numeric precision of the kernel."),
     c("tenants", "uint32", true, "-", "Other compute processes on the GPU (`gpu_processes`); null when unknown. A grouping key: rows with different tenant counts are apart."),
+    c("busy_count", "uint32", true, "-", "Busy tenant contexts around the run (`busy_count` of `probes`); null when unknown. A grouping key too."),
     c("first_ts", "timestamp(ns, UTC)", false, "ns since epoch", "`ts` of the bucket's first run."),
     c("last_ts", "timestamp(ns, UTC)", false, "ns since epoch", "`ts` of the bucket's last run."),
     c("runs", "uint64", false, "-", "Every run (burst runs included)."),
@@ -561,6 +566,7 @@ pub fn rollups_batch(rows: &[RollupRecord]) -> Result<RecordBatch, SchemaError> 
         str_col(it().map(|r| Some(r.key.shape.as_str()))),
         str_col(it().map(|r| Some(r.precision.as_str()))),
         u32_col(it().map(|r| r.key.tenants)),
+        u32_col(it().map(|r| r.key.busy_count)),
         ts_col(it().map(|r| r.first_ts_ns)),
         ts_col(it().map(|r| r.last_ts_ns)),
         u64_col(it().map(|r| Some(r.runs))),
@@ -641,6 +647,8 @@ pub fn rollups_from_batch(
         s("precision")?,
     );
     let (period, index, tenants) = (u32c("period_s")?, u32c("gpu_index")?, u32c("tenants")?);
+    // Added after the first rollups: a file without it reads null.
+    let busy = u32c("busy_count").ok();
     let (runs, arrivals, inc, inc_a, infl, hw, thr, clock_runs) = (
         u64c("runs")?,
         u64c("arrivals")?,
@@ -681,6 +689,7 @@ pub fn rollups_from_batch(
                 kernel: kernel.value(i).to_string(),
                 shape: shape.value(i).to_string(),
                 tenants: tenants.is_valid(i).then(|| tenants.value(i)),
+                busy_count: busy.filter(|b| b.is_valid(i)).map(|b| b.value(i)),
             },
             period_s: period.value(i),
             gpu_index: index.value(i),
@@ -744,7 +753,9 @@ mod tests {
 
     #[test]
     fn sketch_quantiles_are_within_alpha_after_merges_and_encoding() {
-        let mut vals: Vec<f64> = (1..=10_000).map(|i| 0.05 * f64::from(i).powf(1.3)).collect();
+        let mut vals: Vec<f64> = (1..=10_000)
+            .map(|i| 0.05 * f64::from(i).powf(1.3))
+            .collect();
         let mut parts = vec![Sketch::new(), Sketch::new(), Sketch::new()];
         for (i, v) in vals.iter().enumerate() {
             parts[i % 3].add(*v);

@@ -196,7 +196,8 @@ pub fn draw_timeline(
     if input.iter().all(|s| s.p99.is_empty()) {
         return Err(PlotError::Empty);
     }
-    let (mut xmin, mut xmax, mut ymax, mut tmax) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0.0f64);
+    let (mut xmin, mut xmax, mut ymax, mut tmax) =
+        (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0.0f64);
     let mut series = Vec::new();
     for (i, s) in input.iter().enumerate() {
         for &(x, y) in &s.p99 {

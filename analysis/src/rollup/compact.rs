@@ -28,8 +28,8 @@ use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 use slicetrace_schema::rollup::{bucket_start, HOUR_SECS, MINUTE_SECS, ROLLUP_SOURCES_KEY};
 use slicetrace_schema::{
-    layout, rollups_batch, rollups_schema, writer_properties, Backend, Kernel, ProbeRecord,
-    Rollup, RollupRecord, SketchSet,
+    layout, rollups_batch, rollups_schema, writer_properties, Backend, Kernel, ProbeRecord, Rollup,
+    RollupRecord, SketchSet,
 };
 
 use super::read::{self, rows_of};
@@ -88,7 +88,9 @@ pub fn write_atomic(
     let result = (|| {
         let file = File::create(&tmp).map_err(RollupError::io("create", &tmp))?;
         let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq)?;
-        let batch = batch.with_schema(schema.clone()).map_err(|e| pq(e.into()))?;
+        let batch = batch
+            .with_schema(schema.clone())
+            .map_err(|e| pq(e.into()))?;
         w.write(&batch).map_err(pq)?;
         let file = w.into_inner().map_err(pq)?;
         file.sync_all().map_err(RollupError::io("sync", &tmp))?;
@@ -105,7 +107,11 @@ pub fn write_atomic(
 
 fn hour_name(hour_ns: i64, tag: &str) -> String {
     let start = chrono::DateTime::from_timestamp_nanos(hour_ns).format("%Y%m%dT%H%M%SZ");
-    format!("{}{start}-{tag}{}", layout::FILE_PREFIX, layout::FILE_SUFFIX)
+    format!(
+        "{}{start}-{tag}{}",
+        layout::FILE_PREFIX,
+        layout::FILE_SUFFIX
+    )
 }
 
 fn is_hour_file(name: &str) -> bool {
@@ -163,7 +169,9 @@ fn compact_dir(
             .map(|r| bucket_start(r.key.bucket_ns, HOUR_SECS))
             .collect();
         match (hours.len(), hours.iter().next()) {
-            (1, Some(&h)) if h < current_hour => by_hour.entry(h).or_default().push((f.clone(), rows)),
+            (1, Some(&h)) if h < current_hour => {
+                by_hour.entry(h).or_default().push((f.clone(), rows))
+            }
             (0, _) => {
                 // An empty file holds nothing: it goes with no hour.
                 fs::remove_file(f).map_err(RollupError::io("remove", f))?;
@@ -230,7 +238,7 @@ pub async fn from_raw(
 ) -> Result<FromRawReport, RollupError> {
     use crate::scan;
     let sql = format!(
-        "SELECT ts, node, gpu_uuid, gpu_index, gpu_name, kernel, shape, precision, gpu_processes, \
+        "SELECT ts, node, gpu_uuid, gpu_index, gpu_name, kernel, shape, precision, gpu_processes, busy_count, \
          arrival, burst_seq, correct, event_inflated, throttle_reasons, sm_clock_mhz, \
          wall_ms, gpu_ms, queue_ms FROM probes WHERE {where_sql}"
     );
@@ -248,6 +256,7 @@ pub async fn from_raw(
             scan::strings(b, "shape")?,
             scan::strings(b, "precision")?,
         );
+        let busy = scan::u32s(b, "busy_count")?;
         let (index, procs, seq, clock) = (
             scan::u32s(b, "gpu_index")?,
             scan::u32s(b, "gpu_processes")?,
@@ -292,6 +301,7 @@ pub async fn from_raw(
                 sm_clock_mhz: clock[i],
                 throttle_reasons: thr[i].map(|x| x as u64),
                 gpu_processes: procs[i],
+                busy_count: busy[i],
                 arrival: arrival[i],
                 event_inflated: inflated[i],
                 ..Default::default()
@@ -306,7 +316,10 @@ pub async fn from_raw(
     let mut groups: BTreeMap<(String, i64), Vec<RollupRecord>> = BTreeMap::new();
     for r in acc.take_closed(i64::MAX) {
         let hour = bucket_start(r.key.bucket_ns, HOUR_SECS);
-        groups.entry((r.key.node.clone(), hour)).or_default().push(r);
+        groups
+            .entry((r.key.node.clone(), hour))
+            .or_default()
+            .push(r);
     }
     let table = root.join(layout::ROLLUPS);
     for ((node, hour), rows) in groups {

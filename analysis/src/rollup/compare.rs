@@ -150,8 +150,12 @@ pub fn compare(
     let usage = |s: &str| RollupError::Usage(s.to_string());
     let blocks = match sides {
         Sides::Ranges(..) => {
-            let b = levels.remove(&0).ok_or_else(|| usage("no rollups in the --baseline range"))?;
-            let a = levels.remove(&1).ok_or_else(|| usage("no rollups in the --against range"))?;
+            let b = levels
+                .remove(&0)
+                .ok_or_else(|| usage("no rollups in the --baseline range"))?;
+            let a = levels
+                .remove(&1)
+                .ok_or_else(|| usage("no rollups in the --against range"))?;
             vec![block(&b, &a, "baseline", "against")]
         }
         Sides::Occupancy => {
@@ -159,7 +163,9 @@ pub fn compare(
                 .remove(&0)
                 .ok_or_else(|| usage("no rollups with 0 tenants to use as the baseline"))?;
             if levels.is_empty() {
-                return Err(usage("no rollups with 1 or more tenants to compare with the 0-tenant baseline"));
+                return Err(usage(
+                    "no rollups with 1 or more tenants to compare with the 0-tenant baseline",
+                ));
             }
             let mut any: BTreeMap<Key, Side> = BTreeMap::new();
             for m in levels.values() {

@@ -201,7 +201,11 @@ pub fn evaluate(
         let newest = d
             .files
             .iter()
-            .filter_map(|f| f.file_name()?.to_str().and_then(crate::source::name_start_ns))
+            .filter_map(|f| {
+                f.file_name()?
+                    .to_str()
+                    .and_then(crate::source::name_start_ns)
+            })
             .max();
         if let Some(n) = newest {
             let e = newest_files.entry(node).or_insert(n);

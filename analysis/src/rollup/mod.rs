@@ -248,10 +248,7 @@ pub fn choose(
             has_partitions(&root, layout::PROBES, r),
             has_partitions(&root, layout::ROLLUPS, r),
         ),
-        None => (
-            root.join(layout::PROBES).is_dir(),
-            rollups_dir.is_dir(),
-        ),
+        None => (root.join(layout::PROBES).is_dir(), rollups_dir.is_dir()),
     };
     if !rolled {
         return DataSource::raw_because("no rollups for this range");
@@ -320,7 +317,10 @@ mod tests {
             ..a
         };
         assert_eq!(choose(data, Some(r), &long, None).kind, "rollups");
-        let exact = SourceArgs { exact: true, ..long };
+        let exact = SourceArgs {
+            exact: true,
+            ..long
+        };
         assert_eq!(choose(data, Some(r), &exact, None).kind, "raw");
         assert_eq!(choose(data, Some(r), &long, Some("--all-runs")).kind, "raw");
     }

@@ -127,11 +127,7 @@ pub(crate) fn open(path: &Path) -> Result<Opened, RollupError> {
         })?;
     let meta = builder.metadata().file_metadata();
     let kv = meta.key_value_metadata().cloned().unwrap_or_default();
-    let get = |k: &str| {
-        kv.iter()
-            .find(|x| x.key == k)
-            .and_then(|x| x.value.clone())
-    };
+    let get = |k: &str| kv.iter().find(|x| x.key == k).and_then(|x| x.value.clone());
     if let Some(v) = get(ROLLUP_SCHEMA_VERSION_KEY) {
         let found: u32 = v.trim().parse().unwrap_or(u32::MAX);
         if found > ROLLUP_SCHEMA_VERSION {
@@ -143,7 +139,12 @@ pub(crate) fn open(path: &Path) -> Result<Opened, RollupError> {
         }
     }
     let sources = get(ROLLUP_SOURCES_KEY)
-        .map(|s| s.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+        .map(|s| {
+            s.lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     let rows = u64::try_from(meta.num_rows()).unwrap_or(0);
     Ok(Opened {
@@ -298,10 +299,7 @@ where
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .collect()
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
     if let Some(e) = first_err.into_inner().ok().flatten() {
         return Err(e);

@@ -16,7 +16,15 @@ use crate::output::{Cell, Table};
 use crate::source::TimeRange;
 
 /// Columns a rollup report can group by.
-pub const GROUP_COLUMNS: [&str; 6] = ["node", "gpu_uuid", "gpu_name", "kernel", "shape", "tenants"];
+pub const GROUP_COLUMNS: [&str; 7] = [
+    "node",
+    "gpu_uuid",
+    "gpu_name",
+    "kernel",
+    "shape",
+    "tenants",
+    "busy_count",
+];
 
 /// The default grouping, as the raw report's.
 pub const DEFAULT_BY: [&str; 4] = ["node", "gpu_uuid", "kernel", "tenants"];
@@ -69,6 +77,7 @@ fn value(r: &RollupRecord, col: &str) -> String {
         "gpu_name" => r.gpu_name.clone().unwrap_or_default(),
         "kernel" => r.key.kernel.clone(),
         "shape" => r.key.shape.clone(),
+        "busy_count" => r.key.busy_count.map(|t| t.to_string()).unwrap_or_default(),
         _ => r.key.tenants.map(|t| t.to_string()).unwrap_or_default(),
     }
 }

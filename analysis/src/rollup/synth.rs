@@ -68,8 +68,14 @@ fn row(
         node: node.to_string(),
         gpu_uuid: format!("GPU-{node}-{gpu}"),
         kernel: kernel.to_string(),
-        shape: if kernel == "fft" { "c2c n=4096 batch=8" } else { "n=1024" }.to_string(),
+        shape: if kernel == "fft" {
+            "c2c n=4096 batch=8"
+        } else {
+            "n=1024"
+        }
+        .to_string(),
         tenants: Some(tenants as u32),
+        busy_count: Some(tenants as u32),
     };
     let mut r = RollupRecord::empty(key, period_s);
     let minutes = u64::from(period_s / MINUTE_SECS).max(1);
@@ -144,8 +150,13 @@ pub fn generate(out: &Path, s: &RollupSynth) -> Result<(usize, u64), RollupError
                         .join(layout::date_dir(&layout::date_value(t)))
                         .join(layout::node_dir(&node));
                     let name = if s.hours {
-                        let start = chrono::DateTime::from_timestamp_nanos(t).format("%Y%m%dT%H%M%SZ");
-                        format!("{}{start}-{HOUR_TAG}{}", layout::FILE_PREFIX, layout::FILE_SUFFIX)
+                        let start =
+                            chrono::DateTime::from_timestamp_nanos(t).format("%Y%m%dT%H%M%SZ");
+                        format!(
+                            "{}{start}-{HOUR_TAG}{}",
+                            layout::FILE_PREFIX,
+                            layout::FILE_SUFFIX
+                        )
                     } else {
                         layout::file_name(t, "synth")
                     };

@@ -21,6 +21,7 @@ fn value(r: &RollupRecord, col: &str) -> String {
         "gpu_name" => r.gpu_name.clone().unwrap_or_default(),
         "kernel" => r.key.kernel.clone(),
         "shape" => r.key.shape.clone(),
+        "busy_count" => r.key.busy_count.map(|t| t.to_string()).unwrap_or_default(),
         _ => r.key.tenants.map(|t| t.to_string()).unwrap_or_default(),
     }
 }

@@ -23,6 +23,7 @@ use slicetrace_probe::{record_for, Kernel};
 use slicetrace_schema::ProbeRecord;
 
 pub mod arrivals;
+pub mod busy;
 pub mod config;
 pub mod cpu_time;
 pub mod driver;
@@ -124,6 +125,8 @@ struct LoopState {
     processes_at: Option<Instant>,
     /// This thread's CPU time per stage of an arrival.
     cpu: CpuLaps,
+    /// NVML's per-process utilisation samples: who was busy (blame).
+    busy: busy::BusyTracker,
 }
 
 /// Oldest a full NVML sample (utilisation, power, temperature, memory,
@@ -245,7 +248,9 @@ impl ProbeLoop {
 
     /// Joins telemetry, occupancy, live state and ids into `rows` (one
     /// arrival's or one cycle's), counts them and hands them to the fan-out.
-    fn publish(&self, st: &LoopState, mut rows: Vec<ProbeRecord>, tel: BurstTelemetry) {
+    fn publish(&self, st: &mut LoopState, mut rows: Vec<ProbeRecord>, tel: BurstTelemetry) {
+        let busy = self.busy_tenants(st, &rows);
+        self.lap(st, Stage::Telemetry);
         let procs = tel.processes.clone().unwrap_or_default();
         let mut occ = self.occupancy.snapshot(&st.uuid, &procs);
         if tel.processes.is_none() {
@@ -274,6 +279,8 @@ impl ProbeLoop {
             r.replicas = occ.replicas;
             r.sharing_strategy = occ.sharing_strategy.clone();
             r.occupancy_stale = occ.stale;
+            r.busy_count = busy.as_ref().map(|b| b.len() as u32);
+            r.busy_tenants = busy.clone();
             let (verdict, contention, event_baseline) = self
                 .live
                 .read_kernel(&st.uuid, r.kernel, |k| {
@@ -295,6 +302,51 @@ impl ProbeLoop {
         }
         .emit(&self.counters);
         self.fanout.send_probes(rows);
+    }
+
+    /// The tenant processes NVML saw busy around the runs in `rows`, as
+    /// `<tenant>=<sm_pct>` ([`busy`]); `None` when NVML cannot tell.
+    fn busy_tenants(&self, st: &mut LoopState, rows: &[ProbeRecord]) -> Option<Vec<String>> {
+        if st.busy.unsupported || rows.is_empty() {
+            return None;
+        }
+        let launch_ns = rows.iter().map(|r| r.ts_ns).min()?;
+        let samples = match self
+            .telemetry
+            .process_activity(&st.uuid, st.busy.ask_since())
+        {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                tracing::info!(gpu = %st.uuid, source = self.telemetry.name(), "per-process utilisation is not available: busy_tenants stays null on this GPU");
+                st.busy.unsupported = true;
+                return None;
+            }
+            Err(e) => {
+                TelemetrySampleFailed {
+                    gpu_uuid: &st.uuid,
+                    error: &e,
+                }
+                .emit(&self.counters);
+                return None;
+            }
+        };
+        let busy = st.busy.observe(
+            &samples,
+            u64::try_from(launch_ns / 1000).unwrap_or(0),
+            busy::unix_us(),
+            busy::monotonic_us(),
+        );
+        Some(
+            busy.into_iter()
+                .map(|(pid, sm)| {
+                    let who = self
+                        .occupancy
+                        .pod_of(pid)
+                        .unwrap_or_else(|| format!("pid:{pid}"));
+                    format!("{who}={sm}")
+                })
+                .collect(),
+        )
     }
 
     /// Bookkeeping after an arrival or cycle: readiness, recovery, errors,
@@ -371,6 +423,7 @@ impl ProbeLoop {
             full: None,
             processes_at: None,
             cpu: CpuLaps::start(),
+            busy: busy::BusyTracker::default(),
         };
         let name = format!("gpu{}-runner", st.gpu_index);
         match self
@@ -429,6 +482,8 @@ impl ProbeLoop {
             cpu_ms = st.cpu.sum().as_secs_f64() * 1e3,
             cpu_ms_per_arrival = st.cpu.sum().as_secs_f64() * 1e3 / n.max(1) as f64,
             cpu_ms_by_stage = %st.cpu.summary_ms(),
+            nvml_process_sample_period_ms = st.busy.period_us() as f64 / 1e3,
+            nvml_process_clock = ?st.busy.clock(),
             "probe thread stopped"
         );
     }

@@ -256,6 +256,9 @@ pub struct LiveState {
     pub kernels: RwLock<BTreeMap<(String, Kernel), KernelHealth>>,
     /// gpu_uuid → latest pod count (None = unknown).
     pub pod_count: RwLock<BTreeMap<String, Option<u32>>>,
+    /// gpu_uuid → each busy tenant's attributed share of the GPU's wait over
+    /// the health window, largest first (replaced at every evaluation).
+    pub tenant_wait_share: RwLock<BTreeMap<String, Vec<(String, f64)>>>,
     /// Set once the first probe cycle completed (for `/readyz`).
     pub ready: std::sync::atomic::AtomicBool,
     /// The occupancy sources the agent started from its config, so that

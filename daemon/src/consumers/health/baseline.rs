@@ -1,4 +1,4 @@
-//! Learned quiet baselines and their persistence. Every quiet arrival run
+//! Learned baselines and their persistence. Every quiet arrival run
 //! ([`slicetrace_schema::is_quiet`]) that [`super::Evaluator::observe`] sees
 //! goes into its track's [`Learner`]; once per evaluation the learners that
 //! got new runs recompute their [`Baseline`], which the judge then reads as
@@ -6,6 +6,12 @@
 //! `DIR/state/health-baseline.json` (gpu_uuid → kernel → baseline), loaded
 //! when the evaluator starts and written atomically (temp file + rename)
 //! when it saves.
+//!
+//! A GPU whose tenants never leave it idle has no quiet runs. Its event
+//! baseline (health) is then learned from shared arrival runs that were not
+//! preempted mid-kernel ([`slicetrace_schema::event_eligible`]), in memory
+//! only; its wall baseline (contention) is never learned from shared runs,
+//! which are contended by definition (the SLO or the SKU reference stands in).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,6 +66,11 @@ impl Quiet {
 pub(super) struct Learner {
     quiet: Quiet,
     quiet_prev: Option<Quiet>,
+    /// Event time per SM cycle of shared runs that were not preempted
+    /// ([`slicetrace_schema::event_eligible`]), two generations: the event
+    /// baseline of a GPU whose tenants never leave it idle.
+    busy_event: Histogram<u32>,
+    busy_event_prev: Option<Histogram<u32>>,
     /// Quiet runs arrived since the baseline was last computed.
     dirty: bool,
     /// The baseline in use: learned, or loaded from the file.
@@ -71,6 +82,8 @@ impl Learner {
         Learner {
             quiet: Quiet::new(),
             quiet_prev: None,
+            busy_event: hist(),
+            busy_event_prev: None,
             dirty: false,
             baseline: None,
         }
@@ -81,6 +94,34 @@ impl Learner {
         self.baseline = None;
         self.quiet = Quiet::new();
         self.quiet_prev = None;
+        self.busy_event = hist();
+        self.busy_event_prev = None;
+    }
+
+    /// Adds the event time per SM cycle of one shared arrival run that was
+    /// not preempted mid-kernel.
+    pub(super) fn record_busy_event(&mut self, event_mcycles: f64, baseline_min: u64) {
+        let _ = self.busy_event.record(cycles(event_mcycles));
+        if self.busy_event.len() >= 20 * baseline_min.max(1) {
+            let full = std::mem::replace(&mut self.busy_event, hist());
+            self.busy_event_prev = Some(full);
+        }
+    }
+
+    /// The event baseline health judges against: the quiet runs' p50 when
+    /// there are enough of them, else that of the shared runs that were not
+    /// preempted (a short probe kernel finishes inside one time slice, so
+    /// its event time per SM cycle is the GPU's own speed: checked on an
+    /// H100, docs/gpu-results/ §B). `None` with too few of either.
+    pub(super) fn event_mcycles_p50(&self, baseline_min: u64) -> Option<f64> {
+        if let Some(q) = self.baseline.as_ref().and_then(|b| b.event_mcycles_p50) {
+            return Some(q);
+        }
+        let mut h = self.busy_event.clone();
+        if let Some(p) = &self.busy_event_prev {
+            let _ = h.add(p);
+        }
+        (h.len() >= baseline_min.max(1)).then(|| h.value_at_quantile(0.5) as f64 / 1e6)
     }
 
     /// Adds one quiet arrival run.
@@ -216,5 +257,26 @@ mod tests {
         assert!(!l.refresh("s", 10), "no new runs: nothing to recompute");
         l.reset();
         assert!(l.baseline.is_none());
+    }
+
+    #[test]
+    fn a_gpu_never_idle_learns_its_event_baseline_from_unpreempted_shared_runs() {
+        let mut l = Learner::new();
+        for _ in 0..9 {
+            l.record_busy_event(0.03, 10);
+        }
+        assert_eq!(l.event_mcycles_p50(10), None, "9 of 10 runs");
+        l.record_busy_event(0.03, 10);
+        let busy = l.event_mcycles_p50(10).expect("learned from shared runs");
+        assert!((busy - 0.03).abs() < 0.001, "{busy}");
+        // Quiet runs, once there are enough, take precedence.
+        for _ in 0..10 {
+            l.record(0.1, Some(0.01), Some(0.02), 10);
+        }
+        assert!(l.refresh("s", 10));
+        let quiet = l.event_mcycles_p50(10).expect("quiet");
+        assert!((quiet - 0.02).abs() < 0.001, "{quiet}");
+        l.reset();
+        assert_eq!(l.event_mcycles_p50(10), None, "a new shape forgets both");
     }
 }

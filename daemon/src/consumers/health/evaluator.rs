@@ -20,7 +20,7 @@ use slicetrace_schema::{
 
 use super::baseline::{self, Baselines, Learner};
 use super::config::HealthConfig;
-use super::window::{cycles, us, window_of, Bucket, BUCKETS};
+use super::window::{attribute, cycles, us, window_of, Bucket, BUCKETS};
 use crate::serve::live::{KernelHealth, LiveState};
 use crate::topology::ProbeEvent;
 
@@ -170,6 +170,7 @@ impl Evaluator {
                 continue;
             }
             b.max_tenants = b.max_tenants.max(r.tenants());
+            attribute(b, r.queue_ms, r.busy_tenants.as_ref());
             if r.throttle_reasons.unwrap_or(0) & th.throttle_unhealthy_mask != 0 {
                 b.hw_throttled += 1;
             }
@@ -183,6 +184,9 @@ impl Evaluator {
             let mc = event_mcycles(r);
             if let Some(mc) = mc.filter(|_| event_eligible(r, &th)) {
                 let _ = b.event.record(cycles(mc));
+                if r.tenants().is_some_and(|n| n > 0) {
+                    t.learner.record_busy_event(mc, baseline_min);
+                }
             }
             if is_quiet(r) {
                 t.learner.record(r.wall_ms, r.gpu_ms, mc, baseline_min);
@@ -269,6 +273,8 @@ impl Evaluator {
         };
         let mut out = Vec::new();
         let mut published = BTreeMap::new();
+        // Per GPU, all kernels: (wait, wait by tenant) over the window.
+        let mut blame: BTreeMap<String, (f64, BTreeMap<String, f64>)> = BTreeMap::new();
         for ((uuid, kernel), t) in self.tracks.iter_mut() {
             while t
                 .buckets
@@ -278,15 +284,13 @@ impl Evaluator {
                 t.buckets.pop_front();
             }
             let w = window_of(&t.buckets);
-            let learned = LearnedBaseline {
-                wall_p50_ms: t.learner.baseline.as_ref().map(|b| b.p50_ms),
-                wall_p99_ms: t.learner.baseline.as_ref().map(|b| b.p99_ms),
-                event_mcycles_p50: t
-                    .learner
-                    .baseline
-                    .as_ref()
-                    .and_then(|b| b.event_mcycles_p50),
-            };
+            let g = blame.entry(uuid.clone()).or_default();
+            for b in &t.buckets {
+                g.0 += b.wait_ms;
+                for (who, ms) in &b.blame_ms {
+                    *g.1.entry(who.clone()).or_insert(0.0) += ms;
+                }
+            }
             let sku = if self.cfg.sku_reference {
                 sku_reference(
                     t.gpu_name.as_deref(),
@@ -296,6 +300,23 @@ impl Evaluator {
                 )
             } else {
                 None
+            };
+            // The event baseline: quiet runs first; on a GPU never idle, the
+            // shipped per-SKU reference where there is one, else the shared
+            // runs that were not preempted (every other model).
+            let quiet_event = t
+                .learner
+                .baseline
+                .as_ref()
+                .and_then(|b| b.event_mcycles_p50);
+            let learned = LearnedBaseline {
+                wall_p50_ms: t.learner.baseline.as_ref().map(|b| b.p50_ms),
+                wall_p99_ms: t.learner.baseline.as_ref().map(|b| b.p99_ms),
+                event_mcycles_p50: match (quiet_event, sku) {
+                    (Some(q), _) => Some(q),
+                    (None, Some(_)) => None,
+                    (None, None) => t.learner.event_mcycles_p50(self.cfg.baseline_min_samples),
+                },
             };
             let d = down(uuid);
             if d.as_ref().is_some_and(|d| d.0 == Reason::DriverUpgrade) {
@@ -358,6 +379,8 @@ impl Evaluator {
                 tenants: w.stats.max_tenants,
                 event_p50_mcycles: w.stats.event_mcycles_p50,
                 event_baseline_mcycles: j.event_baseline_mcycles,
+                top_tenant: None,
+                top_tenant_wait_share: None,
                 span_sampled: None,
             });
             published.insert(
@@ -452,6 +475,30 @@ impl Evaluator {
                 key,
                 KernelHealth::without_runs(idx, verdict_for(reason), reason, text),
             );
+        }
+        // Attributed wait shares: on /metrics (a GPU's map is replaced at
+        // every evaluation, so a tenant that left the window leaves its
+        // series) and the top one on this evaluation's records.
+        let shares: BTreeMap<String, Vec<(String, f64)>> = blame
+            .into_iter()
+            .map(|(uuid, (wait, by))| {
+                let mut v: Vec<(String, f64)> = if wait > 0.0 {
+                    by.into_iter().map(|(w, ms)| (w, ms / wait)).collect()
+                } else {
+                    Vec::new()
+                };
+                v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                (uuid, v)
+            })
+            .collect();
+        for r in &mut out {
+            if let Some((who, share)) = shares.get(&r.gpu_uuid).and_then(|v| v.first()) {
+                r.top_tenant = Some(who.clone());
+                r.top_tenant_wait_share = Some(*share);
+            }
+        }
+        if let Ok(mut m) = self.state.tenant_wait_share.write() {
+            *m = shares;
         }
         self.state.publish(published);
         out

@@ -51,6 +51,30 @@ pub(super) struct Bucket {
     /// Arrival runs with a hardware throttle bit.
     pub(super) hw_throttled: u64,
     pub(super) max_tenants: Option<u32>,
+    /// Wait (`queue_ms`) of the arrivals whose busy tenants are known, ms.
+    pub(super) wait_ms: f64,
+    /// That wait split equally among each arrival's busy tenants, by
+    /// tenant (see [`attribute`]).
+    pub(super) blame_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// Adds one arrival's wait to `b`, split equally among its busy tenants
+/// (the live blame model, docs/blame-whatif.md): under round-robin time
+/// slices each busy context ahead of the arrival costs it the same slice.
+pub(super) fn attribute(b: &mut Bucket, queue_ms: Option<f64>, busy: Option<&Vec<String>>) {
+    let (Some(q), Some(busy)) = (queue_ms, busy) else {
+        return;
+    };
+    let q = q.max(0.0);
+    b.wait_ms += q;
+    if busy.is_empty() {
+        return;
+    }
+    let each = q / busy.len() as f64;
+    for t in busy {
+        let who = t.rsplit_once('=').map_or(t.as_str(), |(w, _)| w);
+        *b.blame_ms.entry(who.to_string()).or_insert(0.0) += each;
+    }
 }
 
 impl Bucket {
@@ -65,6 +89,8 @@ impl Bucket {
             throttle: 0,
             hw_throttled: 0,
             max_tenants: None,
+            wait_ms: 0.0,
+            blame_ms: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -114,5 +140,26 @@ pub(super) fn window_of(buckets: &VecDeque<Bucket>) -> Window {
         wall: qs(&wall),
         gpu: qs(&gpu),
         queue: qs(&queue),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arrivals_wait_is_split_equally_among_its_busy_tenants() {
+        let mut b = Bucket::new(Instant::now());
+        let v = |s: &[&str]| Some(s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        attribute(&mut b, Some(6.0), v(&["ml/a=90", "pid:7=20"]).as_ref());
+        attribute(&mut b, Some(2.0), v(&["ml/a=90"]).as_ref());
+        // Nobody busy: the wait counts in the total, blamed on no one.
+        attribute(&mut b, Some(1.0), v(&[]).as_ref());
+        // Busy tenants unknown: neither.
+        attribute(&mut b, Some(50.0), None);
+        assert_eq!(b.wait_ms, 9.0);
+        assert_eq!(b.blame_ms.get("ml/a"), Some(&5.0));
+        assert_eq!(b.blame_ms.get("pid:7"), Some(&3.0));
+        assert_eq!(b.blame_ms.len(), 2);
     }
 }

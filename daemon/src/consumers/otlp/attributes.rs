@@ -29,6 +29,30 @@ pub mod extra_attr {
     pub const ARRIVAL: &str = "slicetrace.probe.arrival";
     /// Event time inflated by preemption while shared (`event_inflated`).
     pub const EVENT_INFLATED: &str = "slicetrace.probe.event_inflated";
+    /// Busy tenants around the run, `<tenant>=<sm_pct>` (`busy_tenants`).
+    pub const BUSY_TENANTS: &str = "slicetrace.busy_tenants";
+    /// Their number (`busy_count`).
+    pub const BUSY_COUNT: &str = "slicetrace.busy_count";
+    /// The run's top contributor: of its busy tenants, the one with the
+    /// largest SM share (ties: the first by name). On a run span.
+    pub const WAIT_TOP_TENANT: &str = "slicetrace.wait.top_tenant";
+    /// The window's top contributor to the GPU's wait (`top_tenant`), on a
+    /// `health_evaluation` span.
+    pub const BLAME_TOP_TENANT: &str = "slicetrace.blame.top_tenant";
+    /// Its attributed share of the wait (`top_tenant_wait_share`).
+    pub const BLAME_TOP_SHARE: &str = "slicetrace.blame.top_tenant_wait_share";
+}
+
+/// The busy tenant of `busy` (`<tenant>=<sm_pct>` entries) with the largest
+/// SM share; ties go to the first by name.
+pub fn top_busy_tenant(busy: &[String]) -> Option<&str> {
+    busy.iter()
+        .filter_map(|t| {
+            let (who, sm) = t.rsplit_once('=')?;
+            Some((who, sm.parse::<u32>().unwrap_or(0)))
+        })
+        .min_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)))
+        .map(|(who, _)| who)
 }
 
 fn strings(v: &[String]) -> Value {
@@ -124,6 +148,15 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     if let Some(v) = r.event_inflated {
         a.push(KeyValue::new(extra_attr::EVENT_INFLATED, v));
     }
+    if let Some(v) = &r.busy_tenants {
+        a.push(KeyValue::new(extra_attr::BUSY_TENANTS, strings(v)));
+        if let Some(top) = top_busy_tenant(v) {
+            a.push(KeyValue::new(extra_attr::WAIT_TOP_TENANT, top.to_string()));
+        }
+    }
+    if let Some(v) = r.busy_count {
+        a.push(KeyValue::new(extra_attr::BUSY_COUNT, i64::from(v)));
+    }
     a
 }
 
@@ -191,6 +224,12 @@ pub(super) fn health_attributes(h: &HealthRecord) -> Vec<KeyValue> {
     if let Some(t) = h.tenants {
         a.push(KeyValue::new(attr::HEALTH_TENANTS, i64::from(t)));
     }
+    if let Some(t) = &h.top_tenant {
+        a.push(KeyValue::new(extra_attr::BLAME_TOP_TENANT, t.clone()));
+    }
+    if let Some(s) = h.top_tenant_wait_share {
+        a.push(KeyValue::new(extra_attr::BLAME_TOP_SHARE, s));
+    }
     a
 }
 
@@ -239,5 +278,30 @@ mod tests {
         assert!(!has(attr::POWER_W));
         assert!(!has(attr::PODS));
         assert!(!has(attr::THROTTLE_REASONS));
+        assert!(!has(extra_attr::BUSY_TENANTS));
+        assert!(!has(extra_attr::WAIT_TOP_TENANT));
+    }
+
+    #[test]
+    fn a_runs_top_tenant_is_its_busiest_and_ties_go_by_name() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            top_busy_tenant(&v(&["ml/a=30", "pid:7=80", "ml/b=80"])),
+            Some("ml/b")
+        );
+        assert_eq!(top_busy_tenant(&v(&[])), None);
+        let r = ProbeRecord {
+            busy_tenants: Some(v(&["ml/a=30", "pid:7=80"])),
+            busy_count: Some(2),
+            ..Default::default()
+        };
+        let a = run_attributes(&r);
+        let get = |k: &str| {
+            a.iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(get(extra_attr::WAIT_TOP_TENANT).as_deref(), Some("pid:7"));
+        assert_eq!(get(extra_attr::BUSY_COUNT).as_deref(), Some("2"));
     }
 }

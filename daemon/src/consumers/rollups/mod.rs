@@ -26,7 +26,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use parquet::arrow::ArrowWriter;
 use slicetrace_schema::rollup::{bucket_start, HOUR_SECS, MINUTE_SECS};
-use slicetrace_schema::{layout, rollups_batch, rollups_schema, writer_properties, Rollup, RollupRecord};
+use slicetrace_schema::{
+    layout, rollups_batch, rollups_schema, writer_properties, Rollup, RollupRecord,
+};
 
 use super::{log_shutdown, request_shutdown, Sink, SinkError};
 use crate::topology::{thread_queue, Msg, Tx};
@@ -51,7 +53,11 @@ pub struct RollupSink {
 impl RollupSink {
     /// Starts the writer thread for `data_dir` and `node`, reading a queue
     /// of `queue_msgs` messages. No disk I/O until rows come.
-    pub fn new(data_dir: impl Into<PathBuf>, node: &str, queue_msgs: usize) -> std::io::Result<Self> {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        node: &str,
+        queue_msgs: usize,
+    ) -> std::io::Result<Self> {
         let w = Writer {
             dir: data_dir.into().join(layout::ROLLUPS),
             node_dir: layout::node_dir(node),
@@ -129,7 +135,10 @@ impl Writer {
                     return;
                 }
             }
-            let cut = bucket_start(now_ns().saturating_sub(GRACE_SECS * 1_000_000_000), FILE_SECS);
+            let cut = bucket_start(
+                now_ns().saturating_sub(GRACE_SECS * 1_000_000_000),
+                FILE_SECS,
+            );
             self.write_closed(cut);
         }
     }
@@ -138,7 +147,11 @@ impl Writer {
         let p = i64::from(FILE_SECS) * 1_000_000_000;
         let now = now_ns();
         let next = bucket_start(now, FILE_SECS) + p + GRACE_SECS * 1_000_000_000;
-        Duration::from_nanos(u64::try_from(next - now).unwrap_or(1_000_000_000).max(1_000_000))
+        Duration::from_nanos(
+            u64::try_from(next - now)
+                .unwrap_or(1_000_000_000)
+                .max(1_000_000),
+        )
     }
 
     /// Writes the minutes that end at or before `end_ns`, one file per hour.
@@ -182,7 +195,8 @@ pub(crate) fn write_file(dir: &Path, name: &str, rows: &[RollupRecord]) -> Resul
         let mut w = ArrowWriter::try_new(f, schema, Some(props)).map_err(|e| e.to_string())?;
         w.write(&batch).map_err(|e| e.to_string())?;
         let f = w.into_inner().map_err(|e| e.to_string())?;
-        f.sync_all().map_err(|e| format!("sync {}: {e}", tmp.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("sync {}: {e}", tmp.display()))?;
         fs::rename(&tmp, &dest).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -221,9 +235,13 @@ mod tests {
         let mut sink = RollupSink::new(dir.path(), "n1", 8).unwrap();
         // 2024-01-01T00:59:30Z and T01:00:30Z: two minutes in two hours.
         let t0 = 1_704_070_770_000_000_000;
-        sink.export(vec![rec(t0, 1.0), rec(t0 + 1, 3.0), rec(t0 + 60_000_000_000, 2.0)])
-            .await
-            .unwrap();
+        sink.export(vec![
+            rec(t0, 1.0),
+            rec(t0 + 1, 3.0),
+            rec(t0 + 60_000_000_000, 2.0),
+        ])
+        .await
+        .unwrap();
         sink.shutdown(Duration::from_secs(10)).await.unwrap();
         let part = dir.path().join("rollups/date=2024-01-01/node=n1");
         let mut names: Vec<String> = fs::read_dir(&part)
@@ -242,8 +260,11 @@ mod tests {
         let mut rows = Vec::new();
         for b in rd {
             rows.extend(
-                slicetrace_schema::rollups_from_batch(&b.unwrap(), slicetrace_schema::SketchSet::ALL)
-                    .unwrap(),
+                slicetrace_schema::rollups_from_batch(
+                    &b.unwrap(),
+                    slicetrace_schema::SketchSet::ALL,
+                )
+                .unwrap(),
             );
         }
         assert_eq!(rows.len(), 1);

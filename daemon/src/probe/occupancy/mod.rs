@@ -62,6 +62,12 @@ pub trait OccupancySource: Send + Sync {
     fn node_label(&self, _key: &str) -> Option<String> {
         None
     }
+    /// `namespace/name` of the pod that process `pid` belongs to, from the
+    /// same caches (`None` when unknown). Read for each busy tenant process
+    /// of an arrival: a cache read.
+    fn pod_of(&self, _pid: u32) -> Option<String> {
+        None
+    }
 }
 
 /// The label the GPU Operator's upgrade controller sets on a node while it
@@ -253,25 +259,31 @@ impl CombinedOccupancy {
         let own = std::process::id();
         let mut set = BTreeSet::new();
         for p in processes.iter().filter(|p| p.pid != own) {
-            let Some(ids) = self.proc.resolve(p.pid) else {
-                continue;
-            };
-            let pod = ids
-                .container_id
-                .as_deref()
-                .and_then(|c| index.by_container_id(c))
-                .or_else(|| ids.pod_uid.as_deref().and_then(|u| index.by_uid(u)));
-            if let Some(pod) = pod {
-                set.insert(pod.key());
+            if let Some(pod) = self.pod_in(index, p.pid) {
+                set.insert(pod);
             }
         }
         set.into_iter().collect()
+    }
+
+    /// The pod of `pid` in `index`, via its cgroup (/proc).
+    fn pod_in(&self, index: &kube_api::PodIndex, pid: u32) -> Option<String> {
+        let ids = self.proc.resolve(pid)?;
+        ids.container_id
+            .as_deref()
+            .and_then(|c| index.by_container_id(c))
+            .or_else(|| ids.pod_uid.as_deref().and_then(|u| index.by_uid(u)))
+            .map(|pod| pod.key())
     }
 }
 
 impl OccupancySource for CombinedOccupancy {
     fn node_label(&self, key: &str) -> Option<String> {
         self.kube.as_ref()?.node()?.labels.get(key).cloned()
+    }
+    fn pod_of(&self, pid: u32) -> Option<String> {
+        let index = self.kube.as_ref()?.pods()?;
+        self.pod_in(&index, pid)
     }
     fn snapshot(&self, gpu_uuid: &str, processes: &[GpuProcess]) -> Occupancy {
         let mut occ = Occupancy::default();

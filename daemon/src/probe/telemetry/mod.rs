@@ -38,6 +38,19 @@ pub struct DeviceSample {
     pub processes: Option<Vec<GpuProcess>>,
 }
 
+/// One NVML per-process utilisation sample (`nvmlDeviceGetProcessUtilization`):
+/// how busy one process kept the SMs over NVML's last sample period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessActivity {
+    /// Process ID.
+    pub pid: u32,
+    /// The sample's time stamp, µs, on NVML's clock (see
+    /// [`crate::probe::busy::BusyTracker`] for how it is placed).
+    pub ts_us: u64,
+    /// SM share the process had over the sample period, % (0–100).
+    pub sm_pct: u32,
+}
+
 /// A fault the GPU reported itself (NVML events), for health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuFault {
@@ -107,6 +120,18 @@ pub trait TelemetrySource: Send + Sync {
     /// Defaults to a full sample.
     fn sample_device(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         self.sample(gpu_uuid)
+    }
+    /// NVML's per-process utilisation samples of this GPU newer than
+    /// `since_us` (on NVML's clock), the agent's own process removed.
+    /// `Ok(None)`: this source or GPU cannot tell (not supported); an empty
+    /// list: no sample that new. Called once per arrival, after the run.
+    /// Defaults to `Ok(None)`.
+    fn process_activity(
+        &self,
+        _gpu_uuid: &str,
+        _since_us: u64,
+    ) -> Result<Option<Vec<ProcessActivity>>, TelemetryError> {
+        Ok(None)
     }
     /// Blocks on a thread of its own (never a probe thread or the async
     /// runtime), handing the GPUs' own fault reports (NVML events: critical
@@ -196,6 +221,13 @@ impl TelemetrySource for WithoutProcessNames {
         on_fault: &mut dyn FnMut(GpuFault),
     ) -> Result<(), TelemetryError> {
         self.0.watch_faults(stopped, on_fault)
+    }
+    fn process_activity(
+        &self,
+        gpu_uuid: &str,
+        since_us: u64,
+    ) -> Result<Option<Vec<ProcessActivity>>, TelemetryError> {
+        self.0.process_activity(gpu_uuid, since_us)
     }
 }
 

@@ -229,4 +229,32 @@ impl TelemetrySource for NvmlTelemetry {
         let device = Self::device_fields(&self.device(gpu_uuid)?);
         Self::read_something(device, gpu_uuid)
     }
+
+    fn process_activity(
+        &self,
+        gpu_uuid: &str,
+        since_us: u64,
+    ) -> Result<Option<Vec<super::ProcessActivity>>, TelemetryError> {
+        let dev = self.device(gpu_uuid)?;
+        match dev.process_utilization_stats(since_us) {
+            Ok(samples) => Ok(Some(
+                samples
+                    .into_iter()
+                    .filter(|s| s.pid != self.own_pid)
+                    .map(|s| super::ProcessActivity {
+                        pid: s.pid,
+                        ts_us: s.timestamp,
+                        sm_pct: s.sm_util.min(100),
+                    })
+                    .collect(),
+            )),
+            // NVML's answer when it holds no sample newer than `since_us`.
+            Err(NvmlError::NotFound) => Ok(Some(Vec::new())),
+            Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => Ok(None),
+            Err(e) => Err(TelemetryError::Device {
+                uuid: gpu_uuid.to_string(),
+                source: Box::new(e),
+            }),
+        }
+    }
 }

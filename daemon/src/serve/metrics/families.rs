@@ -176,6 +176,18 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
             );
         }
     }
+    if let Ok(m) = live.tenant_wait_share.read() {
+        for (u, v) in m.iter() {
+            for (who, share) in v {
+                push(
+                    &mut out,
+                    "slicetrace_tenant_wait_share",
+                    vec![u.clone(), who.clone()],
+                    *share,
+                );
+            }
+        }
+    }
     if let Ok(m) = live.pod_count.read() {
         for (u, c) in m.iter() {
             if let Some(c) = c {

@@ -93,6 +93,7 @@ pub const METRICS: &[MetricDoc] = &[
     m("slicetrace_self_test_passed", Kind::Gauge, &["node", "gpu_uuid", "kernel"], "Start-up self-test: 1 when the planted corruption was caught and a clean run passed, 0 when not (correctness unverified: the kernel is unhealthy and /readyz fails)."),
     m("slicetrace_correctness_failures", Kind::Counter, KERNEL_IDX, "Probe runs whose output failed its correctness check."),
     m("slicetrace_gpu_pods", Kind::Gauge, GPU, "Pods holding a replica of this physical GPU (absent while unknown)."),
+    m("slicetrace_tenant_wait_share", Kind::Gauge, &["node", "gpu_uuid", "tenant"], "Attributed share (0-1) of this GPU's probe wait (queue_ms) over the health window for each tenant NVML saw busy (tenant = namespace/pod, else pid:N): each arrival's wait is split equally among its busy tenants (docs/blame-whatif.md). A tenant not busy in the window has no series."),
     m("slicetrace_probe_runs", Kind::Counter, GPU, "Probe runs completed on this GPU."),
     m("slicetrace_probe_errors", Kind::Counter, GPU, "Probe runs that failed on this GPU."),
     m("slicetrace_probe_hangs", Kind::Counter, GPU, "Runs on this GPU that the watchdog gave up on (past their deadline, watchdog.*): each made the GPU unhealthy (hung) and abandoned its context."),

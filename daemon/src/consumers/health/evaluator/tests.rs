@@ -302,3 +302,32 @@ fn baselines_survive_a_restart() {
     assert_eq!(h[0].health_baseline_source.as_deref(), Some("learned"));
     assert_eq!(h[0].contention.as_deref(), Some("contended"));
 }
+
+#[test]
+fn a_never_idle_gpu_without_a_sku_reference_learns_health_from_unpreempted_shared_runs() {
+    let st = Arc::new(LiveState::default());
+    let mut c = cfg();
+    // No shipped reference: the case of every model but the H100.
+    c.sku_reference = false;
+    let mut e = Evaluator::new(c, "n".into(), st, None);
+    let t0 = Instant::now();
+    // Always 3 tenants, so no quiet run ever: before this, health stayed
+    // `unknown` for good.
+    e.observe(
+        &(0..100).map(|_| row(6.0, 0.007, 3)).collect::<Vec<_>>(),
+        t0,
+    );
+    let h = e.evaluate(t0, 0);
+    assert_eq!(h[0].verdict, "healthy", "{}", h[0].reason);
+    assert_eq!(h[0].health_baseline_source.as_deref(), Some("learned"));
+    let learned = h[0]
+        .event_baseline_mcycles
+        .expect("a learned event baseline");
+    assert!((learned - 0.007 * 1.98).abs() < 0.001, "{learned}");
+    // Three times slower per SM cycle a window later: unhealthy.
+    let t1 = t0 + Duration::from_secs(11);
+    e.observe(&(0..30).map(|_| row(6.0, 0.021, 3)).collect::<Vec<_>>(), t1);
+    let h = e.evaluate(t1, 1);
+    assert_eq!(h[0].verdict, "unhealthy", "{}", h[0].reason);
+    assert_eq!(h[0].health_reason.as_deref(), Some("event_slow"));
+}
