@@ -21,6 +21,7 @@ pub mod plot;
 pub mod pred;
 pub mod query;
 pub mod report;
+pub mod rollup;
 pub mod runs;
 pub mod scan;
 pub mod source;

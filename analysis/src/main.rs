@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use slicetrace_analysis::output::Format;
+use slicetrace_analysis::rollup::{self, DataSource, SourceArgs};
 use slicetrace_analysis::runs::{self, RunCounts};
 use slicetrace_analysis::source::{self, OpenOptions, TableKind};
 use slicetrace_analysis::{
@@ -99,6 +100,8 @@ enum Cmd {
         /// percentiles: bounded memory for huge scans.
         #[arg(long)]
         approx: bool,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Before/after degradation table per kernel and shape, for the event
     /// clock (gpu_ms) and the host clock (wall_ms); arrival runs unless
@@ -132,6 +135,8 @@ enum Cmd {
         format: Format,
         #[command(flatten)]
         runs: RunsArgs,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Fleet health check: a state per node and GPU over the window that
     /// ends now (or --until), arrival runs unless --all-runs.
@@ -155,6 +160,69 @@ enum Cmd {
         format: Format,
         #[command(flatten)]
         runs: RunsArgs,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Rollups: compact minute rollups of finished hours into hour rollups
+    /// (--to hour), or build minute rollups from raw rows written before
+    /// the agent wrote rollups (--from-raw). Local directories only.
+    ///
+    /// Compaction is atomic per node and hour (the hour file is written
+    /// under a hidden name, synced and renamed; the minute files are
+    /// removed only after it is visible, and readers skip minute files an
+    /// hour file lists), idempotent, and safe to rerun after a cut-off run.
+    Rollup {
+        /// The agent's output directory (with a rollups/ child, or probes/ for --from-raw).
+        data: String,
+        /// Compact into this period: `hour`.
+        #[arg(long, required_unless_present = "from_raw")]
+        to: Option<String>,
+        /// Build minute rollups from the raw probes rows.
+        #[arg(long, conflicts_with = "to")]
+        from_raw: bool,
+        /// "Now" for --to hour: only hours before the one holding it are
+        /// compacted (RFC 3339) [default: the clock].
+        #[arg(long)]
+        now: Option<String>,
+        /// With --from-raw: SQL predicate or START..END range on the raw rows.
+        #[arg(long = "where")]
+        filter: Option<String>,
+    },
+    /// Writes synthetic rollups (no raw rows) for benchmarks.
+    GenRollups {
+        /// Output directory (gets a rollups/ child).
+        #[arg(long)]
+        out: PathBuf,
+        /// Nodes.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// GPUs per node.
+        #[arg(long, default_value_t = 8)]
+        gpus_per_node: usize,
+        /// Seconds of data, ending at --end.
+        #[arg(long, default_value_t = 3600)]
+        span_secs: u64,
+        /// End, RFC 3339 [default: now].
+        #[arg(long)]
+        end: Option<String>,
+        /// Hour rows (as compaction leaves them) instead of minute rows.
+        #[arg(long)]
+        hours: bool,
+        /// Seconds per minute-rows file (the agent's rollups.file_secs).
+        #[arg(long, default_value_t = 900)]
+        file_secs: u64,
+        /// Arrivals per minute per GPU.
+        #[arg(long, default_value_t = 300)]
+        arrivals_per_min: u64,
+        /// Values drawn per sketch (each added with a count).
+        #[arg(long, default_value_t = 40)]
+        draws: u32,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Writer threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// Runs any SQL over the data. Raw: every run counts.
     ///
@@ -200,6 +268,8 @@ enum Cmd {
         /// TTF/OTF font for PNG text (default: DejaVu Sans or Liberation Sans, found at run time).
         #[arg(long)]
         font: Option<PathBuf>,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Which tenant made the probe wait: per GPU and tenant (pod, or
     /// `pid:N`), ranked by attributed share of the wait (arrival runs only).
@@ -471,6 +541,89 @@ async fn tenancy_rows(
     Ok((ds.location, rows))
 }
 
+/// Threads for rollup reads: the cores.
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(4, std::num::NonZeroUsize::get)
+}
+
+/// `--where START..END` as a time range (RFC 3339 both ends), if it is one.
+fn time_range(filter: &str) -> Option<source::TimeRange> {
+    let (a, b) = filter.split_once("..")?;
+    let p = |x: &str| {
+        chrono::DateTime::parse_from_rfc3339(x.trim())
+            .ok()?
+            .timestamp_nanos_opt()
+    };
+    let (start_ns, end_ns) = (p(a)?, p(b)?);
+    (end_ns > start_ns).then_some(source::TimeRange { start_ns, end_ns })
+}
+
+/// Prints `out` with the data source: a last line for a table, a `source`
+/// field in every JSON object (stderr for CSV).
+fn emit_with_source(out: &str, format: Format, src: &DataSource) -> Result<()> {
+    match format {
+        Format::Table => emit(&format!("{out}\n{}", src.line())),
+        Format::Json => emit(&with_source_field(out, src)),
+        Format::Csv => {
+            eprintln!("{}", src.line());
+            emit(out)
+        }
+    }
+}
+
+/// Adds `"source": {...}` to each object of a JSON array (or to the object).
+fn with_source_field(json: &str, src: &DataSource) -> String {
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return json.to_string();
+    };
+    let s = serde_json::to_value(src).unwrap_or(serde_json::Value::Null);
+    match &mut v {
+        serde_json::Value::Array(items) => {
+            for i in items {
+                if let Some(o) = i.as_object_mut() {
+                    o.insert("source".into(), s.clone());
+                }
+            }
+        }
+        serde_json::Value::Object(o) => {
+            o.insert("source".into(), s);
+        }
+        _ => {}
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_else(|_| json.to_string())
+}
+
+/// The raw report (the path before rollups), naming its source.
+async fn report_raw(
+    data: DataArgs,
+    filter: Option<String>,
+    by: Option<String>,
+    format: Format,
+    runs: RunsArgs,
+    approx: bool,
+    src: DataSource,
+) -> Result<ExitCode> {
+    let ds = open(&data, TableKind::Probes).await?;
+    let (c, f) = select(&ds, filter.as_deref(), runs.all_runs).await?;
+    let by = match by {
+        Some(b) => pred::columns(&b)?,
+        None => report::default_by(c.with_tenants > 0),
+    };
+    let rows = if approx {
+        report::approx(&ds.ctx, &by, &f).await?
+    } else {
+        report::exact(&ds.ctx, &by, &f, Some(c.counted())).await?
+    };
+    let out = report::render(&rows, &by, format);
+    if format == Format::Table {
+        emit(&format!("{out}\n{}\n{}", c.describe(), src.line()))?;
+    } else {
+        eprintln!("{}", c.describe());
+        emit_with_source(&out, format, &src)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Report {
@@ -481,7 +634,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             table,
             runs,
             approx,
+            source,
         } => {
+            if table == TableKind::Probes {
+                let range = filter.as_deref().and_then(time_range);
+                let raw_only = if runs.all_runs {
+                    Some("--all-runs needs raw rows")
+                } else if filter.is_some() && range.is_none() {
+                    Some("a SQL --where needs raw rows")
+                } else {
+                    None
+                };
+                let src = rollup::choose(&data.data, range, &source, raw_only);
+                if src.kind == "rollups" {
+                    let by = match by {
+                        Some(b) => pred::columns(&b)?,
+                        None => rollup::report::DEFAULT_BY
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                    };
+                    let root =
+                        rollup::data_root(&data.data).context("rollups need a local directory")?;
+                    let (t, stats) = rollup::report::report(&root, &by, range, parallelism())?;
+                    if t.rows.is_empty() {
+                        bail!("no arrival runs in the rollups under {}", root.display());
+                    }
+                    let src = DataSource::rollups(src.why, &stats);
+                    emit_with_source(&t.render(format), format, &src)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return report_raw(data, filter, by, format, runs, approx, src).await;
+            }
             let ds = open(&data, table).await?;
             if table == TableKind::Health {
                 let by = pred::columns(by.as_deref().unwrap_or(report::HEALTH_DEFAULT_BY))?;
@@ -503,17 +687,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let (c, f) = select(&ds, filter.as_deref(), runs.all_runs).await?;
-            let by = match by {
-                Some(b) => pred::columns(&b)?,
-                None => report::default_by(c.with_tenants > 0),
-            };
-            let rows = if approx {
-                report::approx(&ds.ctx, &by, &f).await?
-            } else {
-                report::exact(&ds.ctx, &by, &f, Some(c.counted())).await?
-            };
-            emit_with_runs(&report::render(&rows, &by, format), format, &c)?;
+            report_raw(data, filter, by, format, runs, approx, DataSource::raw()).await?;
         }
         Cmd::Compare {
             data,
@@ -523,7 +697,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             filter,
             format,
             runs,
+            source,
         } => {
+            let ranges = match (&baseline, &against) {
+                (Some(b), Some(a)) => time_range(b).zip(time_range(a)),
+                _ => None,
+            };
+            let raw_only = if runs.all_runs {
+                Some("--all-runs needs raw rows")
+            } else if filter.is_some() {
+                Some("a --where needs raw rows")
+            } else if !split_by_occupancy && ranges.is_none() {
+                Some("SQL sides need raw rows")
+            } else {
+                None
+            };
+            let span = ranges.map(|(b, a)| source::TimeRange {
+                start_ns: b.start_ns.min(a.start_ns),
+                end_ns: b.end_ns.max(a.end_ns),
+            });
+            let src = rollup::choose(&data.data, span, &source, raw_only);
+            if src.kind == "rollups" {
+                let root =
+                    rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let sides = match ranges {
+                    Some((b, a)) => rollup::compare::Sides::Ranges(b, a),
+                    None => rollup::compare::Sides::Occupancy,
+                };
+                let (blocks, stats) = rollup::compare::compare(&root, sides, parallelism())?;
+                let src = DataSource::rollups(src.why, &stats);
+                emit_with_source(&compare::render(&blocks, format), format, &src)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let (ds, c, common) = open_probes(&data, filter.as_deref(), runs.all_runs).await?;
             let blocks = if split_by_occupancy {
                 compare::split_by_occupancy(&ds.ctx, &common).await?
@@ -546,13 +751,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .await?,
                 ]
             };
-            emit_with_runs(&compare::render(&blocks, format), format, &c)?;
+            let out = compare::render(&blocks, format);
+            if format == Format::Table {
+                emit(&format!("{out}\n{}\n{}", c.describe(), src.line()))?;
+            } else {
+                eprintln!("{}", c.describe());
+                emit_with_source(&out, format, &src)?;
+            }
         }
         Cmd::Fleet {
             data,
             mut opts,
             format,
             runs,
+            source,
         } => {
             if format == Format::Csv {
                 bail!("fleet supports --format table or json");
@@ -568,6 +780,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if parallel == 0 {
                 bail!("--parallel must be at least 1");
             }
+            let raw_only = if runs.all_runs {
+                Some("--all-runs needs raw rows")
+            } else if opts.filter.is_some() {
+                Some("--where needs raw rows")
+            } else {
+                None
+            };
+            let src = rollup::choose(&data.data, Some(plan.scan_range()), &source, raw_only);
+            if src.kind == "rollups" {
+                let root =
+                    rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let (res, _) = rollup::fleet::evaluate(&root, &opts, &plan, parallel, &src.why)?;
+                emit(&fleet::render(&res, format))?;
+                return Ok(ExitCode::from(res.exit_code()));
+            }
             let ropts = source::RangeOptions {
                 open: OpenOptions {
                     s3_endpoint: data.s3_endpoint.clone(),
@@ -580,8 +807,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 memory_limit: opts.memory_limit,
             };
             let rd = source::open_range(&data.data, &ropts).await?;
-            let res = fleet::evaluate(&rd.ds.ctx, &opts, &plan, rd.stats, &rd.newest_file_by_node)
-                .await?;
+            let mut res =
+                fleet::evaluate(&rd.ds.ctx, &opts, &plan, rd.stats, &rd.newest_file_by_node)
+                    .await?;
+            res.source = src;
             let c = RunCounts {
                 rows: res.runs.rows,
                 arrivals: res.runs.arrivals,
@@ -616,7 +845,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             rolling_runs,
             font,
+            source,
         } => {
+            let range = filter.as_deref().and_then(time_range);
+            let raw_only = if kind != plot::Kind::Timeline {
+                Some("only the timeline is drawn from rollups")
+            } else if runs.all_runs {
+                Some("--all-runs needs raw rows")
+            } else if filter.is_some() && range.is_none() {
+                Some("a SQL --where needs raw rows")
+            } else {
+                None
+            };
+            let src = rollup::choose(&data.data, range, &source, raw_only);
+            if src.kind == "rollups" {
+                let root =
+                    rollup::data_root(&data.data).context("rollups need a local directory")?;
+                let by = match by.as_deref() {
+                    Some(b) => pred::columns(b)?,
+                    None => ["node", "gpu_uuid", "kernel"].map(String::from).to_vec(),
+                };
+                let (series, stats) = rollup::timeline::series(&root, &by, range, parallelism())?;
+                let src = DataSource::rollups(src.why, &stats);
+                let opts = plot::PlotOptions {
+                    out: out.clone(),
+                    kind,
+                    rolling_runs,
+                    font,
+                    by: Some(by),
+                    runs_note: "rollups".into(),
+                };
+                plot::draw_timeline(&series, &opts, "arrival runs, from rollups")?;
+                eprintln!("wrote {}; {}", out.display(), src.line());
+                return Ok(ExitCode::SUCCESS);
+            }
             let (ds, c, f) = open_probes(&data, filter.as_deref(), runs.all_runs).await?;
             let by = by.as_deref().map(pred::columns).transpose()?;
             let opts = plot::PlotOptions {
@@ -628,7 +890,85 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 runs_note: c.short(),
             };
             plot::draw(&ds.ctx, &f, &opts).await?;
-            eprintln!("wrote {}; {}", out.display(), c.describe());
+            eprintln!("wrote {}; {}; {}", out.display(), c.describe(), src.line());
+        }
+        Cmd::Rollup {
+            data,
+            to,
+            from_raw,
+            now,
+            filter,
+        } => {
+            let root =
+                rollup::data_root(&data).context("slicetrace rollup works on a local directory")?;
+            if from_raw {
+                let ds = open(
+                    &DataArgs {
+                        data: data.clone(),
+                        s3_endpoint: None,
+                    },
+                    TableKind::Probes,
+                )
+                .await?;
+                let f = pred::where_sql(filter.as_deref(), ds.hive, true)?;
+                let r = rollup::compact::from_raw(&ds.ctx, &f, &root).await?;
+                emit(&serde_json::to_string_pretty(&r).context("json")?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            match to.as_deref() {
+                Some("hour") => {}
+                Some(other) => bail!("--to {other}: only `hour` is supported"),
+                None => bail!("give --to hour or --from-raw"),
+            }
+            let now_ns = match now.as_deref() {
+                None => chrono::Utc::now(),
+                Some(n) => chrono::DateTime::parse_from_rfc3339(n)
+                    .with_context(|| format!("bad --now {n:?}: expected RFC 3339"))?
+                    .with_timezone(&chrono::Utc),
+            }
+            .timestamp_nanos_opt()
+            .context("--now is outside the timestamp range")?;
+            let r = tokio::task::spawn_blocking(move || rollup::compact::to_hour(&root, now_ns))
+                .await
+                .context("compaction thread failed")??;
+            emit(&serde_json::to_string_pretty(&r).context("json")?)?;
+        }
+        Cmd::GenRollups {
+            out,
+            nodes,
+            gpus_per_node,
+            span_secs,
+            end,
+            hours,
+            file_secs,
+            arrivals_per_min,
+            draws,
+            seed,
+            threads,
+        } => {
+            let end = match end.as_deref() {
+                None => chrono::Utc::now(),
+                Some(e) => chrono::DateTime::parse_from_rfc3339(e)
+                    .with_context(|| format!("bad --end {e:?}: expected RFC 3339"))?
+                    .with_timezone(&chrono::Utc),
+            };
+            let s = rollup::synth::RollupSynth {
+                nodes,
+                gpus_per_node: gpus_per_node.max(1),
+                end_ns: end.timestamp_nanos_opt().context("--end out of range")?,
+                span_secs,
+                hours,
+                file_secs,
+                arrivals_per_min,
+                draws,
+                seed,
+                threads,
+            };
+            let (files, rows) =
+                tokio::task::spawn_blocking(move || rollup::synth::generate(&out, &s))
+                    .await
+                    .context("generator thread failed")??;
+            eprintln!("wrote {files} files, {rows} rollup rows");
         }
         Cmd::Blame {
             data,

@@ -354,6 +354,8 @@ impl Agent {
 struct Consumers {
     /// The Parquet writer thread, if enabled.
     parquet: Option<ParquetSink>,
+    /// The rollups writer thread (with the Parquet sink).
+    rollups: Option<crate::consumers::rollups::RollupSink>,
     /// The OTLP export task, if an endpoint is set.
     otlp: Option<OtlpSink>,
     /// The health evaluator; its verdicts go to the sinks above.
@@ -392,6 +394,18 @@ impl Consumers {
             )
             .context("failed to start the parquet sink")?;
             Some(sink)
+        } else {
+            None
+        };
+        let rollups = if config.parquet.enabled {
+            Some(
+                crate::consumers::rollups::RollupSink::new(
+                    config.data_dir.clone(),
+                    node,
+                    queue_msgs,
+                )
+                .context("failed to start the rollups writer")?,
+            )
         } else {
             None
         };
@@ -436,6 +450,7 @@ impl Consumers {
         let summary = crate::consumers::summary::spawn(queue_msgs);
         Ok(Self {
             parquet,
+            rollups,
             otlp,
             health,
             summary,
@@ -452,6 +467,11 @@ impl Consumers {
             counters,
             &self.sampler,
         )
+        .with_opt(self.rollups.as_ref().map(|r| {
+            // Its drops count as the Parquet output's (the rollups are
+            // part of it).
+            Outlet::new(r.name(), r.input().clone(), QueueOwner::Parquet)
+        }))
         .with(Outlet::new(h.name(), h.input().clone(), QueueOwner::Health).with_events())
         .with(Outlet::new(
             s.name(),
@@ -486,8 +506,9 @@ impl Consumers {
             );
         }
         clean &= self.health.stop(answer_by).await.is_some();
-        let sinks: [Option<Box<dyn Sink>>; 2] = [
+        let sinks: [Option<Box<dyn Sink>>; 3] = [
             self.parquet.map(|s| Box::new(s) as Box<dyn Sink>),
+            self.rollups.map(|s| Box::new(s) as Box<dyn Sink>),
             self.otlp.map(|s| Box::new(s) as Box<dyn Sink>),
         ];
         for mut s in sinks.into_iter().flatten() {

@@ -17,8 +17,12 @@ use std::path::PathBuf;
 pub const PROBES: &str = "probes";
 /// Directory (and `slicetrace.table` footer value) of the health table.
 pub const HEALTH: &str = "health";
-/// Every table the agent writes, as directory names under its data dir.
-pub const TABLES: [&str; 2] = [PROBES, HEALTH];
+/// Directory (and `slicetrace.table` footer value) of the rollups table
+/// (per-minute summaries with mergeable sketches, `crate::rollup`).
+pub const ROLLUPS: &str = "rollups";
+/// Every table the agent writes, as directory names under its data dir
+/// (recovery and retention walk them all; the shipper ships any table).
+pub const TABLES: [&str; 3] = [PROBES, HEALTH, ROLLUPS];
 
 /// First partition column: the UTC date of the rows, `YYYY-MM-DD`.
 pub const DATE_KEY: &str = "date";

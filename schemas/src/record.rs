@@ -160,6 +160,7 @@ pub(crate) fn parse_type(t: &str) -> DataType {
         "uint64" => DataType::UInt64,
         "float64" => DataType::Float64,
         "bool" => DataType::Boolean,
+        "binary" => DataType::Binary,
         "list<utf8>" => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
         // COLUMNS is a compile-time constant covered by unit tests; an unknown
         // spelling there is a programming error caught before release.

@@ -1,6 +1,9 @@
 //! The README's column tables must equal the code's, cell for cell.
 
-use slicetrace_schema::{health_schema, probes_schema, ColumnDoc, COLUMNS, HEALTH_COLUMNS};
+use slicetrace_schema::{
+    health_schema, probes_schema, rollups_schema, ColumnDoc, COLUMNS, HEALTH_COLUMNS,
+    ROLLUP_COLUMNS,
+};
 
 fn readme_table(readme: &str, heading: &str) -> Vec<Vec<String>> {
     let start = readme
@@ -66,6 +69,16 @@ fn readme_documents_every_health_column_as_the_code_defines_it() {
         HEALTH_COLUMNS,
         readme_table(readme, "## Table `health`"),
         health_schema(),
+    );
+}
+
+#[test]
+fn readme_documents_every_rollups_column_as_the_code_defines_it() {
+    let readme = include_str!("../README.md");
+    check(
+        ROLLUP_COLUMNS,
+        readme_table(readme, "## Table `rollups`"),
+        rollups_schema(),
     );
 }
 

@@ -244,6 +244,27 @@ pub async fn evaluate(
         Ok(())
     })
     .await?;
+    Ok(judge_units(
+        a,
+        plan,
+        &units,
+        scan_stats,
+        newest_files,
+        crate::rollup::DataSource::raw(),
+    ))
+}
+
+/// The check from one summary per GPU, kernel and shape, whichever way they
+/// were computed (the raw query above, or merged rollup sketches:
+/// [`crate::rollup::fleet`]).
+pub(crate) fn judge_units(
+    a: &FleetArgs,
+    plan: &Plan,
+    units: &BTreeMap<UnitKey, Unit>,
+    scan_stats: ScanStats,
+    newest_files: &NewestFiles,
+    source: crate::rollup::DataSource,
+) -> FleetResult {
     let mut runs = RunTotals::default();
     for u in units.values() {
         runs.rows += u.rows;
@@ -261,7 +282,7 @@ pub async fn evaluate(
         peer_key: (String, String, String),
     }
     let mut ms: Vec<(UnitKey, M)> = Vec::new();
-    for (key, u) in &units {
+    for (key, u) in units {
         let finding = judge_unit(&key.2, &key.3, u, a);
         let norm_p50 = u.w_norm_p50.filter(|_| u.w_runs >= a.min_samples as u64);
         ms.push((
@@ -475,7 +496,8 @@ pub async fn evaluate(
         a.max_degraded,
         scan_stats.files_skipped,
     );
-    Ok(FleetResult {
+    FleetResult {
+        source,
         window_start: ts_rfc3339(plan.window.start_ns),
         window_end: ts_rfc3339(until),
         baseline_start: plan.baseline.map(|b| ts_rfc3339(b.start_ns)),
@@ -485,5 +507,5 @@ pub async fn evaluate(
         scan: scan_stats,
         runs,
         gate,
-    })
+    }
 }

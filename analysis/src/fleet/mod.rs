@@ -54,6 +54,8 @@ use slicetrace_schema::{BaselineSource, Contention, Reason, Thresholds};
 use crate::source::ScanStats;
 
 mod evaluate;
+pub(crate) use evaluate::judge_units;
+pub(crate) use unit::{Unit, UnitKey};
 mod gate;
 mod render;
 mod unit;
@@ -349,6 +351,8 @@ pub struct GpuVerdict {
 /// The whole check.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetResult {
+    /// Which data answered: raw rows or rollups (and why).
+    pub source: crate::rollup::DataSource,
     /// Window start (RFC 3339).
     pub window_start: String,
     /// Window end, exclusive: `--until`, or now (RFC 3339).

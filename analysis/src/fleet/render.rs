@@ -61,6 +61,7 @@ pub fn render(r: &FleetResult, format: Format) -> String {
         _ => out.push_str("; no baseline period (per-SKU reference only)\n"),
     }
     out.push_str(&t.render(Format::Table));
+    out.push_str(&format!("\n{}", r.source.line()));
     out.push_str(&format!(
         "\n{} of {} GPUs not healthy ({} unknown: too few runs in the window; {} stale: no run in the window); \
          {} contended or over-shared (a shared GPU, not a fault)\n",

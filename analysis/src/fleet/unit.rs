@@ -14,37 +14,37 @@ use super::{FleetArgs, KernelFinding};
 /// runs; `b_`: the baseline period's quiet counted runs). Quantiles are
 /// t-digest estimates (`approx_percentile_cont`).
 #[derive(Debug, Clone, Default)]
-pub(super) struct Unit {
-    pub(super) gpu_name: String,
-    pub(super) precision: String,
+pub(crate) struct Unit {
+    pub(crate) gpu_name: String,
+    pub(crate) precision: String,
     /// Newest `ts` of any row in the scanned range, ns.
-    pub(super) newest_ns: Option<i64>,
+    pub(crate) newest_ns: Option<i64>,
     /// Rows in the range, and of them arrival runs.
-    pub(super) rows: u64,
-    pub(super) arrivals: u64,
-    pub(super) w_runs: u64,
-    pub(super) w_wall_p99: Option<f64>,
-    pub(super) w_gpu_p50: Option<f64>,
-    pub(super) w_clock_p50: Option<f64>,
+    pub(crate) rows: u64,
+    pub(crate) arrivals: u64,
+    pub(crate) w_runs: u64,
+    pub(crate) w_wall_p99: Option<f64>,
+    pub(crate) w_gpu_p50: Option<f64>,
+    pub(crate) w_clock_p50: Option<f64>,
     /// p50 of `gpu_ms × sm_clock_mhz / 1000` over every window run.
-    pub(super) w_norm_p50: Option<f64>,
+    pub(crate) w_norm_p50: Option<f64>,
     /// Runs whose event clock may be judged, and the p50 of their Mcycles.
-    pub(super) w_event_runs: u64,
-    pub(super) w_event_p50: Option<f64>,
-    pub(super) w_fails: u64,
-    pub(super) w_throttle: u64,
+    pub(crate) w_event_runs: u64,
+    pub(crate) w_event_p50: Option<f64>,
+    pub(crate) w_fails: u64,
+    pub(crate) w_throttle: u64,
     /// Window runs with a hardware throttle reason
     /// (`Thresholds::throttle_unhealthy_mask`).
-    pub(super) w_hw_throttled: u64,
-    pub(super) w_max_tenants: Option<u32>,
-    pub(super) b_quiet_runs: u64,
-    pub(super) b_wall_p50: Option<f64>,
-    pub(super) b_wall_p99: Option<f64>,
-    pub(super) b_event_runs: u64,
-    pub(super) b_event_p50: Option<f64>,
+    pub(crate) w_hw_throttled: u64,
+    pub(crate) w_max_tenants: Option<u32>,
+    pub(crate) b_quiet_runs: u64,
+    pub(crate) b_wall_p50: Option<f64>,
+    pub(crate) b_wall_p99: Option<f64>,
+    pub(crate) b_event_runs: u64,
+    pub(crate) b_event_p50: Option<f64>,
 }
 
-pub(super) type UnitKey = (String, String, String, String);
+pub(crate) type UnitKey = (String, String, String, String);
 
 pub(super) fn robust_z(x: Option<f64>, peers: &[f64], floor_frac: f64) -> Option<f64> {
     let x = x?;

@@ -167,6 +167,88 @@ struct Label {
     rotate: bool,
 }
 
+/// One series of a timeline drawn from precomputed points (the rollups'
+/// per-bucket p99s, [`crate::rollup::timeline`]).
+#[derive(Debug, Clone)]
+pub struct TimelineSeries {
+    /// Legend label.
+    pub label: String,
+    /// (seconds since the epoch, p99 of wall_ms).
+    pub p99: Vec<(f64, f64)>,
+    /// (seconds since the epoch, tenant count).
+    pub tenants: Vec<(f64, f64)>,
+}
+
+/// Draws a timeline of per-bucket p99s to `opts.out` (`note` goes in the title).
+pub fn draw_timeline(
+    input: &[TimelineSeries],
+    opts: &PlotOptions,
+    note: &str,
+) -> Result<(), PlotError> {
+    let ext = opts
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if !matches!(ext.as_deref(), Some("svg") | Some("png")) {
+        return Err(PlotError::Extension(opts.out.display().to_string()));
+    }
+    if input.iter().all(|s| s.p99.is_empty()) {
+        return Err(PlotError::Empty);
+    }
+    let (mut xmin, mut xmax, mut ymax, mut tmax) =
+        (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0.0f64);
+    let mut series = Vec::new();
+    for (i, s) in input.iter().enumerate() {
+        for &(x, y) in &s.p99 {
+            xmin = xmin.min(x);
+            xmax = xmax.max(x);
+            ymax = ymax.max(y);
+        }
+        for &(_, t) in &s.tenants {
+            tmax = tmax.max(t);
+        }
+        series.push(Series {
+            label: format!("{}: p99 wall", s.label),
+            color: render::color(i),
+            dashed: false,
+            secondary: false,
+            points: s.p99.clone(),
+        });
+        if !s.tenants.is_empty() {
+            series.push(Series {
+                label: format!("{}: tenants", s.label),
+                color: render::color(i),
+                dashed: true,
+                secondary: true,
+                points: s.tenants.clone(),
+            });
+        }
+    }
+    let date = |t: f64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis((t * 1e3) as i64)
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    };
+    let with_date = date(xmin) != date(xmax);
+    let chart = Chart {
+        title: format!("p99 of wall_ms per rollup bucket, with tenant count ({note})"),
+        x_desc: if with_date {
+            format!("time (UTC), {} .. {}", date(xmin), date(xmax))
+        } else {
+            format!("time (UTC) on {}", date(xmin))
+        },
+        y_desc: "p99 wall, ms".into(),
+        y2_desc: Some("tenants (dashed)".into()),
+        x: axis::pad(xmin, xmax),
+        y: (0.0, ymax * 1.1 + 1e-9),
+        y2: (0.0, tmax + 1.0),
+        x_axis: XAxis::Time { with_date },
+        series,
+    };
+    render(&[chart], &opts.out, opts.font.as_deref())
+}
+
 /// Draws the chart `opts.kind` of the rows matching `filter` to `opts.out`.
 pub async fn draw(ctx: &SessionContext, filter: &str, opts: &PlotOptions) -> Result<(), PlotError> {
     let ext = opts

@@ -46,7 +46,9 @@ mod prune;
 use check::{check_file, check_footer, table_schema};
 use locate::{display_name, hive_layout, list_files, locate};
 
-pub use prune::{open_range, RangeDataset, RangeOptions, ScanStats, SkippedFile, TimeRange};
+pub use prune::{
+    name_start_ns, open_range, RangeDataset, RangeOptions, ScanStats, SkippedFile, TimeRange,
+};
 
 /// Errors raised while locating, checking and registering the data.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@
 pub mod health;
 pub mod otlp;
 pub mod parquet;
+pub mod rollups;
 pub mod ship;
 pub mod summary;
 

@@ -82,6 +82,14 @@ impl Fanout {
         self
     }
 
+    /// Adds an outlet when there is one.
+    pub fn with_opt(self, outlet: Option<Outlet>) -> Self {
+        match outlet {
+            Some(o) => self.with(o),
+            None => self,
+        }
+    }
+
     /// Adds an outlet.
     pub fn with(mut self, outlet: Outlet) -> Self {
         self.outlets.push(outlet);

@@ -1,0 +1,366 @@
+//! `slicetrace rollup`: compaction of minute rollups into hour rollups, and
+//! minute rollups built from raw rows written before the agent wrote them.
+//!
+//! **`--to hour`**, per `date=/node=` directory: the minute files whose
+//! rows all lie in one finished hour (before the hour that holds `now`)
+//! are folded, with the hour's existing hour file if any, into
+//! `part-<hour>-hour.parquet`. The new hour file is written under a hidden
+//! temporary name, synced and renamed over the old one (readers see the
+//! old or the new file, never half of one); its footer lists every file it
+//! holds (`slicetrace.rollup_sources`). Only then are those minute files
+//! removed. A run cut off anywhere is safe: before the rename nothing
+//! changed; after it, readers skip the minute files the hour file lists,
+//! and the next run removes them without folding them in again. Rerunning
+//! on compacted data changes nothing (idempotent), and counts are kept
+//! exactly (sketches merge losslessly; a test checks the totals).
+//!
+//! **`--from-raw`** reads the raw `probes` rows through DataFusion and
+//! writes minute rollups, one file per node and hour,
+//! `part-<hour>-fromraw.parquet` (a rerun replaces it: idempotent). An
+//! hour of a node that already has other rollup files (the agent's, or an
+//! hour file) is left alone, so runs are never counted twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+use serde::Serialize;
+use slicetrace_schema::rollup::{bucket_start, HOUR_SECS, MINUTE_SECS, ROLLUP_SOURCES_KEY};
+use slicetrace_schema::{
+    layout, rollups_batch, rollups_schema, writer_properties, Backend, Kernel, ProbeRecord, Rollup,
+    RollupRecord, SketchSet,
+};
+
+use super::read::{self, rows_of};
+use super::RollupError;
+
+/// Suffix (before `.parquet`) of an hour file's name.
+pub const HOUR_TAG: &str = "hour";
+/// Suffix of a file built from raw rows.
+pub const FROM_RAW_TAG: &str = "fromraw";
+
+const HOUR_NS: i64 = HOUR_SECS as i64 * 1_000_000_000;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CompactReport {
+    /// Hour files written (new or replaced).
+    pub hour_files_written: usize,
+    /// Minute files folded into hour files and removed.
+    pub minute_files_compacted: usize,
+    /// Minute files already held by an hour file (a cut-off run), removed.
+    pub leftovers_removed: usize,
+    /// Minute files left: their hour is not finished.
+    pub minute_files_kept: usize,
+    /// Runs in the rows folded this time (equal before and after).
+    pub runs_folded: u64,
+}
+
+/// Writes `rows` to `dir/name` atomically: hidden temporary name, footer,
+/// fsync, rename, directory fsync. `sources` go to the footer.
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    rows: &[RollupRecord],
+    sources: &[String],
+    created_by: &str,
+) -> Result<PathBuf, RollupError> {
+    fs::create_dir_all(dir).map_err(RollupError::io("create directory", dir))?;
+    let dest = dir.join(name);
+    let tmp = dir.join(layout::tmp_name(name));
+    let batch = rollups_batch(rows).map_err(|source| RollupError::Schema {
+        path: tmp.clone(),
+        source,
+    })?;
+    let mut schema = (*rollups_schema()).clone();
+    if !sources.is_empty() {
+        let mut meta = schema.metadata().clone();
+        meta.insert(ROLLUP_SOURCES_KEY.to_string(), sources.join("\n"));
+        schema = schema.with_metadata(meta);
+    }
+    let schema = std::sync::Arc::new(schema);
+    let props = writer_properties(&schema, 65_536, created_by);
+    let pq = |source| RollupError::Parquet {
+        path: tmp.clone(),
+        source,
+    };
+    let result = (|| {
+        let file = File::create(&tmp).map_err(RollupError::io("create", &tmp))?;
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq)?;
+        let batch = batch
+            .with_schema(schema.clone())
+            .map_err(|e| pq(e.into()))?;
+        w.write(&batch).map_err(pq)?;
+        let file = w.into_inner().map_err(pq)?;
+        file.sync_all().map_err(RollupError::io("sync", &tmp))?;
+        fs::rename(&tmp, &dest).map_err(RollupError::io("rename", &tmp))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(RollupError::io("sync", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| dest)
+}
+
+fn hour_name(hour_ns: i64, tag: &str) -> String {
+    let start = chrono::DateTime::from_timestamp_nanos(hour_ns).format("%Y%m%dT%H%M%SZ");
+    format!(
+        "{}{start}-{tag}{}",
+        layout::FILE_PREFIX,
+        layout::FILE_SUFFIX
+    )
+}
+
+fn is_hour_file(name: &str) -> bool {
+    name.ends_with(&format!("-{HOUR_TAG}{}", layout::FILE_SUFFIX))
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `slicetrace rollup DATA --to hour`: compacts every finished hour (before
+/// the hour of `now_ns`) under `root`.
+pub fn to_hour(root: &Path, now_ns: i64) -> Result<CompactReport, RollupError> {
+    let current_hour = bucket_start(now_ns, HOUR_SECS);
+    let mut rep = CompactReport::default();
+    for d in read::list(root, None)? {
+        compact_dir(&d, current_hour, &mut rep)?;
+    }
+    Ok(rep)
+}
+
+fn compact_dir(
+    d: &read::NodeDir,
+    current_hour: i64,
+    rep: &mut CompactReport,
+) -> Result<(), RollupError> {
+    // Leftovers first: minute files an hour file already holds.
+    let mut held: BTreeSet<String> = BTreeSet::new();
+    let mut hour_files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for f in &d.files {
+        let n = name_of(f);
+        if is_hour_file(&n) {
+            held.extend(read::open(f)?.sources);
+            hour_files.insert(n, f.clone());
+        }
+    }
+    // Minute files by the one finished hour all their rows lie in.
+    let mut by_hour: BTreeMap<i64, Vec<(PathBuf, Vec<RollupRecord>)>> = BTreeMap::new();
+    for f in &d.files {
+        let n = name_of(f);
+        if is_hour_file(&n) {
+            continue;
+        }
+        if held.contains(&n) {
+            fs::remove_file(f).map_err(RollupError::io("remove", f))?;
+            rep.leftovers_removed += 1;
+            continue;
+        }
+        let rows = rows_of(f, read::open(f)?, SketchSet::ALL)?;
+        let hours: BTreeSet<i64> = rows
+            .iter()
+            .map(|r| bucket_start(r.key.bucket_ns, HOUR_SECS))
+            .collect();
+        match (hours.len(), hours.iter().next()) {
+            (1, Some(&h)) if h < current_hour => {
+                by_hour.entry(h).or_default().push((f.clone(), rows))
+            }
+            (0, _) => {
+                // An empty file holds nothing: it goes with no hour.
+                fs::remove_file(f).map_err(RollupError::io("remove", f))?;
+            }
+            _ => rep.minute_files_kept += 1,
+        }
+    }
+    for (hour, files) in by_hour {
+        let name = hour_name(hour, HOUR_TAG);
+        let mut acc = Rollup::new(HOUR_SECS);
+        let mut sources: Vec<String> = Vec::new();
+        if let Some(old) = hour_files.get(&name) {
+            let o = read::open(old)?;
+            sources.extend(o.sources.iter().cloned());
+            for r in rows_of(old, o, SketchSet::ALL)? {
+                acc.merge_row(&r);
+            }
+        }
+        for (p, rows) in &files {
+            for r in rows {
+                rep.runs_folded += r.runs;
+                acc.merge_row(r);
+            }
+            sources.push(name_of(p));
+        }
+        sources.sort();
+        sources.dedup();
+        let rows = acc.take_closed(i64::MAX);
+        write_atomic(&d.dir, &name, &rows, &sources, created_by())?;
+        rep.hour_files_written += 1;
+        // The hour file is visible: only now may the minute files go.
+        for (p, _) in &files {
+            fs::remove_file(p).map_err(RollupError::io("remove", p))?;
+            rep.minute_files_compacted += 1;
+        }
+    }
+    Ok(())
+}
+
+fn created_by() -> &'static str {
+    concat!("slicetrace ", env!("CARGO_PKG_VERSION"))
+}
+
+/// What `--from-raw` wrote.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FromRawReport {
+    /// Raw rows read.
+    pub raw_rows: u64,
+    /// Rollup files written.
+    pub files_written: usize,
+    /// Rollup rows written.
+    pub rollup_rows: usize,
+    /// Node hours left alone: they already have rollups.
+    pub hours_skipped: usize,
+}
+
+/// `slicetrace rollup DATA --from-raw`: minute rollups from the raw rows
+/// that `ctx` registers as `probes` (filtered by `where_sql`), written
+/// under `root`.
+pub async fn from_raw(
+    ctx: &datafusion::prelude::SessionContext,
+    where_sql: &str,
+    root: &Path,
+) -> Result<FromRawReport, RollupError> {
+    use crate::scan;
+    let sql = format!(
+        "SELECT ts, node, gpu_uuid, gpu_index, gpu_name, kernel, shape, precision, gpu_processes, busy_count, \
+         arrival, burst_seq, correct, event_inflated, throttle_reasons, sm_clock_mhz, \
+         wall_ms, gpu_ms, queue_ms FROM probes WHERE {where_sql}"
+    );
+    let mut acc = Rollup::new(MINUTE_SECS);
+    let mut rep = FromRawReport::default();
+    scan::for_each_batch(ctx, &sql, None, |b| {
+        let ts = scan::ints(b, "ts")?;
+        let (node, uuid, name) = (
+            scan::strings(b, "node")?,
+            scan::strings(b, "gpu_uuid")?,
+            scan::string_array(b, "gpu_name")?,
+        );
+        let (kernel, shape, precision) = (
+            scan::strings(b, "kernel")?,
+            scan::strings(b, "shape")?,
+            scan::strings(b, "precision")?,
+        );
+        let busy = scan::u32s(b, "busy_count")?;
+        let (index, procs, seq, clock) = (
+            scan::u32s(b, "gpu_index")?,
+            scan::u32s(b, "gpu_processes")?,
+            scan::u32s(b, "burst_seq")?,
+            scan::u32s(b, "sm_clock_mhz")?,
+        );
+        let (arrival, correct, inflated) = (
+            scan::bools(b, "arrival")?,
+            scan::bools(b, "correct")?,
+            scan::bools(b, "event_inflated")?,
+        );
+        let thr = scan::ints(b, "throttle_reasons")?;
+        let (wall, gpu, queue) = (
+            scan::floats(b, "wall_ms")?,
+            scan::floats(b, "gpu_ms")?,
+            scan::floats(b, "queue_ms")?,
+        );
+        let name = name.as_any().downcast_ref::<arrow::array::StringArray>();
+        let num = |x: f64| (!x.is_nan()).then_some(x);
+        for i in 0..b.num_rows() {
+            let Some(t) = ts[i] else { continue };
+            let Ok(k) = kernel[i].parse::<Kernel>() else {
+                continue;
+            };
+            let r = ProbeRecord {
+                ts_ns: t,
+                node: node[i].clone(),
+                gpu_uuid: uuid[i].clone(),
+                gpu_index: index[i].unwrap_or(0),
+                gpu_name: name
+                    .filter(|a| arrow::array::Array::is_valid(*a, i))
+                    .map(|a| a.value(i).to_string()),
+                backend: Backend::default(),
+                kernel: k,
+                shape: shape[i].clone(),
+                precision: precision[i].clone(),
+                burst_seq: seq[i].unwrap_or(0),
+                gpu_ms: num(gpu[i]),
+                wall_ms: wall[i],
+                queue_ms: num(queue[i]),
+                correct: correct[i],
+                sm_clock_mhz: clock[i],
+                throttle_reasons: thr[i].map(|x| x as u64),
+                gpu_processes: procs[i],
+                busy_count: busy[i],
+                arrival: arrival[i],
+                event_inflated: inflated[i],
+                ..Default::default()
+            };
+            acc.add(&r);
+            rep.raw_rows += 1;
+        }
+        Ok(())
+    })
+    .await?;
+    // One file per node and hour.
+    let mut groups: BTreeMap<(String, i64), Vec<RollupRecord>> = BTreeMap::new();
+    for r in acc.take_closed(i64::MAX) {
+        let hour = bucket_start(r.key.bucket_ns, HOUR_SECS);
+        groups
+            .entry((r.key.node.clone(), hour))
+            .or_default()
+            .push(r);
+    }
+    let table = root.join(layout::ROLLUPS);
+    for ((node, hour), rows) in groups {
+        let dir = table
+            .join(layout::date_dir(&layout::date_value(hour)))
+            .join(layout::node_dir(&node));
+        let name = hour_name(hour, FROM_RAW_TAG);
+        if has_other_rollups(&dir, hour, &name)? {
+            rep.hours_skipped += 1;
+            continue;
+        }
+        write_atomic(&dir, &name, &rows, &[], created_by())?;
+        rep.files_written += 1;
+        rep.rollup_rows += rows.len();
+    }
+    Ok(rep)
+}
+
+/// Whether `dir` holds rollups of `hour` other than `ours`: the agent's
+/// files starting in it, or its hour file.
+fn has_other_rollups(dir: &Path, hour: i64, ours: &str) -> Result<bool, RollupError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(RollupError::io("list", dir)(e)),
+    };
+    for e in entries.filter_map(Result::ok) {
+        let n = e.file_name().to_string_lossy().to_string();
+        if n == ours || !layout::is_file_name(&n) {
+            continue;
+        }
+        if n == hour_name(hour, HOUR_TAG) {
+            // The hour was compacted; if it held our file, rewriting ours
+            // is harmless (readers skip it), otherwise it has the runs.
+            return Ok(true);
+        }
+        if let Some(s) = crate::source::name_start_ns(&n) {
+            if s >= hour && s < hour + HOUR_NS {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}

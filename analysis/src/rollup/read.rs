@@ -1,0 +1,314 @@
+//! Listing and reading rollup files: `DATA/rollups/date=…/node=…/part-….parquet`
+//! for the dates of a range, one node directory per work item, folded on
+//! `parallel` threads into one accumulator each, then merged.
+//!
+//! In a node directory, an hour file's `slicetrace.rollup_sources` names the
+//! minute files it already holds: those are skipped (counted in
+//! [`ReadStats::files_superseded`]), so readers are right at every step of a
+//! compaction.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use serde::Serialize;
+use slicetrace_schema::rollup::ROLLUP_SOURCES_KEY;
+use slicetrace_schema::{
+    layout, rollups_from_batch, RollupRecord, SketchSet, ROLLUP_SCHEMA_VERSION,
+    ROLLUP_SCHEMA_VERSION_KEY,
+};
+
+use super::{dates_of, RollupError};
+use crate::source::TimeRange;
+
+/// What a read did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReadStats {
+    /// Node directories listed.
+    pub node_dirs: usize,
+    /// Files read.
+    pub files_read: usize,
+    /// Minute files skipped because an hour file holds them.
+    pub files_superseded: usize,
+    /// Files whose name places them after the range, not opened.
+    pub files_pruned_by_name: usize,
+    /// Rows read (before the range filter).
+    pub rows_read: u64,
+}
+
+/// One node directory's files.
+#[derive(Debug, Clone)]
+pub struct NodeDir {
+    /// `DATA/rollups/date=…/node=…`.
+    pub dir: PathBuf,
+    /// Its finished data files, sorted by name.
+    pub files: Vec<PathBuf>,
+}
+
+/// The node directories of every date partition `range` touches (all dates
+/// with `None`).
+pub fn list(root: &Path, range: Option<TimeRange>) -> Result<Vec<NodeDir>, RollupError> {
+    let table = root.join(layout::ROLLUPS);
+    let dates: Vec<PathBuf> = match range {
+        Some(r) => dates_of(r)
+            .iter()
+            .map(|d| table.join(layout::date_dir(d)))
+            .filter(|p| p.is_dir())
+            .collect(),
+        None => match fs::read_dir(&table) {
+            Ok(rd) => {
+                let mut v: Vec<PathBuf> = rd
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.is_dir()
+                            && p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with("date="))
+                    })
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(RollupError::io("list", &table)(e)),
+        },
+    };
+    let mut out = Vec::new();
+    for d in dates {
+        let mut nodes: Vec<PathBuf> = fs::read_dir(&d)
+            .map_err(RollupError::io("list", &d))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("node="))
+            })
+            .collect();
+        nodes.sort();
+        for n in nodes {
+            let mut files: Vec<PathBuf> = fs::read_dir(&n)
+                .map_err(RollupError::io("list", &n))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|x| x.to_str())
+                        .is_some_and(layout::is_file_name)
+                })
+                .collect();
+            files.sort();
+            out.push(NodeDir { dir: n, files });
+        }
+    }
+    Ok(out)
+}
+
+/// A rollup file opened: its footer's sources and a reader builder.
+pub(crate) struct Opened {
+    pub(crate) builder: ParquetRecordBatchReaderBuilder<File>,
+    pub(crate) sources: Vec<String>,
+    pub(crate) rows: u64,
+}
+
+/// Opens `path`, checking the table and version in its footer.
+pub(crate) fn open(path: &Path) -> Result<Opened, RollupError> {
+    let f = File::open(path).map_err(RollupError::io("open", path))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| RollupError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let meta = builder.metadata().file_metadata();
+    let kv = meta.key_value_metadata().cloned().unwrap_or_default();
+    let get = |k: &str| kv.iter().find(|x| x.key == k).and_then(|x| x.value.clone());
+    if let Some(v) = get(ROLLUP_SCHEMA_VERSION_KEY) {
+        let found: u32 = v.trim().parse().unwrap_or(u32::MAX);
+        if found > ROLLUP_SCHEMA_VERSION {
+            return Err(RollupError::NewerVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: ROLLUP_SCHEMA_VERSION,
+            });
+        }
+    }
+    let sources = get(ROLLUP_SOURCES_KEY)
+        .map(|s| {
+            s.lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows = u64::try_from(meta.num_rows()).unwrap_or(0);
+    Ok(Opened {
+        builder,
+        sources,
+        rows,
+    })
+}
+
+/// Reads every row of an opened file, decoding the sketches in `want`
+/// (the other sketch columns are not even read).
+pub(crate) fn rows_of(
+    path: &Path,
+    o: Opened,
+    want: SketchSet,
+) -> Result<Vec<RollupRecord>, RollupError> {
+    let skip: Vec<&str> = [
+        ("wall_ms_sketch", want.wall),
+        ("gpu_ms_sketch", want.gpu),
+        ("queue_ms_sketch", want.queue),
+        ("mcycles_sketch", want.mcycles),
+        ("event_mcycles_sketch", want.event),
+    ]
+    .iter()
+    .filter(|(_, on)| !on)
+    .map(|(n, _)| *n)
+    .collect();
+    let schema = o.builder.parquet_schema();
+    let keep: Vec<usize> = (0..schema.num_columns())
+        .filter(|&i| !skip.contains(&schema.column(i).name()))
+        .collect();
+    let mask = ProjectionMask::leaves(schema, keep);
+    let reader = o
+        .builder
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()
+        .map_err(|source| RollupError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.map_err(|e| RollupError::Parquet {
+            path: path.to_path_buf(),
+            source: parquet::errors::ParquetError::ArrowError(e.to_string()),
+        })?;
+        let rows = rollups_from_batch(&b, want).map_err(|source| RollupError::Schema {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// The files of `d` to read: all but the minute files an hour file holds.
+/// Returns them opened, and how many were superseded.
+pub(crate) fn live_files(d: &NodeDir) -> Result<(Vec<(PathBuf, Opened)>, usize), RollupError> {
+    let mut opened = Vec::with_capacity(d.files.len());
+    let mut held: HashSet<String> = HashSet::new();
+    for f in &d.files {
+        let o = open(f)?;
+        held.extend(o.sources.iter().cloned());
+        opened.push((f.clone(), o));
+    }
+    let before = opened.len();
+    opened.retain(|(p, _)| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        !held.contains(name)
+    });
+    let superseded = before - opened.len();
+    Ok((opened, superseded))
+}
+
+/// Folds every row of the node directories `dirs` whose bucket starts in
+/// `range` into one `T` per thread (`fold`), then merges them (`merge`).
+/// `parallel` threads at most.
+pub fn fold<T, F, M>(
+    dirs: &[NodeDir],
+    range: Option<TimeRange>,
+    want: SketchSet,
+    parallel: usize,
+    fold: F,
+    merge: M,
+) -> Result<(T, ReadStats), RollupError>
+where
+    T: Default + Send,
+    F: Fn(&mut T, RollupRecord) + Sync,
+    M: Fn(&mut T, T),
+{
+    let next = AtomicUsize::new(0);
+    let stats = Mutex::new(ReadStats {
+        node_dirs: dirs.len(),
+        ..ReadStats::default()
+    });
+    let first_err: Mutex<Option<RollupError>> = Mutex::new(None);
+    let threads = parallel.clamp(1, dirs.len().max(1));
+    let parts: Vec<T> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut acc = T::default();
+                    let mut local = ReadStats::default();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(d) = dirs.get(i) else { break };
+                        let r = (|| -> Result<(), RollupError> {
+                            let (files, superseded) = live_files(d)?;
+                            local.files_superseded += superseded;
+                            for (p, o) in files {
+                                let start = p
+                                    .file_name()
+                                    .and_then(|n| n.to_str())
+                                    .and_then(crate::source::name_start_ns);
+                                if let (Some(r), Some(s)) = (range, start) {
+                                    if s >= r.end_ns {
+                                        local.files_pruned_by_name += 1;
+                                        continue;
+                                    }
+                                }
+                                local.files_read += 1;
+                                local.rows_read += o.rows;
+                                for row in rows_of(&p, o, want)? {
+                                    let inside = range.is_none_or(|r| {
+                                        row.key.bucket_ns >= r.start_ns
+                                            && row.key.bucket_ns < r.end_ns
+                                    });
+                                    if inside {
+                                        fold(&mut acc, row);
+                                    }
+                                }
+                            }
+                            Ok(())
+                        })();
+                        if let Err(e) = r {
+                            if let Ok(mut g) = first_err.lock() {
+                                g.get_or_insert(e);
+                            }
+                            // Stop every thread: the first error decides.
+                            next.store(dirs.len(), Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    if let Ok(mut g) = stats.lock() {
+                        g.files_read += local.files_read;
+                        g.files_superseded += local.files_superseded;
+                        g.files_pruned_by_name += local.files_pruned_by_name;
+                        g.rows_read += local.rows_read;
+                    }
+                    acc
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    if let Some(e) = first_err.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut it = parts.into_iter();
+    let mut total = it.next().unwrap_or_default();
+    for p in it {
+        merge(&mut total, p);
+    }
+    let stats = stats.into_inner().unwrap_or_default();
+    Ok((total, stats))
+}
