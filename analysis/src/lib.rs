@@ -11,6 +11,7 @@
 //! The `slicetrace` binary (`main.rs`) is a thin clap layer over these.
 
 pub mod compare;
+pub mod engine;
 pub mod fleet;
 pub mod output;
 pub mod plot;

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use slicetrace_analysis::engine::Engine;
 use slicetrace_analysis::output::Format;
 use slicetrace_analysis::runs::{self, RunCounts};
 use slicetrace_analysis::source::{self, OpenOptions, TableKind};
@@ -33,6 +34,19 @@ struct DataArgs {
     /// is allowed for loopback endpoints.
     #[arg(long, global = true)]
     s3_endpoint: Option<String>,
+    /// Where the queries run: `local` (this process) or `df://HOST:PORT`, an
+    /// Apache Ballista scheduler started by `slicetrace-ballista` whose
+    /// executors read the same DATA (the same s3:// prefix, or the same
+    /// local paths). Results are computed by the same code either way.
+    #[arg(long, global = true, default_value = "local", env = "SLICETRACE_ENGINE")]
+    engine: String,
+}
+
+impl DataArgs {
+    /// The parsed `--engine` (a bad value is a one-line error, exit 2).
+    fn engine(&self) -> Result<Engine> {
+        Ok(self.engine.parse::<Engine>()?)
+    }
 }
 
 /// Which runs a command counts.
@@ -303,6 +317,7 @@ async fn open(d: &DataArgs, table: TableKind) -> Result<source::Dataset> {
     let opts = OpenOptions {
         s3_endpoint: d.s3_endpoint.clone(),
         table,
+        engine: d.engine()?,
     };
     Ok(source::open(&d.data, &opts).await?)
 }
@@ -452,6 +467,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 open: OpenOptions {
                     s3_endpoint: data.s3_endpoint.clone(),
                     table: TableKind::Probes,
+                    engine: data.engine()?,
                 },
                 range: plan.scan_range(),
                 parallel,

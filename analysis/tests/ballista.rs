@@ -1,0 +1,208 @@
+//! `--engine df://HOST:PORT`: `report` and `fleet` on a real Apache
+//! Ballista cluster (one `slicetrace-ballista scheduler` and two
+//! `slicetrace-ballista executor` processes on loopback, free ports) give
+//! the same answers as the local engine on the same files, and the cluster
+//! stops cleanly on SIGTERM. A bad `--engine` and an unreachable scheduler
+//! are one-line errors with exit code 2, at once.
+
+#![cfg(feature = "ballista")]
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use slicetrace_analysis::synth::{self, FleetLayout};
+use slicetrace_e2e::{free_port, wait_for, Proc};
+
+use support::*;
+
+/// SIGTERM (Linux).
+const SIGTERM: i32 = 15;
+
+const CLUSTER_BIN: &str = env!("CARGO_BIN_EXE_slicetrace-ballista");
+
+/// 2026-01-03T00:00:00Z, ns.
+const DAY3: i64 = 1_767_398_400_000_000_000;
+const MIN: i64 = 60_000_000_000;
+const UNTIL: &str = "2026-01-03T02:00:00Z";
+
+/// A scheduler and two executors this test started; SIGKILLed if a test
+/// fails before [`Cluster::stop`].
+struct Cluster {
+    scheduler: Proc,
+    executors: Vec<Proc>,
+    port: u16,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let port = free_port();
+        let mut cmd = Command::new(CLUSTER_BIN);
+        cmd.args(["scheduler", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--external-host", "127.0.0.1"])
+            .env("SLICETRACE_LOG", "info");
+        let scheduler = Proc::spawn(cmd, dir.join("scheduler.log"));
+        let up = wait_for(Duration::from_secs(30), || {
+            scheduler
+                .log_text()
+                .contains(&format!("listening on 127.0.0.1:{port}"))
+                .then_some(())
+        });
+        assert!(up.is_some(), "scheduler: {}", scheduler.log_text());
+        let mut executors = Vec::new();
+        for i in 0..2 {
+            let (flight, grpc) = (free_port(), free_port());
+            let work = dir.join(format!("executor-{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let mut cmd = Command::new(CLUSTER_BIN);
+            cmd.args(["executor", "--scheduler-host", "127.0.0.1"])
+                .args(["--scheduler-port", &port.to_string()])
+                .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+                .args(["--flight-port", &flight.to_string()])
+                .args(["--grpc-port", &grpc.to_string()])
+                .args(["--vcores", "2", "--work-dir", work.to_str().unwrap()])
+                .env("SLICETRACE_LOG", "info");
+            let p = Proc::spawn(cmd, dir.join(format!("executor-{i}.log")));
+            let up = wait_for(Duration::from_secs(30), || {
+                TcpStream::connect(("127.0.0.1", flight)).ok()
+            });
+            assert!(up.is_some(), "executor {i}: {}", p.log_text());
+            executors.push(p);
+        }
+        Cluster {
+            scheduler,
+            executors,
+            port,
+        }
+    }
+
+    fn engine(&self) -> String {
+        format!("df://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM to the executors, then the scheduler: each must exit 0.
+    fn stop(mut self) {
+        for (i, e) in self.executors.iter_mut().enumerate() {
+            e.signal(SIGTERM);
+            let code = e.wait_timeout(Duration::from_secs(30));
+            assert_eq!(code, Some(0), "executor {i}: {}", e.log_text());
+        }
+        self.scheduler.signal(SIGTERM);
+        let code = self.scheduler.wait_timeout(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "scheduler: {}", self.scheduler.log_text());
+    }
+}
+
+/// Six nodes of the agent's layout: a file per node every 10 minutes over
+/// the last two hours, and an older day of small files.
+fn fleet_dir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = FleetLayout {
+        nodes: 6,
+        gpus_per_node: 2,
+        end_ns: DAY3 + 120 * MIN,
+        span_secs: 86_400 + 7_200,
+        dense_secs: 7_200,
+        file_secs: 600,
+        rate_per_gpu: 0.5,
+        sparse_rows_per_gpu: 2,
+        seed: 7,
+        threads: 2,
+        // One node turns slow in the window: a red check, exit 1.
+        slow: Some((3, DAY3 + 95 * MIN, 4.0)),
+    };
+    synth::generate_fleet(tmp.path(), &l).unwrap();
+    tmp
+}
+
+/// Runs `slicetrace ARGS --engine ENGINE`; returns (exit code, stdout JSON,
+/// stderr).
+fn on(engine: &str, args: &[&str]) -> (Option<i32>, Value, String) {
+    let o = slicetrace(&[args, &["--engine", engine]].concat());
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bad json ({e}): {}\n{}", stdout(&o), stderr(&o)));
+    (o.status.code(), v, stderr(&o))
+}
+
+#[test]
+fn report_and_fleet_on_ballista_equal_the_local_engine() {
+    let logs = tempfile::tempdir().unwrap();
+    let golden = golden_dir();
+    let fleet = fleet_dir();
+    let cluster = Cluster::start(logs.path());
+    let remote = cluster.engine();
+    let g = golden.path().to_str().unwrap();
+    let f = fleet.path().to_str().unwrap();
+
+    // report: exact percentiles over every group, per node and kernel.
+    let report = ["report", g, "--by", "node,kernel", "--format", "json"];
+    let (lc, local, lerr) = on("local", &report);
+    let (rc, dist, rerr) = on(&remote, &report);
+    assert_eq!(lc, Some(0), "{lerr}");
+    assert_eq!(rc, Some(0), "{rerr}");
+    assert!(items(&local).len() >= 6, "{local}");
+    assert_eq!(dist, local, "report differs on Ballista");
+    // The runs line (what was counted) too.
+    assert_eq!(rerr, lerr);
+
+    // A filter and the default grouping (tenants included).
+    let report = ["report", g, "--where", "tenants >= 1", "--format", "json"];
+    let (_, local, _) = on("local", &report);
+    let (rc, dist, rerr) = on(&remote, &report);
+    assert_eq!(rc, Some(0), "{rerr}");
+    assert_eq!(dist, local, "filtered report differs on Ballista");
+
+    // fleet: the window and baseline aggregate, verdicts and exit code.
+    let mut check = vec!["fleet", f, "--format", "json"];
+    check.extend(half_hours_until(UNTIL));
+    let (lc, local, lerr) = on("local", &check);
+    let (rc, dist, rerr) = on(&remote, &check);
+    assert!(items(&local["gpus"]).len() == 12, "{local}");
+    assert_eq!(rc, lc, "{rerr}");
+    assert_eq!(dist, local, "fleet differs on Ballista");
+    assert_eq!(rerr, lerr);
+
+    cluster.stop();
+}
+
+#[test]
+fn a_bad_engine_is_one_line_and_exit_2() {
+    let golden = golden_dir();
+    let g = golden.path().to_str().unwrap();
+    for bad in ["ballista", "df://", "df://host:port", "http://127.0.0.1:50050"] {
+        let o = slicetrace(&["report", g, "--engine", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "{bad}: {err}");
+        assert!(err.contains("bad --engine"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn an_unreachable_scheduler_is_a_clear_error_not_a_hang() {
+    let golden = golden_dir();
+    let g = golden.path().to_str().unwrap();
+    // A port nothing listens on (free a moment ago).
+    let engine = format!("df://127.0.0.1:{}", free_port());
+    for args in [
+        vec!["report", g, "--engine", &engine],
+        vec!["fleet", g, "--engine", &engine, "--until", UNTIL],
+    ] {
+        let t0 = Instant::now();
+        let o = slicetrace(&args);
+        let took = t0.elapsed();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("cannot reach the Ballista scheduler at {engine}")),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+    }
+}
