@@ -7,7 +7,10 @@
 //! [`pred`] builds each command's `WHERE` clause (arrival runs unless
 //! `--all-runs`, counted by [`runs`]), [`scan`] streams query results, and the
 //! command modules ([`report`], [`compare`], [`fleet`], [`query`], [`plot`])
-//! turn them into tables, verdicts and charts. [`synth`] generates synthetic data for tests and benchmarks.
+//! turn them into tables, verdicts and charts. [`engine`] decides where the
+//! queries run: in this process, or on an Apache Ballista cluster
+//! (`--engine df://HOST:PORT`, whose scheduler and executors are the
+//! `slicetrace-ballista` binary). [`synth`] generates synthetic data for tests and benchmarks.
 //! The `slicetrace` binary (`main.rs`) is a thin clap layer over these.
 
 pub mod compare;
