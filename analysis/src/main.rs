@@ -38,7 +38,12 @@ struct DataArgs {
     /// Apache Ballista scheduler started by `slicetrace-ballista` whose
     /// executors read the same DATA (the same s3:// prefix, or the same
     /// local paths). Results are computed by the same code either way.
-    #[arg(long, global = true, default_value = "local", env = "SLICETRACE_ENGINE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "local",
+        env = "SLICETRACE_ENGINE"
+    )]
     engine: String,
 }
 

@@ -114,7 +114,7 @@ fn fleet_dir() -> tempfile::TempDir {
         seed: 7,
         threads: 2,
         // One node turns slow in the window: a red check, exit 1.
-        slow: Some((3, DAY3 + 95 * MIN, 4.0)),
+        slow: Some((3, DAY3 + 90 * MIN, 4.0)),
     };
     synth::generate_fleet(tmp.path(), &l).unwrap();
     tmp
@@ -158,23 +158,73 @@ fn report_and_fleet_on_ballista_equal_the_local_engine() {
     assert_eq!(dist, local, "filtered report differs on Ballista");
 
     // fleet: the window and baseline aggregate, verdicts and exit code.
+    // Its quantiles are DataFusion's t-digest, whose partial digests merge in
+    // arrival order: two local runs differ in the last digits too (about
+    // 1 % on docs/benchmarks.md's data). Everything else is exact.
     let mut check = vec!["fleet", f, "--format", "json"];
     check.extend(half_hours_until(UNTIL));
     let (lc, local, lerr) = on("local", &check);
     let (rc, dist, rerr) = on(&remote, &check);
-    assert!(items(&local["gpus"]).len() == 12, "{local}");
+    assert_eq!(items(&local["gpus"]).len(), 12, "{local}");
+    assert_eq!(lc, Some(1), "node-03 turns slow in the window: {local}");
     assert_eq!(rc, lc, "{rerr}");
-    assert_eq!(dist, local, "fleet differs on Ballista");
+    same_fleet(&local, &dist, "");
     assert_eq!(rerr, lerr);
 
+    // The queries ran on the executors, not in the client.
+    let tasks: usize = cluster
+        .executors
+        .iter()
+        .map(|e| e.log_text().matches("Received task").count())
+        .sum();
+    assert!(tasks >= 4, "executors ran {tasks} tasks");
+
     cluster.stop();
+}
+
+/// Whether two `fleet` answers agree: strings, booleans, nulls and integers
+/// (counts, states, reasons, the gate) exactly; floats (t-digest quantiles
+/// and what derives from them) within 3 %, the peers' robust z-scores
+/// (differences of quantiles over a MAD, near 0) within 0.5.
+fn same_fleet(a: &Value, b: &Value, path: &str) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let (kx, ky): (Vec<_>, Vec<_>) = (x.keys().collect(), y.keys().collect());
+            assert_eq!(kx, ky, "{path}");
+            for (k, v) in x {
+                same_fleet(v, &y[k], &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{path}");
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                same_fleet(u, v, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            let z = path.rsplit('.').next().unwrap_or("").starts_with("peer_z");
+            let d = if z {
+                (x - y).abs()
+            } else {
+                (x - y).abs() / x.abs().max(y.abs()).max(1e-12)
+            };
+            assert!(d <= if z { 0.5 } else { 0.03 }, "{path}: {x} vs {y}");
+        }
+        _ => assert_eq!(a, b, "{path}"),
+    }
 }
 
 #[test]
 fn a_bad_engine_is_one_line_and_exit_2() {
     let golden = golden_dir();
     let g = golden.path().to_str().unwrap();
-    for bad in ["ballista", "df://", "df://host:port", "http://127.0.0.1:50050"] {
+    for bad in [
+        "ballista",
+        "df://",
+        "df://host:port",
+        "http://127.0.0.1:50050",
+    ] {
         let o = slicetrace(&["report", g, "--engine", bad]);
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
         let err = stderr(&o);

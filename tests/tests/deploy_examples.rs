@@ -208,7 +208,11 @@ fn dockerfile_builds_the_agent_the_cli_and_the_load_tool_onto_a_cuda_runtime_ima
         // The fleet check CronJob runs the CLI from the same image.
         ("analysis/Cargo.toml", "slicetrace-analysis", "slicetrace"),
         // deploy/examples/ballista runs the scheduler and executors from it.
-        ("analysis/Cargo.toml", "slicetrace-analysis", "slicetrace-ballista"),
+        (
+            "analysis/Cargo.toml",
+            "slicetrace-analysis",
+            "slicetrace-ballista",
+        ),
     ] {
         let cargo: toml::Table = toml::from_str(
             &std::fs::read_to_string(repo_root().join(manifest)).expect("member manifest"),
@@ -387,9 +391,9 @@ fn ballista_example_wires_executors_to_the_scheduler_service_and_the_bucket() {
     // Executors advertise their pod IP: clients fetch results from them.
     assert_eq!(arg(e, "--external-host"), "$(POD_IP)");
     let env = e["env"].as_array().expect("env");
-    assert!(env
-        .iter()
-        .any(|v| v["name"] == "POD_IP" && v["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"));
+    assert!(env.iter().any(
+        |v| v["name"] == "POD_IP" && v["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    ));
     assert!(exec["spec"]["replicas"].as_u64().unwrap_or(0) >= 2);
     // Both read the bucket: the same S3 settings and identity.
     for (c, d) in [(s, sched), (e, exec)] {

@@ -10,6 +10,7 @@
 //! Exit codes: 0 after SIGTERM or Ctrl-C, 2 for bad flags, 1 when the
 //! scheduler or executor fails (port taken, scheduler unreachable).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -123,6 +124,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLICETRACE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -27,9 +27,7 @@ use ballista_core::RuntimeProducer;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{
-    create_scheduler, start_grpc_service_with_listener,
-};
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -91,11 +89,7 @@ impl ObjectStoreRegistry for EnvStores {
         store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
         match (url.scheme(), url.host_str()) {
-            ("s3", Some(bucket)) => self
-                .s3
-                .lock()
-                .ok()?
-                .insert(bucket.to_string(), store),
+            ("s3", Some(bucket)) => self.s3.lock().ok()?.insert(bucket.to_string(), store),
             _ => None,
         }
     }

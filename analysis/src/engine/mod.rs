@@ -105,7 +105,10 @@ impl std::str::FromStr for Engine {
             return Err(bad());
         }
         Ok(Engine::Ballista {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
         })
     }
@@ -144,9 +147,7 @@ impl Engine {
                 Some(rt) => SessionContext::new_with_config_rt(config, rt),
                 None => SessionContext::new_with_config(config),
             },
-            Engine::Ballista { host, port } => {
-                self.remote(host, *port, config, runtime).await?
-            }
+            Engine::Ballista { host, port } => self.remote(host, *port, config, runtime).await?,
         };
         register_functions(&ctx);
         Ok(ctx)

@@ -62,12 +62,11 @@ pub(super) async fn locate(data: &str, opts: &OpenOptions) -> Result<Located, So
         if bucket.is_empty() {
             return Err(SourceError::BadLocation(data.to_string()));
         }
-        let store = s3_store(bucket, opts.s3_endpoint.clone()).map_err(|source| {
-            SourceError::Store {
+        let store =
+            s3_store(bucket, opts.s3_endpoint.clone()).map_err(|source| SourceError::Store {
                 location: data.to_string(),
                 source,
-            }
-        })?;
+            })?;
         let base = prefix.trim_matches('/');
         let join = |b: &str, t: &str| {
             if b.is_empty() {

@@ -27,6 +27,7 @@
 
 use std::sync::Arc;
 
+use crate::engine::{Engine, EngineError};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -37,7 +38,6 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
-use crate::engine::{Engine, EngineError};
 use slicetrace_schema::{health_schema, layout, probes_schema, ARRIVAL_SQL, TENANTS_SQL};
 
 mod check;
@@ -45,8 +45,8 @@ mod locate;
 mod prune;
 
 use check::{check_file, check_footer, table_schema};
-use locate::{display_name, hive_layout, list_files, locate};
 pub(crate) use locate::s3_store;
+use locate::{display_name, hive_layout, list_files, locate};
 
 pub use prune::{open_range, RangeDataset, RangeOptions, ScanStats, SkippedFile, TimeRange};
 
