@@ -40,12 +40,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(dir: &Path) -> Cluster {
+    /// Starts the cluster with `env` set on every process (S3 settings).
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Cluster {
         let port = free_port();
         let mut cmd = Command::new(CLUSTER_BIN);
         cmd.args(["scheduler", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--external-host", "127.0.0.1"])
-            .env("SLICETRACE_LOG", "info");
+            .env("SLICETRACE_LOG", "info")
+            .envs(env.iter().copied());
         let scheduler = Proc::spawn(cmd, dir.join("scheduler.log"));
         let up = wait_for(Duration::from_secs(30), || {
             scheduler
@@ -66,7 +68,8 @@ impl Cluster {
                 .args(["--flight-port", &flight.to_string()])
                 .args(["--grpc-port", &grpc.to_string()])
                 .args(["--vcores", "2", "--work-dir", work.to_str().unwrap()])
-                .env("SLICETRACE_LOG", "info");
+                .env("SLICETRACE_LOG", "info")
+                .envs(env.iter().copied());
             let p = Proc::spawn(cmd, dir.join(format!("executor-{i}.log")));
             let up = wait_for(Duration::from_secs(30), || {
                 TcpStream::connect(("127.0.0.1", flight)).ok()
@@ -134,7 +137,7 @@ fn report_and_fleet_on_ballista_equal_the_local_engine() {
     let logs = tempfile::tempdir().unwrap();
     let golden = golden_dir();
     let fleet = fleet_dir();
-    let cluster = Cluster::start(logs.path());
+    let cluster = Cluster::start(logs.path(), &[]);
     let remote = cluster.engine();
     let g = golden.path().to_str().unwrap();
     let f = fleet.path().to_str().unwrap();
@@ -182,10 +185,11 @@ fn report_and_fleet_on_ballista_equal_the_local_engine() {
     cluster.stop();
 }
 
-/// Whether two `fleet` answers agree: strings, booleans, nulls and integers
-/// (counts, states, reasons, the gate) exactly; floats (t-digest quantiles
-/// and what derives from them) within 3 %, the peers' robust z-scores
-/// (differences of quantiles over a MAD, near 0) within 0.5.
+/// Whether two `fleet` answers agree: booleans, nulls, integers and the
+/// words of strings (counts, states, reasons, the gate) exactly; floats
+/// (t-digest quantiles and what derives from them, also where a reason
+/// quotes them) within 3 %, the peers' robust z-scores (differences of
+/// quantiles over a MAD, near 0) within 0.5.
 fn same_fleet(a: &Value, b: &Value, path: &str) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
@@ -211,8 +215,81 @@ fn same_fleet(a: &Value, b: &Value, path: &str) {
             };
             assert!(d <= if z { 0.5 } else { 0.03 }, "{path}: {x} vs {y}");
         }
+        // A reason quotes quantiles ("z_gpu 60.2"): the same words, and
+        // numbers within the same tolerance.
+        (Value::String(x), Value::String(y)) => {
+            let ((sx, nx), (sy, ny)) = (numbers(x), numbers(y));
+            assert_eq!(sx, sy, "{path}");
+            for (u, v) in nx.iter().zip(&ny) {
+                let d = (u - v).abs();
+                assert!(
+                    d <= 0.5 || d <= 0.03 * u.abs().max(v.abs()),
+                    "{path}: {x} vs {y}"
+                );
+            }
+        }
         _ => assert_eq!(a, b, "{path}"),
     }
+}
+
+/// `s` with every decimal number replaced by `#`, and the numbers.
+fn numbers(s: &str) -> (String, Vec<f64>) {
+    let (mut skeleton, mut nums, mut cur) = (String::new(), Vec::new(), String::new());
+    for c in s.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() || (c == '.' && !cur.is_empty()) {
+            cur.push(c);
+            continue;
+        }
+        if !cur.is_empty() {
+            nums.push(cur.trim_end_matches('.').parse().unwrap());
+            skeleton.push('#');
+            cur.clear();
+        }
+        skeleton.push(c);
+    }
+    (skeleton, nums)
+}
+
+const UPLOAD: &str = r#"
+import boto3, os, sys
+endpoint, bucket, root, prefix = sys.argv[1:5]
+s3 = boto3.client('s3', endpoint_url=endpoint, region_name='us-east-1',
+                  aws_access_key_id='test', aws_secret_access_key='test')
+s3.create_bucket(Bucket=bucket)
+for d, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(d, f)
+        s3.upload_file(p, bucket, prefix + '/' + os.path.relpath(p, root))
+"#;
+
+/// The fleet's case: the files are in a bucket, and the scheduler and the
+/// executors read the same `s3://` prefix with their own `AWS_*` settings
+/// (a real `moto_server` here).
+#[test]
+fn report_on_ballista_reads_the_same_s3_prefix() {
+    let Some(py) = slicetrace_e2e::python_with(&["boto3", "moto.server"]) else {
+        return;
+    };
+    let moto = Moto::start(&py);
+    let golden = golden_dir();
+    let g = golden.path().to_str().unwrap();
+    slicetrace_e2e::run_python(&py, UPLOAD, &[&moto.endpoint, "fleet-bucket", g, "prod"]);
+    let logs = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(logs.path(), &moto.env());
+    let args = [
+        "report",
+        "s3://fleet-bucket/prod",
+        "--by",
+        "node,kernel",
+        "--format",
+        "json",
+        "--engine",
+        &cluster.engine(),
+    ];
+    let o = slicetrace_env(&args, &moto.env());
+    let local = report_json(g, &["--by", "node,kernel"]);
+    assert_eq!(json(&o), local, "{}", cluster.executors[0].log_text());
+    cluster.stop();
 }
 
 #[test]
@@ -241,7 +318,15 @@ fn an_unreachable_scheduler_is_a_clear_error_not_a_hang() {
     let engine = format!("df://127.0.0.1:{}", free_port());
     for args in [
         vec!["report", g, "--engine", &engine],
-        vec!["fleet", g, "--engine", &engine, "--until", UNTIL],
+        // Inside the golden data (2026-01-01..03): files to query.
+        vec![
+            "fleet",
+            g,
+            "--engine",
+            &engine,
+            "--until",
+            "2026-01-02T12:00:00Z",
+        ],
     ] {
         let t0 = Instant::now();
         let o = slicetrace(&args);

@@ -281,3 +281,25 @@ pub async fn executor(opts: ExecutorOptions) -> Result<(), ClusterError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_serve_local_files_and_s3_buckets_and_refuse_the_rest() {
+        let stores = EnvStores::default();
+        let url = |s: &str| Url::parse(s).expect("url");
+        assert!(stores.get_store(&url("file:///tmp/x")).is_ok());
+        // An S3 store is built once per bucket (no request is made here).
+        let a = stores.get_store(&url("s3://bucket-a/p")).expect("s3");
+        let again = stores.get_store(&url("s3://bucket-a/q")).expect("s3");
+        assert!(Arc::ptr_eq(&a, &again));
+        let b = stores.get_store(&url("s3://bucket-b/p")).expect("s3");
+        assert!(!Arc::ptr_eq(&a, &b));
+        let err = stores
+            .get_store(&url("gs://bucket/p"))
+            .expect_err("gs is not served");
+        assert!(err.to_string().contains("file:// and s3://"), "{err}");
+    }
+}
