@@ -84,6 +84,14 @@ impl Cluster {
         }
     }
 
+    /// Tasks the executors received so far (their INFO log lines).
+    fn tasks(&self) -> usize {
+        self.executors
+            .iter()
+            .map(|e| e.log_text().matches("Received task").count())
+            .sum()
+    }
+
     fn engine(&self) -> String {
         format!("df://127.0.0.1:{}", self.port)
     }
@@ -175,11 +183,7 @@ fn report_and_fleet_on_ballista_equal_the_local_engine() {
     assert_eq!(rerr, lerr);
 
     // The queries ran on the executors, not in the client.
-    let tasks: usize = cluster
-        .executors
-        .iter()
-        .map(|e| e.log_text().matches("Received task").count())
-        .sum();
+    let tasks = cluster.tasks();
     assert!(tasks >= 4, "executors ran {tasks} tasks");
 
     cluster.stop();
@@ -289,6 +293,12 @@ fn report_on_ballista_reads_the_same_s3_prefix() {
     let o = slicetrace_env(&args, &moto.env());
     let local = report_json(g, &["--by", "node,kernel"]);
     assert_eq!(json(&o), local, "{}", cluster.executors[0].log_text());
+    // Read by the executors, not by the client.
+    assert!(
+        cluster.tasks() >= 2,
+        "executors ran {} tasks",
+        cluster.tasks()
+    );
     cluster.stop();
 }
 
