@@ -10,11 +10,15 @@
 //! turn them into tables, verdicts and charts. [`blame`] and [`whatif`] model
 //! the time-slice rotation over the arrival rows [`tenancy`] reads: who made
 //! the probe wait, and what the tail would be beside N busy tenants.
-//! [`synth`] generates synthetic data for tests and benchmarks.
+//! [`engine`] decides where the queries run: in this process, or on an
+//! Apache Ballista cluster (`--engine df://HOST:PORT`, whose scheduler and
+//! executors are the `slicetrace-ballista` binary). [`synth`] generates
+//! synthetic data for tests and benchmarks.
 //! The `slicetrace` binary (`main.rs`) is a thin clap layer over these.
 
 pub mod blame;
 pub mod compare;
+pub mod engine;
 pub mod fleet;
 pub mod output;
 pub mod plot;

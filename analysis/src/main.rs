@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use slicetrace_analysis::engine::Engine;
 use slicetrace_analysis::output::Format;
 use slicetrace_analysis::rollup::{self, DataSource, SourceArgs};
 use slicetrace_analysis::runs::{self, RunCounts};
@@ -36,6 +37,24 @@ struct DataArgs {
     /// is allowed for loopback endpoints.
     #[arg(long, global = true)]
     s3_endpoint: Option<String>,
+    /// Where the queries run: `local` (this process) or `df://HOST:PORT`, an
+    /// Apache Ballista scheduler started by `slicetrace-ballista` whose
+    /// executors read the same DATA (the same s3:// prefix, or the same
+    /// local paths). Results are computed by the same code either way.
+    #[arg(
+        long,
+        global = true,
+        default_value = "local",
+        env = "SLICETRACE_ENGINE"
+    )]
+    engine: String,
+}
+
+impl DataArgs {
+    /// The parsed `--engine` (a bad value is a one-line error, exit 2).
+    fn engine(&self) -> Result<Engine> {
+        Ok(self.engine.parse::<Engine>()?)
+    }
 }
 
 /// Which runs a command counts.
@@ -464,6 +483,7 @@ async fn open(d: &DataArgs, table: TableKind) -> Result<source::Dataset> {
     let opts = OpenOptions {
         s3_endpoint: d.s3_endpoint.clone(),
         table,
+        engine: d.engine()?,
     };
     Ok(source::open(&d.data, &opts).await?)
 }
@@ -526,6 +546,7 @@ async fn tenancy_rows(
                 open: OpenOptions {
                     s3_endpoint: data.s3_endpoint.clone(),
                     table: TableKind::Probes,
+                    engine: data.engine()?,
                 },
                 range: source::TimeRange { start_ns, end_ns },
                 parallel: std::thread::available_parallelism()
@@ -799,6 +820,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 open: OpenOptions {
                     s3_endpoint: data.s3_endpoint.clone(),
                     table: TableKind::Probes,
+                    engine: data.engine()?,
                 },
                 range: plan.scan_range(),
                 parallel,
@@ -906,6 +928,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     &DataArgs {
                         data: data.clone(),
                         s3_endpoint: None,
+                        engine: "local".into(),
                     },
                     TableKind::Probes,
                 )

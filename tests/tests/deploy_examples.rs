@@ -207,6 +207,12 @@ fn dockerfile_builds_the_agent_the_cli_and_the_load_tool_onto_a_cuda_runtime_ima
         ("load/Cargo.toml", "slicetrace-load", "slicetrace-load"),
         // The fleet check CronJob runs the CLI from the same image.
         ("analysis/Cargo.toml", "slicetrace-analysis", "slicetrace"),
+        // deploy/examples/ballista runs the scheduler and executors from it.
+        (
+            "analysis/Cargo.toml",
+            "slicetrace-analysis",
+            "slicetrace-ballista",
+        ),
     ] {
         let cargo: toml::Table = toml::from_str(
             &std::fs::read_to_string(repo_root().join(manifest)).expect("member manifest"),
@@ -226,7 +232,8 @@ fn dockerfile_builds_the_agent_the_cli_and_the_load_tool_onto_a_cuda_runtime_ima
             "{manifest} has no [[bin]] {bin}"
         );
         assert!(
-            text.contains(&format!("-p {package} --bin {bin}")),
+            text.contains(&format!("-p {package} --bin {bin}"))
+                || text.contains(&format!("--bin slicetrace --bin {bin}")),
             "Dockerfile must build {package}/{bin}"
         );
         assert!(
@@ -316,4 +323,95 @@ fn fleet_check_cronjob_runs_fleet_on_the_bucket_with_its_identity() {
     let env_file =
         std::fs::read_to_string(deploy_dir().join("examples/fleet-check/s3.env")).expect("s3.env");
     assert!(env_file.contains("AWS_ENDPOINT_URL=") && env_file.contains("AWS_ALLOW_HTTP=true"));
+}
+
+/// deploy/examples/ballista: a scheduler Deployment behind a Service on the
+/// port that `--engine df://…` names, and executors that reach it by that
+/// Service, advertise their pod IP for Flight, and read the bucket with the
+/// S3 settings of a generated ConfigMap under one read-only identity.
+/// (kubernetes-validate checks the objects with every other manifest in
+/// deploy_kubernetes.rs; this checks that the pieces fit together.)
+#[test]
+fn ballista_example_wires_executors_to_the_scheduler_service_and_the_bucket() {
+    let Some(python) = yaml_python("ballista example") else {
+        return;
+    };
+    let Some(docs) = kustomized_docs(&python, "ballista example") else {
+        return;
+    };
+    let ours: Vec<&Value> = docs
+        .iter()
+        .filter(|(src, _)| src.ends_with("examples/ballista"))
+        .map(|(_, d)| d)
+        .collect();
+    let find = |k: &str, n: &str| {
+        ours.iter()
+            .find(|d| kind(d) == k && name(d).contains(n))
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} {n} in deploy/examples/ballista"))
+    };
+    let sched = find("Deployment", "scheduler");
+    let exec = find("Deployment", "executor");
+    let svc = find("Service", "scheduler");
+    let sa = find("ServiceAccount", "ballista");
+    let cm = find("ConfigMap", "s3");
+    for d in [sched, exec, svc, sa, cm] {
+        assert_eq!(d["metadata"]["namespace"], "slicetrace", "{d}");
+    }
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    // The Service selects the scheduler's pods, on its gRPC port.
+    let sel = svc["spec"]["selector"].as_object().expect("selector");
+    let pod_labels = &sched["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in sel {
+        assert_eq!(&pod_labels[k.as_str()], v, "Service selector {k}");
+    }
+    let exec_labels = &exec["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        sel.iter().any(|(k, v)| &exec_labels[k.as_str()] != v),
+        "the scheduler Service must not select executors"
+    );
+    let svc_port = svc["spec"]["ports"][0]["port"].as_u64().expect("port");
+    let arg = |c: &Value, f: &str| {
+        let a = str_list(&c["args"]);
+        a.iter()
+            .position(|x| x == f)
+            .and_then(|i| a.get(i + 1).cloned())
+            .unwrap_or_else(|| panic!("no {f} in {a:?}"))
+    };
+    let s = containers(&sched["spec"]["template"]["spec"])[0];
+    assert_eq!(str_list(&s["command"]), ["slicetrace-ballista"]);
+    assert_eq!(str_list(&s["args"])[0], "scheduler");
+    assert!(arg(s, "--listen").ends_with(&format!(":{svc_port}")));
+    let e = containers(&exec["spec"]["template"]["spec"])[0];
+    assert_eq!(str_list(&e["command"]), ["slicetrace-ballista"]);
+    assert_eq!(str_list(&e["args"])[0], "executor");
+    let svc_host = format!("{}.slicetrace.svc", name(svc));
+    assert_eq!(arg(e, "--scheduler-host"), svc_host);
+    assert_eq!(arg(e, "--scheduler-port"), svc_port.to_string());
+    // Executors advertise their pod IP: clients fetch results from them.
+    assert_eq!(arg(e, "--external-host"), "$(POD_IP)");
+    let env = e["env"].as_array().expect("env");
+    assert!(env.iter().any(
+        |v| v["name"] == "POD_IP" && v["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    ));
+    assert!(exec["spec"]["replicas"].as_u64().unwrap_or(0) >= 2);
+    // Both read the bucket: the same S3 settings and identity.
+    for (c, d) in [(s, sched), (e, exec)] {
+        let from: Vec<&str> = c["envFrom"]
+            .as_array()
+            .expect("envFrom")
+            .iter()
+            .filter_map(|x| x["configMapRef"]["name"].as_str())
+            .collect();
+        assert!(from.contains(&name(cm)), "{from:?}");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["serviceAccountName"],
+            sa["metadata"]["name"]
+        );
+    }
+    assert!(cm["data"]["AWS_REGION"].is_string());
+    let readme = std::fs::read_to_string(deploy_dir().join("examples/ballista/README.md"))
+        .expect("README.md");
+    let engine = format!("--engine df://{svc_host}:{svc_port}");
+    assert!(readme.contains(&engine), "README must show {engine}");
 }

@@ -6,8 +6,9 @@
 use slicetrace_e2e::{markdown_anchors, read_repo_file, root};
 
 /// Documents whose links must resolve.
-const DOCS: [&str; 4] = [
+const DOCS: [&str; 5] = [
     "docs/operations.md",
+    "docs/ballista.md",
     "docs/compatibility.md",
     "docs/config-reference.md",
     "CHANGELOG.md",

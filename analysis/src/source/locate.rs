@@ -37,28 +37,36 @@ async fn has_objects(store: &dyn ObjectStore, prefix: &ObjPath) -> bool {
     matches!(s.next().await, Some(Ok(_)))
 }
 
+/// The S3 store of `bucket`: credentials and region from the standard
+/// `AWS_*` variables, the endpoint from `endpoint`, else `AWS_ENDPOINT_URL`,
+/// else AWS (plain http allowed for loopback endpoints). The Ballista
+/// scheduler and executors build theirs the same way (`engine::cluster`).
+pub(crate) fn s3_store(
+    bucket: &str,
+    endpoint: Option<String>,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let endpoint = endpoint.or_else(|| std::env::var(S3_ENDPOINT_ENV).ok());
+    if let Some(ep) = endpoint {
+        if is_loopback(&ep) {
+            b = b.with_allow_http(true);
+        }
+        b = b.with_endpoint(ep);
+    }
+    Ok(Arc::new(b.build()?))
+}
+
 pub(super) async fn locate(data: &str, opts: &OpenOptions) -> Result<Located, SourceError> {
     if let Some(rest) = data.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(SourceError::BadLocation(data.to_string()));
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let endpoint = opts
-            .s3_endpoint
-            .clone()
-            .or_else(|| std::env::var(S3_ENDPOINT_ENV).ok());
-        if let Some(ep) = endpoint {
-            if is_loopback(&ep) {
-                b = b.with_allow_http(true);
-            }
-            b = b.with_endpoint(ep);
-        }
-        let store = b.build().map_err(|source| SourceError::Store {
-            location: data.to_string(),
-            source,
-        })?;
-        let store: Arc<dyn ObjectStore> = Arc::new(store);
+        let store =
+            s3_store(bucket, opts.s3_endpoint.clone()).map_err(|source| SourceError::Store {
+                location: data.to_string(),
+                source,
+            })?;
         let base = prefix.trim_matches('/');
         let join = |b: &str, t: &str| {
             if b.is_empty() {

@@ -27,6 +27,7 @@
 
 use std::sync::Arc;
 
+use crate::engine::{Engine, EngineError};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -44,6 +45,7 @@ mod locate;
 mod prune;
 
 use check::{check_file, check_footer, table_schema};
+pub(crate) use locate::s3_store;
 use locate::{display_name, hive_layout, list_files, locate};
 
 pub use prune::{
@@ -113,6 +115,9 @@ pub enum SourceError {
         /// [`SCHEMA_VERSION`].
         supported: u32,
     },
+    /// The engine could not be set up or reached.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// DataFusion refused the table.
     #[error("failed to register the {table} table at {location}")]
     Register {
@@ -208,6 +213,9 @@ pub struct OpenOptions {
     pub s3_endpoint: Option<String>,
     /// Which table to open.
     pub table: TableKind,
+    /// Where the queries run (this process, or a Ballista cluster that
+    /// reads the same files).
+    pub engine: Engine,
 }
 
 /// Opens `data`, checks every file, and returns a session with the table
@@ -250,10 +258,17 @@ pub async fn open(data: &str, opts: &OpenOptions) -> Result<Dataset, SourceError
     }
 
     let (ctx, columns) = if hive {
-        register(&loc, table, Target::Dir, Tuning::default()).await?
+        register(&loc, table, Target::Dir, Tuning::default(), &opts.engine).await?
     } else {
         let names: Vec<String> = checked.iter().map(|f| f.name.clone()).collect();
-        register(&loc, table, Target::Files(&names), Tuning::default()).await?
+        register(
+            &loc,
+            table,
+            Target::Files(&names),
+            Tuning::default(),
+            &opts.engine,
+        )
+        .await?
     };
     tracing::debug!(
         %table,
@@ -297,13 +312,14 @@ struct Tuning {
 }
 
 /// A session with `table` registered over `target` (and, for probes, the
-/// `probes` and `arrivals` views), tuned by `tuning`. Returns the session
-/// and every column a query can use.
+/// `probes` and `arrivals` views), tuned by `tuning`, on `engine`. Returns
+/// the session and every column a query can use.
 async fn register(
     loc: &locate::Located,
     table: TableKind,
     target: Target<'_>,
     tuning: Tuning,
+    engine: &Engine,
 ) -> Result<(SessionContext, Vec<String>), SourceError> {
     let parallel = tuning.parallel;
     // A partitioned table may hold files below `date=/node=` (all checked
@@ -324,18 +340,23 @@ async fn register(
         location: loc.display.clone(),
         source,
     };
-    let ctx = match tuning.memory_limit {
-        None => SessionContext::new_with_config(cfg),
-        Some(bytes) => {
-            let rt = RuntimeEnvBuilder::new()
+    let rt = match tuning.memory_limit {
+        None => None,
+        Some(bytes) => Some(
+            RuntimeEnvBuilder::new()
                 .with_memory_limit(bytes, 1.0)
                 .build_arc()
-                .map_err(register_err)?;
-            SessionContext::new_with_config_rt(cfg, rt)
-        }
+                .map_err(register_err)?,
+        ),
     };
-    ctx.register_object_store(&loc.store_url, loc.store.clone());
     let hive = matches!(target, Target::Dir);
+    let nothing = matches!(target, Target::Files(names) if names.is_empty());
+    // Everything was pruned: the empty table below is answered here (a
+    // cluster could not decode an in-memory table, and there is nothing
+    // to read).
+    let engine = if nothing { &Engine::Local } else { engine };
+    let ctx = engine.session(cfg, rt).await?;
+    ctx.register_object_store(&loc.store_url, loc.store.clone());
     let urls = match target {
         Target::Dir => vec![ListingTableUrl::parse(&loc.table_url).map_err(register_err)?],
         Target::Files(names) => names

@@ -352,7 +352,14 @@ async fn open_located(loc: Located, opts: &RangeOptions) -> Result<RangeDataset,
         parallel: Some(opts.parallel),
         memory_limit: opts.memory_limit,
     };
-    let (ctx, columns) = register(&loc, table, Target::Files(&names), tuning).await?;
+    let (ctx, columns) = register(
+        &loc,
+        table,
+        Target::Files(&names),
+        tuning,
+        &opts.open.engine,
+    )
+    .await?;
     tracing::debug!(?stats, "registered range");
     Ok(RangeDataset {
         ds: Dataset {
