@@ -384,7 +384,9 @@ impl Interner {
     /// The value numbers of `a`'s rows.
     fn column_ids(&mut self, a: &ArrayRef, name: &str) -> Result<Vec<u32>, ScanError> {
         use arrow::array::{DictionaryArray, StringViewArray};
-        use arrow::datatypes::{Int16Type, Int32Type, Int8Type, UInt16Type, UInt32Type as U32, UInt8Type};
+        use arrow::datatypes::{
+            Int16Type, Int32Type, Int8Type, UInt16Type, UInt32Type as U32, UInt8Type,
+        };
         let n = a.len();
         let null = |me: &mut Self| me.id(KeyVal::Null);
         // Strings: a short list of (text, id) seen last in this batch.
@@ -471,7 +473,8 @@ impl Interner {
                 _ => self.fallback(a, name),
             },
             t if t.is_integer() => {
-                let c = cast(a, &DataType::Int64).map_err(|_| ScanError::Column(name.to_string()))?;
+                let c =
+                    cast(a, &DataType::Int64).map_err(|_| ScanError::Column(name.to_string()))?;
                 let c = c.as_primitive::<Int64Type>();
                 let mut last: Option<(i64, u32)> = None;
                 Ok((0..n)
@@ -638,6 +641,62 @@ pub fn bools(batch: &RecordBatch, name: &str) -> Result<Vec<Option<bool>>, ScanE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_index_numbers_rows_by_key_values_across_batches_and_types() {
+        use arrow::array::{DictionaryArray, StringArray, StringViewArray, UInt32Array};
+        use arrow::datatypes::{Field, Schema, UInt16Type};
+        use std::sync::Arc;
+        let names: Vec<String> = ["node", "kernel", "tenants"].map(String::from).to_vec();
+        let batch = |node: ArrayRef, kernel: ArrayRef, tenants: Vec<Option<u32>>| {
+            let t: ArrayRef = Arc::new(UInt32Array::from(tenants));
+            let schema = Schema::new(vec![
+                Field::new("node", node.data_type().clone(), true),
+                Field::new("kernel", kernel.data_type().clone(), true),
+                Field::new("tenants", DataType::UInt32, true),
+            ]);
+            RecordBatch::try_new(Arc::new(schema), vec![node, kernel, t]).expect("batch")
+        };
+        // A partition column (dictionary) and a string view, as DataFusion
+        // gives them; then plain strings for the same values.
+        let dict: DictionaryArray<UInt16Type> =
+            vec!["n1", "n1", "n2", "n1", "n2"].into_iter().collect();
+        let b1 = batch(
+            Arc::new(dict),
+            Arc::new(StringViewArray::from(vec![
+                Some("fft"),
+                Some("gemm"),
+                Some("fft"),
+                Some("fft"),
+                None,
+            ])),
+            vec![Some(0), Some(0), Some(0), None, Some(3)],
+        );
+        let b2 = batch(
+            Arc::new(StringArray::from(vec!["n2", "n1", "n3"])),
+            Arc::new(StringArray::from(vec![None, Some("gemm"), Some("fft")])),
+            vec![Some(3), Some(0), Some(0)],
+        );
+        let mut ix = GroupIndex::new(names.len());
+        let g1 = ix.assign(&b1, &names).expect("b1");
+        let g2 = ix.assign(&b2, &names).expect("b2");
+        assert_eq!(g1, vec![0, 1, 2, 3, 4]);
+        // Same values, other array types: the same groups; a new one last.
+        assert_eq!(g2, vec![4, 1, 5]);
+        assert_eq!(ix.len(), 6);
+        let t = |s: &str| KeyVal::Text(s.into());
+        assert_eq!(ix.keys(3), &[t("n1"), t("fft"), KeyVal::Null]);
+        assert_eq!(ix.keys(4), &[t("n2"), KeyVal::Null, KeyVal::Int(3)]);
+        assert_eq!(ix.keys(5), &[t("n3"), t("fft"), KeyVal::Int(0)]);
+        // No key columns: one group.
+        let mut all = GroupIndex::new(0);
+        assert_eq!(all.assign(&b2, &[]).expect("none"), vec![0, 0, 0]);
+        assert_eq!(all.len(), 1);
+        assert!(matches!(
+            ix.assign(&b2, &["nope".to_string()]),
+            Err(ScanError::Column(_))
+        ));
+    }
 
     #[test]
     fn nearest_names_come_first() {
