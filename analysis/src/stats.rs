@@ -191,7 +191,10 @@ mod tests {
                 tail_queue_share(&pairs, p)
             );
         }
-        assert_eq!(tail_queue_share_aligned(&wall, &queue, Some(9.0)), Some(12.0 / 19.0));
+        assert_eq!(
+            tail_queue_share_aligned(&wall, &queue, Some(9.0)),
+            Some(12.0 / 19.0)
+        );
     }
 
     #[test]

@@ -418,7 +418,9 @@ fn write_node(dir: &Path, spec: &SynthSpec, n: usize, rows: u64) -> Result<usize
     let mut buf: Vec<ProbeRecord> = Vec::with_capacity(per_file.min(rows as usize));
     let (mut files, mut first) = (0, 0usize);
     for (i, r) in NodeGen::new(spec, n, rows).enumerate() {
-        let new_day = buf.last().is_some_and(|l| utc_day(l.ts_ns) != utc_day(r.ts_ns));
+        let new_day = buf
+            .last()
+            .is_some_and(|l| utc_day(l.ts_ns) != utc_day(r.ts_ns));
         if buf.len() == per_file || new_day {
             files += write_rows(dir, &buf, per_file, tag ^ first as u64)?.len();
             buf.clear();

@@ -251,11 +251,19 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
         assert!((got - want).abs() < 1e-9, "{tool}: p99 {got} != {want}");
         // DELTA_BINARY_PACKED (ts, cycle) and BYTE_STREAM_SPLIT (the clocks)
         // decode to the same values in every reader.
-        assert_eq!(v[tool]["cycle_sum"].as_u64(), Some(cycle_sum), "{tool}: {v}");
+        assert_eq!(
+            v[tool]["cycle_sum"].as_u64(),
+            Some(cycle_sum),
+            "{tool}: {v}"
+        );
         assert_eq!(v[tool]["ts_max"].as_i64(), Some(ts_max), "{tool}: {v}");
         assert_eq!(v[tool]["gap_max"].as_f64(), Some(gap_max), "{tool}: {v}");
         // Ids only where the span tree was exported.
-        assert_eq!(v[tool]["ids"].as_u64(), Some(exported as u64), "{tool}: {v}");
+        assert_eq!(
+            v[tool]["ids"].as_u64(),
+            Some(exported as u64),
+            "{tool}: {v}"
+        );
     }
     let enc = &v["encodings"];
     for (col, want) in [
@@ -271,7 +279,10 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
             .filter_map(|e| e.as_str())
             .collect();
         assert!(got.contains(&want), "{col}: {got:?}");
-        assert!(!got.iter().any(|e| e.contains("DICTIONARY")), "{col}: {got:?}");
+        assert!(
+            !got.iter().any(|e| e.contains("DICTIONARY")),
+            "{col}: {got:?}"
+        );
     }
     let version = slicetrace_schema::SCHEMA_VERSION.to_string();
     assert_eq!(v["duckdb_schema_versions"], serde_json::json!([version]));

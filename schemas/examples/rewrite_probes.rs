@@ -31,7 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let name = PathBuf::from(&f);
         let dest = out.join(format!(
             "{n}-{}",
-            name.file_name().and_then(|s| s.to_str()).unwrap_or("x.parquet")
+            name.file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("x.parquet")
         ));
         let schema = probes_schema();
         let props = writer_properties(&schema, DEFAULT_ROW_GROUP_ROWS, "rewrite_probes");

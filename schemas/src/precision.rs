@@ -86,7 +86,10 @@ mod tests {
     fn relative_rounding_keeps_twenty_bits() {
         for v in [0.039_321_6, 5.368_709_12, 123.456, 699.999, 1e-9, -3.75] {
             let r = round_rel(v);
-            assert!(((r - v) / v).abs() <= 2f64.powi(-(REL_BITS as i32)), "{v} -> {r}");
+            assert!(
+                ((r - v) / v).abs() <= 2f64.powi(-(REL_BITS as i32)),
+                "{v} -> {r}"
+            );
             assert_eq!(r.to_bits() & ((1u64 << (53 - REL_BITS)) - 1), 0, "{v}");
         }
         // Board power in mW survives: every mW step stays distinct.

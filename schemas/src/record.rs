@@ -543,7 +543,10 @@ mod tests {
             (b.host_wall_ms.expect("h"), 1.299_999_9),
             (b.arrival_gap_ms.expect("g"), 187.654_321),
         ] {
-            assert!((got - want).abs() <= q / 2.0 && got != want, "{want} -> {got}");
+            assert!(
+                (got - want).abs() <= q / 2.0 && got != want,
+                "{want} -> {got}"
+            );
             assert_eq!((got / q).fract(), 0.0);
         }
         let ce = b.clock_error_us.expect("ce");

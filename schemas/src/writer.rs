@@ -132,7 +132,11 @@ mod tests {
         let p = writer_properties(&probes_schema(), 10, "x");
         for c in DELTA_COLUMNS {
             let path = ColumnPath::from(*c);
-            assert_eq!(p.encoding(&path), Some(Encoding::DELTA_BINARY_PACKED), "{c}");
+            assert_eq!(
+                p.encoding(&path),
+                Some(Encoding::DELTA_BINARY_PACKED),
+                "{c}"
+            );
             assert!(!p.dictionary_enabled(&path), "{c}");
         }
         for c in SPLIT_COLUMNS {
