@@ -534,7 +534,8 @@ mod tests {
             power_w: Some(312.456),
             ..sample()
         };
-        let back = probes_from_batch(&probes_batch(&[r.clone()]).expect("batch")).expect("back");
+        let back = probes_from_batch(&probes_batch(std::slice::from_ref(&r)).expect("batch"))
+            .expect("back");
         let b = &back[0];
         let q = crate::precision::MS_QUANTUM;
         for (got, want) in [
