@@ -16,14 +16,13 @@
 //!
 //! [`health`] summarises the agent's `health` table instead (`--table health`).
 
-use std::collections::HashMap;
-
+use arrow::array::Array;
 use datafusion::prelude::SessionContext;
 
 use crate::output::{Cell, Format, Table};
 use crate::query;
 use crate::scan::{self, KeyColumn, KeyVal, ScanError};
-use crate::stats::{ratio, tail_queue_share, Dist};
+use crate::stats::{ratio, tail_queue_share_aligned, Dist};
 
 /// Default `--by` of the probes report; `tenants` only when some counted
 /// run knows its tenant count (a CPU backend without NVML never does).
@@ -81,21 +80,20 @@ fn select_sql(by: &[String], filter: &str) -> String {
     format!("SELECT {} FROM probes WHERE {filter}", cols.join(", "))
 }
 
+/// One group's order statistics. `wall` and `queue` are still in row order
+/// (aligned) when this starts: the tail queue share needs the pairs, and
+/// reads them in place after the wall percentiles were selected on the one
+/// copy this makes; `gpu` and `queue` are then selected in place.
 fn finish(g: &mut Acc) -> ReportRow {
-    let mut wall_sorted = g.wall.clone();
-    let wall = Dist::from_values(&mut wall_sorted);
-    drop(wall_sorted);
-    let pairs: Vec<(f64, f64)> = g
-        .wall
-        .iter()
-        .copied()
-        .zip(g.queue.iter().copied())
-        .collect();
+    let mut wall_sel = g.wall.clone();
+    let wall = Dist::from_values(&mut wall_sel);
+    drop(wall_sel);
+    let share = tail_queue_share_aligned(&g.wall, &g.queue, wall.p99);
     ReportRow {
         count: g.count,
         runs_per_s: throughput(g.count, g.ts_min, g.ts_max),
         jitter: wall.jitter(),
-        tail_queue_share: tail_queue_share(&pairs, wall.p99),
+        tail_queue_share: share,
         gpu: Dist::from_values(&mut g.gpu),
         queue: Dist::from_values(&mut g.queue),
         wall,
@@ -103,61 +101,63 @@ fn finish(g: &mut Acc) -> ReportRow {
     }
 }
 
-/// Exact report: every value of every group is collected, then sorted.
+/// Exact report in one pass: DataFusion reads, filters and projects; each
+/// batch's rows get their group numbers from a [`scan::GroupIndex`] and
+/// their values are appended to the group's vectors straight from the
+/// Arrow buffers (no per-row key strings, no intermediate copies). The order
+/// statistics are then selected per group ([`Dist::from_values`], O(n)),
+/// groups spread over the cores. `SLICETRACE_LOG=debug` logs the time of
+/// each stage.
 pub async fn exact(
     ctx: &SessionContext,
     by: &[String],
     filter: &str,
     total_rows: Option<u64>,
 ) -> Result<Vec<ReportRow>, ScanError> {
+    let started = std::time::Instant::now();
     let sql = select_sql(by, filter);
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index = scan::GroupIndex::new(by.len());
     let mut groups: Vec<Acc> = Vec::new();
-    let mut key = String::new();
+    let mut consume = std::time::Duration::ZERO;
     scan::for_each_batch(ctx, &sql, total_rows, |b| {
-        let keys: Vec<KeyColumn> = by
-            .iter()
-            .map(|c| KeyColumn::new(b, c))
-            .collect::<Result<_, _>>()?;
-        let ts = scan::ints(b, "ts")?;
-        let wall = scan::floats(b, "wall_ms")?;
-        let gpu = scan::floats(b, "gpu_ms")?;
-        let queue = scan::floats(b, "queue_ms")?;
-        for i in 0..b.num_rows() {
-            key.clear();
-            for k in &keys {
-                match k.text(i) {
-                    Some(v) => key.push_str(v),
-                    None => key.push('\u{0}'),
-                }
-                key.push('\u{1f}');
+        let t = std::time::Instant::now();
+        let gids = index.assign(b, by)?;
+        while groups.len() < index.len() {
+            groups.push(Acc {
+                keys: index.keys(groups.len()).to_vec(),
+                ts_min: i64::MAX,
+                ts_max: i64::MIN,
+                ..Default::default()
+            });
+        }
+        let ts = scan::ns_array(b, "ts")?;
+        let wall = scan::f64_array(b, "wall_ms")?;
+        let gpu = scan::f64_array(b, "gpu_ms")?;
+        let queue = scan::f64_array(b, "queue_ms")?;
+        let val = |a: &arrow::array::Float64Array, i: usize| {
+            if a.is_null(i) {
+                f64::NAN
+            } else {
+                a.value(i)
             }
-            let gi = match index.get(key.as_str()) {
-                Some(&g) => g,
-                None => {
-                    groups.push(Acc {
-                        keys: keys.iter().map(|k| k.get(i)).collect(),
-                        ts_min: i64::MAX,
-                        ts_max: i64::MIN,
-                        ..Default::default()
-                    });
-                    index.insert(key.clone(), groups.len() - 1);
-                    groups.len() - 1
-                }
-            };
-            let g = &mut groups[gi];
+        };
+        for (i, &gi) in gids.iter().enumerate() {
+            let g = &mut groups[gi as usize];
             g.count += 1;
-            if let Some(t) = ts[i] {
+            if ts.is_valid(i) {
+                let t = ts.value(i);
                 g.ts_min = g.ts_min.min(t);
                 g.ts_max = g.ts_max.max(t);
             }
-            g.wall.push(wall[i]);
-            g.gpu.push(gpu[i]);
-            g.queue.push(queue[i]);
+            g.wall.push(val(&wall, i));
+            g.gpu.push(val(&gpu, i));
+            g.queue.push(val(&queue, i));
         }
+        consume += t.elapsed();
         Ok(())
     })
     .await?;
+    let scanned = started.elapsed();
     // Order statistics per group, spread over the cores (one group per task).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = groups.len().div_ceil(threads).max(1);
@@ -176,6 +176,13 @@ pub async fn exact(
         Ok::<_, ScanError>(out)
     })?;
     rows.sort_by(|a, b| a.keys.cmp(&b.keys));
+    tracing::debug!(
+        scan_ms = scanned.as_millis() as u64,
+        consume_ms = consume.as_millis() as u64,
+        select_ms = (started.elapsed() - scanned).as_millis() as u64,
+        groups = rows.len(),
+        "exact report stages (scan includes consume)"
+    );
     Ok(rows)
 }
 

@@ -147,11 +147,28 @@ pub fn tail_queue_share(pairs: &[(f64, f64)], wall_p99: Option<f64>) -> Option<f
     let p = wall_p99?;
     // Summed in sorted order, so the result does not depend on the order in
     // which the scan delivered the rows (local and S3 reads agree to the bit).
-    let mut tail: Vec<(f64, f64)> = pairs
+    let tail: Vec<(f64, f64)> = pairs
         .iter()
         .copied()
         .filter(|&(wall, queue)| wall >= p && !queue.is_nan())
         .collect();
+    share_of(tail)
+}
+
+/// [`tail_queue_share`] over `wall` and `queue` given as two aligned
+/// columns (row `i` is `(wall[i], queue[i])`), without making the pairs.
+pub fn tail_queue_share_aligned(wall: &[f64], queue: &[f64], wall_p99: Option<f64>) -> Option<f64> {
+    let p = wall_p99?;
+    let tail: Vec<(f64, f64)> = wall
+        .iter()
+        .zip(queue)
+        .filter(|&(&w, q)| w >= p && !q.is_nan())
+        .map(|(&w, &q)| (w, q))
+        .collect();
+    share_of(tail)
+}
+
+fn share_of(mut tail: Vec<(f64, f64)>) -> Option<f64> {
     tail.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     let (q, w) = tail
         .iter()
@@ -162,6 +179,23 @@ pub fn tail_queue_share(pairs: &[(f64, f64)], wall_p99: Option<f64>) -> Option<f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_tail_share_equals_the_pairs_one() {
+        let wall = [1.0, 9.0, 3.0, 10.0, 2.0, f64::NAN];
+        let queue = [0.5, 8.0, f64::NAN, 4.0, 1.0, 1.0];
+        let pairs: Vec<(f64, f64)> = wall.iter().copied().zip(queue.iter().copied()).collect();
+        for p in [Some(2.0), Some(9.5), None] {
+            assert_eq!(
+                tail_queue_share_aligned(&wall, &queue, p),
+                tail_queue_share(&pairs, p)
+            );
+        }
+        assert_eq!(
+            tail_queue_share_aligned(&wall, &queue, Some(9.0)),
+            Some(12.0 / 19.0)
+        );
+    }
 
     #[test]
     fn quantile_matches_quantile_cont_definition() {

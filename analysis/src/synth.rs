@@ -120,26 +120,67 @@ const NOMINAL_CLOCK_MHZ: u32 = 1980;
 
 /// Generates the rows of one node, in time order.
 pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecord> {
-    let node = node_name(node_idx);
-    let mut rng = StdRng::seed_from_u64(
-        spec.seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add(node_idx as u64),
-    );
-    let uuid = format!("GPU-{:08x}-0000-4000-8000-{:012x}", node_idx, spec.seed);
-    let slow = spec.slow_node.as_deref() == Some(node.as_str());
-    let throttled = spec.throttled_node.as_deref() == Some(node.as_str());
-    let faulty = spec.faulty_node.as_deref() == Some(node.as_str());
-    let span_ns = spec.span_secs as i64 * 1_000_000_000;
-    let step = if rows > 0 { span_ns / rows as i64 } else { 0 };
-    let mut out = Vec::with_capacity(rows as usize);
-    for i in 0..rows {
+    NodeGen::new(spec, node_idx, rows).collect()
+}
+
+/// The runs of one node, one at a time, in time order: what
+/// [`node_rows`] collects and [`generate`] streams into files without
+/// holding a node's rows in memory. The same seed gives the same rows.
+pub struct NodeGen<'a> {
+    spec: &'a SynthSpec,
+    rng: StdRng,
+    /// The FFT and GEMM run templates of this node, with their base times.
+    bases: [(ProbeRecord, f64); 2],
+    slow: bool,
+    throttled: bool,
+    faulty: bool,
+    span_ns: i64,
+    step: i64,
+    i: u64,
+    rows: u64,
+}
+
+impl<'a> NodeGen<'a> {
+    /// The generator of node `node_idx`'s `rows` runs.
+    pub fn new(spec: &'a SynthSpec, node_idx: usize, rows: u64) -> Self {
+        let node = node_name(node_idx);
+        let uuid = format!("GPU-{:08x}-0000-4000-8000-{:012x}", node_idx, spec.seed);
+        let span_ns = spec.span_secs as i64 * 1_000_000_000;
+        NodeGen {
+            spec,
+            rng: StdRng::seed_from_u64(
+                spec.seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(node_idx as u64),
+            ),
+            bases: [run_base(&node, &uuid, false), run_base(&node, &uuid, true)],
+            slow: spec.slow_node.as_deref() == Some(node.as_str()),
+            throttled: spec.throttled_node.as_deref() == Some(node.as_str()),
+            faulty: spec.faulty_node.as_deref() == Some(node.as_str()),
+            span_ns,
+            step: if rows > 0 { span_ns / rows as i64 } else { 0 },
+            i: 0,
+            rows,
+        }
+    }
+}
+
+impl Iterator for NodeGen<'_> {
+    type Item = ProbeRecord;
+
+    fn next(&mut self) -> Option<ProbeRecord> {
+        if self.i >= self.rows {
+            return None;
+        }
+        let (spec, i, step, span_ns) = (self.spec, self.i, self.step, self.span_ns);
+        self.i += 1;
+        let rng = &mut self.rng;
         let ts_ns = spec.start_ns + i as i64 * step + rng.random_range(0..step.max(1) / 2 + 1);
         let burst = u64::from(spec.burst_runs.max(1));
         let seq = i % burst;
         let arrival = seq == 0;
         let gemm = (i / burst) % 2 == 1;
-        let (base, base_ms) = run_base(&node, &uuid, gemm);
+        let (base, base_ms) = &self.bases[usize::from(gemm)];
         let flops = base.flops;
         let tenants: u32 = if spec.tenant_phases {
             let phase = ((i as i64 * step) * 6 / span_ns.max(1)) as usize % 3;
@@ -147,16 +188,16 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
         } else {
             0
         };
-        let clock = if throttled {
+        let clock = if self.throttled {
             (f64::from(NOMINAL_CLOCK_MHZ) / spec.slow_factor) as u32
         } else {
             NOMINAL_CLOCK_MHZ
         };
-        let mut gpu_ms = base_ms * (0.05 * normal(&mut rng)).exp();
-        if slow || throttled {
+        let mut gpu_ms = base_ms * (0.05 * normal(rng)).exp();
+        if self.slow || self.throttled {
             gpu_ms *= spec.slow_factor;
         }
-        let mut queue_ms = 0.01 * (0.3 * normal(&mut rng)).exp();
+        let mut queue_ms = 0.01 * (0.3 * normal(rng)).exp();
         if tenants > 0 && !arrival {
             // Right after its own run the probe waits for the whole round.
             queue_ms += (0.9 + 0.1 * rng.random::<f64>()) * 2.0 * f64::from(tenants);
@@ -164,8 +205,8 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
             queue_ms += rng.random::<f64>() * 2.0 * f64::from(tenants);
         }
         let wall_ms = gpu_ms + queue_ms;
-        let correct = !(faulty && i % 50 == 7);
-        out.push(ProbeRecord {
+        let correct = !(self.faulty && i % 50 == 7);
+        Some(ProbeRecord {
             ts_ns,
             gpu_index: 0,
             cycle: i / (2 * burst),
@@ -179,14 +220,13 @@ pub fn node_rows(spec: &SynthSpec, node_idx: usize, rows: u64) -> Vec<ProbeRecor
             sm_clock_mhz: Some(clock),
             gpu_util_pct: Some(if tenants > 0 { 100 } else { 3 }),
             power_w: Some(120.0 + 100.0 * f64::from(tenants)),
-            throttle_reasons: Some(if throttled { 0x20 } else { 0 }),
+            throttle_reasons: Some(if self.throttled { 0x20 } else { 0 }),
             gpu_processes: Some(tenants),
             pod_count: Some(tenants),
             sm_clock_mhz_after: Some(clock),
-            ..base
-        });
+            ..base.clone()
+        })
     }
-    out
 }
 
 /// What a synthetic run of `node`'s GPU `uuid` shares with every other
@@ -246,15 +286,16 @@ pub fn write_rows(
     let mut files = Vec::new();
     let mut start = 0;
     while start < rows.len() {
-        let date = layout::date_value(rows[start].ts_ns);
+        let day = utc_day(rows[start].ts_ns);
         let mut end = start;
         while end < rows.len()
             && end - start < rows_per_file.max(1)
-            && layout::date_value(rows[end].ts_ns) == date
+            && utc_day(rows[end].ts_ns) == day
         {
             end += 1;
         }
         let chunk = &rows[start..end];
+        let date = layout::date_value(chunk[0].ts_ns);
         let part_dir = dir
             .join(layout::PROBES)
             .join(layout::partition_dir(&date, &chunk[0].node));
@@ -271,6 +312,12 @@ pub fn write_rows(
         start = end;
     }
     Ok(files)
+}
+
+/// The UTC day of `ts_ns` (days since the epoch): the `date=` partition,
+/// without formatting a date per row.
+fn utc_day(ts_ns: i64) -> i64 {
+    ts_ns.div_euclid(86_400 * 1_000_000_000)
 }
 
 /// Writes one Parquet file of `rows`.
@@ -317,15 +364,72 @@ pub fn write_file_without(
     Ok(())
 }
 
-/// Generates the whole dataset into `dir` (which gets a `probes/` child).
-/// Returns the number of files written.
+/// Generates the whole dataset into `dir` (which gets a `probes/` child),
+/// nodes spread over the cores (`threads`, 0 for all). Each node's runs
+/// stream through a buffer of one file (`rows_per_file`, cut at each UTC
+/// date), so memory stays at a file per thread; the files are those that
+/// [`node_rows`] then [`write_rows`] give. Returns the number of files.
 pub fn generate(dir: &Path, spec: &SynthSpec) -> Result<usize, SynthError> {
+    generate_with_threads(dir, spec, 0)
+}
+
+/// [`generate`] on `threads` threads (0: one per core, at most one per node).
+pub fn generate_with_threads(
+    dir: &Path,
+    spec: &SynthSpec,
+    threads: usize,
+) -> Result<usize, SynthError> {
     let per_node = spec.rows / spec.nodes.max(1) as u64;
-    let mut files = 0;
-    for n in 0..spec.nodes {
-        // Generate in slices so memory stays bounded for big runs.
-        let rows = node_rows(spec, n, per_node);
-        files += write_rows(dir, &rows, spec.rows_per_file, spec.seed ^ (n as u64) << 32)?.len();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if threads == 0 { cores } else { threads }
+        .min(spec.nodes)
+        .max(1);
+    let results: Vec<Result<usize, SynthError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut files = 0;
+                    for n in (t..spec.nodes).step_by(threads) {
+                        files += write_node(dir, spec, n, per_node)?;
+                    }
+                    Ok(files)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SynthError::Io {
+                        path: dir.display().to_string(),
+                        source: std::io::Error::other("generator thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    results.into_iter().sum()
+}
+
+/// Streams node `n`'s runs into its files. Returns the number of files.
+fn write_node(dir: &Path, spec: &SynthSpec, n: usize, rows: u64) -> Result<usize, SynthError> {
+    let tag = spec.seed ^ (n as u64) << 32;
+    let per_file = spec.rows_per_file.max(1);
+    let mut buf: Vec<ProbeRecord> = Vec::with_capacity(per_file.min(rows as usize));
+    let (mut files, mut first) = (0, 0usize);
+    for (i, r) in NodeGen::new(spec, n, rows).enumerate() {
+        let new_day = buf
+            .last()
+            .is_some_and(|l| utc_day(l.ts_ns) != utc_day(r.ts_ns));
+        if buf.len() == per_file || new_day {
+            files += write_rows(dir, &buf, per_file, tag ^ first as u64)?.len();
+            buf.clear();
+            first = i;
+        }
+        buf.push(r);
+    }
+    if !buf.is_empty() {
+        files += write_rows(dir, &buf, per_file, tag ^ first as u64)?.len();
     }
     Ok(files)
 }
@@ -369,8 +473,9 @@ pub fn fleet_gpu_uuid(node_idx: usize, g: usize, seed: u64) -> String {
     format!("GPU-{node_idx:08x}-{g:04x}-4000-8000-{seed:012x}")
 }
 
-/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in time
-/// order, as [`generate_fleet`] writes them (for tests that replace a file).
+/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in the
+/// agent's order (10 s batches, each by GPU and time), as
+/// [`generate_fleet`] writes them (for tests that replace a file).
 pub fn fleet_rows(
     l: &FleetLayout,
     node_idx: usize,
@@ -383,7 +488,8 @@ pub fn fleet_rows(
     fleet_file_rows(l, node_idx, t0, t1, per_gpu, &mut rng)
 }
 
-/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in time order.
+/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in the
+/// agent's order.
 fn fleet_file_rows(
     l: &FleetLayout,
     node_idx: usize,
@@ -397,10 +503,12 @@ fn fleet_file_rows(
     let mut out = Vec::with_capacity(per_gpu * l.gpus_per_node);
     for g in 0..l.gpus_per_node {
         let uuid = fleet_gpu_uuid(node_idx, g, l.seed);
+        // The two run templates of this GPU, made once (not per row).
+        let bases = [run_base(&node, &uuid, false), run_base(&node, &uuid, true)];
         for i in 0..per_gpu {
             let ts_ns = t0 + i as i64 * step + rng.random_range(0..step.max(1));
             let gemm = i % 2 == 1;
-            let (base, base_ms) = run_base(&node, &uuid, gemm);
+            let (base, base_ms) = &bases[usize::from(gemm)];
             let flops = base.flops;
             let mut gpu_ms = base_ms * (0.05 * normal(rng)).exp();
             if let Some((n, from, factor)) = l.slow {
@@ -427,11 +535,13 @@ fn fleet_file_rows(
                 gpu_processes: Some(0),
                 pod_count: Some(0),
                 sm_clock_mhz_after: Some(NOMINAL_CLOCK_MHZ),
-                ..base
+                ..base.clone()
             });
         }
     }
-    out.sort_by_key(|r| r.ts_ns);
+    // The agent's order: each 10 s batch (its default flush interval)
+    // sorted by GPU, then time.
+    out.sort_by_key(|r| (r.ts_ns.div_euclid(10_000_000_000), r.gpu_index, r.ts_ns));
     out
 }
 

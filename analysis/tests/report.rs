@@ -182,3 +182,89 @@ fn report_without_tenant_counts_groups_without_tenants() {
     ]));
     assert!(csv.starts_with("node,gpu_uuid,kernel,count"), "{csv}");
 }
+
+/// A directory of schema version 3 files (full-precision doubles, an id on
+/// every row, the old default encodings) beside version 4 files (rounded,
+/// ids only for exported spans) reads as one table: every row counted, each
+/// file's values as stored.
+#[test]
+fn report_reads_schema_version_3_and_4_files_side_by_side() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array};
+    use parquet::arrow::ArrowWriter;
+    use slicetrace_schema::{probes_batch, TraceId, SCHEMA_VERSION_KEY};
+
+    let tmp = n3_runs(40, ["GPU-n3", "cuda", "fft"], |i, r| ProbeRecord {
+        gpu_ms: Some(0.5),
+        wall_ms: 1.0 + i as f64 / 1000.0,
+        queue_ms: Some(0.1),
+        arrival: Some(true),
+        ..r
+    });
+    // The version 3 file: 10 later runs, one of them the slowest, at a
+    // wall time that version 4 would round (5.0000001 ms).
+    let rows: Vec<ProbeRecord> = (0..10)
+        .map(|i| ProbeRecord {
+            ts_ns: 1_772_323_300_000_000_000 + i * 1_000_000_000,
+            node: "n3".into(),
+            gpu_uuid: "GPU-n3".into(),
+            kernel: "fft".parse().unwrap(),
+            shape: "s".into(),
+            precision: "fp32".into(),
+            gpu_ms: Some(0.5),
+            wall_ms: 2.0,
+            queue_ms: Some(0.1),
+            arrival: Some(true),
+            trace_id: Some(TraceId::from_bytes([7; 16])),
+            ..Default::default()
+        })
+        .collect();
+    let b4 = probes_batch(&rows).unwrap();
+    let mut wall: Vec<f64> = vec![2.0; 10];
+    wall[3] = 5.000_000_1;
+    let mut cols: Vec<ArrayRef> = b4.columns().to_vec();
+    let w = b4.schema().index_of("wall_ms").unwrap();
+    cols[w] = Arc::new(Float64Array::from(wall));
+    // Version 3 kept the id of every run, exported or not.
+    let t = b4.schema().index_of("trace_id").unwrap();
+    cols[t] = Arc::new(arrow::array::StringArray::from(vec!["07".repeat(16); 10]));
+    let mut meta = b4.schema().metadata().clone();
+    meta.insert(SCHEMA_VERSION_KEY.into(), "3".into());
+    let schema = Arc::new(b4.schema().as_ref().clone().with_metadata(meta));
+    let b3 = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols).unwrap();
+    let f = std::fs::File::create(
+        tmp.path()
+            .join("probes/date=2026-03-01/node=n3/part-0-v3.parquet"),
+    )
+    .unwrap();
+    // A plain key-value footer as every writer adds (the CLI checks it).
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![
+            parquet::file::metadata::KeyValue::new(SCHEMA_VERSION_KEY.to_string(), "3".to_string()),
+            parquet::file::metadata::KeyValue::new(
+                slicetrace_schema::TABLE_KEY.to_string(),
+                "probes".to_string(),
+            ),
+        ]))
+        .build();
+    let mut wr = ArrowWriter::try_new(f, schema, Some(props)).unwrap();
+    wr.write(&b3).unwrap();
+    wr.close().unwrap();
+
+    let data = tmp.path().to_str().unwrap();
+    let v = report_json(data, &["--by", "node"]);
+    let r = &items(&v)[0];
+    assert_eq!(r["count"].as_u64(), Some(50), "{v}");
+    // The version 3 value, unrounded, is the maximum.
+    assert_eq!(r["wall_max_ms"].as_f64(), Some(5.000_000_1), "{v}");
+    // The version 4 rows' largest wall time, rounded to 2^-10 ms.
+    let sql = sql_json(
+        data,
+        "SELECT count(trace_id) AS ids, max(wall_ms) FILTER (WHERE wall_ms < 2) AS w4 FROM probes",
+    );
+    let s = &items(&sql)[0];
+    assert_eq!(s["ids"].as_u64(), Some(10), "{sql}");
+    let w4 = s["w4"].as_f64().unwrap();
+    assert_eq!(w4, slicetrace_schema::precision::round_ms(1.039), "{sql}");
+}

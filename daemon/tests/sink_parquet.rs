@@ -19,6 +19,7 @@ use slicetrace_agent::consumers::parquet::{
 };
 use slicetrace_agent::consumers::Sink;
 use slicetrace_agent::internal_events::Counters;
+use slicetrace_schema::precision::round_ms;
 use slicetrace_schema::{Backend, HealthRecord, Kernel, ProbeRecord, SpanId, TraceId};
 
 /// A Python with pyarrow, duckdb and polars.
@@ -74,6 +75,9 @@ fn rec_at(t0: i64, i: usize) -> ProbeRecord {
         },
         trace_id: Some(TraceId::from_bytes((i as u128 + 1).to_be_bytes())),
         span_id: Some(SpanId::from_bytes((i as u64 + 1).to_be_bytes())),
+        // Exported, sampled out, and no exporter.
+        span_sampled: [Some(true), Some(false), None][i % 3],
+        arrival_gap_ms: Some(200.0 + (i % 97) as f64 / 7.0),
         ..Default::default()
     }
 }
@@ -154,14 +158,28 @@ pattern = root + "/probes/**/*.parquet"
 files = sorted(glob.glob(pattern, recursive=True))
 out = {}
 t = ds.dataset(root + "/probes", format="parquet", partitioning="hive").to_table()
-out["pyarrow"] = {"rows": t.num_rows, "p99": pc.quantile(t["wall_ms"], q=0.99, interpolation="linear")[0].as_py()}
+ts = pc.cast(t["ts"], "int64")
+out["pyarrow"] = {"rows": t.num_rows, "p99": pc.quantile(t["wall_ms"], q=0.99, interpolation="linear")[0].as_py(),
+                  "cycle_sum": pc.sum(t["cycle"]).as_py(), "ts_max": pc.max(ts).as_py(),
+                  "gap_max": pc.max(t["arrival_gap_ms"]).as_py(), "ids": pc.count(t["trace_id"]).as_py()}
 con = duckdb.connect()
-r = con.execute("select count(*), quantile_cont(wall_ms, 0.99) from read_parquet(?, hive_partitioning = true)", [pattern]).fetchone()
-out["duckdb"] = {"rows": r[0], "p99": r[1]}
+r = con.execute("select count(*), quantile_cont(wall_ms, 0.99), sum(cycle), max(epoch_ns(ts)), max(arrival_gap_ms), count(trace_id) from read_parquet(?, hive_partitioning = true)", [pattern]).fetchone()
+out["duckdb"] = {"rows": r[0], "p99": r[1], "cycle_sum": int(r[2]), "ts_max": r[3], "gap_max": r[4], "ids": r[5]}
+enc = {}
+for f in files:
+    md = pq.read_metadata(f)
+    for g in range(md.num_row_groups):
+        for c in range(md.num_columns):
+            cc = md.row_group(g).column(c)
+            enc.setdefault(cc.path_in_schema, set()).update(cc.encodings)
+out["encodings"] = {k: sorted(v) for k, v in enc.items() if k in ("ts", "cycle", "wall_ms", "arrival_gap_ms", "node")}
 kv = con.execute("select distinct decode(value) from parquet_kv_metadata(?) where decode(key) = 'slicetrace.schema_version'", [pattern]).fetchall()
 out["duckdb_schema_versions"] = [k[0] for k in kv]
-df = pl.scan_parquet(pattern, hive_partitioning=True).select(pl.len().alias("n"), pl.col("wall_ms").quantile(0.99, interpolation="linear").alias("p")).collect()
-out["polars"] = {"rows": int(df["n"][0]), "p99": float(df["p"][0])}
+df = pl.scan_parquet(pattern, hive_partitioning=True).select(pl.len().alias("n"), pl.col("wall_ms").quantile(0.99, interpolation="linear").alias("p"),
+    pl.col("cycle").sum().alias("c"), pl.col("ts").cast(pl.Int64).max().alias("t"), pl.col("arrival_gap_ms").max().alias("g"),
+    pl.col("trace_id").count().alias("i")).collect()
+out["polars"] = {"rows": int(df["n"][0]), "p99": float(df["p"][0]), "cycle_sum": int(df["c"][0]), "ts_max": int(df["t"][0]),
+                 "gap_max": float(df["g"][0]), "ids": int(df["i"][0])}
 out["pyarrow_schema_versions"] = sorted({pq.read_metadata(f).metadata[b"slicetrace.schema_version"].decode() for f in files})
 print(json.dumps(out))
 "#;
@@ -214,7 +232,15 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let want = p99_linear(&rows.iter().map(|r| r.wall_ms).collect::<Vec<_>>());
+    // Stored at 2^-10 ms (schema version 4): the readers see the rounded values.
+    let want = p99_linear(&rows.iter().map(|r| round_ms(r.wall_ms)).collect::<Vec<_>>());
+    let cycle_sum: u64 = rows.iter().map(|r| r.cycle).sum();
+    let ts_max = rows.iter().map(|r| r.ts_ns).max().expect("rows");
+    let gap_max = rows
+        .iter()
+        .filter_map(|r| r.arrival_gap_ms.map(round_ms))
+        .fold(f64::MIN, f64::max);
+    let exported = rows.iter().filter(|r| r.span_sampled == Some(true)).count();
     for tool in ["pyarrow", "duckdb", "polars"] {
         assert_eq!(
             v[tool]["rows"].as_u64(),
@@ -223,6 +249,40 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
         );
         let got = v[tool]["p99"].as_f64().expect("p99");
         assert!((got - want).abs() < 1e-9, "{tool}: p99 {got} != {want}");
+        // DELTA_BINARY_PACKED (ts, cycle) and BYTE_STREAM_SPLIT (the clocks)
+        // decode to the same values in every reader.
+        assert_eq!(
+            v[tool]["cycle_sum"].as_u64(),
+            Some(cycle_sum),
+            "{tool}: {v}"
+        );
+        assert_eq!(v[tool]["ts_max"].as_i64(), Some(ts_max), "{tool}: {v}");
+        assert_eq!(v[tool]["gap_max"].as_f64(), Some(gap_max), "{tool}: {v}");
+        // Ids only where the span tree was exported.
+        assert_eq!(
+            v[tool]["ids"].as_u64(),
+            Some(exported as u64),
+            "{tool}: {v}"
+        );
+    }
+    let enc = &v["encodings"];
+    for (col, want) in [
+        ("ts", "DELTA_BINARY_PACKED"),
+        ("cycle", "DELTA_BINARY_PACKED"),
+        ("wall_ms", "BYTE_STREAM_SPLIT"),
+        ("arrival_gap_ms", "BYTE_STREAM_SPLIT"),
+    ] {
+        let got: Vec<&str> = enc[col]
+            .as_array()
+            .expect("encodings")
+            .iter()
+            .filter_map(|e| e.as_str())
+            .collect();
+        assert!(got.contains(&want), "{col}: {got:?}");
+        assert!(
+            !got.iter().any(|e| e.contains("DICTIONARY")),
+            "{col}: {got:?}"
+        );
     }
     let version = slicetrace_schema::SCHEMA_VERSION.to_string();
     assert_eq!(v["duckdb_schema_versions"], serde_json::json!([version]));

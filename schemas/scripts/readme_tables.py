@@ -22,6 +22,7 @@ probes_src, health_src = src.split("pub const HEALTH_COLUMNS")
 def table(rs):
     out = "| column | arrow type | nullable | unit | meaning |\n|---|---|---|---|---|\n"
     for n, t, nl, u, m in rs:
+        m = m.replace('\\"', '"')  # a Rust string's escaped quote
         out += f"| `{n}` | {t} | {'yes' if nl == 'true' else 'no'} | {u} | {m} |\n"
     return out
 

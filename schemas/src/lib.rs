@@ -23,6 +23,7 @@ mod health;
 mod ids;
 mod kinds;
 pub mod layout;
+pub mod precision;
 mod record;
 pub mod rollup;
 mod verdict;
@@ -42,7 +43,9 @@ pub use verdict::{
     Dimension, Faults, Judgement, LearnedBaseline, Reason, SkuReference, Thresholds, Verdict,
     WindowStats, SKU_REFERENCES,
 };
-pub use writer::{writer_properties, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL};
+pub use writer::{
+    writer_properties, DEFAULT_ROW_GROUP_ROWS, DELTA_COLUMNS, SPLIT_COLUMNS, ZSTD_LEVEL,
+};
 
 /// Version of the `probes` and `health` table layouts. Bump on any change that
 /// an older reader would misinterpret (a renamed, retyped or re-meant column).
@@ -50,7 +53,12 @@ pub use writer::{writer_properties, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL};
 ///
 /// Version 3: `trace_id` no longer implies a span in the collector (spans
 /// are sampled); `span_sampled` says which were exported.
-pub const SCHEMA_VERSION: u32 = 3;
+///
+/// Version 4: `trace_id` and `span_id` are null unless the run's spans were
+/// exported (`span_sampled = true`); the clock columns are stored at the
+/// precision of [`precision`] (same types and units). Readers of version 3
+/// read version 4 files unchanged; what changed is what a null id means.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// SQL predicate that selects arrival runs (see the `arrival` column): the
 /// one rule every command of the CLI and the live verdict use. Old files

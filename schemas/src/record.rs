@@ -13,6 +13,7 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::columns::ColumnDoc;
+use crate::precision::{ceil_us, round_ms, round_rel};
 use crate::{
     Backend, Contention, Kernel, SchemaError, SpanId, TraceId, Verdict, WallClock, COLUMNS,
     SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY,
@@ -237,7 +238,16 @@ fn word<T: std::str::FromStr>(column: &str, v: &str) -> Result<T, SchemaError> {
     })
 }
 
-/// Builds one Arrow record batch of the `probes` table from `rows`.
+/// Whether `r`'s span tree went to an OTLP collector: only then do its ids
+/// name something a user can look up, so only then are they written (schema
+/// version 4; random ids cost about 30 bytes a row, more than all the rest).
+fn exported(r: &ProbeRecord) -> bool {
+    r.span_sampled == Some(true)
+}
+
+/// Builds one Arrow record batch of the `probes` table from `rows`, at the
+/// stored precision of [`crate::precision`]; `trace_id` and `span_id` only
+/// for rows whose spans were exported (`span_sampled = true`).
 pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
     let ts = {
         let mut b = TimestampNanosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
@@ -261,16 +271,16 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         col!(rows, UInt64Builder, |r| Some(r.cycle)),
         col!(rows, UInt32Builder, |r| Some(r.burst_seq)),
         col!(rows, Float64Builder, |r| r.gpu_ms),
-        col!(rows, Float64Builder, |r| Some(r.wall_ms)),
-        col!(rows, Float64Builder, |r| r.queue_ms),
-        col!(rows, Float64Builder, |r| r.tflops),
+        col!(rows, Float64Builder, |r| Some(round_ms(r.wall_ms))),
+        col!(rows, Float64Builder, |r| r.queue_ms.map(round_ms)),
+        col!(rows, Float64Builder, |r| r.tflops.map(round_rel)),
         col!(rows, BooleanBuilder, |r| r.correct),
         col!(rows, Float64Builder, |r| r.rel_error),
         col!(rows, UInt32Builder, |r| r.sm_clock_mhz),
         col!(rows, UInt32Builder, |r| r.mem_clock_mhz),
         col!(rows, UInt32Builder, |r| r.gpu_util_pct),
         col!(rows, UInt32Builder, |r| r.mem_util_pct),
-        col!(rows, Float64Builder, |r| r.power_w),
+        col!(rows, Float64Builder, |r| r.power_w.map(round_rel)),
         col!(rows, UInt32Builder, |r| r.temp_c),
         col!(rows, UInt64Builder, |r| r.throttle_reasons),
         col!(rows, UInt64Builder, |r| r.fb_used_mib),
@@ -284,15 +294,15 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         str_col(rows.iter().map(|r| r.sharing_strategy.as_deref())),
         col!(rows, BooleanBuilder, |r| r.occupancy_stale),
         str_col(rows.iter().map(|r| r.verdict.map(Verdict::as_str))),
-        hex_col(rows.iter().map(|r| r.trace_id)),
-        hex_col(rows.iter().map(|r| r.span_id)),
+        hex_col(rows.iter().map(|r| r.trace_id.filter(|_| exported(r)))),
+        hex_col(rows.iter().map(|r| r.span_id.filter(|_| exported(r)))),
         col!(rows, BooleanBuilder, |r| r.arrival),
-        col!(rows, Float64Builder, |r| r.arrival_gap_ms),
+        col!(rows, Float64Builder, |r| r.arrival_gap_ms.map(round_ms)),
         col!(rows, BooleanBuilder, |r| r.event_inflated),
         str_col(rows.iter().map(|r| r.contention.map(Contention::as_str))),
-        col!(rows, Float64Builder, |r| r.host_wall_ms),
+        col!(rows, Float64Builder, |r| r.host_wall_ms.map(round_ms)),
         str_col(rows.iter().map(|r| r.wall_clock.map(WallClock::as_str))),
-        col!(rows, Float64Builder, |r| r.clock_error_us),
+        col!(rows, Float64Builder, |r| r.clock_error_us.map(ceil_us)),
         col!(rows, BooleanBuilder, |r| r.span_sampled),
         list_array(rows.iter().map(|r| r.busy_tenants.clone())),
         col!(rows, UInt32Builder, |r| r.busy_count),
@@ -486,9 +496,10 @@ mod tests {
             cycle: 3,
             burst_seq: 1,
             gpu_ms: Some(0.05),
-            wall_ms: 0.06,
-            queue_ms: Some(0.01),
-            tflops: Some(0.02),
+            // Values at the stored precision, so a round trip is exact.
+            wall_ms: 0.0625,
+            queue_ms: Some(0.0125 - 0.0125 % crate::precision::MS_QUANTUM),
+            tflops: Some(0.015625),
             correct: Some(true),
             rel_error: Some(1e-7),
             pods: Some(vec!["a/b".into(), "c/d".into()]),
@@ -498,7 +509,68 @@ mod tests {
             contention: Some(Contention::OverShared),
             trace_id: Some(TraceId::from_bytes([0x1f; 16])),
             span_id: Some(SpanId::from_bytes([0xa0; 8])),
+            span_sampled: Some(true),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ids_are_written_only_for_exported_spans() {
+        let rows = [
+            sample(),
+            ProbeRecord {
+                span_sampled: Some(false),
+                ..sample()
+            },
+            ProbeRecord {
+                span_sampled: None,
+                ..sample()
+            },
+        ];
+        let back = probes_from_batch(&probes_batch(&rows).expect("batch")).expect("read back");
+        assert_eq!(back[0].trace_id, sample().trace_id);
+        assert_eq!(back[0].span_id, sample().span_id);
+        for r in &back[1..] {
+            assert_eq!((r.trace_id, r.span_id), (None, None));
+        }
+    }
+
+    #[test]
+    fn clocks_are_stored_at_their_documented_precision() {
+        let r = ProbeRecord {
+            wall_ms: 1.234_567_8,
+            queue_ms: Some(0.333_333_3),
+            host_wall_ms: Some(1.299_999_9),
+            arrival_gap_ms: Some(187.654_321),
+            clock_error_us: Some(3.000_001),
+            gpu_ms: Some(0.901_234_567),
+            tflops: Some(51.234_567_89),
+            power_w: Some(312.456),
+            ..sample()
+        };
+        let back = probes_from_batch(&probes_batch(std::slice::from_ref(&r)).expect("batch"))
+            .expect("back");
+        let b = &back[0];
+        let q = crate::precision::MS_QUANTUM;
+        for (got, want) in [
+            (b.wall_ms, r.wall_ms),
+            (b.queue_ms.expect("q"), 0.333_333_3),
+            (b.host_wall_ms.expect("h"), 1.299_999_9),
+            (b.arrival_gap_ms.expect("g"), 187.654_321),
+        ] {
+            assert!(
+                (got - want).abs() <= q / 2.0 && got != want,
+                "{want} -> {got}"
+            );
+            assert_eq!((got / q).fract(), 0.0);
+        }
+        let ce = b.clock_error_us.expect("ce");
+        assert!(ce >= 3.000_001 && ce - 3.000_001 < crate::precision::US_QUANTUM);
+        // gpu_ms is kept as measured.
+        assert_eq!(b.gpu_ms, r.gpu_ms);
+        for (got, want) in [(b.tflops, r.tflops), (b.power_w, r.power_w)] {
+            let (g, w) = (got.expect("v"), want.expect("v"));
+            assert!(((g - w) / w).abs() < 1e-6, "{w} -> {g}");
         }
     }
 

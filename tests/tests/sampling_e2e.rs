@@ -3,9 +3,11 @@
 //! say which trees went (`span_sampled`).
 //!
 //! - With `traceidratio` 0.25, the share of exported trees is 0.25 within
-//!   binomial noise, each row's decision is OpenTelemetry's
+//!   binomial noise, each exported tree passes OpenTelemetry's
 //!   `TraceIdRatioBased` rule on its trace id (recomputed here in Python),
-//!   and the collector got exactly the trees marked exported.
+//!   the collector got every tree marked exported, and the sampled-out runs
+//!   keep no trace id (schema version 4), so no row names a tree that is
+//!   not in the collector.
 //! - With a ratio of 0, only the forced trees go: arrivals whose wait was
 //!   above their GPU's p99 (the slow ones), and the health evaluations whose
 //!   verdict changed. Every one of them reaches the collector.
@@ -32,8 +34,9 @@ bound = int(ratio * (1 << 63))
 cols = [t.column(c).to_pylist() for c in ["trace_id", "span_sampled", "queue_ms", "gpu_uuid", "kernel"]]
 ts = t.column("ts").cast(pa.int64()).to_pylist()
 for tid, s, q, g, k, n in zip(*cols, ts):
-    low = int(tid[16:], 16) >> 1
-    print(tid, s, low < bound, q, g + "/" + k, n)
+    # Since schema version 4 a sampled-out run has no trace id ("-").
+    rule = (int(tid[16:], 16) >> 1) < bound if tid is not None else None
+    print(tid or "-", s, rule, q, g + "/" + k, n)
 "#;
 
 struct Row {
@@ -57,6 +60,7 @@ fn rows(py: &Path, data: &Path, ratio: f64) -> Vec<Row> {
                     "False" => Some(false),
                     _ => None,
                 },
+                // "None" when the row has no trace id.
                 by_rule: f[2] == "True",
                 queue_ms: f[3].parse().unwrap_or(f64::NAN),
                 gpu_kernel: f[4].to_string(),
@@ -138,16 +142,28 @@ fn a_trace_id_ratio_exports_that_share_of_trees_and_exactly_those() {
         0.25 * n,
         5.0 * sd
     );
-    // Each decision is OTel's TraceIdRatioBased rule on the trace id.
-    let disagree: Vec<&str> = rows
+    // Each exported tree passes OTel's TraceIdRatioBased rule on its trace
+    // id; a sampled-out run keeps no id (schema version 4), so nothing in
+    // the files names a tree the collector does not have.
+    let disagree: Vec<&str> = kept
         .iter()
-        .filter(|r| r.sampled != Some(r.by_rule))
+        .filter(|r| !r.by_rule)
         .map(|r| r.trace.as_str())
         .take(3)
         .collect();
     assert!(
         disagree.is_empty(),
         "not the trace-id ratio rule: {disagree:?}"
+    );
+    let named: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.sampled == Some(false) && r.trace != "-")
+        .map(|r| r.trace.as_str())
+        .take(3)
+        .collect();
+    assert!(
+        named.is_empty(),
+        "sampled-out runs keep a trace id: {named:?}"
     );
     // The collector got every exported tree, and none of the others.
     let found = wait_for(Duration::from_secs(20), || {
@@ -157,17 +173,6 @@ fn a_trace_id_ratio_exports_that_share_of_trees_and_exactly_those() {
             .then_some(())
     });
     assert!(found.is_some(), "exported trees missing from rotel");
-    let log = std::fs::read_to_string(dir.path().join("rotel.log")).unwrap_or(log);
-    let leaked: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.sampled == Some(false) && log.contains(r.trace.as_str()))
-        .map(|r| r.trace.as_str())
-        .take(3)
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "sampled-out trees reached rotel: {leaked:?}"
-    );
 }
 
 #[test]
@@ -242,11 +247,11 @@ fn with_a_zero_ratio_only_slow_arrivals_and_changed_verdicts_are_exported() {
     });
     assert!(found.is_some(), "forced trees missing from rotel");
     let log = std::fs::read_to_string(dir.path().join("rotel.log")).unwrap_or(log);
-    let leaked = rows
-        .iter()
-        .filter(|r| r.sampled == Some(false) && log.contains(r.trace.as_str()))
-        .count();
-    assert_eq!(leaked, 0, "sampled-out trees reached rotel");
+    assert!(
+        rows.iter()
+            .all(|r| (r.sampled == Some(true)) == (r.trace != "-")),
+        "a trace id on a run that was not exported, or none on one that was"
+    );
     // The first verdict of each GPU and kernel is a change (from none):
     // those health spans are forced out too.
     assert!(
