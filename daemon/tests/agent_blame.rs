@@ -91,7 +91,7 @@ impl TelemetrySource for Scripted {
                 sm_pct: 0,
             },
         ];
-        if (n / 20) % 2 == 0 {
+        if (n / 20).is_multiple_of(2) {
             self.busy_no_pod.fetch_add(1, Ordering::SeqCst);
             v.push(ProcessActivity {
                 pid: NO_POD_PID,

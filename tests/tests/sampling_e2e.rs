@@ -123,7 +123,7 @@ fn a_trace_id_ratio_exports_that_share_of_trees_and_exactly_those() {
     let dir = tempfile::tempdir().unwrap();
     // No forced exports: the count is the ratio's alone.
     let config = "[otlp]\nforced_spans_per_gpu_per_min = 0\n[probe]\nself_test = false\n";
-    let Some((rows, log)) = run_agent(&py, dir.path(), "traceidratio", "0.25", config, 12) else {
+    let Some((rows, _log)) = run_agent(&py, dir.path(), "traceidratio", "0.25", config, 12) else {
         return;
     };
     let n = rows.len() as f64;

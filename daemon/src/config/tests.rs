@@ -204,14 +204,14 @@ fn the_process_list_age_defaults_to_five_seconds_and_is_bounded() {
     w.probe.busy_window_ms = Some(50);
     assert!(w
         .validate()
-        .unwrap_err()
+        .expect_err("below 100 ms")
         .to_string()
         .starts_with("probe.busy_window_ms"));
     let mut b = b;
     b.probe.busy_tenants_interval_ms = Some(3_600_001);
     assert!(b
         .validate()
-        .unwrap_err()
+        .expect_err("above an hour")
         .to_string()
         .starts_with("probe.busy_tenants_interval_ms"));
     let mut c = Config::from_toml("[probe]\nprocess_list_max_age_ms = 1000\n").expect("parse");
