@@ -11,18 +11,17 @@
 mod metrics_support;
 use metrics_support::occupancy_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use metrics_support::{cpu_backends, small_config, wait_for, RunningAgent};
+use metrics_support::{cpu_backends, read_probes, small_config, wait_for, RunningAgent};
 use occupancy_support::{cid, pod_resources_fixture, python, FakeApi, KubeletServer, GPU_SHARED};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use slicetrace_agent::probe::occupancy::{GpuProcess, KubeApiMode};
 use slicetrace_agent::probe::telemetry::{
     DeviceSample, ProcessActivity, TelemetryError, TelemetrySource,
 };
-use slicetrace_schema::{probes_from_batch, ProbeRecord};
+use slicetrace_schema::ProbeRecord;
 
 /// ml/train-a: busy on every NVML answer (SM 80 %).
 const BUSY_POD_PID: u32 = 2001;
@@ -108,32 +107,6 @@ fn proc_entry(root: &Path, pid: u32, cgroup: String) {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("cgroup"), cgroup).unwrap();
     std::fs::write(d.join("comm"), "python3\n").unwrap();
-}
-
-fn read_probes(dir: &Path) -> Vec<ProbeRecord> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&dir.join("probes"), &mut files);
-    let mut rows = Vec::new();
-    for f in files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            rows.extend(probes_from_batch(&b.unwrap()).unwrap());
-        }
-    }
-    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,16 +10,14 @@ mod metrics_support;
 use metrics_support::occupancy_support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use metrics_support::{cpu_backends, small_config, wait_for, RunningAgent};
+use metrics_support::{cpu_backends, read_probes, small_config, wait_for, RunningAgent};
 use occupancy_support::{
     pod_resources_fixture, python, FakeApi, KubeletServer, GPU_EXCLUSIVE, GPU_SHARED,
 };
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::probe::occupancy::KubeApiMode;
-use slicetrace_schema::{probes_from_batch, ProbeRecord};
+use slicetrace_schema::ProbeRecord;
 
 const SHARED_PODS: [&str; 4] = [
     "ml/train-a",
@@ -27,38 +25,6 @@ const SHARED_PODS: [&str; 4] = [
     "research/infer-d",
     "research/notebook-c",
 ];
-
-fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            parquet_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            out.push(p);
-        }
-    }
-}
-
-fn read_probes(data_dir: &Path) -> Vec<ProbeRecord> {
-    let mut files = Vec::new();
-    parquet_files(&data_dir.join("probes"), &mut files);
-    assert!(
-        !files.is_empty(),
-        "no probe Parquet files under {}",
-        data_dir.display()
-    );
-    let mut rows = Vec::new();
-    for f in files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            rows.extend(probes_from_batch(&batch.unwrap()).unwrap());
-        }
-    }
-    rows
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_rows_show_the_pods_of_each_gpu_from_both_test_servers() {

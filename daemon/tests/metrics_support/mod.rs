@@ -38,6 +38,43 @@ pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
 #[path = "../occupancy_support/mod.rs"]
 pub mod occupancy_support;
 
+// ----------------------------------------------------------------- rows -----
+
+/// Every `probes` row under `data_dir/probes` (all Parquet files, any
+/// depth); panics when there is none.
+pub fn read_probes(data_dir: &Path) -> Vec<slicetrace_schema::ProbeRecord> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&data_dir.join("probes"), &mut files);
+    assert!(
+        !files.is_empty(),
+        "no probe Parquet files under {}",
+        data_dir.display()
+    );
+    let mut rows = Vec::new();
+    for f in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&f).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for batch in reader {
+            rows.extend(slicetrace_schema::probes_from_batch(&batch.unwrap()).unwrap());
+        }
+    }
+    rows
+}
+
 // ---------------------------------------------------------------- config ----
 
 /// A config for a fast, small agent on the CPU backend: 100 ms cycles of 5
