@@ -154,7 +154,7 @@ tier() {
   shift
   log "tier $name: cargo test $*"
   local t0=$SECONDS
-  cargo test "$@" -- "$threads" || { status=$?; log "tier $name FAILED"; }
+  cargo test --no-fail-fast "$@" -- "$threads" || { status=$?; log "tier $name FAILED"; }
   log "tier $name: $((SECONDS - t0)) s"
 }
 tier unit --workspace --lib --bins

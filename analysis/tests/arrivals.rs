@@ -110,11 +110,18 @@ fn arrival_runs_of_mixed_old_and_new_files_equal_duckdb() {
     // The table form says which runs it counted, as its last line.
     let t = slicetrace(&["report", d]);
     assert_eq!(t.status.code(), Some(0), "{}", stderr(&t));
+    // The table form says which runs it counted and, last, where they came
+    // from.
+    let out = stdout(&t);
+    let last: Vec<&str> = out.trim_end().lines().rev().take(2).collect();
     assert_eq!(
-        stdout(&t).trim_end().lines().last().unwrap(),
-        format!(
-            "runs: arrivals only ({arrivals} of {rows} rows); --all-runs to include burst runs"
-        )
+        last,
+        [
+            "source: raw rows (no rollups for this range)".to_string(),
+            format!(
+                "runs: arrivals only ({arrivals} of {rows} rows); --all-runs to include burst runs"
+            )
+        ]
     );
     // Default groups split tenant phases.
     assert!(stdout(&t).contains("tenants"), "{}", stdout(&t));

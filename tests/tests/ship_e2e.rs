@@ -74,16 +74,20 @@ for k in keys:
     body = s3.get_object(Bucket=sys.argv[2], Key=k)['Body'].read()
     print('obj', k[len(sys.argv[3]) + 1:], len(body), hashlib.sha256(body).hexdigest())
     if k[len(sys.argv[3]) + 1:].startswith('probes/'):
-        t = pq.read_table(io.BytesIO(body), columns=['span_id'])
+        # A run is its GPU and launch time (span ids are kept only for
+        # exported spans since schema version 4).
+        t = pq.read_table(io.BytesIO(body), columns=['gpu_uuid', 'ts', 'kernel'])
         rows += len(t)
-        spans.update(t.column('span_id').to_pylist())
+        spans.update(zip(t.column('gpu_uuid').to_pylist(),
+                         t.column('ts').cast('int64').to_pylist(),
+                         t.column('kernel').to_pylist()))
 print('rows', rows, len(spans))
 "#;
 
 struct Bucket {
     objects: BTreeMap<String, (u64, String)>,
     probe_rows: u64,
-    distinct_spans: u64,
+    distinct_runs: u64,
 }
 
 fn list_bucket(py: &Path, port: u16) -> Bucket {
@@ -91,7 +95,7 @@ fn list_bucket(py: &Path, port: u16) -> Bucket {
     let mut b = Bucket {
         objects: BTreeMap::new(),
         probe_rows: 0,
-        distinct_spans: 0,
+        distinct_runs: 0,
     };
     for line in out.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -104,7 +108,7 @@ fn list_bucket(py: &Path, port: u16) -> Bucket {
             }
             ["rows", rows, spans] => {
                 b.probe_rows = rows.parse().unwrap();
-                b.distinct_spans = spans.parse().unwrap();
+                b.distinct_runs = spans.parse().unwrap();
             }
             _ => {}
         }
@@ -266,7 +270,7 @@ fn the_agent_ships_every_closed_file_exactly_once_across_s3_down_sigkill_and_res
     // original, would show here), and only the Hive layout is there.
     assert!(bucket.probe_rows > 0);
     assert_eq!(
-        bucket.probe_rows, bucket.distinct_spans,
+        bucket.probe_rows, bucket.distinct_runs,
         "a probe row is in the bucket twice"
     );
     for key in bucket.objects.keys() {
