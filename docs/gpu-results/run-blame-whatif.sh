@@ -39,8 +39,10 @@ mkdir -p "$OUT" "$R"
 export NODE_NAME=gpu-node SLICETRACE_LOG=info
 log() { echo "[$(date -u +%H:%M:%S.%3N) epoch=$(date +%s.%N)] $*" | tee -a "$R/timeline.log"; }
 pack() { tar -czf "$OUT/bw.tar.gz" -C "$R" . ; cp "$R/timeline.log" "$OUT/timeline.txt" 2>/dev/null; }
-cfg() { # name port -> config path
-  printf '[probe]\nrate_hz = %s\n[metrics]\nlisten = "127.0.0.1:%s"\n[occupancy]\nkube_api = "off"\n' "$RATE" "$2" >"$R/$1.toml"
+cfg() { # name port -> config path (every arrival reads NVML's per-process
+  # utilisation: BUSY_INTERVAL_MS, default 0; look-back BUSY_WINDOW_MS, default 3000)
+  printf '[probe]\nrate_hz = %s\nbusy_tenants_interval_ms = %s\nbusy_window_ms = %s\n[metrics]\nlisten = "127.0.0.1:%s"\n[occupancy]\nkube_api = "off"\n' \
+    "$RATE" "${BUSY_INTERVAL_MS:-0}" "${BUSY_WINDOW_MS:-3000}" "$2" >"$R/$1.toml"
   echo "$R/$1.toml"
 }
 declare -A TP=()
@@ -98,7 +100,7 @@ blame() {
   "$BIN/slicetrace-agent" run --config "$c" --backend cuda --data-dir "$R/blame-data" \
     --summary-json "$R/blame-agent.json" >"$R/blame-agent.txt" 2>"$R/blame-agent.log" &
   local ap=$!
-  start_tenant B --duty-pct 50 --duty-period-ms 4000
+  start_tenant B --duty-pct 50 --duty-period-ms "${B_PERIOD_MS:-4000}"
   start_tenant C --idle
   sleep 6
   for rep in $(seq 1 "$REPS"); do
