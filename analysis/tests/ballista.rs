@@ -292,7 +292,12 @@ fn report_on_ballista_reads_the_same_s3_prefix() {
     ];
     let o = slicetrace_env(&args, &moto.env());
     let local = report_json(g, &["--by", "node,kernel"]);
-    assert_eq!(json(&o), local, "{}", cluster.executors[0].log_text());
+    assert_eq!(
+        without_source(json(&o)),
+        without_source(local),
+        "{}",
+        cluster.executors[0].log_text()
+    );
     // Read by the executors, not by the client.
     assert!(
         cluster.tasks() >= 2,
@@ -350,4 +355,20 @@ fn an_unreachable_scheduler_is_a_clear_error_not_a_hang() {
         );
         assert!(took < Duration::from_secs(15), "took {took:?}");
     }
+}
+
+/// `v` without the `source` field of its objects: local and S3 reads name
+/// their (raw) source with different reasons; the rows must be equal.
+fn without_source(mut v: serde_json::Value) -> serde_json::Value {
+    if let serde_json::Value::Array(items) = &mut v {
+        for i in items {
+            if let Some(o) = i.as_object_mut() {
+                let kind = o
+                    .remove("source")
+                    .and_then(|s| s["kind"].as_str().map(String::from));
+                assert_eq!(kind.as_deref(), Some("raw"), "read from raw rows");
+            }
+        }
+    }
+    v
 }
