@@ -277,7 +277,7 @@ fn the_agent_ships_every_closed_file_exactly_once_across_s3_down_sigkill_and_res
         let parts: Vec<&str> = key.split('/').collect();
         assert!(
             parts.len() == 4
-                && ["probes", "health"].contains(&parts[0])
+                && ["probes", "health", "rollups"].contains(&parts[0])
                 && parts[1].starts_with("date=")
                 && parts[2] == "node=faults-node"
                 && parts[3].ends_with(".parquet")
