@@ -11,12 +11,13 @@
 mod metrics_support;
 use metrics_support::occupancy_support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use metrics_support::{cpu_backends, read_probes, small_config, wait_for, RunningAgent};
-use occupancy_support::{cid, pod_resources_fixture, python, FakeApi, KubeletServer, GPU_SHARED};
+use occupancy_support::{
+    cid, pod_resources_fixture_renamed, proc_entry, python, FakeApi, KubeletServer, GPU_SHARED,
+};
 use slicetrace_agent::probe::occupancy::{GpuProcess, KubeApiMode};
 use slicetrace_agent::probe::telemetry::{
     DeviceSample, ProcessActivity, TelemetryError, TelemetrySource,
@@ -102,13 +103,6 @@ impl TelemetrySource for Scripted {
     }
 }
 
-fn proc_entry(root: &Path, pid: u32, cgroup: String) {
-    let d = root.join(pid.to_string());
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("cgroup"), cgroup).unwrap();
-    std::fs::write(d.join("comm"), "python3\n").unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_name_the_busy_tenants_by_pod_and_never_an_idle_context() {
     let Some(py) = python("this test") else {
@@ -116,16 +110,7 @@ async fn rows_name_the_busy_tenants_by_pod_and_never_an_idle_context() {
     };
     let api = FakeApi::start(&py);
     let dir = tempfile::tempdir().unwrap();
-    let mut reply = pod_resources_fixture();
-    for p in &mut reply.pod_resources {
-        for c in &mut p.containers {
-            for d in &mut c.devices {
-                for id in &mut d.device_ids {
-                    *id = id.replace(GPU_SHARED, "CPU-0");
-                }
-            }
-        }
-    }
+    let reply = pod_resources_fixture_renamed(&[(GPU_SHARED, "CPU-0")]);
     let socket = dir.path().join("kubelet.sock");
     let _kubelet = KubeletServer::start(&socket, reply);
     let proc_root = dir.path().join("proc");
@@ -133,18 +118,20 @@ async fn rows_name_the_busy_tenants_by_pod_and_never_an_idle_context() {
     proc_entry(
         &proc_root,
         BUSY_POD_PID,
-        format!(
+        &format!(
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod11111111_1111_4111_8111_111111111111.slice/cri-containerd-{}.scope\n",
             cid(1)
         ),
+        "python3",
     );
     proc_entry(
         &proc_root,
         RESIDENT_PID,
-        format!(
+        &format!(
             "11:memory:/kubepods/burstable/pod33333333-3333-4333-8333-333333333333/crio-{}\n",
             cid(3)
         ),
+        "python3",
     );
 
     let data = dir.path().join("data");

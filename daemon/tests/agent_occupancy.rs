@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use metrics_support::{cpu_backends, read_probes, small_config, wait_for, RunningAgent};
 use occupancy_support::{
-    pod_resources_fixture, python, FakeApi, KubeletServer, GPU_EXCLUSIVE, GPU_SHARED,
+    pod_resources_fixture_renamed, python, FakeApi, KubeletServer, GPU_EXCLUSIVE, GPU_SHARED,
 };
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::probe::occupancy::KubeApiMode;
@@ -35,18 +35,7 @@ async fn agent_rows_show_the_pods_of_each_gpu_from_both_test_servers() {
     let dir = tempfile::tempdir().unwrap();
     // The fixture's node, with its GPUs renamed to the CPU pseudo-devices:
     // CPU-0 time-sliced (`CPU-0::0` .. `::3`, four pods), CPU-1 whole.
-    let mut reply = pod_resources_fixture();
-    for p in &mut reply.pod_resources {
-        for c in &mut p.containers {
-            for d in &mut c.devices {
-                for id in &mut d.device_ids {
-                    *id = id
-                        .replace(GPU_SHARED, "CPU-0")
-                        .replace(GPU_EXCLUSIVE, "CPU-1");
-                }
-            }
-        }
-    }
+    let reply = pod_resources_fixture_renamed(&[(GPU_SHARED, "CPU-0"), (GPU_EXCLUSIVE, "CPU-1")]);
     let socket = dir.path().join("kubelet.sock");
     let _kubelet = KubeletServer::start(&socket, reply);
 

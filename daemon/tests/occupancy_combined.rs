@@ -12,13 +12,6 @@ use slicetrace_agent::probe::occupancy::{
     start, start_combined, GpuProcess, KubeApiMode, OccupancyConfig, OccupancySource,
 };
 
-fn proc_entry(root: &std::path::Path, pid: u32, cgroup: String, comm: &str) {
-    let d = root.join(pid.to_string());
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("cgroup"), cgroup).unwrap();
-    std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
-}
-
 fn gpu_procs(pids: &[u32]) -> Vec<GpuProcess> {
     pids.iter()
         .map(|&pid| GpuProcess {
@@ -42,7 +35,7 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
     proc_entry(
         &proc_root,
         2001,
-        format!(
+        &format!(
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod11111111_1111_4111_8111_111111111111.slice/cri-containerd-{}.scope\n",
             cid(1)
         ),
@@ -51,7 +44,7 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
     proc_entry(
         &proc_root,
         2003,
-        format!(
+        &format!(
             "11:memory:/kubepods/burstable/pod33333333-3333-4333-8333-333333333333/crio-{}\n",
             cid(3)
         ),
@@ -60,7 +53,7 @@ async fn combined_occupancy_answers_per_gpu_from_both_servers() {
     proc_entry(
         &proc_root,
         2005,
-        format!(
+        &format!(
             "4:cpu,cpuacct:/kubepods/pod55555555-5555-4555-8555-555555555555/{}\n",
             cid(5)
         ),

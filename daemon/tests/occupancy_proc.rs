@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use occupancy_support::cid;
+use occupancy_support::{cid, proc_entry};
 use slicetrace_agent::probe::occupancy::kube_api::{KubeCache, NodeInfo, PodInfo};
 use slicetrace_agent::probe::occupancy::proc_cgroup::{read_comm, ProcResolver, Runtime};
 use slicetrace_agent::probe::occupancy::{CombinedOccupancy, GpuProcess, OccupancySource};
@@ -15,13 +15,6 @@ use slicetrace_agent::probe::occupancy::{CombinedOccupancy, GpuProcess, Occupanc
 const UID_A: &str = "11111111-1111-4111-8111-111111111111";
 const UID_B: &str = "22222222-2222-4222-8222-222222222222";
 const UID_C: &str = "33333333-3333-4333-8333-333333333333";
-
-fn proc_entry(root: &Path, pid: u32, cgroup: &str, comm: &str) {
-    let d = root.join(pid.to_string());
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("cgroup"), cgroup).unwrap();
-    std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
-}
 
 fn fake_proc(root: &Path) {
     // containerd, cgroup v2, systemd driver.

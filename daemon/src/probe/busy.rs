@@ -125,6 +125,11 @@ impl BusyTracker {
         for s in sorted {
             let last = self.newest.entry(s.pid).or_insert(0);
             if s.ts_us > *last {
+                // A sample not seen before: kept for later launches'
+                // windows when it shows the process busy.
+                if s.sm_pct > 0 {
+                    self.recent.push_back(*s);
+                }
                 if *last > 0 {
                     if self.gaps.len() == GAPS_KEPT {
                         self.gaps.pop_front();
@@ -145,11 +150,6 @@ impl BusyTracker {
             _ => launch_unix_us,
         };
         let from = launch.saturating_sub(self.window_us);
-        for s in samples.iter().filter(|s| s.sm_pct > 0) {
-            if !self.recent.contains(s) {
-                self.recent.push_back(*s);
-            }
-        }
         // Keep what a later launch's window can still reach.
         let keep_from = self
             .newest_seen

@@ -441,3 +441,29 @@ impl AgentTask {
         report
     }
 }
+
+/// [`pod_resources_fixture`] with its device IDs' GPU UUIDs renamed
+/// (`(from, to)` pairs), e.g. onto the CPU pseudo-devices.
+pub fn pod_resources_fixture_renamed(renames: &[(&str, &str)]) -> ListPodResourcesResponse {
+    let mut reply = pod_resources_fixture();
+    for p in &mut reply.pod_resources {
+        for c in &mut p.containers {
+            for d in &mut c.devices {
+                for id in &mut d.device_ids {
+                    for (from, to) in renames {
+                        *id = id.replace(from, to);
+                    }
+                }
+            }
+        }
+    }
+    reply
+}
+
+/// A process of a fake /proc under `root`: its cgroup file and command name.
+pub fn proc_entry(root: &Path, pid: u32, cgroup: &str, comm: &str) {
+    let d = root.join(pid.to_string());
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("cgroup"), cgroup).unwrap();
+    std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+}
