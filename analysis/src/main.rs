@@ -321,16 +321,22 @@ enum Cmd {
     /// Predicts the wall p50/p99 a caller arriving at random would see beside
     /// N busy tenant contexts, from what the data shows (arrival runs only).
     ///
-    /// Model: round-robin time-slicing with a slice s per busy context; a
-    /// caller arriving at random beside K busy contexts waits q0 + U(0, K·s),
-    /// q0 being the waits measured at K = 0. Per GPU and kernel, the arrival
-    /// rows are grouped by K = busy_count (or gpu_processes, resident
-    /// processes busy or not, when busy_count is null: said in the output);
-    /// s is the least-squares fit of the wait quantiles p05…p95 against
-    /// p·K (through the K = 0 quantiles when K = 0 is fitted, else with a
-    /// constant q0 as intercept). The default caller runs the probe's kernel
-    /// (execution drawn from gpu_ms of the fitted K ≥ 1 rows; it must fit in
-    /// one slice); with --kernel-ms E it runs E ms and is preempted
+    /// Model: round-robin time-slicing; a caller arriving at random beside K
+    /// busy contexts waits q0 + K·g(U), U uniform on [0, 1]: q0 the waits
+    /// measured at K = 0, g the wait each busy context adds as a quantile
+    /// function, fitted from the data (an ideal rotation of full slices s
+    /// would make it U·s). Per GPU and kernel, the arrival rows are grouped
+    /// by K = busy_count (or gpu_processes, resident processes busy or not,
+    /// when busy_count is null or with --count-by resident: said in the
+    /// output). At each level p = 0.005…0.995, g(p) is the least-squares
+    /// slope of the wait quantile Q_K(p) on K over the fitted counts
+    /// (through Q_0(p) when K = 0 is fitted, else with an intercept that
+    /// becomes q0), clamped at 0. The slice s (printed, and the
+    /// cost of one preemption) is the uniform rotation's fit of the
+    /// quantiles p05…p95 against p·K. The default caller runs the probe's kernel
+    /// (its own part drawn from wall_ms − queue_ms, the kernel and the path
+    /// to the end stamp, of the fitted K ≥ 1 rows; it must fit in one
+    /// slice); with --kernel-ms E it runs E ms and is preempted
     /// ceil(E/s) − 1 times, each costing N·s. Quantiles from 40,000 Monte
     /// Carlo draws; 95 % intervals from 200 bootstrap refits (fixed seed).
     /// Every K in the data is printed with its measured and predicted wall
@@ -360,6 +366,16 @@ enum Cmd {
         /// Only this kernel.
         #[arg(long, value_parser = ["fft", "gemm"])]
         kernel: Option<String>,
+        /// Which column counts the tenants K: busy (busy_count, NVML's busy
+        /// contexts around each arrival), resident (gpu_processes, busy or
+        /// not), or auto (busy where any row has it).
+        #[arg(long, value_enum, default_value_t = whatif::CountBy::Auto)]
+        count_by: whatif::CountBy,
+        /// Leaves this tenant (`namespace/pod` or `pid:<pid>`, as blame names
+        /// it) out of K, so its work counts in the base wait q0: e.g. the
+        /// caller's own pod. Repeatable.
+        #[arg(long = "exclude-tenant", value_name = "TENANT")]
+        exclude_tenant: Vec<String>,
         /// Output format: table or json.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -1016,6 +1032,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             slo_p99_ms,
             fit_tenants,
             kernel,
+            count_by,
+            exclude_tenant,
             format,
         } => {
             if format == Format::Csv {
@@ -1026,6 +1044,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .map(whatif::parse_fit_tenants)
                 .transpose()?;
             let opts = whatif::WhatifOptions {
+                count_by,
+                exclude: exclude_tenant,
                 tenants,
                 kernel_ms,
                 slo_p99_ms,

@@ -402,6 +402,52 @@ fn whatif_without_busy_count_falls_back_to_gpu_processes_and_says_so() {
     assert!(within(f(w, "slice_ms"), 2.0, 0.03), "{w}");
 }
 
+/// `--count-by resident` groups by gpu_processes even where busy_count
+/// exists, and `--exclude-tenant` takes a tenant out of K: in the whatif
+/// world pid:100 is busy from K = 1 on, so leaving it out moves every
+/// arrival of count K ≥ 1 to K − 1 (K = 0 then holds the first two phases).
+#[test]
+fn whatif_counts_by_resident_and_excludes_a_tenant() {
+    let Some((tmp, _py)) = worlds() else { return };
+    let data = sub(tmp.path(), "whatif");
+    let n_of = |w: &Value| -> Vec<(u64, u64)> {
+        w["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["tenants"].as_u64().unwrap(), c["n"].as_u64().unwrap()))
+            .collect()
+    };
+    let all = json_of(&["whatif", &data, "--tenants", "2"]);
+    let all = n_of(&items(&all)[0]);
+    for by in ["busy", "resident"] {
+        let v = json_of(&[
+            "whatif",
+            &data,
+            "--tenants",
+            "2",
+            "--count-by",
+            by,
+            "--exclude-tenant",
+            "pid:100",
+        ]);
+        let w = &items(&v)[0];
+        let want = if by == "busy" {
+            "busy_count"
+        } else {
+            "gpu_processes"
+        };
+        assert_eq!(w["tenant_column"], want, "{w}");
+        let got = n_of(w);
+        // 0, 1, 2, 3, 4, 6 → 0 (two phases), 1, 2, 3, 5.
+        assert_eq!(got.len(), all.len() - 1, "{by}: {got:?} from {all:?}");
+        assert_eq!(got[0], (0, all[0].1 + all[1].1), "{by}: {got:?}");
+        for (g, a) in got[1..].iter().zip(&all[2..]) {
+            assert_eq!(*g, (a.0 - 1, a.1), "{by}: {got:?} from {all:?}");
+        }
+    }
+}
+
 #[test]
 fn bad_input_exits_2_with_one_line() {
     let Some((tmp, _py)) = worlds() else { return };
@@ -438,6 +484,10 @@ fn bad_input_exits_2_with_one_line() {
             "tenant count 5 has 0 arrival rows",
         ),
         (vec!["blame", &nobusy], "no tenant data"),
+        (
+            vec!["whatif", &nobusy, "--tenants", "1", "--count-by", "busy"],
+            "--count-by busy: no arrival row",
+        ),
         (
             vec!["whatif", &notenants, "--tenants", "1"],
             "no tenant data",

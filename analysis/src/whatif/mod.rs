@@ -3,27 +3,38 @@
 //!
 //! The model (also in `docs/blame-whatif.md` and `slicetrace whatif --help`):
 //!
-//! * Time-slicing is round-robin between the busy contexts with one slice
-//!   `s` per context. A caller arriving at a random moment beside `K` busy
-//!   contexts waits a base `q0` (launch and path: the waits measured at
-//!   `K = 0`) plus `U(0, K·s)`: `wait = q0 + U·K·s`, `U` uniform on [0, 1].
+//! * Time-slicing is round-robin between the busy contexts: a caller
+//!   arriving at a random moment beside `K` busy contexts waits for part of
+//!   the rotation, which grows with `K`. Its wait is `q0 + K·g(U)`: `q0` the
+//!   base wait (launch and path: the waits measured at `K = 0`), `g` the
+//!   wait each busy context adds, as a quantile function of the caller's
+//!   position `U` in the rotation (`U` uniform on [0, 1], the same `U` for
+//!   both terms). An ideal rotation of equal, always-full slices `s` makes
+//!   `g(p) = p·s` (uniform waits); real slices are not always full, so the
+//!   shape is taken from the data instead of assumed.
 //! * The rows are one GPU's and one kernel's arrival runs, grouped by the
 //!   tenant count `K`: `busy_count` (busy contexts, from NVML's per-process
 //!   utilisation), or `gpu_processes` (resident contexts, busy or not) when
-//!   no row has `busy_count`; the output says which.
+//!   no row has `busy_count` or with `--count-by resident`; the output says
+//!   which.
 //! * **Fit.** On the fitted counts (`--fit-tenants`, default every count
-//!   with at least [`MIN_FIT_ROWS`] arrivals), the wait quantiles at
-//!   p = 0.05, 0.10, …, 0.95 are regressed on `p·K`. With `K = 0` among
-//!   them, `Q_K(p) − Q_0(p) = s·p·K` through the origin (`q0` is then the
-//!   `K = 0` waits themselves, drawn as a sample); without it, an ordinary
-//!   least-squares line whose intercept is a constant `q0`. Quantiles, not
-//!   means: a handful of stalls of tens of ms moves a mean, not the
-//!   p05–p95, and the quantiles check the uniform shape as well as its
-//!   scale. The per-count `s_K` is the same regression on one count.
+//!   with at least [`MIN_FIT_ROWS`] arrivals), at each quantile level p of
+//!   [`GRID`] (p = 0.005 … 0.995): with `K = 0` among them,
+//!   `Q_K(p) − Q_0(p) = K·g(p)` by least squares through the origin, and
+//!   `q0` is the `K = 0` waits themselves, drawn as a sample; without it, an
+//!   ordinary least-squares line `Q_K(p) = a(p) + K·g(p)` whose intercept is
+//!   the base (made non-decreasing in p, a running maximum). `g` is clamped
+//!   at 0 but not forced to grow with p (see [`non_negative`]). Quantiles, not means: a handful of
+//!   stalls of tens of ms moves a mean, not the quantiles.
+//! * **The slice `s`** (printed, and the cost of a preemption) is the
+//!   uniform rotation's fit: the quantiles p = 0.05, 0.10, …, 0.95 regressed
+//!   on `p·K` the same way. The per-count `s_K` is that regression on one
+//!   count.
 //! * **Predict.** Wall = execution + wait. The default caller is the
-//!   probe's kernel: its execution time is drawn from the `gpu_ms` of the
-//!   fitted rows with `K ≥ 1` (tenants keep the clocks up; `K = 0` rows for
-//!   N = 0), which assumes the kernel fits in one slice. With
+//!   probe's kernel: its own part is drawn from the `wall_ms − queue_ms`
+//!   (the kernel and the path to the end stamp; `gpu_ms` where that is
+//!   unknown) of the fitted rows with `K ≥ 1` (tenants keep the clocks up;
+//!   `K = 0` rows for N = 0), which assumes the kernel fits in one slice. With
 //!   `--kernel-ms E` the caller runs E ms, and a kernel longer than one slice
 //!   is preempted `ceil(E/s) − 1` times, each costing `N·s` more.
 //!   Quantiles come from [`POINT_DRAWS`] Monte Carlo draws (fixed seed),
@@ -59,9 +70,33 @@ const LEVELS: [f64; 19] = [
     0.85, 0.90, 0.95,
 ];
 
+/// The quantile levels of the wait shape `g`: 0.005, 0.010, …, 0.995.
+pub const GRID: usize = 199;
+
+fn grid_level(i: usize) -> f64 {
+    (i + 1) as f64 / (GRID + 1) as f64
+}
+
+/// Which column counts the tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CountBy {
+    /// `busy_count` where any row has it, else `gpu_processes`.
+    #[default]
+    Auto,
+    /// `busy_count`: contexts NVML saw busy around the arrival (an error
+    /// when no row has it).
+    Busy,
+    /// `gpu_processes`: resident tenant processes, busy or not.
+    Resident,
+}
+
 /// Options of `whatif`.
 #[derive(Debug, Clone, Default)]
 pub struct WhatifOptions {
+    /// Which column counts the tenants.
+    pub count_by: CountBy,
+    /// Tenants left out of K (their work becomes part of the base wait).
+    pub exclude: Vec<String>,
     /// N: busy tenant contexts beside the caller.
     pub tenants: Option<u32>,
     /// The caller's own kernel time, ms (default: the probe's kernel).
@@ -104,6 +139,9 @@ struct Group {
     waits: Vec<f64>,
     /// `gpu_ms`, non-null.
     exec: Vec<f64>,
+    /// `wall_ms − queue_ms`: the kernel and the path after it (what the
+    /// default caller adds to its wait), where both are known.
+    rest: Vec<f64>,
     /// `wall_ms`, sorted.
     walls: Vec<f64>,
 }
@@ -113,31 +151,90 @@ struct Group {
 enum Base {
     /// The waits at `K = 0`, sorted.
     Sample(Vec<f64>),
-    /// A fitted constant.
-    Const(f64),
+    /// Fitted intercepts at the [`GRID`] levels (non-decreasing).
+    Grid(Vec<f64>),
 }
 
 impl Base {
     fn quantile(&self, p: f64) -> f64 {
         match self {
             Base::Sample(v) => quantile_sorted(v, p).unwrap_or(0.0),
-            Base::Const(c) => *c,
+            Base::Grid(g) => on_grid(g, p),
         }
+    }
+}
+
+/// The value at level `p` of a function given at the [`GRID`] levels:
+/// linear between levels, flat beyond the last, and from 0 before the
+/// first.
+fn on_grid(g: &[f64], p: f64) -> f64 {
+    if g.is_empty() {
+        return 0.0;
+    }
+    let x = p.clamp(0.0, 1.0) * (GRID + 1) as f64 - 1.0;
+    if x <= 0.0 {
+        return g[0] * (x + 1.0).max(0.0);
+    }
+    let i = x.floor() as usize;
+    if i + 1 >= g.len() {
+        return g[g.len() - 1];
+    }
+    let t = x - i as f64;
+    g[i] + t * (g[i + 1] - g[i])
+}
+
+/// Makes `v` non-decreasing and non-negative (a running maximum from 0).
+fn monotone(v: &mut [f64]) {
+    let mut m = 0.0f64;
+    for x in v.iter_mut() {
+        m = m.max(*x);
+        *x = m;
+    }
+}
+
+/// Clamps `v` at 0. The shape `g` is not forced to grow with p: where the
+/// base has a tail of its own (a low-duty tenant's kernels at `K = 0`), the
+/// increments over it shrink at the top levels, and forcing them up would
+/// count that tail twice; the Monte Carlo quantiles need no monotone `g`.
+fn non_negative(v: &mut [f64]) {
+    for x in v.iter_mut() {
+        *x = x.max(0.0);
     }
 }
 
 /// A fitted model.
 #[derive(Debug, Clone)]
 struct Fit {
-    /// Slice per context, ms.
+    /// Slice per context, ms (the uniform rotation's fit).
     s: f64,
     base: Base,
+    /// The wait each busy context adds, `g(p)`, at the [`GRID`] levels.
+    shape: Vec<f64>,
 }
 
-/// The fit of `s` from the wait quantiles of `groups` at `ks`.
+impl Fit {
+    /// The ideal rotation: `g(p) = p·s`.
+    #[cfg(test)]
+    fn uniform(s: f64, base: Base) -> Fit {
+        Fit {
+            s,
+            base,
+            shape: (0..GRID).map(|i| grid_level(i) * s).collect(),
+        }
+    }
+}
+
+/// The fit of the slice `s` and the wait shape `g` from the wait quantiles
+/// of `groups` at `ks`.
 fn fit(groups: &BTreeMap<u32, Group>, ks: &[u32]) -> Fit {
     let q = |k: u32, p: f64| quantile_sorted(&groups[&k].waits, p).unwrap_or(0.0);
+    let positive: Vec<f64> = ks
+        .iter()
+        .filter(|&&k| k > 0)
+        .map(|&k| f64::from(k))
+        .collect();
     if ks.contains(&0) {
+        // Through the K = 0 quantiles.
         let (mut sxy, mut sxx) = (0.0, 0.0);
         for &k in ks.iter().filter(|&&k| k > 0) {
             for p in LEVELS {
@@ -147,26 +244,59 @@ fn fit(groups: &BTreeMap<u32, Group>, ks: &[u32]) -> Fit {
             }
         }
         let s = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+        let kk: f64 = positive.iter().map(|k| k * k).sum();
+        let mut shape: Vec<f64> = (0..GRID)
+            .map(|i| {
+                let p = grid_level(i);
+                let num: f64 = ks
+                    .iter()
+                    .filter(|&&k| k > 0)
+                    .map(|&k| f64::from(k) * (q(k, p) - q(0, p)))
+                    .sum();
+                if kk > 0.0 {
+                    num / kk
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        non_negative(&mut shape);
         return Fit {
             s: s.max(0.0),
             base: Base::Sample(groups[&0].waits.clone()),
+            shape,
         };
     }
+    // An ordinary least-squares line per level: intercept = base.
+    let line = |pts: &[(f64, f64)]| -> (f64, f64) {
+        let n = pts.len() as f64;
+        let (mx, my) = (
+            pts.iter().map(|p| p.0).sum::<f64>() / n,
+            pts.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+        (my - b * mx, b)
+    };
     let pts: Vec<(f64, f64)> = ks
         .iter()
         .flat_map(|&k| LEVELS.map(|p| (p * f64::from(k), q(k, p))))
         .collect();
-    let n = pts.len() as f64;
-    let (mx, my) = (
-        pts.iter().map(|p| p.0).sum::<f64>() / n,
-        pts.iter().map(|p| p.1).sum::<f64>() / n,
-    );
-    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let s = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let (_, s) = line(&pts);
+    let (mut base, mut shape): (Vec<f64>, Vec<f64>) = (0..GRID)
+        .map(|i| {
+            let p = grid_level(i);
+            let pts: Vec<(f64, f64)> = ks.iter().map(|&k| (f64::from(k), q(k, p))).collect();
+            line(&pts)
+        })
+        .unzip();
+    monotone(&mut base);
+    non_negative(&mut shape);
     Fit {
         s: s.max(0.0),
-        base: Base::Const((my - s * mx).max(0.0)),
+        base: Base::Grid(base),
+        shape,
     }
 }
 
@@ -234,8 +364,6 @@ fn preemptions(e: f64, s: f64) -> u64 {
 struct Draws {
     /// Picks the execution time.
     exec: Vec<f64>,
-    /// Picks the base wait.
-    base: Vec<f64>,
     /// The position in the rotation, U.
     u: Vec<f64>,
     /// Picks the busy count of a replicas mixture.
@@ -248,7 +376,6 @@ impl Draws {
         let mut v = || (0..n).map(|_| rng.random::<f64>()).collect::<Vec<f64>>();
         Draws {
             exec: v(),
-            base: v(),
             u: v(),
             busy: v(),
         }
@@ -258,16 +385,16 @@ impl Draws {
 /// One draw of the caller's wall time beside `n` busy contexts.
 fn wall(f: &Fit, caller: &Caller, n: u32, d: &Draws, j: usize) -> f64 {
     let e = caller.exec(n, d.exec[j]);
-    let round = f64::from(n) * f.s;
+    let u = d.u[j];
     let base = match &f.base {
-        Base::Sample(v) => pick(v, d.base[j]),
-        Base::Const(c) => *c,
+        Base::Sample(v) => pick(v, u),
+        Base::Grid(g) => on_grid(g, u),
     };
     let pre = match caller {
-        Caller::Fixed(e) if n > 0 => preemptions(*e, f.s) as f64 * round,
+        Caller::Fixed(e) if n > 0 => preemptions(*e, f.s) as f64 * f64::from(n) * f.s,
         _ => 0.0,
     };
-    e + base + d.u[j] * round + pre
+    e + base + f64::from(n) * on_grid(&f.shape, u) + pre
 }
 
 /// p50 and p99 of `v` (reordered).
@@ -505,24 +632,66 @@ fn one(
 ) -> Result<Whatif, TenancyError> {
     let mut notes = Vec::new();
     let node = rows.first().map(|r| r.node.clone()).unwrap_or_default();
-    let by_busy = rows.iter().any(|r| r.busy_contexts().is_some());
+    let any_busy = rows.iter().any(|r| r.busy_contexts().is_some());
+    let by_busy = match opts.count_by {
+        CountBy::Auto => any_busy,
+        CountBy::Busy if !any_busy => {
+            return Err(TenancyError::NoTenantData {
+                location: location.to_string(),
+                what: format!(
+                    "--count-by busy: no arrival row of GPU {gpu} kernel {kernel} has busy_count \
+                     (an agent before busy-tenant sampling, or a GPU whose NVML gives no \
+                     per-process utilisation); try --count-by resident"
+                ),
+            });
+        }
+        CountBy::Busy => true,
+        CountBy::Resident => false,
+    };
     let tenant_column = if by_busy {
         "busy_count"
     } else {
-        notes.push(
-            "busy_count is null on every row: grouped by gpu_processes, the resident tenant \
-             processes (busy or not), so K overstates the busy contexts of idle tenants"
-                .to_string(),
-        );
+        if opts.count_by == CountBy::Resident {
+            notes.push(
+                "--count-by resident: grouped by gpu_processes, the resident tenant processes \
+                 (busy or not), so K overstates the busy contexts of idle tenants"
+                    .to_string(),
+            );
+        } else {
+            notes.push(
+                "busy_count is null on every row: grouped by gpu_processes, the resident tenant \
+                 processes (busy or not), so K overstates the busy contexts of idle tenants"
+                    .to_string(),
+            );
+        }
         "gpu_processes"
     };
     let mut groups: BTreeMap<u32, Group> = BTreeMap::new();
     let mut unknown = 0usize;
     for r in rows {
-        let k = if by_busy {
-            r.busy_contexts()
+        let k = if opts.exclude.is_empty() {
+            if by_busy {
+                r.busy_contexts()
+            } else {
+                r.gpu_processes
+            }
+        } else if by_busy {
+            r.busy.as_ref().map(|b| {
+                b.iter()
+                    .filter(|t| !opts.exclude.contains(&t.tenant))
+                    .map(|t| t.tenant.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len() as u32
+            })
         } else {
-            r.gpu_processes
+            r.gpu_processes.map(|n| {
+                let out = r
+                    .residents
+                    .iter()
+                    .filter(|t| opts.exclude.contains(t))
+                    .count();
+                n.saturating_sub(out as u32)
+            })
         };
         let Some(k) = k else {
             unknown += 1;
@@ -533,6 +702,9 @@ fn one(
         gr.walls.push(r.wall_ms);
         if !r.gpu_ms.is_nan() {
             gr.exec.push(r.gpu_ms);
+        }
+        if r.wall_ms.is_finite() && r.wall_ms >= r.wait_ms {
+            gr.rest.push(r.wall_ms - r.wait_ms);
         }
     }
     if unknown > 0 && !groups.is_empty() {
@@ -594,12 +766,21 @@ fn one(
                 .into(),
         );
     }
+    // The default caller's own part: wall − wait where the rows have it
+    // (the kernel and the path to the end stamp), else gpu_ms.
+    let own_part = |g: &Group| -> Vec<f64> {
+        if g.rest.is_empty() {
+            g.exec.clone()
+        } else {
+            g.rest.clone()
+        }
+    };
     let exec_of = |ks: &mut dyn Iterator<Item = u32>, gs: &BTreeMap<u32, Group>| -> Vec<f64> {
-        ks.flat_map(|k| gs[&k].exec.iter().copied()).collect()
+        ks.flat_map(|k| own_part(&gs[&k])).collect()
     };
     let probe_caller = |gs: &BTreeMap<u32, Group>| {
         let idle = if fit_ks.contains(&0) {
-            gs[&0].exec.clone()
+            own_part(&gs[&0])
         } else {
             Vec::new()
         };
@@ -696,11 +877,20 @@ fn one(
                     .map(|i| g.exec[i])
                     .collect()
             };
+            let rest: Vec<f64> = if g.rest.is_empty() {
+                Vec::new()
+            } else {
+                crate::tenancy::resample(&mut rng, g.rest.len())
+                    .into_iter()
+                    .map(|i| g.rest[i])
+                    .collect()
+            };
             gs.insert(
                 k,
                 Group {
                     waits,
                     exec,
+                    rest,
                     walls: Vec::new(),
                 },
             );
@@ -1027,6 +1217,7 @@ mod tests {
                     Group {
                         walls: waits.iter().map(|w| w + 0.1).collect(),
                         exec: vec![0.1; n],
+                        rest: Vec::new(),
                         waits,
                     },
                 )
@@ -1041,9 +1232,13 @@ mod tests {
         assert!((f.s - 2.0).abs() < 0.01, "{}", f.s);
         let f = fit(&g, &[1, 3]);
         assert!((f.s - 2.0).abs() < 0.01, "{}", f.s);
-        match f.base {
-            Base::Const(c) => assert!((c - 0.05).abs() < 0.01, "{c}"),
+        match &f.base {
+            Base::Grid(_) => assert!((f.base.quantile(0.5) - 0.05).abs() < 0.01),
             Base::Sample(_) => panic!("no K = 0 in the fit"),
+        }
+        // The uniform world's shape is p·s at every level.
+        for p in [0.1, 0.5, 0.99] {
+            assert!((on_grid(&f.shape, p) - p * 2.0).abs() < 0.01, "{p}");
         }
     }
 
@@ -1052,14 +1247,65 @@ mod tests {
         assert_eq!(preemptions(1.0, 2.0), 0);
         assert_eq!(preemptions(2.0, 2.0), 0);
         assert_eq!(preemptions(5.0, 2.0), 2);
-        let f = Fit {
-            s: 2.0,
-            base: Base::Const(0.0),
-        };
+        let f = Fit::uniform(2.0, Base::Grid(vec![0.0; GRID]));
         // 5 ms beside 2 contexts: 5 + U·4 + 2·4; p50 = 15, p99 = 16.96.
         let (p50, p99) = predict(&f, &Caller::Fixed(5.0), 2, &Draws::new(POINT_DRAWS, SEED));
         assert!((p50 - 15.0).abs() < 0.05, "{p50}");
         assert!((p99 - 16.96).abs() < 0.05, "{p99}");
+    }
+
+    /// A rotation whose slices are not always full: each busy context adds
+    /// `s·p²` at level p (most waits short, a long tail). Fitted on 0, 1, 3,
+    /// the shape predicts 6 at p50 and p99; the uniform rotation with the
+    /// same fitted slice would not.
+    #[test]
+    fn the_wait_shape_comes_from_the_data() {
+        let n = 4000;
+        let s = 2.0;
+        let g: BTreeMap<u32, Group> = [0u32, 1, 3, 6]
+            .iter()
+            .map(|&k| {
+                let waits: Vec<f64> = (0..n)
+                    .map(|i| {
+                        let u = (i as f64 + 0.5) / n as f64;
+                        0.05 + f64::from(k) * s * u * u
+                    })
+                    .collect();
+                let walls = waits.iter().map(|w| w + 0.1).collect();
+                (
+                    k,
+                    Group {
+                        waits,
+                        exec: vec![0.1; n],
+                        rest: Vec::new(),
+                        walls,
+                    },
+                )
+            })
+            .collect();
+        let draws = Draws::new(POINT_DRAWS, SEED);
+        let caller = Caller::Fixed(0.1);
+        for ks in [&[0u32, 1, 3][..], &[1, 3][..]] {
+            let f = fit(&g, ks);
+            let (p50, p99) = predict(&f, &caller, 6, &draws);
+            let (t50, t99) = (0.15 + 6.0 * s * 0.25, 0.15 + 6.0 * s * 0.99 * 0.99);
+            assert!((p50 - t50).abs() < 0.02 * t50, "{ks:?}: p50 {p50} vs {t50}");
+            assert!((p99 - t99).abs() < 0.02 * t99, "{ks:?}: p99 {p99} vs {t99}");
+            let u = Fit::uniform(f.s, f.base.clone());
+            let (u50, _) = predict(&u, &caller, 6, &draws);
+            assert!((u50 - t50).abs() > 0.2 * t50, "uniform p50 {u50} vs {t50}");
+        }
+    }
+
+    #[test]
+    fn grid_interpolation_and_monotone() {
+        let g: Vec<f64> = (0..GRID).map(grid_level).collect();
+        assert!((on_grid(&g, 0.5) - 0.5).abs() < 1e-12);
+        assert!((on_grid(&g, 0.0025) - 0.0025).abs() < 1e-12);
+        assert!((on_grid(&g, 1.0) - 0.995).abs() < 1e-12);
+        let mut v = vec![-1.0, 2.0, 1.0, 3.0];
+        monotone(&mut v);
+        assert_eq!(v, vec![0.0, 2.0, 2.0, 3.0]);
     }
 
     #[test]
