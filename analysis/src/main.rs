@@ -329,9 +329,10 @@ enum Cmd {
     /// by K = busy_count (or gpu_processes, resident processes busy or not,
     /// when busy_count is null or with --count-by resident: said in the
     /// output). At each level p = 0.005…0.995, g(p) is the least-squares
-    /// slope of the wait quantile Q_K(p) on K over the fitted counts
-    /// (through Q_0(p) when K = 0 is fitted, else with an intercept that
-    /// becomes q0), clamped at 0. The slice s (printed, and the
+    /// slope of the wait quantile Q_K(p) on K over the fitted counts, each
+    /// weighted 1/K² (through Q_0(p) when K = 0 is fitted, else with an
+    /// intercept that becomes q0), clamped at 0. With 3+ fitted counts the
+    /// fits leaving one count out give a second range at N. The slice s (printed, and the
     /// cost of one preemption) is the uniform rotation's fit of the
     /// quantiles p05…p95 against p·K. The default caller runs the probe's kernel
     /// (its own part drawn from wall_ms − queue_ms, the kernel and the path

@@ -144,7 +144,7 @@ print(json.dumps(out))
 
 /// DuckDB's per-K quantiles of the whatif world (GPU `argv[2]`, K =
 /// busy_count) and the slice fitted on K in `argv[3]` through the K = 0
-/// quantiles, by the documented formula.
+/// quantiles, by the documented formula (each count weighted 1/K²).
 const DUCK_WHATIF: &str = r#"
 import sys, json, duckdb
 root, gpu, fit = sys.argv[1], sys.argv[2], [int(k) for k in sys.argv[3].split(',')]
@@ -170,7 +170,8 @@ sxy = sxx = 0.0
 for k in fit:
     if k == 0: continue
     for i, p in enumerate(levels):
-        sxy += p * k * (q[k][i] - q[0][i]); sxx += (p * k) ** 2
+        # weights 1/K²
+        sxy += p * (q[k][i] - q[0][i]) / k; sxx += p * p
 print(json.dumps({'counts': list(by.values()), 'slice_ms': sxy / sxx}))
 "#;
 
@@ -360,6 +361,20 @@ fn whatif_fit_on_0_1_3_predicts_2_4_6() {
     let six = &counts[5];
     assert!(close(f(w, "pred_p99_ms"), f(six, "pred_p99_ms")));
     assert!(f(w, "pred_p99_lo_ms") <= f(w, "pred_p99_ms"));
+    // Three fitted counts: the fits leaving one out bracket the point, and
+    // in this exact-uniform world they agree within 5 %.
+    for (k, point) in [
+        ("pred_p50_leave_one_out_ms", "pred_p50_ms"),
+        ("pred_p99_leave_one_out_ms", "pred_p99_ms"),
+    ] {
+        let r = w[k].as_array().unwrap_or_else(|| panic!("no {k} in {w}"));
+        let (lo, hi) = (r[0].as_f64().unwrap(), r[1].as_f64().unwrap());
+        assert!(
+            lo <= f(w, point) * 1.0001 && f(w, point) <= hi * 1.0001,
+            "{k} {r:?} {w}"
+        );
+        assert!(hi <= lo * 1.05, "{k} {r:?}");
+    }
     assert!(f(w, "pred_p99_hi_ms") >= f(w, "pred_p99_ms"));
     // Duty: every resident busy.
     assert!(close(f(w, "mean_duty"), 1.0));

@@ -24,10 +24,14 @@ caller = json.load(open(summary))
 PREDICT = [2, 4, 6]
 
 
-def cli(args):
+def cli(args, fatal=True):
     r = subprocess.run([st, "whatif", phases, *args], capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"slicetrace whatif {' '.join(args)}: {r.stderr.strip()}")
+        msg = f"slicetrace whatif {' '.join(args)}: {r.stderr.strip()}"
+        if fatal:
+            sys.exit(msg)
+        print(f"\n(skipped: {msg})\n")
+        return None
     return r.stdout
 
 
@@ -38,21 +42,31 @@ def main():
         for kernel in ["fft", "gemm"]:
             args = ["--count-by", by, "--exclude-tenant", exclude, "--fit-tenants", "0,1,3",
                     "--tenants", "6", "--kernel", kernel]
-            txt = cli(args)
+            txt = cli(args, fatal=(by == "resident"))
+            if txt is None:
+                continue
             js = cli(args + ["--format", "json"])
             open(f"{out}/whatif-{by}-{kernel}.txt", "w").write(txt)
             open(f"{out}/whatif-{by}-{kernel}.json", "w").write(js)
             w = json.loads(js)
             w = w[0] if isinstance(w, list) else w
             for c in w["counts"]:
+                loo = [None, None]
+                if not c["fitted"]:
+                    # The leave-one-out range of the prediction at this count.
+                    v = json.loads(cli(args[:-4] + ["--tenants", str(c["tenants"]), "--kernel", kernel,
+                                                    "--format", "json"]))
+                    v = v[0] if isinstance(v, list) else v
+                    loo = [v["pred_p50_leave_one_out_ms"], v["pred_p99_leave_one_out_ms"]]
                 rows.append((by, kernel, c["tenants"], c["n"], c["fitted"], c["wall_p50_ms"],
                              c["pred_p50_ms"], c["err_p50_pct"], c["wall_p99_ms"],
-                             c["pred_p99_ms"], c["err_p99_pct"]))
-    print("| K from | kernel | K | n | fit | wall p50 | pred | err % | wall p99 | pred | err % |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+                             c["pred_p99_ms"], c["err_p99_pct"], loo[0], loo[1]))
+    print("| K from | kernel | K | n | fit | wall p50 | pred | leave-one-out | err % | wall p99 | pred | leave-one-out | err % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rng = lambda v: f"{v[0]:.2f}–{v[1]:.2f}" if v else ""
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {'yes' if r[4] else ''} | {r[5]:.3f} | "
-              f"{r[6]:.3f} | {r[7]:+.1f} | {r[8]:.3f} | {r[9]:.3f} | {r[10]:+.1f} |")
+              f"{r[6]:.3f} | {rng(r[11])} | {r[7]:+.1f} | {r[8]:.3f} | {r[9]:.3f} | {rng(r[12])} | {r[10]:+.1f} |")
     # --kernel-ms: the caller's own 4096² GEMM.
     cg = caller["caller_4096_gemm"]
     e = cg["whatif tenants=0"]["gpu_p50"][0]
@@ -78,7 +92,8 @@ def main():
               f"{f(m['wall_p99'])} | {f(r['pred_p99'])} | {r['err_p99_pct']:+.1f} |")
     json.dump({"fit_and_predict": [dict(zip(["count_by", "kernel", "tenants", "n", "fitted", "wall_p50",
                                               "pred_p50", "err_p50_pct", "wall_p99", "pred_p99",
-                                              "err_p99_pct"], r)) for r in rows],
+                                              "err_p99_pct", "pred_p50_leave_one_out",
+                                              "pred_p99_leave_one_out"], r)) for r in rows],
                "kernel_ms": km}, open(f"{out}/whatif-errors.json", "w"), indent=1)
 
 

@@ -19,10 +19,11 @@
 //!   which.
 //! * **Fit.** On the fitted counts (`--fit-tenants`, default every count
 //!   with at least [`MIN_FIT_ROWS`] arrivals), at each quantile level p of
-//!   [`GRID`] (p = 0.005 … 0.995): with `K = 0` among them,
-//!   `Q_K(p) − Q_0(p) = K·g(p)` by least squares through the origin, and
-//!   `q0` is the `K = 0` waits themselves, drawn as a sample; without it, an
-//!   ordinary least-squares line `Q_K(p) = a(p) + K·g(p)` whose intercept is
+//!   [`GRID`] (p = 0.005 … 0.995), each count weighted 1/K² (see [`fit`]):
+//!   with `K = 0` among them, `Q_K(p) − Q_0(p) = K·g(p)` through the
+//!   origin (so `g(p)` is the mean over the counts of `(Q_K − Q_0)/K`), and
+//!   `q0` is the `K = 0` waits themselves, drawn as a sample; without it, a
+//!   weighted least-squares line `Q_K(p) = a(p) + K·g(p)` whose intercept is
 //!   the base (made non-decreasing in p, a running maximum). `g` is clamped
 //!   at 0 but not forced to grow with p (see [`non_negative`]). Quantiles, not means: a handful of
 //!   stalls of tens of ms moves a mean, not the quantiles.
@@ -39,7 +40,9 @@
 //!   is preempted `ceil(E/s) − 1` times, each costing `N·s` more.
 //!   Quantiles come from [`POINT_DRAWS`] Monte Carlo draws (fixed seed),
 //!   intervals from [`crate::tenancy::BOOTSTRAP_REPS`] bootstrap refits over
-//!   the fitted rows (95 %, percentile method).
+//!   the fitted rows (95 %, percentile method). With three or more fitted
+//!   counts, the predictions of the fits that leave one count out give a
+//!   second range: how much the answer hangs on one count.
 //! * **Replicas.** `replicas: R` in the time-slicing config caps pods, not
 //!   busy contexts. With the measured mean duty cycle `d` (busy contexts
 //!   per resident context, Σ busy_count / Σ gpu_processes), the caller of a
@@ -225,38 +228,36 @@ impl Fit {
 }
 
 /// The fit of the slice `s` and the wait shape `g` from the wait quantiles
-/// of `groups` at `ks`.
+/// of `groups` at `ks`. Each count is weighted 1/K²: the rotation's tail
+/// per busy context drifts between phases (1.7–2.4 ms of p99 wait per
+/// tenant on an H100), so a count's error grows with K, and unweighted least
+/// squares would let the largest fitted count decide alone.
 fn fit(groups: &BTreeMap<u32, Group>, ks: &[u32]) -> Fit {
     let q = |k: u32, p: f64| quantile_sorted(&groups[&k].waits, p).unwrap_or(0.0);
-    let positive: Vec<f64> = ks
-        .iter()
-        .filter(|&&k| k > 0)
-        .map(|&k| f64::from(k))
-        .collect();
+    let positive: Vec<u32> = ks.iter().copied().filter(|&k| k > 0).collect();
     if ks.contains(&0) {
-        // Through the K = 0 quantiles.
+        // Through the K = 0 quantiles: with weights 1/K², the mean over the
+        // counts of (Q_K − Q_0)/K.
         let (mut sxy, mut sxx) = (0.0, 0.0);
-        for &k in ks.iter().filter(|&&k| k > 0) {
+        for &k in &positive {
             for p in LEVELS {
-                let x = p * f64::from(k);
-                sxy += x * (q(k, p) - q(0, p));
-                sxx += x * x;
+                let kf = f64::from(k);
+                sxy += p * (q(k, p) - q(0, p)) / kf;
+                sxx += p * p;
             }
         }
         let s = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-        let kk: f64 = positive.iter().map(|k| k * k).sum();
         let mut shape: Vec<f64> = (0..GRID)
             .map(|i| {
                 let p = grid_level(i);
-                let num: f64 = ks
+                let per: f64 = positive
                     .iter()
-                    .filter(|&&k| k > 0)
-                    .map(|&k| f64::from(k) * (q(k, p) - q(0, p)))
+                    .map(|&k| (q(k, p) - q(0, p)) / f64::from(k))
                     .sum();
-                if kk > 0.0 {
-                    num / kk
-                } else {
+                if positive.is_empty() {
                     0.0
+                } else {
+                    per / positive.len() as f64
                 }
             })
             .collect();
@@ -267,27 +268,32 @@ fn fit(groups: &BTreeMap<u32, Group>, ks: &[u32]) -> Fit {
             shape,
         };
     }
-    // An ordinary least-squares line per level: intercept = base.
-    let line = |pts: &[(f64, f64)]| -> (f64, f64) {
-        let n = pts.len() as f64;
+    // A weighted least-squares line per level (weights 1/K²): intercept =
+    // base.
+    let line = |pts: &[(f64, f64, f64)]| -> (f64, f64) {
+        let w: f64 = pts.iter().map(|p| p.2).sum();
         let (mx, my) = (
-            pts.iter().map(|p| p.0).sum::<f64>() / n,
-            pts.iter().map(|p| p.1).sum::<f64>() / n,
+            pts.iter().map(|p| p.2 * p.0).sum::<f64>() / w,
+            pts.iter().map(|p| p.2 * p.1).sum::<f64>() / w,
         );
-        let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let sxy: f64 = pts.iter().map(|p| p.2 * (p.0 - mx) * (p.1 - my)).sum();
+        let sxx: f64 = pts.iter().map(|p| p.2 * (p.0 - mx).powi(2)).sum();
         let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
         (my - b * mx, b)
     };
-    let pts: Vec<(f64, f64)> = ks
+    let weight = |k: u32| 1.0 / f64::from(k.max(1)).powi(2);
+    let pts: Vec<(f64, f64, f64)> = ks
         .iter()
-        .flat_map(|&k| LEVELS.map(|p| (p * f64::from(k), q(k, p))))
+        .flat_map(|&k| LEVELS.map(|p| (p * f64::from(k), q(k, p), weight(k))))
         .collect();
     let (_, s) = line(&pts);
     let (mut base, mut shape): (Vec<f64>, Vec<f64>) = (0..GRID)
         .map(|i| {
             let p = grid_level(i);
-            let pts: Vec<(f64, f64)> = ks.iter().map(|&k| (f64::from(k), q(k, p))).collect();
+            let pts: Vec<(f64, f64, f64)> = ks
+                .iter()
+                .map(|&k| (f64::from(k), q(k, p), weight(k)))
+                .collect();
             line(&pts)
         })
         .unzip();
@@ -549,6 +555,13 @@ pub struct Whatif {
     pub pred_p99_lo_ms: Option<f64>,
     /// See `pred_p99_ms`.
     pub pred_p99_hi_ms: Option<f64>,
+    /// The predictions at N when each fitted count in turn is left out of
+    /// the fit (three or more fitted counts): [lowest, highest] p50. The
+    /// spread shows how much the answer hangs on one count, which the
+    /// bootstrap over rows does not.
+    pub pred_p50_leave_one_out_ms: Option<[f64; 2]>,
+    /// The same for p99.
+    pub pred_p99_leave_one_out_ms: Option<[f64; 2]>,
     /// `--slo-p99-ms`.
     pub slo_p99_ms: Option<f64>,
     /// Largest N (0..=64) whose predicted p99 meets the SLO; null if none.
@@ -909,6 +922,17 @@ fn one(
     }
     let (slice_lo_ms, slice_hi_ms) = interval95(&mut s_reps);
     let point = opts.tenants.map(|n| predict(&f, &caller, n, &draws));
+    let mut loo: Option<([f64; 2], [f64; 2])> = None;
+    if let (Some(n), true) = (opts.tenants, fit_ks.len() >= 3) {
+        for out in &fit_ks {
+            let ks: Vec<u32> = fit_ks.iter().copied().filter(|k| k != out).collect();
+            let (a, b) = predict(&fit(&groups, &ks), &caller, n, &draws);
+            loo = Some(match loo {
+                None => ([a, a], [b, b]),
+                Some((x, y)) => ([x[0].min(a), x[1].max(a)], [y[0].min(b), y[1].max(b)]),
+            });
+        }
+    }
     let (p50_lo, p50_hi) = interval95(&mut p50_reps);
     let (p99_lo, p99_hi) = interval95(&mut p99_reps);
 
@@ -1009,6 +1033,8 @@ fn one(
         pred_p99_ms: point.map(|p| p.1),
         pred_p99_lo_ms: p99_lo,
         pred_p99_hi_ms: p99_hi,
+        pred_p50_leave_one_out_ms: loo.map(|l| l.0),
+        pred_p99_leave_one_out_ms: loo.map(|l| l.1),
         slo_p99_ms: opts.slo_p99_ms,
         max_tenants_for_slo,
         duty,
@@ -1142,6 +1168,16 @@ fn render_one(w: &Whatif) -> String {
             fmt_num(p99),
             range(w.pred_p99_lo_ms, w.pred_p99_hi_ms),
         ));
+        if let (Some(a), Some(b)) = (w.pred_p50_leave_one_out_ms, w.pred_p99_leave_one_out_ms) {
+            s.push_str(&format!(
+                "leaving one fitted count out at a time: p50 {}–{} ms, p99 {}–{} ms (how much the \
+                 answer hangs on one count: the rotation drifts between phases)\n",
+                fmt_num(a[0]),
+                fmt_num(a[1]),
+                fmt_num(b[0]),
+                fmt_num(b[1]),
+            ));
+        }
     }
     if let Some(x) = w.slo_p99_ms {
         s.push_str(&match w.max_tenants_for_slo {
@@ -1295,6 +1331,43 @@ mod tests {
             let (u50, _) = predict(&u, &caller, 6, &draws);
             assert!((u50 - t50).abs() > 0.2 * t50, "uniform p50 {u50} vs {t50}");
         }
+    }
+
+    /// Counts weighted 1/K²: with K = 0 fitted, g is the mean of the
+    /// per-count increments (Q_K − Q_0)/K, not the K²-weighted one that
+    /// lets K = 3 decide alone.
+    #[test]
+    fn each_count_weighs_alike_per_tenant() {
+        let n = 1000;
+        let mk = |k: u32, per: f64| {
+            let waits: Vec<f64> = (0..n)
+                .map(|i| f64::from(k) * per * (i as f64 + 0.5) / n as f64)
+                .collect();
+            (
+                k,
+                Group {
+                    walls: waits.clone(),
+                    exec: vec![0.0; n],
+                    rest: Vec::new(),
+                    waits,
+                },
+            )
+        };
+        let g: BTreeMap<u32, Group> = [mk(0, 0.0), mk(1, 2.0), mk(3, 1.0)].into_iter().collect();
+        let f = fit(&g, &[0, 1, 3]);
+        // Per tenant: 2.0·p at K = 1, 1.0·p at K = 3; the mean is 1.5·p
+        // (unweighted least squares would give (2 + 9)/10 = 1.1·p).
+        assert!(
+            (on_grid(&f.shape, 0.5) - 0.75).abs() < 0.01,
+            "{}",
+            on_grid(&f.shape, 0.5)
+        );
+        assert!((f.s - 1.5).abs() < 0.01, "{}", f.s);
+        // Without K = 0 the weighted line through (1, 2p) and (3, 3p) has
+        // slope p/2 whatever the weights (two points): check the base.
+        let f = fit(&g, &[1, 3]);
+        assert!((on_grid(&f.shape, 0.5) - 0.25).abs() < 0.01);
+        assert!((f.base.quantile(0.5) - 0.75).abs() < 0.01);
     }
 
     #[test]
