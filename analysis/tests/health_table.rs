@@ -9,6 +9,7 @@
 
 mod support;
 
+use slicetrace_schema::Kernel;
 use support::*;
 
 fn health_rows(node: &str, n: usize) -> Vec<slicetrace_schema::HealthRecord> {
@@ -17,7 +18,11 @@ fn health_rows(node: &str, n: usize) -> Vec<slicetrace_schema::HealthRecord> {
             ts_ns: 1_767_225_600_000_000_000 + i as i64 * 60_000_000_000,
             node: node.into(),
             gpu_uuid: "GPU-0".into(),
-            kernel: if i % 2 == 0 { "fft" } else { "gemm" }.into(),
+            kernel: if i % 2 == 0 {
+                Kernel::Fft
+            } else {
+                Kernel::Gemm
+            },
             verdict: if i >= n - 2 { "degraded" } else { "healthy" }.into(),
             reason: format!("evaluation {i}"),
             window_secs: 300,

@@ -204,7 +204,7 @@ async fn pyarrow_duckdb_and_polars_agree_on_rows_and_p99() {
         ts_ns: T0,
         node: "node-a".into(),
         gpu_uuid: "GPU-0".into(),
-        kernel: "fft".into(),
+        kernel: slicetrace_schema::Kernel::Fft,
         verdict: "healthy".into(),
         reason: "ok".into(),
         ..Default::default()

@@ -11,7 +11,7 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::record::schema_from_docs;
-use crate::{SchemaError, HEALTH_COLUMNS};
+use crate::{Kernel, SchemaError, HEALTH_COLUMNS};
 
 /// One evaluation of the live verdict for a GPU and kernel.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,8 +24,8 @@ pub struct HealthRecord {
     pub gpu_uuid: String,
     /// Device index.
     pub gpu_index: u32,
-    /// `fft` or `gemm`.
-    pub kernel: String,
+    /// The probe kernel (written as `fft` or `gemm`).
+    pub kernel: Kernel,
     /// Health: `healthy`, `unknown`, `degraded` or `unhealthy`.
     pub verdict: String,
     /// One-line reason of the health verdict.
@@ -164,7 +164,7 @@ mod tests {
         let r = HealthRecord {
             node: "n".into(),
             gpu_uuid: "GPU-1".into(),
-            kernel: "fft".into(),
+            kernel: Kernel::Fft,
             verdict: "healthy".into(),
             reason: "ok".into(),
             wall_p99_ms: Some(1.0),
@@ -191,7 +191,7 @@ mod tests {
             node: "node-a".into(),
             gpu_uuid: "GPU-1".into(),
             gpu_index: 7,
-            kernel: "gemm".into(),
+            kernel: Kernel::Gemm,
             verdict: "degraded".into(),
             reason: "wall p99 high".into(),
             window_secs: 60,

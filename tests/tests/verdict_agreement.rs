@@ -186,7 +186,7 @@ fn from_live(h: &[HealthRecord]) -> Vec<(Key, Judged)> {
         .iter()
         .map(|r| {
             (
-                (r.gpu_uuid.clone(), r.kernel.clone()),
+                (r.gpu_uuid.clone(), r.kernel.as_str().to_string()),
                 (
                     r.verdict.clone(),
                     s(&r.health_reason),

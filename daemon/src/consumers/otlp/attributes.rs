@@ -181,7 +181,7 @@ pub(super) fn health_attributes(h: &HealthRecord) -> Vec<KeyValue> {
     let mut a = vec![
         KeyValue::new(attr::GPU_UUID, h.gpu_uuid.clone()),
         KeyValue::new(attr::GPU_INDEX, i64::from(h.gpu_index)),
-        KeyValue::new(attr::KERNEL, h.kernel.clone()),
+        KeyValue::new(attr::KERNEL, h.kernel.as_str()),
         KeyValue::new(attr::VERDICT, h.verdict.clone()),
         KeyValue::new(attr::VERDICT_REASON, h.reason.clone()),
         KeyValue::new(attr::HEALTH_WINDOW_SECS, h.window_secs as i64),

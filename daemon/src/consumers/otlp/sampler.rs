@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use slicetrace_schema::{HealthRecord, ProbeRecord, TraceId};
+use slicetrace_schema::{HealthRecord, Kernel, ProbeRecord, TraceId};
 
 use super::config::{OtlpConfig, SamplerName};
 use crate::internal_events::{
@@ -121,7 +121,7 @@ struct State {
     /// gpu_uuid → its forced-export bucket.
     buckets: HashMap<String, Bucket>,
     /// (gpu_uuid, kernel) → the last evaluation's (verdict, contention).
-    last_state: HashMap<(String, String), (String, Option<String>)>,
+    last_state: HashMap<(String, Kernel), (String, Option<String>)>,
 }
 
 /// The agent's span sampler: one per agent, shared by both fan-outs.
@@ -268,7 +268,7 @@ impl SpanSampling for SpanSampler {
         let mut out = 0;
         for h in rows.iter_mut() {
             // Every evaluation updates the last state, exported or not.
-            let key = (h.gpu_uuid.clone(), h.kernel.clone());
+            let key = (h.gpu_uuid.clone(), h.kernel);
             let now_state = (h.verdict.clone(), h.contention.clone());
             let changed = st.last_state.get(&key) != Some(&now_state);
             st.last_state.insert(key, now_state);
@@ -433,7 +433,7 @@ mod tests {
         let (s, c) = sampler(config, 5.0);
         let mut h = vec![HealthRecord {
             gpu_uuid: "GPU-1".into(),
-            kernel: Kernel::Fft.as_str().into(),
+            kernel: Kernel::Fft,
             verdict: "unhealthy".into(),
             ..Default::default()
         }];
@@ -453,7 +453,7 @@ mod tests {
         let (s, c) = sampler(config, 5.0);
         let eval = |verdict: &str| HealthRecord {
             gpu_uuid: "GPU-1".into(),
-            kernel: Kernel::Gemm.as_str().into(),
+            kernel: Kernel::Gemm,
             verdict: verdict.into(),
             contention: Some("ok".into()),
             ..Default::default()

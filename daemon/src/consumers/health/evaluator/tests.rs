@@ -234,7 +234,7 @@ fn failed_self_test_and_backend_down_are_unhealthy_without_rows() {
     let h = e.evaluate(t0, 0);
     let get = |u: &str, k: &str| {
         h.iter()
-            .find(|r| r.gpu_uuid == u && r.kernel == k)
+            .find(|r| r.gpu_uuid == u && r.kernel.as_str() == k)
             .unwrap_or_else(|| panic!("{u} {k} in {h:?}"))
     };
     assert_eq!(get("GPU-a", "fft").verdict, "healthy");
