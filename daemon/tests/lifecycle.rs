@@ -361,6 +361,20 @@ async fn a_hang_on_one_of_four_gpus_fires_the_watchdog_within_an_evaluation_and_
         planted.elapsed() < slicetrace_probe::PLANTED_HANG,
         "recovery waited for the hang to end"
     );
+    // The abandoned backend is parked (its run still hangs), not released.
+    assert_eq!(Counters::get(&hangs.backends_parked), 1);
+    assert_eq!(Counters::get(&hangs.backends_released), 0);
+    let m = a.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m.body,
+            "slicetrace_probe_backends_parked",
+            Some(("gpu_uuid", "CPU-3"))
+        ),
+        Some(1.0),
+        "{}",
+        m.body
+    );
     wait_until("GPU 3 no longer unhealthy", || {
         not_unhealthy(&live, "CPU-3")
     })

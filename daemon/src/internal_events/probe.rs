@@ -67,8 +67,8 @@ pub struct ProbeRunHung<'a> {
 }
 
 impl InternalEvent for ProbeRunHung<'_> {
-    const METRICS: &'static [&'static str] =
-        &["slicetrace_probe_hangs", "slicetrace_probe_backends_parked"];
+    // Also moves the slicetrace_probe_backends_parked gauge.
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_hangs"];
     fn emit(self, c: &Counters) {
         let gpu = c.gpu(self.gpu_uuid);
         Counters::inc(&gpu.probe_hangs);
@@ -89,10 +89,8 @@ pub struct ParkedBackendReleased<'a> {
 }
 
 impl InternalEvent for ParkedBackendReleased<'_> {
-    const METRICS: &'static [&'static str] = &[
-        "slicetrace_probe_backends_parked",
-        "slicetrace_probe_backends_released",
-    ];
+    // Also moves the slicetrace_probe_backends_parked gauge.
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_backends_released"];
     fn emit(self, c: &Counters) {
         let gpu = c.gpu(self.gpu_uuid);
         let _ = gpu
@@ -131,8 +129,8 @@ pub struct DriverAnswered<'a> {
 }
 
 impl InternalEvent for DriverAnswered<'_> {
-    const METRICS: &'static [&'static str] =
-        &["slicetrace_driver_info", "slicetrace_driver_changes"];
+    // Also sets the version slicetrace_driver_info shows.
+    const METRICS: &'static [&'static str] = &["slicetrace_driver_changes"];
     fn emit(self, c: &Counters) {
         let Some(v) = self.version else {
             if self.after_release {
