@@ -606,7 +606,11 @@ async fn a_driver_gone_under_nvml_releases_everything_pages_nobody_and_probing_r
     let live = a.live.clone();
     let m = a.get("/metrics").await;
     assert_eq!(
-        metric(&m.body, "slicetrace_driver_info", Some(("version", "580.1"))),
+        metric(
+            &m.body,
+            "slicetrace_driver_info",
+            Some(("version", "580.1"))
+        ),
         Some(1.0),
         "{}",
         m.body
@@ -673,7 +677,11 @@ async fn a_driver_gone_under_nvml_releases_everything_pages_nobody_and_probing_r
     .await;
     let m = a.get("/metrics").await;
     assert_eq!(
-        metric(&m.body, "slicetrace_driver_info", Some(("version", "999.1"))),
+        metric(
+            &m.body,
+            "slicetrace_driver_info",
+            Some(("version", "999.1"))
+        ),
         Some(1.0),
         "{}",
         m.body

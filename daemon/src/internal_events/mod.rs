@@ -22,9 +22,9 @@ mod sinks;
 
 pub use occupancy::{OccupancyRefreshFailed, OccupancyRelisted};
 pub use probe::{
-    DriverAnswered, DriverReleased, ParkedBackendReleased,
-    CorrectnessCheckFailed, GpuOpenFailed, ProbeCycleCompleted, ProbeRunFailed, ProbeRunHung,
-    ProbeRunsCompleted, ProbeThreadCpuUsed, Stage, TelemetrySampleFailed, XidReported,
+    CorrectnessCheckFailed, DriverAnswered, DriverReleased, GpuOpenFailed, ParkedBackendReleased,
+    ProbeCycleCompleted, ProbeRunFailed, ProbeRunHung, ProbeRunsCompleted, ProbeThreadCpuUsed,
+    Stage, TelemetrySampleFailed, XidReported,
 };
 pub use sinks::{
     ForcedReason, ForcedSpanCapped, OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported,

@@ -93,9 +93,11 @@ impl InternalEvent for ParkedBackendReleased<'_> {
     const METRICS: &'static [&'static str] = &["slicetrace_probe_backends_released"];
     fn emit(self, c: &Counters) {
         let gpu = c.gpu(self.gpu_uuid);
-        let _ = gpu
-            .backends_parked
-            .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ = gpu.backends_parked.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
         Counters::inc(&gpu.backends_released);
         tracing::info!(gpu = %self.gpu_uuid, parked_ms = self.parked.as_millis() as u64, "the abandoned backend's hung run returned: its context is released");
     }

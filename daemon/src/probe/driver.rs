@@ -318,7 +318,14 @@ mod tests {
     #[test]
     fn an_abandoned_backend_stays_parked_until_its_run_returns() {
         let (go, rx) = std::sync::mpsc::channel();
-        let d = Driver::start(Box::new(Held { inner: cpu(0), go: rx }), "t-park").expect("driver");
+        let d = Driver::start(
+            Box::new(Held {
+                inner: cpu(0),
+                go: rx,
+            }),
+            "t-park",
+        )
+        .expect("driver");
         let e = d.run(Kernel::Fft, Duration::from_millis(50));
         assert!(matches!(e, Err(DriverError::Hung(_))), "{e:?}");
         let (tx, released) = std::sync::mpsc::channel();
@@ -326,7 +333,10 @@ mod tests {
             let _ = tx.send(parked);
         }));
         std::thread::sleep(Duration::from_millis(200));
-        assert!(released.try_recv().is_err(), "released while its run was going");
+        assert!(
+            released.try_recv().is_err(),
+            "released while its run was going"
+        );
         go.send(()).expect("let the run return");
         let parked = released
             .recv_timeout(Duration::from_secs(10))

@@ -25,10 +25,10 @@ use slicetrace_schema::Reason;
 
 use super::driver::{Driver, DriverError};
 use super::{LoopState, ProbeLoop, MAX_BACKOFF};
+use crate::internal_events::Counters;
 use crate::internal_events::{
     error_chain, GpuOpenFailed, InternalEvent, ParkedBackendReleased, ProbeRunHung, Stage,
 };
-use crate::internal_events::Counters;
 use crate::serve::live::Liveness;
 
 /// One GPU as its probe thread starts: its identity as registered, the

@@ -33,7 +33,9 @@ use std::time::Instant;
 
 use super::lifecycle::open_backoff;
 use super::telemetry::TelemetrySource;
-use crate::internal_events::{error_chain, Counters, DriverAnswered, DriverReleased, InternalEvent};
+use crate::internal_events::{
+    error_chain, Counters, DriverAnswered, DriverReleased, InternalEvent,
+};
 
 /// Why the driver is away.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,10 +244,7 @@ mod tests {
         t.answers.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(g.check(None, &t, &c), None);
-        assert_eq!(
-            c.driver_version.lock().unwrap().as_deref(),
-            Some("999.1")
-        );
+        assert_eq!(c.driver_version.lock().expect("lock").as_deref(), Some("999.1"));
     }
 
     #[test]
@@ -255,7 +254,10 @@ mod tests {
         g.note_version(&t, &c);
         let a = g.check(Some("upgrade-required"), &t, &c);
         assert_eq!(a, Some(Away::Label("upgrade-required".into())));
-        assert_eq!(g.check(Some("drain-required"), &t, &c), Some(Away::Label("drain-required".into())));
+        assert_eq!(
+            g.check(Some("drain-required"), &t, &c),
+            Some(Away::Label("drain-required".into()))
+        );
         assert_eq!(t.releases.load(Ordering::SeqCst), 1);
         assert_eq!(g.check(None, &t, &c), None);
         assert_eq!(t.releases.load(Ordering::SeqCst), 1);
@@ -264,11 +266,11 @@ mod tests {
     #[test]
     fn a_new_driver_version_is_counted() {
         let (g, t, c) = (DriverGate::new(), Scripted::default(), Counters::default());
-        *c.driver_version.lock().unwrap() = Some("580.1".into());
+        *c.driver_version.lock().expect("lock") = Some("580.1".into());
         t.answers.store(true, Ordering::SeqCst);
         assert!(g.check(Some("upgrade-required"), &t, &c).is_some());
         assert_eq!(g.check(None, &t, &c), None);
         assert_eq!(Counters::get(&c.driver_changes), 1);
-        assert_eq!(c.driver_version.lock().unwrap().as_deref(), Some("999.1"));
+        assert_eq!(c.driver_version.lock().expect("lock").as_deref(), Some("999.1"));
     }
 }

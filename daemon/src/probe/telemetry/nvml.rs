@@ -329,7 +329,9 @@ impl TelemetrySource for NvmlTelemetry {
             }
             self.releasing.store(false, Ordering::SeqCst);
         }
-        let version = guard.as_ref().and_then(|s| s.nvml.sys_driver_version().ok());
+        let version = guard
+            .as_ref()
+            .and_then(|s| s.nvml.sys_driver_version().ok());
         Ok(version)
     }
 
@@ -347,7 +349,10 @@ impl TelemetrySource for NvmlTelemetry {
 
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         let (device, processes) = self.with_device(gpu_uuid, |dev| {
-            (self.device_fields(dev), opt(dev.running_compute_processes()))
+            (
+                self.device_fields(dev),
+                opt(dev.running_compute_processes()),
+            )
         })?;
         let processes = processes.map(|ps| {
             ps.into_iter()
