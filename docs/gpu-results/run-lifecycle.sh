@@ -113,7 +113,7 @@ hang() {
   local wp=$!
   wait "$pid"; log "hang: agent exited rc=$?"
   wait "$wp"
-  grep -E "planting a hang|past its deadline|re-created the probe backend|context of its own|hung run returned|health verdict changed|probe thread stopped" "$R/hang.log" | cut -c1-400 | tee -a "$R/timeline.log"
+  grep -E "planting a hang|past its deadline|re-created the probe backend|context of its own|hung run returned|self-test|health verdict changed|probe thread stopped" "$R/hang.log" | cut -c1-400 | tee -a "$R/timeline.log"
   summarise hang | tee "$R/summary-hang.txt"
   pack
 }

@@ -96,10 +96,13 @@ pub(super) fn own_context(
             ),
         });
     }
+    // MAP_HOST: the calibration mailbox is mapped host memory (every
+    // context behaves so since CUDA 11; said here for older drivers' sake).
+    let map = drv_sys::CUctx_flags::CU_CTX_MAP_HOST as u32;
     let flags = if blocking {
-        drv_sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32
+        drv_sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32 | map
     } else {
-        0
+        map
     };
     ck!(
         "cuCtxCreate",
