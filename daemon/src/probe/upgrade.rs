@@ -244,7 +244,10 @@ mod tests {
         t.answers.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(g.check(None, &t, &c), None);
-        assert_eq!(c.driver_version.lock().expect("lock").as_deref(), Some("999.1"));
+        assert_eq!(
+            c.driver_version.lock().expect("lock").as_deref(),
+            Some("999.1")
+        );
     }
 
     #[test]
@@ -271,6 +274,9 @@ mod tests {
         assert!(g.check(Some("upgrade-required"), &t, &c).is_some());
         assert_eq!(g.check(None, &t, &c), None);
         assert_eq!(Counters::get(&c.driver_changes), 1);
-        assert_eq!(c.driver_version.lock().expect("lock").as_deref(), Some("999.1"));
+        assert_eq!(
+            c.driver_version.lock().expect("lock").as_deref(),
+            Some("999.1")
+        );
     }
 }

@@ -412,3 +412,30 @@ impl TelemetrySource for NvmlTelemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only errors about the driver itself make the node's driver away; a
+    /// lost GPU (Xid 79) or an unsupported field is that GPU's.
+    #[test]
+    fn only_driver_errors_mean_the_driver_is_gone() {
+        for e in [
+            NvmlError::DriverNotLoaded,
+            NvmlError::LibRmVersionMismatch,
+            NvmlError::Uninitialized,
+        ] {
+            assert!(driver_gone_error(&e), "{e:?}");
+        }
+        for e in [
+            NvmlError::GpuLost,
+            NvmlError::NotSupported,
+            NvmlError::NotFound,
+            NvmlError::Timeout,
+            NvmlError::NoPermission,
+        ] {
+            assert!(!driver_gone_error(&e), "{e:?}");
+        }
+    }
+}
