@@ -236,11 +236,9 @@ impl ProbeLoop {
                 st.upgrading = true;
                 let released = st.driver.take().is_some();
                 tracing::warn!(gpu = %st.uuid, why = %why, released, "the driver is away: CUDA context released, GPU not probed until the driver answers again");
-                self.mark_down(st, Reason::DriverUpgrade, why);
-            } else {
-                // The reason may move from the label to NVML's error.
-                self.mark_down(st, Reason::DriverUpgrade, why);
             }
+            // Every turn: the reason may move from the label to NVML's error.
+            self.mark_down(st, Reason::DriverUpgrade, why);
             return true;
         }
         if st.upgrading {
