@@ -257,6 +257,8 @@ impl Agent {
         // ---- probe threads ----
         let stop = Arc::new(StopSignal::default());
         let mut threads = Vec::new();
+        let driver_gate = Arc::new(crate::probe::upgrade::DriverGate::new());
+        driver_gate.note_version(telemetry.as_ref(), &counters);
         for ((gpu, arrivals), watchdog) in gpus.into_iter().zip(plans).zip(watchdogs) {
             let Gpu {
                 index,
@@ -287,6 +289,7 @@ impl Agent {
                 process_list_max_age: config.probe.process_list_max_age(),
                 busy_tenants_interval: config.probe.busy_tenants_interval(),
                 busy_window: config.probe.busy_window(),
+                driver_gate: driver_gate.clone(),
                 stop: stop.clone(),
             };
             let h = std::thread::Builder::new()

@@ -10,8 +10,8 @@ mod metrics_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics_support::occupancy_support::{kubectl, python, AgentTask, FakeApi};
@@ -361,6 +361,20 @@ async fn a_hang_on_one_of_four_gpus_fires_the_watchdog_within_an_evaluation_and_
         planted.elapsed() < slicetrace_probe::PLANTED_HANG,
         "recovery waited for the hang to end"
     );
+    // The abandoned backend is parked (its run still hangs), not released.
+    assert_eq!(Counters::get(&hangs.backends_parked), 1);
+    assert_eq!(Counters::get(&hangs.backends_released), 0);
+    let m = a.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m.body,
+            "slicetrace_probe_backends_parked",
+            Some(("gpu_uuid", "CPU-3"))
+        ),
+        Some(1.0),
+        "{}",
+        m.body
+    );
     wait_until("GPU 3 no longer unhealthy", || {
         not_unhealthy(&live, "CPU-3")
     })
@@ -504,6 +518,184 @@ async fn label_node(kubectl: &str, api: &FakeApi, kv: &str) {
     );
 }
 
+/// The node's driver seen through NVML, scripted by the test: `gone` makes
+/// it say the driver is gone, `refuse` keeps `reacquire` failing; every
+/// release and every reacquire attempt is recorded, and whether an NVML
+/// session is open now.
+struct ScriptedDriver {
+    gone: AtomicBool,
+    refuse: AtomicBool,
+    open: AtomicBool,
+    releases: AtomicU32,
+    tries: Mutex<Vec<Instant>>,
+    version: Mutex<String>,
+}
+
+impl ScriptedDriver {
+    fn new(version: &str) -> Arc<Self> {
+        Arc::new(Self {
+            gone: AtomicBool::new(false),
+            refuse: AtomicBool::new(false),
+            open: AtomicBool::new(true),
+            releases: AtomicU32::new(0),
+            tries: Mutex::new(Vec::new()),
+            version: Mutex::new(version.into()),
+        })
+    }
+}
+
+impl TelemetrySource for ScriptedDriver {
+    fn name(&self) -> &'static str {
+        "scripted-driver"
+    }
+    fn sample(&self, uuid: &str) -> Result<DeviceSample, TelemetryError> {
+        if !self.open.load(Ordering::SeqCst) {
+            // Another GPU's thread let go of NVML while this one was between
+            // its check and its reading.
+            return Err(TelemetryError::Released);
+        }
+        if self.gone.load(Ordering::SeqCst) {
+            return Err(TelemetryError::Device {
+                uuid: uuid.into(),
+                source: "Driver Not Loaded".into(),
+            });
+        }
+        Ok(DeviceSample {
+            sm_clock_mhz: Some(1000),
+            ..DeviceSample::default()
+        })
+    }
+    fn driver_gone(&self) -> Option<String> {
+        self.gone
+            .load(Ordering::SeqCst)
+            .then(|| "NVML: Driver Not Loaded".to_string())
+    }
+    fn release(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.releases.fetch_add(1, Ordering::SeqCst);
+    }
+    fn reacquire(&self) -> Result<Option<String>, TelemetryError> {
+        self.tries.lock().unwrap().push(Instant::now());
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(TelemetryError::Unavailable("Driver Not Loaded".into()));
+        }
+        self.open.store(true, Ordering::SeqCst);
+        self.gone.store(false, Ordering::SeqCst);
+        Ok(Some(self.version.lock().unwrap().clone()))
+    }
+}
+
+fn metric(body: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    samples(body)
+        .into_iter()
+        .find(|s| s.name == name && label.is_none_or(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| s.value)
+}
+
+/// Without the Kubernetes API: NVML says the driver is gone. Every GPU's
+/// context and the NVML session are released, every GPU is `unknown`
+/// (`driver_upgrade`, no page), NVML is retried with a growing back-off,
+/// and when it answers (with a new version) every GPU probes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_gone_under_nvml_releases_everything_pages_nobody_and_probing_resumes_when_it_answers(
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let driver = ScriptedDriver::new("580.1");
+    let a = start_with(config(dir.path(), ""), &[], driver.clone(), true).await;
+    a.runs_go_on(&[0, 1, 2, 3], 20).await;
+    let live = a.live.clone();
+    let m = a.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m.body,
+            "slicetrace_driver_info",
+            Some(("version", "580.1"))
+        ),
+        Some(1.0),
+        "{}",
+        m.body
+    );
+
+    // The driver goes away: NVML's readings say so.
+    driver.tries.lock().unwrap().clear();
+    driver.refuse.store(true, Ordering::SeqCst);
+    driver.gone.store(true, Ordering::SeqCst);
+    wait_until("every GPU released and unknown (driver_upgrade)", || {
+        (0..GPUS).all(|i| {
+            a.faults[i as usize].released.load(Ordering::SeqCst) >= 1
+                && Kernel::ALL.iter().all(|&k| {
+                    health(&live, &format!("CPU-{i}"), k)
+                        == Some((Verdict::Unknown, Reason::DriverUpgrade))
+                })
+        })
+    })
+    .await;
+    assert!(!driver.open.load(Ordering::SeqCst), "NVML still open");
+    assert_eq!(driver.releases.load(Ordering::SeqCst), 1);
+    let runs: Vec<u64> = (0..GPUS).map(|i| a.ok_runs(i)).collect();
+    // NVML is retried with a growing back-off (1 s, then 2 s).
+    wait_until("two attempts to reopen NVML", || {
+        driver.tries.lock().unwrap().len() >= 2
+    })
+    .await;
+    let tries = driver.tries.lock().unwrap().clone();
+    assert!(
+        tries[1] - tries[0] >= Duration::from_millis(1900),
+        "{:?}",
+        tries[1] - tries[0]
+    );
+    assert_eq!(runs, (0..GPUS).map(|i| a.ok_runs(i)).collect::<Vec<_>>());
+    let m = a.get("/metrics").await;
+    let paused = samples(&m.body)
+        .into_iter()
+        .filter(|s| {
+            s.name == "slicetrace_gpu_probing"
+                && s.label("reason") == Some("driver_upgrade")
+                && s.value == 0.0
+        })
+        .count();
+    assert_eq!(paused, GPUS as usize, "{}", m.body);
+    assert_eq!(
+        metric(&m.body, "slicetrace_driver_releases_total", None),
+        Some(1.0)
+    );
+    a.assert_alive().await;
+
+    // A new driver answers.
+    *driver.version.lock().unwrap() = "999.1".into();
+    driver.refuse.store(false, Ordering::SeqCst);
+    a.runs_go_on(&[0, 1, 2, 3], 20).await;
+    for f in &a.faults {
+        assert!(f.reopened.load(Ordering::SeqCst) >= 1);
+    }
+    wait_until("every GPU judged again", || {
+        (0..GPUS).all(|i| {
+            health(&live, &format!("CPU-{i}"), Kernel::Fft)
+                .is_some_and(|(v, r)| v != Verdict::Unhealthy && r != Reason::DriverUpgrade)
+        })
+    })
+    .await;
+    let m = a.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m.body,
+            "slicetrace_driver_info",
+            Some(("version", "999.1"))
+        ),
+        Some(1.0),
+        "{}",
+        m.body
+    );
+    assert_eq!(
+        metric(&m.body, "slicetrace_driver_changes_total", None),
+        Some(1.0)
+    );
+    wait_until("every GPU ready", || live.not_ready().is_empty()).await;
+    let counters = a.counters.clone();
+    let (_, faults, data) = a.stop().await;
+    assert_no_row_lost(&data, &faults, &counters, &[0, 1, 2, 3]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_after_upgrade_done() {
     let (Some(py), Some(kubectl)) = (python("this test"), kubectl("this test")) else {
@@ -517,7 +709,8 @@ async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_af
     cfg.occupancy.kube_server_url = Some(api.url());
     cfg.occupancy.node_labels_interval_ms = 200;
     cfg.validate().expect("valid config");
-    let a = start_with(cfg, &[], Arc::new(NoTelemetry), false).await;
+    let driver = ScriptedDriver::new("580.1");
+    let a = start_with(cfg, &[], driver.clone(), false).await;
     a.runs_go_on(&[0, 1, 2, 3], 20).await;
     let live = a.live.clone();
 
@@ -538,6 +731,9 @@ async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_af
         })
     })
     .await;
+    // NVML is shut down too.
+    assert!(!driver.open.load(Ordering::SeqCst), "NVML still open");
+    assert_eq!(driver.releases.load(Ordering::SeqCst), 1);
     // Nothing probes while it lasts, and nothing looks broken.
     let runs: Vec<u64> = (0..GPUS).map(|i| a.ok_runs(i)).collect();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -579,6 +775,7 @@ async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_af
     for f in &a.faults {
         assert!(f.reopened.load(Ordering::SeqCst) >= 1);
     }
+    assert!(driver.open.load(Ordering::SeqCst), "NVML not reopened");
     wait_until("every GPU ready", || live.not_ready().is_empty()).await;
     let counters = a.counters.clone();
     let (_, faults, data) = a.stop().await;

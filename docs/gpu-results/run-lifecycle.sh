@@ -7,9 +7,12 @@
 #   tier    the probe crate's GPU tests that matter here (built here with
 #           `cargo test -p slicetrace-probe --no-run`, copied to .gpu/tests/),
 #           run with SLICETRACE_REQUIRE_GPU=1 and the filter `hang|faults`:
-#           the planted hang holds its run for PLANTED_HANG (30 s) through the
-#           real graph, the waiting host thread stays off the CPU, the next
-#           run is clean, and a second backend on the same GPU runs beside it.
+#           the planted hang (in the primary context) holds its run for
+#           PLANTED_HANG (30 s) through the real graph, the waiting host thread
+#           stays off the CPU, the next run is clean; a backend in a context
+#           of its own opens and runs 40 clean runs while the hang still spins
+#           (asserted), and one in the primary context is opened beside it
+#           stage by stage (GPU-RESULT: where the old recovery waited).
 #   hang    the agent (rate 5/s, every GPU) with [watchdog] run_deadline_ms =
 #           2000 and a hang planted on GPU 0 after 20 s
 #           (watchdog.plant_hang_after_ms). Every 0.5 s: /metrics (runs per
@@ -19,8 +22,12 @@
 #           Expect: the watchdog fires ~2 s after the plant, the GPU is
 #           unhealthy (hung) at the next evaluation (evaluate_interval_ms =
 #           1000 here), the backend is re-created without a reset ~1 s
-#           later and both kernels run again while the abandoned run still
-#           spins, the other GPUs and the consumers never stop, /healthz
+#           later in a context of its own and both kernels run again while
+#           the abandoned run still spins (rows whose `ts` is inside the
+#           hang, runs/s during it, /readyz back to 200 before the hang
+#           ends), the abandoned backend is parked
+#           (slicetrace_probe_backends_parked 1) and released when its run
+#           returns, the other GPUs and the consumers never stop, /healthz
 #           stays 200, and the CPU stays flat during the hang.
 #   tenant  a tenant that hangs (`slicetrace-load gemm --plant-hang-after
 #           15s`: its run spins 30 s on the GPU) beside the agent with the
@@ -67,7 +74,7 @@ watch() {
   while kill -0 "$pid" 2>/dev/null; do
     local t; t=$(date +%s.%N)
     fetch "http://127.0.0.1:$port/metrics" \
-      | grep -E '^slicetrace_(probe_runs_total|probe_hangs_total|gpu_probing|xid_errors_total|gpu_verdict_reason\{.*dimension="health")' \
+      | grep -E '^slicetrace_(probe_runs_total|probe_hangs_total|probe_backends_parked|probe_backends_released_total|gpu_probing|xid_errors_total|gpu_verdict_reason\{.*dimension="health")' \
       | sed "s/^/$t /" >>"$R/$name-metrics.txt"
     echo "$t readyz=$(code "http://127.0.0.1:$port/readyz") healthz=$(code "http://127.0.0.1:$port/healthz")" >>"$R/$name-probes.txt"
     if [ $((i % 2)) -eq 0 ]; then
@@ -106,7 +113,7 @@ hang() {
   local wp=$!
   wait "$pid"; log "hang: agent exited rc=$?"
   wait "$wp"
-  grep -E "planting a hang|past its deadline|re-created the probe backend|health verdict changed|probe thread stopped" "$R/hang.log" | cut -c1-400 | tee -a "$R/timeline.log"
+  grep -E "planting a hang|past its deadline|re-created the probe backend|context of its own|hung run returned|self-test|health verdict changed|probe thread stopped" "$R/hang.log" | cut -c1-400 | tee -a "$R/timeline.log"
   summarise hang | tee "$R/summary-hang.txt"
   pack
 }
@@ -142,12 +149,14 @@ events = {}
 try:
     for line in open(f"{R}/{name}.log"):
         for key, pat in [("planted", "planting a hang"), ("fired", "past its deadline"),
-                         ("reopened", "re-created the probe backend")]:
+                         ("reopened", "re-created the probe backend"),
+                         ("released", "hung run returned")]:
             if pat in line and key not in events:
                 events[key] = epoch_of(line)
 except FileNotFoundError:
     pass
 runs = collections.defaultdict(list); hung_at = None; hangs_total = 0
+parked_max = 0; parked_last = None
 for line in open(f"{R}/{name}-metrics.txt"):
     t, rest = line.split(" ", 1); t = float(t)
     m = re.match(r'(\w+)\{([^}]*)\} (\S+)', rest)
@@ -159,6 +168,8 @@ for line in open(f"{R}/{name}-metrics.txt"):
         hung_at = t
     if fam == "slicetrace_probe_hangs_total":
         hangs_total = max(hangs_total, v)
+    if fam == "slicetrace_probe_backends_parked":
+        parked_max = max(parked_max, v); parked_last = v
 # Samples before the server answered at all (code 0/000) are not counted.
 probes = [p for p in (l.split() for l in open(f"{R}/{name}-probes.txt"))
           if len(p) == 3 and p[2] not in ("healthz=000", "healthz=0")]
@@ -181,7 +192,8 @@ for l in open(f"{R}/{name}-threads.txt"):
     p = l.split()
     if len(p) == 3: threads[p[1]].append((float(p[0]), float(p[2])))
 out = {"name": name, "events": events, "hung_verdict_at": hung_at,
-       "hangs_total": hangs_total, "healthz_not_200_samples": bad_healthz,
+       "hangs_total": hangs_total, "backends_parked_max": parked_max,
+       "backends_parked_at_end": parked_last, "healthz_not_200_samples": bad_healthz,
        "readyz_not_200_samples": sum(1 for p in probes if p[1] != "readyz=200"),
        "samples": len(probes), "tenant_planted_hang": bool(out_load)}
 p = events.get("planted")
@@ -191,9 +203,33 @@ if events.get("fired") and hung_at:
     out["hung_verdict_after_fire_s"] = round(hung_at - events["fired"], 2)
 if events.get("fired") and events.get("reopened"):
     out["reopened_after_fire_s"] = round(events["reopened"] - events["fired"], 2)
+if events.get("released") and p:
+    out["abandoned_released_after_plant_s"] = round(events["released"] - p, 2)
+# The hang ends PLANTED_HANG (30 s) after its run was launched, at most
+# one arrival gap after the plant.
+hang_end = p + 30 if p else None
+if p:
+    out["reopened_during_hang"] = bool(events.get("reopened") and events["reopened"] < hang_end)
+    fired = events.get("fired") or p
+    ready_back = [float(q[0]) for q in probes if float(q[0]) > fired and q[1] == "readyz=200"]
+    out["readyz_200_after_fire_s"] = round(ready_back[0] - fired, 2) if ready_back else None
+    out["readyz_back_during_hang"] = bool(ready_back and ready_back[0] < hang_end)
+    # Rows whose ts lies inside the hang, after the watchdog fired (the
+    # replacement's runs), from the agent's Parquet files.
+    try:
+        import glob, pyarrow.parquet as pq
+        ts = []
+        for f in glob.glob(f"{R}/{name}-data/**/*.parquet", recursive=True):
+            t = pq.read_table(f, columns=["ts"]).column("ts").cast("int64").to_pylist()
+            ts += [x / 1e9 for x in t]
+        out["rows_with_ts_in_hang_after_fire"] = sum(1 for x in ts if fired < x < hang_end - 1)
+        out["rows_total"] = len(ts)
+    except ImportError:
+        out["rows_with_ts_in_hang_after_fire"] = "pyarrow not here: count from hang-data/ in the tarball"
+    out["hang_window_epoch"] = [p, hang_end]
 t0 = cpu[0][0] if cpu else 0; t1 = cpu[-1][0] if cpu else 0
 if p:
-    during = (p + 5, p + 28)
+    during = (p + 5, p + 28)  # after the watchdog fired and the reopen
     out["cpu_pct_before_plant"] = cpu_pct(t0 + 5, p)
     out["cpu_pct_during_hang"] = cpu_pct(*during)
     out["cpu_pct_after_hang"] = cpu_pct(p + 32, t1)

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use slicetrace_probe::cuda::ContextKind;
 use slicetrace_probe::{BackendKind, ProbeBackend, ProbeError, ProbeSpec};
 use slicetrace_schema::Backend;
 
@@ -86,14 +87,39 @@ impl Gpu {
 
 /// How to open device `index` of `kind` with `spec` (on the probe thread's
 /// runner, with the watchdog's open deadline).
+///
+/// A CUDA backend gets a context of its own (`cuCtxCreate`,
+/// [`ContextKind::Own`]), never the device's primary context: a backend
+/// abandoned with a hung run keeps its context until the run ends, and a
+/// replacement opened in that same context would wait for it (opening
+/// loads modules and kernels, which waits for the context to go idle), so
+/// the GPU could not probe again before the hang ended. Only if a context
+/// of its own cannot be created (an old driver, or a GPU in
+/// exclusive-process mode) does it fall back to the primary context.
 pub fn opener(kind: Backend, index: u32, spec: &ProbeSpec) -> Reopen {
     let spec = *spec;
     std::sync::Arc::new(move || -> Result<Box<dyn ProbeBackend>, ProbeError> {
         Ok(match kind {
-            Backend::Cuda => Box::new(slicetrace_probe::cuda::CudaBackend::new(index, &spec)?),
+            Backend::Cuda => Box::new(open_cuda(index, &spec)?),
             _ => Box::new(slicetrace_probe::cpu::CpuBackend::new(index, &spec)?),
         })
     })
+}
+
+/// A CUDA backend in a context of its own, else in the primary context.
+fn open_cuda(
+    index: u32,
+    spec: &ProbeSpec,
+) -> Result<slicetrace_probe::cuda::CudaBackend, ProbeError> {
+    use slicetrace_probe::cuda::CudaBackend;
+    match CudaBackend::new_in(index, spec, ContextKind::Own) {
+        Ok(b) => Ok(b),
+        Err(e @ (ProbeError::LibraryMissing { .. } | ProbeError::BadIndex { .. })) => Err(e),
+        Err(e) => {
+            tracing::warn!(device = index, error = %error_chain(&e), "could not open the GPU in a context of its own; using the device's primary context (a hung run then blocks its replacement until the run ends)");
+            CudaBackend::new_in(index, spec, ContextKind::Primary)
+        }
+    }
 }
 
 /// Opens one device's backend of `kind` (`Cuda` or `Cpu`) with `spec`. A

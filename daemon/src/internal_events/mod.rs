@@ -22,8 +22,9 @@ mod sinks;
 
 pub use occupancy::{OccupancyRefreshFailed, OccupancyRelisted};
 pub use probe::{
-    CorrectnessCheckFailed, GpuOpenFailed, ProbeCycleCompleted, ProbeRunFailed, ProbeRunHung,
-    ProbeRunsCompleted, ProbeThreadCpuUsed, Stage, TelemetrySampleFailed, XidReported,
+    CorrectnessCheckFailed, DriverAnswered, DriverReleased, GpuOpenFailed, ParkedBackendReleased,
+    ProbeCycleCompleted, ProbeRunFailed, ProbeRunHung, ProbeRunsCompleted, ProbeThreadCpuUsed,
+    Stage, TelemetrySampleFailed, XidReported,
 };
 pub use sinks::{
     ForcedReason, ForcedSpanCapped, OtlpExportFailed, OtlpSpansDropped, OtlpSpansExported,
@@ -87,6 +88,13 @@ pub struct Counters {
     pub occupancy_errors: AtomicU64,
     /// Kube watcher relists (including after 410 Gone).
     pub occupancy_relists: AtomicU64,
+    /// Times the agent let go of the driver (every CUDA context and NVML
+    /// handle) for a driver upgrade or a driver that went away.
+    pub driver_releases: AtomicU64,
+    /// Times the driver answered again with another version than before.
+    pub driver_changes: AtomicU64,
+    /// The driver version NVML last answered with (`None` until it did).
+    pub driver_version: Mutex<Option<String>>,
     /// Per-GPU counters, by GPU UUID (for series that are about one GPU).
     pub per_gpu: std::sync::RwLock<std::collections::BTreeMap<String, Arc<GpuCounters>>>,
     /// Limits [`ParquetWriteFailed`] lines (one Parquet sink per agent).
@@ -115,6 +123,11 @@ pub struct GpuCounters {
     pub probe_hangs: AtomicU64,
     /// Failed attempts to open this GPU's backend.
     pub open_failures: AtomicU64,
+    /// Backends abandoned with a hung run and not yet released (a gauge:
+    /// their run has not returned).
+    pub backends_parked: AtomicU64,
+    /// Abandoned backends released once their run returned.
+    pub backends_released: AtomicU64,
     /// Xid errors NVML reported for this GPU, by code.
     pub xids: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Limits [`TelemetrySampleFailed`] lines of this GPU.
@@ -259,6 +272,9 @@ pub const EVENTS: &[(&str, &[&str])] = &[
     ("ProbeRunHung", ProbeRunHung::METRICS),
     ("GpuOpenFailed", GpuOpenFailed::METRICS),
     ("XidReported", XidReported::METRICS),
+    ("ParkedBackendReleased", ParkedBackendReleased::METRICS),
+    ("DriverReleased", DriverReleased::METRICS),
+    ("DriverAnswered", DriverAnswered::METRICS),
     ("SinkQueueFull", SinkQueueFull::METRICS),
     ("OtlpSpansExported", OtlpSpansExported::METRICS),
     ("OtlpExportFailed", OtlpExportFailed::METRICS),

@@ -67,10 +67,94 @@ pub struct ProbeRunHung<'a> {
 }
 
 impl InternalEvent for ProbeRunHung<'_> {
+    // Also moves the slicetrace_probe_backends_parked gauge.
     const METRICS: &'static [&'static str] = &["slicetrace_probe_hangs"];
     fn emit(self, c: &Counters) {
-        Counters::inc(&c.gpu(self.gpu_uuid).probe_hangs);
+        let gpu = c.gpu(self.gpu_uuid);
+        Counters::inc(&gpu.probe_hangs);
+        // Parked until its run returns ([`ParkedBackendReleased`]).
+        Counters::inc(&gpu.backends_parked);
         tracing::error!(gpu = %self.gpu_uuid, deadline_ms = self.deadline.as_millis() as u64, "probe run past its deadline: GPU marked unhealthy (hung), its context abandoned; reopening without a reset");
+    }
+}
+
+/// A backend abandoned with a hung run was released with its context,
+/// once the run returned. Always logged.
+#[derive(Debug)]
+pub struct ParkedBackendReleased<'a> {
+    /// The GPU.
+    pub gpu_uuid: &'a str,
+    /// How long it was parked.
+    pub parked: std::time::Duration,
+}
+
+impl InternalEvent for ParkedBackendReleased<'_> {
+    // Also moves the slicetrace_probe_backends_parked gauge.
+    const METRICS: &'static [&'static str] = &["slicetrace_probe_backends_released"];
+    fn emit(self, c: &Counters) {
+        let gpu = c.gpu(self.gpu_uuid);
+        let _ = gpu.backends_parked.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
+        Counters::inc(&gpu.backends_released);
+        tracing::info!(gpu = %self.gpu_uuid, parked_ms = self.parked.as_millis() as u64, "the abandoned backend's hung run returned: its context is released");
+    }
+}
+
+/// The agent let go of the driver: every CUDA context it could release and
+/// every NVML handle, for a driver upgrade (the node label) or because NVML
+/// said the driver is gone. Logged once per release.
+#[derive(Debug)]
+pub struct DriverReleased<'a> {
+    /// Why (the label's state, or NVML's error).
+    pub why: &'a str,
+}
+
+impl InternalEvent for DriverReleased<'_> {
+    const METRICS: &'static [&'static str] = &["slicetrace_driver_releases"];
+    fn emit(self, c: &Counters) {
+        Counters::inc(&c.driver_releases);
+        tracing::warn!(why = %self.why, "letting go of the driver: NVML shut down and every GPU's CUDA context released; GPUs are unknown (driver_upgrade) until the driver answers again");
+    }
+}
+
+/// NVML answers again after the agent let go of the driver (or for the
+/// first time). A version unlike the last one is counted and logged.
+#[derive(Debug)]
+pub struct DriverAnswered<'a> {
+    /// The version NVML reports, if it says.
+    pub version: Option<&'a str>,
+    /// Whether this follows a release (else it is the first answer).
+    pub after_release: bool,
+}
+
+impl InternalEvent for DriverAnswered<'_> {
+    // Also sets the version slicetrace_driver_info shows.
+    const METRICS: &'static [&'static str] = &["slicetrace_driver_changes"];
+    fn emit(self, c: &Counters) {
+        let Some(v) = self.version else {
+            if self.after_release {
+                tracing::info!("the driver answers again: reopening every GPU");
+            }
+            return;
+        };
+        let before = c
+            .driver_version
+            .lock()
+            .ok()
+            .and_then(|mut d| d.replace(v.to_string()));
+        match before.as_deref() {
+            Some(b) if b != v => {
+                Counters::inc(&c.driver_changes);
+                tracing::warn!(from = %b, to = %v, "the driver answers again with a new version: reopening every GPU");
+            }
+            _ if self.after_release => {
+                tracing::info!(version = %v, "the driver answers again: reopening every GPU")
+            }
+            _ => {}
+        }
     }
 }
 

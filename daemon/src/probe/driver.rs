@@ -7,6 +7,15 @@
 //! The probe thread then opens a new backend on a new runner thread; the
 //! GPU is never reset.
 //!
+//! An abandoned backend stays **parked** on its runner thread: it is never
+//! destroyed while its run may still be executing on the GPU (destroying a
+//! context under a running kernel is what a reset would do), and it is
+//! released, with its context, the moment the run returns. The probe thread
+//! hands [`Driver::abandon`] what to do then (count and log the release), so
+//! a backend whose run never returns stays visible as parked (a gauge on
+//! `/metrics`) instead of vanishing. The CUDA backend runs in a context of
+//! its own, so the replacement does not wait on the parked one.
+//!
 //! Opening goes through the same runner thread, under its own deadline, so
 //! a driver call that never returns (a wedged GPU, a driver being
 //! unloaded) blocks nothing but the runner.
@@ -16,8 +25,8 @@
 //! command, which the probe thread charges to its `run` stage.
 
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use slicetrace_probe::{
     ClockReport, DeviceInfo, Fault, Kernel, KernelShape, ProbeBackend, ProbeError, RunSample,
@@ -54,12 +63,21 @@ enum Reply {
     Clock(Option<ClockReport>),
 }
 
+/// Called on the runner thread when a parked backend has been released,
+/// with how long it stayed parked.
+pub type OnRelease = Box<dyn FnOnce(Duration) + Send>;
+
+/// Shared between a driver and its runner thread: what to do once the
+/// runner releases a backend that the probe thread abandoned.
+type ParkSlot = Arc<Mutex<Option<(Instant, OnRelease)>>>;
+
 /// The probe thread's handle to one backend on its runner thread.
 pub struct Driver {
     info: DeviceInfo,
     shapes: [KernelShape; 2],
     tx: SyncSender<Cmd>,
     rx: Receiver<Reply>,
+    park: ParkSlot,
 }
 
 fn kidx(k: Kernel) -> usize {
@@ -95,6 +113,8 @@ impl Driver {
         let (ctx, crx) = sync_channel::<Cmd>(4);
         let (rtx, rrx) = sync_channel::<Reply>(1);
         let (otx, orx) = sync_channel::<Opened>(1);
+        let park: ParkSlot = Arc::new(Mutex::new(None));
+        let runner_park = park.clone();
         std::thread::Builder::new()
             .name(thread_name.to_string())
             .spawn(move || {
@@ -131,9 +151,32 @@ impl Driver {
                         break;
                     }
                 }
+                drop(b);
+                let parked = runner_park.lock().ok().and_then(|mut p| p.take());
+                if let Some((since, on_release)) = parked {
+                    on_release(since.elapsed());
+                }
             })
             .map_err(|_| DriverError::Gone)?;
-        Ok((PendingOpen { tx: ctx, rx: rrx }, orx))
+        Ok((
+            PendingOpen {
+                tx: ctx,
+                rx: rrx,
+                park,
+            },
+            orx,
+        ))
+    }
+
+    /// Gives the backend up (its run is past its deadline): it stays parked
+    /// on its runner thread until the run returns, then is released with
+    /// its context, and `on_release` is called there with how long it was
+    /// parked. If the run never returns, neither does `on_release`.
+    pub fn abandon(self, on_release: OnRelease) {
+        if let Ok(mut p) = self.park.lock() {
+            *p = Some((Instant::now(), on_release));
+        }
+        // Dropping the channels tells the runner nobody listens any more.
     }
 
     /// The device this backend probes.
@@ -183,6 +226,7 @@ impl Driver {
 struct PendingOpen {
     tx: SyncSender<Cmd>,
     rx: Receiver<Reply>,
+    park: ParkSlot,
 }
 
 impl PendingOpen {
@@ -204,6 +248,7 @@ impl PendingOpen {
             shapes,
             tx: self.tx,
             rx: self.rx,
+            park: self.park,
         })
     }
 }
@@ -244,6 +289,59 @@ mod tests {
         let d = Driver::open(opener, "t-run2", Duration::from_secs(30)).expect("reopen");
         let (s, _) = d.run(Kernel::Gemm, Duration::from_secs(30)).expect("run");
         assert_eq!(s.correct, Some(true));
+    }
+
+    /// A backend whose runs wait for the test to let them go.
+    struct Held {
+        inner: Box<dyn ProbeBackend>,
+        go: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl ProbeBackend for Held {
+        fn device(&self) -> &DeviceInfo {
+            self.inner.device()
+        }
+        fn shape(&self, k: Kernel) -> KernelShape {
+            self.inner.shape(k)
+        }
+        fn run(&mut self, k: Kernel) -> Result<RunSample, ProbeError> {
+            let _ = self.go.recv();
+            self.inner.run(k)
+        }
+        fn plant_fault(&mut self, k: Kernel, f: Fault) {
+            self.inner.plant_fault(k, f)
+        }
+    }
+
+    /// An abandoned backend is not released while its run is still going,
+    /// and is released (and says so) as soon as the run returns.
+    #[test]
+    fn an_abandoned_backend_stays_parked_until_its_run_returns() {
+        let (go, rx) = std::sync::mpsc::channel();
+        let d = Driver::start(
+            Box::new(Held {
+                inner: cpu(0),
+                go: rx,
+            }),
+            "t-park",
+        )
+        .expect("driver");
+        let e = d.run(Kernel::Fft, Duration::from_millis(50));
+        assert!(matches!(e, Err(DriverError::Hung(_))), "{e:?}");
+        let (tx, released) = std::sync::mpsc::channel();
+        d.abandon(Box::new(move |parked| {
+            let _ = tx.send(parked);
+        }));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            released.try_recv().is_err(),
+            "released while its run was going"
+        );
+        go.send(()).expect("let the run return");
+        let parked = released
+            .recv_timeout(Duration::from_secs(10))
+            .expect("released once the run returned");
+        assert!(parked >= Duration::from_millis(200), "{parked:?}");
     }
 
     #[test]

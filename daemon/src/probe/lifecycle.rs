@@ -25,7 +25,10 @@ use slicetrace_schema::Reason;
 
 use super::driver::{Driver, DriverError};
 use super::{LoopState, ProbeLoop, MAX_BACKOFF};
-use crate::internal_events::{error_chain, GpuOpenFailed, InternalEvent, ProbeRunHung, Stage};
+use crate::internal_events::Counters;
+use crate::internal_events::{
+    error_chain, GpuOpenFailed, InternalEvent, ParkedBackendReleased, ProbeRunHung, Stage,
+};
 use crate::serve::live::Liveness;
 
 /// One GPU as its probe thread starts: its identity as registered, the
@@ -42,6 +45,11 @@ pub struct GpuSlot {
     /// Why it did not open at start.
     pub open_error: Option<String>,
 }
+
+/// Most backends of one GPU that may be parked (abandoned with a hung run
+/// that has not returned, each keeping its context) before no new one is
+/// opened.
+pub const MAX_PARKED: u64 = 2;
 
 /// Why a run produced no sample.
 #[derive(Debug)]
@@ -137,6 +145,19 @@ impl ProbeLoop {
             st.next_open = Instant::now() + MAX_BACKOFF;
             return false;
         };
+        let parked = Counters::get(&self.counters.gpu(&st.uuid).backends_parked);
+        if parked >= MAX_PARKED {
+            // Each parked backend holds a context's GPU memory: a GPU that
+            // hangs every backend would otherwise take the tenants' memory
+            // one context at a time. Wait for one to be released.
+            st.next_open = Instant::now() + open_backoff(1);
+            self.mark_down(
+                st,
+                Reason::Hung,
+                format!("{parked} abandoned backends still wait for their hung runs: not opening another until one returns"),
+            );
+            return false;
+        }
         let name = format!("gpu{}-runner", st.gpu_index);
         self.beat(st);
         match Driver::open(opener, &name, self.watchdog.open) {
@@ -192,38 +213,39 @@ impl ProbeLoop {
         }
     }
 
-    /// Pauses the GPU while the node's driver is upgraded (the GPU
-    /// Operator's `nvidia.com/gpu-driver-upgrade-state` label, read through
-    /// the occupancy source's Kubernetes API cache): the backend and its
-    /// CUDA context are released so the kernel module can unload, and the
-    /// GPU is down with reason `driver_upgrade` (`unknown`, paging nobody)
-    /// until the label returns to `upgrade-done`, when it is opened again.
-    /// True while paused.
+    /// Pauses the GPU while the node's driver is away ([`super::upgrade`]):
+    /// being upgraded (the GPU Operator's `nvidia.com/gpu-driver-upgrade-state`
+    /// label, read through the occupancy source's Kubernetes API cache), or
+    /// gone as NVML says. The backend and its CUDA context are released (and
+    /// NVML, by the gate) so the kernel module can unload, and the GPU is
+    /// down with reason `driver_upgrade` (`unknown`, paging nobody) until the
+    /// driver answers again, when it is opened again. True while paused.
     pub(super) fn driver_upgrade_pause(&mut self, st: &mut LoopState) -> bool {
         let state = self
             .occupancy
             .node_label(crate::probe::occupancy::LABEL_DRIVER_UPGRADE_STATE);
-        if crate::probe::occupancy::driver_upgrade_in_progress(state.as_deref()) {
+        let label = state
+            .as_deref()
+            .filter(|s| crate::probe::occupancy::driver_upgrade_in_progress(Some(s)));
+        if let Some(away) = self
+            .driver_gate
+            .check(label, self.telemetry.as_ref(), &self.counters)
+        {
+            let why = away.describe();
             if !st.upgrading {
                 st.upgrading = true;
                 let released = st.driver.take().is_some();
-                tracing::warn!(gpu = %st.uuid, state = state.as_deref().unwrap_or(""), released, "driver upgrade in progress on this node: CUDA context released, GPU not probed until upgrade-done");
-                self.mark_down(
-                    st,
-                    Reason::DriverUpgrade,
-                    format!(
-                        "driver upgrade in progress ({})",
-                        state.as_deref().unwrap_or("")
-                    ),
-                );
+                tracing::warn!(gpu = %st.uuid, why = %why, released, "the driver is away: CUDA context released, GPU not probed until the driver answers again");
             }
+            // Every turn: the reason may move from the label to NVML's error.
+            self.mark_down(st, Reason::DriverUpgrade, why);
             return true;
         }
         if st.upgrading {
             st.upgrading = false;
             st.open_failures = 0;
             st.next_open = Instant::now();
-            tracing::info!(gpu = %st.uuid, "driver upgrade done: reopening the GPU");
+            tracing::info!(gpu = %st.uuid, "the driver is back: reopening the GPU");
         }
         false
     }
@@ -291,7 +313,16 @@ impl ProbeLoop {
                     deadline,
                 }
                 .emit(&self.counters);
-                st.driver = None;
+                if let Some(d) = st.driver.take() {
+                    let (uuid, counters) = (st.uuid.clone(), self.counters.clone());
+                    d.abandon(Box::new(move |parked| {
+                        ParkedBackendReleased {
+                            gpu_uuid: &uuid,
+                            parked,
+                        }
+                        .emit(&counters)
+                    }));
+                }
                 st.open_failures = 0;
                 st.next_open = Instant::now() + open_backoff(1);
                 self.mark_down(

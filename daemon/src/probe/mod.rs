@@ -33,6 +33,7 @@ pub mod occupancy;
 mod readings;
 mod stop;
 pub mod telemetry;
+pub mod upgrade;
 pub mod watchdog;
 
 pub use arrivals::{exponential_gap, ArrivalPlan};
@@ -90,6 +91,8 @@ pub struct ProbeLoop {
     pub busy_tenants_interval: Duration,
     /// Look-back window of `busy_tenants` (`probe.busy_window_ms`).
     pub busy_window: Duration,
+    /// The node's driver (upgrading, gone, present), one for every GPU.
+    pub driver_gate: Arc<upgrade::DriverGate>,
     /// Shutdown.
     pub stop: Arc<StopSignal>,
 }

@@ -118,6 +118,7 @@ fn rows_with_process_age(
         process_list_max_age,
         busy_tenants_interval: Duration::ZERO,
         busy_window: Duration::from_secs(3),
+        driver_gate: Arc::new(super::upgrade::DriverGate::new()),
         stop: stop.clone(),
     };
     let h = std::thread::spawn(move || lp.run());

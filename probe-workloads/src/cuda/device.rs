@@ -59,6 +59,57 @@ pub fn format_uuid(bytes: &[u8; 16]) -> String {
     )
 }
 
+/// Which context a backend runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContextKind {
+    /// The device's primary context (`cuDevicePrimaryCtxRetain`), shared
+    /// with every other user of it in the process (the CUDA runtime's).
+    #[default]
+    Primary,
+    /// A context of its own (`cuCtxCreate`), destroyed with the backend:
+    /// nothing another backend does in its context (a hung run) waits on
+    /// it or makes it wait. Costs a context's memory like the primary one.
+    Own,
+}
+
+/// The oldest driver API that has `cuCtxCreate_v4`, the entry point
+/// cudarc calls with CUDA 13 bindings (a missing symbol would panic).
+const CTX_CREATE_V4_DRIVER: i32 = 12050;
+
+/// Creates a context of its own on device `index` (current on this thread
+/// from now on), in blocking-sync scheduling when `blocking`.
+pub(super) fn own_context(
+    index: u32,
+    blocking: bool,
+) -> Result<std::sync::Arc<CudaContext>, ProbeError> {
+    ck!("cuInit", cudarc::driver::result::init())?;
+    let mut version: i32 = 0;
+    // SAFETY: writes one int.
+    ck!("cuDriverGetVersion", unsafe {
+        drv_sys::cuDriverGetVersion(&mut version).result()
+    })?;
+    if version < CTX_CREATE_V4_DRIVER {
+        return Err(ProbeError::Cuda {
+            what: "cuCtxCreate_v4",
+            detail: format!(
+                "driver API {version} is older than {CTX_CREATE_V4_DRIVER}: no context of its own"
+            ),
+        });
+    }
+    // MAP_HOST: the calibration mailbox is mapped host memory (every
+    // context behaves so since CUDA 11; said here for older drivers' sake).
+    let map = drv_sys::CUctx_flags::CU_CTX_MAP_HOST as u32;
+    let flags = if blocking {
+        drv_sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32 | map
+    } else {
+        map
+    };
+    ck!(
+        "cuCtxCreate",
+        CudaContext::new_non_primary(index as usize, flags)
+    )
+}
+
 /// Puts the device's primary context in blocking-sync scheduling before it is
 /// retained, so that every synchronisation sleeps instead of spinning. A
 /// context already active with other flags keeps them (logged).

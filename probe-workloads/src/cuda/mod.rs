@@ -21,7 +21,15 @@
 //!   graph: the plant node (a one-element memset after the end event) is
 //!   enabled for one launch, or the kernel's nodes are disabled for one launch
 //!   (`cuGraphNodeSetEnabled`).
-//! * **No busy-waiting.** The primary context is put in
+//! * **A context of its own, when asked.** [`ContextKind::Own`] creates a
+//!   context with `cuCtxCreate` instead of retaining the device's primary
+//!   context. Within one context, opening a backend (loading modules,
+//!   cuFFT's and cuBLAS's lazily loaded kernels, freeing memory) may wait
+//!   for the context to go idle, so a replacement opened in the primary
+//!   context beside a run that spins there waits for the spin to end.
+//!   Separate contexts are time-sliced on the GPU like separate processes,
+//!   so a backend in its own context opens and runs beside a hung one.
+//! * **No busy-waiting.** The context is put in
 //!   `CU_CTX_SCHED_BLOCKING_SYNC` and the end event is a blocking-sync event:
 //!   the host polls it for a short budget ([`Wait`]) and then sleeps in the
 //!   driver, so a run waiting for its time slice costs no CPU.
@@ -77,8 +85,8 @@ mod wait;
 
 pub use stamp::{host_ns, ExchangeStats, CALIBRATE_AT_START, CALIBRATE_EVERY, CALIBRATE_START_GAP};
 
-pub use device::{device_count, device_used_mib, effective_fp32_math, format_uuid};
-use device::{set_blocking_sync, set_stack_limit};
+pub use device::{device_count, device_used_mib, effective_fp32_math, format_uuid, ContextKind};
+use device::{own_context, set_blocking_sync, set_stack_limit};
 use graph::{set_fault_nodes, FaultNodes};
 use kernel::{to_bytes, Matrix};
 
@@ -157,9 +165,18 @@ unsafe impl Send for CudaBackend {}
 impl CudaBackend {
     /// Creates the context, plans, handles, events and buffers on device
     /// `index`, uploads the fixed inputs, warms up both kernels and, in
-    /// graph mode, captures one graph per kernel.
+    /// graph mode, captures one graph per kernel. Runs in the device's
+    /// primary context ([`ContextKind::Primary`]).
     pub fn new(index: u32, spec: &ProbeSpec) -> Result<Self, ProbeError> {
         Self::new_traced(index, spec, &mut |_| {})
+    }
+
+    /// [`Self::new`] in a context of `kind`: the agent opens every backend
+    /// in a context of its own ([`ContextKind::Own`]), so that a backend
+    /// abandoned with a hung run never stands in the way of its
+    /// replacement.
+    pub fn new_in(index: u32, spec: &ProbeSpec, kind: ContextKind) -> Result<Self, ProbeError> {
+        Self::new_traced_in(index, spec, kind, &mut |_| {})
     }
 
     /// [`Self::new`], calling `stage` after each of [`STAGES`] completes.
@@ -168,15 +185,31 @@ impl CudaBackend {
         spec: &ProbeSpec,
         stage: &mut dyn FnMut(&'static str),
     ) -> Result<Self, ProbeError> {
+        Self::new_traced_in(index, spec, ContextKind::Primary, stage)
+    }
+
+    /// [`Self::new_in`], calling `stage` after each of [`STAGES`] completes.
+    pub fn new_traced_in(
+        index: u32,
+        spec: &ProbeSpec,
+        kind: ContextKind,
+        stage: &mut dyn FnMut(&'static str),
+    ) -> Result<Self, ProbeError> {
         spec.validate()?;
         let count = device_count()?;
         if index >= count {
             return Err(ProbeError::BadIndex { index, count });
         }
-        if !matches!(spec.wait, Wait::Spin) {
-            set_blocking_sync(index);
-        }
-        let ctx = ck!("cuCtxCreate", CudaContext::new(index as usize))?;
+        let ctx = match kind {
+            ContextKind::Primary => {
+                if !matches!(spec.wait, Wait::Spin) {
+                    set_blocking_sync(index);
+                }
+                ck!("cuDevicePrimaryCtxRetain", CudaContext::new(index as usize))?
+            }
+            // Never touches the primary context: its flags come with it.
+            ContextKind::Own => own_context(index, !matches!(spec.wait, Wait::Spin))?,
+        };
         stage("context");
         if let Some(bytes) = spec.cuda_stack_bytes {
             set_stack_limit(&ctx, bytes)?;
@@ -403,6 +436,10 @@ impl ProbeBackend for CudaBackend {
     }
 
     fn run(&mut self, kernel: Kernel) -> Result<RunSample, ProbeError> {
+        // The raw driver, cuFFT and cuBLAS calls below act on the thread's
+        // current context; the backend may have been opened on another
+        // thread (beside other GPUs' contexts) and moved here.
+        ck!("cuCtxSetCurrent", self._ctx.bind_to_thread())?;
         let fault = self.fault_next[kidx(kernel)].take();
         let ts_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -508,6 +545,9 @@ impl ProbeBackend for CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        // The plan, the cuBLAS handle and the stamp module are released in
+        // the current context: make it this backend's.
+        let _ = self._ctx.bind_to_thread();
         // SAFETY: the plan was created in `new` and is destroyed once.
         let _ = unsafe { fft_result::destroy(self.fft_plan) };
     }

@@ -85,6 +85,10 @@ pub enum TelemetryError {
     /// NVML could not be initialised.
     #[error("nvml unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The source let go of the driver ([`TelemetrySource::release`]) and
+    /// has not reacquired it.
+    #[error("released while the driver is away")]
+    Released,
     /// The device could not be found or read at all (fallen off the bus?).
     #[error("device {uuid} unreadable")]
     Device {
@@ -131,6 +135,29 @@ pub trait TelemetrySource: Send + Sync {
         _gpu_uuid: &str,
         _since_us: u64,
     ) -> Result<Option<Vec<ProcessActivity>>, TelemetryError> {
+        Ok(None)
+    }
+    /// Why the driver looks gone, when a reading since the last
+    /// [`Self::reacquire`] failed in a way that means the kernel module is
+    /// unloaded or being replaced (NVML: `DriverNotLoaded`,
+    /// `LibRmVersionMismatch`, `Uninitialized`, or its library no longer
+    /// loads); `None` while it answers. A lost GPU (`GpuLost`) is that
+    /// GPU's fault, not the driver's, and does not count. Defaults to
+    /// `None`.
+    fn driver_gone(&self) -> Option<String> {
+        None
+    }
+    /// Lets go of every handle this source holds into the driver (NVML:
+    /// the event sets and `nvmlShutdown`), so that the kernel module can be
+    /// unloaded; readings fail until [`Self::reacquire`]. Idempotent; may
+    /// wait up to about a second for [`Self::watch_faults`] to let go.
+    /// Defaults to nothing.
+    fn release(&self) {}
+    /// Opens the driver again (after [`Self::release`] or a driver that went
+    /// away): `Ok` with the driver's version (if the source knows it) once
+    /// it answers, `Err` while it does not. While open, only reports the
+    /// version. Defaults to `Ok(None)`.
+    fn reacquire(&self) -> Result<Option<String>, TelemetryError> {
         Ok(None)
     }
     /// Blocks on a thread of its own (never a probe thread or the async
@@ -221,6 +248,15 @@ impl TelemetrySource for WithoutProcessNames {
         on_fault: &mut dyn FnMut(GpuFault),
     ) -> Result<(), TelemetryError> {
         self.0.watch_faults(stopped, on_fault)
+    }
+    fn driver_gone(&self) -> Option<String> {
+        self.0.driver_gone()
+    }
+    fn release(&self) {
+        self.0.release()
+    }
+    fn reacquire(&self) -> Result<Option<String>, TelemetryError> {
+        self.0.reacquire()
     }
     fn process_activity(
         &self,

@@ -245,6 +245,18 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
             vec![uuid.clone()],
             v(|c| &c.open_failures),
         );
+        push(
+            &mut out,
+            "slicetrace_probe_backends_parked",
+            vec![uuid.clone()],
+            v(|c| &c.backends_parked),
+        );
+        push(
+            &mut out,
+            "slicetrace_probe_backends_released",
+            vec![uuid.clone()],
+            v(|c| &c.backends_released),
+        );
         let xids = c
             .and_then(|c| c.xids.lock().ok().map(|m| m.clone()))
             .unwrap_or_default();
@@ -321,7 +333,7 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
         ship_families(&mut out, &stats.snapshot());
     }
     let c = counters;
-    let node_wide: [(&'static str, u64); 16] = [
+    let node_wide: [(&'static str, u64); 18] = [
         ("slicetrace_otlp_forced_capped", g(&c.otlp_forced_capped)),
         ("slicetrace_probe_cycles", g(&c.probe_cycles)),
         ("slicetrace_otlp_spans_exported", g(&c.otlp_spans_exported)),
@@ -354,6 +366,8 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
         ),
         ("slicetrace_occupancy_errors", g(&c.occupancy_errors)),
         ("slicetrace_occupancy_relists", g(&c.occupancy_relists)),
+        ("slicetrace_driver_releases", g(&c.driver_releases)),
+        ("slicetrace_driver_changes", g(&c.driver_changes)),
         (
             "slicetrace_health_queue_drops",
             g(&c.sink_queue_drops_health),
@@ -365,6 +379,9 @@ pub(super) fn families(live: &LiveState, counters: &Counters) -> Samples {
     ];
     for (name, v) in node_wide {
         push(&mut out, name, vec![], v as f64);
+    }
+    if let Some(version) = c.driver_version.lock().ok().and_then(|v| v.clone()) {
+        push(&mut out, "slicetrace_driver_info", vec![version], 1.0);
     }
     out
 }

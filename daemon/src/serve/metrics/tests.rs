@@ -227,6 +227,32 @@ fn every_internal_event_counts_into_a_metrics_row() {
             }),
         ),
         (
+            "ParkedBackendReleased",
+            Box::new(|c| {
+                crate::internal_events::ParkedBackendReleased {
+                    gpu_uuid: "GPU-1",
+                    parked: std::time::Duration::from_secs(30),
+                }
+                .emit(c)
+            }),
+        ),
+        (
+            "DriverReleased",
+            Box::new(|c| crate::internal_events::DriverReleased { why: "upgrade" }.emit(c)),
+        ),
+        (
+            "DriverAnswered",
+            Box::new(|c| {
+                for v in ["580.1", "999.1"] {
+                    crate::internal_events::DriverAnswered {
+                        version: Some(v),
+                        after_release: true,
+                    }
+                    .emit(c)
+                }
+            }),
+        ),
+        (
             "SinkQueueFull",
             Box::new(|c| {
                 for sink in [
