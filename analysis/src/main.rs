@@ -631,15 +631,11 @@ fn choose_source(
     args: &SourceArgs,
     raw_only: Option<&str>,
 ) -> Result<(DataSource, Option<rollup::RollupRoot>)> {
-    let raw_only = raw_only.or(data
-        .engine()?
-        .is_remote()
-        .then_some(rollup::ON_CLUSTER));
+    let raw_only = raw_only.or(data.engine()?.is_remote().then_some(rollup::ON_CLUSTER));
     match rollup::RollupRoot::new(&data.data, data.s3_endpoint.clone()) {
         Ok(root) => {
             // Listing an object store blocks: keep the runtime's I/O going.
-            let src =
-                tokio::task::block_in_place(|| rollup::choose(&root, range, args, raw_only));
+            let src = tokio::task::block_in_place(|| rollup::choose(&root, range, args, raw_only));
             Ok((src, Some(root)))
         }
         Err(e) => Ok((DataSource::raw_because(e.to_string()), None)),

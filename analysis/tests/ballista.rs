@@ -246,7 +246,10 @@ fn rollup_questions_on_ballista_read_raw_rows_and_the_sketch_udafs_run_there() {
     let (rc, mut dist, rerr) = on(&remote, &fleet);
     let (lc, mut exact, _) = on("local", &[&fleet[..], &["--exact"]].concat());
     assert_eq!(rc, lc, "{rerr}");
-    assert_eq!(dist["source"]["why"], slicetrace_analysis::rollup::ON_CLUSTER);
+    assert_eq!(
+        dist["source"]["why"],
+        slicetrace_analysis::rollup::ON_CLUSTER
+    );
     for v in [&mut dist, &mut exact] {
         v.as_object_mut().unwrap().remove("source");
     }

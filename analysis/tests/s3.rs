@@ -274,7 +274,11 @@ fn s3_rollups_answer_like_local() {
             out.to_str().unwrap(),
         ]);
         let e = stderr(&o);
-        let line = e.lines().find(|l| l.contains("source:")).unwrap().to_string();
+        let line = e
+            .lines()
+            .find(|l| l.contains("source:"))
+            .unwrap()
+            .to_string();
         (
             line.split_once("; ").unwrap().1.to_string(),
             std::fs::read(out).unwrap(),
@@ -283,22 +287,20 @@ fn s3_rollups_answer_like_local() {
     let out = tempfile::tempdir().unwrap();
     let (line, svg) = plot(d, &out.path().join("local.svg"));
     assert!(line.starts_with("source: rollups"), "{line}");
-    assert_eq!(plot("s3://fleet-bucket/rolled", &out.path().join("s3.svg")), (line, svg));
+    assert_eq!(
+        plot("s3://fleet-bucket/rolled", &out.path().join("s3.svg")),
+        (line, svg)
+    );
     // Compaction in the bucket: the same work as on the local copy, then
     // the same answer from the compacted objects.
-    let compact = |data: &str| {
-        json(&run(&[
-            "rollup",
-            data,
-            "--to",
-            "hour",
-            "--now",
-            now,
-        ]))
-    };
+    let compact = |data: &str| json(&run(&["rollup", data, "--to", "hour", "--now", now]));
     let there = compact("s3://fleet-bucket/compact");
     assert_eq!(there, compacted_here);
-    let rep = |data: &str| json(&run(&["report", data, "--by", "kernel", "--format", "json"]));
+    let rep = |data: &str| {
+        json(&run(&[
+            "report", data, "--by", "kernel", "--format", "json",
+        ]))
+    };
     assert_eq!(
         without_rollup_source(rep("s3://fleet-bucket/compact")),
         without_rollup_source(rep(d))

@@ -155,9 +155,11 @@ impl RollupRoot {
             }
             RollupRoot::Store(s) => {
                 let p = s.key(table);
-                let listed = s
-                    .rt
-                    .block_on(s.store.list_with_delimiter(Some(&ObjPath::from(p.as_str()))))
+                let listed =
+                    s.rt.block_on(
+                        s.store
+                            .list_with_delimiter(Some(&ObjPath::from(p.as_str()))),
+                    )
                     .map_err(|source| RollupError::Store {
                         action: "list",
                         location: format!("{}/{table}/", s.url),
@@ -285,7 +287,10 @@ impl StoreRoot {
     /// Deletes the object `key` (an absent object is not an error).
     pub(crate) fn delete(&self, key: &Path) -> Result<(), RollupError> {
         let k = key.to_string_lossy().to_string();
-        match self.rt.block_on(self.store.delete(&ObjPath::from(k.as_str()))) {
+        match self
+            .rt
+            .block_on(self.store.delete(&ObjPath::from(k.as_str())))
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(RollupError::Store {
                 action: "delete",
