@@ -184,15 +184,22 @@ enum Cmd {
     },
     /// Rollups: compact minute rollups of finished hours into hour rollups
     /// (--to hour), or build minute rollups from raw rows written before
-    /// the agent wrote rollups (--from-raw). Local directories only.
+    /// the agent wrote rollups (--from-raw, local directories only).
     ///
     /// Compaction is atomic per node and hour (the hour file is written
-    /// under a hidden name, synced and renamed; the minute files are
-    /// removed only after it is visible, and readers skip minute files an
-    /// hour file lists), idempotent, and safe to rerun after a cut-off run.
+    /// under a hidden name, synced and renamed, or on s3:// in one PUT; the
+    /// minute files are removed only after it is visible, and readers skip
+    /// minute files an hour file lists), idempotent, and safe to rerun
+    /// after a cut-off run.
     Rollup {
-        /// The agent's output directory (with a rollups/ child, or probes/ for --from-raw).
+        /// The agent's output directory (with a rollups/ child, or probes/
+        /// for --from-raw), or for --to hour the s3://BUCKET/PREFIX the
+        /// agents ship to.
         data: String,
+        /// S3 endpoint URL for an s3:// DATA (default: `AWS_ENDPOINT_URL`,
+        /// else AWS).
+        #[arg(long)]
+        s3_endpoint: Option<String>,
         /// Compact into this period: `hour`.
         #[arg(long, required_unless_present = "from_raw")]
         to: Option<String>,
@@ -631,6 +638,27 @@ fn with_source_field(json: &str, src: &DataSource) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| json.to_string())
 }
 
+/// Raw rows or rollups for `data` over `range` (see `rollup::choose`), with
+/// the root to read rollups from. On a Ballista cluster rollup questions
+/// read raw rows (`rollup::ON_CLUSTER`); a location rollups cannot use
+/// reads raw rows too (the raw path then says what is wrong with it).
+fn choose_source(
+    data: &DataArgs,
+    range: Option<source::TimeRange>,
+    args: &SourceArgs,
+    raw_only: Option<&str>,
+) -> Result<(DataSource, Option<rollup::RollupRoot>)> {
+    let raw_only = raw_only.or(data.engine()?.is_remote().then_some(rollup::ON_CLUSTER));
+    match rollup::RollupRoot::new(&data.data, data.s3_endpoint.clone()) {
+        Ok(root) => {
+            // Listing an object store blocks: keep the runtime's I/O going.
+            let src = tokio::task::block_in_place(|| rollup::choose(&root, range, args, raw_only));
+            Ok((src, Some(root)))
+        }
+        Err(e) => Ok((DataSource::raw_because(e.to_string()), None)),
+    }
+}
+
 /// The raw report (the path before rollups), naming its source.
 async fn report_raw(
     data: DataArgs,
@@ -683,8 +711,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     None
                 };
-                let src = rollup::choose(&data.data, range, &source, raw_only);
-                if src.kind == "rollups" {
+                let (src, root) = choose_source(&data, range, &source, raw_only)?;
+                if let (Some(root), "rollups") = (root, src.kind) {
                     let by = match by {
                         Some(b) => pred::columns(&b)?,
                         None => rollup::report::DEFAULT_BY
@@ -692,9 +720,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             .map(|s| s.to_string())
                             .collect(),
                     };
-                    let root =
-                        rollup::data_root(&data.data).context("rollups need a local directory")?;
-                    let (t, stats) = rollup::report::report(&root, &by, range, parallelism())?;
+                    let (t, stats) = tokio::task::block_in_place(|| {
+                        rollup::report::report(&root, &by, range, parallelism())
+                    })?;
                     if t.rows.is_empty() {
                         bail!("no arrival runs in the rollups under {}", root.display());
                     }
@@ -754,15 +782,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 start_ns: b.start_ns.min(a.start_ns),
                 end_ns: b.end_ns.max(a.end_ns),
             });
-            let src = rollup::choose(&data.data, span, &source, raw_only);
-            if src.kind == "rollups" {
-                let root =
-                    rollup::data_root(&data.data).context("rollups need a local directory")?;
+            let (src, root) = choose_source(&data, span, &source, raw_only)?;
+            if let (Some(root), "rollups") = (root, src.kind) {
                 let sides = match ranges {
                     Some((b, a)) => rollup::compare::Sides::Ranges(b, a),
                     None => rollup::compare::Sides::Occupancy,
                 };
-                let (blocks, stats) = rollup::compare::compare(&root, sides, parallelism())?;
+                let (blocks, stats) = tokio::task::block_in_place(|| {
+                    rollup::compare::compare(&root, sides, parallelism())
+                })?;
                 let src = DataSource::rollups(src.why, &stats);
                 emit_with_source(&compare::render(&blocks, format), format, &src)?;
                 return Ok(ExitCode::SUCCESS);
@@ -825,11 +853,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 None
             };
-            let src = rollup::choose(&data.data, Some(plan.scan_range()), &source, raw_only);
-            if src.kind == "rollups" {
-                let root =
-                    rollup::data_root(&data.data).context("rollups need a local directory")?;
-                let (res, _) = rollup::fleet::evaluate(&root, &opts, &plan, parallel, &src.why)?;
+            let (src, root) = choose_source(&data, Some(plan.scan_range()), &source, raw_only)?;
+            if let (Some(root), "rollups") = (root, src.kind) {
+                let (res, _) = tokio::task::block_in_place(|| {
+                    rollup::fleet::evaluate(&root, &opts, &plan, parallel, &src.why)
+                })?;
                 emit(&fleet::render(&res, format))?;
                 return Ok(ExitCode::from(res.exit_code()));
             }
@@ -896,15 +924,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 None
             };
-            let src = rollup::choose(&data.data, range, &source, raw_only);
-            if src.kind == "rollups" {
-                let root =
-                    rollup::data_root(&data.data).context("rollups need a local directory")?;
+            let (src, root) = choose_source(&data, range, &source, raw_only)?;
+            if let (Some(root), "rollups") = (root, src.kind) {
                 let by = match by.as_deref() {
                     Some(b) => pred::columns(b)?,
                     None => ["node", "gpu_uuid", "kernel"].map(String::from).to_vec(),
                 };
-                let (series, stats) = rollup::timeline::series(&root, &by, range, parallelism())?;
+                let (series, stats) = tokio::task::block_in_place(|| {
+                    rollup::timeline::series(&root, &by, range, parallelism())
+                })?;
                 let src = DataSource::rollups(src.why, &stats);
                 let opts = plot::PlotOptions {
                     out: out.clone(),
@@ -933,13 +961,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Rollup {
             data,
+            s3_endpoint,
             to,
             from_raw,
             now,
             filter,
         } => {
-            let root =
-                rollup::data_root(&data).context("slicetrace rollup works on a local directory")?;
+            if from_raw && data.contains("://") {
+                bail!(
+                    "slicetrace rollup --from-raw works on a local directory, not {data}: \
+                     build the minute rollups where the raw files are, then ship them"
+                );
+            }
             if from_raw {
                 let ds = open(
                     &DataArgs {
@@ -950,6 +983,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     TableKind::Probes,
                 )
                 .await?;
+                let root = rollup::data_root(&data)
+                    .context("slicetrace rollup --from-raw works on a local directory")?;
                 let f = pred::where_sql(filter.as_deref(), ds.hive, true)?;
                 let r = rollup::compact::from_raw(&ds.ctx, &f, &root).await?;
                 emit(&serde_json::to_string_pretty(&r).context("json")?)?;
@@ -968,7 +1003,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             .timestamp_nanos_opt()
             .context("--now is outside the timestamp range")?;
-            let r = tokio::task::spawn_blocking(move || rollup::compact::to_hour(&root, now_ns))
+            let root = rollup::RollupRoot::new(&data, s3_endpoint)?;
+            let r = tokio::task::spawn_blocking(move || rollup::compact::to_hour_at(&root, now_ns))
                 .await
                 .context("compaction thread failed")??;
             emit(&serde_json::to_string_pretty(&r).context("json")?)?;

@@ -189,6 +189,113 @@ fn report_and_fleet_on_ballista_equal_the_local_engine() {
     cluster.stop();
 }
 
+/// Rollup questions on a cluster. The commands' rollup path merges
+/// sketches in the client, not in a DataFusion plan, so with `--engine
+/// df://` a question that would read rollups reads raw rows on the
+/// executors and says why (`rollup::ON_CLUSTER`); its answer equals the
+/// local engine's on raw rows (`--exact`). The sketch functions themselves
+/// are known to the executors: a `sketch_merge`/`sketch_quantile` query
+/// over the rollup files gives the local answer, computed in tasks.
+#[test]
+fn rollup_questions_on_ballista_read_raw_rows_and_the_sketch_udafs_run_there() {
+    let logs = tempfile::tempdir().unwrap();
+    let golden = golden_dir();
+    let g = golden.path().to_str().unwrap();
+    let o = slicetrace(&["rollup", g, "--from-raw"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let cluster = Cluster::start(logs.path(), &[]);
+    let remote = cluster.engine();
+    let long = "2020-01-01T00:00:00Z..2100-01-01T00:00:00Z";
+
+    // report over a long range: rollups locally, raw rows on the cluster.
+    let report = [
+        "report",
+        g,
+        "--by",
+        "node,kernel",
+        "--where",
+        long,
+        "--format",
+        "json",
+    ];
+    let (_, rolled, _) = on("local", &report);
+    assert_eq!(items(&rolled)[0]["source"]["kind"], "rollups", "{rolled}");
+    let (rc, dist, rerr) = on(&remote, &report);
+    assert_eq!(rc, Some(0), "{rerr}");
+    let src = &items(&dist)[0]["source"];
+    assert_eq!(src["kind"], "raw", "{src}");
+    assert_eq!(src["why"], slicetrace_analysis::rollup::ON_CLUSTER, "{src}");
+    let (_, exact, _) = on("local", &[&report[..], &["--exact"]].concat());
+    assert_eq!(without_source(dist), without_source(exact));
+
+    // fleet over a long window: the same.
+    let fleet = [
+        "fleet",
+        g,
+        "--window",
+        "36500d",
+        "--baseline-window",
+        "0s",
+        "--until",
+        "2100-01-01T00:00:00Z",
+        "--format",
+        "json",
+    ];
+    let (_, rolled, _) = on("local", &fleet);
+    assert_eq!(rolled["source"]["kind"], "rollups", "{}", rolled["source"]);
+    let (rc, mut dist, rerr) = on(&remote, &fleet);
+    let (lc, mut exact, _) = on("local", &[&fleet[..], &["--exact"]].concat());
+    assert_eq!(rc, lc, "{rerr}");
+    assert_eq!(
+        dist["source"]["why"],
+        slicetrace_analysis::rollup::ON_CLUSTER
+    );
+    for v in [&mut dist, &mut exact] {
+        v.as_object_mut().unwrap().remove("source");
+    }
+    same_fleet(&exact, &dist, "");
+
+    // The sketch aggregate on the executors: partial merges in tasks, a
+    // final merge, the same quantiles and counts as in this process.
+    let tasks_before = cluster.tasks();
+    let rollups = golden.path().join("rollups");
+    // DataFusion reads Parquet binary columns as BinaryView by default;
+    // `sketch_merge` is declared on Binary, hence the casts.
+    let q = "SELECT node, kernel, sum(arrivals) AS n, \
+             sketch_quantile(sketch_merge(CAST(wall_ms_sketch AS BYTEA)), 0.99) AS p99, \
+             sketch_quantile(sketch_merge(CAST(queue_ms_sketch AS BYTEA)), 0.5) AS q50 \
+             FROM r GROUP BY node, kernel ORDER BY node, kernel";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer = |engine: slicetrace_analysis::engine::Engine| {
+        rt.block_on(async {
+            let ctx = engine
+                .session(datafusion::prelude::SessionConfig::new(), None)
+                .await
+                .unwrap();
+            ctx.register_parquet(
+                "r",
+                rollups.to_str().unwrap(),
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap();
+            let batches = ctx.sql(q).await.unwrap().collect().await.unwrap();
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+        })
+    };
+    let here = answer(slicetrace_analysis::engine::Engine::Local);
+    let there = answer(remote.parse().unwrap());
+    assert!(here.lines().count() > 6, "{here}");
+    assert_eq!(there, here);
+    assert!(
+        cluster.tasks() > tasks_before,
+        "the sketch query ran no task on the executors"
+    );
+    cluster.stop();
+}
+
 /// Whether two `fleet` answers agree: booleans, nulls, integers and the
 /// words of strings (counts, states, reasons, the gate) exactly; floats
 /// (t-digest quantiles and what derives from them, also where a reason

@@ -222,8 +222,10 @@ impl Engine {
 /// The raw `report` and `fleet` use only built-ins (`approx_percentile_cont`,
 /// `bit_or`, `coalesce`, …); the rollups' `sketch_merge` and
 /// `sketch_quantile` are registered here so that a plan naming them
-/// resolves on every side. (The rollup path reads local directories only in
-/// this build, so it has not run on a cluster yet: docs/ballista.md.)
+/// resolves on every side (a test runs them on real executors). The
+/// commands' rollup path does not use them: it folds sketches in the client,
+/// so on a cluster rollup questions read raw rows (`rollup::ON_CLUSTER`,
+/// docs/ballista.md).
 pub fn register_functions(ctx: &SessionContext) {
     crate::rollup::udaf::register(ctx);
 }

@@ -14,6 +14,13 @@
 //! on compacted data changes nothing (idempotent), and counts are kept
 //! exactly (sketches merge losslessly; a test checks the totals).
 //!
+//! On an object store (`s3://BUCKET/PREFIX`, where the agents ship) the
+//! same steps run with objects: the hour file is written in one PUT under
+//! its stable name (an object is visible whole or not at all, so no
+//! temporary name is needed), and only after that PUT succeeded are the
+//! minute objects it holds deleted. Cut off in between, readers skip the
+//! minute objects the hour file lists and the next run deletes them.
+//!
 //! **`--from-raw`** reads the raw `probes` rows through DataFusion and
 //! writes minute rollups, one file per node and hour,
 //! `part-<hour>-fromraw.parquet` (a rerun replaces it: idempotent). An
@@ -69,8 +76,32 @@ pub fn write_atomic(
     fs::create_dir_all(dir).map_err(RollupError::io("create directory", dir))?;
     let dest = dir.join(name);
     let tmp = dir.join(layout::tmp_name(name));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(RollupError::io("create", &tmp))?;
+        let file = encode(file, &tmp, rows, sources, created_by)?;
+        file.sync_all().map_err(RollupError::io("sync", &tmp))?;
+        fs::rename(&tmp, &dest).map_err(RollupError::io("rename", &tmp))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(RollupError::io("sync", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| dest)
+}
+
+/// Writes `rows` as a rollups Parquet file into `out` (`path` names it in
+/// errors), with `sources` in the footer.
+fn encode<W: std::io::Write + Send>(
+    out: W,
+    path: &Path,
+    rows: &[RollupRecord],
+    sources: &[String],
+    created_by: &str,
+) -> Result<W, RollupError> {
     let batch = rollups_batch(rows).map_err(|source| RollupError::Schema {
-        path: tmp.clone(),
+        path: path.to_path_buf(),
         source,
     })?;
     let mut schema = (*rollups_schema()).clone();
@@ -82,27 +113,34 @@ pub fn write_atomic(
     let schema = std::sync::Arc::new(schema);
     let props = writer_properties(&schema, 65_536, created_by);
     let pq = |source| RollupError::Parquet {
-        path: tmp.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    let result = (|| {
-        let file = File::create(&tmp).map_err(RollupError::io("create", &tmp))?;
-        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq)?;
-        let batch = batch
-            .with_schema(schema.clone())
-            .map_err(|e| pq(e.into()))?;
-        w.write(&batch).map_err(pq)?;
-        let file = w.into_inner().map_err(pq)?;
-        file.sync_all().map_err(RollupError::io("sync", &tmp))?;
-        fs::rename(&tmp, &dest).map_err(RollupError::io("rename", &tmp))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(RollupError::io("sync", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(pq)?;
+    let batch = batch
+        .with_schema(schema.clone())
+        .map_err(|e| pq(e.into()))?;
+    w.write(&batch).map_err(pq)?;
+    w.into_inner().map_err(pq)
+}
+
+/// Writes `rows` as `name` in the node directory `d`: [`write_atomic`]
+/// locally; in an object store one PUT of the whole file, which readers
+/// see whole or not at all.
+fn write_in(
+    d: &read::NodeDir,
+    name: &str,
+    rows: &[RollupRecord],
+    sources: &[String],
+) -> Result<(), RollupError> {
+    match &d.store {
+        None => write_atomic(&d.dir, name, rows, sources, created_by()).map(|_| ()),
+        Some(s) => {
+            let key = d.dir.join(name);
+            let body = encode(Vec::new(), &key, rows, sources, created_by())?;
+            s.put(&key, body)
+        }
     }
-    result.map(|()| dest)
 }
 
 fn hour_name(hour_ns: i64, tag: &str) -> String {
@@ -128,9 +166,18 @@ fn name_of(p: &Path) -> String {
 /// `slicetrace rollup DATA --to hour`: compacts every finished hour (before
 /// the hour of `now_ns`) under `root`.
 pub fn to_hour(root: &Path, now_ns: i64) -> Result<CompactReport, RollupError> {
+    to_hour_at(&super::RollupRoot::Local(root.to_path_buf()), now_ns)
+}
+
+/// [`to_hour`] on a local directory or an object-store prefix. In a store
+/// the steps are the same with objects: the hour file is one PUT (visible
+/// whole or not at all, under a stable name), and only then are the minute
+/// objects it holds deleted; a run cut off in between leaves minute objects
+/// that readers skip and the next run deletes.
+pub fn to_hour_at(root: &super::RollupRoot, now_ns: i64) -> Result<CompactReport, RollupError> {
     let current_hour = bucket_start(now_ns, HOUR_SECS);
     let mut rep = CompactReport::default();
-    for d in read::list(root, None)? {
+    for d in read::list_at(root, None)? {
         compact_dir(&d, current_hour, &mut rep)?;
     }
     Ok(rep)
@@ -147,7 +194,7 @@ fn compact_dir(
     for f in &d.files {
         let n = name_of(f);
         if is_hour_file(&n) {
-            held.extend(read::open(f)?.sources);
+            held.extend(read::open_in(d, f)?.sources);
             hour_files.insert(n, f.clone());
         }
     }
@@ -159,11 +206,11 @@ fn compact_dir(
             continue;
         }
         if held.contains(&n) {
-            fs::remove_file(f).map_err(RollupError::io("remove", f))?;
+            read::remove_in(d, f)?;
             rep.leftovers_removed += 1;
             continue;
         }
-        let rows = rows_of(f, read::open(f)?, SketchSet::ALL)?;
+        let rows = rows_of(f, read::open_in(d, f)?, SketchSet::ALL)?;
         let hours: BTreeSet<i64> = rows
             .iter()
             .map(|r| bucket_start(r.key.bucket_ns, HOUR_SECS))
@@ -174,7 +221,7 @@ fn compact_dir(
             }
             (0, _) => {
                 // An empty file holds nothing: it goes with no hour.
-                fs::remove_file(f).map_err(RollupError::io("remove", f))?;
+                read::remove_in(d, f)?;
             }
             _ => rep.minute_files_kept += 1,
         }
@@ -184,7 +231,7 @@ fn compact_dir(
         let mut acc = Rollup::new(HOUR_SECS);
         let mut sources: Vec<String> = Vec::new();
         if let Some(old) = hour_files.get(&name) {
-            let o = read::open(old)?;
+            let o = read::open_in(d, old)?;
             sources.extend(o.sources.iter().cloned());
             for r in rows_of(old, o, SketchSet::ALL)? {
                 acc.merge_row(&r);
@@ -200,11 +247,11 @@ fn compact_dir(
         sources.sort();
         sources.dedup();
         let rows = acc.take_closed(i64::MAX);
-        write_atomic(&d.dir, &name, &rows, &sources, created_by())?;
+        write_in(d, &name, &rows, &sources)?;
         rep.hour_files_written += 1;
         // The hour file is visible: only now may the minute files go.
         for (p, _) in &files {
-            fs::remove_file(p).map_err(RollupError::io("remove", p))?;
+            read::remove_in(d, p)?;
             rep.minute_files_compacted += 1;
         }
     }

@@ -6,7 +6,6 @@
 //! kernel TFLOP/s change is left empty.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use slicetrace_schema::{RollupRecord, Sketch, SketchSet};
 
@@ -88,7 +87,7 @@ pub enum Sides {
 
 /// Compare blocks from the rollups under `root`.
 pub fn compare(
-    root: &Path,
+    root: &super::RollupRoot,
     sides: Sides,
     parallel: usize,
 ) -> Result<(Vec<CompareBlock>, ReadStats), RollupError> {
@@ -106,7 +105,7 @@ pub fn compare(
             end_ns: b.end_ns.max(a.end_ns),
         }),
     };
-    let dirs = read::list(root, range)?;
+    let dirs = read::list_at(root, range)?;
     // Per (side tag, kernel, shape): the tag is the tenant count, or 0/1
     // for the baseline/against range.
     type M = BTreeMap<(Option<u32>, Key), Side>;

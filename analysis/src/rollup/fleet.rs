@@ -145,14 +145,14 @@ impl Acc {
 /// The fleet check from the rollups under `root`, for `plan`, on
 /// `parallel` threads. `why` says why rollups were chosen.
 pub fn evaluate(
-    root: &std::path::Path,
+    root: &super::RollupRoot,
     a: &FleetArgs,
     plan: &Plan,
     parallel: usize,
     why: &str,
 ) -> Result<(FleetResult, ReadStats), RollupError> {
     let range = plan.scan_range();
-    let dirs = read::list(root, Some(range))?;
+    let dirs = read::list_at(root, Some(range))?;
     let want = SketchSet {
         wall: true,
         gpu: true,

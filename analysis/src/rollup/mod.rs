@@ -22,18 +22,27 @@
 //! rollup partitions exist, or when the range is longer than
 //! `--rollups-after` (default 6 h) and rollups exist. Every output names its
 //! source ([`DataSource`]): a line under a table, a `source` field in JSON.
-//! Rollups are read from a local directory only in this build; for an
-//! `s3://` location the raw path runs.
+//!
+//! Rollups are read the same way from a local directory and from an
+//! `s3://BUCKET/PREFIX/` ([`store`]): only the `date=` partitions of the
+//! range are listed, and the files are read through the object store.
+//! `slicetrace rollup` (compaction) works on local directories only.
+//!
+//! On a Ballista cluster (`--engine df://…`) the raw path runs
+//! ([`ON_CLUSTER`]): the rollup path folds sketches in this process, not in
+//! a DataFusion plan, so it would not run on the cluster at all.
 
 pub mod compact;
 pub mod compare;
 pub mod fleet;
 pub mod read;
 pub mod report;
+pub mod store;
 pub mod synth;
 pub mod timeline;
 pub mod udaf;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,6 +50,12 @@ use serde::Serialize;
 use slicetrace_schema::{layout, SKETCH_ALPHA};
 
 use crate::source::TimeRange;
+pub use store::RollupRoot;
+
+/// Why a command on a Ballista cluster answers from raw rows although
+/// rollups exist: the rollup path is not a DataFusion plan.
+pub const ON_CLUSTER: &str = "--engine df://: the rollup path merges sketches in this process, \
+not in a DataFusion plan, so the cluster answers from raw rows";
 
 /// Errors of the rollup paths.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +98,17 @@ pub enum RollupError {
         found: u32,
         /// This build's.
         supported: u32,
+    },
+    /// An object store could not be listed or read.
+    #[error("failed to {action} {location}")]
+    Store {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        location: String,
+        /// Cause.
+        #[source]
+        source: object_store::Error,
     },
     /// Bad input (flags, a location rollups cannot use).
     #[error("{0}")]
@@ -221,17 +247,19 @@ pub(crate) fn dates_of(range: TimeRange) -> Vec<String> {
 }
 
 /// Whether `table` has a `date=` partition for any date of `range`.
-fn has_partitions(root: &Path, table: &str, range: TimeRange) -> bool {
-    dates_of(range)
-        .iter()
-        .any(|d| root.join(table).join(layout::date_dir(d)).is_dir())
+fn has_partitions(present: &BTreeSet<String>, range: TimeRange) -> bool {
+    dates_of(range).iter().any(|d| present.contains(d))
 }
 
 /// Raw rows or rollups for a command over `range` (`None`: the command
-/// has no time range) on `data`. `raw_only` names a reason the question
-/// needs raw rows (`--all-runs`, a SQL `--where`).
+/// has no time range) on `root`. `raw_only` names a reason the question
+/// needs raw rows (`--all-runs`, a SQL `--where`, [`ON_CLUSTER`]).
+///
+/// On an object store this costs one delimited LIST of `rollups/` and one
+/// of `probes/`. A listing that fails counts as no rollups: the raw path
+/// then runs and reports the store's error itself.
 pub fn choose(
-    data: &str,
+    root: &RollupRoot,
     range: Option<TimeRange>,
     args: &SourceArgs,
     raw_only: Option<&str>,
@@ -239,16 +267,17 @@ pub fn choose(
     if args.exact {
         return DataSource::raw_because("--exact");
     }
-    let Some(root) = data_root(data) else {
-        return DataSource::raw_because("rollups are read from local directories only");
+    let dates = |table: &str| match root.dates(table) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, table, "listing failed: taken as absent");
+            BTreeSet::new()
+        }
     };
-    let rollups_dir = root.join(layout::ROLLUPS);
-    let (raw, rolled) = match range {
-        Some(r) => (
-            has_partitions(&root, layout::PROBES, r),
-            has_partitions(&root, layout::ROLLUPS, r),
-        ),
-        None => (root.join(layout::PROBES).is_dir(), rollups_dir.is_dir()),
+    let rolled_dates = dates(layout::ROLLUPS);
+    let rolled = match range {
+        Some(r) => has_partitions(&rolled_dates, r),
+        None => !rolled_dates.is_empty(),
     };
     if !rolled {
         return DataSource::raw_because("no rollups for this range");
@@ -256,6 +285,11 @@ pub fn choose(
     if let Some(why) = raw_only {
         return DataSource::raw_because(why.to_string());
     }
+    let raw_dates = dates(layout::PROBES);
+    let raw = match range {
+        Some(r) => has_partitions(&raw_dates, r),
+        None => !raw_dates.is_empty(),
+    };
     if !raw {
         return DataSource {
             kind: "rollups",
@@ -305,7 +339,7 @@ mod tests {
             start_ns: day0,
             end_ns: day0 + 3_600_000_000_000,
         };
-        let data = root.to_str().unwrap();
+        let data = &RollupRoot::Local(root.to_path_buf());
         let a = SourceArgs::default();
         assert_eq!(choose(data, Some(r), &a, None).kind, "raw");
         std::fs::create_dir_all(root.join("rollups/date=2024-01-01/node=n")).unwrap();

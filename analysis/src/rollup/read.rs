@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
@@ -22,6 +22,7 @@ use slicetrace_schema::{
     ROLLUP_SCHEMA_VERSION_KEY,
 };
 
+use super::store::{Body, RollupRoot, StoreRoot};
 use super::{dates_of, RollupError};
 use crate::source::TimeRange;
 
@@ -43,10 +44,40 @@ pub struct ReadStats {
 /// One node directory's files.
 #[derive(Debug, Clone)]
 pub struct NodeDir {
-    /// `DATA/rollups/date=…/node=…`.
+    /// `DATA/rollups/date=…/node=…` (on an object store, its key).
     pub dir: PathBuf,
-    /// Its finished data files, sorted by name.
+    /// Its finished data files, sorted by name (on an object store, their
+    /// keys).
     pub files: Vec<PathBuf>,
+    /// The object store holding them; `None` for a local directory.
+    pub store: Option<Arc<StoreRoot>>,
+}
+
+/// [`list`] on either kind of root: on an object store, one recursive
+/// LIST per `date=` partition of `range` that exists (all of them with
+/// `None`), after one delimited LIST of `rollups/`.
+pub fn list_at(root: &RollupRoot, range: Option<TimeRange>) -> Result<Vec<NodeDir>, RollupError> {
+    match root {
+        RollupRoot::Local(p) => list(p, range),
+        RollupRoot::Store(s) => {
+            let present = root.dates(layout::ROLLUPS)?;
+            let dates: Vec<String> = match range {
+                Some(r) => dates_of(r)
+                    .into_iter()
+                    .filter(|d| present.contains(d))
+                    .collect(),
+                None => present.into_iter().collect(),
+            };
+            Ok(s.list_nodes(&dates)?
+                .into_iter()
+                .map(|(dir, files)| NodeDir {
+                    dir,
+                    files,
+                    store: Some(s.clone()),
+                })
+                .collect())
+        }
+    }
 }
 
 /// The node directories of every date partition `range` touches (all dates
@@ -104,7 +135,11 @@ pub fn list(root: &Path, range: Option<TimeRange>) -> Result<Vec<NodeDir>, Rollu
                 })
                 .collect();
             files.sort();
-            out.push(NodeDir { dir: n, files });
+            out.push(NodeDir {
+                dir: n,
+                files,
+                store: None,
+            });
         }
     }
     Ok(out)
@@ -112,16 +147,42 @@ pub fn list(root: &Path, range: Option<TimeRange>) -> Result<Vec<NodeDir>, Rollu
 
 /// A rollup file opened: its footer's sources and a reader builder.
 pub(crate) struct Opened {
-    pub(crate) builder: ParquetRecordBatchReaderBuilder<File>,
+    pub(crate) builder: ParquetRecordBatchReaderBuilder<Body>,
     pub(crate) sources: Vec<String>,
     pub(crate) rows: u64,
 }
 
-/// Opens `path`, checking the table and version in its footer.
+/// Opens the local file `path`, checking the table and version in its
+/// footer.
 pub(crate) fn open(path: &Path) -> Result<Opened, RollupError> {
     let f = File::open(path).map_err(RollupError::io("open", path))?;
+    open_body(path, Body::File(f))
+}
+
+/// Opens the file `f` of the node directory `d`, local or in its store.
+pub(crate) fn open_in(d: &NodeDir, f: &Path) -> Result<Opened, RollupError> {
+    match &d.store {
+        None => open(f),
+        Some(s) => {
+            let body = s.fetch(std::slice::from_ref(&f.to_path_buf()))?;
+            let b = body.into_iter().next().unwrap_or_default();
+            open_body(f, Body::Bytes(b))
+        }
+    }
+}
+
+/// Removes the file `f` of the node directory `d`, local or in its store.
+pub(crate) fn remove_in(d: &NodeDir, f: &Path) -> Result<(), RollupError> {
+    match &d.store {
+        None => fs::remove_file(f).map_err(RollupError::io("remove", f)),
+        Some(s) => s.delete(f),
+    }
+}
+
+/// Opens a rollup file's bytes (`path` names it in errors).
+pub(crate) fn open_body(path: &Path, body: Body) -> Result<Opened, RollupError> {
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| RollupError::Parquet {
+        ParquetRecordBatchReaderBuilder::try_new(body).map_err(|source| RollupError::Parquet {
             path: path.to_path_buf(),
             source,
         })?;
@@ -206,10 +267,21 @@ pub(crate) fn rows_of(
 pub(crate) fn live_files(d: &NodeDir) -> Result<(Vec<(PathBuf, Opened)>, usize), RollupError> {
     let mut opened = Vec::with_capacity(d.files.len());
     let mut held: HashSet<String> = HashSet::new();
-    for f in &d.files {
-        let o = open(f)?;
-        held.extend(o.sources.iter().cloned());
-        opened.push((f.clone(), o));
+    match &d.store {
+        None => {
+            for f in &d.files {
+                let o = open(f)?;
+                held.extend(o.sources.iter().cloned());
+                opened.push((f.clone(), o));
+            }
+        }
+        Some(s) => {
+            for (f, b) in d.files.iter().zip(s.fetch(&d.files)?) {
+                let o = open_body(f, Body::Bytes(b))?;
+                held.extend(o.sources.iter().cloned());
+                opened.push((f.to_path_buf(), o));
+            }
+        }
     }
     let before = opened.len();
     opened.retain(|(p, _)| {

@@ -6,7 +6,6 @@
 //! range (`--where START..END`) selects whole buckets that start inside it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use slicetrace_schema::{RollupRecord, Sketch, SketchSet};
 
@@ -97,13 +96,13 @@ pub fn check_by(by: &[String]) -> Result<(), RollupError> {
 
 /// The report over the rollups under `root` in `range`, grouped by `by`.
 pub fn report(
-    root: &Path,
+    root: &super::RollupRoot,
     by: &[String],
     range: Option<TimeRange>,
     parallel: usize,
 ) -> Result<(Table, ReadStats), RollupError> {
     check_by(by)?;
-    let dirs = read::list(root, range)?;
+    let dirs = read::list_at(root, range)?;
     let want = SketchSet {
         wall: true,
         gpu: true,

@@ -4,7 +4,6 @@
 //! and the bucket's largest tenant count, drawn by the plot module.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use slicetrace_schema::{RollupRecord, Sketch, SketchSet};
 
@@ -31,13 +30,13 @@ type Buckets = BTreeMap<i64, (Sketch, Option<u32>)>;
 /// The series of the rollups under `root` in `range`, grouped by `by`
 /// (the first six, as the raw timeline).
 pub fn series(
-    root: &Path,
+    root: &super::RollupRoot,
     by: &[String],
     range: Option<TimeRange>,
     parallel: usize,
 ) -> Result<(Vec<TimelineSeries>, ReadStats), RollupError> {
     check_by(by)?;
-    let dirs = read::list(root, range)?;
+    let dirs = read::list_at(root, range)?;
     let want = SketchSet {
         wall: true,
         gpu: false,
