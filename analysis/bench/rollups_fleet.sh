@@ -2,9 +2,9 @@
 # fleet from rollups vs DuckDB over the same files (issue 23).
 # Usage: analysis/bench/rollups_fleet.sh NODES MODE(min|hour) OUTDIR
 # Generates rollups directly (gen-rollups, no raw rows), then times
-# `slicetrace fleet` (the bench-fast profile: `cargo build --profile
-# bench-fast -p slicetrace-analysis --no-default-features --bin slicetrace`) and a DuckDB query that reads the same
-# files and does the same grouping and sums (it cannot decode DDSketches:
+# `slicetrace fleet` (the bench-fast profile, see docs/benchmarks.md
+# "Rollups (issue 23)" for the exact build command) and a DuckDB query that
+# reads the same files and does the same grouping and sums (it cannot decode DDSketches:
 # it collects the window's sketch blobs per GPU, kernel and shape, which is
 # a lower bound of what merging them would cost). Raw rows: RESULTS/*.json.
 # REUSE=1 keeps OUTDIR's data from an earlier run (same NODES and MODE);
