@@ -478,8 +478,14 @@ mod tests {
                 }
             }
             let rows = acc.take_closed(i64::MAX);
-            write_atomic(&d.dir, &hour_name(day + HOUR_NS, HOUR_TAG), &rows, &sources, "test")
-                .unwrap();
+            write_atomic(
+                &d.dir,
+                &hour_name(day + HOUR_NS, HOUR_TAG),
+                &rows,
+                &sources,
+                "test",
+            )
+            .unwrap();
         }
         let (runs, wall, _) = totals(tmp.path());
         // "Now" in hour 03: hours 00-02 are finished, 03 is not.

@@ -460,7 +460,8 @@ mod tests {
                 a.rows += r.runs;
                 a.arrivals += r.arrivals;
                 a.newest = Some(a.newest.map_or(r.last_ts_ns, |n| n.max(r.last_ts_ns)));
-                let inside = |t: TimeRange| r.key.bucket_ns >= t.start_ns && r.key.bucket_ns < t.end_ns;
+                let inside =
+                    |t: TimeRange| r.key.bucket_ns >= t.start_ns && r.key.bucket_ns < t.end_ns;
                 if inside(window) {
                     a.w_runs += r.arrivals;
                     a.w_wall.merge(&r.wall_ms);
@@ -525,7 +526,11 @@ mod tests {
             assert_eq!(got.len(), 5 * 2 * 2);
             for (k, w) in &want {
                 let g = &got[k];
-                assert_eq!((g.rows, g.arrivals, g.newest_ns), (w.rows, w.arrivals, w.newest), "{k:?}");
+                assert_eq!(
+                    (g.rows, g.arrivals, g.newest_ns),
+                    (w.rows, w.arrivals, w.newest),
+                    "{k:?}"
+                );
                 assert_eq!(g.w_runs, w.w_runs);
                 assert!(g.w_runs > 0 && g.b_quiet_runs == w.b_quiet, "{k:?}");
                 assert_eq!(g.w_wall_p99, w.w_wall.quantile(0.99), "{k:?}");
