@@ -6,7 +6,7 @@
 # per node and kernel. Writes RESULTS/accuracy.json (every group's numbers).
 set -euo pipefail
 OUT=${1:-/tmp/rollup-acc}
-BIN=${BIN:-target/release/slicetrace}
+BIN=${BIN:-target/bench-fast/slicetrace}
 PY=${PY:-.venv/bin/python}
 RES=analysis/bench/results/rollups
 mkdir -p "$RES"

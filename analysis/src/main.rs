@@ -186,11 +186,13 @@ enum Cmd {
     /// (--to hour), or build minute rollups from raw rows written before
     /// the agent wrote rollups (--from-raw, local directories only).
     ///
-    /// Compaction is atomic per node and hour (the hour file is written
-    /// under a hidden name, synced and renamed, or on s3:// in one PUT; the
-    /// minute files are removed only after it is visible, and readers skip
-    /// minute files an hour file lists), idempotent, and safe to rerun
-    /// after a cut-off run.
+    /// Hour rows are kept in one file per node and date
+    /// (`part-<date>T000000Z-hour.parquet`, rewritten as hours finish; an
+    /// earlier build's per-hour files are folded in). Compaction is atomic
+    /// per node and date (the file is written under a hidden name, synced
+    /// and renamed, or on s3:// in one PUT; the minute files are removed
+    /// only after it is visible, and readers skip files an hour file
+    /// lists), idempotent, and safe to rerun after a cut-off run.
     Rollup {
         /// The agent's output directory (with a rollups/ child, or probes/
         /// for --from-raw), or for --to hour the s3://BUCKET/PREFIX the

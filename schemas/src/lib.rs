@@ -36,7 +36,8 @@ pub use kinds::{Backend, Kernel, UnknownName, WallClock};
 pub use record::{probes_batch, probes_from_batch, probes_schema, ProbeRecord};
 pub use rollup::{
     rollups_batch, rollups_from_batch, rollups_schema, Rollup, RollupKey, RollupRecord, Sketch,
-    SketchSet, ROLLUP_COLUMNS, ROLLUP_SCHEMA_VERSION, ROLLUP_SCHEMA_VERSION_KEY, SKETCH_ALPHA,
+    SketchAcc, SketchSet, ROLLUP_COLUMNS, ROLLUP_SCHEMA_VERSION, ROLLUP_SCHEMA_VERSION_KEY,
+    SKETCH_ALPHA,
 };
 pub use verdict::{
     event_eligible, event_mcycles, is_quiet, judge, sku_reference, BaselineSource, Contention,

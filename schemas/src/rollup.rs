@@ -49,6 +49,9 @@ use sketches_ddsketch::{Config, DDSketch};
 use crate::columns::ColumnDoc;
 use crate::{event_eligible, event_mcycles, ProbeRecord, SchemaError, Thresholds, TABLE_KEY};
 
+mod dense;
+pub use dense::SketchAcc;
+
 /// Version of the `rollups` table layout, under its own footer key
 /// [`ROLLUP_SCHEMA_VERSION_KEY`] (the `probes`/`health` version does not
 /// move with it). Same rule as [`crate::SCHEMA_VERSION`]: bump on any change
@@ -587,7 +590,9 @@ pub fn rollups_batch(rows: &[RollupRecord]) -> Result<RecordBatch, SchemaError> 
     RecordBatch::try_new(rollups_schema(), columns).map_err(SchemaError::Arrow)
 }
 
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, SchemaError> {
+/// Column `name` of a `rollups` batch as the Arrow array type `T` (a
+/// missing column or another type is an error).
+pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, SchemaError> {
     let col = batch
         .column_by_name(name)
         .ok_or_else(|| SchemaError::MissingColumn(name.to_string()))?;

@@ -3,16 +3,20 @@
 //!
 //! **`--to hour`**, per `date=/node=` directory: the minute files whose
 //! rows all lie in one finished hour (before the hour that holds `now`)
-//! are folded, with the hour's existing hour file if any, into
-//! `part-<hour>-hour.parquet`. The new hour file is written under a hidden
-//! temporary name, synced and renamed over the old one (readers see the
-//! old or the new file, never half of one); its footer lists every file it
-//! holds (`slicetrace.rollup_sources`). Only then are those minute files
-//! removed. A run cut off anywhere is safe: before the rename nothing
-//! changed; after it, readers skip the minute files the hour file lists,
-//! and the next run removes them without folding them in again. Rerunning
-//! on compacted data changes nothing (idempotent), and counts are kept
-//! exactly (sketches merge losslessly; a test checks the totals).
+//! are folded into hour rows, with the directory's existing hour files,
+//! into one file per node and date, `part-<date>T000000Z-hour.parquet`
+//! (one file per node-day rather than per node-hour: a day of a 10,000-node
+//! fleet is 10,000 files to open, not 240,000; a file from before, one per
+//! hour, is folded in at the next run). The new file is written under a
+//! hidden temporary name, synced and renamed over the old one (readers see
+//! the old or the new file, never half of one); its footer lists every
+//! file it holds (`slicetrace.rollup_sources`). Only then are those minute
+//! files (and older hour files) removed. A run cut off anywhere is safe:
+//! before the rename nothing changed; after it, readers skip the files the
+//! hour file lists, and the next run removes them without folding them in
+//! again. Rerunning on compacted data changes nothing (idempotent), and
+//! counts are kept exactly (sketches merge losslessly; a test checks the
+//! totals).
 //!
 //! On an object store (`s3://BUCKET/PREFIX`, where the agents ship) the
 //! same steps run with objects: the hour file is written in one PUT under
@@ -48,15 +52,17 @@ pub const HOUR_TAG: &str = "hour";
 pub const FROM_RAW_TAG: &str = "fromraw";
 
 const HOUR_NS: i64 = HOUR_SECS as i64 * 1_000_000_000;
+/// Seconds per day: hour rows are kept in one file per node and date.
+pub const DAY_SECS: u32 = 86_400;
 
 /// What a compaction did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CompactReport {
-    /// Hour files written (new or replaced).
+    /// Hour files written (new or replaced; one per node and date).
     pub hour_files_written: usize,
     /// Minute files folded into hour files and removed.
     pub minute_files_compacted: usize,
-    /// Minute files already held by an hour file (a cut-off run), removed.
+    /// Files already held by an hour file (a cut-off run), removed.
     pub leftovers_removed: usize,
     /// Minute files left: their hour is not finished.
     pub minute_files_kept: usize,
@@ -188,7 +194,8 @@ fn compact_dir(
     current_hour: i64,
     rep: &mut CompactReport,
 ) -> Result<(), RollupError> {
-    // Leftovers first: minute files an hour file already holds.
+    // Leftovers first: files an hour file already holds (minute files, or
+    // hour files of an earlier layout folded into a day's file).
     let mut held: BTreeSet<String> = BTreeSet::new();
     let mut hour_files: BTreeMap<String, PathBuf> = BTreeMap::new();
     for f in &d.files {
@@ -198,8 +205,20 @@ fn compact_dir(
             hour_files.insert(n, f.clone());
         }
     }
-    // Minute files by the one finished hour all their rows lie in.
-    let mut by_hour: BTreeMap<i64, Vec<(PathBuf, Vec<RollupRecord>)>> = BTreeMap::new();
+    hour_files.retain(|n, f| {
+        if held.contains(n) {
+            match read::remove_in(d, f) {
+                Ok(()) => rep.leftovers_removed += 1,
+                Err(e) => tracing::warn!("{}: not removed: {e}", f.display()),
+            }
+            false
+        } else {
+            true
+        }
+    });
+    // Minute files by the date of the one finished hour all their rows
+    // lie in.
+    let mut by_day: BTreeMap<i64, Vec<(PathBuf, Vec<RollupRecord>)>> = BTreeMap::new();
     for f in &d.files {
         let n = name_of(f);
         if is_hour_file(&n) {
@@ -216,9 +235,10 @@ fn compact_dir(
             .map(|r| bucket_start(r.key.bucket_ns, HOUR_SECS))
             .collect();
         match (hours.len(), hours.iter().next()) {
-            (1, Some(&h)) if h < current_hour => {
-                by_hour.entry(h).or_default().push((f.clone(), rows))
-            }
+            (1, Some(&h)) if h < current_hour => by_day
+                .entry(bucket_start(h, DAY_SECS))
+                .or_default()
+                .push((f.clone(), rows)),
             (0, _) => {
                 // An empty file holds nothing: it goes with no hour.
                 read::remove_in(d, f)?;
@@ -226,13 +246,23 @@ fn compact_dir(
             _ => rep.minute_files_kept += 1,
         }
     }
-    for (hour, files) in by_hour {
-        let name = hour_name(hour, HOUR_TAG);
+    for (day, files) in by_day {
+        let name = hour_name(day, HOUR_TAG);
         let mut acc = Rollup::new(HOUR_SECS);
         let mut sources: Vec<String> = Vec::new();
-        if let Some(old) = hour_files.get(&name) {
+        // The day's file, and any hour file of that date from before.
+        let olds: Vec<(&String, &PathBuf)> = hour_files
+            .iter()
+            .filter(|(n, _)| {
+                crate::source::name_start_ns(n).is_some_and(|s| bucket_start(s, DAY_SECS) == day)
+            })
+            .collect();
+        for (n, old) in &olds {
             let o = read::open_in(d, old)?;
             sources.extend(o.sources.iter().cloned());
+            if **n != name {
+                sources.push((*n).clone());
+            }
             for r in rows_of(old, o, SketchSet::ALL)? {
                 acc.merge_row(&r);
             }
@@ -249,10 +279,15 @@ fn compact_dir(
         let rows = acc.take_closed(i64::MAX);
         write_in(d, &name, &rows, &sources)?;
         rep.hour_files_written += 1;
-        // The hour file is visible: only now may the minute files go.
+        // The day's file is visible: only now may what it holds go.
         for (p, _) in &files {
             read::remove_in(d, p)?;
             rep.minute_files_compacted += 1;
+        }
+        for (n, old) in &olds {
+            if **n != name {
+                fs::remove_file(old).map_err(RollupError::io("remove", old))?;
+            }
         }
     }
     Ok(())
@@ -386,7 +421,7 @@ pub async fn from_raw(
 }
 
 /// Whether `dir` holds rollups of `hour` other than `ours`: the agent's
-/// files starting in it, or its hour file.
+/// files starting in it, or an hour file with rows of it.
 fn has_other_rollups(dir: &Path, hour: i64, ours: &str) -> Result<bool, RollupError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -398,16 +433,136 @@ fn has_other_rollups(dir: &Path, hour: i64, ours: &str) -> Result<bool, RollupEr
         if n == ours || !layout::is_file_name(&n) {
             continue;
         }
-        if n == hour_name(hour, HOUR_TAG) {
-            // The hour was compacted; if it held our file, rewriting ours
-            // is harmless (readers skip it), otherwise it has the runs.
-            return Ok(true);
+        let start = crate::source::name_start_ns(&n);
+        if is_hour_file(&n)
+            && start.is_some_and(|s| bucket_start(s, DAY_SECS) == bucket_start(hour, DAY_SECS))
+        {
+            // An hour file of the date (the day's, or one hour's from an
+            // earlier layout): if it holds rows of the hour, the hour was
+            // compacted; if it held our file, rewriting ours is harmless
+            // (readers skip it), otherwise it has the runs.
+            let p = dir.join(&n);
+            let none = SketchSet {
+                wall: false,
+                gpu: false,
+                queue: false,
+                mcycles: false,
+                event: false,
+            };
+            let rows = rows_of(&p, read::open(&p)?, none)?;
+            if rows
+                .iter()
+                .any(|r| bucket_start(r.key.bucket_ns, HOUR_SECS) == hour)
+            {
+                return Ok(true);
+            }
+            continue;
         }
-        if let Some(s) = crate::source::name_start_ns(&n) {
+        if let Some(s) = start {
             if s >= hour && s < hour + HOUR_NS {
                 return Ok(true);
             }
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::rollup::synth::{generate, RollupSynth};
+    use slicetrace_schema::Sketch;
+
+    /// Runs, and the wall sketch of everything, under `root`.
+    fn totals(root: &Path) -> (u64, Sketch, usize) {
+        let dirs = read::list(root, None).unwrap();
+        let ((runs, wall), stats) = read::fold(
+            &dirs,
+            None,
+            SketchSet::ALL,
+            1,
+            |acc: &mut (u64, Sketch), r: RollupRecord| {
+                acc.0 += r.runs;
+                acc.1.merge(&r.wall_ms);
+            },
+            |_, _| unreachable!("one thread"),
+        )
+        .unwrap();
+        (runs, wall, stats.files_read)
+    }
+
+    #[test]
+    fn finished_hours_go_into_one_file_per_node_and_date_folding_older_hour_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let day = 1_796_515_200_000_000_000; // 2026-12-06T00:00:00Z
+        let s = RollupSynth {
+            nodes: 2,
+            gpus_per_node: 2,
+            end_ns: day + 4 * HOUR_NS,
+            span_secs: 4 * 3600,
+            hours: false,
+            file_secs: 900,
+            arrivals_per_min: 300,
+            draws: 20,
+            seed: 5,
+            threads: 1,
+        };
+        generate(tmp.path(), &s).unwrap();
+        // An earlier build's layout: hour 01 of each node already in its
+        // own hour file, its minute files gone.
+        for d in read::list(tmp.path(), None).unwrap() {
+            let mut acc = Rollup::new(HOUR_SECS);
+            let mut sources = Vec::new();
+            for f in &d.files {
+                let start = crate::source::name_start_ns(&name_of(f)).unwrap();
+                if bucket_start(start, HOUR_SECS) == day + HOUR_NS {
+                    for r in rows_of(f, read::open(f).unwrap(), SketchSet::ALL).unwrap() {
+                        acc.merge_row(&r);
+                    }
+                    sources.push(name_of(f));
+                    fs::remove_file(f).unwrap();
+                }
+            }
+            let rows = acc.take_closed(i64::MAX);
+            write_atomic(
+                &d.dir,
+                &hour_name(day + HOUR_NS, HOUR_TAG),
+                &rows,
+                &sources,
+                "test",
+            )
+            .unwrap();
+        }
+        let (runs, wall, _) = totals(tmp.path());
+        // "Now" in hour 03: hours 00-02 are finished, 03 is not.
+        let rep = to_hour(tmp.path(), day + 3 * HOUR_NS + 60_000_000_000).unwrap();
+        assert_eq!(rep.hour_files_written, 2, "{rep:?}");
+        assert_eq!(rep.minute_files_compacted, 2 * 2 * 4, "{rep:?}");
+        assert_eq!(rep.minute_files_kept, 2 * 4, "{rep:?}");
+        for d in read::list(tmp.path(), None).unwrap() {
+            let hours: Vec<String> = d
+                .files
+                .iter()
+                .map(|f| name_of(f))
+                .filter(|n| is_hour_file(n))
+                .collect();
+            assert_eq!(hours, vec![hour_name(day, HOUR_TAG)], "{:?}", d.files);
+        }
+        let (runs_after, wall_after, files) = totals(tmp.path());
+        assert_eq!(files, 2 * (1 + 4));
+        assert_eq!(runs_after, runs);
+        // Merging is exact: the same bins, the same quantiles.
+        assert_eq!(wall_after.count(), wall.count());
+        for q in [0.01, 0.5, 0.99, 1.0] {
+            assert_eq!(wall_after.quantile(q), wall.quantile(q));
+        }
+        // The next hour joins the same file; then nothing is left to do.
+        let rep = to_hour(tmp.path(), day + 5 * HOUR_NS).unwrap();
+        assert_eq!((rep.hour_files_written, rep.minute_files_compacted), (2, 8));
+        let rep = to_hour(tmp.path(), day + 5 * HOUR_NS).unwrap();
+        assert_eq!((rep.hour_files_written, rep.minute_files_compacted), (0, 0));
+        let (runs_after, _, files) = totals(tmp.path());
+        assert_eq!((runs_after, files), (runs, 2));
+    }
 }

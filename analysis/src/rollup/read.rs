@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde::Serialize;
@@ -308,6 +309,91 @@ where
     F: Fn(&mut T, RollupRecord) + Sync,
     M: Fn(&mut T, T),
 {
+    fold_files(
+        dirs,
+        range,
+        parallel,
+        |acc: &mut T, p: &Path, o: Opened| {
+            for row in rows_of(p, o, want)? {
+                let inside = range.is_none_or(|r| {
+                    row.key.bucket_ns >= r.start_ns && row.key.bucket_ns < r.end_ns
+                });
+                if inside {
+                    fold(acc, row);
+                }
+            }
+            Ok(())
+        },
+        merge,
+    )
+}
+
+/// Like [`fold`], but hands `fold` the Arrow batches of each file, with
+/// only the `columns` named (a column a file lacks is left out, not an
+/// error): the caller reads what it needs from the arrays, decodes no
+/// sketch it does not use and allocates nothing per row. Rows are not
+/// filtered by `range`: `fold` gets every row of the files whose name
+/// does not place them after it, and checks `ts` itself.
+pub fn fold_batches<T, F, M>(
+    dirs: &[NodeDir],
+    range: Option<TimeRange>,
+    columns: &[&str],
+    parallel: usize,
+    fold: F,
+    merge: M,
+) -> Result<(T, ReadStats), RollupError>
+where
+    T: Default + Send,
+    F: Fn(&mut T, &Path, &RecordBatch) -> Result<(), RollupError> + Sync,
+    M: Fn(&mut T, T),
+{
+    fold_files(
+        dirs,
+        range,
+        parallel,
+        |acc: &mut T, p: &Path, o: Opened| {
+            let schema = o.builder.parquet_schema();
+            let keep: Vec<usize> = (0..schema.num_columns())
+                .filter(|&i| columns.contains(&schema.column(i).name()))
+                .collect();
+            let mask = ProjectionMask::leaves(schema, keep);
+            let reader = o
+                .builder
+                .with_projection(mask)
+                .with_batch_size(65_536)
+                .build()
+                .map_err(|source| RollupError::Parquet {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+            for b in reader {
+                let b = b.map_err(|e| RollupError::Parquet {
+                    path: p.to_path_buf(),
+                    source: parquet::errors::ParquetError::ArrowError(e.to_string()),
+                })?;
+                fold(acc, p, &b)?;
+            }
+            Ok(())
+        },
+        merge,
+    )
+}
+
+/// The work loop of [`fold`] and [`fold_batches`]: each thread takes node
+/// directories in turn and hands each live file not pruned by name to
+/// `per_file`.
+fn fold_files<T, F, M>(
+    dirs: &[NodeDir],
+    range: Option<TimeRange>,
+    parallel: usize,
+    per_file: F,
+    merge: M,
+) -> Result<(T, ReadStats), RollupError>
+where
+    T: Default + Send,
+    F: Fn(&mut T, &Path, Opened) -> Result<(), RollupError> + Sync,
+    M: Fn(&mut T, T),
+{
     let next = AtomicUsize::new(0);
     let stats = Mutex::new(ReadStats {
         node_dirs: dirs.len(),
@@ -340,15 +426,7 @@ where
                                 }
                                 local.files_read += 1;
                                 local.rows_read += o.rows;
-                                for row in rows_of(&p, o, want)? {
-                                    let inside = range.is_none_or(|r| {
-                                        row.key.bucket_ns >= r.start_ns
-                                            && row.key.bucket_ns < r.end_ns
-                                    });
-                                    if inside {
-                                        fold(&mut acc, row);
-                                    }
-                                }
+                                per_file(&mut acc, &p, o)?;
                             }
                             Ok(())
                         })();

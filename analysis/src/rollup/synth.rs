@@ -2,7 +2,7 @@
 //! (`slicetrace gen-rollups`): `nodes` × `gpus_per_node` GPUs, two kernels
 //! each, over `span_secs` ending at `end_ns`, as the agent writes them
 //! (minute rows, one file per node every `file_secs`) or as compaction
-//! leaves them (`hours`: one hour file per node and hour).
+//! leaves them (`hours`: hour rows, one file per node and date).
 //!
 //! Each row's sketches get `draws` values from a log-normal clock (σ 0.1)
 //! around the kernel's base time, each added with the count that brings
@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use slicetrace_schema::rollup::{bucket_start, HOUR_SECS, MINUTE_SECS};
 use slicetrace_schema::{layout, RollupKey, RollupRecord};
 
-use super::compact::{write_atomic, HOUR_TAG};
+use super::compact::{write_atomic, DAY_SECS, HOUR_TAG};
 use super::RollupError;
 
 /// What to generate.
@@ -114,11 +114,8 @@ pub fn generate(out: &Path, s: &RollupSynth) -> Result<(usize, u64), RollupError
     let end = bucket_start(s.end_ns, period);
     let span_ns = i64::try_from(s.span_secs).unwrap_or(i64::MAX / 2) * 1_000_000_000;
     let start = bucket_start(end - span_ns, period);
-    let file_ns = if s.hours {
-        p_ns
-    } else {
-        i64::try_from(s.file_secs.max(60)).unwrap_or(300) * 1_000_000_000
-    };
+    let file_ns = i64::try_from(s.file_secs.max(60)).unwrap_or(300) * 1_000_000_000;
+    let day_ns = i64::from(DAY_SECS) * 1_000_000_000;
     let next = AtomicUsize::new(0);
     let files = AtomicUsize::new(0);
     let rows = AtomicU64::new(0);
@@ -134,7 +131,11 @@ pub fn generate(out: &Path, s: &RollupSynth) -> Result<(usize, u64), RollupError
                 let mut rng = StdRng::seed_from_u64(s.seed ^ (n as u64).wrapping_mul(0x9e37_79b9));
                 let mut t = start;
                 while t < end {
-                    let f_end = (t + file_ns).min(end);
+                    let f_end = if s.hours {
+                        (bucket_start(t, DAY_SECS) + day_ns).min(end)
+                    } else {
+                        (t + file_ns).min(end)
+                    };
                     let mut rs = Vec::new();
                     let mut b = t;
                     while b < f_end {
@@ -151,7 +152,8 @@ pub fn generate(out: &Path, s: &RollupSynth) -> Result<(usize, u64), RollupError
                         .join(layout::node_dir(&node));
                     let name = if s.hours {
                         let start =
-                            chrono::DateTime::from_timestamp_nanos(t).format("%Y%m%dT%H%M%SZ");
+                            chrono::DateTime::from_timestamp_nanos(bucket_start(t, DAY_SECS))
+                                .format("%Y%m%dT%H%M%SZ");
                         format!(
                             "{}{start}-{HOUR_TAG}{}",
                             layout::FILE_PREFIX,

@@ -3,7 +3,9 @@
 //! one, and `sketch_quantile(<binary sketch>, q)`, a scalar function that
 //! reads a quantile (±1 %). The partial state is the merged sketch's bytes,
 //! so the aggregate runs in partial/final stages on any executor that has
-//! it registered ([`register`]).
+//! it registered ([`register`]). The aggregate merges each row's bytes
+//! straight into dense counters ([`SketchAcc`]) rather than decoding a
+//! DDSketch per row; its state is the same standard encoding.
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
-use slicetrace_schema::Sketch;
+use slicetrace_schema::SketchAcc;
 
 /// Registers `sketch_merge` and `sketch_quantile` with `ctx`.
 pub fn register(ctx: &SessionContext) {
@@ -56,7 +58,7 @@ impl AggregateUDFImpl for SketchMerge {
         Ok(DataType::Binary)
     }
     fn accumulator(&self, _acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(MergeAcc(Sketch::new())))
+        Ok(Box::new(MergeAcc(SketchAcc::new())))
     }
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![Arc::new(Field::new("sketch", DataType::Binary, true))])
@@ -64,7 +66,7 @@ impl AggregateUDFImpl for SketchMerge {
 }
 
 #[derive(Debug)]
-struct MergeAcc(Sketch);
+struct MergeAcc(SketchAcc);
 
 impl MergeAcc {
     fn fold(&mut self, a: &ArrayRef) -> Result<()> {
@@ -73,9 +75,8 @@ impl MergeAcc {
         };
         for i in 0..b.len() {
             if b.is_valid(i) {
-                match Sketch::decode("sketch_merge", b.value(i)) {
-                    Ok(s) => self.0.merge(&s),
-                    Err(e) => return exec_err!("{e}"),
+                if let Err(e) = self.0.merge_encoded("sketch_merge", b.value(i)) {
+                    return exec_err!("{e}");
                 }
             }
         }
@@ -97,7 +98,7 @@ impl Accumulator for MergeAcc {
         Ok(self.bytes())
     }
     fn size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.0.encode().len()
+        std::mem::size_of::<Self>() + self.0.heap_bytes()
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         Ok(vec![self.bytes()])
@@ -158,8 +159,9 @@ impl ScalarUDFImpl for SketchQuantile {
                 out.append_null();
                 continue;
             }
-            match Sketch::decode("sketch_quantile", s.value(i)) {
-                Ok(k) => out.append_option(k.quantile(q.value(i))),
+            let mut k = SketchAcc::new();
+            match k.merge_encoded("sketch_quantile", s.value(i)) {
+                Ok(()) => out.append_option(k.quantile(q.value(i))),
                 Err(e) => return exec_err!("{e}"),
             }
         }
@@ -175,6 +177,7 @@ mod tests {
     use arrow::datatypes::Schema;
     use arrow::record_batch::RecordBatch;
     use datafusion::datasource::MemTable;
+    use slicetrace_schema::Sketch;
 
     #[tokio::test]
     async fn sql_merges_sketches_in_partitions_and_reads_a_quantile_within_alpha() {
