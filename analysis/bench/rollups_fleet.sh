@@ -41,11 +41,11 @@ n = duckdb.sql(f"""SELECT node, gpu_uuid, kernel, shape, sum(runs), sum(arrivals
   sum(sm_clock_mhz_sum), sum(sm_clock_runs), list(wall_ms_sketch), list(gpu_ms_sketch),
   list(mcycles_sketch), list(event_mcycles_sketch)
   FROM read_parquet('{root}/rollups/**/*.parquet', hive_partitioning=false)
-  GROUP BY ALL""").fetchall()
+  GROUP BY ALL""").arrow().read_all()
 duck = time.time() - t0
 out = {"gpus": len(r["gpus"]), "summary": r["summary"], "source": r["source"], "runs": r["runs"],
        "scan": {k: v for k, v in r["scan"].items() if k != "skipped"},
-       "duckdb_s": round(duck, 2), "duckdb_groups": len(n)}
+       "duckdb_s": round(duck, 2), "duckdb_groups": n.num_rows}
 with open("/proc/loadavg") as f:
     out["loadavg_after"] = f.read().split()[:3]
 json.dump(out, open(res, "w"), indent=1)
