@@ -165,6 +165,26 @@ fn main() {
             }
         }
     };
+    let parked = slicetrace_agent::probe::driver::parked_now();
+    if parked > 0 {
+        // A backend abandoned with a hung run is still inside CUDA on its
+        // runner thread: the CUDA driver's exit handlers would tear its
+        // context down under it (a SIGSEGV at exit on an H100). Everything
+        // the agent writes is flushed and closed by now; skip the handlers.
+        tracing::warn!(
+            parked,
+            "exiting with abandoned backends still inside a hung run: CUDA is not torn down"
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: `_exit` ends the process at once; no Rust state is used
+        // after it, and every sink was stopped and flushed by `run`.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::_exit(code)
+        }
+    }
     std::process::exit(code);
 }
 

@@ -24,6 +24,7 @@
 //! budget), so every answer carries the runner thread's CPU time for that
 //! command, which the probe thread charges to its `run` stage.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,6 +71,18 @@ pub type OnRelease = Box<dyn FnOnce(Duration) + Send>;
 /// Shared between a driver and its runner thread: what to do once the
 /// runner releases a backend that the probe thread abandoned.
 type ParkSlot = Arc<Mutex<Option<(Instant, OnRelease)>>>;
+
+/// Backends abandoned with a run that has not returned, process-wide.
+static PARKED_NOW: AtomicUsize = AtomicUsize::new(0);
+
+/// How many abandoned backends still wait for their run to return. The
+/// agent's exit skips the C library's exit handlers while any does: the
+/// CUDA driver's handlers tear contexts down under the thread still inside
+/// the hung run, which crashed the agent at exit on an H100 (SIGSEGV once
+/// the planted hang ended).
+pub fn parked_now() -> usize {
+    PARKED_NOW.load(Ordering::Relaxed)
+}
 
 /// The probe thread's handle to one backend on its runner thread.
 pub struct Driver {
@@ -154,6 +167,7 @@ impl Driver {
                 drop(b);
                 let parked = runner_park.lock().ok().and_then(|mut p| p.take());
                 if let Some((since, on_release)) = parked {
+                    PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
                     on_release(since.elapsed());
                 }
             })
@@ -174,6 +188,7 @@ impl Driver {
     /// parked. If the run never returns, neither does `on_release`.
     pub fn abandon(self, on_release: OnRelease) {
         if let Ok(mut p) = self.park.lock() {
+            PARKED_NOW.fetch_add(1, Ordering::Relaxed);
             *p = Some((Instant::now(), on_release));
         }
         // Dropping the channels tells the runner nobody listens any more.
