@@ -882,22 +882,8 @@ fn one(
                 .map(|i| g.waits[i])
                 .collect();
             waits.sort_unstable_by(f64::total_cmp);
-            let exec: Vec<f64> = if g.exec.is_empty() {
-                Vec::new()
-            } else {
-                crate::tenancy::resample(&mut rng, g.exec.len())
-                    .into_iter()
-                    .map(|i| g.exec[i])
-                    .collect()
-            };
-            let rest: Vec<f64> = if g.rest.is_empty() {
-                Vec::new()
-            } else {
-                crate::tenancy::resample(&mut rng, g.rest.len())
-                    .into_iter()
-                    .map(|i| g.rest[i])
-                    .collect()
-            };
+            let exec = redraw(&mut rng, &g.exec);
+            let rest = redraw(&mut rng, &g.rest);
             gs.insert(
                 k,
                 Group {
@@ -1043,6 +1029,17 @@ fn one(
         max_replicas_for_slo,
         notes,
     })
+}
+
+/// A bootstrap resample of `v` (empty stays empty, drawing nothing).
+fn redraw(rng: &mut SmallRng, v: &[f64]) -> Vec<f64> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    crate::tenancy::resample(rng, v.len())
+        .into_iter()
+        .map(|i| v[i])
+        .collect()
 }
 
 /// The largest value of `range` that meets `ok`, scanning up and stopping
