@@ -26,7 +26,8 @@ use parquet::file::properties::{WriterProperties, DEFAULT_MAX_ROW_GROUP_ROW_COUN
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slicetrace_schema::{
-    layout, probes_batch, probes_schema, writer_properties, Backend, Kernel, ProbeRecord,
+    layout, probes_batch, probes_schema, writer_properties, Backend, DeviceFields, Kernel,
+    ProbeRecord,
 };
 
 /// Errors raised while generating data.
@@ -217,13 +218,16 @@ impl Iterator for NodeGen<'_> {
             queue_ms: Some(queue_ms),
             tflops: Some(flops / gpu_ms / 1e9),
             correct: Some(correct),
-            sm_clock_mhz: Some(clock),
-            gpu_util_pct: Some(if tenants > 0 { 100 } else { 3 }),
-            power_w: Some(120.0 + 100.0 * f64::from(tenants)),
-            throttle_reasons: Some(if self.throttled { 0x20 } else { 0 }),
-            gpu_processes: Some(tenants),
+            device: DeviceFields {
+                sm_clock_mhz: Some(clock),
+                gpu_util_pct: Some(if tenants > 0 { 100 } else { 3 }),
+                power_w: Some(120.0 + 100.0 * f64::from(tenants)),
+                throttle_reasons: Some(if self.throttled { 0x20 } else { 0 }),
+                gpu_processes: Some(tenants),
+                sm_clock_mhz_after: Some(clock),
+                ..Default::default()
+            },
             pod_count: Some(tenants),
-            sm_clock_mhz_after: Some(clock),
             ..base.clone()
         })
     }
@@ -255,8 +259,11 @@ fn run_base(node: &str, uuid: &str, gemm: bool) -> (ProbeRecord, f64) {
         precision: "fp32".into(),
         flops,
         rel_error: Some(1e-7),
-        mem_clock_mhz: Some(2619),
-        temp_c: Some(40),
+        device: DeviceFields {
+            mem_clock_mhz: Some(2619),
+            temp_c: Some(40),
+            ..Default::default()
+        },
         replicas: Some(4),
         sharing_strategy: Some("time-slicing".into()),
         ..Default::default()
@@ -528,13 +535,16 @@ fn fleet_file_rows(
                 queue_ms: Some(queue_ms),
                 tflops: Some(flops / gpu_ms / 1e9),
                 correct: Some(true),
-                sm_clock_mhz: Some(NOMINAL_CLOCK_MHZ),
-                gpu_util_pct: Some(3),
-                power_w: Some(120.0),
-                throttle_reasons: Some(0),
-                gpu_processes: Some(0),
+                device: DeviceFields {
+                    sm_clock_mhz: Some(NOMINAL_CLOCK_MHZ),
+                    gpu_util_pct: Some(3),
+                    power_w: Some(120.0),
+                    throttle_reasons: Some(0),
+                    gpu_processes: Some(0),
+                    sm_clock_mhz_after: Some(NOMINAL_CLOCK_MHZ),
+                    ..Default::default()
+                },
                 pod_count: Some(0),
-                sm_clock_mhz_after: Some(NOMINAL_CLOCK_MHZ),
                 ..base.clone()
             });
         }

@@ -134,7 +134,7 @@ fn fleet_tells_throttling_from_contention_and_faults() {
     );
     for r in rows.iter_mut() {
         if r.ts_ns > spec.start_ns + 3600 * 1_000_000_000 {
-            r.gpu_processes = Some(3);
+            r.device.gpu_processes = Some(3);
             r.pod_count = Some(3);
             let q = 4.0 + (r.cycle % 7) as f64 * 0.5;
             r.queue_ms = Some(q);

@@ -22,8 +22,8 @@ use slicetrace_agent::serve::live::LiveState;
 use slicetrace_e2e::testkit::{Faults, FaultyBackend};
 use slicetrace_probe::cpu::CpuBackend;
 use slicetrace_probe::{Kernel, ProbeBackend};
-use slicetrace_schema::ProbeRecord;
 use slicetrace_schema::Verdict;
+use slicetrace_schema::{DeviceFields, ProbeRecord};
 
 /// The tests share one log capture, so they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -106,9 +106,12 @@ impl TelemetrySource for FaultyTelemetry {
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.ok_for {
             return Ok(DeviceSample {
-                sm_clock_mhz: Some(1980),
-                temp_c: Some(41),
-                power_w: Some(123.0),
+                fields: DeviceFields {
+                    sm_clock_mhz: Some(1980),
+                    temp_c: Some(41),
+                    power_w: Some(123.0),
+                    ..Default::default()
+                },
                 ..Default::default()
             });
         }
@@ -140,17 +143,23 @@ async fn telemetry_case(ok_for: u64) {
     a.stop().await;
 
     let rows = read_rows(&data);
-    let with: Vec<&ProbeRecord> = rows.iter().filter(|r| r.sm_clock_mhz.is_some()).collect();
-    let without: Vec<&ProbeRecord> = rows.iter().filter(|r| r.sm_clock_mhz.is_none()).collect();
+    let with: Vec<&ProbeRecord> = rows
+        .iter()
+        .filter(|r| r.device.sm_clock_mhz.is_some())
+        .collect();
+    let without: Vec<&ProbeRecord> = rows
+        .iter()
+        .filter(|r| r.device.sm_clock_mhz.is_none())
+        .collect();
     assert!(
         without.len() >= 50,
         "rows keep coming while NVML fails: {} rows without NVML",
         without.len()
     );
     // Absent is null, never 0, and nothing from an earlier sample leaks in.
-    assert!(without
-        .iter()
-        .all(|r| r.temp_c.is_none() && r.power_w.is_none() && r.throttle_reasons.is_none()));
+    assert!(without.iter().all(|r| r.device.temp_c.is_none()
+        && r.device.power_w.is_none()
+        && r.device.throttle_reasons.is_none()));
     if ok_for == 0 {
         assert!(
             with.is_empty(),
@@ -160,7 +169,7 @@ async fn telemetry_case(ok_for: u64) {
     } else {
         assert!(with
             .iter()
-            .all(|r| r.sm_clock_mhz == Some(1980) && r.temp_c == Some(41)));
+            .all(|r| r.device.sm_clock_mhz == Some(1980) && r.device.temp_c == Some(41)));
         assert!(!with.is_empty());
         // Once NVML fails for good, every later row is null.
         let first_null = without.first().expect("null rows").ts_ns;

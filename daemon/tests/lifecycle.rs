@@ -561,7 +561,10 @@ impl TelemetrySource for ScriptedDriver {
             });
         }
         Ok(DeviceSample {
-            sm_clock_mhz: Some(1000),
+            fields: slicetrace_schema::DeviceFields {
+                sm_clock_mhz: Some(1000),
+                ..Default::default()
+            },
             ..DeviceSample::default()
         })
     }

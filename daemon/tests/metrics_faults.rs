@@ -62,7 +62,10 @@ impl TelemetrySource for Nvml {
     }
     fn sample(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         Ok(DeviceSample {
-            throttle_reasons: Some(if gpu_uuid == "CPU-3" { 0x8 } else { 0 }),
+            fields: slicetrace_schema::DeviceFields {
+                throttle_reasons: Some(if gpu_uuid == "CPU-3" { 0x8 } else { 0 }),
+                ..Default::default()
+            },
             processes: Some(
                 (0..self.tenants)
                     .map(|i| GpuProcess {
@@ -237,7 +240,7 @@ fn shared_gpus_are_healthy_contention_is_its_own_dimension_and_names_stay_privat
     let rows = slicetrace_e2e::probe_rows(dir.path());
     assert!(!rows.is_empty());
     for r in &rows {
-        let p = r.processes.as_ref().expect("processes known");
+        let p = r.device.processes.as_ref().expect("processes known");
         assert_eq!(p.len(), 2);
         assert!(p.iter().all(|x| x.ends_with("::100")), "{p:?}");
         assert_eq!(r.tenants(), Some(2));

@@ -21,7 +21,7 @@ use slicetrace_agent::consumers::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, Trac
 use slicetrace_agent::consumers::Sink;
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_agent::probe::ids::{new_span_id, new_trace_id};
-use slicetrace_schema::{Backend, Kernel, ProbeRecord};
+use slicetrace_schema::{Backend, DeviceFields, Kernel, ProbeRecord};
 
 /// rotel from the project venv or `$SLICETRACE_ROTEL` (the shared rule of
 /// the test support crate: a missing tool skips, visibly, unless
@@ -141,8 +141,11 @@ fn cycle(cycle: u64, t0_ns: i64) -> (slicetrace_schema::TraceId, Vec<ProbeRecord
                 gpu_ms: Some(0.4),
                 wall_ms: 1.5,
                 queue_ms: Some(1.1),
-                sm_clock_mhz: Some(1980),
-                power_w: Some(312.5),
+                device: DeviceFields {
+                    sm_clock_mhz: Some(1980),
+                    power_w: Some(312.5),
+                    ..Default::default()
+                },
                 pods: Some(vec!["team-a/trainer-0".into()]),
                 pod_count: Some(1),
                 trace_id: Some(trace),

@@ -20,7 +20,9 @@ use slicetrace_agent::consumers::parquet::{
 use slicetrace_agent::consumers::Sink;
 use slicetrace_agent::internal_events::Counters;
 use slicetrace_schema::precision::round_ms;
-use slicetrace_schema::{Backend, HealthRecord, Kernel, ProbeRecord, SpanId, TraceId};
+use slicetrace_schema::{
+    Backend, DeviceFields, HealthRecord, Kernel, ProbeRecord, SpanId, TraceId,
+};
 
 /// A Python with pyarrow, duckdb and polars.
 fn python() -> Option<PathBuf> {
@@ -65,9 +67,12 @@ fn rec_at(t0: i64, i: usize) -> ProbeRecord {
         wall_ms: wall,
         queue_ms: Some(wall * 0.6),
         // Some readings absent, as on a GPU that does not report them.
-        sm_clock_mhz: match i % 5 {
-            0 => None,
-            _ => Some(1980),
+        device: DeviceFields {
+            sm_clock_mhz: match i % 5 {
+                0 => None,
+                _ => Some(1980),
+            },
+            ..Default::default()
         },
         pods: match i % 4 {
             0 => Some(vec!["ns/a".into(), "ns/b".into()]),

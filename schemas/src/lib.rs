@@ -33,7 +33,7 @@ pub use columns::{ColumnDoc, COLUMNS, HEALTH_COLUMNS};
 pub use health::{health_batch, health_schema, HealthRecord};
 pub use ids::{BadId, SpanId, TraceId};
 pub use kinds::{Backend, Kernel, UnknownName, WallClock};
-pub use record::{probes_batch, probes_from_batch, probes_schema, ProbeRecord};
+pub use record::{probes_batch, probes_from_batch, probes_schema, DeviceFields, ProbeRecord};
 pub use rollup::{
     rollups_batch, rollups_from_batch, rollups_schema, Rollup, RollupKey, RollupRecord, Sketch,
     SketchAcc, SketchSet, ROLLUP_COLUMNS, ROLLUP_SCHEMA_VERSION, ROLLUP_SCHEMA_VERSION_KEY,

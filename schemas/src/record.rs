@@ -65,28 +65,11 @@ pub struct ProbeRecord {
     pub correct: Option<bool>,
     /// Relative error of the check.
     pub rel_error: Option<f64>,
-    /// SM clock before the burst, MHz.
-    pub sm_clock_mhz: Option<u32>,
-    /// Memory clock before the burst, MHz.
-    pub mem_clock_mhz: Option<u32>,
-    /// GPU utilisation, %.
-    pub gpu_util_pct: Option<u32>,
-    /// Memory utilisation, %.
-    pub mem_util_pct: Option<u32>,
-    /// Power, W.
-    pub power_w: Option<f64>,
-    /// Temperature, °C.
-    pub temp_c: Option<u32>,
-    /// Throttle reason bit mask.
-    pub throttle_reasons: Option<u64>,
-    /// Framebuffer used, MiB.
-    pub fb_used_mib: Option<u64>,
-    /// Compute processes other than the agent.
-    pub gpu_processes: Option<u32>,
-    /// Those processes, `pid:name:used_mib`.
-    pub processes: Option<Vec<String>>,
-    /// SM clock after the burst, MHz.
-    pub sm_clock_mhz_after: Option<u32>,
+    /// The GPU's NVML readings around the run (the `sm_clock_mhz` …
+    /// `sm_clock_mhz_after` columns), filled by the agent's telemetry in one
+    /// piece.
+    #[serde(flatten)]
+    pub device: DeviceFields,
     /// Pods holding a replica of this GPU.
     pub pods: Option<Vec<String>>,
     /// `pods.len()`.
@@ -149,8 +132,40 @@ impl ProbeRecord {
     /// Other compute processes sharing the GPU (the one definition of
     /// "tenants", same as [`crate::TENANTS_SQL`]); `None` when unknown.
     pub fn tenants(&self) -> Option<u32> {
-        self.gpu_processes
+        self.device.gpu_processes
     }
+}
+
+/// The NVML columns of a [`ProbeRecord`]: what the agent's telemetry read of
+/// the GPU just before and just after the run. One struct, so the telemetry
+/// fills it and the probe loop copies it onto each row in one assignment.
+/// A reading the driver does not give is `None` (a null column), never 0.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceFields {
+    /// SM clock read right before the run (before the burst in burst
+    /// mode), MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock, MHz (full NVML sample, at most 1 s old).
+    pub mem_clock_mhz: Option<u32>,
+    /// GPU utilisation over NVML's own sample period, % (full sample).
+    pub gpu_util_pct: Option<u32>,
+    /// Memory-controller utilisation, % (full sample).
+    pub mem_util_pct: Option<u32>,
+    /// Board power draw, W (full sample).
+    pub power_w: Option<f64>,
+    /// GPU temperature, °C (full sample).
+    pub temp_c: Option<u32>,
+    /// Clocks-event reasons, OR of the readings right before and right
+    /// after the run, idle bit 0x1 removed.
+    pub throttle_reasons: Option<u64>,
+    /// Framebuffer memory in use, MiB (full sample).
+    pub fb_used_mib: Option<u64>,
+    /// Compute processes on the GPU other than the agent.
+    pub gpu_processes: Option<u32>,
+    /// Those processes, `pid:name:used_mib`.
+    pub processes: Option<Vec<String>>,
+    /// SM clock read right after the run (after the burst), MHz.
+    pub sm_clock_mhz_after: Option<u32>,
 }
 
 pub(crate) fn parse_type(t: &str) -> DataType {
@@ -276,17 +291,17 @@ pub fn probes_batch(rows: &[ProbeRecord]) -> Result<RecordBatch, SchemaError> {
         col!(rows, Float64Builder, |r| r.tflops.map(round_rel)),
         col!(rows, BooleanBuilder, |r| r.correct),
         col!(rows, Float64Builder, |r| r.rel_error),
-        col!(rows, UInt32Builder, |r| r.sm_clock_mhz),
-        col!(rows, UInt32Builder, |r| r.mem_clock_mhz),
-        col!(rows, UInt32Builder, |r| r.gpu_util_pct),
-        col!(rows, UInt32Builder, |r| r.mem_util_pct),
-        col!(rows, Float64Builder, |r| r.power_w.map(round_rel)),
-        col!(rows, UInt32Builder, |r| r.temp_c),
-        col!(rows, UInt64Builder, |r| r.throttle_reasons),
-        col!(rows, UInt64Builder, |r| r.fb_used_mib),
-        col!(rows, UInt32Builder, |r| r.gpu_processes),
-        list_array(rows.iter().map(|r| r.processes.clone())),
-        col!(rows, UInt32Builder, |r| r.sm_clock_mhz_after),
+        col!(rows, UInt32Builder, |r| r.device.sm_clock_mhz),
+        col!(rows, UInt32Builder, |r| r.device.mem_clock_mhz),
+        col!(rows, UInt32Builder, |r| r.device.gpu_util_pct),
+        col!(rows, UInt32Builder, |r| r.device.mem_util_pct),
+        col!(rows, Float64Builder, |r| r.device.power_w.map(round_rel)),
+        col!(rows, UInt32Builder, |r| r.device.temp_c),
+        col!(rows, UInt64Builder, |r| r.device.throttle_reasons),
+        col!(rows, UInt64Builder, |r| r.device.fb_used_mib),
+        col!(rows, UInt32Builder, |r| r.device.gpu_processes),
+        list_array(rows.iter().map(|r| r.device.processes.clone())),
+        col!(rows, UInt32Builder, |r| r.device.sm_clock_mhz_after),
         list_array(rows.iter().map(|r| r.pods.clone())),
         col!(rows, UInt32Builder, |r| r.pod_count),
         list_array(rows.iter().map(|r| r.active_pods.clone())),
@@ -442,17 +457,19 @@ pub fn probes_from_batch(batch: &RecordBatch) -> Result<Vec<ProbeRecord>, Schema
             tflops: opt(tflops.is_valid(i), tflops.value(i)),
             correct: opt(correct.is_valid(i), correct.value(i)),
             rel_error: opt(rel.is_valid(i), rel.value(i)),
-            sm_clock_mhz: opt(sm.is_valid(i), sm.value(i)),
-            mem_clock_mhz: opt(mem.is_valid(i), mem.value(i)),
-            gpu_util_pct: opt(gu.is_valid(i), gu.value(i)),
-            mem_util_pct: opt(mu.is_valid(i), mu.value(i)),
-            power_w: opt(pw.is_valid(i), pw.value(i)),
-            temp_c: opt(temp.is_valid(i), temp.value(i)),
-            throttle_reasons: opt(thr.is_valid(i), thr.value(i)),
-            fb_used_mib: opt(fb.is_valid(i), fb.value(i)),
-            gpu_processes: opt(procs_n.is_valid(i), procs_n.value(i)),
-            processes: list_at(procs, i),
-            sm_clock_mhz_after: opt(sm_after.is_valid(i), sm_after.value(i)),
+            device: DeviceFields {
+                sm_clock_mhz: opt(sm.is_valid(i), sm.value(i)),
+                mem_clock_mhz: opt(mem.is_valid(i), mem.value(i)),
+                gpu_util_pct: opt(gu.is_valid(i), gu.value(i)),
+                mem_util_pct: opt(mu.is_valid(i), mu.value(i)),
+                power_w: opt(pw.is_valid(i), pw.value(i)),
+                temp_c: opt(temp.is_valid(i), temp.value(i)),
+                throttle_reasons: opt(thr.is_valid(i), thr.value(i)),
+                fb_used_mib: opt(fb.is_valid(i), fb.value(i)),
+                gpu_processes: opt(procs_n.is_valid(i), procs_n.value(i)),
+                processes: list_at(procs, i),
+                sm_clock_mhz_after: opt(sm_after.is_valid(i), sm_after.value(i)),
+            },
             pods: list_at(pods, i),
             pod_count: opt(pod_count.is_valid(i), pod_count.value(i)),
             active_pods: list_at(active, i),
@@ -504,7 +521,10 @@ mod tests {
             rel_error: Some(1e-7),
             pods: Some(vec!["a/b".into(), "c/d".into()]),
             pod_count: Some(2),
-            processes: Some(vec![]),
+            device: DeviceFields {
+                processes: Some(vec![]),
+                ..Default::default()
+            },
             verdict: Some(Verdict::Degraded),
             contention: Some(Contention::OverShared),
             trace_id: Some(TraceId::from_bytes([0x1f; 16])),
@@ -545,7 +565,10 @@ mod tests {
             clock_error_us: Some(3.000_001),
             gpu_ms: Some(0.901_234_567),
             tflops: Some(51.234_567_89),
-            power_w: Some(312.456),
+            device: DeviceFields {
+                power_w: Some(312.456),
+                ..Default::default()
+            },
             ..sample()
         };
         let back = probes_from_batch(&probes_batch(std::slice::from_ref(&r)).expect("batch"))
@@ -568,7 +591,7 @@ mod tests {
         assert!(ce >= 3.000_001 && ce - 3.000_001 < crate::precision::US_QUANTUM);
         // gpu_ms is kept as measured.
         assert_eq!(b.gpu_ms, r.gpu_ms);
-        for (got, want) in [(b.tflops, r.tflops), (b.power_w, r.power_w)] {
+        for (got, want) in [(b.tflops, r.tflops), (b.device.power_w, r.device.power_w)] {
             let (g, w) = (got.expect("v"), want.expect("v"));
             assert!(((g - w) / w).abs() < 1e-6, "{w} -> {g}");
         }
@@ -587,9 +610,9 @@ mod tests {
         assert_eq!(batch.num_columns(), COLUMNS.len());
         let back = probes_from_batch(&batch).expect("read back");
         assert_eq!(back, rows);
-        assert_eq!(back[0].processes, Some(vec![]));
+        assert_eq!(back[0].device.processes, Some(vec![]));
         assert_eq!(back[1].pods, None);
-        assert_eq!(back[0].sm_clock_mhz, None);
+        assert_eq!(back[0].device.sm_clock_mhz, None);
     }
 
     #[test]

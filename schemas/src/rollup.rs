@@ -305,11 +305,11 @@ impl RollupRecord {
         }
         self.arrivals += 1;
         self.incorrect_arrivals += u64::from(bad);
-        if let Some(t) = r.throttle_reasons {
+        if let Some(t) = r.device.throttle_reasons {
             self.throttle_reasons = Some(self.throttle_reasons.unwrap_or(0) | t);
             self.hw_throttled_arrivals += u64::from(t & th.throttle_unhealthy_mask != 0);
         }
-        if let Some(c) = r.sm_clock_mhz {
+        if let Some(c) = r.device.sm_clock_mhz {
             self.sm_clock_mhz_sum += f64::from(c);
             self.sm_clock_runs += 1;
         }
@@ -748,8 +748,11 @@ mod tests {
             wall_ms: wall,
             gpu_ms: Some(wall / 2.0),
             queue_ms: Some(wall / 2.0),
-            sm_clock_mhz: Some(1980),
-            gpu_processes: Some(0),
+            device: crate::DeviceFields {
+                sm_clock_mhz: Some(1980),
+                gpu_processes: Some(0),
+                ..Default::default()
+            },
             arrival: Some(arrival),
             correct: Some(true),
             ..Default::default()

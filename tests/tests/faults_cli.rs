@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slicetrace_e2e::{bin, run_with_timeout};
-use slicetrace_schema::{probes_batch, Backend, Kernel, ProbeRecord};
+use slicetrace_schema::{probes_batch, Backend, DeviceFields, Kernel, ProbeRecord};
 
 fn records(n: usize) -> Vec<ProbeRecord> {
     let t0 = 1_767_225_600_000_000_000i64; // 2026-01-01T00:00:00Z
@@ -38,7 +38,10 @@ fn records(n: usize) -> Vec<ProbeRecord> {
             wall_ms: 1.2 + (i % 11) as f64 * 0.01,
             queue_ms: Some(0.2),
             correct: Some(true),
-            gpu_processes: Some((i / 2 % 2) as u32),
+            device: DeviceFields {
+                gpu_processes: Some((i / 2 % 2) as u32),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .collect()

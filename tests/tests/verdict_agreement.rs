@@ -21,7 +21,7 @@ use serde_json::Value;
 use slicetrace_agent::consumers::health::{Evaluator, HealthConfig};
 use slicetrace_agent::serve::live::LiveState;
 use slicetrace_e2e::{bin, root, run_with_timeout};
-use slicetrace_schema::{probes_batch, Backend, HealthRecord, Kernel, ProbeRecord};
+use slicetrace_schema::{probes_batch, Backend, DeviceFields, HealthRecord, Kernel, ProbeRecord};
 
 const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
 
@@ -51,9 +51,12 @@ fn row(uuid: &str, i: usize, wall: f64, gpu: f64, tenants: u32) -> ProbeRecord {
         wall_ms: wall,
         queue_ms: Some(wall - gpu),
         correct: Some(true),
-        sm_clock_mhz: Some(1980),
-        throttle_reasons: Some(0),
-        gpu_processes: Some(tenants),
+        device: DeviceFields {
+            sm_clock_mhz: Some(1980),
+            throttle_reasons: Some(0),
+            gpu_processes: Some(tenants),
+            ..Default::default()
+        },
         arrival: Some(true),
         ..Default::default()
     }
@@ -95,13 +98,13 @@ fn scenarios() -> Vec<ProbeRecord> {
         // HW throttling in a third of the runs (sustained: unhealthy) and
         // in 2 % of them (brief: degraded).
         let mut h = row("GPU-hw-throttled", i, 0.06, 0.0098, 0);
-        h.throttle_reasons = Some(if i % 3 == 0 { 0x40 } else { 0 });
+        h.device.throttle_reasons = Some(if i % 3 == 0 { 0x40 } else { 0 });
         rows.push(h);
         let mut h = row("GPU-hw-brief", i, 0.06, 0.0098, 0);
-        h.throttle_reasons = Some(if i % 50 == 3 { 0x40 } else { 0 });
+        h.device.throttle_reasons = Some(if i % 50 == 3 { 0x40 } else { 0 });
         rows.push(h);
         let mut s = row("GPU-sw-throttled", i, 0.06, 0.0098, 0);
-        s.throttle_reasons = Some(if i % 50 == 3 { 0x4 } else { 0 });
+        s.device.throttle_reasons = Some(if i % 50 == 3 { 0x4 } else { 0 });
         rows.push(s);
         // Runs right after the probe's own previous run are not arrivals.
         let mut b = row("GPU-phases", i, 50.0, 0.0098, 0);

@@ -39,8 +39,8 @@ use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 use slicetrace_schema::rollup::{bucket_start, HOUR_SECS, MINUTE_SECS, ROLLUP_SOURCES_KEY};
 use slicetrace_schema::{
-    layout, rollups_batch, rollups_schema, writer_properties, Backend, Kernel, ProbeRecord, Rollup,
-    RollupRecord, SketchSet,
+    layout, rollups_batch, rollups_schema, writer_properties, Backend, DeviceFields, Kernel,
+    ProbeRecord, Rollup, RollupRecord, SketchSet,
 };
 
 use super::read::{self, rows_of};
@@ -380,9 +380,12 @@ pub async fn from_raw(
                 wall_ms: wall[i],
                 queue_ms: num(queue[i]),
                 correct: correct[i],
-                sm_clock_mhz: clock[i],
-                throttle_reasons: thr[i].map(|x| x as u64),
-                gpu_processes: procs[i],
+                device: DeviceFields {
+                    sm_clock_mhz: clock[i],
+                    throttle_reasons: thr[i].map(|x| x as u64),
+                    gpu_processes: procs[i],
+                    ..Default::default()
+                },
                 busy_count: busy[i],
                 arrival: arrival[i],
                 event_inflated: inflated[i],

@@ -210,21 +210,9 @@ impl ProbeLoop {
             // the GPU: absent, not an empty list.
             occ.active_pods = None;
         }
-        let proc_strings = tel.process_strings();
         let trace_id = new_trace_id();
         for r in &mut rows {
-            let b = &tel.before;
-            r.sm_clock_mhz = b.sm_clock_mhz;
-            r.mem_clock_mhz = b.mem_clock_mhz;
-            r.gpu_util_pct = b.gpu_util_pct;
-            r.mem_util_pct = b.mem_util_pct;
-            r.power_w = b.power_w;
-            r.temp_c = b.temp_c;
-            r.fb_used_mib = b.fb_used_mib;
-            r.throttle_reasons = tel.throttle_reasons;
-            r.sm_clock_mhz_after = tel.sm_clock_mhz_after;
-            r.gpu_processes = tel.processes.as_ref().map(|p| p.len() as u32);
-            r.processes = proc_strings.clone();
+            r.device = tel.fields.clone();
             r.pods = occ.pods.clone();
             r.pod_count = occ.pod_count;
             r.active_pods = occ.active_pods.clone();

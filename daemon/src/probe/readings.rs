@@ -53,10 +53,11 @@ impl ProbeLoop {
             return s;
         }
         let clocks = self.sample(st, Reading::Clocks);
-        st.full.as_ref().map(|(_, full)| DeviceSample {
-            sm_clock_mhz: clocks.as_ref().and_then(|c| c.sm_clock_mhz),
-            throttle_reasons: clocks.as_ref().and_then(|c| c.throttle_reasons),
-            ..full.clone()
+        st.full.as_ref().map(|(_, full)| {
+            let mut s = full.clone();
+            s.fields.sm_clock_mhz = clocks.as_ref().and_then(|c| c.fields.sm_clock_mhz);
+            s.fields.throttle_reasons = clocks.as_ref().and_then(|c| c.fields.throttle_reasons);
+            s
         })
     }
 

@@ -269,7 +269,10 @@ impl crate::probe::telemetry::TelemetrySource for CountingTelemetry {
     fn sample(&self, _: &str) -> Result<DeviceSample, crate::probe::telemetry::TelemetryError> {
         let n = self.full.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(DeviceSample {
-            sm_clock_mhz: Some(1000),
+            fields: slicetrace_schema::DeviceFields {
+                sm_clock_mhz: Some(1000),
+                ..Default::default()
+            },
             processes: Some(vec![crate::probe::occupancy::GpuProcess {
                 pid: n,
                 used_mib: Some(1),
@@ -284,7 +287,10 @@ impl crate::probe::telemetry::TelemetrySource for CountingTelemetry {
     ) -> Result<DeviceSample, crate::probe::telemetry::TelemetryError> {
         self.device.fetch_add(1, Ordering::SeqCst);
         Ok(DeviceSample {
-            sm_clock_mhz: Some(1001),
+            fields: slicetrace_schema::DeviceFields {
+                sm_clock_mhz: Some(1001),
+                ..Default::default()
+            },
             ..Default::default()
         })
     }
@@ -294,7 +300,10 @@ impl crate::probe::telemetry::TelemetrySource for CountingTelemetry {
     ) -> Result<DeviceSample, crate::probe::telemetry::TelemetryError> {
         self.clocks.fetch_add(1, Ordering::SeqCst);
         Ok(DeviceSample {
-            sm_clock_mhz: Some(1002),
+            fields: slicetrace_schema::DeviceFields {
+                sm_clock_mhz: Some(1002),
+                ..Default::default()
+            },
             ..Default::default()
         })
     }
@@ -327,11 +336,13 @@ fn the_process_list_is_read_less_often_than_the_device_fields_and_kept_between_r
         rows.len()
     );
     for r in &rows {
-        assert_eq!(r.gpu_processes, Some(1), "every row keeps the list");
-        assert_eq!(r.processes.as_deref().map(|p| p.len()), Some(1));
+        assert_eq!(r.device.gpu_processes, Some(1), "every row keeps the list");
+        assert_eq!(r.device.processes.as_deref().map(|p| p.len()), Some(1));
     }
     // The after-run clock is the cheap reading's.
-    assert!(rows.iter().all(|r| r.sm_clock_mhz_after == Some(1002)));
+    assert!(rows
+        .iter()
+        .all(|r| r.device.sm_clock_mhz_after == Some(1002)));
 }
 
 /// `probe.process_list_max_age_ms = 1000` reads the process list with
@@ -354,7 +365,7 @@ fn a_process_list_max_age_of_one_second_reads_it_with_every_full_sample() {
     // (a process string is `pid:name:MiB`; the pid is the read's number.)
     let last = rows
         .last()
-        .and_then(|r| r.processes.as_ref())
+        .and_then(|r| r.device.processes.as_ref())
         .map(|p| p[0].clone());
     assert_eq!(last, Some(format!("{full}::1")));
 }

@@ -13,7 +13,7 @@ pub fn is_quiet(r: &ProbeRecord) -> bool {
 /// Event time per SM cycle: `gpu_ms × sm_clock_mhz / 1000`, millions of SM
 /// cycles; `None` without both readings.
 pub fn event_mcycles(r: &ProbeRecord) -> Option<f64> {
-    Some(r.gpu_ms? * f64::from(r.sm_clock_mhz?) / 1000.0)
+    Some(r.gpu_ms? * f64::from(r.device.sm_clock_mhz?) / 1000.0)
 }
 
 /// Whether a run's event clock may be judged for health (see the module

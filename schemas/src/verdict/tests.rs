@@ -171,7 +171,10 @@ fn preempted_long_kernels_are_not_judged_beside_tenants() {
     let th = Thresholds::DEFAULT;
     let r = |gpu: f64, t: u32, inflated: Option<bool>| ProbeRecord {
         gpu_ms: Some(gpu),
-        gpu_processes: Some(t),
+        device: crate::DeviceFields {
+            gpu_processes: Some(t),
+            ..Default::default()
+        },
         event_inflated: inflated,
         ..Default::default()
     };

@@ -165,13 +165,13 @@ impl Evaluator {
                 b.failures += 1;
                 t.failures_total += 1;
             }
-            b.throttle |= r.throttle_reasons.unwrap_or(0);
+            b.throttle |= r.device.throttle_reasons.unwrap_or(0);
             if !r.is_arrival() {
                 continue;
             }
             b.max_tenants = b.max_tenants.max(r.tenants());
             attribute(b, r.queue_ms, r.busy_tenants.as_ref());
-            if r.throttle_reasons.unwrap_or(0) & th.throttle_unhealthy_mask != 0 {
+            if r.device.throttle_reasons.unwrap_or(0) & th.throttle_unhealthy_mask != 0 {
                 b.hw_throttled += 1;
             }
             let _ = b.wall.record(us(r.wall_ms));

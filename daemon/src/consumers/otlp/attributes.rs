@@ -90,19 +90,19 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     f(attr::CLOCK_ERROR_US, r.clock_error_us);
     f(attr::TFLOPS, r.tflops);
     f(attr::REL_ERROR, r.rel_error);
-    f(attr::POWER_W, r.power_w);
+    f(attr::POWER_W, r.device.power_w);
     let mut u = |k: &'static str, v: Option<u32>| {
         if let Some(v) = v {
             a.push(KeyValue::new(k, i64::from(v)));
         }
     };
-    u(attr::SM_CLOCK_MHZ, r.sm_clock_mhz);
-    u(attr::MEM_CLOCK_MHZ, r.mem_clock_mhz);
-    u(attr::GPU_UTIL_PCT, r.gpu_util_pct);
-    u(attr::MEM_UTIL_PCT, r.mem_util_pct);
-    u(attr::TEMP_C, r.temp_c);
-    u(attr::GPU_PROCESSES, r.gpu_processes);
-    u(extra_attr::SM_CLOCK_MHZ_AFTER, r.sm_clock_mhz_after);
+    u(attr::SM_CLOCK_MHZ, r.device.sm_clock_mhz);
+    u(attr::MEM_CLOCK_MHZ, r.device.mem_clock_mhz);
+    u(attr::GPU_UTIL_PCT, r.device.gpu_util_pct);
+    u(attr::MEM_UTIL_PCT, r.device.mem_util_pct);
+    u(attr::TEMP_C, r.device.temp_c);
+    u(attr::GPU_PROCESSES, r.device.gpu_processes);
+    u(extra_attr::SM_CLOCK_MHZ_AFTER, r.device.sm_clock_mhz_after);
     u(attr::POD_COUNT, r.pod_count);
     u(attr::REPLICAS, r.replicas);
     if let Some(v) = &r.gpu_name {
@@ -111,17 +111,17 @@ pub fn run_attributes(r: &ProbeRecord) -> Vec<KeyValue> {
     if let Some(v) = r.correct {
         a.push(KeyValue::new(attr::CORRECT, v));
     }
-    if let Some(v) = r.throttle_reasons {
+    if let Some(v) = r.device.throttle_reasons {
         // A bit mask: keep the bit pattern in OTLP's signed integer.
         a.push(KeyValue::new(attr::THROTTLE_REASONS, v as i64));
     }
-    if let Some(v) = r.fb_used_mib {
+    if let Some(v) = r.device.fb_used_mib {
         a.push(KeyValue::new(
             attr::FB_USED_MIB,
             i64::try_from(v).unwrap_or(i64::MAX),
         ));
     }
-    if let Some(v) = &r.processes {
+    if let Some(v) = &r.device.processes {
         a.push(KeyValue::new(extra_attr::PROCESSES, strings(v)));
     }
     if let Some(v) = &r.pods {
@@ -269,7 +269,10 @@ mod tests {
             wall_ms: 0.5,
             gpu_ms: Some(0.2),
             queue_ms: Some(0.3),
-            sm_clock_mhz: Some(1980),
+            device: slicetrace_schema::DeviceFields {
+                sm_clock_mhz: Some(1980),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let a = run_attributes(&r);

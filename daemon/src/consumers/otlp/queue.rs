@@ -290,7 +290,10 @@ mod tests {
             wall_ms: 0.5,
             gpu_ms: Some(0.2),
             queue_ms: Some(0.3),
-            sm_clock_mhz: Some(1980),
+            device: slicetrace_schema::DeviceFields {
+                sm_clock_mhz: Some(1980),
+                ..Default::default()
+            },
             trace_id: Some(*trace),
             span_id: Some(new_span_id()),
             ..Default::default()

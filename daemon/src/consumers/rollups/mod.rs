@@ -224,7 +224,10 @@ mod tests {
             precision: "fp32".into(),
             wall_ms,
             arrival: Some(true),
-            gpu_processes: Some(0),
+            device: slicetrace_schema::DeviceFields {
+                gpu_processes: Some(0),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

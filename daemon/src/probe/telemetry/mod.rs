@@ -9,6 +9,8 @@
 
 pub mod nvml;
 
+use slicetrace_schema::DeviceFields;
+
 use crate::probe::occupancy::GpuProcess;
 
 /// Throttle ("clocks event") reason bit meaning only "the GPU is idle";
@@ -18,22 +20,11 @@ pub const THROTTLE_GPU_IDLE: u64 = 0x1;
 /// One NVML sample of one GPU.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceSample {
-    /// SM clock, MHz.
-    pub sm_clock_mhz: Option<u32>,
-    /// Memory clock, MHz.
-    pub mem_clock_mhz: Option<u32>,
-    /// GPU utilisation, %.
-    pub gpu_util_pct: Option<u32>,
-    /// Memory utilisation, %.
-    pub mem_util_pct: Option<u32>,
-    /// Power, W.
-    pub power_w: Option<f64>,
-    /// Temperature, °C.
-    pub temp_c: Option<u32>,
-    /// Throttle reasons bit mask.
-    pub throttle_reasons: Option<u64>,
-    /// Framebuffer used, MiB.
-    pub fb_used_mib: Option<u64>,
+    /// The readings, in the row's own struct (one definition of each NVML
+    /// column). The fields that describe a whole run (`gpu_processes`,
+    /// `processes`, `sm_clock_mhz_after`) stay `None` in one sample:
+    /// [`BurstTelemetry::merge`] fills them from the samples around the run.
+    pub fields: DeviceFields,
     /// Compute processes, the agent's own removed. `None` when unknown.
     pub processes: Option<Vec<GpuProcess>>,
 }
@@ -291,13 +282,12 @@ pub fn with_process_names(
 /// Before/after samples of a burst merged into the values a row carries.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BurstTelemetry {
-    /// Sample before the burst (the row's main NVML columns).
-    pub before: DeviceSample,
-    /// SM clock after the burst.
-    pub sm_clock_mhz_after: Option<u32>,
-    /// OR of both samples' throttle reasons, idle bit removed.
-    pub throttle_reasons: Option<u64>,
-    /// Union of both samples' processes (by PID); `None` if neither knew.
+    /// The NVML columns of every row of the burst: the sample before it,
+    /// with the SM clock after it, the OR of both samples' throttle reasons
+    /// (idle bit removed) and the union of both samples' processes.
+    pub fields: DeviceFields,
+    /// That union of processes (by PID), for the occupancy join; `None` if
+    /// neither sample knew.
     pub processes: Option<Vec<GpuProcess>>,
 }
 
@@ -305,16 +295,15 @@ impl BurstTelemetry {
     /// Merges the two samples (either may be missing after an error).
     pub fn merge(before: Option<DeviceSample>, after: Option<DeviceSample>) -> Self {
         let throttle = match (
-            before.as_ref().and_then(|s| s.throttle_reasons),
-            after.as_ref().and_then(|s| s.throttle_reasons),
+            before.as_ref().and_then(|s| s.fields.throttle_reasons),
+            after.as_ref().and_then(|s| s.fields.throttle_reasons),
         ) {
             (None, None) => None,
             (a, b) => Some((a.unwrap_or(0) | b.unwrap_or(0)) & !THROTTLE_GPU_IDLE),
         };
-        let processes = match (
-            before.as_ref().and_then(|s| s.processes.clone()),
-            after.as_ref().and_then(|s| s.processes.clone()),
-        ) {
+        let sm_clock_mhz_after = after.as_ref().and_then(|s| s.fields.sm_clock_mhz);
+        let (before_fields, before_procs) = before.map(|s| (s.fields, s.processes)).unzip();
+        let processes = match (before_procs.flatten(), after.and_then(|s| s.processes)) {
             (None, None) => None,
             (a, b) => {
                 let mut all = a.unwrap_or_default();
@@ -327,30 +316,32 @@ impl BurstTelemetry {
                 Some(all)
             }
         };
-        BurstTelemetry {
-            sm_clock_mhz_after: after.as_ref().and_then(|s| s.sm_clock_mhz),
-            before: before.unwrap_or_default(),
+        let fields = DeviceFields {
             throttle_reasons: throttle,
-            processes,
-        }
+            sm_clock_mhz_after,
+            gpu_processes: processes.as_ref().map(|p| p.len() as u32),
+            processes: process_strings(processes.as_deref()),
+            ..before_fields.unwrap_or_default()
+        };
+        BurstTelemetry { fields, processes }
     }
+}
 
-    /// `pid:name:used_mib` strings for the `processes` column (name empty
-    /// when unknown or not kept, see [`with_process_names`]).
-    pub fn process_strings(&self) -> Option<Vec<String>> {
-        self.processes.as_ref().map(|ps| {
-            ps.iter()
-                .map(|p| {
-                    format!(
-                        "{}:{}:{}",
-                        p.pid,
-                        p.name.as_deref().unwrap_or(""),
-                        p.used_mib.map(|m| m.to_string()).unwrap_or_default()
-                    )
-                })
-                .collect()
-        })
-    }
+/// `pid:name:used_mib` strings for the `processes` column (name empty when
+/// unknown or not kept, see [`with_process_names`]).
+fn process_strings(ps: Option<&[GpuProcess]>) -> Option<Vec<String>> {
+    ps.map(|ps| {
+        ps.iter()
+            .map(|p| {
+                format!(
+                    "{}:{}:{}",
+                    p.pid,
+                    p.name.as_deref().unwrap_or(""),
+                    p.used_mib.map(|m| m.to_string()).unwrap_or_default()
+                )
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -368,23 +359,32 @@ mod tests {
     #[test]
     fn merge_ors_throttle_without_idle_and_unions_processes() {
         let b = DeviceSample {
-            throttle_reasons: Some(0x1 | 0x4),
+            fields: DeviceFields {
+                throttle_reasons: Some(0x1 | 0x4),
+                sm_clock_mhz: Some(1000),
+                power_w: Some(300.0),
+                ..Default::default()
+            },
             processes: Some(vec![proc_(2)]),
-            sm_clock_mhz: Some(1000),
-            ..Default::default()
         };
         let a = DeviceSample {
-            throttle_reasons: Some(0x20),
+            fields: DeviceFields {
+                throttle_reasons: Some(0x20),
+                sm_clock_mhz: Some(1980),
+                power_w: Some(350.0),
+                ..Default::default()
+            },
             processes: Some(vec![proc_(2), proc_(1)]),
-            sm_clock_mhz: Some(1980),
-            ..Default::default()
         };
         let m = BurstTelemetry::merge(Some(b), Some(a));
-        assert_eq!(m.throttle_reasons, Some(0x24));
+        assert_eq!(m.fields.throttle_reasons, Some(0x24));
         assert_eq!(m.processes.as_ref().map(Vec::len), Some(2));
-        assert_eq!(m.before.sm_clock_mhz, Some(1000));
-        assert_eq!(m.sm_clock_mhz_after, Some(1980));
-        assert_eq!(m.process_strings().expect("some")[0], "1:x:10");
+        assert_eq!(m.fields.gpu_processes, Some(2));
+        assert_eq!(m.fields.sm_clock_mhz, Some(1000));
+        // The row's readings are the sample before the run.
+        assert_eq!(m.fields.power_w, Some(300.0));
+        assert_eq!(m.fields.sm_clock_mhz_after, Some(1980));
+        assert_eq!(m.fields.processes.expect("some")[0], "1:x:10");
     }
 
     #[test]
@@ -404,7 +404,8 @@ mod tests {
         let strings = |names: bool| {
             let t = with_process_names(std::sync::Arc::new(One), names);
             BurstTelemetry::merge(t.sample("GPU-a").ok(), None)
-                .process_strings()
+                .fields
+                .processes
                 .expect("some")
         };
         assert_eq!(strings(false), ["7::10"]);
@@ -414,8 +415,7 @@ mod tests {
     #[test]
     fn absent_stays_absent() {
         let m = BurstTelemetry::merge(Some(DeviceSample::default()), None);
-        assert_eq!(m.throttle_reasons, None);
+        assert_eq!(m.fields, DeviceFields::default());
         assert_eq!(m.processes, None);
-        assert_eq!(m.process_strings(), None);
     }
 }

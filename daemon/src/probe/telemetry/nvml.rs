@@ -12,6 +12,8 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
+use slicetrace_schema::DeviceFields;
+
 use super::{DeviceSample, TelemetryError, TelemetrySource};
 use crate::probe::occupancy::GpuProcess;
 
@@ -141,16 +143,19 @@ impl NvmlTelemetry {
     fn device_fields(&self, dev: &nvml_wrapper::Device<'_>) -> DeviceSample {
         let util = opt(dev.utilization_rates());
         DeviceSample {
-            // The one field every GPU supports: its error says whether the
-            // driver is still there.
-            sm_clock_mhz: self.opt(dev.clock_info(Clock::SM)),
-            mem_clock_mhz: opt(dev.clock_info(Clock::Memory)),
-            gpu_util_pct: util.as_ref().map(|u| u.gpu),
-            mem_util_pct: util.as_ref().map(|u| u.memory),
-            power_w: opt(dev.power_usage()).map(|mw| mw as f64 / 1000.0),
-            temp_c: opt(dev.temperature(TemperatureSensor::Gpu)),
-            throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
-            fb_used_mib: opt(dev.memory_info()).map(|m| m.used / (1024 * 1024)),
+            fields: DeviceFields {
+                // The one field every GPU supports: its error says whether
+                // the driver is still there.
+                sm_clock_mhz: self.opt(dev.clock_info(Clock::SM)),
+                mem_clock_mhz: opt(dev.clock_info(Clock::Memory)),
+                gpu_util_pct: util.as_ref().map(|u| u.gpu),
+                mem_util_pct: util.as_ref().map(|u| u.memory),
+                power_w: opt(dev.power_usage()).map(|mw| mw as f64 / 1000.0),
+                temp_c: opt(dev.temperature(TemperatureSensor::Gpu)),
+                throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
+                fb_used_mib: opt(dev.memory_info()).map(|m| m.used / (1024 * 1024)),
+                ..Default::default()
+            },
             processes: None,
         }
     }
@@ -341,9 +346,12 @@ impl TelemetrySource for NvmlTelemetry {
 
     fn sample_after(&self, gpu_uuid: &str) -> Result<DeviceSample, TelemetryError> {
         self.with_device(gpu_uuid, |dev| DeviceSample {
-            sm_clock_mhz: self.opt(dev.clock_info(Clock::SM)),
-            throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
-            ..Default::default()
+            fields: DeviceFields {
+                sm_clock_mhz: self.opt(dev.clock_info(Clock::SM)),
+                throttle_reasons: opt(dev.current_throttle_reasons()).map(|r| r.bits()),
+                ..Default::default()
+            },
+            processes: None,
         })
     }
 

@@ -18,9 +18,12 @@ fn row(wall: f64, gpu: f64, procs: u32) -> ProbeRecord {
         wall_ms: wall,
         gpu_ms: Some(gpu),
         queue_ms: Some(wall - gpu),
-        sm_clock_mhz: Some(1980),
+        device: slicetrace_schema::DeviceFields {
+            sm_clock_mhz: Some(1980),
+            gpu_processes: Some(procs),
+            ..Default::default()
+        },
         arrival: Some(true),
-        gpu_processes: Some(procs),
         correct: Some(true),
         ..Default::default()
     }
@@ -176,7 +179,7 @@ fn probe_errors_throttling_and_the_slo() {
     );
     assert!(!st.not_ready().is_empty(), "a failing backend is not ready");
     let mut rows: Vec<_> = (0..50).map(|_| row(5.0, 0.01, 2)).collect();
-    rows[3].throttle_reasons = Some(0x20);
+    rows[3].device.throttle_reasons = Some(0x20);
     e.observe(&rows, t0);
     let h = e.evaluate(t0, 0);
     let b = h.iter().find(|r| r.gpu_uuid == "GPU-b").expect("lost gpu");
@@ -191,7 +194,7 @@ fn probe_errors_throttling_and_the_slo() {
     // One hardware-slowdown sample is brief: degraded, not unhealthy
     // (regression, issue 21: it used to page).
     let mut hw = row(0.5, 0.01, 0);
-    hw.throttle_reasons = Some(0x40);
+    hw.device.throttle_reasons = Some(0x40);
     e.observe(std::slice::from_ref(&hw), t0);
     let h = e.evaluate(t0, 1);
     let a = h.iter().find(|r| r.gpu_uuid == "GPU-a").expect("a");
