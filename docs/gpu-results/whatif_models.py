@@ -367,13 +367,16 @@ def main():
             info = [r for r in rows if r["case"] == "info"]
             print(f"  {key} fit (gemm): " + ", ".join(f"{k}={v:.3f}" for k, v in info[0].items() if k != "case"))
     print("\n## Pooled over the runs above (probe p50/p99 at K = 2, 4, 6 and kernel-ms p50/p99 at K = 0…6)\n")
-    print("| model | cells | worst abs err % | mean abs err % |")
-    print("|---|---|---|---|")
+    print("| model | cells | worst abs err % | mean abs err % | cells within ±15 % | probe p99 cells within ±15 % |")
+    print("|---|---|---|---|---|---|")
     for key in models:
         cells = [abs(e) for res in allres.values() for r in res[key]
                  if (r["case"] == "probe" and r["K"] in PREDICT) or r["case"] == "kernel_ms"
                  for e in r["err"]]
-        print(f"| {MODELS[key].name} | {len(cells)} | {max(cells):.1f} | {np.mean(cells):.1f} |")
+        p99 = [abs(r["err"][1]) for res in allres.values() for r in res[key]
+               if r["case"] == "probe" and r["K"] in PREDICT]
+        print(f"| {MODELS[key].name} | {len(cells)} | {max(cells):.1f} | {np.mean(cells):.1f} | "
+              f"{sum(c <= 15 for c in cells)} | {sum(c <= 15 for c in p99)} of {len(p99)} |")
     if out:
         json.dump(allres, open(out, "w"), indent=1)
 
