@@ -363,6 +363,9 @@ def main():
             k99 = errs("kernel_ms", "gemm4096", 1, range(99))
             a, b, c, e = summary(rows)
             print(f"| {MODELS[key].name} | {p50} | {p99} | {k50} | {k99} | {a:.1f} / {b:.1f} | {c:.1f} / {e:.1f} |")
+        few = [f"{r['kernel']} K={r['K']} ({r['n']})" for r in next(iter(res.values()))
+               if r["case"] == "probe" and r["n"] < 1000]
+        print(f"\n  arrivals per kernel and count below the issue's 1,000: {', '.join(few) or 'none'}")
         for key, rows in res.items():
             info = [r for r in rows if r["case"] == "info"]
             print(f"  {key} fit (gemm): " + ", ".join(f"{k}={v:.3f}" for k, v in info[0].items() if k != "case"))
