@@ -82,10 +82,6 @@ def load(run):
     return out, caller
 
 
-def on_grid(g, u):
-    return np.interp(u, GRID, g, left=None, right=g[-1]) if False else _on_grid(g, u)
-
-
 def _on_grid(g, u):
     # As whatif/mod.rs: linear between levels, flat beyond the last, from 0
     # before the first.
