@@ -141,7 +141,7 @@ if [ -n "$free_kib" ] && [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
 fi
 log "building the workspace (debug)"
 cargo build --workspace --bins
-# The test support crate (tests/src/lib.rs, skip_log) appends one line per
+# The test support crate (e2e/src/lib.rs, skip_log) appends one line per
 # skipped tool-dependent test here.
 SKIPS="${CARGO_TARGET_DIR:-$ROOT/target}/slicetrace-test-skips.log"
 rm -f "$SKIPS"

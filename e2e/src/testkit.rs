@@ -1,5 +1,5 @@
-//! The test kit shared by the agent's integration tests (`daemon/tests`)
-//! and the end-to-end tests (`tests/tests`):
+//! The test kit shared by the agent's integration tests (`agent/tests`)
+//! and the end-to-end tests (`e2e/tests`):
 //!
 //! * [`FaultyBackend`]: the one fault-injecting `ProbeBackend`, switched
 //!   through its [`Faults`] while the agent runs (runs that fail, wrong

@@ -1,6 +1,6 @@
 //! `slicetrace-schema`: the one definition of what a probe *is*.
 //!
-//! Every other crate speaks in these types. The agent (`daemon/`) fills a
+//! Every other crate speaks in these types. The agent (`agent/`) fills a
 //! [`ProbeRecord`] per kernel run, turns batches of them into Arrow record
 //! batches with [`probes_batch`], and writes them to Parquet with
 //! [`SCHEMA_VERSION`] in the key-value metadata; it also turns each record into

@@ -31,7 +31,7 @@
 //! the sketch in the DDSketch standard encoding of `sketches-java`
 //! (`DDSketchWithExactSummaryStatistics.encode()`: count, exact min, max
 //! and sum, the logarithmic index mapping's γ, then the bins), which the
-//! Java, Go and Python DDSketch libraries decode too; see `schemas/README.md`.
+//! Java, Go and Python DDSketch libraries decode too; see `schema/README.md`.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;

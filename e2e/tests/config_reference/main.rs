@@ -32,27 +32,27 @@ use generate::{env_vars_in_sources, generate};
 
 /// Sources that hold config structs, and the enums their fields use.
 const SOURCES: [&str; 11] = [
-    "daemon/src/config/mod.rs",
-    "daemon/src/probe/config.rs",
-    "daemon/src/probe/watchdog.rs",
-    "daemon/src/consumers/health/config.rs",
-    "daemon/src/consumers/otlp/config.rs",
-    "daemon/src/consumers/parquet/config.rs",
-    "daemon/src/probe/occupancy/mod.rs",
-    "daemon/src/probe/occupancy/kube_api/mod.rs",
+    "agent/src/config/mod.rs",
+    "agent/src/probe/config.rs",
+    "agent/src/probe/watchdog.rs",
+    "agent/src/consumers/health/config.rs",
+    "agent/src/consumers/otlp/config.rs",
+    "agent/src/consumers/parquet/config.rs",
+    "agent/src/probe/occupancy/mod.rs",
+    "agent/src/probe/occupancy/kube_api/mod.rs",
     "ship/src/config.rs",
-    "probe-workloads/src/lib.rs",
-    "probe-workloads/src/spec.rs",
+    "probe/src/lib.rs",
+    "probe/src/spec.rs",
 ];
 
 /// Where the agent's sources read environment variables.
 const ENV_SOURCES: [&str; 6] = [
-    "daemon/src/config/resolve.rs",
-    "daemon/src/main.rs",
-    "daemon/src/consumers/otlp/config.rs",
-    "daemon/src/consumers/otlp/exporter.rs",
-    "daemon/src/consumers/otlp/attributes.rs",
-    "daemon/src/probe/occupancy/kube_api/mod.rs",
+    "agent/src/config/resolve.rs",
+    "agent/src/main.rs",
+    "agent/src/consumers/otlp/config.rs",
+    "agent/src/consumers/otlp/exporter.rs",
+    "agent/src/consumers/otlp/attributes.rs",
+    "agent/src/probe/occupancy/kube_api/mod.rs",
 ];
 
 /// One line per environment variable the agent reads.
@@ -192,7 +192,7 @@ fn every_environment_variable_the_agent_reads_is_documented() {
     let missing: Vec<&String> = found.difference(&documented).collect();
     assert!(
         missing.is_empty(),
-        "environment variables read by the agent without a line in ENV_DOCS (tests/tests/config_reference.rs): {missing:?}; add them, then run {BLESS_COMMAND}"
+        "environment variables read by the agent without a line in ENV_DOCS (e2e/tests/config_reference.rs): {missing:?}; add them, then run {BLESS_COMMAND}"
     );
     // The list is not stale either: every documented variable is read (by
     // the agent's code, or by the OpenTelemetry SDK for those listed here).

@@ -1,6 +1,6 @@
 //! The Prometheus Operator objects match the Service, and the PrometheusRule
 //! passes `promtool check rules` and `promtool test rules`
-//! (tests/tests/alerts/promtool-tests.yaml) under every scrape setup, with each
+//! (e2e/tests/alerts/promtool-tests.yaml) under every scrape setup, with each
 //! alert's summary and runbook link, over metrics the agent serves.
 //!
 //! YAML is parsed by the Python `yaml` module that kubernetes-validate brings

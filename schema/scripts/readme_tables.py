@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrites the column tables in schemas/README.md from src/columns.rs.
+"""Rewrites the column tables in schema/README.md from src/columns.rs.
 
 The test tests/readme_matches_code.rs fails when the two disagree; run this
 after changing a column, then review the diff.

@@ -382,7 +382,7 @@ pub fn assert_known_metrics(expr: &str, ctx: &str, served: &Served) {
     for m in metric_names(expr) {
         assert!(
             served.contains_key(&m),
-            "{ctx}: the agent does not serve {m} (daemon/src/metrics/table.rs METRICS) in `{expr}`"
+            "{ctx}: the agent does not serve {m} (agent/src/metrics/table.rs METRICS) in `{expr}`"
         );
     }
     let verdicts: Vec<&str> = Verdict::ALL.iter().map(|v| v.as_str()).collect();

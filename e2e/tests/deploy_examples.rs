@@ -203,7 +203,7 @@ fn dockerfile_builds_the_agent_the_cli_and_the_load_tool_onto_a_cuda_runtime_ima
     );
     // The package and binary names it builds must exist in the workspace.
     for (manifest, package, bin) in [
-        ("daemon/Cargo.toml", "slicetrace-agent", "slicetrace-agent"),
+        ("agent/Cargo.toml", "slicetrace-agent", "slicetrace-agent"),
         ("load/Cargo.toml", "slicetrace-load", "slicetrace-load"),
         // The fleet check CronJob runs the CLI from the same image.
         ("analysis/Cargo.toml", "slicetrace-analysis", "slicetrace"),

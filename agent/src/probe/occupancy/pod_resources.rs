@@ -28,7 +28,7 @@ use tower::service_fn;
 use crate::internal_events::{error_chain, Counters, InternalEvent, OccupancyRefreshFailed};
 
 /// Generated kubelet pod-resources v1 messages, client and server
-/// (from the vendored `daemon/proto/podresources/v1/api.proto`).
+/// (from the vendored `agent/proto/podresources/v1/api.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod proto {
     tonic::include_proto!("v1");
