@@ -150,12 +150,10 @@ impl Running {
     }
 }
 
+/// Waits until `f` holds, up to a minute (the test kit's one wait).
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    slicetrace_e2e::testkit::wait_until_async(what, Duration::from_secs(60), || f().then_some(()))
+        .await
 }
 
 /// The health verdict and bounded reason of a GPU's kernel.
@@ -734,9 +732,17 @@ async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_af
     // NVML is shut down too.
     assert!(!driver.open.load(Ordering::SeqCst), "NVML still open");
     assert_eq!(driver.releases.load(Ordering::SeqCst), 1);
-    // Nothing probes while it lasts, and nothing looks broken.
+    // Nothing probes while it lasts, and nothing looks broken. "While it
+    // lasts" is counted in the agent's own reads of the node's labels (one
+    // every 200 ms), not in wall time: three more reads that still find
+    // the upgrade under way, and not one run meanwhile.
     let runs: Vec<u64> = (0..GPUS).map(|i| a.ok_runs(i)).collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let reads = || api.stats()["get"].as_u64().unwrap_or(0);
+    let reads0 = reads();
+    wait_until("three more reads of the node's labels", || {
+        reads() >= reads0 + 3
+    })
+    .await;
     assert_eq!(runs, (0..GPUS).map(|i| a.ok_runs(i)).collect::<Vec<_>>());
     let m = a.get("/metrics").await;
     let paused = samples(&m.body)
