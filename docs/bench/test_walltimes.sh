@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wall time of test binaries, one run each, one after the other (issue 20,
 # "tests without real-time sleeps"): `test_walltimes.sh LABEL BIN...` runs
-# every BIN with `--test-threads=2` (as tests/run.sh does) and
+# every BIN with `--test-threads=${THREADS:-2}` (as tests/run.sh does) and
 # SLICETRACE_REQUIRE_TOOLS=1 (a missing tool fails instead of skipping), and
 # prints one CSV row per binary: label, binary, wall seconds, exit code,
 # libtest's result line, and the 1-minute load average before the run (the
@@ -18,7 +18,7 @@ for spec in "$@"; do
   load=$(cut -d' ' -f1 /proc/loadavg)
   log=$(mktemp)
   t0=$(date +%s.%N)
-  SLICETRACE_REQUIRE_TOOLS=1 "$bin" --test-threads=2 $filter >"$log" 2>&1
+  SLICETRACE_REQUIRE_TOOLS=1 "$bin" --test-threads=${THREADS:-2} $filter >"$log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
   result=$(grep -E '^test result:' "$log" | tail -n1 | tr ',' ';')

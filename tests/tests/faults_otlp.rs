@@ -155,6 +155,7 @@ fn collector_down_then_back_resumes_export_without_restart() {
         |v| v > 0.0,
     );
     let resumed_ns = now_ns();
+    let resumed_cycles = metric(mport, "slicetrace_probe_cycles_total").expect("cycles");
     // Whatever was in flight when rotel came up has been counted once two
     // more exports (one every 500 ms) went through; then two more must go
     // through without a drop. Waiting on the exports themselves, not on
@@ -180,6 +181,14 @@ fn collector_down_then_back_resumes_export_without_restart() {
         "the drop counter must stop rising once the collector is back"
     );
     assert!(e2 > e1, "export goes on: {e1} -> {e2}");
+    // Enough cycles after the collector came back to look them up in
+    // rotel below (waited for: the exports above may come faster).
+    wait_metric(
+        mport,
+        "slicetrace_probe_cycles_total",
+        "30 cycles after the collector came back",
+        |v| v >= resumed_cycles + 30.0,
+    );
 
     p.signal(libc::SIGTERM);
     assert_eq!(
