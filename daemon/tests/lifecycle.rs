@@ -322,16 +322,11 @@ async fn a_hang_on_one_of_four_gpus_fires_the_watchdog_within_an_evaluation_and_
     let live = a.live.clone();
     let hangs = a.counters.gpu("CPU-3");
     a.faults[3].hang.store(true, Ordering::SeqCst);
-    let planted = Instant::now();
     wait_until("the watchdog firing on GPU 3", || {
         Counters::get(&hangs.probe_hangs) >= 1
     })
     .await;
     let fired = Instant::now();
-    assert!(
-        fired - planted < slicetrace_probe::PLANTED_HANG / 2,
-        "the watchdog waited for the hang to end"
-    );
     wait_until("GPU 3 unhealthy (hung)", || {
         down_for(&live, "CPU-3", Reason::Hung)
     })
@@ -355,13 +350,17 @@ async fn a_hang_on_one_of_four_gpus_fires_the_watchdog_within_an_evaluation_and_
     // a new backend on GPU 3 while the old run still hangs.
     a.runs_go_on(&[0, 1, 2], 20).await;
     a.runs_go_on(&[3], 20).await;
-    assert!(
-        planted.elapsed() < slicetrace_probe::PLANTED_HANG,
-        "recovery waited for the hang to end"
-    );
     // The abandoned backend is parked (its run still hangs), not released.
+    // This is also the proof that neither the watchdog nor the recovery
+    // waited for the hang to end (PLANTED_HANG, 30 s): a backend is
+    // released only once its run returns, so a released one here would
+    // mean the hang had ended. (Causal, where a clock bound on both was.)
     assert_eq!(Counters::get(&hangs.backends_parked), 1);
-    assert_eq!(Counters::get(&hangs.backends_released), 0);
+    assert_eq!(
+        Counters::get(&hangs.backends_released),
+        0,
+        "the hung run returned before the watchdog fired and GPU 3 recovered"
+    );
     let m = a.get("/metrics").await;
     assert_eq!(
         metric(
