@@ -25,8 +25,10 @@ use slicetrace_probe::{Kernel, ProbeBackend};
 use slicetrace_schema::Verdict;
 use slicetrace_schema::{DeviceFields, ProbeRecord};
 
-/// The tests share one log capture, so they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// The tests share one log capture (the process's tracing subscriber) and
+// run side by side: a test reads only the lines that name its own fault
+// (the telemetry cases tag their injected error), never a count of lines
+// any test could write.
 
 /// A fast, small CPU probe; Parquet files every 300 ms; verdicts every 100 ms.
 fn config(data: &Path, node: &str, extra: &str) -> Config {
@@ -93,10 +95,12 @@ fn log_since(logs: &LogBuf, from: usize) -> String {
 // ------------------------------------------------------------ telemetry ----
 
 /// NVML that answers for the first `ok_for` samples and then fails every
-/// call, as a GPU fallen off the bus does.
+/// call, as a GPU fallen off the bus does. Its error names `tag`, so a test
+/// finds its own log lines among those of the tests beside it.
 struct FaultyTelemetry {
     calls: AtomicU64,
     ok_for: u64,
+    tag: String,
 }
 
 impl TelemetrySource for FaultyTelemetry {
@@ -117,13 +121,13 @@ impl TelemetrySource for FaultyTelemetry {
         }
         Err(TelemetryError::Device {
             uuid: gpu_uuid.to_string(),
-            source: "injected: GPU has fallen off the bus".into(),
+            source: format!("injected ({}): GPU has fallen off the bus", self.tag).into(),
         })
     }
 }
 
 async fn telemetry_case(ok_for: u64) {
-    let _serial = SERIAL.lock().await;
+    let tag = format!("telemetry case ok_for={ok_for}");
     let logs = capture_logs();
     let from = logs.text().len();
     let dir = tempfile::tempdir().expect("tmp");
@@ -132,6 +136,7 @@ async fn telemetry_case(ok_for: u64) {
     let tel = Arc::new(FaultyTelemetry {
         calls: AtomicU64::new(0),
         ok_for,
+        tag: tag.clone(),
     });
     let a = start(cfg, backends, None, tel, Some(Arc::new(NoOccupancy)));
     let counters = a.counters.clone();
@@ -188,13 +193,14 @@ async fn telemetry_case(ok_for: u64) {
     let warned = log
         .lines()
         .filter(|l| l.contains("telemetry sample failed; NVML columns are null"))
+        .filter(|l| l.contains(&tag))
         .count();
     assert_eq!(
         warned, 1,
         "the reason is logged once a minute, not per sample:\n{log}"
     );
     assert!(
-        log.contains("GPU has fallen off the bus"),
+        log.contains(&format!("injected ({tag}): GPU has fallen off the bus")),
         "the log line carries the cause:\n{log}"
     );
 }
@@ -218,7 +224,6 @@ fn verdict(live: &LiveState, uuid: &str) -> Option<(Verdict, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_while_the_other_probes_on(
 ) {
-    let _serial = SERIAL.lock().await;
     let logs = capture_logs();
     let from = logs.text().len();
     let dir = tempfile::tempdir().expect("tmp");
@@ -356,7 +361,6 @@ async fn failing_gpu_is_unhealthy_retried_with_backoff_reopened_and_recovers_whi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist() {
-    let _serial = SERIAL.lock().await;
     let Some(py) = python("kube_api_down_then_410_marks_rows_stale_and_they_recover_after_relist")
     else {
         return;

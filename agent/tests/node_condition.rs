@@ -135,14 +135,21 @@ fn node_condition_beats_every_evaluation_changes_at_most_once_per_interval_and_i
     );
 
     // Unchanged verdict: heartbeats only (lastHeartbeatTime moves,
-    // lastTransitionTime does not).
+    // lastTransitionTime does not). Waits for a heartbeat whose time
+    // differs from the change's (the times are in whole seconds), then
+    // checks every patch since the change.
     let transition = c["lastTransitionTime"].clone();
-    std::thread::sleep(Duration::from_millis(2200));
-    let later: Vec<_> = patches(&api).iter().map(condition).collect();
-    let last = later.last().unwrap().clone();
-    assert_eq!(last["status"], "True", "{last}");
-    assert_eq!(last["lastTransitionTime"], transition, "{last}");
-    assert_ne!(last["lastHeartbeatTime"], c["lastHeartbeatTime"], "{last}");
+    let later = wait_for("a later heartbeat of the unchanged verdict", || {
+        let all: Vec<_> = patches(&api).iter().map(condition).collect();
+        all[became_true..]
+            .iter()
+            .any(|p| p["lastHeartbeatTime"] != c["lastHeartbeatTime"])
+            .then_some(all)
+    });
+    for p in &later[became_true..] {
+        assert_eq!(p["status"], "True", "{p}");
+        assert_eq!(p["lastTransitionTime"], transition, "{p}");
+    }
 
     // The condition merged by type into the node's status.
     let node_conditions = || {

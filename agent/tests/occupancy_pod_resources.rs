@@ -154,8 +154,14 @@ async fn missing_socket_warns_once_leaves_fields_none_and_recovers_quietly() {
     } = Source::spawn(&socket);
     let occ = pod_resources_only(&cache, dir.path(), Duration::from_secs(60));
 
-    // Ten poll intervals with no socket.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Ten polls with no socket: each logs a line naming it (the first a
+    // WARN, the others at debug, which the capture keeps). Waiting for the
+    // polls themselves, not for ten poll intervals of wall time.
+    let path = socket.display().to_string();
+    wait_until("ten polls without the socket", || {
+        logs.text().lines().filter(|l| l.contains(&path)).count() >= 10
+    })
+    .await;
     let warnings = logs
         .text()
         .lines()

@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slicetrace_agent::config::Config;
 use slicetrace_agent::consumers::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, TraceShape};
@@ -60,16 +60,15 @@ impl Rotel {
             log,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
         for port in [grpc_port, http_port] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "rotel did not listen on {port}: {}",
-                    r.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let up = slicetrace_e2e::testkit::poll_until(Duration::from_secs(15), || {
+                TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+            assert!(
+                up.is_some(),
+                "rotel did not listen on {port}: {}",
+                r.log_text()
+            );
         }
         r
     }
@@ -78,26 +77,30 @@ impl Rotel {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits up to 20 s until every needle is in the log.
+    /// Waits up to 20 s until every needle is in the log (the test kit's
+    /// one wait); on a timeout, says which are missing and shows the log.
     async fn wait_for(&self, needles: &[String]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let found = slicetrace_e2e::testkit::poll_until_async(Duration::from_secs(20), || {
             let text = self.log_text();
-            if needles.iter().all(|n| text.contains(n.as_str())) {
-                return text;
-            }
-            if Instant::now() > deadline {
-                let missing: Vec<&String> = needles
+            std::future::ready(
+                needles
                     .iter()
-                    .filter(|n| !text.contains(n.as_str()))
-                    .collect();
-                panic!(
-                    "not in rotel's log after 20 s: {missing:?}\n--- log tail ---\n{}",
-                    tail(&text)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                    .all(|n| text.contains(n.as_str()))
+                    .then_some(text),
+            )
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            let text = self.log_text();
+            let missing: Vec<&String> = needles
+                .iter()
+                .filter(|n| !text.contains(n.as_str()))
+                .collect();
+            panic!(
+                "not in rotel's log after 20 s: {missing:?}\n--- log tail ---\n{}",
+                tail(&text)
+            )
+        })
     }
 }
 
@@ -459,8 +462,27 @@ async fn insecure_flag_reaches_a_plain_text_collector_through_config() {
     assert_eq!(Counters::get(&counters.otlp_spans_exported), 0);
     assert!(Counters::get(&counters.otlp_export_errors) >= 1);
     assert_eq!(Counters::get(&counters.otlp_spans_dropped), 19);
-    // Give a (wrongly) plain-text request time to show up before checking.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A (wrongly) plain-text request was sent before that sink shut down.
+    // Rather than give it time to show up, send a marker after it through
+    // an insecure sink and wait for the marker: once rotel has logged that,
+    // it has logged whatever reached it before.
+    let c = agent_config(
+        &otlp,
+        &[("OTEL_EXPORTER_OTLP_INSECURE", "true")],
+        dir.path(),
+    )
+    .expect("valid config");
+    let mut marker_sink = start(c.otlp, &Arc::new(Counters::default()));
+    let (marker, recs) = cycle(2, now_ns());
+    marker_sink.export(recs).await.expect("export");
+    marker_sink.force_flush().await.expect("flush");
+    rotel
+        .wait_for(&[format!("Trace ID       : {marker}")])
+        .await;
+    marker_sink
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown");
     assert!(
         !rotel.log_text().contains(&t.to_string()),
         "spans reached the plain-text collector without insecure"

@@ -370,21 +370,25 @@ async fn rotation_by_time_produces_several_files() {
             ..Default::default()
         },
     );
-    for i in 0..15 {
+    // Rows, then the file they went to closes by time alone (no more rows,
+    // no flush, no shutdown) and is visible: three times. Each wait is for
+    // the file itself, not for a rotation interval's worth of sleep.
+    for i in 0..3 {
         s.export((i * 10..i * 10 + 10).map(rec).collect())
             .await
             .expect("export");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        slicetrace_e2e::testkit::wait_until_async(
+            &format!("file {} to rotate by time", i + 1),
+            Duration::from_secs(10),
+            || (visible(dir.path()).len() > i).then_some(()),
+        )
+        .await;
     }
-    // Files rotated by time are visible before any flush or shutdown.
     let before_shutdown = visible(dir.path()).len();
     s.shutdown(Duration::from_secs(10)).await.expect("shutdown");
-    assert!(
-        before_shutdown >= 3,
-        "only {before_shutdown} files rotated by time"
-    );
-    assert_eq!(rows_in(&visible(dir.path())), 150);
-    assert_eq!(Counters::get(&counters.parquet_rows_written), 150);
+    assert_eq!(before_shutdown, 3, "one file per rotation");
+    assert_eq!(rows_in(&visible(dir.path())), 30);
+    assert_eq!(Counters::get(&counters.parquet_rows_written), 30);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub mod deploy;
 pub mod testkit;
@@ -235,13 +235,8 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes (then `None`).
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    // The kit's deadline only backs up this one.
-    testkit::wait_until("", timeout + Duration::from_secs(5), || match f() {
-        Some(v) => Some(Some(v)),
-        None => (Instant::now() > end).then_some(None),
-    })
+pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    testkit::poll_until(timeout, f)
 }
 
 /// A child process killed (SIGKILL) when dropped.

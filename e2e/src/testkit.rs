@@ -8,7 +8,11 @@
 //! * [`Listener`]: a loopback listener that keeps its port from the moment
 //!   it is bound, for in-process servers (no bind, drop and rebind race);
 //!   [`start_on_free_ports`] for external programs that must be told a port;
-//! * [`wait_until`]: the one wait-until-true helper, with a deadline.
+//! * [`wait_until`]: the one wait-until-true helper, with a deadline, and
+//!   its forms: [`poll_until`] (no panic, for a test that words its own
+//!   failure) and the async [`wait_until_async`], [`eventually`] and
+//!   [`poll_until_async`]. The daemon's, the shipper's and the end-to-end
+//!   tests all wait through these, never through a loop of their own.
 //!
 //! The tool discovery helpers (`tool`, `runnable`, `python_with`, `rotel`,
 //! the skip rule) are the crate root's.
@@ -221,20 +225,72 @@ pub fn start_on_free_ports<T>(n: usize, mut start: impl FnMut(&[u16]) -> Option<
 }
 
 // -------------------------------------------------------------- wait ----
+//
+// Waiting on the event itself: look, and look again a moment later, until
+// what the test waits for has happened. The deadline only guards against a
+// hang: a test asserts on what it saw, never on how long it took.
 
-/// Polls `f` until it returns `Some`, then returns that; panics naming
-/// `what` once `within` has passed. The deadline only guards against a
-/// hang: a test asserts on what `f` saw, never on how long it took.
-pub fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// How often the waits below look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `f` until it returns `Some`, then returns that; `None` once
+/// `within` has passed (for a test that reports its own failure).
+pub fn poll_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + within;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(POLL);
     }
+}
+
+/// Polls `f` until it returns `Some`, then returns that; panics naming
+/// `what` once `within` has passed.
+pub fn wait_until<T>(what: &str, within: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(within, f).unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
+}
+
+/// [`poll_until`] for a condition that is itself async (an HTTP request, a
+/// store listing), in an async test: the pause between two looks is
+/// `tokio::time::sleep`, so the runtime's other tasks (the component under
+/// test, often) go on meanwhile. Under paused Tokio time the pause advances
+/// the paused clock; the deadline is on the real clock either way, so it
+/// still only guards against a hang.
+pub async fn poll_until_async<T, Fut>(within: Duration, mut f: impl FnMut() -> Fut) -> Option<T>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] in an async test (see [`poll_until_async`]).
+pub async fn wait_until_async<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    eventually(what, within, move || std::future::ready(f())).await
+}
+
+/// [`wait_until_async`] for a condition that is itself async.
+pub async fn eventually<T, Fut>(what: &str, within: Duration, f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_until_async(within, f)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
 }

@@ -2,6 +2,8 @@
 //! rotel (gRPC and HTTP/protobuf OTLP), pyarrow, DuckDB and polars reading
 //! its Parquet files, and SIGTERM handling.
 
+mod faults_support;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -12,6 +14,11 @@ use slicetrace_e2e::{
 };
 
 fn agent(data: &Path) -> Command {
+    agent_with_metrics(data, "")
+}
+
+/// [`agent`] serving `/metrics` on `listen` (empty: not at all).
+fn agent_with_metrics(data: &Path, listen: &str) -> Command {
     let mut c = Command::new(bin("slicetrace-agent"));
     c.arg("run")
         .args([
@@ -20,7 +27,7 @@ fn agent(data: &Path) -> Command {
             "--rate-hz",
             "20",
             "--metrics-listen",
-            "",
+            listen,
         ])
         .arg("--data-dir")
         .arg(data)
@@ -210,14 +217,25 @@ fn sigterm_exits_within_the_deadline_with_every_file_closed() {
     };
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
-    let mut p = Proc::spawn(agent(&data), dir.path().join("agent.log"));
+    let mut p = Proc::spawn(
+        agent_with_metrics(&data, "127.0.0.1:0"),
+        dir.path().join("agent.log"),
+    );
     let started = wait_for(Duration::from_secs(30), || {
         p.log_text()
             .contains("self-test passed: planted corruption and skipped kernel caught")
             .then_some(())
     });
     assert!(started.is_some(), "agent did not start: {}", p.log_text());
-    std::thread::sleep(Duration::from_secs(2));
+    // Stop it once it has made the rows checked below: at least 16 cycles
+    // (one run, one row, per arrival at 20/s), waited for rather than
+    // slept on.
+    faults_support::wait_metric(
+        faults_support::metrics_port(&p),
+        "slicetrace_probe_cycles_total",
+        "16 cycles before SIGTERM",
+        |v| v >= 16.0,
+    );
     p.signal(libc::SIGTERM);
     // The default shutdown deadline is 10 s; the agent must be well inside it.
     let code = p.wait_timeout(Duration::from_secs(10));

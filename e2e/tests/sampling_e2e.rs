@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use slicetrace_e2e::{
-    bin, free_port, python_with, run_python, run_with_timeout, start_rotel, wait_for,
+    bin, free_port, python_with, run_python, run_with_timeout, start_rotel, wait_for, Proc,
 };
 
 /// Per row: trace id, whether it is exported (Parquet), whether OTel's
@@ -71,7 +71,9 @@ fn rows(py: &Path, data: &Path, ratio: f64) -> Vec<Row> {
 }
 
 /// Runs the agent for `secs` against rotel with `sampler`/`arg`, two CPU
-/// pseudo-GPUs at 20 arrivals/s each, then returns its rows and rotel's log.
+/// pseudo-GPUs at 20 arrivals/s each, then returns its rows and rotel, still
+/// running: the spans the agent flushed at exit may still be on their way
+/// into rotel's log, so the tests wait for the ones they look for.
 fn run_agent(
     py: &Path,
     dir: &Path,
@@ -79,7 +81,7 @@ fn run_agent(
     arg: &str,
     config: &str,
     secs: u32,
-) -> Option<(Vec<Row>, String)> {
+) -> Option<(Vec<Row>, Proc)> {
     let (grpc, http) = (free_port(), free_port());
     let rotel = start_rotel(dir, grpc, http)?;
     let data = dir.join("data");
@@ -109,10 +111,7 @@ fn run_agent(
     );
     let ratio: f64 = arg.parse().unwrap_or(1.0);
     let rows = rows(py, &data, ratio);
-    // The agent flushed its spans at exit; give rotel a moment to log them.
-    std::thread::sleep(Duration::from_secs(2));
-    let log = rotel.log_text();
-    Some((rows, log))
+    Some((rows, rotel))
 }
 
 #[test]
@@ -123,7 +122,7 @@ fn a_trace_id_ratio_exports_that_share_of_trees_and_exactly_those() {
     let dir = tempfile::tempdir().unwrap();
     // No forced exports: the count is the ratio's alone.
     let config = "[otlp]\nforced_spans_per_gpu_per_min = 0\n[probe]\nself_test = false\n";
-    let Some((rows, _log)) = run_agent(&py, dir.path(), "traceidratio", "0.25", config, 12) else {
+    let Some((rows, rotel)) = run_agent(&py, dir.path(), "traceidratio", "0.25", config, 12) else {
         return;
     };
     let n = rows.len() as f64;
@@ -167,7 +166,7 @@ fn a_trace_id_ratio_exports_that_share_of_trees_and_exactly_those() {
     );
     // The collector got every exported tree, and none of the others.
     let found = wait_for(Duration::from_secs(20), || {
-        let log = std::fs::read_to_string(dir.path().join("rotel.log")).unwrap_or_default();
+        let log = rotel.log_text();
         kept.iter()
             .all(|r| log.contains(r.trace.as_str()))
             .then_some(())
@@ -186,7 +185,7 @@ fn with_a_zero_ratio_only_slow_arrivals_and_changed_verdicts_are_exported() {
     let config = "[otlp]\nforced_spans_per_gpu_per_min = 600\n\
                   [health]\nevaluate_interval_ms = 1000\nwindow_ms = 60000\n\
                   [probe]\nself_test = false\n";
-    let Some((rows, log)) = run_agent(&py, dir.path(), "traceidratio", "0", config, 15) else {
+    let Some((rows, rotel)) = run_agent(&py, dir.path(), "traceidratio", "0", config, 15) else {
         return;
     };
     assert!(rows.len() >= 300, "too few rows: {}", rows.len());
@@ -240,13 +239,12 @@ fn with_a_zero_ratio_only_slow_arrivals_and_changed_verdicts_are_exported() {
     );
     // Every forced tree reached the collector; nothing else of the runs.
     let found = wait_for(Duration::from_secs(20), || {
-        let log = std::fs::read_to_string(dir.path().join("rotel.log")).unwrap_or_default();
+        let log = rotel.log_text();
         kept.iter()
             .all(|r| log.contains(r.trace.as_str()))
             .then_some(())
     });
     assert!(found.is_some(), "forced trees missing from rotel");
-    let log = std::fs::read_to_string(dir.path().join("rotel.log")).unwrap_or(log);
     assert!(
         rows.iter()
             .all(|r| (r.sampled == Some(true)) == (r.trace != "-")),
@@ -254,8 +252,8 @@ fn with_a_zero_ratio_only_slow_arrivals_and_changed_verdicts_are_exported() {
     );
     // The first verdict of each GPU and kernel is a change (from none):
     // those health spans are forced out too.
-    assert!(
-        log.contains("health_evaluation"),
-        "no changed verdict reached rotel"
-    );
+    let health = wait_for(Duration::from_secs(20), || {
+        rotel.log_text().contains("health_evaluation").then_some(())
+    });
+    assert!(health.is_some(), "no changed verdict reached rotel");
 }

@@ -20,7 +20,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use faults_support::{agent, metric, serial, wait_metric, write_config, WAIT};
+use faults_support::{agent, metric, metrics_port, wait_metric, write_config, WAIT};
 use slicetrace_e2e::{free_port, parquet_files, python_with, run_python, wait_for, Proc};
 
 const BUCKET: &str = "fleet-e2e";
@@ -143,7 +143,6 @@ fn the_agent_ships_every_closed_file_exactly_once_across_s3_down_sigkill_and_res
     let Some(py) = python_with(&["moto.server", "boto3", "pyarrow"]) else {
         return;
     };
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // moto's port is fixed now and moto started later: the agent's first
@@ -161,19 +160,21 @@ fn the_agent_ships_every_closed_file_exactly_once_across_s3_down_sigkill_and_res
              request_timeout_ms = 5000\nconnect_timeout_ms = 1000\n"
         ),
     );
-    let run = |name: &str, port: u16| {
-        let mut cmd = agent(&config, &data, port);
+    // An agent and the port of its /metrics.
+    let run = |name: &str| {
+        let mut cmd = agent(&config, &data);
         cmd.env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_PROFILE");
-        Proc::spawn(cmd, dir.path().join(format!("{name}.log")))
+        let p = Proc::spawn(cmd, dir.path().join(format!("{name}.log")));
+        let port = metrics_port(&p);
+        (p, port)
     };
 
     // 1. S3 down at start: files wait, attempts fail and are counted, the
     //    probes go on (rows keep being written).
-    let port = free_port();
-    let a1 = run("agent1", port);
+    let (a1, port) = run("agent1");
     wait_metric(
         port,
         "slicetrace_ship_files_waiting",
@@ -207,8 +208,7 @@ fn the_agent_ships_every_closed_file_exactly_once_across_s3_down_sigkill_and_res
     // 2. S3 back; a restart ships what waited; SIGKILL again while it ships.
     let _moto = Moto::start(&py, moto_port, dir.path().join("moto.log"));
     boto(&py, moto_port, "s3.create_bucket(Bucket=sys.argv[2])", &[]);
-    let port = free_port();
-    let a2 = run("agent2", port);
+    let (a2, port) = run("agent2");
     wait_metric(
         port,
         "slicetrace_ship_files_uploaded_total",
@@ -228,8 +228,7 @@ fn the_agent_ships_every_closed_file_exactly_once_across_s3_down_sigkill_and_res
 
     // 3. A clean run: its last pass at SIGTERM takes the files the writer
     //    closed at shutdown.
-    let port = free_port();
-    let mut a3 = run("agent3", port);
+    let (mut a3, port) = run("agent3");
     wait_metric(
         port,
         "slicetrace_ship_files_uploaded_total",
@@ -315,7 +314,7 @@ fn a_bad_ship_section_exits_2_with_one_line() {
         assert_eq!(out.status.code(), Some(2), "{tables}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{tables}: {err}");
         assert!(err.contains(field), "{tables}: {err} does not name {field}");
-        let mut run = agent(&config, &dir.path().join("data"), free_port());
+        let mut run = agent(&config, &dir.path().join("data"));
         run.args(["--duration", "1s"]);
         let out = slicetrace_e2e::run_with_timeout(run, WAIT);
         assert_eq!(out.status.code(), Some(2), "run {tables}");

@@ -33,12 +33,12 @@ fn data_dir() -> tempfile::TempDir {
     d
 }
 
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < end, "timed out");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits until `cond` holds, up to 30 s (the test kit's one wait).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    slicetrace_e2e::testkit::wait_until_async(what, Duration::from_secs(30), || {
+        cond().then_some(())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -51,7 +51,10 @@ async fn etag_that_is_not_the_md5_keeps_the_local_file_and_counts_a_mismatch() {
     let h = tokio::spawn(s.run(async move {
         let _ = rx.await;
     }));
-    wait_until(|| stats.snapshot().verify_mismatches >= 2).await;
+    wait_until("two verify mismatches", || {
+        stats.snapshot().verify_mismatches >= 2
+    })
+    .await;
     let _ = tx.send(());
     let end = h.await.unwrap();
     assert_eq!(end.files_uploaded, 0);
@@ -77,7 +80,7 @@ async fn without_the_etag_check_the_size_verifies_and_the_file_ships() {
     let h = tokio::spawn(s.run(async move {
         let _ = rx.await;
     }));
-    wait_until(|| stats.snapshot().files_uploaded >= 1).await;
+    wait_until("one file uploaded", || stats.snapshot().files_uploaded >= 1).await;
     let _ = tx.send(());
     h.await.unwrap();
     let got = store

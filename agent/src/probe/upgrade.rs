@@ -91,10 +91,21 @@ impl DriverGate {
         telemetry: &dyn TelemetrySource,
         counters: &Counters,
     ) -> Option<Away> {
+        self.check_at(Instant::now(), upgrade_label, telemetry, counters)
+    }
+
+    /// [`DriverGate::check`] at `now`: the clock is the caller's, so a test
+    /// steps through the back-off instead of sleeping through it.
+    fn check_at(
+        &self,
+        now: Instant,
+        upgrade_label: Option<&str>,
+        telemetry: &dyn TelemetrySource,
+        counters: &Counters,
+    ) -> Option<Away> {
         let Ok(mut s) = self.state.lock() else {
             return None;
         };
-        let now = Instant::now();
         if let Some(label) = upgrade_label {
             let away = Away::Label(label.to_string());
             if !matches!(s.away, Some(Away::Label(_))) {
@@ -223,27 +234,35 @@ mod tests {
         }
     }
 
+    /// On the test's clock (`check_at`), so the back-off is stepped
+    /// through, to the millisecond on either side of each try, without
+    /// sleeping through it.
     #[test]
     fn a_driver_that_goes_away_is_released_once_and_retried_with_backoff() {
         let (g, t, c) = (DriverGate::new(), Scripted::default(), Counters::default());
-        assert_eq!(g.check(None, &t, &c), None);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        assert_eq!(g.check_at(t0, None, &t, &c), None);
         t.gone.store(true, Ordering::SeqCst);
         for _ in 0..3 {
-            assert!(matches!(g.check(None, &t, &c), Some(Away::Gone(_))));
+            assert!(matches!(g.check_at(t0, None, &t, &c), Some(Away::Gone(_))));
         }
         assert_eq!(t.releases.load(Ordering::SeqCst), 1);
         assert_eq!(Counters::get(&c.driver_releases), 1);
-        // The first retry is a second away: nothing tried yet.
+        // The first retry is a second away: nothing tried before it.
+        let first = t0 + Duration::from_secs(1);
+        assert!(g.check_at(first - ms, None, &t, &c).is_some());
         assert_eq!(t.tries.load(Ordering::SeqCst), 0);
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(g.check(None, &t, &c).is_some());
+        assert!(g.check_at(first, None, &t, &c).is_some());
         assert_eq!(t.tries.load(Ordering::SeqCst), 1);
-        // The next is two seconds after that: not yet.
-        assert!(g.check(None, &t, &c).is_some());
+        // The next is two seconds after that: not before.
+        let second = first + Duration::from_secs(2);
+        assert!(g.check_at(first, None, &t, &c).is_some());
+        assert!(g.check_at(second - ms, None, &t, &c).is_some());
         assert_eq!(t.tries.load(Ordering::SeqCst), 1);
         t.answers.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(2100));
-        assert_eq!(g.check(None, &t, &c), None);
+        assert_eq!(g.check_at(second, None, &t, &c), None);
+        assert_eq!(t.tries.load(Ordering::SeqCst), 2);
         assert_eq!(
             c.driver_version.lock().expect("lock").as_deref(),
             Some("999.1")

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slicetrace_agent::probe::occupancy::pod_resources::proto::{
     pod_resources_lister_server::PodResourcesLister,
@@ -40,16 +40,9 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures")
 }
 
-/// Polls `f` every 50 ms until it holds or `WAIT` passes.
+/// Waits until `f` holds, up to `WAIT` (the test kit's one wait).
 pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    slicetrace_e2e::testkit::wait_until_async(what, WAIT, || f().then_some(())).await
 }
 
 // ---------------------------------------------------------------- tools ----

@@ -1,16 +1,22 @@
 //! Shared support of the `faults_*` end-to-end tests: the agent with a small,
-//! fast CPU probe, `/metrics` scraping, `/proc` readings and a per-binary
-//! lock so that timing-sensitive tests do not compete for the two cores.
+//! fast CPU probe serving `/metrics` on a port of its own, `/metrics`
+//! scraping and `/proc` readings.
+//!
+//! The tests of one binary run side by side (two at a time under
+//! `tests/run.sh`): each owns its temporary directory, its agents and their
+//! ports (the agent binds `127.0.0.1:0` and the test reads the port back
+//! from its log), and waits on the events it checks, not on the clock. (They
+//! once ran one at a time behind a lock, because they measured rates over
+//! fixed sleeps, which two agents on two loaded cores disturb.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use slicetrace_e2e::{bin, wait_for};
+use slicetrace_e2e::{bin, wait_for, Proc};
 
 /// Generous waits: CI boxes have two loaded cores.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -20,13 +26,6 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// keep the burst mode, whose row rate follows the `probe.interval_ms` they
 /// set.
 pub const SMALL_PROBE: &str = "self_test = false\narrivals = \"burst\"\nburst_runs = 1\ngemm_n = 64\nfft_n = 256\nfft_batch = 1\n";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs the heavy tests of one test binary one at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Writes `agent.toml` in `dir`: `top` (top-level keys), the `[probe]` table
 /// of the small probe with the keys `probe` adds (e.g. `interval_ms`), then
@@ -38,9 +37,11 @@ pub fn write_config(dir: &Path, top: &str, probe: &str, tables: &str) -> PathBuf
     p
 }
 
-/// `slicetrace-agent run` on the CPU backend with `config`, `data` and a
-/// `/metrics` port.
-pub fn agent(config: &Path, data: &Path, metrics_port: u16) -> Command {
+/// `slicetrace-agent run` on the CPU backend with `config` and `data`,
+/// serving `/metrics` on a free port that it binds itself (no port picked
+/// here and bound there later, which another test could take in between):
+/// [`metrics_port`] reads it back.
+pub fn agent(config: &Path, data: &Path) -> Command {
     let mut c = Command::new(bin("slicetrace-agent"));
     c.arg("run")
         .args(["--backend", "cpu"])
@@ -48,7 +49,7 @@ pub fn agent(config: &Path, data: &Path, metrics_port: u16) -> Command {
         .arg(config)
         .arg("--data-dir")
         .arg(data)
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .env("NODE_NAME", "faults-node")
         .env("SLICETRACE_LOG", "info")
         .env("NO_COLOR", "1")
@@ -59,6 +60,23 @@ pub fn agent(config: &Path, data: &Path, metrics_port: u16) -> Command {
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("SLICETRACE_CONFIG");
     c
+}
+
+/// The port of the `/metrics` server of an agent started with [`agent`]:
+/// the `addr=` of its "serving /metrics" log line, once it is there.
+pub fn metrics_port(p: &Proc) -> u16 {
+    let port = wait_for(WAIT, || {
+        plain(&p.log_text())
+            .lines()
+            .find(|l| l.contains("serving /metrics"))?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))?
+            .rsplit_once(':')?
+            .1
+            .parse()
+            .ok()
+    });
+    port.unwrap_or_else(|| panic!("the agent did not serve /metrics: {}", p.log_text()))
 }
 
 /// One GET of `path` on loopback `port`; the body, or `None` if the server
@@ -136,14 +154,6 @@ pub fn now_ns() -> i64 {
 /// Lines of `log` containing `needle`.
 pub fn count_lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
-}
-
-/// Sleeps until `deadline`.
-pub fn sleep_until(deadline: Instant) {
-    let now = Instant::now();
-    if deadline > now {
-        std::thread::sleep(deadline - now);
-    }
 }
 
 /// Reads `(ts_ns, trace_id)` of every row of the visible probes files, and

@@ -489,21 +489,19 @@ pub async fn assert_accounted(
     assert_eq!(stats.snapshot().dropped.total(), dropped.len() as u64);
 }
 
-/// Waits (polling every 20 ms) until `cond` holds, up to `deadline`; panics
-/// with `what` otherwise. For events only: never a timing assertion.
+/// Waits until `cond` holds, up to `deadline`; panics with `what`
+/// otherwise (the test kit's one wait). For events only: never a timing
+/// assertion.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let end = tokio::time::Instant::now() + deadline;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    slicetrace_e2e::testkit::eventually(what, deadline, || {
+        let c = cond();
+        async move { c.await.then_some(()) }
+    })
+    .await
 }
 
 /// A stop signal for [`Shipper::run`] and the sender that fires it.
