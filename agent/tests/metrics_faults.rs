@@ -75,7 +75,6 @@ impl TelemetrySource for Nvml {
                     })
                     .collect(),
             ),
-            ..Default::default()
         })
     }
 }

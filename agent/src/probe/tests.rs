@@ -294,7 +294,6 @@ impl crate::probe::telemetry::TelemetrySource for CountingTelemetry {
                 used_mib: Some(1),
                 name: None,
             }]),
-            ..Default::default()
         })
     }
     fn sample_device(
