@@ -56,9 +56,7 @@ pub(super) struct PeerScale(Option<(f64, f64)>);
 impl PeerScale {
     /// `peers`' median and `max(1.4826 · MAD, floor_frac · |median|)`.
     pub(super) fn of(peers: &[f64], floor_frac: f64) -> Self {
-        PeerScale(
-            median_mad(peers).map(|(m, mad)| (m, (1.4826 * mad).max(floor_frac * m.abs()))),
-        )
+        PeerScale(median_mad(peers).map(|(m, mad)| (m, (1.4826 * mad).max(floor_frac * m.abs()))))
     }
 
     /// The robust z-score of `x`: `None` without `x`, peers or a positive
