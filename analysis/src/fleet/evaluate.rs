@@ -15,7 +15,7 @@ use crate::source::{ScanStats, TimeRange};
 use crate::stats::median_mad;
 
 use super::gate::Gate;
-use super::unit::{judge_unit, robust_z, ts_rfc3339, Unit, UnitKey};
+use super::unit::{judge_unit, ts_rfc3339, PeerScale, Unit, UnitKey};
 use super::{FleetArgs, FleetResult, GpuVerdict, KernelFinding, RunTotals, State, Verdict};
 
 /// A bad `--until` or `--baseline`.
@@ -324,11 +324,16 @@ pub(crate) fn judge_units(
         let clocks = col(&|m| m.finding.sm_clock_mhz);
         let peer_wall = median_mad(&walls).map(|x| x.0);
         let peer_clock = median_mad(&clocks).map(|x| x.0);
+        let (s_wall, s_gpu, s_norm) = (
+            PeerScale::of(&walls, floor),
+            PeerScale::of(&gpus, floor),
+            PeerScale::of(&norms, floor),
+        );
         for &i in idxs {
             let m = &mut ms[i].1;
-            let zw = robust_z(m.finding.wall_p99_ms, &walls, floor);
-            let zg = robust_z(m.finding.gpu_p50_ms, &gpus, floor);
-            let zn = robust_z(m.norm_p50, &norms, floor);
+            let zw = s_wall.z(m.finding.wall_p99_ms);
+            let zg = s_gpu.z(m.finding.gpu_p50_ms);
+            let zn = s_norm.z(m.norm_p50);
             m.finding.peer_z_wall = zw;
             m.finding.peer_z_gpu = zg;
             m.finding.peer_z_norm = zn;

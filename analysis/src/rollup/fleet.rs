@@ -22,8 +22,7 @@
 //! window's four sketches, and the baseline period's `wall_ms` and
 //! `mcycles` of quiet rows (no tenants). No DDSketch is built per row.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use arrow::array::{
@@ -31,6 +30,7 @@ use arrow::array::{
     UInt64Array,
 };
 use arrow::record_batch::RecordBatch;
+use hashbrown::{Equivalent, HashMap};
 use slicetrace_schema::rollup::column;
 use slicetrace_schema::SketchAcc;
 
@@ -259,38 +259,40 @@ impl Acc {
     }
 }
 
-/// One thread's units, found by their key strings without allocating a
-/// key per row (`buf` holds the joined key of the row being looked up).
+/// A row's key, borrowed from its batch: it hashes as the [`UnitKey`] of
+/// the same strings (a tuple hashes its fields in order, `&str` as `str`),
+/// so a group is found without building a key.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str, &'a str, &'a str);
+
+impl Equivalent<UnitKey> for KeyRef<'_> {
+    fn equivalent(&self, k: &UnitKey) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2 && self.3 == k.3
+    }
+}
+
+/// One thread's units, found by their key strings without allocating or
+/// formatting a key per row.
 #[derive(Default)]
 struct Groups {
-    index: HashMap<String, usize>,
+    index: HashMap<UnitKey, usize>,
     units: Vec<(UnitKey, Acc)>,
-    buf: String,
 }
 
 impl Groups {
     fn slot(&mut self, node: &str, gpu: &str, kernel: &str, shape: &str) -> &mut Acc {
-        self.buf.clear();
-        // Each part prefixed by its length: two keys join equal only if
-        // their parts are equal.
-        let _ = write!(
-            self.buf,
-            "{}:{node}{}:{gpu}{}:{kernel}{shape}",
-            node.len(),
-            gpu.len(),
-            kernel.len()
-        );
-        let at = match self.index.get(self.buf.as_str()) {
+        let k = KeyRef(node, gpu, kernel, shape);
+        let at = match self.index.get(&k) {
             Some(&at) => at,
             None => {
                 let at = self.units.len();
-                self.index.insert(self.buf.clone(), at);
                 let key = (
                     node.to_string(),
                     gpu.to_string(),
                     kernel.to_string(),
                     shape.to_string(),
                 );
+                self.index.insert(key.clone(), at);
                 self.units.push((key, Acc::default()));
                 at
             }

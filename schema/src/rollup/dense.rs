@@ -33,7 +33,25 @@ struct Bins {
 }
 
 impl Bins {
+    /// Adds `n` at `key`: in place when the kept range holds the key (a
+    /// merged sketch's bins mostly fall inside the group's range), else
+    /// through [`Bins::add_outside`].
+    #[inline(always)]
     fn add(&mut self, key: i32, n: u64) {
+        // Below the offset the difference is negative: no index.
+        let i = usize::try_from(i64::from(key) - i64::from(self.offset));
+        if let Some(c) = i.ok().and_then(|i| self.counts.get_mut(i)) {
+            *c += n;
+            self.total += n;
+            return;
+        }
+        self.add_outside(key, n);
+    }
+
+    /// [`Bins::add`] for a key outside the kept range (or an empty store):
+    /// widens the range, folding the lowest keys past the bin limit.
+    #[inline(never)]
+    fn add_outside(&mut self, key: i32, n: u64) {
         if n == 0 {
             return;
         }
@@ -183,11 +201,13 @@ const FLAG_MAX: u8 = 0x8C;
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
+    #[inline(always)]
     fn byte(&mut self) -> Option<u8> {
         let (b, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(*b)
     }
+    #[inline(always)]
     fn f64_le(&mut self) -> Option<f64> {
         if self.0.len() < 8 {
             return None;
@@ -196,6 +216,7 @@ impl Reader<'_> {
         self.0 = rest;
         Some(f64::from_le_bytes(b.try_into().ok()?))
     }
+    #[inline(always)]
     fn uvar(&mut self) -> Option<u64> {
         let mut v: u64 = 0;
         let mut shift = 0u32;
@@ -208,10 +229,12 @@ impl Reader<'_> {
             shift += 7;
         }
     }
+    #[inline(always)]
     fn svar(&mut self) -> Option<i64> {
         let e = self.uvar()?;
         Some(((e >> 1) as i64) ^ -((e & 1) as i64))
     }
+    #[inline(always)]
     fn vdouble(&mut self) -> Option<f64> {
         let mut bits: u64 = 0;
         let mut shift: i32 = 57;
