@@ -176,6 +176,21 @@ fn not_unhealthy(live: &LiveState, uuid: &str) -> bool {
         .all(|&k| health(live, uuid, k).is_some_and(|(v, _)| v != Verdict::Unhealthy))
 }
 
+/// Waits until every GPU's backend was released and both its kernels read
+/// `unknown (driver_upgrade)`.
+async fn wait_all_released_for_upgrade(faults: &[Arc<Faults>], live: &LiveState) {
+    wait_until("every GPU released and unknown (driver_upgrade)", || {
+        faults.iter().enumerate().all(|(i, f)| {
+            f.released.load(Ordering::SeqCst) >= 1
+                && Kernel::ALL.iter().all(|&k| {
+                    health(live, &format!("CPU-{i}"), k)
+                        == Some((Verdict::Unknown, Reason::DriverUpgrade))
+                })
+        })
+    })
+    .await;
+}
+
 /// Every run a GPU completed is a row: rows on disk = runs the backend
 /// completed, for each GPU in `gpus`, and no queue dropped any.
 fn assert_no_row_lost(data: &Path, faults: &[Arc<Faults>], counters: &Counters, gpus: &[u32]) {
@@ -620,16 +635,7 @@ async fn a_driver_gone_under_nvml_releases_everything_pages_nobody_and_probing_r
     driver.tries.lock().unwrap().clear();
     driver.refuse.store(true, Ordering::SeqCst);
     driver.gone.store(true, Ordering::SeqCst);
-    wait_until("every GPU released and unknown (driver_upgrade)", || {
-        (0..GPUS).all(|i| {
-            a.faults[i as usize].released.load(Ordering::SeqCst) >= 1
-                && Kernel::ALL.iter().all(|&k| {
-                    health(&live, &format!("CPU-{i}"), k)
-                        == Some((Verdict::Unknown, Reason::DriverUpgrade))
-                })
-        })
-    })
-    .await;
+    wait_all_released_for_upgrade(&a.faults, &live).await;
     assert!(!driver.open.load(Ordering::SeqCst), "NVML still open");
     assert_eq!(driver.releases.load(Ordering::SeqCst), 1);
     let runs: Vec<u64> = (0..GPUS).map(|i| a.ok_runs(i)).collect();
@@ -721,16 +727,7 @@ async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_af
         "nvidia.com/gpu-driver-upgrade-state=upgrade-required",
     )
     .await;
-    wait_until("every GPU released and unknown (driver_upgrade)", || {
-        (0..GPUS).all(|i| {
-            a.faults[i as usize].released.load(Ordering::SeqCst) >= 1
-                && Kernel::ALL.iter().all(|&k| {
-                    health(&live, &format!("CPU-{i}"), k)
-                        == Some((Verdict::Unknown, Reason::DriverUpgrade))
-                })
-        })
-    })
-    .await;
+    wait_all_released_for_upgrade(&a.faults, &live).await;
     // NVML is shut down too.
     assert!(!driver.open.load(Ordering::SeqCst), "NVML still open");
     assert_eq!(driver.releases.load(Ordering::SeqCst), 1);

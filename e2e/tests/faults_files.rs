@@ -281,6 +281,37 @@ fn sigkill_mid_write_loses_at_most_one_rotation_and_leaves_only_readable_files()
     );
 }
 
+/// Starts an agent in `dir` (data under `dir/data`) exporting to the OTLP
+/// port `otlp_port` with `shutdown_deadline_ms = deadline` and `extra`
+/// config, waits for 40 probe cycles on its `/metrics`, sends SIGTERM and
+/// waits up to `wait`: the agent, its exit code (`None`: still running) and
+/// how long it took after the signal.
+fn sigterm_after_40_cycles(
+    dir: &Path,
+    otlp_port: u16,
+    deadline: Duration,
+    extra: &str,
+    wait: Duration,
+) -> (Proc, Option<i32>, Duration) {
+    let cfg = write_config(
+        dir,
+        &format!("shutdown_deadline_ms = {}", deadline.as_millis()),
+        "interval_ms = 50",
+        extra,
+    );
+    let mut cmd = agent(&cfg, &dir.join("data"));
+    cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{otlp_port}")]);
+    let mut p = Proc::spawn(cmd, dir.join("agent.log"));
+    let mport = metrics_port(&p);
+    wait_metric(mport, "slicetrace_probe_cycles_total", "40 cycles", |v| {
+        v >= 40.0
+    });
+    let t = Instant::now();
+    p.signal(libc::SIGTERM);
+    let code = p.wait_timeout(wait);
+    (p, code, t.elapsed())
+}
+
 #[test]
 fn sigterm_exits_within_the_deadline_with_files_closed_and_spans_flushed() {
     let Some(py) = python_with(&["pyarrow", "duckdb"]) else {
@@ -293,23 +324,13 @@ fn sigterm_exits_within_the_deadline_with_files_closed_and_spans_flushed() {
         return;
     };
     let deadline = Duration::from_millis(3000);
-    let cfg = write_config(
+    let (p, code, took) = sigterm_after_40_cycles(
         dir.path(),
-        &format!("shutdown_deadline_ms = {}", deadline.as_millis()),
-        "interval_ms = 50",
+        grpc,
+        deadline,
         "",
+        deadline + Duration::from_secs(1),
     );
-    let mut cmd = agent(&cfg, &data);
-    cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{grpc}")]);
-    let mut p = Proc::spawn(cmd, dir.path().join("agent.log"));
-    let mport = metrics_port(&p);
-    wait_metric(mport, "slicetrace_probe_cycles_total", "40 cycles", |v| {
-        v >= 40.0
-    });
-    let t = Instant::now();
-    p.signal(libc::SIGTERM);
-    let code = p.wait_timeout(deadline + Duration::from_secs(1));
-    let took = t.elapsed();
     assert_eq!(
         code,
         Some(0),
@@ -363,23 +384,13 @@ fn sigterm_with_a_hung_collector_still_exits_within_the_deadline() {
     });
     let deadline = Duration::from_millis(2000);
     // The export timeout (5 s) is longer than the shutdown deadline.
-    let cfg = write_config(
+    let (p, code, took) = sigterm_after_40_cycles(
         dir.path(),
-        &format!("shutdown_deadline_ms = {}", deadline.as_millis()),
-        "interval_ms = 50",
+        hung,
+        deadline,
         "[otlp]\ntimeout_ms = 5000\n",
+        deadline + Duration::from_millis(1500),
     );
-    let mut cmd = agent(&cfg, &data);
-    cmd.args(["--otlp-endpoint", &format!("http://127.0.0.1:{hung}")]);
-    let mut p = Proc::spawn(cmd, dir.path().join("agent.log"));
-    let mport = metrics_port(&p);
-    wait_metric(mport, "slicetrace_probe_cycles_total", "40 cycles", |v| {
-        v >= 40.0
-    });
-    let t = Instant::now();
-    p.signal(libc::SIGTERM);
-    let code = p.wait_timeout(deadline + Duration::from_millis(1500));
-    let took = t.elapsed();
     assert!(
         code.is_some(),
         "still running {took:?} after SIGTERM (deadline {deadline:?}): {}",
