@@ -52,27 +52,8 @@ trap cleanup EXIT
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 
-if [ ! -d "$DIR/probes" ]; then
-  end_s=$(date -u -d "$END" +%s)
-  midnight=$(date -u -d "$(date -u -d "$END" +%Y-%m-%d)" +%s)
-  midnight_rfc=$(date -u -d "@$midnight" +%Y-%m-%dT%H:%M:%SZ)
-  echo "generating $NODES nodes x $GPUS GPUs into $DIR" >&2
-  if [ "$OLD_DAYS" -gt 0 ]; then
-    /usr/bin/time -f '%e %M' -o "$WORK/old.time" "$BIN" gen-synthetic --fleet-layout \
-      --nodes "$NODES" --gpus-per-node "$GPUS" --span-secs $((OLD_DAYS * 86400)) \
-      --dense-secs 0 --file-secs "$OLD_FILE_SECS" --sparse-rows-per-gpu "$SPARSE" \
-      --end "$midnight_rfc" --seed 2 --threads "$(nproc)" --out "$DIR" 2> "$WORK/old.log"
-  fi
-  /usr/bin/time -f '%e %M' -o "$WORK/day.time" "$BIN" gen-synthetic --fleet-layout \
-    --nodes "$NODES" --gpus-per-node "$GPUS" --rate-per-gpu "$RATE" \
-    --span-secs $((end_s - midnight)) --dense-secs "$DENSE_SECS" --file-secs 300 \
-    --sparse-rows-per-gpu "$SPARSE" --end "$END" --seed 7 --threads "$(nproc)" --out "$DIR" 2> "$WORK/day.log"
-  for part in old day; do
-    [ -f "$WORK/$part.time" ] || continue
-    read -r gs gk < "$WORK/$part.time"
-    echo "{\"step\":\"generate $part\",\"nodes\":$NODES,\"gpus\":$GPUS,\"rate\":$RATE,\"wall_s\":$gs,\"max_rss_kib\":$gk,\"log\":\"$(tail -1 "$WORK/$part.log")\"}" >> "$OUT"
-  done
-fi
+. "$ROOT/analysis/bench/gen_fleet.sh"
+gen_fleet "$OLD_DAYS"
 files=$(find "$DIR/probes" -name '*.parquet' | wc -l)
 bytes=$(du -sb "$DIR/probes" | cut -f1)
 echo "data: $bytes bytes, $files files" >&2

@@ -40,26 +40,8 @@ trap 'rm -rf "$WORK"; [ "${KEEP:-0}" = 1 ] || rm -rf "$DIR"' EXIT
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 
-if [ ! -d "$DIR/probes" ]; then
-  end_s=$(date -u -d "$END" +%s)
-  midnight=$(date -u -d "$(date -u -d "$END" +%Y-%m-%d)" +%s)
-  midnight_rfc=$(date -u -d "@$midnight" +%Y-%m-%dT%H:%M:%SZ)
-  echo "generating $NODES nodes x $GPUS GPUs into $DIR" >&2
-  # The older days, then END's day (seeds differ, names never collide).
-  /usr/bin/time -f '%e %M' -o "$WORK/old.time" "$BIN" gen-synthetic --fleet-layout \
-    --nodes "$NODES" --gpus-per-node "$GPUS" --span-secs $(((DAYS - 1) * 86400)) \
-    --dense-secs 0 --file-secs "$OLD_FILE_SECS" --sparse-rows-per-gpu "$SPARSE" \
-    --end "$midnight_rfc" --seed 2 --threads "$(nproc)" --out "$DIR" 2> "$WORK/old.log"
-  /usr/bin/time -f '%e %M' -o "$WORK/day.time" "$BIN" gen-synthetic --fleet-layout \
-    --nodes "$NODES" --gpus-per-node "$GPUS" --rate-per-gpu "$RATE" \
-    --span-secs $((end_s - midnight)) --dense-secs "$DENSE_SECS" --file-secs 300 \
-    --sparse-rows-per-gpu "$SPARSE" --end "$END" --seed 7 --threads "$(nproc)" --out "$DIR" 2> "$WORK/day.log"
-  for part in old day; do
-    cat "$WORK/$part.log" >&2
-    read -r gs gk < "$WORK/$part.time"
-    echo "{\"step\":\"generate $part\",\"nodes\":$NODES,\"gpus\":$GPUS,\"wall_s\":$gs,\"max_rss_kib\":$gk,\"log\":\"$(tail -1 "$WORK/$part.log")\"}" >> "$OUT"
-  done
-fi
+. "$ROOT/analysis/bench/gen_fleet.sh"
+gen_fleet $((DAYS - 1))
 files=$(find "$DIR/probes" -name '*.parquet' | wc -l)
 bytes=$(du -sb "$DIR/probes" | cut -f1)
 echo "data: $bytes bytes, $files files" >&2
