@@ -191,6 +191,19 @@ async fn wait_all_released_for_upgrade(faults: &[Arc<Faults>], live: &LiveState)
     .await;
 }
 
+/// GPUs whose `slicetrace_gpu_probing` reads 0 for `driver_upgrade` in a
+/// `/metrics` body.
+fn paused_for_upgrade(body: &str) -> usize {
+    samples(body)
+        .into_iter()
+        .filter(|s| {
+            s.name == "slicetrace_gpu_probing"
+                && s.label("reason") == Some("driver_upgrade")
+                && s.value == 0.0
+        })
+        .count()
+}
+
 /// Every run a GPU completed is a row: rows on disk = runs the backend
 /// completed, for each GPU in `gpus`, and no queue dropped any.
 fn assert_no_row_lost(data: &Path, faults: &[Arc<Faults>], counters: &Counters, gpus: &[u32]) {
@@ -652,15 +665,7 @@ async fn a_driver_gone_under_nvml_releases_everything_pages_nobody_and_probing_r
     );
     assert_eq!(runs, (0..GPUS).map(|i| a.ok_runs(i)).collect::<Vec<_>>());
     let m = a.get("/metrics").await;
-    let paused = samples(&m.body)
-        .into_iter()
-        .filter(|s| {
-            s.name == "slicetrace_gpu_probing"
-                && s.label("reason") == Some("driver_upgrade")
-                && s.value == 0.0
-        })
-        .count();
-    assert_eq!(paused, GPUS as usize, "{}", m.body);
+    assert_eq!(paused_for_upgrade(&m.body), GPUS as usize, "{}", m.body);
     assert_eq!(
         metric(&m.body, "slicetrace_driver_releases_total", None),
         Some(1.0)
@@ -744,15 +749,7 @@ async fn a_driver_upgrade_releases_every_gpu_pages_nobody_and_probing_resumes_af
     .await;
     assert_eq!(runs, (0..GPUS).map(|i| a.ok_runs(i)).collect::<Vec<_>>());
     let m = a.get("/metrics").await;
-    let paused = samples(&m.body)
-        .into_iter()
-        .filter(|s| {
-            s.name == "slicetrace_gpu_probing"
-                && s.label("reason") == Some("driver_upgrade")
-                && s.value == 0.0
-        })
-        .count();
-    assert_eq!(paused, GPUS as usize, "{}", m.body);
+    assert_eq!(paused_for_upgrade(&m.body), GPUS as usize, "{}", m.body);
     a.assert_alive().await;
     let r = a.get("/readyz").await;
     assert!(
