@@ -164,6 +164,17 @@ enum Cmd {
     /// period are listed and opened. States: healthy, unknown (too few runs),
     /// stale (no run in the window), degraded, unhealthy.
     ///
+    /// Source: the agents' minute rollups whenever they cover the range
+    /// (every node with raw rows in its date= partitions has rollups there
+    /// too), else the raw rows; `source` in the output says which and why.
+    /// Rollup quantiles are within ±1 % of exact ones, so a ratio of two is
+    /// within about ±2 %, far inside the thresholds' margins (a 1.5×
+    /// degraded factor; a peer outlier at least 3.5 × 5 % off the median);
+    /// counts are exact. A node without rollups makes the whole check read
+    /// raw rows. --exact always reads raw rows. The agent writes rollups
+    /// every 15 minutes: for a window under ~30 minutes ending now, use
+    /// --exact.
+    ///
     /// Exit codes: 0 green; 1 red: any GPU unhealthy, or more GPUs degraded,
     /// unknown or stale than --max-degraded, --max-unknown, --max-stale
     /// allow; 4 green but unreadable files were skipped (named in the
