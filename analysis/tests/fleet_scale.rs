@@ -515,6 +515,13 @@ fn fleet_answers_from_rollups_by_default_and_raw_when_a_node_has_none() {
         v["source"]
     );
     assert_eq!(v["summary"]["healthy"], NODES, "{v}");
+    // Per node, the day's rollup files start every 15 minutes, 00:00..01:45:
+    // those of hour 00 end before the range (01:00..02:00) and are not
+    // opened; the four of hour 01 are read.
+    let s = &v["scan"];
+    assert_eq!(s["files_listed"], 8 * NODES, "{s}");
+    assert_eq!(s["files_pruned_by_name"], 4 * NODES, "{s}");
+    assert_eq!(s["files_scanned"], 4 * NODES, "{s}");
     // --exact: raw rows, the same runs counted in the window.
     let exact = check(tmp.path(), &["--exact"], 0);
     assert_eq!(exact["source"]["kind"], "raw");
