@@ -52,6 +52,7 @@ trap cleanup EXIT
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 
+ROLLUPS=${ROLLUPS:-0}  # raw files only, as measured before (the rollups are not uploaded)
 . "$ROOT/analysis/bench/gen_fleet.sh"
 gen_fleet "$OLD_DAYS"
 files=$(find "$DIR/probes" -name '*.parquet' | wc -l)

@@ -12,6 +12,8 @@
 # partitions anyway). Runs alternate slicetrace and DuckDB; each prints wall
 # time and peak RSS (/usr/bin/time -v). Raw numbers go to OUT (JSON lines).
 # A DATA_DIR that already has probes/ is used as it is (no generation).
+# The data has no rollups unless ROLLUPS=1 (then `fleet` answers from them:
+# see fleet_2000.sh), so this measures the raw path.
 #
 # Usage: NODES=200 RUNS=3 analysis/bench/fleet_vs_duckdb.sh [DATA_DIR]
 #   SLICETRACE_BIN     default target/release/slicetrace
@@ -40,6 +42,7 @@ trap 'rm -rf "$WORK"; [ "${KEEP:-0}" = 1 ] || rm -rf "$DIR"' EXIT
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 
+ROLLUPS=${ROLLUPS:-0}
 . "$ROOT/analysis/bench/gen_fleet.sh"
 gen_fleet $((DAYS - 1))
 files=$(find "$DIR/probes" -name '*.parquet' | wc -l)

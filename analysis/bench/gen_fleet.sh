@@ -8,7 +8,11 @@
 # per node every 5 minutes, the last DENSE_SECS at RATE arrivals/s per GPU,
 # the rest SPARSE rows per GPU per file; the OLD_DAYS days before it small
 # files, one per node every OLD_FILE_SECS (none when OLD_DAYS is 0). The
-# seeds differ, so names never collide.
+# seeds differ, so names never collide. ROLLUPS=1 (the default) also writes
+# the agent's minute rollups of END's day (the same runs, rollups/);
+# OLD_ROLLUPS=1 those of the older days too (default 0: neither fleet path
+# lists those partitions, and a day-long older file would make 24 rollup
+# files per node and day).
 gen_fleet() {
   local old_days=$1
   [ -d "$DIR/probes" ] && return 0
@@ -21,12 +25,14 @@ gen_fleet() {
     /usr/bin/time -f '%e %M' -o "$WORK/old.time" "$BIN" gen-synthetic --fleet-layout \
       --nodes "$NODES" --gpus-per-node "$GPUS" --span-secs $((old_days * 86400)) \
       --dense-secs 0 --file-secs "$OLD_FILE_SECS" --sparse-rows-per-gpu "$SPARSE" \
-      --end "$midnight_rfc" --seed 2 --threads "$(nproc)" --out "$DIR" 2> "$WORK/old.log"
+      --end "$midnight_rfc" --seed 2 --threads "$(nproc)" --out "$DIR" \
+      $([ "${OLD_ROLLUPS:-0}" = 1 ] || echo --no-rollups) 2> "$WORK/old.log"
   fi
   /usr/bin/time -f '%e %M' -o "$WORK/day.time" "$BIN" gen-synthetic --fleet-layout \
     --nodes "$NODES" --gpus-per-node "$GPUS" --rate-per-gpu "$RATE" \
     --span-secs $((end_s - midnight)) --dense-secs "$DENSE_SECS" --file-secs 300 \
-    --sparse-rows-per-gpu "$SPARSE" --end "$END" --seed 7 --threads "$(nproc)" --out "$DIR" 2> "$WORK/day.log"
+    --sparse-rows-per-gpu "$SPARSE" --end "$END" --seed 7 --threads "$(nproc)" --out "$DIR" \
+    $([ "${ROLLUPS:-1}" = 1 ] || echo --no-rollups) 2> "$WORK/day.log"
   for part in old day; do
     [ -f "$WORK/$part.time" ] || continue
     cat "$WORK/$part.log" >&2

@@ -164,6 +164,17 @@ enum Cmd {
     /// period are listed and opened. States: healthy, unknown (too few runs),
     /// stale (no run in the window), degraded, unhealthy.
     ///
+    /// Source: the agents' minute rollups whenever they cover the range
+    /// (every node with raw rows in its date= partitions has rollups there
+    /// too), else the raw rows; `source` in the output says which and why.
+    /// Rollup quantiles are within ±1 % of exact ones, so a ratio of two is
+    /// within about ±2 %, far inside the thresholds' margins (a 1.5×
+    /// degraded factor; a peer outlier at least 3.5 × 5 % off the median);
+    /// counts are exact. A node without rollups makes the whole check read
+    /// raw rows. --exact always reads raw rows. The agent writes rollups
+    /// every 15 minutes: for a window under ~30 minutes ending now, use
+    /// --exact.
+    ///
     /// Exit codes: 0 green; 1 red: any GPU unhealthy, or more GPUs degraded,
     /// unknown or stale than --max-degraded, --max-unknown, --max-stale
     /// allow; 4 green but unreadable files were skipped (named in the
@@ -451,9 +462,15 @@ struct GenSyntheticArgs {
     /// file per node every --file-secs holding its --gpus-per-node GPUs,
     /// over --span-secs ending at --end; the last --dense-secs at
     /// --rate-per-gpu arrivals/s, older files small (--sparse-rows-per-gpu).
-    /// --rows, --rows-per-file and the fault flags do not apply.
+    /// --rows, --rows-per-file and the fault flags do not apply. The same
+    /// runs are also written as the agent's minute rollups (rollups/, a
+    /// file per node every 15 minutes) unless --no-rollups.
     #[arg(long)]
     fleet_layout: bool,
+    /// With --fleet-layout: write the raw probes files only, no rollups
+    /// (a fleet of agents older than rollups).
+    #[arg(long)]
+    no_rollups: bool,
     /// GPUs per node (--fleet-layout).
     #[arg(long, default_value_t = 8)]
     gpus_per_node: usize,
@@ -649,12 +666,15 @@ fn choose_source(
     range: Option<source::TimeRange>,
     args: &SourceArgs,
     raw_only: Option<&str>,
+    policy: rollup::Policy,
 ) -> Result<(DataSource, Option<rollup::RollupRoot>)> {
     let raw_only = raw_only.or(data.engine()?.is_remote().then_some(rollup::ON_CLUSTER));
     match rollup::RollupRoot::new(&data.data, data.s3_endpoint.clone()) {
         Ok(root) => {
             // Listing an object store blocks: keep the runtime's I/O going.
-            let src = tokio::task::block_in_place(|| rollup::choose(&root, range, args, raw_only));
+            let src = tokio::task::block_in_place(|| {
+                rollup::choose(&root, range, args, raw_only, policy)
+            });
             Ok((src, Some(root)))
         }
         Err(e) => Ok((DataSource::raw_because(e.to_string()), None)),
@@ -713,7 +733,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     None
                 };
-                let (src, root) = choose_source(&data, range, &source, raw_only)?;
+                let (src, root) =
+                    choose_source(&data, range, &source, raw_only, rollup::Policy::LongRanges)?;
                 if let (Some(root), "rollups") = (root, src.kind) {
                     let by = match by {
                         Some(b) => pred::columns(&b)?,
@@ -784,7 +805,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 start_ns: b.start_ns.min(a.start_ns),
                 end_ns: b.end_ns.max(a.end_ns),
             });
-            let (src, root) = choose_source(&data, span, &source, raw_only)?;
+            let (src, root) =
+                choose_source(&data, span, &source, raw_only, rollup::Policy::LongRanges)?;
             if let (Some(root), "rollups") = (root, src.kind) {
                 let sides = match ranges {
                     Some((b, a)) => rollup::compare::Sides::Ranges(b, a),
@@ -855,7 +877,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 None
             };
-            let (src, root) = choose_source(&data, Some(plan.scan_range()), &source, raw_only)?;
+            let (src, root) = choose_source(
+                &data,
+                Some(plan.scan_range()),
+                &source,
+                raw_only,
+                rollup::Policy::WhenCovered,
+            )?;
             if let (Some(root), "rollups") = (root, src.kind) {
                 let (res, _) = tokio::task::block_in_place(|| {
                     rollup::fleet::evaluate(&root, &opts, &plan, parallel, &src.why)
@@ -926,7 +954,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 None
             };
-            let (src, root) = choose_source(&data, range, &source, raw_only)?;
+            let (src, root) =
+                choose_source(&data, range, &source, raw_only, rollup::Policy::LongRanges)?;
             if let (Some(root), "rollups") = (root, src.kind) {
                 let by = match by.as_deref() {
                     Some(b) => pred::columns(b)?,
@@ -1127,12 +1156,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         g.threads
                     },
                     slow: None,
+                    rollups: !g.no_rollups,
                 };
-                let (files, rows) =
-                    tokio::task::spawn_blocking(move || synth::generate_fleet(&g.out, &l))
-                        .await
-                        .context("generator thread failed")??;
-                eprintln!("wrote {files} files, {rows} rows");
+                let started = std::time::Instant::now();
+                let w = tokio::task::spawn_blocking(move || synth::generate_fleet(&g.out, &l))
+                    .await
+                    .context("generator thread failed")??;
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "wrote {} files, {} rows ({:.0} rows/s); {} rollup files, {} rollup rows",
+                    w.files,
+                    w.rows,
+                    w.rows as f64 / secs.max(1e-9),
+                    w.rollup_files,
+                    w.rollup_rows
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let spec = g.spec();

@@ -21,13 +21,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::{WriterProperties, DEFAULT_MAX_ROW_GROUP_ROW_COUNT};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use slicetrace_schema::precision::{round_ms, round_rel};
+use slicetrace_schema::rollup::{bucket_start, HOUR_SECS, MINUTE_SECS};
 use slicetrace_schema::{
-    layout, probes_batch, probes_schema, writer_properties, Backend, DeviceFields, Kernel,
-    ProbeRecord,
+    layout, probes_batch, probes_schema, rollups_batch, rollups_schema, writer_properties, Backend,
+    DeviceFields, Kernel, ProbeRecord, Rollup, RollupRecord,
 };
 
 /// Errors raised while generating data.
@@ -233,13 +236,10 @@ impl Iterator for NodeGen<'_> {
     }
 }
 
-/// What a synthetic run of `node`'s GPU `uuid` shares with every other
-/// before its timings: the kernel (GEMM or FFT, as `gemm` says) with its
-/// shape and flops, an H100 on CUDA, fp32, four time-sliced replicas, the
-/// memory clock and the temperature. Returned with the kernel's fast run
-/// time (ms, before noise).
-fn run_base(node: &str, uuid: &str, gemm: bool) -> (ProbeRecord, f64) {
-    let (kernel, shape, base_ms, flops) = if gemm {
+/// The kernel (GEMM or FFT, as `gemm` says), its shape, its fast run time
+/// (ms, before noise) and its flops.
+fn kernel_consts(gemm: bool) -> (Kernel, &'static str, f64, f64) {
+    if gemm {
         (Kernel::Gemm, "n=1024", 0.40, 2.0 * 1024f64.powi(3))
     } else {
         (
@@ -248,7 +248,16 @@ fn run_base(node: &str, uuid: &str, gemm: bool) -> (ProbeRecord, f64) {
             0.05,
             8.0 * 5.0 * 4096.0 * 12.0,
         )
-    };
+    }
+}
+
+/// What a synthetic run of `node`'s GPU `uuid` shares with every other
+/// before its timings: the kernel (GEMM or FFT, as `gemm` says) with its
+/// shape and flops, an H100 on CUDA, fp32, four time-sliced replicas, the
+/// memory clock and the temperature. Returned with the kernel's fast run
+/// time (ms, before noise).
+fn run_base(node: &str, uuid: &str, gemm: bool) -> (ProbeRecord, f64) {
+    let (kernel, shape, base_ms, flops) = kernel_consts(gemm);
     let base = ProbeRecord {
         node: node.into(),
         gpu_uuid: uuid.into(),
@@ -448,6 +457,20 @@ fn write_node(dir: &Path, spec: &SynthSpec, n: usize, rows: u64) -> Result<usize
 /// days are present as small files (`sparse_rows_per_gpu` rows per GPU per
 /// file) so that listing and pruning are measured without writing them at
 /// full density. Every GPU is quiet (0 tenants) and healthy.
+///
+/// With `rollups`, the same runs are also folded into the agent's minute
+/// rollups ([`slicetrace_schema::Rollup`], the accumulator the agent's
+/// rollup writer uses, fed the same [`ProbeRecord`]s) and written as the
+/// agent writes them: a file per node every 15 minutes
+/// ([`ROLLUP_FILE_SECS`]), never across an hour, under `rollups/`. So
+/// `fleet` from rollups and a query over the raw rows answer about the same
+/// runs.
+///
+/// How it is fast: a file's runs are drawn as columns (times and clocks),
+/// put in the agent's order by a merge (no sort, no per-row struct), and the
+/// Arrow arrays are built from those columns directly; constant columns are
+/// filled without formatting. The rollups reuse one [`ProbeRecord`] per GPU
+/// and kernel, changing only its clocks and time per run.
 #[derive(Debug, Clone)]
 pub struct FleetLayout {
     /// Nodes, named `node-00`, `node-01`, ...
@@ -473,11 +496,152 @@ pub struct FleetLayout {
     /// `(node index, from ns, factor)`: that node's kernels run `factor`
     /// times slower from that instant on (slow silicon, same clocks).
     pub slow: Option<(usize, i64, f64)>,
+    /// Also write the minute rollups of the same runs (`rollups/`).
+    pub rollups: bool,
+}
+
+/// Seconds of data per rollup file, as the agent's rollup writer
+/// (`FILE_SECS` of its rollups sink): a file per node every 15 minutes.
+pub const ROLLUP_FILE_SECS: u32 = 900;
+
+/// What [`generate_fleet`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetWritten {
+    /// Raw `probes` files.
+    pub files: usize,
+    /// Raw rows.
+    pub rows: u64,
+    /// Rollup files (0 without `rollups`).
+    pub rollup_files: usize,
+    /// Rollup rows.
+    pub rollup_rows: u64,
 }
 
 /// The UUID of GPU `g` of node `node_idx` in a [`FleetLayout`].
 pub fn fleet_gpu_uuid(node_idx: usize, g: usize, seed: u64) -> String {
     format!("GPU-{node_idx:08x}-{g:04x}-4000-8000-{seed:012x}")
+}
+
+/// The agent's flush interval: each 10 s batch of a file is sorted by GPU,
+/// then time.
+const AGENT_BATCH_NS: i64 = 10_000_000_000;
+
+/// One file's runs as columns, in the agent's order.
+struct FileRuns {
+    /// Run times, ns.
+    ts: Vec<i64>,
+    /// GPU index.
+    gpu: Vec<u32>,
+    /// The run's index among its GPU's runs of the file (even: FFT, odd:
+    /// GEMM; the cycle is half of it).
+    i: Vec<u32>,
+    /// gpu_ms.
+    gpu_ms: Vec<f64>,
+    /// queue_ms.
+    queue_ms: Vec<f64>,
+}
+
+impl FileRuns {
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn gemm(&self, k: usize) -> bool {
+        self.i[k] % 2 == 1
+    }
+}
+
+/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in the
+/// agent's order (each 10 s batch by GPU, then time). The draws are made
+/// GPU by GPU, run by run, so the same seed gives the same runs as the
+/// record-by-record generator this replaced.
+fn file_runs(
+    l: &FleetLayout,
+    node_idx: usize,
+    t0: i64,
+    t1: i64,
+    per_gpu: usize,
+    rng: &mut StdRng,
+) -> FileRuns {
+    let gpus = l.gpus_per_node;
+    let n = per_gpu * gpus;
+    let step = (t1 - t0) / per_gpu.max(1) as i64;
+    let mut ts = Vec::with_capacity(n);
+    let mut gms = Vec::with_capacity(n);
+    let mut qms = Vec::with_capacity(n);
+    for _g in 0..gpus {
+        for i in 0..per_gpu {
+            let t = t0 + i as i64 * step + rng.random_range(0..step.max(1));
+            let (_, _, base_ms, _) = kernel_consts(i % 2 == 1);
+            let mut gpu_ms = base_ms * (0.05 * normal(rng)).exp();
+            if let Some((slow, from, factor)) = l.slow {
+                if slow == node_idx && t >= from {
+                    gpu_ms *= factor;
+                }
+            }
+            let queue_ms = 0.01 * (0.3 * normal(rng)).exp();
+            ts.push(t);
+            gms.push(gpu_ms);
+            qms.push(queue_ms);
+        }
+    }
+    // Each GPU's runs are in time order (run i lies in [t0 + i·step,
+    // t0 + (i+1)·step)), so the agent's order is a merge by batch and GPU.
+    let mut order = Vec::with_capacity(n);
+    if n > 0 {
+        let mut cur = vec![0usize; gpus];
+        let first = ts.iter().min().copied().unwrap_or(t0);
+        let last = ts.iter().max().copied().unwrap_or(t0);
+        for b in first.div_euclid(AGENT_BATCH_NS)..=last.div_euclid(AGENT_BATCH_NS) {
+            for (g, c) in cur.iter_mut().enumerate() {
+                while *c < per_gpu && ts[g * per_gpu + *c].div_euclid(AGENT_BATCH_NS) == b {
+                    order.push(g * per_gpu + *c);
+                    *c += 1;
+                }
+            }
+        }
+    }
+    FileRuns {
+        ts: order.iter().map(|&k| ts[k]).collect(),
+        gpu: order.iter().map(|&k| (k / per_gpu) as u32).collect(),
+        i: order.iter().map(|&k| (k % per_gpu) as u32).collect(),
+        gpu_ms: order.iter().map(|&k| gms[k]).collect(),
+        queue_ms: order.iter().map(|&k| qms[k]).collect(),
+    }
+}
+
+/// A [`FleetLayout`] run of GPU `uuid` of `node`: the template of every
+/// run of that GPU and kernel, with its timings still to set.
+fn fleet_template(node: &str, uuid: &str, gemm: bool) -> ProbeRecord {
+    let (base, _) = run_base(node, uuid, gemm);
+    ProbeRecord {
+        burst_seq: 0,
+        arrival: Some(true),
+        correct: Some(true),
+        device: DeviceFields {
+            sm_clock_mhz: Some(NOMINAL_CLOCK_MHZ),
+            gpu_util_pct: Some(3),
+            power_w: Some(120.0),
+            throttle_reasons: Some(0),
+            gpu_processes: Some(0),
+            sm_clock_mhz_after: Some(NOMINAL_CLOCK_MHZ),
+            ..Default::default()
+        },
+        pod_count: Some(0),
+        ..base
+    }
+}
+
+/// Sets run `k` of `f` (GPU `g`) on its template.
+fn set_run(r: &mut ProbeRecord, f: &FileRuns, k: usize) {
+    let (gpu_ms, queue_ms) = (f.gpu_ms[k], f.queue_ms[k]);
+    r.ts_ns = f.ts[k];
+    r.gpu_index = f.gpu[k];
+    r.cycle = u64::from(f.i[k] / 2);
+    r.gpu_ms = Some(gpu_ms);
+    r.wall_ms = gpu_ms + queue_ms;
+    r.queue_ms = Some(queue_ms);
+    r.tflops = Some(r.flops / gpu_ms / 1e9);
 }
 
 /// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in the
@@ -492,81 +656,242 @@ pub fn fleet_rows(
     seed: u64,
 ) -> Vec<ProbeRecord> {
     let mut rng = StdRng::seed_from_u64(seed);
-    fleet_file_rows(l, node_idx, t0, t1, per_gpu, &mut rng)
-}
-
-/// The runs of one node's GPUs in `[t0, t1)`, `per_gpu` each, in the
-/// agent's order.
-fn fleet_file_rows(
-    l: &FleetLayout,
-    node_idx: usize,
-    t0: i64,
-    t1: i64,
-    per_gpu: usize,
-    rng: &mut StdRng,
-) -> Vec<ProbeRecord> {
+    let f = file_runs(l, node_idx, t0, t1, per_gpu, &mut rng);
     let node = node_name(node_idx);
-    let step = (t1 - t0) / per_gpu.max(1) as i64;
-    let mut out = Vec::with_capacity(per_gpu * l.gpus_per_node);
-    for g in 0..l.gpus_per_node {
-        let uuid = fleet_gpu_uuid(node_idx, g, l.seed);
-        // The two run templates of this GPU, made once (not per row).
-        let bases = [run_base(&node, &uuid, false), run_base(&node, &uuid, true)];
-        for i in 0..per_gpu {
-            let ts_ns = t0 + i as i64 * step + rng.random_range(0..step.max(1));
-            let gemm = i % 2 == 1;
-            let (base, base_ms) = &bases[usize::from(gemm)];
-            let flops = base.flops;
-            let mut gpu_ms = base_ms * (0.05 * normal(rng)).exp();
-            if let Some((n, from, factor)) = l.slow {
-                if n == node_idx && ts_ns >= from {
-                    gpu_ms *= factor;
-                }
-            }
-            let queue_ms = 0.01 * (0.3 * normal(rng)).exp();
-            out.push(ProbeRecord {
-                ts_ns,
-                gpu_index: g as u32,
-                cycle: i as u64 / 2,
-                burst_seq: 0,
-                arrival: Some(true),
-                gpu_ms: Some(gpu_ms),
-                wall_ms: gpu_ms + queue_ms,
-                queue_ms: Some(queue_ms),
-                tflops: Some(flops / gpu_ms / 1e9),
-                correct: Some(true),
-                device: DeviceFields {
-                    sm_clock_mhz: Some(NOMINAL_CLOCK_MHZ),
-                    gpu_util_pct: Some(3),
-                    power_w: Some(120.0),
-                    throttle_reasons: Some(0),
-                    gpu_processes: Some(0),
-                    sm_clock_mhz_after: Some(NOMINAL_CLOCK_MHZ),
-                    ..Default::default()
-                },
-                pod_count: Some(0),
-                ..base.clone()
-            });
-        }
-    }
-    // The agent's order: each 10 s batch (its default flush interval)
-    // sorted by GPU, then time.
-    out.sort_by_key(|r| (r.ts_ns.div_euclid(10_000_000_000), r.gpu_index, r.ts_ns));
-    out
+    let tpl = templates(l, &node, node_idx);
+    (0..f.len())
+        .map(|k| {
+            let mut r = tpl[f.gpu[k] as usize][usize::from(f.gemm(k))].clone();
+            set_run(&mut r, &f, k);
+            r
+        })
+        .collect()
 }
 
-/// Writes one node's files of a [`FleetLayout`]. Returns (files, rows).
+/// Per GPU of node `node_idx`, its FFT and GEMM templates.
+fn templates(l: &FleetLayout, node: &str, node_idx: usize) -> Vec<[ProbeRecord; 2]> {
+    (0..l.gpus_per_node)
+        .map(|g| {
+            let uuid = fleet_gpu_uuid(node_idx, g, l.seed);
+            [
+                fleet_template(node, &uuid, false),
+                fleet_template(node, &uuid, true),
+            ]
+        })
+        .collect()
+}
+
+/// The `probes` batch of rows `from..to` of `f`: what [`probes_batch`]
+/// builds from the same runs as records (a test checks they are equal),
+/// built from the columns.
+fn fleet_batch(
+    f: &FileRuns,
+    from: usize,
+    to: usize,
+    node: &str,
+    uuids: &[String],
+) -> Result<RecordBatch, SynthError> {
+    use arrow::array::{
+        new_null_array, ArrayRef, BooleanArray, Float64Array, StringArray,
+        TimestampNanosecondArray, UInt32Array, UInt64Array,
+    };
+    use std::sync::Arc;
+    let n = to - from;
+    let rows = from..to;
+    let kc = |k: usize| kernel_consts(f.gemm(k));
+    let schema = probes_schema();
+    let u32s = |v: u32| Arc::new(UInt32Array::from(vec![v; n])) as ArrayRef;
+    let f64s = |v: f64| Arc::new(Float64Array::from(vec![v; n])) as ArrayRef;
+    let strs =
+        |v: &str| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, n))) as ArrayRef;
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let a: ArrayRef = match field.name().as_str() {
+            "ts" => Arc::new(
+                TimestampNanosecondArray::from(f.ts[rows.clone()].to_vec()).with_timezone("UTC"),
+            ),
+            "node" => strs(node),
+            "gpu_uuid" => Arc::new(StringArray::from_iter_values(
+                rows.clone().map(|k| uuids[f.gpu[k] as usize].as_str()),
+            )),
+            "gpu_index" => Arc::new(UInt32Array::from(f.gpu[rows.clone()].to_vec())),
+            "gpu_name" => strs("NVIDIA H100 80GB HBM3"),
+            "backend" => strs(Backend::Cuda.as_str()),
+            "kernel" => Arc::new(StringArray::from_iter_values(
+                rows.clone().map(|k| kc(k).0.as_str()),
+            )),
+            "shape" => Arc::new(StringArray::from_iter_values(rows.clone().map(|k| kc(k).1))),
+            "precision" => strs("fp32"),
+            "flops" => Arc::new(Float64Array::from_iter_values(
+                rows.clone().map(|k| kc(k).3),
+            )),
+            "cycle" => Arc::new(UInt64Array::from_iter_values(
+                rows.clone().map(|k| u64::from(f.i[k] / 2)),
+            )),
+            "burst_seq" => u32s(0),
+            "gpu_ms" => Arc::new(Float64Array::from(f.gpu_ms[rows.clone()].to_vec())),
+            "wall_ms" => Arc::new(Float64Array::from_iter_values(
+                rows.clone().map(|k| round_ms(f.gpu_ms[k] + f.queue_ms[k])),
+            )),
+            "queue_ms" => Arc::new(Float64Array::from_iter_values(
+                rows.clone().map(|k| round_ms(f.queue_ms[k])),
+            )),
+            "tflops" => Arc::new(Float64Array::from_iter_values(
+                rows.clone().map(|k| round_rel(kc(k).3 / f.gpu_ms[k] / 1e9)),
+            )),
+            "correct" | "arrival" => Arc::new(BooleanArray::from(vec![true; n])),
+            "rel_error" => f64s(1e-7),
+            "sm_clock_mhz" | "sm_clock_mhz_after" => u32s(NOMINAL_CLOCK_MHZ),
+            "gpu_util_pct" => u32s(3),
+            "power_w" => f64s(round_rel(120.0)),
+            "throttle_reasons" => Arc::new(UInt64Array::from(vec![0u64; n])),
+            "gpu_processes" | "pod_count" => u32s(0),
+            "replicas" => u32s(4),
+            "sharing_strategy" => strs("time-slicing"),
+            _ => new_null_array(field.data_type(), n),
+        };
+        columns.push(a);
+    }
+    RecordBatch::try_new(schema, columns)
+        .map_err(|e| SynthError::Schema(slicetrace_schema::SchemaError::Arrow(e)))
+}
+
+/// Writes `batch` as the Parquet file `path` (the agent's properties, as
+/// [`write_file`]).
+fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), SynthError> {
+    let name = path.display().to_string();
+    let file = fs::File::create(path).map_err(|source| SynthError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let pq = |source| SynthError::Parquet {
+        path: name.clone(),
+        source,
+    };
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
+    let mut off = 0;
+    while off < batch.num_rows() {
+        let len = (batch.num_rows() - off).min(65_536);
+        w.write(&batch.slice(off, len)).map_err(pq)?;
+        off += len;
+    }
+    w.close().map_err(pq)?;
+    Ok(())
+}
+
+/// Writes `f`'s runs of node `node` under `dir/probes/`, one file per UTC
+/// date (a file normally holds one), named by its first run and `tag`, as
+/// [`write_rows`] names them. Returns the files written.
+fn write_fleet_file(
+    dir: &Path,
+    f: &FileRuns,
+    node: &str,
+    uuids: &[String],
+    tag: u64,
+) -> Result<usize, SynthError> {
+    let mut files = 0;
+    let mut start = 0;
+    while start < f.len() {
+        let day = utc_day(f.ts[start]);
+        let mut end = start;
+        while end < f.len() && utc_day(f.ts[end]) == day {
+            end += 1;
+        }
+        let date = layout::date_value(f.ts[start]);
+        let part_dir = dir
+            .join(layout::PROBES)
+            .join(layout::partition_dir(&date, node));
+        fs::create_dir_all(&part_dir).map_err(|source| SynthError::Io {
+            path: part_dir.display().to_string(),
+            source,
+        })?;
+        let path = part_dir.join(layout::file_name(
+            f.ts[start],
+            format_args!("{:016x}", tag ^ start as u64),
+        ));
+        write_batch(&path, &fleet_batch(f, start, end, node, uuids)?)?;
+        files += 1;
+        start = end;
+    }
+    Ok(files)
+}
+
+/// Writes the rollup rows `rows` of one node (closed minutes) as the
+/// agent's rollup writer does: one file per hour they belong to, named by
+/// its first minute. Returns (files, rows).
+fn write_rollups(
+    dir: &Path,
+    node: &str,
+    rows: Vec<RollupRecord>,
+    seed: u64,
+) -> Result<(usize, u64), SynthError> {
+    let mut by_hour: std::collections::BTreeMap<i64, Vec<RollupRecord>> =
+        std::collections::BTreeMap::new();
+    for r in rows {
+        by_hour
+            .entry(bucket_start(r.key.bucket_ns, HOUR_SECS))
+            .or_default()
+            .push(r);
+    }
+    let (mut files, mut n) = (0, 0);
+    for (hour, rows) in by_hour {
+        let first = rows.iter().map(|r| r.key.bucket_ns).min().unwrap_or(hour);
+        let part_dir = dir
+            .join(layout::ROLLUPS)
+            .join(layout::partition_dir(&layout::date_value(hour), node));
+        fs::create_dir_all(&part_dir).map_err(|source| SynthError::Io {
+            path: part_dir.display().to_string(),
+            source,
+        })?;
+        let path = part_dir.join(layout::file_name(
+            first,
+            format_args!("r{:015x}", (seed ^ first as u64) & 0x0fff_ffff_ffff_ffff),
+        ));
+        let name = path.display().to_string();
+        let batch = rollups_batch(&rows).map_err(SynthError::Schema)?;
+        let props = writer_properties(
+            &rollups_schema(),
+            65_536,
+            concat!("slicetrace gen-synthetic ", env!("CARGO_PKG_VERSION")),
+        );
+        let file = fs::File::create(&path).map_err(|source| SynthError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let pq = |source| SynthError::Parquet {
+            path: name.clone(),
+            source,
+        };
+        let mut w = ArrowWriter::try_new(file, rollups_schema(), Some(props)).map_err(pq)?;
+        w.write(&batch).map_err(pq)?;
+        w.close().map_err(pq)?;
+        files += 1;
+        n += rows.len() as u64;
+    }
+    Ok((files, n))
+}
+
+/// Writes one node's files of a [`FleetLayout`].
 fn write_fleet_node(
     dir: &Path,
     l: &FleetLayout,
     node_idx: usize,
-) -> Result<(usize, u64), SynthError> {
+) -> Result<FleetWritten, SynthError> {
     let mut rng =
         StdRng::seed_from_u64(l.seed.wrapping_mul(1_000_003).wrapping_add(node_idx as u64));
+    let node = node_name(node_idx);
+    let uuids: Vec<String> = (0..l.gpus_per_node)
+        .map(|g| fleet_gpu_uuid(node_idx, g, l.seed))
+        .collect();
+    let mut tpl = templates(l, &node, node_idx);
+    let mut acc = Rollup::new(MINUTE_SECS);
+    let rollup_seed = l.seed ^ (node_idx as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let cut_ns = i64::from(ROLLUP_FILE_SECS) * 1_000_000_000;
+    let mut written_to = i64::MIN;
     let file_ns = l.file_secs.max(1) as i64 * 1_000_000_000;
     let start = l.end_ns - l.span_secs as i64 * 1_000_000_000;
     let dense_from = l.end_ns - l.dense_secs as i64 * 1_000_000_000;
-    let (mut files, mut rows) = (0, 0u64);
+    let mut out = FleetWritten::default();
     let mut t0 = start;
     while t0 < l.end_ns {
         let t1 = (t0 + file_ns).min(l.end_ns);
@@ -576,30 +901,53 @@ fn write_fleet_node(
             l.sparse_rows_per_gpu
         };
         if per_gpu > 0 {
-            let batch = fleet_file_rows(l, node_idx, t0, t1, per_gpu, &mut rng);
-            rows += batch.len() as u64;
-            files += write_rows(dir, &batch, usize::MAX, rng.random())?.len();
+            let f = file_runs(l, node_idx, t0, t1, per_gpu, &mut rng);
+            out.rows += f.len() as u64;
+            out.files += write_fleet_file(dir, &f, &node, &uuids, rng.random())?;
+            if l.rollups {
+                for k in 0..f.len() {
+                    let r = &mut tpl[f.gpu[k] as usize][usize::from(f.gemm(k))];
+                    set_run(r, &f, k);
+                    acc.add(r);
+                }
+            }
+        }
+        // The agent writes its closed minutes every 15 minutes.
+        let cut = t1.div_euclid(cut_ns) * cut_ns;
+        if l.rollups && cut > written_to {
+            let (files, rows) = write_rollups(dir, &node, acc.take_closed(cut), rollup_seed)?;
+            out.rollup_files += files;
+            out.rollup_rows += rows;
+            written_to = cut;
         }
         t0 = t1;
     }
-    Ok((files, rows))
+    if l.rollups {
+        let (files, rows) = write_rollups(dir, &node, acc.take_closed(i64::MAX), rollup_seed)?;
+        out.rollup_files += files;
+        out.rollup_rows += rows;
+    }
+    Ok(out)
 }
 
-/// Generates a [`FleetLayout`] into `dir` (which gets a `probes/` child),
-/// nodes spread over `threads` threads. Returns (files, rows).
-pub fn generate_fleet(dir: &Path, l: &FleetLayout) -> Result<(usize, u64), SynthError> {
+/// Generates a [`FleetLayout`] into `dir` (which gets a `probes/` child,
+/// and a `rollups/` one with `rollups`), nodes spread over `threads`
+/// threads.
+pub fn generate_fleet(dir: &Path, l: &FleetLayout) -> Result<FleetWritten, SynthError> {
     let threads = l.threads.max(1);
-    let results: Vec<Result<(usize, u64), SynthError>> = std::thread::scope(|s| {
+    let results: Vec<Result<FleetWritten, SynthError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    let (mut files, mut rows) = (0, 0);
+                    let mut sum = FleetWritten::default();
                     for n in (t..l.nodes).step_by(threads) {
-                        let (f, r) = write_fleet_node(dir, l, n)?;
-                        files += f;
-                        rows += r;
+                        let w = write_fleet_node(dir, l, n)?;
+                        sum.files += w.files;
+                        sum.rows += w.rows;
+                        sum.rollup_files += w.rollup_files;
+                        sum.rollup_rows += w.rollup_rows;
                     }
-                    Ok((files, rows))
+                    Ok(sum)
                 })
             })
             .collect();
@@ -615,11 +963,59 @@ pub fn generate_fleet(dir: &Path, l: &FleetLayout) -> Result<(usize, u64), Synth
             })
             .collect()
     });
-    let (mut files, mut rows) = (0, 0);
+    let mut sum = FleetWritten::default();
     for r in results {
-        let (f, n) = r?;
-        files += f;
-        rows += n;
+        let w = r?;
+        sum.files += w.files;
+        sum.rows += w.rows;
+        sum.rollup_files += w.rollup_files;
+        sum.rollup_rows += w.rollup_rows;
     }
-    Ok((files, rows))
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn layout() -> FleetLayout {
+        FleetLayout {
+            nodes: 2,
+            gpus_per_node: 3,
+            end_ns: 1_767_225_600_000_000_000 + 3_600_000_000_000,
+            span_secs: 3600,
+            dense_secs: 1800,
+            file_secs: 300,
+            rate_per_gpu: 0.5,
+            sparse_rows_per_gpu: 2,
+            seed: 3,
+            threads: 1,
+            slow: Some((1, 1_767_225_600_000_000_000 + 3_000_000_000_000, 2.0)),
+            rollups: true,
+        }
+    }
+
+    #[test]
+    fn the_column_batch_equals_the_records_batch() {
+        let l = layout();
+        let t0 = l.end_ns - 900_000_000_000;
+        let t1 = t0 + 300_000_000_000;
+        for node_idx in 0..2 {
+            let rows = fleet_rows(&l, node_idx, t0, t1, 150, 9);
+            let mut rng = StdRng::seed_from_u64(9);
+            let f = file_runs(&l, node_idx, t0, t1, 150, &mut rng);
+            let uuids: Vec<String> = (0..3)
+                .map(|g| fleet_gpu_uuid(node_idx, g, l.seed))
+                .collect();
+            let cols = fleet_batch(&f, 0, f.len(), &node_name(node_idx), &uuids).unwrap();
+            assert_eq!(cols, probes_batch(&rows).unwrap());
+            // The agent's order: by 10 s batch, then GPU, then time.
+            let keys: Vec<_> = rows
+                .iter()
+                .map(|r| (r.ts_ns.div_euclid(AGENT_BATCH_NS), r.gpu_index, r.ts_ns))
+                .collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
 }

@@ -126,6 +126,7 @@ fn fleet_dir() -> tempfile::TempDir {
         threads: 2,
         // One node turns slow in the window: a red check, exit 1.
         slow: Some((3, DAY3 + 90 * MIN, 4.0)),
+        rollups: false,
     };
     synth::generate_fleet(tmp.path(), &l).unwrap();
     tmp

@@ -38,6 +38,7 @@ fn layout() -> FleetLayout {
         seed: 11,
         threads: 2,
         slow: None,
+        rollups: false,
     }
 }
 
@@ -241,6 +242,7 @@ fn fleet_baseline_comes_from_its_own_period_not_the_window() {
     // (01:00..01:30) must be the fast runs, so the window is judged slow.
     let l = FleetLayout {
         slow: Some((2, DAY3 + 90 * MIN, 4.0)),
+        rollups: false,
         ..layout()
     };
     let tmp = fleet_dir(&l);
@@ -373,4 +375,185 @@ fn fleet_counts_gpus_never_seen_as_stale_under_expect_gpus() {
     check(tmp.path(), &["--expect-gpus", "6", "--max-stale", "1"], 0);
     let out = stdout(&fleet(tmp.path(), &["--expect-gpus", "6"]));
     assert!(out.contains("missing    1"), "{out}");
+}
+
+/// Every row of the `Parquet` files under `dir/table`, as batches.
+fn batches(dir: &Path, table: &str) -> Vec<(PathBuf, arrow::record_batch::RecordBatch)> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&dir.join(table), &mut files);
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&f).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for b in r {
+            out.push((f.clone(), b.unwrap()));
+        }
+    }
+    out
+}
+
+/// The exact rank quantile a DDSketch bounds: the value at rank
+/// ⌊q·(n−1)⌋ of the sorted values.
+fn rank_quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+}
+
+#[test]
+fn generated_rollups_agree_with_the_raw_rows() {
+    use slicetrace_schema::{probes_from_batch, rollups_from_batch, Sketch, SketchSet};
+    use std::collections::BTreeMap;
+    let l = FleetLayout {
+        rollups: true,
+        slow: Some((2, DAY3 + 90 * MIN, 4.0)),
+        ..layout()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let w = synth::generate_fleet(tmp.path(), &l).unwrap();
+    assert!(w.rollup_files > 0 && w.rollup_rows > 0, "{w:?}");
+    // Raw: per GPU and kernel, every run's gpu_ms and wall_ms.
+    type Key = (String, String);
+    let mut raw: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut raw_rows = 0u64;
+    for (_, b) in batches(tmp.path(), "probes") {
+        for r in probes_from_batch(&b).unwrap() {
+            raw_rows += 1;
+            let e = raw
+                .entry((r.gpu_uuid.clone(), r.kernel.as_str().to_string()))
+                .or_default();
+            e.0.push(r.gpu_ms.unwrap());
+            e.1.push(r.wall_ms);
+        }
+    }
+    assert_eq!(raw_rows, w.rows);
+    // Rollups: the same keys, counts summed, sketches merged; every file
+    // holds minutes of one hour, as the agent writes them.
+    let mut rolled: BTreeMap<Key, (u64, Sketch, Sketch)> = BTreeMap::new();
+    let mut rollup_rows = 0u64;
+    for (f, b) in batches(tmp.path(), "rollups") {
+        let rows = rollups_from_batch(&b, SketchSet::ALL).unwrap();
+        let hour = |ns: i64| ns.div_euclid(60 * MIN);
+        assert!(
+            rows.iter()
+                .all(|r| hour(r.key.bucket_ns) == hour(rows[0].key.bucket_ns)),
+            "{f:?} spans hours"
+        );
+        for r in rows {
+            rollup_rows += 1;
+            assert_eq!(r.period_s, 60);
+            assert_eq!(r.runs, r.arrivals);
+            let e = rolled
+                .entry((r.key.gpu_uuid.clone(), r.key.kernel.clone()))
+                .or_insert_with(|| (0, Sketch::new(), Sketch::new()));
+            e.0 += r.arrivals;
+            e.1.merge(&r.gpu_ms);
+            e.2.merge(&r.wall_ms);
+        }
+    }
+    assert_eq!(rollup_rows, w.rollup_rows);
+    assert_eq!(
+        raw.keys().collect::<Vec<_>>(),
+        rolled.keys().collect::<Vec<_>>()
+    );
+    let alpha = slicetrace_schema::SKETCH_ALPHA;
+    // wall_ms is stored rounded to 1/1024 ms (the sketch holds the run's
+    // own value, as the agent's does): half a quantum more.
+    let half_quantum = slicetrace_schema::precision::MS_QUANTUM / 2.0;
+    let mut worst = 0.0_f64;
+    for (k, (gpu, wall)) in &mut raw {
+        let (n, s_gpu, s_wall) = &rolled[k];
+        assert_eq!(*n, gpu.len() as u64, "{k:?}");
+        assert_eq!(s_gpu.count(), gpu.len() as u64, "{k:?}");
+        gpu.sort_by(f64::total_cmp);
+        wall.sort_by(f64::total_cmp);
+        for q in [0.5, 0.9, 0.99] {
+            let exact = rank_quantile(gpu, q);
+            let est = s_gpu.quantile(q).unwrap();
+            worst = worst.max((est - exact).abs() / exact);
+            assert!(
+                (est - exact).abs() <= alpha * exact * (1.0 + 1e-9),
+                "{k:?} gpu_ms p{q}: {est} vs {exact}"
+            );
+            let exact = rank_quantile(wall, q);
+            let est = s_wall.quantile(q).unwrap();
+            assert!(
+                (est - exact).abs() <= alpha * exact * (1.0 + 1e-9) + half_quantum * (1.0 + alpha),
+                "{k:?} wall_ms p{q}: {est} vs {exact}"
+            );
+        }
+    }
+    assert!(worst > 0.0, "the sketches are estimates");
+}
+
+#[test]
+fn fleet_answers_from_rollups_by_default_and_raw_when_a_node_has_none() {
+    let l = FleetLayout {
+        rollups: true,
+        ..layout()
+    };
+    let tmp = fleet_dir(&l);
+    // Default: rollups, though the range (1 h) is far below --rollups-after.
+    let v = check(tmp.path(), &[], 0);
+    assert_eq!(v["source"]["kind"], "rollups", "{}", v["source"]);
+    assert_eq!(
+        v["source"]["why"], "rollups cover the range (fleet's default)",
+        "{}",
+        v["source"]
+    );
+    assert_eq!(v["summary"]["healthy"], NODES, "{v}");
+    // Per node, the day's rollup files start every 15 minutes, 00:00..01:45:
+    // those of hour 00 end before the range (01:00..02:00) and are not
+    // opened; the four of hour 01 are read.
+    let s = &v["scan"];
+    assert_eq!(s["files_listed"], 8 * NODES, "{s}");
+    assert_eq!(s["files_pruned_by_name"], 4 * NODES, "{s}");
+    assert_eq!(s["files_scanned"], 4 * NODES, "{s}");
+    // --exact: raw rows, the same runs counted in the window.
+    let exact = check(tmp.path(), &["--exact"], 0);
+    assert_eq!(exact["source"]["kind"], "raw");
+    assert_eq!(exact["source"]["why"], "--exact");
+    assert_eq!(exact["runs"]["window_runs"], v["runs"]["window_runs"]);
+    assert!(v["runs"]["window_runs"].as_u64().unwrap() > 0);
+    for g in items(&v["gpus"]) {
+        let node = g["node"].as_str().unwrap();
+        let runs = |x: &Value| -> Vec<Value> {
+            items(&x["kernels"])
+                .iter()
+                .map(|k| k["window_runs"].clone())
+                .collect()
+        };
+        assert_eq!(runs(g), runs(gpu(&exact, node)), "{node}");
+        assert_eq!(g["state"], gpu(&exact, node)["state"], "{node}");
+    }
+    // A node whose agent predates rollups (raw files, no rollups): the
+    // whole check reads raw rows and says why; that node is judged, not
+    // stale, and not dropped.
+    std::fs::remove_dir_all(tmp.path().join("rollups/date=2026-01-03/node=node-03")).unwrap();
+    let v = check(tmp.path(), &[], 0);
+    assert_eq!(v["source"]["kind"], "raw", "{}", v["source"]);
+    let why = v["source"]["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("1 node(s)") && why.contains("node-03"),
+        "{why}"
+    );
+    assert_eq!(gpu(&v, "node-03")["state"], "healthy", "{v}");
+    assert_eq!(v["summary"]["healthy"], NODES, "{v}");
+    assert_eq!(v["runs"]["window_runs"], exact["runs"]["window_runs"]);
+    // The table says it too.
+    let t = stdout(&fleet(tmp.path(), &[]));
+    assert!(t.contains("source: raw rows (1 node(s)"), "{t}");
 }

@@ -113,6 +113,7 @@ fn s3_fleet_prunes_like_local() {
         seed: 3,
         threads: 2,
         slow: None,
+        rollups: false,
     };
     slicetrace_analysis::synth::generate_fleet(tmp.path(), &layout).unwrap();
     let endpoint = &moto.endpoint;

@@ -18,10 +18,14 @@
 //! * [`synth`] generates rollups directly for the benchmarks.
 //!
 //! When the CLI answers from rollups ([`choose`]): with `--exact` never;
-//! otherwise when the raw `probes` partitions of the range are absent but
-//! rollup partitions exist, or when the range is longer than
-//! `--rollups-after` (default 6 h) and rollups exist. Every output names its
-//! source ([`DataSource`]): a line under a table, a `source` field in JSON.
+//! `fleet` ([`Policy::WhenCovered`]) whenever rollups cover the range (every
+//! node with raw rows in the range's `date=` partitions also has rollups
+//! there: otherwise the whole check reads raw rows, and says which nodes
+//! lack rollups); `report`, `compare` and `plot` ([`Policy::LongRanges`])
+//! when the raw `probes` partitions of the range are absent but rollup
+//! partitions exist, or when the range is longer than `--rollups-after`
+//! (default 6 h) and rollups exist. Every output names its source
+//! ([`DataSource`]): a line under a table, a `source` field in JSON.
 //!
 //! Rollups are read the same way from a local directory and from an
 //! `s3://BUCKET/PREFIX/` ([`store`]): only the `date=` partitions of the
@@ -204,8 +208,10 @@ pub struct SourceArgs {
     /// rollups.
     #[arg(long)]
     pub exact: bool,
-    /// A range at least this long is answered from rollups when they exist
-    /// (shorter ranges read raw rows unless those are absent).
+    /// report, compare, plot: a range at least this long is answered from
+    /// rollups when they exist (shorter ranges read raw rows unless those
+    /// are absent). fleet ignores it: it answers from rollups whenever they
+    /// cover the range.
     #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
     pub rollups_after: Duration,
 }
@@ -251,18 +257,75 @@ fn has_partitions(present: &BTreeSet<String>, range: TimeRange) -> bool {
     dates_of(range).iter().any(|d| present.contains(d))
 }
 
+/// When a command prefers rollups over raw rows that are also there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// `report`, `compare`, `plot`: only for ranges of at least
+    /// `--rollups-after` (their tables print exact quantiles by default).
+    LongRanges,
+    /// `fleet`: whenever rollups cover the range. A fleet check compares
+    /// quantiles with thresholds whose margins are far wider than the
+    /// sketch's ±1 % (a ratio of two sketch quantiles is within about
+    /// ±2 %, against a degraded factor of 1.5× and a peer deviation of at
+    /// least 3.5 × 5 % = 17.5 % of the median; counts are exact), so only
+    /// a GPU within about 2 % of a threshold can be judged otherwise than
+    /// from exact quantiles; and a rollup row stands for a minute of a
+    /// GPU, kernel, shape and tenant count instead of one row per run.
+    /// "Cover": every
+    /// node with a `probes/date=D/node=N/` directory for a date `D` of the
+    /// range also has `rollups/date=D/node=N/`; a node whose agent predates
+    /// rollups would otherwise drop out of the check (or read stale), so
+    /// then the whole check reads raw rows and `why` names those nodes.
+    WhenCovered,
+}
+
+/// The nodes with a raw `probes` directory but no `rollups` directory in
+/// the `date=` partitions `dates` (one delimited LIST per date and table
+/// on a store).
+pub fn nodes_without_rollups(
+    root: &RollupRoot,
+    dates: &[String],
+) -> Result<BTreeSet<String>, RollupError> {
+    let mut out = BTreeSet::new();
+    for d in dates {
+        let raw = root.nodes(layout::PROBES, d)?;
+        if raw.is_empty() {
+            continue;
+        }
+        let rolled = root.nodes(layout::ROLLUPS, d)?;
+        out.extend(raw.into_iter().filter(|n| !rolled.contains(n)));
+    }
+    Ok(out)
+}
+
+/// Names `nodes` for a `why`: the count and the first few.
+fn name_nodes(nodes: &BTreeSet<String>) -> String {
+    const SHOWN: usize = 5;
+    let first: Vec<&str> = nodes.iter().take(SHOWN).map(String::as_str).collect();
+    let more = nodes.len().saturating_sub(SHOWN);
+    if more > 0 {
+        format!("{} and {more} more", first.join(", "))
+    } else {
+        first.join(", ")
+    }
+}
+
 /// Raw rows or rollups for a command over `range` (`None`: the command
-/// has no time range) on `root`. `raw_only` names a reason the question
-/// needs raw rows (`--all-runs`, a SQL `--where`, [`ON_CLUSTER`]).
+/// has no time range) on `root`, under `policy`. `raw_only` names a reason
+/// the question needs raw rows (`--all-runs`, a SQL `--where`,
+/// [`ON_CLUSTER`]).
 ///
 /// On an object store this costs one delimited LIST of `rollups/` and one
-/// of `probes/`. A listing that fails counts as no rollups: the raw path
-/// then runs and reports the store's error itself.
+/// of `probes/`, and under [`Policy::WhenCovered`] one delimited LIST of
+/// each table's `date=` partitions of the range. A listing that fails
+/// counts as no rollups (or, for the node comparison, as not covered): the
+/// raw path then runs and reports the store's error itself.
 pub fn choose(
     root: &RollupRoot,
     range: Option<TimeRange>,
     args: &SourceArgs,
     raw_only: Option<&str>,
+    policy: Policy,
 ) -> DataSource {
     if args.exact {
         return DataSource::raw_because("--exact");
@@ -295,6 +358,29 @@ pub fn choose(
             kind: "rollups",
             why: "no raw rows for this range".into(),
             ..DataSource::raw()
+        };
+    }
+    if let (Policy::WhenCovered, Some(r)) = (policy, range) {
+        let raw_in_range: Vec<String> = dates_of(r)
+            .into_iter()
+            .filter(|d| raw_dates.contains(d))
+            .collect();
+        return match nodes_without_rollups(root, &raw_in_range) {
+            Ok(lacking) if lacking.is_empty() => DataSource {
+                kind: "rollups",
+                why: "rollups cover the range (fleet's default)".into(),
+                ..DataSource::raw()
+            },
+            Ok(lacking) => DataSource::raw_because(format!(
+                "{} node(s) with raw rows but no rollups in this range's date partitions \
+                 (agents older than rollups?): {}; the whole check reads raw rows \
+                 (slicetrace rollup --from-raw builds their rollups)",
+                lacking.len(),
+                name_nodes(&lacking)
+            )),
+            Err(e) => DataSource::raw_because(format!(
+                "could not compare the nodes of raw rows and rollups ({e}): raw rows"
+            )),
         };
     }
     let long = range.is_some_and(|r| {
@@ -341,21 +427,103 @@ mod tests {
         };
         let data = &RollupRoot::Local(root.to_path_buf());
         let a = SourceArgs::default();
-        assert_eq!(choose(data, Some(r), &a, None).kind, "raw");
+        assert_eq!(
+            choose(data, Some(r), &a, None, Policy::LongRanges).kind,
+            "raw"
+        );
         std::fs::create_dir_all(root.join("rollups/date=2024-01-01/node=n")).unwrap();
-        assert_eq!(choose(data, Some(r), &a, None).kind, "rollups");
+        assert_eq!(
+            choose(data, Some(r), &a, None, Policy::LongRanges).kind,
+            "rollups"
+        );
         std::fs::create_dir_all(root.join("probes/date=2024-01-01/node=n")).unwrap();
-        assert_eq!(choose(data, Some(r), &a, None).kind, "raw");
+        assert_eq!(
+            choose(data, Some(r), &a, None, Policy::LongRanges).kind,
+            "raw"
+        );
         let long = SourceArgs {
             rollups_after: Duration::from_secs(1800),
             ..a
         };
-        assert_eq!(choose(data, Some(r), &long, None).kind, "rollups");
+        assert_eq!(
+            choose(data, Some(r), &long, None, Policy::LongRanges).kind,
+            "rollups"
+        );
         let exact = SourceArgs {
             exact: true,
             ..long
         };
-        assert_eq!(choose(data, Some(r), &exact, None).kind, "raw");
-        assert_eq!(choose(data, Some(r), &long, Some("--all-runs")).kind, "raw");
+        assert_eq!(
+            choose(data, Some(r), &exact, None, Policy::LongRanges).kind,
+            "raw"
+        );
+        assert_eq!(
+            choose(data, Some(r), &long, Some("--all-runs"), Policy::LongRanges).kind,
+            "raw"
+        );
+    }
+
+    #[test]
+    fn fleet_answers_from_rollups_when_they_cover_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let day0 = 1_704_067_200_000_000_000_i64; // 2024-01-01
+        let r = TimeRange {
+            start_ns: day0 + 3_600_000_000_000,
+            end_ns: day0 + 2 * 3_600_000_000_000,
+        };
+        let data = &RollupRoot::Local(root.to_path_buf());
+        let a = SourceArgs::default();
+        let fleet = |args: &SourceArgs| choose(data, Some(r), args, None, Policy::WhenCovered);
+        let mk = |t: &str, n: &str| {
+            std::fs::create_dir_all(root.join(format!("{t}/date=2024-01-01/node={n}"))).unwrap()
+        };
+        mk("probes", "a");
+        mk("probes", "b");
+        // Raw rows only: raw.
+        assert_eq!(fleet(&a).kind, "raw");
+        mk("rollups", "a");
+        mk("rollups", "b");
+        // Both, for every node, a range far shorter than --rollups-after:
+        // rollups for fleet, raw for report and the others.
+        let src = fleet(&a);
+        assert_eq!(src.kind, "rollups", "{src:?}");
+        assert!(src.why.contains("cover"), "{src:?}");
+        assert_eq!(
+            choose(data, Some(r), &a, None, Policy::LongRanges).kind,
+            "raw"
+        );
+        // --exact and the raw-only questions still read raw rows.
+        let exact = SourceArgs { exact: true, ..a };
+        assert_eq!(fleet(&exact).why, "--exact");
+        assert_eq!(
+            choose(
+                data,
+                Some(r),
+                &a,
+                Some("--where needs raw rows"),
+                Policy::WhenCovered
+            )
+            .kind,
+            "raw"
+        );
+        // A node whose agent writes no rollups: the whole check reads raw
+        // rows, and says which node.
+        mk("probes", "old-agent");
+        let src = fleet(&a);
+        assert_eq!(src.kind, "raw", "{src:?}");
+        assert!(src.why.starts_with("1 node(s)"), "{src:?}");
+        assert!(src.why.contains("old-agent"), "{src:?}");
+        // A node with rollups and no raw rows (raw files shipped away or
+        // expired) does not stop the rollups.
+        mk("rollups", "old-agent");
+        mk("rollups", "raw-gone");
+        assert_eq!(fleet(&a).kind, "rollups");
+    }
+
+    #[test]
+    fn nodes_without_rollups_names_the_first_few() {
+        let many: BTreeSet<String> = (0..8).map(|i| format!("n{i}")).collect();
+        assert_eq!(name_nodes(&many), "n0, n1, n2, n3, n4 and 3 more");
     }
 }

@@ -37,7 +37,8 @@ pub struct ReadStats {
     pub files_read: usize,
     /// Minute files skipped because an hour file holds them.
     pub files_superseded: usize,
-    /// Files whose name places them after the range, not opened.
+    /// Files whose name places them after the range, or (minute files)
+    /// in an hour that ends before it: not opened.
     pub files_pruned_by_name: usize,
     /// Rows read (before the range filter).
     pub rows_read: u64,
@@ -309,6 +310,42 @@ pub(crate) fn live_files(d: &NodeDir) -> Result<(Vec<(PathBuf, Opened)>, usize),
     Ok((opened, superseded))
 }
 
+/// `d` without the minute files whose rows all lie before `range`, and how
+/// many those were; they are neither read nor opened. A minute file (the
+/// agent's, `rollup --from-raw`'s, `gen-rollups`') never spans two hours
+/// and is named by its first bucket, so one whose name starts in an hour
+/// that ends at or before the range's start holds no row of the range.
+/// Hour files (`…-hour.parquet`, one per node and date) are always kept.
+fn before_range(d: &NodeDir, range: Option<TimeRange>) -> (NodeDir, usize) {
+    let Some(r) = range else {
+        return (d.clone(), 0);
+    };
+    let hour_ns = i64::from(slicetrace_schema::rollup::HOUR_SECS) * 1_000_000_000;
+    let hour_suffix = format!("-{}{}", super::compact::HOUR_TAG, layout::FILE_SUFFIX);
+    let files: Vec<PathBuf> = d
+        .files
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let ends = crate::source::name_start_ns(name).map(|s| {
+                slicetrace_schema::rollup::bucket_start(s, slicetrace_schema::rollup::HOUR_SECS)
+                    + hour_ns
+            });
+            name.ends_with(&hour_suffix) || ends.is_none_or(|e| e > r.start_ns)
+        })
+        .cloned()
+        .collect();
+    let pruned = d.files.len() - files.len();
+    (
+        NodeDir {
+            dir: d.dir.clone(),
+            files,
+            store: d.store.clone(),
+        },
+        pruned,
+    )
+}
+
 /// Folds every row of the node directories `dirs` whose bucket starts in
 /// `range` into one `T` per thread (`fold`), then merges them (`merge`).
 /// `parallel` threads at most.
@@ -431,7 +468,9 @@ where
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(d) = dirs.get(i) else { break };
                         let r = (|| -> Result<(), RollupError> {
-                            let (files, superseded) = live_files(d)?;
+                            let (kept, before) = before_range(d, range);
+                            local.files_pruned_by_name += before;
+                            let (files, superseded) = live_files(&kept)?;
                             local.files_superseded += superseded;
                             for (p, o) in files {
                                 let start = p

@@ -131,10 +131,13 @@ pub fn generate(out: &Path, s: &RollupSynth) -> Result<(usize, u64), RollupError
                 let mut rng = StdRng::seed_from_u64(s.seed ^ (n as u64).wrapping_mul(0x9e37_79b9));
                 let mut t = start;
                 while t < end {
+                    // A minute file never spans two hours (as the agent's).
                     let f_end = if s.hours {
                         (bucket_start(t, DAY_SECS) + day_ns).min(end)
                     } else {
-                        (t + file_ns).min(end)
+                        (t + file_ns)
+                            .min(bucket_start(t, HOUR_SECS) + i64::from(HOUR_SECS) * 1_000_000_000)
+                            .min(end)
                     };
                     let mut rs = Vec::new();
                     let mut b = t;

@@ -518,6 +518,7 @@ mod tests {
             seed: 3,
             threads: 1,
             slow: None,
+            rollups: false,
         };
         crate::synth::generate_fleet(tmp.path(), &l).unwrap();
         // 4 nodes × 12 files, every one in the hour: 48 footers, 3 reads each.
