@@ -35,6 +35,7 @@
 pub mod compact;
 pub mod compare;
 pub mod fleet;
+mod pages;
 pub mod read;
 pub mod report;
 pub mod store;
