@@ -522,6 +522,19 @@ fn emit(s: &str) -> Result<()> {
     }
 }
 
+/// Like [`emit`], for output written by `write` to a buffered stdout
+/// instead of built as one string first (then a newline, as `emit` ends).
+fn emit_with(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    match write(&mut out)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("failed to write to stdout"),
+    }
+}
+
 async fn open(d: &DataArgs, table: TableKind) -> Result<source::Dataset> {
     let opts = OpenOptions {
         s3_endpoint: d.s3_endpoint.clone(),
@@ -888,7 +901,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let (res, _) = tokio::task::block_in_place(|| {
                     rollup::fleet::evaluate(&root, &opts, &plan, parallel, &src.why)
                 })?;
-                emit(&fleet::render(&res, format))?;
+                if format == Format::Json {
+                    // Streamed: the JSON of 80,000 GPUs is ~180 MB.
+                    emit_with(|w| fleet::write_json(&res, w))?;
+                } else {
+                    emit(&fleet::render(&res, format))?;
+                }
                 return Ok(ExitCode::from(res.exit_code()));
             }
             let ropts = source::RangeOptions {

@@ -62,7 +62,7 @@ mod unit;
 
 pub use evaluate::{evaluate, NewestFiles, Plan, PlanError};
 pub use gate::{Gate, Limit};
-pub use render::render;
+pub use render::{render, write_json};
 
 /// Fleet thresholds (flags; the defaults are [`Thresholds::DEFAULT`], the
 /// agent's too).

@@ -11,6 +11,17 @@ pub fn render(r: &FleetResult, format: Format) -> String {
     if format == Format::Json {
         return serde_json::to_string_pretty(r).unwrap_or_else(|_| "{}".into());
     }
+    render_table(r)
+}
+
+/// Writes the verdicts as JSON to `w`: the text [`render`] returns for
+/// [`Format::Json`], without building it in memory first (about 180 MB
+/// for 80,000 GPUs; `w` should be buffered).
+pub fn write_json<W: std::io::Write>(r: &FleetResult, w: W) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(w, r).map_err(std::io::Error::from)
+}
+
+fn render_table(r: &FleetResult) -> String {
     let mut t = Table::new([
         "node",
         "gpu",

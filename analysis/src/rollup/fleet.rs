@@ -63,6 +63,26 @@ const COLUMNS: &[&str] = &[
     "event_mcycles_sketch",
 ];
 
+/// The columns a file with no row in the window is read with: what the
+/// baseline period and the run totals use (the window's sketches of
+/// `gpu_ms` and event cycles, its clocks, failures and throttling are not
+/// decompressed). Chosen by the file's `ts` statistics.
+const BASELINE_COLUMNS: &[&str] = &[
+    "ts",
+    "node",
+    "gpu_uuid",
+    "gpu_name",
+    "kernel",
+    "shape",
+    "precision",
+    "tenants",
+    "last_ts",
+    "runs",
+    "arrivals",
+    "wall_ms_sketch",
+    "mcycles_sketch",
+];
+
 /// Per unit, what is summed and merged before the quantiles are read.
 #[derive(Default)]
 struct Acc {
@@ -100,19 +120,26 @@ struct Cols<'a> {
     last: &'a TimestampNanosecondArray,
     runs: &'a UInt64Array,
     arrivals: &'a UInt64Array,
+    wall: &'a BinaryArray,
+    mcycles: &'a BinaryArray,
+    /// Absent in a batch read with [`BASELINE_COLUMNS`].
+    window: Option<WindowCols<'a>>,
+}
+
+/// The arrays only window rows use.
+struct WindowCols<'a> {
     fails: &'a UInt64Array,
     hw: &'a UInt64Array,
     throttle: &'a UInt64Array,
     clock_sum: &'a Float64Array,
     clock_runs: &'a UInt64Array,
-    wall: &'a BinaryArray,
     gpu_ms: &'a BinaryArray,
-    mcycles: &'a BinaryArray,
     event: &'a BinaryArray,
 }
 
 impl<'a> Cols<'a> {
-    fn of(b: &'a RecordBatch) -> Result<Self, slicetrace_schema::SchemaError> {
+    /// The arrays of `b`; `narrow`: read with [`BASELINE_COLUMNS`].
+    fn of(b: &'a RecordBatch, narrow: bool) -> Result<Self, slicetrace_schema::SchemaError> {
         Ok(Cols {
             ts: column(b, "ts")?,
             node: column(b, "node")?,
@@ -125,15 +152,21 @@ impl<'a> Cols<'a> {
             last: column(b, "last_ts")?,
             runs: column(b, "runs")?,
             arrivals: column(b, "arrivals")?,
-            fails: column(b, "incorrect_arrivals")?,
-            hw: column(b, "hw_throttled_arrivals")?,
-            throttle: column(b, "throttle_reasons")?,
-            clock_sum: column(b, "sm_clock_mhz_sum")?,
-            clock_runs: column(b, "sm_clock_runs")?,
             wall: column(b, "wall_ms_sketch")?,
-            gpu_ms: column(b, "gpu_ms_sketch")?,
             mcycles: column(b, "mcycles_sketch")?,
-            event: column(b, "event_mcycles_sketch")?,
+            window: if narrow {
+                None
+            } else {
+                Some(WindowCols {
+                    fails: column(b, "incorrect_arrivals")?,
+                    hw: column(b, "hw_throttled_arrivals")?,
+                    throttle: column(b, "throttle_reasons")?,
+                    clock_sum: column(b, "sm_clock_mhz_sum")?,
+                    clock_runs: column(b, "sm_clock_runs")?,
+                    gpu_ms: column(b, "gpu_ms_sketch")?,
+                    event: column(b, "event_mcycles_sketch")?,
+                })
+            },
         })
     }
 }
@@ -175,18 +208,25 @@ impl Acc {
         let inside = |t: TimeRange| bucket >= t.start_ns && bucket < t.end_ns;
         let tenants = c.tenants.is_valid(i).then(|| c.tenants.value(i));
         if inside(window) {
+            // A file read without the window's columns has no row in the
+            // window by its `ts` statistics: one here means the file lies.
+            let w = c.window.as_ref().ok_or_else(|| {
+                slicetrace_schema::SchemaError::MissingColumn(
+                    "gpu_ms_sketch (a window row outside the file's ts statistics)".into(),
+                )
+            })?;
             self.w_runs += arrivals;
             merge_at(&mut self.w_wall, c.wall, "wall_ms_sketch", i)?;
-            merge_at(&mut self.w_gpu, c.gpu_ms, "gpu_ms_sketch", i)?;
-            self.w_clock_sum += c.clock_sum.value(i);
-            self.w_clock_runs += c.clock_runs.value(i);
+            merge_at(&mut self.w_gpu, w.gpu_ms, "gpu_ms_sketch", i)?;
+            self.w_clock_sum += w.clock_sum.value(i);
+            self.w_clock_runs += w.clock_runs.value(i);
             merge_at(&mut self.w_mcycles, c.mcycles, "mcycles_sketch", i)?;
-            merge_at(&mut self.w_event, c.event, "event_mcycles_sketch", i)?;
-            self.w_fails += c.fails.value(i);
-            if c.throttle.is_valid(i) {
-                self.w_throttle |= c.throttle.value(i);
+            merge_at(&mut self.w_event, w.event, "event_mcycles_sketch", i)?;
+            self.w_fails += w.fails.value(i);
+            if w.throttle.is_valid(i) {
+                self.w_throttle |= w.throttle.value(i);
             }
-            self.w_hw += c.hw.value(i);
+            self.w_hw += w.hw.value(i);
             if let Some(t) = tenants {
                 self.w_max_tenants = Some(self.w_max_tenants.map_or(t, |m| m.max(t)));
             }
@@ -304,6 +344,7 @@ impl Groups {
         &mut self,
         path: &Path,
         b: &RecordBatch,
+        narrow: bool,
         range: TimeRange,
         window: TimeRange,
         baseline: Option<TimeRange>,
@@ -312,7 +353,7 @@ impl Groups {
             path: path.to_path_buf(),
             source,
         };
-        let c = Cols::of(b).map_err(bad)?;
+        let c = Cols::of(b, narrow).map_err(bad)?;
         for i in 0..b.num_rows() {
             let bucket = c.ts.value(i);
             if bucket < range.start_ns || bucket >= range.end_ns {
@@ -331,8 +372,15 @@ impl Groups {
 
     fn merge(&mut self, o: Groups) {
         for (k, v) in o.units {
-            let acc = self.slot(&k.0, &k.1, &k.2, &k.3);
-            acc.merge(v);
+            match self.index.get(&KeyRef(&k.0, &k.1, &k.2, &k.3)) {
+                Some(&at) => self.units[at].1.merge(v),
+                // Most units are in one thread's node directories only:
+                // moved, not merged into an empty one.
+                None => {
+                    self.index.insert(k.clone(), self.units.len());
+                    self.units.push((k, v));
+                }
+            }
         }
     }
 }
@@ -350,14 +398,20 @@ fn units(
         dirs,
         Some(range),
         COLUMNS,
+        Some((window, BASELINE_COLUMNS)),
         parallel,
-        |g: &mut Groups, p: &Path, b: &RecordBatch| g.fold(p, b, range, window, baseline),
+        |g: &mut Groups, p: &Path, b: &RecordBatch, narrow: bool| {
+            g.fold(p, b, narrow, range, window, baseline)
+        },
         Groups::merge,
     )?;
     let units = groups
         .units
-        .iter()
-        .map(|(k, v)| (k.clone(), v.unit()))
+        .into_iter()
+        .map(|(k, v)| {
+            let u = v.unit();
+            (k, u)
+        })
         .collect();
     Ok((units, stats))
 }
@@ -520,6 +574,17 @@ mod tests {
             end_ns,
         };
         let dirs = read::list(tmp.path(), Some(range)).unwrap();
+        // Files wholly outside the window are read without its columns:
+        // some are, here.
+        let narrowed = dirs
+            .iter()
+            .flat_map(|d| &d.files)
+            .filter(|f| {
+                let (lo, hi) = read::open(f).unwrap().ts_range.unwrap();
+                hi < window.start_ns || lo >= window.end_ns
+            })
+            .count();
+        assert!(narrowed > 0);
         let want = reference(&dirs, range, window, baseline);
         for parallel in [1, 3] {
             let (got, stats) = units(&dirs, range, window, Some(baseline), parallel).unwrap();
@@ -550,5 +615,46 @@ mod tests {
         }
         // Some unit had quiet baseline rows (their sketches were compared).
         assert!(want.values().any(|w| w.b_quiet > 0));
+    }
+
+    #[test]
+    fn the_json_streamed_to_a_writer_equals_the_rendered_string() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: FleetArgs,
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let end_ns = 1_796_601_600_000_000_000; // 2026-12-07T00:00:00Z
+        let s = RollupSynth {
+            nodes: 3,
+            gpus_per_node: 2,
+            end_ns,
+            span_secs: 3600,
+            hours: false,
+            file_secs: 900,
+            arrivals_per_min: 300,
+            draws: 40,
+            seed: 5,
+            threads: 2,
+        };
+        generate(tmp.path(), &s).unwrap();
+        let cli = <Cli as clap::Parser>::parse_from([
+            "fleet",
+            "--window",
+            "30m",
+            "--baseline-window",
+            "30m",
+            "--until",
+            "2026-12-07T00:00:00Z",
+        ]);
+        let plan = Plan::from_args(&cli.a, end_ns).unwrap();
+        let root = super::super::RollupRoot::Local(tmp.path().to_path_buf());
+        let (r, _) = evaluate(&root, &cli.a, &plan, 2, "test").unwrap();
+        assert_eq!(r.gpus.len(), 6);
+        let want = crate::fleet::render(&r, crate::output::Format::Json);
+        let mut got = Vec::new();
+        crate::fleet::write_json(&r, &mut got).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), want);
     }
 }

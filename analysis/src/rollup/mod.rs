@@ -39,6 +39,7 @@
 pub mod compact;
 pub mod compare;
 pub mod fleet;
+mod pages;
 pub mod read;
 pub mod report;
 pub mod store;

@@ -153,6 +153,12 @@ pub(crate) struct Opened {
     pub(crate) builder: ParquetRecordBatchReaderBuilder<Body>,
     pub(crate) sources: Vec<String>,
     pub(crate) rows: u64,
+    /// The file's bytes, when it was read whole (always, so far): batches
+    /// are then read with [`super::pages`]' reused zstd context.
+    pub(crate) bytes: Option<bytes::Bytes>,
+    /// The smallest and largest `ts` of its rows by the footer's
+    /// statistics; `None` when a row group has none.
+    pub(crate) ts_range: Option<(i64, i64)>,
 }
 
 /// Opens the local file `path`, checking the table and version in its
@@ -187,14 +193,20 @@ pub(crate) fn remove_in(d: &NodeDir, f: &Path) -> Result<(), RollupError> {
 
 /// Opens a rollup file's bytes (`path` names it in errors).
 pub(crate) fn open_body(path: &Path, body: Body) -> Result<Opened, RollupError> {
+    let bytes = match &body {
+        Body::Bytes(b) => Some(b.clone()),
+        Body::File(_) => None,
+    };
     // What a rollup reader never uses is not decoded from the footer: the
     // embedded Arrow schema (the Parquet types give the same arrays: the
     // readers downcast, so a timestamp's zone name does not matter) and the
     // column statistics (files are chosen by name, rows by `ts`). A
     // 10,000-node check opens tens of thousands of small files.
+    // Only `ts`'s (the first column) statistics are decoded: whole-file
+    // projections are chosen by them ([`fold_batches`]).
     let options = ArrowReaderOptions::new()
         .with_skip_arrow_metadata(true)
-        .with_column_stats_policy(ParquetStatisticsPolicy::SkipAll)
+        .with_column_stats_policy(ParquetStatisticsPolicy::skip_except(&[0]))
         .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
         .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll);
     let builder =
@@ -226,11 +238,34 @@ pub(crate) fn open_body(path: &Path, body: Body) -> Result<Opened, RollupError> 
         })
         .unwrap_or_default();
     let rows = u64::try_from(meta.num_rows()).unwrap_or(0);
+    let ts_range = ts_range(builder.metadata());
     Ok(Opened {
         builder,
         sources,
         rows,
+        bytes,
+        ts_range,
     })
+}
+
+/// The smallest and largest `ts` of a file's rows by its row groups'
+/// statistics, if every row group has them (and `ts` is the first column,
+/// as in every version of the table).
+fn ts_range(meta: &parquet::file::metadata::ParquetMetaData) -> Option<(i64, i64)> {
+    use parquet::file::statistics::Statistics;
+    let schema = meta.file_metadata().schema_descr();
+    if schema.num_columns() == 0 || schema.column(0).name() != "ts" {
+        return None;
+    }
+    let mut out: Option<(i64, i64)> = None;
+    for rg in meta.row_groups() {
+        let Some(Statistics::Int64(s)) = rg.column(0).statistics() else {
+            return None;
+        };
+        let (lo, hi) = (*s.min_opt()?, *s.max_opt()?);
+        out = Some(out.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+    }
+    out
 }
 
 /// Reads every row of an opened file, decoding the sketches in `want`
@@ -387,17 +422,22 @@ where
 /// sketch it does not use and allocates nothing per row. Rows are not
 /// filtered by `range`: `fold` gets every row of the files whose name
 /// does not place them after it, and checks `ts` itself.
+///
+/// With `narrow = Some((window, fewer))`, a file whose `ts` statistics
+/// place every row outside `window` is read with the columns `fewer`
+/// only, and `fold` is told so (its last argument, `true`).
 pub fn fold_batches<T, F, M>(
     dirs: &[NodeDir],
     range: Option<TimeRange>,
     columns: &[&str],
+    narrow: Option<(TimeRange, &[&str])>,
     parallel: usize,
     fold: F,
     merge: M,
 ) -> Result<(T, ReadStats), RollupError>
 where
     T: Default + Send,
-    F: Fn(&mut T, &Path, &RecordBatch) -> Result<(), RollupError> + Sync,
+    F: Fn(&mut T, &Path, &RecordBatch, bool) -> Result<(), RollupError> + Sync,
     M: Fn(&mut T, T),
 {
     fold_files(
@@ -405,30 +445,48 @@ where
         range,
         parallel,
         |acc: &mut T, p: &Path, o: Opened| {
+            let narrowed = match (narrow, o.ts_range) {
+                (Some((w, _)), Some((lo, hi))) => hi < w.start_ns || lo >= w.end_ns,
+                _ => false,
+            };
+            let columns = match narrow {
+                Some((_, fewer)) if narrowed => fewer,
+                _ => columns,
+            };
             let schema = o.builder.parquet_schema();
             let keep: Vec<usize> = (0..schema.num_columns())
                 .filter(|&i| columns.contains(&schema.column(i).name()))
                 .collect();
-            let mask = ProjectionMask::leaves(schema, keep);
             // Batches no larger than the file: the reader sizes its
             // buffers by the batch size, and most rollup files hold a few
             // hundred rows.
             let batch = usize::try_from(o.rows).unwrap_or(65_536).clamp(1, 65_536);
-            let reader = o
-                .builder
-                .with_projection(mask)
-                .with_batch_size(batch)
-                .build()
-                .map_err(|source| RollupError::Parquet {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
+            let bad = |source| RollupError::Parquet {
+                path: p.to_path_buf(),
+                source,
+            };
+            let reader = match o.bytes {
+                // In memory: one zstd context per thread, not two per
+                // column chunk (`pages`).
+                Some(bytes) => {
+                    super::pages::reader(o.builder.metadata().clone(), bytes, keep, batch)
+                        .map_err(bad)?
+                }
+                None => {
+                    let mask = ProjectionMask::leaves(schema, keep);
+                    o.builder
+                        .with_projection(mask)
+                        .with_batch_size(batch)
+                        .build()
+                        .map_err(bad)?
+                }
+            };
             for b in reader {
                 let b = b.map_err(|e| RollupError::Parquet {
                     path: p.to_path_buf(),
                     source: parquet::errors::ParquetError::ArrowError(e.to_string()),
                 })?;
-                fold(acc, p, &b)?;
+                fold(acc, p, &b, narrowed)?;
             }
             Ok(())
         },
