@@ -352,7 +352,6 @@ pub fn write_file_without(
     rows: &[ProbeRecord],
     drop: &[&str],
 ) -> Result<(), SynthError> {
-    let name = path.display().to_string();
     let batch = probes_batch(rows).map_err(SynthError::Schema)?;
     let keep: Vec<usize> = (0..batch.num_columns())
         .filter(|&i| !drop.contains(&batch.schema().field(i).name().as_str()))
@@ -360,24 +359,7 @@ pub fn write_file_without(
     let batch = batch
         .project(&keep)
         .map_err(|e| SynthError::Schema(slicetrace_schema::SchemaError::Arrow(e)))?;
-    let file = fs::File::create(path).map_err(|source| SynthError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let pq = |source| SynthError::Parquet {
-        path: name.clone(),
-        source,
-    };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
-    // Row groups of at most 64k rows keep memory flat for big files.
-    let mut off = 0;
-    while off < batch.num_rows() {
-        let len = (batch.num_rows() - off).min(65_536);
-        w.write(&batch.slice(off, len)).map_err(pq)?;
-        off += len;
-    }
-    w.close().map_err(pq)?;
-    Ok(())
+    write_batch(path, &batch)
 }
 
 /// Generates the whole dataset into `dir` (which gets a `probes/` child),
@@ -769,6 +751,7 @@ fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), SynthError> {
         source,
     };
     let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
+    // Row groups of at most 64k rows keep memory flat for big files.
     let mut off = 0;
     while off < batch.num_rows() {
         let len = (batch.num_rows() - off).min(65_536);

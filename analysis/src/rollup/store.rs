@@ -135,14 +135,32 @@ impl RollupRoot {
     /// The `date=` values present under `table` (one delimited LIST on a
     /// store). An absent table is an empty set.
     pub fn dates(&self, table: &str) -> Result<BTreeSet<String>, RollupError> {
+        self.children(table, layout::DATE_KEY)
+    }
+}
+
+impl RollupRoot {
+    /// The node names (`node=NAME` directories) under `table`'s partition
+    /// `date` (one delimited LIST on a store). An absent partition is an
+    /// empty set.
+    pub fn nodes(&self, table: &str, date: &str) -> Result<BTreeSet<String>, RollupError> {
+        self.children(
+            &format!("{table}/{}", layout::date_dir(date)),
+            layout::NODE_KEY,
+        )
+    }
+
+    /// The values `V` of the `KEY=V` directories directly under `rel` (one
+    /// delimited LIST on a store). An absent directory is an empty set.
+    fn children(&self, rel: &str, key: &str) -> Result<BTreeSet<String>, RollupError> {
         let strip = |n: &str| {
-            n.strip_prefix(layout::DATE_KEY)
+            n.strip_prefix(key)
                 .and_then(|r| r.strip_prefix('='))
                 .map(str::to_string)
         };
         match self {
             RollupRoot::Local(root) => {
-                let dir = root.join(table);
+                let dir = root.join(rel);
                 match std::fs::read_dir(&dir) {
                     Ok(rd) => Ok(rd
                         .filter_map(Result::ok)
@@ -154,53 +172,7 @@ impl RollupRoot {
                 }
             }
             RollupRoot::Store(s) => {
-                let p = s.key(table);
-                let listed =
-                    s.rt.block_on(
-                        s.store
-                            .list_with_delimiter(Some(&ObjPath::from(p.as_str()))),
-                    )
-                    .map_err(|source| RollupError::Store {
-                        action: "list",
-                        location: format!("{}/{table}/", s.url),
-                        source,
-                    })?;
-                Ok(listed
-                    .common_prefixes
-                    .iter()
-                    .filter_map(|cp| cp.filename().and_then(strip))
-                    .collect())
-            }
-        }
-    }
-}
-
-impl RollupRoot {
-    /// The node names (`node=NAME` directories) under `table`'s partition
-    /// `date` (one delimited LIST on a store). An absent partition is an
-    /// empty set.
-    pub fn nodes(&self, table: &str, date: &str) -> Result<BTreeSet<String>, RollupError> {
-        let strip = |n: &str| {
-            n.strip_prefix(layout::NODE_KEY)
-                .and_then(|r| r.strip_prefix('='))
-                .map(str::to_string)
-        };
-        let rel = format!("{table}/{}", layout::date_dir(date));
-        match self {
-            RollupRoot::Local(root) => {
-                let dir = root.join(&rel);
-                match std::fs::read_dir(&dir) {
-                    Ok(rd) => Ok(rd
-                        .filter_map(Result::ok)
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .filter_map(|e| e.file_name().to_str().and_then(strip))
-                        .collect()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-                    Err(e) => Err(RollupError::io("list", &dir)(e)),
-                }
-            }
-            RollupRoot::Store(s) => {
-                let p = s.key(&rel);
+                let p = s.key(rel);
                 let listed =
                     s.rt.block_on(
                         s.store
