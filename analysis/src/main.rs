@@ -515,15 +515,12 @@ impl GenSyntheticArgs {
 
 /// Writes `s` and a newline to stdout; a closed pipe (`| head`) is not an error.
 fn emit(s: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{s}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("failed to write to stdout"),
-    }
+    emit_with(|w| w.write_all(s.as_bytes()))
 }
 
-/// Like [`emit`], for output written by `write` to a buffered stdout
-/// instead of built as one string first (then a newline, as `emit` ends).
+/// Writes what `write` writes, then a newline, through a buffered stdout
+/// (output need not be built as one string first); a closed pipe is not
+/// an error.
 fn emit_with(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     match write(&mut out)

@@ -359,7 +359,7 @@ pub fn write_file_without(
     let batch = batch
         .project(&keep)
         .map_err(|e| SynthError::Schema(slicetrace_schema::SchemaError::Arrow(e)))?;
-    write_batch(path, &batch)
+    write_batch(path, &batch, writer_props())
 }
 
 /// Generates the whole dataset into `dir` (which gets a `probes/` child),
@@ -738,9 +738,13 @@ fn fleet_batch(
         .map_err(|e| SynthError::Schema(slicetrace_schema::SchemaError::Arrow(e)))
 }
 
-/// Writes `batch` as the Parquet file `path` (the agent's properties, as
-/// [`write_file`]).
-fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), SynthError> {
+/// Writes `batch` as the Parquet file `path` with `props` (the agent's:
+/// [`writer_props`] for probes rows).
+fn write_batch(
+    path: &Path,
+    batch: &RecordBatch,
+    props: WriterProperties,
+) -> Result<(), SynthError> {
     let name = path.display().to_string();
     let file = fs::File::create(path).map_err(|source| SynthError::Io {
         path: name.clone(),
@@ -750,7 +754,7 @@ fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), SynthError> {
         path: name.clone(),
         source,
     };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
     // Row groups of at most 64k rows keep memory flat for big files.
     let mut off = 0;
     while off < batch.num_rows() {
@@ -792,7 +796,11 @@ fn write_fleet_file(
             f.ts[start],
             format_args!("{:016x}", tag ^ start as u64),
         ));
-        write_batch(&path, &fleet_batch(f, start, end, node, uuids)?)?;
+        write_batch(
+            &path,
+            &fleet_batch(f, start, end, node, uuids)?,
+            writer_props(),
+        )?;
         files += 1;
         start = end;
     }
@@ -830,24 +838,13 @@ fn write_rollups(
             first,
             format_args!("r{:015x}", (seed ^ first as u64) & 0x0fff_ffff_ffff_ffff),
         ));
-        let name = path.display().to_string();
         let batch = rollups_batch(&rows).map_err(SynthError::Schema)?;
         let props = writer_properties(
             &rollups_schema(),
             65_536,
             concat!("slicetrace gen-synthetic ", env!("CARGO_PKG_VERSION")),
         );
-        let file = fs::File::create(&path).map_err(|source| SynthError::Io {
-            path: name.clone(),
-            source,
-        })?;
-        let pq = |source| SynthError::Parquet {
-            path: name.clone(),
-            source,
-        };
-        let mut w = ArrowWriter::try_new(file, rollups_schema(), Some(props)).map_err(pq)?;
-        w.write(&batch).map_err(pq)?;
-        w.close().map_err(pq)?;
+        write_batch(&path, &batch, props)?;
         files += 1;
         n += rows.len() as u64;
     }

@@ -408,10 +408,7 @@ fn units(
     let units = groups
         .units
         .into_iter()
-        .map(|(k, v)| {
-            let u = v.unit();
-            (k, u)
-        })
+        .map(|(k, v)| (k, v.unit()))
         .collect();
     Ok((units, stats))
 }

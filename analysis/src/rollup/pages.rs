@@ -74,76 +74,38 @@ struct ZstdPages {
 }
 
 impl ZstdPages {
-    fn decompress(page: Page) -> Result<Page> {
-        Ok(match page {
-            Page::DataPage {
-                buf,
-                num_values,
-                encoding,
-                def_level_encoding,
-                rep_level_encoding,
-                statistics,
-            } => Page::DataPage {
-                buf: Bytes::from(unzstd(&buf)?),
-                num_values,
-                encoding,
-                def_level_encoding,
-                rep_level_encoding,
-                statistics,
-            },
+    /// `page` with its compressed bytes decompressed in place (every other
+    /// field as read).
+    fn decompress(mut page: Page) -> Result<Page> {
+        match &mut page {
+            Page::DataPage { buf, .. } | Page::DictionaryPage { buf, .. } => {
+                *buf = Bytes::from(unzstd(buf)?);
+            }
             Page::DataPageV2 {
                 buf,
-                num_values,
-                encoding,
-                num_nulls,
-                num_rows,
                 def_levels_byte_len,
                 rep_levels_byte_len,
-                is_compressed,
-                statistics,
+                is_compressed: true,
+                ..
             } => {
                 // The levels come first, never compressed.
-                let buf = if is_compressed {
-                    let levels = usize::try_from(def_levels_byte_len)
-                        .ok()
-                        .zip(usize::try_from(rep_levels_byte_len).ok())
-                        .and_then(|(d, r)| d.checked_add(r))
-                        .filter(|&n| n <= buf.len())
-                        .ok_or_else(|| {
-                            ParquetError::General("implausible v2 page level lengths".into())
-                        })?;
-                    let body = unzstd(&buf[levels..])?;
-                    let mut out = Vec::with_capacity(levels + body.len());
-                    out.extend_from_slice(&buf[..levels]);
-                    out.extend_from_slice(&body);
-                    Bytes::from(out)
-                } else {
-                    buf
-                };
-                Page::DataPageV2 {
-                    buf,
-                    num_values,
-                    encoding,
-                    num_nulls,
-                    num_rows,
-                    def_levels_byte_len,
-                    rep_levels_byte_len,
-                    is_compressed,
-                    statistics,
-                }
+                let levels = usize::try_from(*def_levels_byte_len)
+                    .ok()
+                    .zip(usize::try_from(*rep_levels_byte_len).ok())
+                    .and_then(|(d, r)| d.checked_add(r))
+                    .filter(|&n| n <= buf.len())
+                    .ok_or_else(|| {
+                        ParquetError::General("implausible v2 page level lengths".into())
+                    })?;
+                let body = unzstd(&buf[levels..])?;
+                let mut out = Vec::with_capacity(levels + body.len());
+                out.extend_from_slice(&buf[..levels]);
+                out.extend_from_slice(&body);
+                *buf = Bytes::from(out);
             }
-            Page::DictionaryPage {
-                buf,
-                num_values,
-                encoding,
-                is_sorted,
-            } => Page::DictionaryPage {
-                buf: Bytes::from(unzstd(&buf)?),
-                num_values,
-                encoding,
-                is_sorted,
-            },
-        })
+            Page::DataPageV2 { .. } => {}
+        }
+        Ok(page)
     }
 }
 
