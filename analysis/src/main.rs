@@ -26,6 +26,17 @@ use slicetrace_analysis::{
     blame, compare, fleet, plot, pred, query, report, synth, tenancy, whatif,
 };
 
+/// mimalloc, as DataFusion's own CLI uses: reading rollup files allocates
+/// and frees a buffer per column chunk and page of tens of thousands of
+/// small files, and glibc's allocator spent about 14 % of `fleet`'s CPU on
+/// them (docs/benchmarks.md, "Rollups"). Built without transparent huge
+/// pages (`no_thp`: the process opts out of them): with them, mimalloc's
+/// eagerly committed arenas raised `report`'s peak RSS on 10⁷ rows from
+/// 400 MB (glibc) to about 650 MB; without, about 445 MB, and `fleet`
+/// zeroes fewer pages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Arguments shared by every command that reads data.
 #[derive(Debug, clap::Args)]
 struct DataArgs {

@@ -121,6 +121,73 @@ fn merged_rollup_percentiles_are_within_alpha_of_duckdb_exact_ones() {
     eprintln!("largest relative error: {worst_rank:.5} vs the rank quantile, {worst_cont:.5} vs quantile_cont");
 }
 
+/// Reads every rollup file under argv[1] with DuckDB, pyarrow and polars;
+/// prints their totals and each file's codecs and sketch encodings.
+const THREE_READERS: &str = r#"
+import duckdb, glob, json, sys
+import polars as pl, pyarrow as pa, pyarrow.parquet as pq, pyarrow.compute as pc
+root = sys.argv[1]
+files = sorted(glob.glob(f"{root}/rollups/**/*.parquet", recursive=True))
+d = duckdb.sql(f"""SELECT count(*), sum(runs), sum(octet_length(wall_ms_sketch))
+    FROM read_parquet('{root}/rollups/**/*.parquet', hive_partitioning=false)""").fetchall()[0]
+t = pa.concat_tables([pq.ParquetFile(f).read() for f in files])
+pa = [t.num_rows, pc.sum(t['runs']).as_py(), pc.sum(pc.binary_length(t['wall_ms_sketch'])).as_py()]
+p = pl.read_parquet(files, hive_partitioning=False).select(
+    pl.len(), pl.col('runs').sum(), pl.col('wall_ms_sketch').bin.size().sum()).row(0)
+codecs, sketch_enc = set(), set()
+for f in files:
+    m = pq.ParquetFile(f).metadata
+    for g in range(m.num_row_groups):
+        for i in range(m.num_columns):
+            c = m.row_group(g).column(i)
+            codecs.add(c.compression)
+            if c.path_in_schema.endswith('_sketch'):
+                sketch_enc.update(c.encodings)
+print(json.dumps({'files': len(files), 'duckdb': list(d), 'pyarrow': pa, 'polars': list(p),
+                  'codecs': sorted(codecs), 'sketch_encodings': sorted(sketch_enc)}))
+"#;
+
+/// The rollup files as written (snappy, sketches plain without a
+/// dictionary) read the same in DuckDB, pyarrow and polars as in
+/// `slicetrace`, before and after compaction to hours.
+#[test]
+fn rollup_files_read_the_same_in_duckdb_pyarrow_and_polars() {
+    let Some(py) = python_with(&["duckdb", "pyarrow", "polars"]) else {
+        return;
+    };
+    let tmp = golden_dir();
+    let d = tmp.path().to_str().unwrap();
+    rollup(&[d, "--from-raw"]);
+    hide_raw(tmp.path());
+    let ours = total_runs(&report_rollups(d));
+    assert!(ours > 100, "{ours}");
+    let read = |stage: &str| -> Value {
+        let v: Value = serde_json::from_str(&run_python(&py, THREE_READERS, &[d])).unwrap();
+        assert!(v["files"].as_u64().unwrap() > 0, "{stage}: {v}");
+        assert_eq!(v["codecs"], serde_json::json!(["SNAPPY"]), "{stage}: {v}");
+        let enc = v["sketch_encodings"].as_array().unwrap();
+        assert!(
+            enc.iter().all(|e| !e.as_str().unwrap().contains("DICTIONARY")),
+            "{stage}: {v}"
+        );
+        assert_eq!(v["duckdb"], v["pyarrow"], "{stage}: {v}");
+        assert_eq!(v["duckdb"], v["polars"], "{stage}: {v}");
+        assert_eq!(v["duckdb"][1].as_u64(), Some(ours), "{stage}: runs, {v}");
+        assert!(v["duckdb"][2].as_u64().unwrap() > 0, "{stage}: {v}");
+        v
+    };
+    let minute = read("minute files");
+    let r = rollup(&[d, "--to", "hour", "--now", "2100-01-01T00:00:00Z"]);
+    assert!(r["hour_files_written"].as_u64().unwrap() > 0, "{r}");
+    let hour = read("hour files");
+    assert_eq!(total_runs(&report_rollups(d)), ours);
+    // Fewer rows once minutes are merged into hours; the same runs.
+    assert!(
+        hour["duckdb"][0].as_u64() < minute["duckdb"][0].as_u64(),
+        "{minute} {hour}"
+    );
+}
+
 fn total_runs(v: &Value) -> u64 {
     items(v).iter().map(|r| r["runs"].as_u64().unwrap()).sum()
 }

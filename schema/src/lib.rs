@@ -45,7 +45,8 @@ pub use verdict::{
     WindowStats, SKU_REFERENCES,
 };
 pub use writer::{
-    writer_properties, DEFAULT_ROW_GROUP_ROWS, DELTA_COLUMNS, SPLIT_COLUMNS, ZSTD_LEVEL,
+    writer_properties, DEFAULT_ROW_GROUP_ROWS, DELTA_COLUMNS, SKETCH_SUFFIX, SPLIT_COLUMNS,
+    ZSTD_LEVEL,
 };
 
 /// Version of the `probes` and `health` table layouts. Bump on any change that

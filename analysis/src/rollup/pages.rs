@@ -11,7 +11,10 @@
 //! uncompressed (the crate then creates no codec and hands back the pages'
 //! bytes as stored), and each page is decompressed with the thread's one
 //! [`zstd::bulk::Decompressor`]. Chunks of any other codec are read as the
-//! crate reads them.
+//! crate reads them: rollup files are written with snappy since the
+//! `fleet` benchmark of 2026-12-07 (`slicetrace_schema::writer_properties`
+//! says why), whose codec holds no context worth reusing; zstd rollup files
+//! written before still read here without the per-chunk contexts.
 //!
 //! The batches are the same as [`ParquetRecordBatchReaderBuilder`]'s for
 //! the same projection (a test reads a file both ways).

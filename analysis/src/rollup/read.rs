@@ -154,7 +154,8 @@ pub(crate) struct Opened {
     pub(crate) sources: Vec<String>,
     pub(crate) rows: u64,
     /// The file's bytes, when it was read whole (always, so far): batches
-    /// are then read with [`super::pages`]' reused zstd context.
+    /// are then read with [`super::pages`] (zstd pages with the thread's
+    /// one context).
     pub(crate) bytes: Option<bytes::Bytes>,
     /// The smallest and largest `ts` of its rows by the footer's
     /// statistics; `None` when a row group has none.
@@ -466,8 +467,8 @@ where
                 source,
             };
             let reader = match o.bytes {
-                // In memory: one zstd context per thread, not two per
-                // column chunk (`pages`).
+                // In memory: for zstd files one context per thread, not
+                // two per column chunk (`pages`).
                 Some(bytes) => {
                     super::pages::reader(o.builder.metadata().clone(), bytes, keep, batch)
                         .map_err(bad)?
