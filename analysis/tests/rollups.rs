@@ -167,7 +167,8 @@ fn rollup_files_read_the_same_in_duckdb_pyarrow_and_polars() {
         assert_eq!(v["codecs"], serde_json::json!(["SNAPPY"]), "{stage}: {v}");
         let enc = v["sketch_encodings"].as_array().unwrap();
         assert!(
-            enc.iter().all(|e| !e.as_str().unwrap().contains("DICTIONARY")),
+            enc.iter()
+                .all(|e| !e.as_str().unwrap().contains("DICTIONARY")),
             "{stage}: {v}"
         );
         assert_eq!(v["duckdb"], v["pyarrow"], "{stage}: {v}");
