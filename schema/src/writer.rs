@@ -85,19 +85,14 @@ pub fn writer_properties(
     let mut builder = WriterProperties::builder();
     for f in schema.fields() {
         let name = f.name().as_str();
-        if name.ends_with(SKETCH_SUFFIX) {
-            // Encoded sketches are all distinct: a dictionary only adds a
-            // copy on read (and bytes).
-            let path = ColumnPath::from(name);
-            builder = builder
-                .set_column_dictionary_enabled(path.clone(), false)
-                .set_column_encoding(path, Encoding::PLAIN);
-            continue;
-        }
         let encoding = if DELTA_COLUMNS.contains(&name) {
             Encoding::DELTA_BINARY_PACKED
         } else if SPLIT_COLUMNS.contains(&name) {
             Encoding::BYTE_STREAM_SPLIT
+        } else if name.ends_with(SKETCH_SUFFIX) {
+            // Encoded sketches are all distinct: a dictionary only adds a
+            // copy on read (and bytes).
+            Encoding::PLAIN
         } else {
             continue;
         };
@@ -184,8 +179,8 @@ mod tests {
 
     #[test]
     fn rollup_files_are_snappy_with_plain_sketches_and_other_tables_zstd() {
-        let r = writer_properties(&crate::rollups_schema(), 10, "x");
         let schema = crate::rollups_schema();
+        let r = writer_properties(&schema, 10, "x");
         let sketches: Vec<&str> = schema
             .fields()
             .iter()

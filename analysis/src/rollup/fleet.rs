@@ -39,34 +39,11 @@ use super::RollupError;
 use crate::fleet::{judge_units, FleetArgs, FleetResult, NewestFiles, Plan, Unit, UnitKey};
 use crate::source::{ScanStats, TimeRange};
 
-/// The columns the check reads.
-const COLUMNS: &[&str] = &[
-    "ts",
-    "node",
-    "gpu_uuid",
-    "gpu_name",
-    "kernel",
-    "shape",
-    "precision",
-    "tenants",
-    "last_ts",
-    "runs",
-    "arrivals",
-    "incorrect_arrivals",
-    "hw_throttled_arrivals",
-    "throttle_reasons",
-    "sm_clock_mhz_sum",
-    "sm_clock_runs",
-    "wall_ms_sketch",
-    "gpu_ms_sketch",
-    "mcycles_sketch",
-    "event_mcycles_sketch",
-];
-
-/// The columns a file with no row in the window is read with: what the
-/// baseline period and the run totals use (the window's sketches of
-/// `gpu_ms` and event cycles, its clocks, failures and throttling are not
-/// decompressed). Chosen by the file's `ts` statistics.
+/// The columns every file is read with: what the baseline period and the
+/// run totals use. A file with no row in the window (by its `ts`
+/// statistics) is read with these only: the window's sketches of `gpu_ms`
+/// and event cycles, its clocks, failures and throttling are not
+/// decompressed.
 const BASELINE_COLUMNS: &[&str] = &[
     "ts",
     "node",
@@ -81,6 +58,18 @@ const BASELINE_COLUMNS: &[&str] = &[
     "arrivals",
     "wall_ms_sketch",
     "mcycles_sketch",
+];
+
+/// The columns only window rows use ([`WindowCols`]), read besides
+/// [`BASELINE_COLUMNS`] in files the window touches.
+const WINDOW_COLUMNS: &[&str] = &[
+    "incorrect_arrivals",
+    "hw_throttled_arrivals",
+    "throttle_reasons",
+    "sm_clock_mhz_sum",
+    "sm_clock_runs",
+    "gpu_ms_sketch",
+    "event_mcycles_sketch",
 ];
 
 /// Per unit, what is summed and merged before the quantiles are read.
@@ -394,10 +383,11 @@ fn units(
     baseline: Option<TimeRange>,
     parallel: usize,
 ) -> Result<(BTreeMap<UnitKey, Unit>, ReadStats), RollupError> {
+    let all = [BASELINE_COLUMNS, WINDOW_COLUMNS].concat();
     let (groups, stats) = read::fold_batches(
         dirs,
         Some(range),
-        COLUMNS,
+        &all,
         Some((window, BASELINE_COLUMNS)),
         parallel,
         |g: &mut Groups, p: &Path, b: &RecordBatch, narrow: bool| {

@@ -428,40 +428,25 @@ mod tests {
         };
         let data = &RollupRoot::Local(root.to_path_buf());
         let a = SourceArgs::default();
-        assert_eq!(
-            choose(data, Some(r), &a, None, Policy::LongRanges).kind,
-            "raw"
-        );
+        let kind = |args: &SourceArgs, raw_only: Option<&str>| {
+            choose(data, Some(r), args, raw_only, Policy::LongRanges).kind
+        };
+        assert_eq!(kind(&a, None), "raw");
         std::fs::create_dir_all(root.join("rollups/date=2024-01-01/node=n")).unwrap();
-        assert_eq!(
-            choose(data, Some(r), &a, None, Policy::LongRanges).kind,
-            "rollups"
-        );
+        assert_eq!(kind(&a, None), "rollups");
         std::fs::create_dir_all(root.join("probes/date=2024-01-01/node=n")).unwrap();
-        assert_eq!(
-            choose(data, Some(r), &a, None, Policy::LongRanges).kind,
-            "raw"
-        );
+        assert_eq!(kind(&a, None), "raw");
         let long = SourceArgs {
             rollups_after: Duration::from_secs(1800),
             ..a
         };
-        assert_eq!(
-            choose(data, Some(r), &long, None, Policy::LongRanges).kind,
-            "rollups"
-        );
+        assert_eq!(kind(&long, None), "rollups");
         let exact = SourceArgs {
             exact: true,
             ..long
         };
-        assert_eq!(
-            choose(data, Some(r), &exact, None, Policy::LongRanges).kind,
-            "raw"
-        );
-        assert_eq!(
-            choose(data, Some(r), &long, Some("--all-runs"), Policy::LongRanges).kind,
-            "raw"
-        );
+        assert_eq!(kind(&exact, None), "raw");
+        assert_eq!(kind(&long, Some("--all-runs")), "raw");
     }
 
     #[test]

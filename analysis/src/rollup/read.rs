@@ -483,10 +483,8 @@ where
                 }
             };
             for b in reader {
-                let b = b.map_err(|e| RollupError::Parquet {
-                    path: p.to_path_buf(),
-                    source: parquet::errors::ParquetError::ArrowError(e.to_string()),
-                })?;
+                let b =
+                    b.map_err(|e| bad(parquet::errors::ParquetError::ArrowError(e.to_string())))?;
                 fold(acc, p, &b, narrowed)?;
             }
             Ok(())

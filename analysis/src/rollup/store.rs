@@ -137,9 +137,7 @@ impl RollupRoot {
     pub fn dates(&self, table: &str) -> Result<BTreeSet<String>, RollupError> {
         self.children(table, layout::DATE_KEY)
     }
-}
 
-impl RollupRoot {
     /// The node names (`node=NAME` directories) under `table`'s partition
     /// `date` (one delimited LIST on a store). An absent partition is an
     /// empty set.
